@@ -1,1 +1,51 @@
-//! The Raft consensus core.
+//! Raft consensus as a library: a pure, deterministic core in the style of etcd's raft.
+//!
+//! There is no I/O, clock or thread inside. The application drives a [`RawNode`]:
+//!
+//! - [`RawNode::tick`] once per logical clock tick (election and heartbeat timeouts are counted
+//!   in ticks);
+//! - [`RawNode::step`] for every message received from a peer;
+//! - [`RawNode::propose`], [`RawNode::propose_conf_change`], [`RawNode::read_index`],
+//!   [`RawNode::transfer_leader`] for what clients ask;
+//! - [`RawNode::ready`] hands out a [`Ready`]: hard state, entries and a snapshot to persist,
+//!   messages to send, committed entries to apply and read states; after persisting them the
+//!   application calls [`RawNode::advance`].
+//!
+//! The log lives behind the [`Storage`] trait, which the application implements (the crate ships
+//! [`MemStorage`] for tests and simulation; the replica uses a write-ahead log).
+//!
+//! Membership changes are one server at a time (Ongaro's thesis §4.1): a change takes effect when
+//! the application applies its committed entry and calls [`RawNode::apply_conf_change`]. Only one
+//! change may be pending at a time, a new leader may not propose one before its first entry of the
+//! term is applied, and a node with committed but unapplied changes does not campaign; together
+//! these keep any two successive configurations' majorities overlapping.
+
+mod confchange;
+mod config;
+mod election;
+mod error;
+mod inflights;
+mod progress;
+mod quorum;
+mod raft;
+mod raft_log;
+mod raw_node;
+mod read_only;
+mod replication;
+mod rng;
+mod storage;
+mod tracker;
+mod types;
+mod unstable;
+
+pub use config::Config;
+pub use error::{Error, StorageError};
+pub use progress::{Progress, ProgressState};
+pub use raft::{Role, SoftState};
+pub use raw_node::{RawNode, Ready, Status};
+pub use read_only::ReadState;
+pub use storage::{MemStorage, Storage};
+pub use types::{
+    ConfChange, ConfState, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Snapshot, SnapshotMeta,
+    Term,
+};
