@@ -44,7 +44,7 @@ pub use progress::{Progress, ProgressState};
 pub use raft::{Role, SoftState};
 pub use raw_node::{RawNode, Ready, Status};
 pub use read_only::ReadState;
-pub use storage::{MemStorage, Storage};
+pub use storage::{bootstrap_log, MemStorage, Storage};
 pub use types::{
     ConfChange, ConfState, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Snapshot, SnapshotMeta,
     Term,

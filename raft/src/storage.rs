@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::types::{ConfState, Entry, HardState, Index, Snapshot, SnapshotMeta, Term};
+use crate::types::{ConfChange, ConfState, Entry, EntryKind, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
 
 /// Read access to the persisted log. Indexes below `first_index()` are compacted into the
 /// latest snapshot; `term(first_index() - 1)` is that snapshot's term.
@@ -39,11 +39,10 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
-    /// An empty log whose initial membership is `voters` (a freshly bootstrapped group).
+    /// The log of a freshly bootstrapped group whose members are `voters` (see [`bootstrap_log`]).
     pub fn new_with_voters(voters: &[u64]) -> MemStorage {
-        let mut s = MemStorage::default();
-        s.snapshot.meta.conf_state.voters = voters.to_vec();
-        s
+        let (entries, hard_state) = bootstrap_log(voters);
+        MemStorage { hard_state, entries, ..MemStorage::default() }
     }
 
     pub fn hard_state(&self) -> HardState {
@@ -153,6 +152,28 @@ impl Storage for MemStorage {
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
         Ok(self.snapshot.clone())
     }
+}
+
+/// The log every initial member of a new group starts with: one `AddVoter` entry per voter
+/// (in id order) at term 1, all committed. Keeping the initial membership in the log, rather
+/// than only in each node's local state, lets a node that joins later learn it by ordinary
+/// replication, with or without a snapshot.
+pub fn bootstrap_log(voters: &[NodeId]) -> (Vec<Entry>, HardState) {
+    let mut ids = voters.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let entries: Vec<Entry> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Entry {
+            term: 1,
+            index: i as u64 + 1,
+            kind: EntryKind::ConfChange,
+            data: ConfChange::AddVoter(id).encode(),
+        })
+        .collect();
+    let hard_state = HardState { term: 1, vote: 0, commit: entries.len() as u64 };
+    (entries, hard_state)
 }
 
 /// The longest prefix of `entries` within `max_size` bytes, but at least one entry.
