@@ -1,0 +1,38 @@
+//! The classic Raft situations as transcripts (`testdata/*.txt`): each file is a script of
+//! commands with the expected result after each. `REWRITE=1` regenerates them.
+
+mod support;
+
+fn scenario(name: &str) {
+    support::script::run_file(&format!("{}/tests/testdata/{name}.txt", env!("CARGO_MANIFEST_DIR")));
+}
+
+#[test]
+fn figure_8_old_term_entries_commit_only_with_a_current_term_entry() {
+    scenario("figure8");
+}
+
+#[test]
+fn leader_with_a_stale_log_is_not_elected() {
+    scenario("stale_log_leader");
+}
+
+#[test]
+fn split_vote_is_resolved_by_a_later_election() {
+    scenario("split_vote");
+}
+
+#[test]
+fn rejoining_partitioned_node_does_not_disrupt_the_leader_with_prevote() {
+    scenario("prevote_rejoin");
+}
+
+#[test]
+fn far_behind_follower_catches_up_by_snapshot() {
+    scenario("snapshot_far_behind");
+}
+
+#[test]
+fn removed_leader_steps_down_and_hands_over() {
+    scenario("remove_leader");
+}
