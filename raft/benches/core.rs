@@ -86,7 +86,7 @@ fn core_throughput(batch: usize, batches_per_round: usize, payload: usize) -> f6
         }
         g.settle();
         rounds += 1;
-        if rounds % 64 == 0 {
+        if rounds.is_multiple_of(64) {
             g.compact();
         }
     }
