@@ -2,7 +2,7 @@
 //! [`Unstable`] tail, with the commit and apply watermarks.
 
 use crate::error::StorageError;
-use crate::storage::{limit_size, Storage};
+use crate::storage::Storage;
 use crate::types::{Entry, Index, Snapshot, Term};
 use crate::unstable::Unstable;
 
@@ -200,22 +200,14 @@ impl<S: Storage> RaftLog<S> {
                 return Ok(out);
             }
         }
-        let from = lo.max(offset);
-        if from < hi {
-            let size: usize = out.iter().map(Entry::size).sum();
-            let rest = self.unstable.slice(from, hi);
-            if out.is_empty() {
-                out.extend_from_slice(limit_size(rest, max_size));
-            } else {
-                let mut used = size;
-                for e in rest {
-                    used += e.size();
-                    if used > max_size {
-                        break;
-                    }
-                    out.push(e.clone());
-                }
+        // Continue into the unstable tail within the same size budget (at least one entry).
+        let mut used: usize = out.iter().map(Entry::size).sum();
+        for e in self.unstable.slice(lo.max(offset), hi) {
+            used += e.size();
+            if used > max_size && !out.is_empty() {
+                break;
             }
+            out.push(e.clone());
         }
         Ok(out)
     }
