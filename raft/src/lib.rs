@@ -11,8 +11,12 @@
 //!   messages to send, committed entries to apply and read states; after persisting them the
 //!   application calls [`RawNode::advance`].
 //!
-//! The log lives behind the [`Storage`] trait, which the application implements (the crate ships
-//! [`MemStorage`] for tests and simulation; the replica uses a write-ahead log).
+//! The log lives behind the [`Storage`] trait (the crate ships [`MemStorage`] for tests and
+//! simulation, and [`DiskStorage`]: a segmented write-ahead log ([`wal`]) plus snapshot files
+//! ([`snapshot_store`])).
+//!
+//! The I/O shell around the core: [`Node`] runs a replica (core + disk + gRPC [`transport`] +
+//! the application's [`StateMachine`]) on its own thread, with group commit.
 //!
 //! Membership changes are one server at a time (Ongaro's thesis §4.1): a change takes effect when
 //! the application applies its committed entry and calls [`RawNode::apply_conf_change`]. Only one
@@ -22,9 +26,11 @@
 
 mod confchange;
 mod config;
+pub mod disk_storage;
 mod election;
 mod error;
 mod inflights;
+pub mod node;
 mod progress;
 mod quorum;
 mod raft;
@@ -33,13 +39,18 @@ mod raw_node;
 mod read_only;
 mod replication;
 mod rng;
+pub mod snapshot_store;
 mod storage;
 mod tracker;
+pub mod transport;
 mod types;
 mod unstable;
+pub mod wal;
 
 pub use config::Config;
+pub use disk_storage::{DiskOptions, DiskStorage, FsyncPolicy};
 pub use error::{Error, StorageError};
+pub use node::{Node, NodeError, NodeHandle, NodeOptions, NodeStatus, StateMachine};
 pub use progress::{Progress, ProgressState};
 pub use raft::{Role, SoftState};
 pub use raw_node::{RawNode, Ready, Status};

@@ -203,6 +203,11 @@ impl<S: Storage> RawNode<S> {
         self.raft.term
     }
 
+    /// The index of the last entry handed out for applying (and advanced past).
+    pub fn applied(&self) -> Index {
+        self.raft.log.applied
+    }
+
     pub fn leader_id(&self) -> NodeId {
         self.raft.leader_id
     }

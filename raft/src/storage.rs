@@ -45,6 +45,16 @@ impl MemStorage {
         MemStorage { hard_state, entries, ..MemStorage::default() }
     }
 
+    /// A log rebuilt from disk: the latest snapshot, the entries after it and the hard state.
+    pub fn from_parts(hard_state: HardState, snapshot: Snapshot, entries: Vec<Entry>) -> MemStorage {
+        debug_assert!(entries.first().is_none_or(|e| e.index == snapshot.meta.index + 1));
+        MemStorage { hard_state, snapshot, entries }
+    }
+
+    pub fn snapshot_meta(&self) -> &SnapshotMeta {
+        &self.snapshot.meta
+    }
+
     pub fn hard_state(&self) -> HardState {
         self.hard_state
     }

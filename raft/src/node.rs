@@ -1,0 +1,437 @@
+//! [`Node`]: a running replica — the core, its [`DiskStorage`], the [`Transport`] and the
+//! application's [`StateMachine`], driven by one thread.
+//!
+//! The loop waits for input (peer messages, proposals, reads, transport events) or the next tick,
+//! takes everything that is queued, steps it into the core, and then handles one [`Ready`]:
+//! leader messages out, everything to persist written with **one** sync (group commit: every
+//! proposal that arrived while the previous sync ran shares the next one), acknowledgements out,
+//! committed entries applied and their proposers answered, reads served.
+//!
+//! The loop runs on its own OS thread because fsync blocks; async callers talk to it through
+//! [`NodeHandle`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::disk_storage::{DiskOptions, DiskStorage};
+use crate::error::Error;
+use crate::raft::Role;
+use crate::raw_node::{RawNode, Ready, Status};
+use crate::storage::Storage;
+use crate::transport::{server::PeerService, Transport, TransportEvent};
+use crate::types::{EntryKind, Index, Message, NodeId, Term};
+
+/// The replicated application. `apply` must be deterministic: it sees the same entries in the
+/// same order on every replica.
+pub trait StateMachine: Send + 'static {
+    /// Applies a committed entry; the result goes back to the proposer.
+    fn apply(&mut self, index: Index, data: &[u8]) -> Bytes;
+    /// The whole state, for a snapshot at the last applied index.
+    fn snapshot(&self) -> Bytes;
+    /// Replaces the whole state with a snapshot's.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+}
+
+/// Settings of a replica.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    /// Every voter of the group, this one included, as `host:port`.
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub disk: DiskOptions,
+    /// Length of one logical tick.
+    pub tick: Duration,
+    pub election_tick: u64,
+    pub heartbeat_tick: u64,
+    /// Take a snapshot and compact the log after this many applied entries.
+    pub snapshot_entries: u64,
+}
+
+/// Why a request was not carried out (or may not have been).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("not the leader (leader: {leader})")]
+    NotLeader { leader: NodeId },
+    /// Another entry took this proposal's place in the log: it was not applied and never will be.
+    #[error("proposal dropped by a leader change; it was not applied")]
+    Dropped,
+    /// The proposal's fate is unknown (its index was covered by a snapshot from a new leader).
+    #[error("proposal outcome unknown after a leader change")]
+    Unknown,
+    #[error("replica is shutting down")]
+    Stopped,
+    #[error(transparent)]
+    Raft(#[from] Error),
+}
+
+/// A replica's state for `status` commands.
+#[derive(Clone, Debug)]
+pub struct NodeStatus {
+    pub raft: Status,
+    pub snapshot_index: Index,
+    pub first_index: Index,
+    pub wal_segments: usize,
+}
+
+type ReadFn<SM> = Box<dyn FnOnce(Result<&SM, NodeError>) + Send>;
+
+enum Input<SM> {
+    Step(Message),
+    Propose { data: Bytes, reply: oneshot::Sender<Result<Bytes, NodeError>> },
+    Read { run: ReadFn<SM> },
+    StaleRead { run: ReadFn<SM> },
+    Status { reply: oneshot::Sender<NodeStatus> },
+    TransferLeader { to: NodeId },
+    Transport(TransportEvent),
+    Stop,
+}
+
+/// A cheap, cloneable way in to a running [`Node`].
+pub struct NodeHandle<SM> {
+    tx: mpsc::Sender<Input<SM>>,
+    id: NodeId,
+}
+
+impl<SM> Clone for NodeHandle<SM> {
+    fn clone(&self) -> Self {
+        NodeHandle { tx: self.tx.clone(), id: self.id }
+    }
+}
+
+impl<SM: StateMachine> NodeHandle<SM> {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Replicates `data` and returns what the state machine answered once it was applied.
+    pub async fn propose(&self, data: Bytes) -> Result<Bytes, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Propose { data, reply }).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `f` on the state machine at a linearizable point (ReadIndex, thesis §6.4): it sees
+    /// every write acknowledged before the call started. Leader only.
+    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&SM) -> R + Send + 'static) -> Result<R, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let run: ReadFn<SM> = Box::new(move |sm| {
+            let _ = reply.send(sm.map(f));
+        });
+        self.tx.send(Input::Read { run }).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `f` on this replica's state as applied now, without asking anyone: may be stale.
+    pub async fn stale_read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SM) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let run: ReadFn<SM> = Box::new(move |sm| {
+            let _ = reply.send(sm.map(f));
+        });
+        self.tx.send(Input::StaleRead { run }).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Status { reply }).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: NodeId) {
+        let _ = self.tx.send(Input::TransferLeader { to });
+    }
+
+    /// The `RaftPeer` gRPC service that feeds this node.
+    pub fn peer_service(&self) -> PeerService {
+        let tx = std::sync::Mutex::new(self.tx.clone());
+        PeerService::new(
+            self.id,
+            Arc::new(move |m| {
+                let _ = tx.lock().expect("sender lock").send(Input::Step(m));
+            }),
+        )
+    }
+}
+
+/// A running replica; see the module documentation. Dropping it does not stop it: call
+/// [`Node::stop`].
+pub struct Node<SM> {
+    handle: NodeHandle<SM>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl<SM: StateMachine> Node<SM> {
+    /// Opens the data directory (bootstrapping a new group of `opts.peers` if it is empty),
+    /// restores `sm` from the latest snapshot and starts the loop. Peer tasks run on `runtime`.
+    pub fn start(opts: NodeOptions, mut sm: SM, runtime: tokio::runtime::Handle) -> Result<Node<SM>, String> {
+        let mut storage = DiskStorage::open(&opts.data_dir, &opts.disk).map_err(|e| e.to_string())?;
+        if storage.is_empty() {
+            let voters: Vec<NodeId> = opts.peers.keys().copied().collect();
+            storage.bootstrap(&voters).map_err(|e| e.to_string())?;
+            tracing::info!(replica = opts.id, ?voters, "bootstrapped a new group");
+        }
+        let snap = storage.snapshot().map_err(|e| e.to_string())?;
+        if !snap.is_empty() {
+            sm.restore(&snap.data).map_err(|e| format!("restoring snapshot {}: {e}", snap.meta.index))?;
+        }
+        let mut config = Config::new(opts.id);
+        config.election_tick = opts.election_tick;
+        config.heartbeat_tick = opts.heartbeat_tick;
+        config.applied = snap.meta.index;
+        config.seed = opts.id ^ (std::process::id() as u64) << 16 ^ Instant::now().elapsed().as_nanos() as u64;
+        tracing::info!(
+            replica = opts.id,
+            snapshot = snap.meta.index,
+            last_index = storage.last_index(),
+            term = storage.hard_state().term,
+            "log recovered"
+        );
+        let raw = RawNode::new(&config, storage).map_err(|e| e.to_string())?;
+
+        let (tx, rx) = mpsc::channel();
+        let events_tx = std::sync::Mutex::new(tx.clone());
+        let transport = Transport::start(
+            opts.id,
+            &opts.peers,
+            Arc::new(move |ev| {
+                let _ = events_tx.lock().expect("sender lock").send(Input::Transport(ev));
+            }),
+            runtime,
+        );
+        let handle = NodeHandle { tx, id: opts.id };
+        let driver = Driver {
+            raw,
+            sm,
+            transport,
+            opts,
+            pending: HashMap::new(),
+            pending_reads: HashMap::new(),
+            confirmed_reads: Vec::new(),
+            next_read: 0,
+            was_leader: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}", handle.id))
+            .spawn(move || driver.run(rx))
+            .map_err(|e| e.to_string())?;
+        Ok(Node { handle, thread: Some(thread) })
+    }
+
+    pub fn handle(&self) -> NodeHandle<SM> {
+        self.handle.clone()
+    }
+
+    /// Stops the loop after syncing the log; returns the loop's error if it died of one.
+    pub fn stop(mut self) -> Result<(), String> {
+        let _ = self.handle.tx.send(Input::Stop);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("raft thread panicked".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+struct Driver<SM> {
+    raw: RawNode<DiskStorage>,
+    sm: SM,
+    transport: Transport,
+    opts: NodeOptions,
+    /// Proposals waiting for their entry to be applied: index -> (term, reply).
+    pending: HashMap<Index, (Term, oneshot::Sender<Result<Bytes, NodeError>>)>,
+    /// ReadIndex requests waiting for leadership to be confirmed, by context.
+    pending_reads: HashMap<u64, ReadFn<SM>>,
+    /// Confirmed reads waiting for the state machine to reach their index.
+    confirmed_reads: Vec<(Index, ReadFn<SM>)>,
+    next_read: u64,
+    was_leader: bool,
+}
+
+/// Inputs taken per loop turn at most, so a flood cannot starve ticks.
+const MAX_BATCH: usize = 4096;
+
+impl<SM: StateMachine> Driver<SM> {
+    fn run(mut self, rx: mpsc::Receiver<Input<SM>>) -> Result<(), String> {
+        let mut next_tick = Instant::now() + self.opts.tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.shutdown(),
+            };
+            let mut stop = false;
+            if let Some(input) = first {
+                stop |= self.handle(input);
+                for _ in 0..MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(input) => stop |= self.handle(input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if stop {
+                return self.shutdown();
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick += self.opts.tick;
+                if next_tick < Instant::now() {
+                    next_tick = Instant::now() + self.opts.tick; // fell behind: do not burst ticks
+                }
+                self.raw.storage_mut().sync_if_due().map_err(|e| e.to_string())?;
+            }
+            if self.raw.has_ready() {
+                self.handle_ready()?;
+            }
+        }
+    }
+
+    fn shutdown(mut self) -> Result<(), String> {
+        self.raw.storage_mut().sync().map_err(|e| e.to_string())?;
+        for (_, (_, reply)) in self.pending.drain() {
+            let _ = reply.send(Err(NodeError::Stopped));
+        }
+        Ok(())
+    }
+
+    /// Steps one input into the core; returns true on Stop.
+    fn handle(&mut self, input: Input<SM>) -> bool {
+        match input {
+            Input::Step(m) => self.raw.step(m),
+            Input::Propose { data, reply } => match self.raw.propose(data) {
+                Ok(index) => {
+                    self.pending.insert(index, (self.raw.term(), reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(match e {
+                        Error::NotLeader { leader } => NodeError::NotLeader { leader },
+                        e => NodeError::Raft(e),
+                    }));
+                }
+            },
+            Input::Read { run } => {
+                if self.raw.role() != Role::Leader {
+                    run(Err(NodeError::NotLeader { leader: self.raw.leader_id() }));
+                } else {
+                    self.next_read += 1;
+                    let ctx = self.next_read;
+                    match self.raw.read_index(Bytes::copy_from_slice(&ctx.to_le_bytes())) {
+                        Ok(()) => {
+                            self.pending_reads.insert(ctx, run);
+                        }
+                        Err(e) => run(Err(NodeError::Raft(e))),
+                    }
+                }
+            }
+            Input::StaleRead { run } => run(Ok(&self.sm)),
+            Input::Status { reply } => {
+                let s = self.raw.storage();
+                let _ = reply.send(NodeStatus {
+                    raft: self.raw.status(),
+                    snapshot_index: s.snapshot_meta().index,
+                    first_index: s.first_index(),
+                    wal_segments: s.wal_segments(),
+                });
+            }
+            Input::TransferLeader { to } => {
+                if let Err(e) = self.raw.transfer_leader(to) {
+                    tracing::info!(replica = self.opts.id, to, "leader transfer refused: {e}");
+                }
+            }
+            Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
+            Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
+            Input::Stop => return true,
+        }
+        false
+    }
+
+    fn handle_ready(&mut self) -> Result<(), String> {
+        let mut rd: Ready = self.raw.ready();
+        if let Some(ss) = &rd.soft_state {
+            tracing::info!(replica = self.opts.id, role = ?ss.role, leader = ss.leader_id, term = self.raw.term(), "role changed");
+            let leader = ss.role == Role::Leader;
+            if self.was_leader && !leader {
+                for (_, run) in self.pending_reads.drain() {
+                    run(Err(NodeError::NotLeader { leader: ss.leader_id }));
+                }
+            }
+            self.was_leader = leader;
+        }
+        for m in std::mem::take(&mut rd.messages) {
+            self.transport.send(m);
+        }
+        self.raw
+            .storage_mut()
+            .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
+            .map_err(|e| format!("persisting: {e}"))?;
+        for m in std::mem::take(&mut rd.persisted_messages) {
+            self.transport.send(m);
+        }
+        if let Some(snap) = &rd.snapshot {
+            self.sm.restore(&snap.data).map_err(|e| format!("restoring snapshot {}: {e}", snap.meta.index))?;
+            let covered: Vec<Index> = self.pending.keys().copied().filter(|&i| i <= snap.meta.index).collect();
+            for i in covered {
+                if let Some((_, reply)) = self.pending.remove(&i) {
+                    let _ = reply.send(Err(NodeError::Unknown));
+                }
+            }
+        }
+        let mut applied = None;
+        for e in &rd.committed_entries {
+            let result = match e.kind {
+                EntryKind::Normal if !e.data.is_empty() => self.sm.apply(e.index, &e.data),
+                _ => Bytes::new(),
+            };
+            if let Some((term, reply)) = self.pending.remove(&e.index) {
+                let _ = reply.send(if term == e.term { Ok(result) } else { Err(NodeError::Dropped) });
+            }
+            applied = Some(e.index);
+        }
+        for rs in std::mem::take(&mut rd.read_states) {
+            let ctx = rs.context.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0);
+            if let Some(run) = self.pending_reads.remove(&ctx) {
+                self.confirmed_reads.push((rs.index, run));
+            }
+        }
+        self.raw.advance(&rd);
+        let applied_now = self.raw.applied();
+        if !self.confirmed_reads.is_empty() {
+            let (ready, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.confirmed_reads).into_iter().partition(|(i, _)| *i <= applied_now);
+            self.confirmed_reads = waiting;
+            for (_, run) in ready {
+                run(Ok(&self.sm));
+            }
+        }
+        if let Some(index) = applied {
+            self.maybe_snapshot(index)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self, applied: Index) -> Result<(), String> {
+        let snap_index = self.raw.storage().snapshot_meta().index;
+        if applied < snap_index + self.opts.snapshot_entries {
+            return Ok(());
+        }
+        let Some(conf) = self.raw.conf_state_at(applied) else { return Ok(()) };
+        let data = self.sm.snapshot();
+        let started = Instant::now();
+        self.raw.storage_mut().compact(applied, conf, data).map_err(|e| format!("snapshot at {applied}: {e}"))?;
+        tracing::info!(replica = self.opts.id, index = applied, took = ?started.elapsed(), "snapshot taken, log compacted");
+        Ok(())
+    }
+}

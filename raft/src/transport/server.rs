@@ -1,0 +1,89 @@
+//! The receiving side: a `RaftPeer` gRPC service that decodes peer messages and hands them to
+//! the node. Malformed messages end that peer's stream with `InvalidArgument`; they never reach
+//! the core.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use proto::raft as pb;
+use proto::raft::raft_peer_server::{RaftPeer, RaftPeerServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{codec, MAX_MESSAGE_SIZE};
+use crate::types::{Message, MessageBody, NodeId, Snapshot};
+
+/// Largest snapshot a follower accepts.
+const MAX_SNAPSHOT: u64 = 16 << 30;
+
+pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
+
+/// The `RaftPeer` service of node `id`.
+pub struct PeerService {
+    id: NodeId,
+    deliver: Deliver,
+}
+
+impl PeerService {
+    pub fn new(id: NodeId, deliver: Deliver) -> PeerService {
+        PeerService { id, deliver }
+    }
+
+    /// The tonic service, ready to add to a server.
+    pub fn into_server(self) -> RaftPeerServer<PeerService> {
+        RaftPeerServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn messages(&self, request: Request<Streaming<pb::RaftMessage>>) -> Result<Response<pb::StreamAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(m) = stream.message().await? {
+            let m = codec::from_pb(m).map_err(Status::invalid_argument)?;
+            if m.to != self.id {
+                return Err(Status::invalid_argument(format!("message for {} sent to replica {}", m.to, self.id)));
+            }
+            (self.deliver)(m);
+        }
+        Ok(Response::new(pb::StreamAck {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotAck>, Status> {
+        let mut stream = request.into_inner();
+        let mut head: Option<(NodeId, u64, pb::SnapshotMeta)> = None;
+        let mut data = BytesMut::new();
+        while let Some(chunk) = stream.message().await? {
+            if chunk.to != self.id {
+                return Err(Status::invalid_argument("snapshot for another replica"));
+            }
+            if chunk.offset != data.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "chunk at {} but {} bytes received",
+                    chunk.offset,
+                    data.len()
+                )));
+            }
+            if head.is_none() {
+                let meta =
+                    chunk.meta.clone().ok_or_else(|| Status::invalid_argument("first chunk without metadata"))?;
+                head = Some((chunk.from, chunk.term, meta));
+            }
+            if data.len() as u64 + chunk.data.len() as u64 > MAX_SNAPSHOT {
+                return Err(Status::resource_exhausted("snapshot too large"));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                let (from, term, meta) = head.take().expect("set by the first chunk");
+                let snapshot = Snapshot { meta: codec::meta_from_pb(meta), data: data.split().freeze() };
+                (self.deliver)(Message { from, to: self.id, term, body: MessageBody::InstallSnapshot { snapshot } });
+                return Ok(Response::new(pb::InstallSnapshotAck { term, accepted: true }));
+            }
+        }
+        Err(Status::invalid_argument("snapshot stream ended before the last chunk"))
+    }
+}

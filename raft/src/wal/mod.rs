@@ -1,0 +1,348 @@
+//! The write-ahead log: entries, hard state and snapshot-install markers in segment files
+//! `DIR/NNNNNNNNNNNNNNNNNNNN.wal`, each record framed with its length and a CRC32C
+//! ([`record`]).
+//!
+//! - **Group commit.** [`Wal::append`] only buffers; [`Wal::write`] hands the whole buffer to
+//!   the kernel in one `write`, and [`Wal::sync`] makes everything written so far durable with
+//!   one `fdatasync`. The replica's loop appends everything one Ready holds (all proposals that
+//!   arrived while the previous sync ran) and syncs once.
+//! - **Recovery.** Records are replayed in order. A log write at index `i` always replaces the
+//!   log from `i` on (a follower's conflicting suffix, §5.3), so replay truncates the same way.
+//!   The end of the newest segment may be torn by a crash: an invalid record there with nothing
+//!   valid after it is cut off with a warning. An invalid record anywhere else, or followed by a
+//!   valid one, is corruption of synced data: [`WalError::Corrupt`] stops the replica, never a
+//!   silent loss.
+//! - **Compaction.** Once a snapshot covers index `s`, the oldest segments whose entries are all
+//!   at or below `s` are deleted (only a prefix: a later segment may depend on an earlier one's
+//!   truncation). Every new segment starts with the current hard state, so deleting old
+//!   segments never loses it.
+
+pub(crate) mod record;
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::types::{Entry, HardState, Index, Term};
+use record::{Bad, Record};
+
+/// Segments roll over at this size unless configured otherwise.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// Why the log cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("WAL I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// Synced data does not check out. The replica stops: an operator must decide (restore
+    /// this replica from a peer by wiping its data directory).
+    #[error("WAL corrupt in {path} at byte {offset}: {why}; refusing to start (wipe this replica's data directory to resync it from its peers)")]
+    Corrupt { path: PathBuf, offset: u64, why: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io { path: path.to_path_buf(), source }
+}
+
+/// What the log held on start-up, relative to the snapshot it was opened with.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    /// The entries after `base_index`, contiguous.
+    pub entries: Vec<Entry>,
+    /// Torn-tail truncations, for the log (each also reported with `tracing::warn!`).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    /// The largest entry index written to this segment (0 if none).
+    max_index: Index,
+}
+
+/// A segmented write-ahead log. See the module documentation.
+pub struct Wal {
+    dir: PathBuf,
+    segment_size: u64,
+    /// Oldest first; the last one is the one being written.
+    segments: Vec<Segment>,
+    file: File,
+    file_len: u64,
+    buf: BytesMut,
+    /// Bytes written to the kernel but not yet synced.
+    unsynced: bool,
+    hard_state: HardState,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.wal"))
+}
+
+/// Fsyncs a directory, so a file created or renamed in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` and replays it on top of a snapshot at
+    /// (`base_index`, `base_term`) — (0, 0) when there is none.
+    pub fn open(dir: &Path, segment_size: u64, base_index: Index) -> Result<(Wal, Recovered), WalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut seqs = Vec::new();
+        for item in fs::read_dir(dir).map_err(io_err(dir))? {
+            let item = item.map_err(io_err(dir))?;
+            let name = item.file_name();
+            let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            seqs.push(seq);
+        }
+        seqs.sort_unstable();
+
+        let mut replay = Replay { base: base_index, out: Recovered::default() };
+        let mut segments = Vec::new();
+        let mut valid_len = 0;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = segment_path(dir, seq);
+            let last = i + 1 == seqs.len();
+            let (max_index, len) = replay.segment(&path, last)?;
+            valid_len = len;
+            segments.push(Segment { seq, path, max_index });
+        }
+        let hard_state = replay.out.hard_state;
+        let mut recovered = replay.out;
+        recovered.hard_state.commit = recovered.hard_state.commit.max(base_index);
+
+        let mut wal = match segments.last() {
+            Some(seg) => {
+                let file = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
+                if file.metadata().map_err(io_err(&seg.path))?.len() != valid_len {
+                    // Cut the torn tail for good, so new records follow the last valid one.
+                    file.set_len(valid_len).map_err(io_err(&seg.path))?;
+                    file.sync_all().map_err(io_err(&seg.path))?;
+                }
+                Wal {
+                    dir: dir.to_path_buf(),
+                    segment_size,
+                    file,
+                    file_len: valid_len,
+                    segments,
+                    buf: BytesMut::new(),
+                    unsynced: false,
+                    hard_state,
+                }
+            }
+            None => {
+                let path = segment_path(dir, 1);
+                let file = create_segment(dir, &path)?;
+                Wal {
+                    dir: dir.to_path_buf(),
+                    segment_size,
+                    file,
+                    file_len: 0,
+                    segments: vec![Segment { seq: 1, path, max_index: 0 }],
+                    buf: BytesMut::new(),
+                    unsynced: false,
+                    hard_state,
+                }
+            }
+        };
+        use std::io::Seek;
+        wal.file.seek(io::SeekFrom::End(0)).map_err(io_err(dir))?;
+        Ok((wal, recovered))
+    }
+
+    /// Buffers entries (replacing the log from the first one's index on) and the hard state.
+    pub fn append(&mut self, entries: &[Entry], hard_state: Option<HardState>) {
+        for e in entries {
+            record::encode(&mut self.buf, &Record::Entry(e.clone()));
+            let seg = self.segments.last_mut().expect("an active segment");
+            seg.max_index = seg.max_index.max(e.index);
+        }
+        if let Some(hs) = hard_state {
+            record::encode(&mut self.buf, &Record::HardState(hs));
+            self.hard_state = hs;
+        }
+    }
+
+    /// Buffers a marker: a snapshot at (`index`, `term`) from the leader replaced the whole log.
+    /// The snapshot file must be durable before this marker is written.
+    pub fn append_reset(&mut self, index: Index, term: Term) {
+        record::encode(&mut self.buf, &Record::Reset { index, term });
+    }
+
+    /// Hands the buffered records to the kernel in one write (not yet durable), rolling over to
+    /// a new segment first when the current one is full.
+    pub fn write(&mut self) -> Result<(), WalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.file_len >= self.segment_size {
+            self.roll()?;
+        }
+        let path = &self.segments.last().expect("an active segment").path;
+        self.file.write_all(&self.buf).map_err(io_err(path))?;
+        self.file_len += self.buf.len() as u64;
+        self.buf.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (one `fdatasync` for all of it).
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        self.write()?;
+        if self.unsynced {
+            let path = &self.segments.last().expect("an active segment").path;
+            self.file.sync_data().map_err(io_err(path))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Whether some written records are not yet durable.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced || !self.buf.is_empty()
+    }
+
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.file.sync_data().map_err(io_err(&self.dir))?;
+        self.unsynced = false;
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let path = segment_path(&self.dir, seq);
+        self.file = create_segment(&self.dir, &path)?;
+        self.file_len = 0;
+        self.segments.push(Segment { seq, path, max_index: 0 });
+        // The new segment starts with the hard state, so older segments can be deleted.
+        let mut head = BytesMut::new();
+        record::encode(&mut head, &Record::HardState(self.hard_state));
+        head.extend_from_slice(&self.buf);
+        self.buf = head;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments whose entries a snapshot at `index` covers entirely.
+    pub fn compact(&mut self, index: Index) -> Result<usize, WalError> {
+        let mut dropped = 0;
+        while self.segments.len() > 1 && self.segments[0].max_index <= index {
+            let seg = self.segments.remove(0);
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Number of segment files (for tests and status).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+}
+
+fn create_segment(dir: &Path, path: &Path) -> Result<File, WalError> {
+    let file = OpenOptions::new().create(true).truncate(true).write(true).open(path).map_err(io_err(path))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Replays segments in order into a log that starts after `base`.
+struct Replay {
+    base: Index,
+    out: Recovered,
+}
+
+impl Replay {
+    /// Replays one segment; returns its largest entry index and the length of its valid prefix.
+    fn segment(&mut self, path: &Path, last: bool) -> Result<(Index, u64), WalError> {
+        let mut raw = Vec::new();
+        File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(io_err(path))?;
+        let data = Bytes::from(raw);
+        let mut offset = 0usize;
+        let mut max_index = 0;
+        while offset < data.len() {
+            match record::decode(&data.slice(offset..)) {
+                Ok((rec, n)) => {
+                    if let Record::Entry(e) = &rec {
+                        max_index = max_index.max(e.index);
+                    }
+                    self.apply(rec, path, offset)?;
+                    offset += n;
+                }
+                Err(bad) => {
+                    let why = match bad {
+                        Bad::Short => "record cut short".to_string(),
+                        Bad::Corrupt(why) => why.to_string(),
+                    };
+                    if !last {
+                        return Err(corrupt(path, offset, format!("{why} in a segment that is not the newest")));
+                    }
+                    if let Some(next) = next_valid_record(&data, offset + 1) {
+                        return Err(corrupt(path, offset, format!("{why}, followed by a valid record at byte {next}")));
+                    }
+                    let msg = format!(
+                        "WAL {}: torn tail at byte {offset} ({why}); dropping {} unsynced bytes",
+                        path.display(),
+                        data.len() - offset
+                    );
+                    tracing::warn!("{msg}");
+                    self.out.warnings.push(msg);
+                    break;
+                }
+            }
+        }
+        Ok((max_index, offset as u64))
+    }
+
+    fn apply(&mut self, rec: Record, path: &Path, offset: usize) -> Result<(), WalError> {
+        let entries = &mut self.out.entries;
+        match rec {
+            Record::HardState(hs) => self.out.hard_state = hs,
+            Record::Reset { index, term: _ } => {
+                if index > self.base {
+                    return Err(corrupt(
+                        path,
+                        offset,
+                        format!(
+                            "the log was reset to a snapshot at {index}, but the newest valid snapshot is at {}",
+                            self.base
+                        ),
+                    ));
+                }
+                entries.clear();
+            }
+            Record::Entry(e) => {
+                if e.index <= self.base {
+                    // A write this far back replaced everything after it; the snapshot holds
+                    // what was there.
+                    entries.clear();
+                    return Ok(());
+                }
+                let last = self.base + entries.len() as u64;
+                if e.index > last + 1 {
+                    return Err(corrupt(path, offset, format!("entry {} follows {last}: a gap in the log", e.index)));
+                }
+                entries.truncate((e.index - self.base - 1) as usize);
+                entries.push(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(path: &Path, offset: usize, why: String) -> WalError {
+    WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, why }
+}
+
+/// The first offset at or after `from` where a valid record starts, if any. Used to tell a torn
+/// tail (nothing valid after the bad record) from corruption in the middle of synced data.
+fn next_valid_record(data: &Bytes, from: usize) -> Option<usize> {
+    (from..data.len().saturating_sub(record::HEADER_LEN)).find(|&p| record::decode(&data.slice(p..)).is_ok())
+}
