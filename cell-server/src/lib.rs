@@ -1,8 +1,17 @@
 //! A Chubby cell replica (see `../shared/DESIGN.md`).
 //!
-//! This crate will hold the replicated state machine (namespace, locks, sessions), the master's
-//! in-memory duties and the replica binary. It is built on the [`raft`] library; today it only
-//! links the pieces together so the workspace builds as one.
+//! - [`config`]: the replica's settings, from flags and/or a TOML file.
+//! - [`kv`]: the replicated state machine of this stage, a key-value map (the Chubby namespace,
+//!   locks and sessions replace it).
+//! - [`service`]: the `chubby.cell.Cell` gRPC service (status, put, get, list) with redirects.
+//! - [`replica`]: one replica process: Raft node, gRPC server, clean shutdown on SIGTERM.
+//! - [`local`]: `cell-server local`, a whole cell of replica processes on loopback.
+
+pub mod config;
+pub mod kv;
+pub mod local;
+pub mod replica;
+pub mod service;
 
 pub use proto;
 pub use raft;

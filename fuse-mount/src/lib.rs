@@ -1,5 +1,7 @@
-//! Client side of the cell: the client library (session, KeepAlive, master discovery, cache),
-//! the FUSE daemon and the `chubby` CLI. Built up by the client and mount issues; for now it
-//! only links the wire formats so the workspace builds as one.
+//! Client side of the cell. Today: [`client`], the library the `chubby` CLI is built on
+//! (finding the leader through any replica, redirects, deadlines). The session, KeepAlive,
+//! cache and the FUSE daemon grow here in later issues.
+
+pub mod client;
 
 pub use proto;

@@ -2,6 +2,7 @@
 //!
 //! - [`raft`]: messages between replicas (the transport converts to and from the core's types).
 //! - [`chubby`]: the client service the master serves (Chubby §2.6).
+//! - [`cell`]: cell status and administration, served by every replica.
 
 /// Peer-to-peer Raft messages and the `RaftPeer` service.
 pub mod raft {
@@ -12,3 +13,11 @@ pub mod raft {
 pub mod chubby {
     tonic::include_proto!("chubby.v1");
 }
+
+/// Cell status and administration (and the key-value map of the first replica binary).
+pub mod cell {
+    tonic::include_proto!("chubby.cell");
+}
+
+/// The metadata key that carries the leader's address in a not-the-leader answer.
+pub const LEADER_METADATA: &str = "chubby-leader";

@@ -1,0 +1,233 @@
+//! The replica's settings: one serde struct, loadable from TOML (`--config FILE`) and
+//! overridden by flags. Keys in the file are the flags' names with `_` for `-`:
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7001"
+//! peers = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"
+//! data_dir = "/var/lib/chubby/1"
+//! fsync = "always"          # always | everysec | no
+//! cell_name = "local"
+//! tick_ms = 10              # one Raft tick
+//! election_ticks = 15       # election timeout: 15-30 ticks of silence
+//! heartbeat_ticks = 2
+//! snapshot_entries = 100000 # snapshot + compact the log after this many entries
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raft::{DiskOptions, FsyncPolicy, NodeId, NodeOptions};
+use serde::Deserialize;
+
+/// Flags of one replica (all optional here: a `--config` file may supply them).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ReplicaArgs {
+    /// TOML file with the same keys as these flags (flags win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This replica's id (one of the ids in --peers).
+    #[arg(long)]
+    pub id: Option<NodeId>,
+    /// Address to serve peers and clients on (default: this replica's address in --peers).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Every replica of the cell: ID=HOST:PORT,...
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peers: Option<String>,
+    /// Where this replica keeps its log and snapshots.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// always (default): nothing is acknowledged before it is on disk; everysec: fsync once a
+    /// second (a power loss can lose the last second); no: leave it to the kernel.
+    #[arg(long, value_name = "always|everysec|no")]
+    pub fsync: Option<String>,
+    /// The cell's name, as in /ls/<cell>/… (default: local).
+    #[arg(long)]
+    pub cell_name: Option<String>,
+    /// Length of one Raft tick in milliseconds (default 10).
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Election timeout in ticks (randomized between this and twice this; default 15).
+    #[arg(long)]
+    pub election_ticks: Option<u64>,
+    /// Heartbeat interval in ticks (default 2).
+    #[arg(long)]
+    pub heartbeat_ticks: Option<u64>,
+    /// Take a snapshot and compact the log after this many applied entries (default 100000).
+    #[arg(long)]
+    pub snapshot_entries: Option<u64>,
+}
+
+/// The settings file; every key optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<NodeId>,
+    listen: Option<String>,
+    peers: Option<String>,
+    data_dir: Option<PathBuf>,
+    fsync: Option<String>,
+    cell_name: Option<String>,
+    tick_ms: Option<u64>,
+    election_ticks: Option<u64>,
+    heartbeat_ticks: Option<u64>,
+    snapshot_entries: Option<u64>,
+}
+
+/// A replica's complete, checked settings.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub id: NodeId,
+    pub listen: String,
+    pub peers: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub cell_name: String,
+    pub tick: Duration,
+    pub election_ticks: u64,
+    pub heartbeat_ticks: u64,
+    pub snapshot_entries: u64,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+        if id == 0 {
+            return Err("peer ids start at 1".into());
+        }
+        let addr = addr.trim();
+        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(format!("peer address {addr:?} is not HOST:PORT"));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer id {id} given twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers lists no replica".into());
+    }
+    Ok(peers)
+}
+
+impl ReplicaConfig {
+    /// Merges the file named by `--config` (if any) with the flags, and checks the result.
+    pub fn from_args(args: &ReplicaArgs) -> Result<ReplicaConfig, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let id = args.id.or(file.id).ok_or("--id is required")?;
+        let peers = parse_peers(args.peers.as_deref().or(file.peers.as_deref()).ok_or("--peers is required")?)?;
+        let own = peers.get(&id).ok_or_else(|| format!("--id {id} is not one of the ids in --peers"))?;
+        let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| own.clone());
+        let data_dir = args.data_dir.clone().or(file.data_dir).ok_or("--data-dir is required")?;
+        let fsync = args.fsync.as_deref().or(file.fsync.as_deref()).unwrap_or("always").parse::<FsyncPolicy>()?;
+        let cell_name = args.cell_name.clone().or(file.cell_name).unwrap_or_else(|| "local".to_string());
+        if cell_name.is_empty() || cell_name.contains('/') {
+            return Err(format!("cell name {cell_name:?} must be non-empty and contain no '/'"));
+        }
+        let tick_ms = args.tick_ms.or(file.tick_ms).unwrap_or(10);
+        let election_ticks = args.election_ticks.or(file.election_ticks).unwrap_or(15);
+        let heartbeat_ticks = args.heartbeat_ticks.or(file.heartbeat_ticks).unwrap_or(2);
+        let snapshot_entries = args.snapshot_entries.or(file.snapshot_entries).unwrap_or(100_000);
+        if tick_ms == 0 || heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
+            return Err("timings need tick_ms > 0 and election_ticks > heartbeat_ticks > 0".into());
+        }
+        if snapshot_entries == 0 {
+            return Err("snapshot_entries must be at least 1".into());
+        }
+        Ok(ReplicaConfig {
+            id,
+            listen,
+            peers,
+            data_dir,
+            fsync,
+            cell_name,
+            tick: Duration::from_millis(tick_ms),
+            election_ticks,
+            heartbeat_ticks,
+            snapshot_entries,
+        })
+    }
+
+    pub fn node_options(&self) -> NodeOptions {
+        NodeOptions {
+            id: self.id,
+            peers: self.peers.clone(),
+            data_dir: self.data_dir.clone(),
+            disk: DiskOptions { fsync: self.fsync, ..DiskOptions::default() },
+            tick: self.tick,
+            election_tick: self.election_ticks,
+            heartbeat_tick: self.heartbeat_ticks,
+            snapshot_entries: self.snapshot_entries,
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(peers: &str) -> ReplicaArgs {
+        ReplicaArgs {
+            id: Some(2),
+            peers: Some(peers.into()),
+            data_dir: Some("/tmp/x".into()),
+            ..ReplicaArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_make_a_config_with_defaults() {
+        let c = ReplicaConfig::from_args(&args("1=127.0.0.1:7001, 2=127.0.0.1:7002,3=127.0.0.1:7003")).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7002");
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.cell_name, "local");
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        for (peers, want) in [
+            ("1=127.0.0.1:7001", "not one of the ids"),
+            ("1=127.0.0.1", "not HOST:PORT"),
+            ("x=127.0.0.1:1", "not a number"),
+            ("2=a:1,2=b:2", "given twice"),
+            ("", "no replica"),
+        ] {
+            let err = ReplicaConfig::from_args(&args(peers)).unwrap_err();
+            assert!(err.contains(want), "{peers:?}: {err}");
+        }
+        let mut a = args("2=127.0.0.1:7002");
+        a.fsync = Some("sometimes".into());
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("always, everysec or no"));
+    }
+
+    #[test]
+    fn file_supplies_keys_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cell.toml");
+        std::fs::write(
+            &path,
+            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = \"/d\"\nfsync = \"no\"\ntick_ms = 5\n",
+        )
+        .unwrap();
+        let mut a = ReplicaArgs { config: Some(path.clone()), ..ReplicaArgs::default() };
+        let c = ReplicaConfig::from_args(&a).unwrap();
+        assert_eq!((c.id, c.fsync, c.tick), (1, FsyncPolicy::No, Duration::from_millis(5)));
+        a.id = Some(2);
+        assert_eq!(ReplicaConfig::from_args(&a).unwrap().id, 2);
+        std::fs::write(&path, "id = 1\nbogus = 3\n").unwrap();
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("bogus"));
+    }
+}

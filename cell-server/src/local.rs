@@ -1,0 +1,173 @@
+//! `cell-server local`: a whole cell of separate replica processes on loopback, for development
+//! and the README. Prints the cell's address list once a leader is elected, and stops every
+//! replica on Ctrl-C or SIGTERM (SIGTERM to each, SIGKILL after 5 s). Each replica also gets
+//! SIGTERM from the kernel if this process dies (`PR_SET_PDEATHSIG`), so none is left behind.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::cell::cell_client::CellClient;
+use proto::cell::StatusRequest;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Flags of `cell-server local`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Number of replicas (3 or 5 for a real cell; 1 works for experiments).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u16,
+    /// Directory for the replicas' data and logs (replica-N/ and replica-N.log); reused on the
+    /// next start, so the cell keeps its data.
+    #[arg(long, default_value = "chubby-local")]
+    pub dir: PathBuf,
+    /// Replica N listens on 127.0.0.1:(base-port + N - 1).
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    /// Fsync policy of every replica: always | everysec | no.
+    #[arg(long, default_value = "always")]
+    pub fsync: String,
+    #[arg(long, default_value = "local")]
+    pub cell_name: String,
+}
+
+struct Replica {
+    id: u16,
+    addr: String,
+    child: Child,
+}
+
+/// Runs the local cell until Ctrl-C or SIGTERM.
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    if args.replicas == 0 || args.replicas > 9 {
+        anyhow::bail!("--replicas must be between 1 and 9");
+    }
+    if u32::from(args.base_port) + u32::from(args.replicas) > 65536 || args.base_port == 0 {
+        anyhow::bail!("--base-port {} leaves no room for {} replicas", args.base_port, args.replicas);
+    }
+    args.fsync.parse::<raft::FsyncPolicy>().map_err(|e| anyhow::anyhow!(e))?;
+    std::fs::create_dir_all(&args.dir)?;
+    let addrs: Vec<String> = (0..args.replicas).map(|i| format!("127.0.0.1:{}", args.base_port + i)).collect();
+    let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let peers = peers.join(",");
+    let exe = std::env::current_exe()?;
+
+    let mut replicas = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u16 + 1;
+        let log = std::fs::File::create(args.dir.join(format!("replica-{id}.log")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers, "--fsync", &args.fsync])
+            .args(["--cell-name", &args.cell_name, "--data-dir"])
+            .arg(args.dir.join(format!("replica-{id}")))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                stop_all(&mut replicas);
+                anyhow::bail!("cannot start replica {id}: {e}");
+            }
+        };
+        replicas.push(Replica { id, addr: addr.clone(), child });
+    }
+
+    let leader = wait_for_leader(&addrs, Duration::from_secs(15)).await;
+    match &leader {
+        Some((id, term)) => println!(
+            "cell {:?} is up: {} replicas on loopback, leader is replica {id} (term {term})",
+            args.cell_name, args.replicas
+        ),
+        None => println!("cell {:?} started, but no leader after 15 s; see the logs", args.cell_name),
+    }
+    for r in &replicas {
+        println!(
+            "  replica {}  {}  pid {}  data {}  log {}",
+            r.id,
+            r.addr,
+            r.child.id(),
+            args.dir.join(format!("replica-{}", r.id)).display(),
+            args.dir.join(format!("replica-{}.log", r.id)).display()
+        );
+    }
+    println!("CHUBBY_CELL={}", addrs.join(","));
+    println!("Ctrl-C or SIGTERM stops the cell.");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut reported = vec![false; replicas.len()];
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (r, seen) in replicas.iter_mut().zip(reported.iter_mut()) {
+                    if let Ok(Some(status)) = r.child.try_wait() {
+                        if !*seen {
+                            eprintln!("replica {} exited ({status}); see its log", r.id);
+                            *seen = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping the cell");
+    stop_all(&mut replicas);
+    Ok(())
+}
+
+/// SIGTERM to every replica, then SIGKILL to any still running after 5 s.
+fn stop_all(replicas: &mut [Replica]) {
+    for r in replicas.iter() {
+        // SAFETY: plain kill(2) on a child we started and have not reaped.
+        unsafe { libc::kill(r.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for r in replicas.iter_mut() {
+        loop {
+            match r.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// Polls the replicas until one of them reports a leader; returns (leader id, term).
+async fn wait_for_leader(addrs: &[String], limit: Duration) -> Option<(u64, u64)> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for addr in addrs {
+            let Ok(Ok(mut client)) =
+                tokio::time::timeout(Duration::from_millis(300), CellClient::connect(format!("http://{addr}"))).await
+            else {
+                continue;
+            };
+            if let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_millis(300), client.status(StatusRequest {})).await
+            {
+                let s = resp.into_inner();
+                if s.leader_id != 0 {
+                    return Some((s.leader_id, s.term));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}

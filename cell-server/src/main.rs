@@ -1,0 +1,61 @@
+//! `cell-server`: one replica of a Chubby cell, or (`cell-server local`) a whole cell on
+//! loopback. See `cell-server --help`.
+
+use clap::{Parser, Subcommand};
+
+use cell_server::config::{ReplicaArgs, ReplicaConfig};
+use cell_server::local::{self, LocalArgs};
+use cell_server::replica;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cell-server",
+    version,
+    about = "A replica of a Chubby lock-service cell (Raft-replicated)",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  cell-server --id 1 --listen 127.0.0.1:7001 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --data-dir /var/lib/chubby/1\n  cell-server --config cell.toml\n  cell-server local            # a 3-replica cell on 127.0.0.1:7001-7003"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    replica: ReplicaArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a whole cell of replica processes on loopback; prints its address list.
+    Local(LocalArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cell-server: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = match cli.command {
+        Some(Cmd::Local(args)) => runtime.block_on(local::run(args)),
+        None => match ReplicaConfig::from_args(&cli.replica) {
+            Ok(cfg) => runtime.block_on(replica::run(cfg)),
+            Err(e) => {
+                eprintln!("cell-server: {e}\nSee cell-server --help.");
+                std::process::exit(2);
+            }
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("cell-server: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,75 @@
+//! One replica process: the Raft [`Node`] with the key-value state machine, a gRPC server with
+//! the peer and cell services, and shutdown on SIGTERM/SIGINT that hands leadership over first.
+
+use std::time::Duration;
+
+use raft::{Node, NodeHandle, Role};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ReplicaConfig;
+use crate::kv::KvStore;
+use crate::service::CellService;
+
+/// Runs a replica until SIGTERM or SIGINT.
+pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let node = Node::start(cfg.node_options(), KvStore::default(), tokio::runtime::Handle::current())
+        .map_err(|e| anyhow::anyhow!("replica {} cannot start: {e}", cfg.id))?;
+    let handle = node.handle();
+    let service = CellService::new(handle.clone(), cfg.peers.clone(), cfg.cell_name.clone(), cfg.fsync.to_string());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(handle.peer_service().into_server())
+            .add_service(service.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    tracing::info!(replica = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), fsync = %cfg.fsync, "replica serving");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!(replica = cfg.id, "SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!(replica = cfg.id, "SIGINT: stopping"),
+        res = server => {
+            let _ = node.stop();
+            return match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+            };
+        }
+    }
+    step_down(&handle).await;
+    tokio::task::spawn_blocking(move || node.stop()).await?.map_err(|e| anyhow::anyhow!(e))?;
+    Ok(())
+}
+
+/// If this replica leads, hands leadership to the most caught-up follower and waits (at most
+/// about a second) until it has, so clients see a quick handover instead of an election timeout.
+pub async fn step_down(node: &NodeHandle<KvStore>) {
+    let Ok(st) = node.status().await else { return };
+    if st.raft.role != Role::Leader {
+        return;
+    }
+    let Some((&to, _)) = st.raft.progress.iter().filter(|(&id, _)| id != st.raft.id).max_by_key(|(_, p)| p.matched)
+    else {
+        return;
+    };
+    node.transfer_leader(to);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match node.status().await {
+            Ok(s) if s.raft.role != Role::Leader => {
+                tracing::info!(replica = st.raft.id, to, "leadership handed over");
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+    tracing::warn!(replica = st.raft.id, to, "leadership transfer did not finish in time");
+}

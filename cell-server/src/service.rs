@@ -1,0 +1,144 @@
+//! The `chubby.cell.Cell` gRPC service. Every replica answers `Status` and stale reads itself;
+//! writes and linearizable reads need the leader, so other replicas answer
+//! `FAILED_PRECONDITION` with the leader's address in the [`proto::LEADER_METADATA`] key (or
+//! `UNAVAILABLE` while no leader is known). Node errors become gRPC statuses here, in one place.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proto::cell::cell_server::{Cell, CellServer};
+use proto::cell::*;
+use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::kv::{encode_put, KvStore};
+
+/// The service of one replica.
+pub struct CellService {
+    node: NodeHandle<KvStore>,
+    peers: Arc<BTreeMap<NodeId, String>>,
+    cell_name: String,
+    fsync: String,
+}
+
+impl CellService {
+    pub fn new(node: NodeHandle<KvStore>, peers: BTreeMap<NodeId, String>, cell_name: String, fsync: String) -> Self {
+        CellService { node, peers: Arc::new(peers), cell_name, fsync }
+    }
+
+    pub fn into_server(self) -> CellServer<CellService> {
+        CellServer::new(self)
+    }
+
+    /// Maps a node error to the status a client acts on.
+    fn status_of(&self, e: NodeError) -> Status {
+        match e {
+            NodeError::NotLeader { leader } => match self.peers.get(&leader) {
+                Some(addr) if leader != 0 => {
+                    let mut s = Status::failed_precondition(format!(
+                        "not the leader; the leader is replica {leader} at {addr}"
+                    ));
+                    if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
+                        s.metadata_mut().insert(proto::LEADER_METADATA, v);
+                    }
+                    s
+                }
+                _ => Status::unavailable("no leader elected yet; retry shortly"),
+            },
+            NodeError::Dropped => Status::aborted("write lost to a leader change and not applied; retry"),
+            NodeError::Unknown => Status::unknown("leader changed; the write may or may not have been applied"),
+            NodeError::Stopped => Status::unavailable("replica is shutting down"),
+            NodeError::Raft(e) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+    }
+}
+
+#[tonic::async_trait]
+impl Cell for CellService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let st = self.node.status().await.map_err(|e| self.status_of(e))?;
+        let r = &st.raft;
+        let addr = |id: NodeId| self.peers.get(&id).cloned().unwrap_or_default();
+        Ok(Response::new(StatusResponse {
+            id: r.id,
+            address: addr(r.id),
+            cell_name: self.cell_name.clone(),
+            role: role_name(r.role).to_string(),
+            leader_id: r.leader_id,
+            leader_address: addr(r.leader_id),
+            term: r.term,
+            commit_index: r.commit,
+            applied_index: r.applied,
+            last_index: r.last_index,
+            snapshot_index: st.snapshot_index,
+            voters: r.conf_state.voters.clone(),
+            learners: r.conf_state.learners.clone(),
+            progress: r
+                .progress
+                .iter()
+                .map(|(&id, p)| PeerProgress {
+                    id,
+                    match_index: p.matched,
+                    next_index: p.next_idx,
+                    state: match p.state {
+                        ProgressState::Probe => "probe",
+                        ProgressState::Replicate => "replicate",
+                        ProgressState::Snapshot => "snapshot",
+                    }
+                    .to_string(),
+                })
+                .collect(),
+            wal_segments: st.wal_segments as u64,
+            fsync: self.fsync.clone(),
+            members: self.peers.iter().map(|(&id, a)| Member { id, address: a.clone() }).collect(),
+        }))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        let data = encode_put(&req.key, &req.value).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let result = self.node.propose(data).await.map_err(|e| self.status_of(e))?;
+        let revision = result.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0);
+        Ok(Response::new(PutResponse { revision }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = req.into_inner();
+        let key = req.key;
+        let read = move |kv: &KvStore| {
+            let applied = kv.applied();
+            match kv.get(&key) {
+                Some(v) => {
+                    GetResponse { found: true, value: v.value.clone(), revision: v.revision, applied_index: applied }
+                }
+                None => GetResponse { applied_index: applied, ..GetResponse::default() },
+            }
+        };
+        let resp = if req.stale { self.node.stale_read(read).await } else { self.node.read(read).await };
+        resp.map(Response::new).map_err(|e| self.status_of(e))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = req.into_inner();
+        let prefix = req.prefix;
+        let read = move |kv: &KvStore| ListResponse {
+            items: kv
+                .list(&prefix)
+                .map(|(k, v)| KeyValue { key: k.clone(), value: v.value.clone(), revision: v.revision })
+                .collect(),
+            applied_index: kv.applied(),
+        };
+        let resp = if req.stale { self.node.stale_read(read).await } else { self.node.read(read).await };
+        resp.map(Response::new).map_err(|e| self.status_of(e))
+    }
+}
