@@ -1,3 +1,183 @@
-//! End-to-end tests of the cell (real processes, real mounts, faults) live here, beside the
-//! helpers they share. The Raft core's own proof (simulation and scenario transcripts) lives in
-//! `raft/tests/`.
+//! End-to-end tests of the cell (real processes, real mounts, faults) and the helpers they
+//! share. The Raft core's own proof (simulation and scenario transcripts) lives in `raft/tests/`.
+//!
+//! The binaries under test (`cell-server`, `chubby`) are the ones `cargo test --workspace`
+//! builds next to this test binary (target/<profile>/). Every process a test starts is killed
+//! by PID when its [`TestCell`] is dropped, also when the test fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fuse_mount::client::CellClient;
+use proto::cell::StatusResponse;
+
+/// Path of a workspace binary built beside the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace --release` (which builds it)",
+        path.display()
+    );
+    path
+}
+
+/// `n` free loopback ports (bound once to find them, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
+}
+
+/// Settings of a test cell's replicas.
+#[derive(Clone, Debug)]
+pub struct CellOptions {
+    pub replicas: usize,
+    pub fsync: &'static str,
+    pub snapshot_entries: u64,
+    pub tick_ms: u64,
+    pub election_ticks: u64,
+}
+
+impl Default for CellOptions {
+    fn default() -> Self {
+        CellOptions { replicas: 3, fsync: "always", snapshot_entries: 100_000, tick_ms: 10, election_ticks: 15 }
+    }
+}
+
+/// A cell of separate `cell-server` processes on loopback, each with its own data directory.
+pub struct TestCell {
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<String>,
+    opts: CellOptions,
+    peers: String,
+    children: Vec<Option<Child>>,
+}
+
+impl TestCell {
+    /// Creates the cell without starting any replica.
+    pub fn new(opts: CellOptions) -> TestCell {
+        let ports = free_ports(opts.replicas);
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+        let children = (0..opts.replicas).map(|_| None).collect();
+        TestCell { dir: tempfile::tempdir().expect("temp dir"), addrs, opts, peers, children }
+    }
+
+    /// Creates the cell and starts every replica.
+    pub fn start(opts: CellOptions) -> TestCell {
+        let mut cell = TestCell::new(opts);
+        for id in 1..=cell.addrs.len() as u64 {
+            cell.start_replica(id);
+        }
+        cell
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}"))
+    }
+
+    /// Starts replica `id` (1-based) with its data directory; output goes to `replica-N.log`.
+    pub fn start_replica(&mut self, id: u64) {
+        let i = (id - 1) as usize;
+        assert!(self.children[i].is_none(), "replica {id} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("replica-{id}.log")))
+            .expect("log file");
+        let o = &self.opts;
+        let child = Command::new(bin("cell-server"))
+            .args(["--id", &id.to_string(), "--listen", &self.addrs[i], "--peers", &self.peers])
+            .args(["--fsync", o.fsync, "--snapshot-entries", &o.snapshot_entries.to_string()])
+            .args(["--tick-ms", &o.tick_ms.to_string(), "--election-ticks", &o.election_ticks.to_string()])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .env("RUST_LOG", "info,h2=warn,tower=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start cell-server");
+        self.children[i] = Some(child);
+    }
+
+    /// `kill -9` of replica `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.children[(id - 1) as usize].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM to replica `id`; waits (at most 10 s) for it to exit and returns its status.
+    pub fn terminate(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let mut c = self.children[(id - 1) as usize].take()?;
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    pub fn is_running(&mut self, id: u64) -> bool {
+        matches!(self.children[(id - 1) as usize].as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("replica-{id}.log"))).unwrap_or_default()
+    }
+
+    /// A client that knows every replica.
+    pub fn client(&self, timeout: Duration) -> CellClient {
+        CellClient::new(self.addrs.clone(), timeout).expect("client")
+    }
+
+    pub fn cell_arg(&self) -> String {
+        self.addrs.join(",")
+    }
+}
+
+impl Drop for TestCell {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().filter_map(Option::take) {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Status of every replica (unreachable ones are errors).
+pub async fn statuses(client: &CellClient) -> Vec<(String, Result<StatusResponse, String>)> {
+    client.status_all().await
+}
+
+/// Waits (bounded by `limit`) until every replica answers, all agree on one leader, and each has
+/// applied at least `index`. Returns the leader's id.
+pub async fn wait_converged(client: &CellClient, index: u64, limit: Duration) -> Result<u64, String> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let all = statuses(client).await;
+        let ok: Vec<&StatusResponse> = all.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        let leader = ok.first().map(|s| s.leader_id).unwrap_or(0);
+        if ok.len() == all.len() && leader != 0 && ok.iter().all(|s| s.leader_id == leader && s.applied_index >= index)
+        {
+            return Ok(leader);
+        }
+        last = format!("{all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("cell did not converge on index {index} within {limit:?}: {last}"))
+}

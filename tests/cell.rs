@@ -1,0 +1,184 @@
+//! A multi-process cell on loopback: start-up in any order, a replica catching up by snapshot,
+//! clean shutdown, and `cell-server local` as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use e2e_tests::{bin, free_ports, wait_converged, CellOptions, TestCell};
+use proto::cell::{GetRequest, ListRequest};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Replicas may start in any order and at different times; a majority is enough to write and
+/// a late replica catches up. A dead peer does not block the others.
+#[test]
+fn replicas_start_in_any_order_and_a_majority_serves() {
+    let rt = rt();
+    let mut cell = TestCell::new(CellOptions::default());
+    cell.start_replica(3);
+    let mut client = cell.client(Duration::from_millis(800));
+    assert!(rt.block_on(client.put("k", Bytes::from_static(b"v"))).is_err(), "one replica of three cannot commit");
+    std::thread::sleep(Duration::from_millis(500));
+    cell.start_replica(1);
+    let mut client = cell.client(Duration::from_secs(10));
+    let rev = rt.block_on(client.put("k", Bytes::from_static(b"v1"))).expect("a majority commits");
+    for i in 0..50 {
+        rt.block_on(client.put(&format!("k{i}"), Bytes::from(format!("{i}")))).unwrap();
+    }
+    cell.start_replica(2);
+    rt.block_on(wait_converged(&client, rev + 50, Duration::from_secs(20))).unwrap();
+    let got = rt.block_on(client.get("k", false)).unwrap();
+    assert_eq!(got.value, Bytes::from_static(b"v1"));
+}
+
+/// A replica that was down while the leader compacted its log is brought up to date with a
+/// snapshot streamed over InstallSnapshot, and survives a restart from that snapshot.
+#[test]
+fn lagging_replica_catches_up_by_snapshot() {
+    let rt = rt();
+    let mut cell = TestCell::start(CellOptions { snapshot_entries: 50, ..CellOptions::default() });
+    let mut client = cell.client(Duration::from_secs(10));
+    rt.block_on(client.put("first", Bytes::from_static(b"1"))).unwrap();
+    let leader = rt.block_on(wait_converged(&client, 0, Duration::from_secs(10))).unwrap();
+    let lagger = if leader == 3 { 2 } else { 3 };
+    cell.kill(lagger);
+    let mut last = 0;
+    for i in 0..400u32 {
+        last = rt.block_on(client.put(&format!("k{i:04}"), Bytes::from(vec![b'x'; 200]))).unwrap();
+    }
+    cell.start_replica(lagger);
+    rt.block_on(wait_converged(&client, last, Duration::from_secs(20))).unwrap();
+    let addr = cell.addrs[(lagger - 1) as usize].clone();
+    let status = rt.block_on(client.status_all());
+    let s = status.iter().find(|(a, _)| *a == addr).unwrap().1.as_ref().unwrap();
+    assert!(s.snapshot_index > 0, "the lagging replica should hold a snapshot: {s:?}");
+    let list = |client: &mut fuse_mount::client::CellClient| {
+        rt.block_on(
+            client.at(&addr, |mut c| async move { c.list(ListRequest { prefix: "k".into(), stale: true }).await }),
+        )
+        .unwrap()
+    };
+    assert_eq!(list(&mut client).items.len(), 400);
+    // Restart it from its own snapshot + log.
+    cell.kill(lagger);
+    cell.start_replica(lagger);
+    rt.block_on(wait_converged(&client, last, Duration::from_secs(20))).unwrap();
+    assert_eq!(list(&mut client).items.len(), 400);
+}
+
+/// SIGTERM on the leader hands leadership over before exiting, and the cell keeps serving.
+#[test]
+fn sigterm_on_leader_hands_over_and_exits_cleanly() {
+    let rt = rt();
+    let mut cell = TestCell::start(CellOptions::default());
+    let mut client = cell.client(Duration::from_secs(10));
+    rt.block_on(client.put("a", Bytes::from_static(b"1"))).unwrap();
+    let leader = rt.block_on(wait_converged(&client, 0, Duration::from_secs(10))).unwrap();
+    let status = cell.terminate(leader).expect("replica exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(cell.log(leader).contains("leadership handed over"), "{}", cell.log(leader));
+    rt.block_on(client.put("b", Bytes::from_static(b"2"))).expect("the other two keep serving");
+    let got = rt.block_on(client.get("a", false)).unwrap();
+    assert_eq!(got.value, Bytes::from_static(b"1"));
+}
+
+/// Followers redirect: a client that knows only one follower still reaches the leader.
+#[test]
+fn any_one_replica_is_enough() {
+    let rt = rt();
+    let cell = TestCell::start(CellOptions::default());
+    let probe = cell.client(Duration::from_secs(10));
+    let leader = rt.block_on(wait_converged(&probe, 0, Duration::from_secs(10))).unwrap();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut client =
+        fuse_mount::client::CellClient::new(vec![cell.addrs[(follower - 1) as usize].clone()], Duration::from_secs(10))
+            .unwrap();
+    rt.block_on(client.put("x", Bytes::from_static(b"y"))).unwrap();
+    let follower_addr = cell.addrs[(follower - 1) as usize].clone();
+    // A linearizable read on a follower is refused with a redirect, not served stale.
+    let err = rt
+        .block_on(
+            client.at(&follower_addr, |mut c| async move { c.get(GetRequest { key: "x".into(), stale: false }).await }),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not the leader"), "{err}");
+}
+
+/// The README's main job: `cell-server local` starts a cell, prints its addresses, serves the
+/// `chubby` CLI, and stops every replica on SIGTERM.
+#[test]
+fn cell_server_local_starts_serves_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three consecutive free ports are likely but not certain; try a few bases.
+    let base = free_ports(1)[0].saturating_sub(3).max(20000);
+    let mut local = Command::new(bin("cell-server"))
+        .args(["local", "--base-port", &base.to_string(), "--fsync", "no", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = local.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut cell = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cell.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            cell = line.strip_prefix("CHUBBY_CELL=").map(String::from);
+            lines.push(line);
+        }
+    }
+    let Some(cell) = cell else {
+        let _ = local.kill();
+        panic!("no CHUBBY_CELL line: {lines:?}");
+    };
+    assert!(lines[0].contains("is up"), "{lines:?}");
+    let pids: Vec<i32> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "pid").nth(1))
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{lines:?}");
+
+    let chubby = |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", &cell).args(args).output().unwrap();
+    let put = chubby(&["put", "greeting", "hello"]);
+    assert!(put.status.success(), "{put:?}");
+    let get = chubby(&["get", "greeting"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout), "hello\n");
+    let missing = chubby(&["get", "nothing-here"]);
+    assert_eq!(missing.status.code(), Some(3), "not found has its own exit code");
+    let status = chubby(&["status"]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(table.lines().filter(|l| l.contains("leader ")).count(), 1, "{table}");
+
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(local.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut exited = None;
+    while exited.is_none() && Instant::now() < deadline {
+        exited = local.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = local.kill();
+        let _ = local.wait();
+        panic!("cell-server local did not stop on SIGTERM");
+    }
+    for pid in pids {
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "replica pid {pid} still running after the cell stopped");
+    }
+}
