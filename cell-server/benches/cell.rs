@@ -1,0 +1,351 @@
+//! Figures for the durability-and-transport issue; prints tables, asserts nothing.
+//!
+//! `cargo bench -p cell-server --bench cell` measures, on this machine:
+//! 1. the disk's fdatasync latency and a loopback TCP round trip (the physical limits);
+//! 2. a 3-replica loopback cell with `--fsync always`: 1-client commit latency, and
+//!    throughput at 1, 16, 64 and 256 concurrent proposers (100-byte values);
+//! 3. recovery time of a replica with a 1 GiB log, and with a 100 MB snapshot.
+//!
+//! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
+//! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cell_server::kv::{encode_put, KvStore};
+use proto::cell::cell_client::CellClient;
+use proto::cell::{PutRequest, StatusRequest};
+use raft::{DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, StateMachine, Storage};
+use tonic::transport::Channel;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn fsync_latency(dir: &Path) -> (Duration, Duration) {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..2000 {
+        let start = Instant::now();
+        f.write_all(&[7u8; 100]).unwrap();
+        f.sync_data().unwrap();
+        times.push(start.elapsed());
+    }
+    std::fs::remove_file(path).unwrap();
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+fn loopback_rtt() -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf).unwrap();
+        }
+    });
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_nodelay(true).unwrap();
+    let mut times = Vec::new();
+    let mut buf = [1u8; 64];
+    for _ in 0..5000 {
+        let start = Instant::now();
+        c.write_all(&buf).unwrap();
+        c.read_exact(&mut buf).unwrap();
+        times.push(start.elapsed());
+    }
+    drop(c);
+    server.join().unwrap();
+    times.sort();
+    percentile(&times, 0.5)
+}
+
+struct Cell {
+    children: Vec<Child>,
+    addrs: Vec<String>,
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_cell(dir: &Path, fsync: &str) -> Cell {
+    let ports: Vec<u16> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let children = (1..=3)
+        .map(|id| {
+            Command::new(env!("CARGO_BIN_EXE_cell-server"))
+                .args(["--id", &id.to_string(), "--listen", &addrs[id - 1], "--peers", &peers, "--fsync", fsync])
+                .arg("--data-dir")
+                .arg(dir.join(format!("r{id}")))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    Cell { children, addrs }
+}
+
+async fn find_leader(addrs: &[String]) -> String {
+    for _ in 0..200 {
+        for a in addrs {
+            if let Ok(mut c) = CellClient::connect(format!("http://{a}")).await {
+                if let Ok(s) = c.status(StatusRequest {}).await {
+                    let s = s.into_inner();
+                    if s.role == "leader" {
+                        return a.clone();
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader");
+}
+
+/// `clients` concurrent proposers, each writing 100-byte values back to back for `secs`.
+async fn load(channels: &[Channel], clients: usize, secs: f64) -> (f64, Duration, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut client = CellClient::new(channels[i % channels.len()].clone());
+        let (stop, count, lat) = (stop.clone(), count.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            let value = Bytes::from(vec![b'v'; 100]);
+            let mut mine = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                let req = PutRequest { key: format!("bench/{i}/{}", n % 1000), value: value.clone() };
+                if client.put(req).await.is_ok() {
+                    mine.push(start.elapsed());
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            lat.lock().unwrap().extend(mine);
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs * 0.2)).await; // warm-up
+    let c0 = count.load(Ordering::Relaxed);
+    lat.lock().unwrap().clear();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let done = count.load(Ordering::Relaxed) - c0;
+    let elapsed = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut l = lat.lock().unwrap().clone();
+    l.sort();
+    (done as f64 / elapsed.as_secs_f64(), percentile(&l, 0.5), percentile(&l, 0.99))
+}
+
+fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
+    let cell = start_cell(dir, "always");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let leader = find_leader(&cell.addrs).await;
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(
+                tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+                    .unwrap()
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        println!("\n3 replicas on loopback, --fsync always, 100-byte values, {secs} s per level");
+        println!("| concurrent proposers | writes/s | median latency | p99 latency |");
+        println!("|---:|---:|---:|---:|");
+        let mut one = 0.0;
+        for &clients in levels {
+            let (rate, p50, p99) = load(&channels, clients, secs).await;
+            if clients == 1 {
+                one = rate;
+            }
+            let ratio = if one > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / one) } else { String::new() };
+            println!("| {clients} | {rate:.0}{ratio} | {} | {} |", us(p50), us(p99));
+        }
+    });
+    drop(cell);
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn recovery(dir: &Path) {
+    println!("\nrecovery of one replica's storage (open = verify + replay the WAL, load the snapshot)");
+    println!("| data | open | apply to the state machine | total |");
+    println!("|---|---:|---:|---:|");
+    // 1 GiB of log: 1 KiB values, written with fsync=no (what is measured is reading it back).
+    let log_dir = dir.join("log-1g");
+    let opts = DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() };
+    {
+        let mut s = DiskStorage::open(&log_dir, &opts).unwrap();
+        s.bootstrap(&[1, 2, 3]).unwrap();
+        let value = vec![b'x'; 1000];
+        let mut index = s.last_index();
+        let target = 1u64 << 30;
+        let mut written = 0u64;
+        while written < target {
+            let batch: Vec<Entry> = (0..256)
+                .map(|k| Entry {
+                    term: 2,
+                    index: index + 1 + k,
+                    kind: EntryKind::Normal,
+                    data: encode_put(&format!("key/{}", (index + k) % 100_000), &value).unwrap(),
+                })
+                .collect();
+            written += batch.iter().map(|e| e.data.len() as u64 + 26).sum::<u64>();
+            index += batch.len() as u64;
+            s.persist(None, &batch, Some(HardState { term: 2, vote: 1, commit: index }), false).unwrap();
+        }
+        s.sync().unwrap();
+    }
+    drop_caches();
+    let rss0 = rss_mib();
+    let t = Instant::now();
+    let s = DiskStorage::open(&log_dir, &opts).unwrap();
+    let open = t.elapsed();
+    let rss = rss_mib() - rss0;
+    let t = Instant::now();
+    let mut kv = KvStore::default();
+    let last = s.last_index();
+    let mut lo = s.first_index();
+    while lo <= last {
+        let batch = s.entries(lo, last + 1, 64 << 20).unwrap();
+        for e in &batch {
+            if e.kind == EntryKind::Normal {
+                kv.apply(e.index, &e.data);
+            }
+        }
+        lo += batch.len() as u64;
+    }
+    let apply = t.elapsed();
+    println!(
+        "| 1 GiB log ({} entries, {} segments; +{rss:.0} MiB resident) | {:.2} s | {:.2} s | {:.2} s |",
+        last,
+        s.wal_segments(),
+        open.as_secs_f64(),
+        apply.as_secs_f64(),
+        (open + apply).as_secs_f64()
+    );
+    drop(s);
+    drop(kv);
+    std::fs::remove_dir_all(&log_dir).unwrap();
+
+    // 100 MB snapshot: 100,000 keys of 1 KB.
+    let snap_dir = dir.join("snap-100m");
+    {
+        let mut s = DiskStorage::open(&snap_dir, &opts).unwrap();
+        s.bootstrap(&[1, 2, 3]).unwrap();
+        let mut kv = KvStore::default();
+        let value = vec![b's'; 1000];
+        let entries: Vec<Entry> = (0..100_000u64)
+            .map(|k| Entry {
+                term: 2,
+                index: 4 + k,
+                kind: EntryKind::Normal,
+                data: encode_put(&format!("key/{k:06}"), &value).unwrap(),
+            })
+            .collect();
+        s.persist(None, &entries, Some(HardState { term: 2, vote: 1, commit: 100_003 }), true).unwrap();
+        for e in &entries {
+            kv.apply(e.index, &e.data);
+        }
+        let conf = raft::ConfState { voters: vec![1, 2, 3], learners: vec![] };
+        s.compact(100_003, conf, kv.snapshot()).unwrap();
+    }
+    drop_caches();
+    let t = Instant::now();
+    let s = DiskStorage::open(&snap_dir, &opts).unwrap();
+    let open = t.elapsed();
+    let snap = s.snapshot().unwrap();
+    let t = Instant::now();
+    let mut kv = KvStore::default();
+    kv.restore(&snap.data).unwrap();
+    let apply = t.elapsed();
+    println!(
+        "| {:.0} MB snapshot ({} keys) | {:.2} s | {:.2} s | {:.2} s |",
+        snap.data.len() as f64 / 1e6,
+        kv.len(),
+        open.as_secs_f64(),
+        apply.as_secs_f64(),
+        (open + apply).as_secs_f64()
+    );
+    std::fs::remove_dir_all(&snap_dir).unwrap();
+}
+
+/// Drops the page cache (as root) so recovery reads come from the disk; harmless if refused.
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    if std::fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
+        println!("(could not drop the page cache: reads may come from memory)");
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes with --list
+    }
+    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
+    let levels: Vec<usize> = std::env::var("BENCH_LEVELS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 64, 256]);
+    let tmp =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string()))
+            .unwrap();
+    let (f50, f99) = fsync_latency(tmp.path());
+    let rtt = loopback_rtt();
+    println!("| physical limit | median | p99 |");
+    println!("|---|---:|---:|");
+    println!("| fdatasync of a 100-byte append | {} | {} |", us(f50), us(f99));
+    println!("| loopback TCP round trip (64 B) | {} | |", us(rtt));
+    throughput(tmp.path(), secs, &levels);
+    if std::env::var("BENCH_SKIP_RECOVERY").is_err() {
+        recovery(tmp.path());
+    }
+}
