@@ -142,6 +142,7 @@ fn cell_server_local_starts_serves_and_stops() {
     }
     let Some(cell) = cell else {
         let _ = local.kill();
+        let _ = local.wait();
         panic!("no CHUBBY_CELL line: {lines:?}");
     };
     assert!(lines[0].contains("is up"), "{lines:?}");
