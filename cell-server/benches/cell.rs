@@ -7,7 +7,7 @@
 //! 3. recovery time of a replica with a 1 GiB log, and with a 100 MB snapshot.
 //!
 //! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
-//! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`.
+//! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -175,7 +175,8 @@ async fn load(channels: &[Channel], clients: usize, secs: f64) -> (f64, Duration
 }
 
 fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
-    let cell = start_cell(dir, "always");
+    let fsync = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always".into());
+    let cell = start_cell(dir, &fsync);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let leader = find_leader(&cell.addrs).await;
@@ -190,7 +191,7 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
                     .unwrap(),
             );
         }
-        println!("\n3 replicas on loopback, --fsync always, 100-byte values, {secs} s per level");
+        println!("\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level");
         println!("| concurrent proposers | writes/s | median latency | p99 latency |");
         println!("|---:|---:|---:|---:|");
         let mut one = 0.0;
