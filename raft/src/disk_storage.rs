@@ -185,6 +185,30 @@ impl DiskStorage {
         Ok(())
     }
 
+    /// Metadata for a snapshot of the application's state at `index` (already applied), to be
+    /// saved with [`DiskStorage::snapshot_files`] off the replica's loop and then handed to
+    /// [`DiskStorage::compact_saved`].
+    pub fn snapshot_meta_at(&self, index: Index, conf_state: ConfState) -> Result<SnapshotMeta, StorageError> {
+        Ok(SnapshotMeta { index, term: self.mem.term(index)?, conf_state })
+    }
+
+    /// A handle on the snapshot directory for saving snapshots on another thread.
+    pub fn snapshot_files(&self) -> SnapshotStore {
+        self.snaps.clone()
+    }
+
+    /// Drops the log and WAL segments covered by `snap`, whose file is already durable. Does
+    /// nothing if a newer snapshot arrived meanwhile.
+    pub fn compact_saved(&mut self, snap: Snapshot) -> Result<(), WalError> {
+        if snap.meta.index <= self.mem.snapshot_meta().index {
+            return Ok(());
+        }
+        let index = snap.meta.index;
+        self.mem.compact(index, snap.meta.conf_state, snap.data).map_err(|e| other(&self.snaps, e))?;
+        self.wal.compact(index)?;
+        Ok(())
+    }
+
     pub fn snapshot_meta(&self) -> &SnapshotMeta {
         self.mem.snapshot_meta()
     }

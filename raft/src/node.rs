@@ -26,7 +26,7 @@ use crate::raft::Role;
 use crate::raw_node::{RawNode, Ready, Status};
 use crate::storage::Storage;
 use crate::transport::{server::PeerService, Transport, TransportEvent};
-use crate::types::{EntryKind, Index, Message, NodeId, Term};
+use crate::types::{EntryKind, Index, Message, NodeId, Snapshot, Term};
 
 /// The replicated application. `apply` must be deterministic: it sees the same entries in the
 /// same order on every replica.
@@ -85,12 +85,25 @@ type ReadFn<SM> = Box<dyn FnOnce(Result<&SM, NodeError>) + Send>;
 
 enum Input<SM> {
     Step(Message),
-    Propose { data: Bytes, reply: oneshot::Sender<Result<Bytes, NodeError>> },
-    Read { run: ReadFn<SM> },
-    StaleRead { run: ReadFn<SM> },
-    Status { reply: oneshot::Sender<NodeStatus> },
-    TransferLeader { to: NodeId },
+    Propose {
+        data: Bytes,
+        reply: oneshot::Sender<Result<Bytes, NodeError>>,
+    },
+    Read {
+        run: ReadFn<SM>,
+    },
+    StaleRead {
+        run: ReadFn<SM>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    TransferLeader {
+        to: NodeId,
+    },
     Transport(TransportEvent),
+    /// The background save of a snapshot finished.
+    SnapshotSaved(Result<Snapshot, String>),
     Stop,
 }
 
@@ -221,6 +234,8 @@ impl<SM: StateMachine> Node<SM> {
             confirmed_reads: Vec::new(),
             next_read: 0,
             was_leader: false,
+            self_tx: handle.tx.clone(),
+            saving_snapshot: false,
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", handle.id))
@@ -257,6 +272,9 @@ struct Driver<SM> {
     confirmed_reads: Vec<(Index, ReadFn<SM>)>,
     next_read: u64,
     was_leader: bool,
+    /// For background work to report back to the loop.
+    self_tx: mpsc::Sender<Input<SM>>,
+    saving_snapshot: bool,
 }
 
 /// Inputs taken per loop turn at most, so a flood cannot starve ticks.
@@ -353,6 +371,21 @@ impl<SM: StateMachine> Driver<SM> {
             }
             Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
             Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
+            Input::SnapshotSaved(result) => {
+                self.saving_snapshot = false;
+                match result {
+                    Ok(snap) => {
+                        let index = snap.meta.index;
+                        if let Err(e) = self.raw.storage_mut().compact_saved(snap) {
+                            // Not fatal: the snapshot file is durable, the log is only longer.
+                            tracing::error!(replica = self.opts.id, index, "compacting the log: {e}");
+                        } else {
+                            tracing::info!(replica = self.opts.id, index, "snapshot saved, log compacted");
+                        }
+                    }
+                    Err(e) => tracing::error!(replica = self.opts.id, "saving a snapshot failed: {e}"),
+                }
+            }
             Input::Stop => return true,
         }
         false
@@ -422,16 +455,28 @@ impl<SM: StateMachine> Driver<SM> {
         Ok(())
     }
 
+    /// Every `snapshot_entries` applied entries: serializes the state machine here (it must be
+    /// consistent with `applied`) and writes the file on a background thread, so a large
+    /// snapshot's write and fsync never stall heartbeats; the log is compacted when it is durable.
     fn maybe_snapshot(&mut self, applied: Index) -> Result<(), String> {
         let snap_index = self.raw.storage().snapshot_meta().index;
-        if applied < snap_index + self.opts.snapshot_entries {
+        if self.saving_snapshot || applied < snap_index + self.opts.snapshot_entries {
             return Ok(());
         }
         let Some(conf) = self.raw.conf_state_at(applied) else { return Ok(()) };
-        let data = self.sm.snapshot();
-        let started = Instant::now();
-        self.raw.storage_mut().compact(applied, conf, data).map_err(|e| format!("snapshot at {applied}: {e}"))?;
-        tracing::info!(replica = self.opts.id, index = applied, took = ?started.elapsed(), "snapshot taken, log compacted");
+        let meta =
+            self.raw.storage().snapshot_meta_at(applied, conf).map_err(|e| format!("snapshot at {applied}: {e}"))?;
+        let snap = Snapshot { meta, data: self.sm.snapshot() };
+        let files = self.raw.storage().snapshot_files();
+        let tx = self.self_tx.clone();
+        self.saving_snapshot = true;
+        std::thread::Builder::new()
+            .name(format!("snapshot-{}", self.opts.id))
+            .spawn(move || {
+                let result = files.save(&snap).map(|()| snap).map_err(|e| e.to_string());
+                let _ = tx.send(Input::SnapshotSaved(result));
+            })
+            .map_err(|e| format!("starting the snapshot thread: {e}"))?;
         Ok(())
     }
 }

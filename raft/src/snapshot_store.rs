@@ -20,7 +20,9 @@ const MAGIC: &[u8; 8] = b"CHBSNAP1";
 /// Snapshots kept after a new one is saved.
 const KEEP: usize = 2;
 
-/// The snapshot files of one replica.
+/// The snapshot files of one replica. Cloning gives another handle on the same directory (the
+/// replica saves its own snapshots on a background thread).
+#[derive(Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
 }
@@ -95,7 +97,11 @@ impl SnapshotStore {
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
         for (_, _, old) in self.list()?.into_iter().skip(KEEP) {
-            fs::remove_file(&old).map_err(io_err(&old))?;
+            match fs::remove_file(&old) {
+                // Another handle pruned it first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                r => r.map_err(io_err(&old))?,
+            }
         }
         Ok(())
     }
