@@ -52,11 +52,19 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     let peers = peers.join(",");
     let exe = std::env::current_exe()?;
+    // Fail early and clearly if another cell (or anything) holds the ports, rather than
+    // reporting on whatever answers there.
+    for addr in &addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            anyhow::bail!("cannot use {addr}: {e} (is another cell running? try --base-port)");
+        }
+    }
 
     let mut replicas = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let id = i as u16 + 1;
-        let log = std::fs::File::create(args.dir.join(format!("replica-{id}.log")))?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(args.dir.join(format!("replica-{id}.log")))?;
         let mut cmd = Command::new(&exe);
         cmd.args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers, "--fsync", &args.fsync])
             .args(["--cell-name", &args.cell_name, "--data-dir"])

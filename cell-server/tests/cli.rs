@@ -34,3 +34,14 @@ fn address_in_use_is_reported() {
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot listen on"), "{err}");
 }
+
+#[test]
+fn local_refuses_ports_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) =
+        run(&["local", "--replicas", "1", "--base-port", &port.to_string(), "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is another cell running?"), "{err}");
+}
