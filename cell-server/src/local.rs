@@ -109,6 +109,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     println!("CHUBBY_CELL={}", addrs.join(","));
     println!("Ctrl-C or SIGTERM stops the cell.");
+    // Scripts read the address list from a pipe or file: do not leave it in a buffer.
+    std::io::Write::flush(&mut std::io::stdout())?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
