@@ -84,7 +84,7 @@ impl DiskStorage {
         let snaps = SnapshotStore::open(&dir.join("snap"))?;
         let snapshot = snaps.load_latest()?.unwrap_or_default();
         let (wal, Recovered { hard_state, entries, warnings }) =
-            Wal::open(&dir.join("wal"), opts.segment_size, snapshot.meta.index)?;
+            Wal::open(&dir.join("wal"), opts.segment_size, snapshot.meta.index, snapshot.meta.term)?;
         let mut hard_state = hard_state;
         hard_state.term = hard_state.term.max(snapshot.meta.term);
         Ok(DiskStorage {

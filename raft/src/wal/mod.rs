@@ -92,13 +92,22 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
 impl Wal {
     /// Opens (or creates) the log in `dir` and replays it on top of a snapshot at
     /// (`base_index`, `base_term`) — (0, 0) when there is none.
-    pub fn open(dir: &Path, segment_size: u64, base_index: Index) -> Result<(Wal, Recovered), WalError> {
+    pub fn open(
+        dir: &Path,
+        segment_size: u64,
+        base_index: Index,
+        base_term: Term,
+    ) -> Result<(Wal, Recovered), WalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut seqs = Vec::new();
         for item in fs::read_dir(dir).map_err(io_err(dir))? {
             let item = item.map_err(io_err(dir))?;
             let name = item.file_name();
-            let Some(seq) = name.to_str().and_then(|n| n.strip_suffix(".wal")).and_then(|n| n.parse::<u64>().ok())
+            let Some(seq) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wal"))
+                .filter(|n| n.len() == 20)
+                .and_then(|n| n.parse::<u64>().ok())
             else {
                 continue;
             };
@@ -106,7 +115,7 @@ impl Wal {
         }
         seqs.sort_unstable();
 
-        let mut replay = Replay { base: base_index, out: Recovered::default() };
+        let mut replay = Replay { base: base_index, base_entry_term: None, out: Recovered::default() };
         let mut segments = Vec::new();
         let mut valid_len = 0;
         for (i, &seq) in seqs.iter().enumerate() {
@@ -116,9 +125,26 @@ impl Wal {
             valid_len = len;
             segments.push(Segment { seq, path, max_index });
         }
+        // Entries after the snapshot belong to it only if the log's entry at the snapshot's
+        // index is the snapshot's own. Otherwise a snapshot from the leader was saved but the
+        // crash came before its reset marker: the old suffix was being discarded.
+        if replay.base_entry_term.is_some_and(|t| t != base_term) {
+            replay.out.entries.clear();
+        }
         let hard_state = replay.out.hard_state;
         let mut recovered = replay.out;
         recovered.hard_state.commit = recovered.hard_state.commit.max(base_index);
+        let last = base_index + recovered.entries.len() as u64;
+        if recovered.hard_state.commit > last {
+            return Err(WalError::Corrupt {
+                path: dir.to_path_buf(),
+                offset: 0,
+                why: format!(
+                    "commit index {} is beyond the last entry {last}: synced entries are missing",
+                    recovered.hard_state.commit
+                ),
+            });
+        }
 
         let mut wal = match segments.last() {
             Some(seg) => {
@@ -156,6 +182,12 @@ impl Wal {
         };
         use std::io::Seek;
         wal.file.seek(io::SeekFrom::End(0)).map_err(io_err(dir))?;
+        if wal.file_len == 0 && hard_state != HardState::default() {
+            // A crash right after a segment was created: give it its hard state now, so
+            // compaction can never delete the last record of it.
+            record::encode(&mut wal.buf, &Record::HardState(hard_state));
+            wal.sync()?;
+        }
         Ok((wal, recovered))
     }
 
@@ -219,16 +251,18 @@ impl Wal {
         self.file = create_segment(&self.dir, &path)?;
         self.file_len = 0;
         self.segments.push(Segment { seq, path, max_index: 0 });
-        // The new segment starts with the hard state, so older segments can be deleted.
-        let mut head = BytesMut::new();
-        record::encode(&mut head, &Record::HardState(self.hard_state));
-        head.extend_from_slice(&self.buf);
-        self.buf = head;
+        // Every segment holds the hard state of its creation, so older segments can be deleted.
+        // It goes after the records already buffered (whose hard state it already includes),
+        // so a torn write cannot leave a commit index ahead of the entries.
+        record::encode(&mut self.buf, &Record::HardState(self.hard_state));
         Ok(())
     }
 
     /// Deletes the oldest segments whose entries a snapshot at `index` covers entirely.
     pub fn compact(&mut self, index: Index) -> Result<usize, WalError> {
+        // What survives must be durable before what it replaces is deleted (the newest
+        // segment's hard state in particular).
+        self.sync()?;
         let mut dropped = 0;
         while self.segments.len() > 1 && self.segments[0].max_index <= index {
             let seg = self.segments.remove(0);
@@ -256,6 +290,8 @@ fn create_segment(dir: &Path, path: &Path) -> Result<File, WalError> {
 /// Replays segments in order into a log that starts after `base`.
 struct Replay {
     base: Index,
+    /// Term of the last entry written at exactly `base`, if the log still has one.
+    base_entry_term: Option<Term>,
     out: Recovered,
 }
 
@@ -305,7 +341,7 @@ impl Replay {
         let entries = &mut self.out.entries;
         match rec {
             Record::HardState(hs) => self.out.hard_state = hs,
-            Record::Reset { index, term: _ } => {
+            Record::Reset { index, term } => {
                 if index > self.base {
                     return Err(corrupt(
                         path,
@@ -317,12 +353,16 @@ impl Replay {
                     ));
                 }
                 entries.clear();
+                if index == self.base {
+                    self.base_entry_term = Some(term);
+                }
             }
             Record::Entry(e) => {
                 if e.index <= self.base {
                     // A write this far back replaced everything after it; the snapshot holds
                     // what was there.
                     entries.clear();
+                    self.base_entry_term = (e.index == self.base).then_some(e.term);
                     return Ok(());
                 }
                 let last = self.base + entries.len() as u64;

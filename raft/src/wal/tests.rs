@@ -12,7 +12,7 @@ fn ent(index: Index, term: Term) -> Entry {
 }
 
 fn write_log(dir: &Path, entries: &[Entry], hs: HardState) {
-    let (mut wal, _) = Wal::open(dir, DEFAULT_SEGMENT_SIZE, 0).unwrap();
+    let (mut wal, _) = Wal::open(dir, DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
     for e in entries {
         wal.append(std::slice::from_ref(e), Some(HardState { commit: e.index.saturating_sub(1), ..hs }));
         wal.sync().unwrap();
@@ -34,7 +34,7 @@ fn reopen_returns_entries_and_hard_state() {
     let entries: Vec<_> = (1..=5).map(|i| ent(i, 1 + i / 3)).collect();
     let hs = HardState { term: 2, vote: 3, commit: 4 };
     write_log(dir.path(), &entries, hs);
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0).unwrap();
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
     assert_eq!(rec.entries, entries);
     assert_eq!(rec.hard_state, hs);
     assert!(rec.warnings.is_empty());
@@ -43,12 +43,12 @@ fn reopen_returns_entries_and_hard_state() {
 #[test]
 fn later_write_replaces_conflicting_suffix() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0).unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
     wal.append(&[ent(1, 1), ent(2, 1), ent(3, 1), ent(4, 1)], None);
     wal.append(&[ent(3, 2)], Some(HardState { term: 2, vote: 0, commit: 1 }));
     wal.sync().unwrap();
     drop(wal);
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0).unwrap();
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
     assert_eq!(rec.entries, vec![ent(1, 1), ent(2, 1), ent(3, 2)]);
 }
 
@@ -68,7 +68,7 @@ fn torn_last_record_is_truncated_at_every_offset() {
         let mut torn = good.clone();
         torn.extend_from_slice(&extra[..cut]);
         fs::write(&path, &torn).unwrap();
-        let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0).unwrap();
+        let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
         assert_eq!(rec.entries, vec![ent(1, 1), ent(2, 1)], "cut at {cut}");
         assert_eq!(rec.hard_state, hs);
         assert_eq!(rec.warnings.len(), 1, "cut at {cut}: a warning is logged");
@@ -77,7 +77,7 @@ fn torn_last_record_is_truncated_at_every_offset() {
         wal.append(&[ent(3, 2)], None);
         wal.sync().unwrap();
         drop(wal);
-        let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0).unwrap();
+        let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
         assert_eq!(rec.entries, vec![ent(1, 1), ent(2, 1), ent(3, 2)], "cut at {cut}");
         assert!(rec.warnings.is_empty());
     }
@@ -101,7 +101,7 @@ fn bit_flip_in_last_record_drops_only_that_record() {
             let mut flipped = full.clone();
             flipped[byte] ^= 1 << bit;
             fs::write(&path, &flipped).unwrap();
-            let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0)
+            let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0)
                 .unwrap_or_else(|e| panic!("flip at byte {byte} bit {bit}: {e}"));
             assert_eq!(rec.entries, vec![ent(1, 1), ent(2, 1)], "flip at byte {byte} bit {bit}");
             assert_eq!(rec.warnings.len(), 1);
@@ -125,7 +125,7 @@ fn corruption_in_the_middle_stops_recovery() {
         let mut bad = good.clone();
         bad[byte] ^= 0x10;
         fs::write(&path, &bad).unwrap();
-        match Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0) {
+        match Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0) {
             Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, second as u64),
             Err(e) => panic!("byte {byte}: unexpected error {e}"),
             Ok((_, rec)) => panic!("byte {byte}: corruption accepted, {} entries", rec.entries.len()),
@@ -136,7 +136,7 @@ fn corruption_in_the_middle_stops_recovery() {
 #[test]
 fn corruption_in_an_older_segment_stops_recovery() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), 200, 0).unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), 200, 0, 0).unwrap();
     for i in 1..=20 {
         wal.append(&[ent(i, 1)], None);
         wal.sync().unwrap();
@@ -148,13 +148,13 @@ fn corruption_in_an_older_segment_stops_recovery() {
     let n = bytes.len();
     bytes[n - 1] ^= 1; // the end of an older segment is synced data, not a torn tail
     fs::write(&first, &bytes).unwrap();
-    assert!(matches!(Wal::open(dir.path(), 200, 0), Err(WalError::Corrupt { .. })));
+    assert!(matches!(Wal::open(dir.path(), 200, 0, 0), Err(WalError::Corrupt { .. })));
 }
 
 #[test]
 fn segments_roll_over_and_compaction_drops_covered_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), 256, 0).unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), 256, 0, 0).unwrap();
     let hs = HardState { term: 3, vote: 2, commit: 40 };
     for i in 1..=40 {
         wal.append(&[ent(i, 3)], Some(HardState { commit: i, ..hs }));
@@ -167,7 +167,7 @@ fn segments_roll_over_and_compaction_drops_covered_ones() {
     assert_eq!(wal.segment_count(), before - dropped);
     drop(wal);
     // Reopened on top of a snapshot at 30: the hard state survived and the tail is intact.
-    let (_, rec) = Wal::open(dir.path(), 256, 30).unwrap();
+    let (_, rec) = Wal::open(dir.path(), 256, 30, 3).unwrap();
     assert_eq!(rec.hard_state, hs);
     assert_eq!(rec.entries, (31..=40).map(|i| ent(i, 3)).collect::<Vec<_>>());
 }
@@ -175,7 +175,7 @@ fn segments_roll_over_and_compaction_drops_covered_ones() {
 #[test]
 fn compaction_keeps_a_segment_whose_truncation_later_ones_rely_on() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), 1, 0).unwrap(); // one write per segment
+    let (mut wal, _) = Wal::open(dir.path(), 1, 0, 0).unwrap(); // one write per segment
     wal.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>(), None);
     wal.sync().unwrap();
     wal.append(&[ent(5, 2)], None); // replaces 5..=10
@@ -186,28 +186,74 @@ fn compaction_keeps_a_segment_whose_truncation_later_ones_rely_on() {
     // may be dropped, or replay would resurrect 7..=10 from term 1.
     assert_eq!(wal.compact(6).unwrap(), 0);
     drop(wal);
-    let (_, rec) = Wal::open(dir.path(), 1, 6).unwrap();
+    let (_, rec) = Wal::open(dir.path(), 1, 6, 2).unwrap();
     assert!(rec.entries.is_empty(), "{:?}", rec.entries);
 }
 
 #[test]
 fn reset_marker_discards_the_old_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0).unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
     wal.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>(), None);
     wal.append_reset(7, 2);
     wal.append(&[ent(8, 2)], Some(HardState { term: 2, vote: 0, commit: 7 }));
     wal.sync().unwrap();
     drop(wal);
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 7).unwrap();
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 7, 2).unwrap();
     assert_eq!(rec.entries, vec![ent(8, 2)]);
     // Without the snapshot file the marker refers to, recovery must not make up a log.
-    assert!(matches!(Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0), Err(WalError::Corrupt { .. })));
+    assert!(matches!(Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0), Err(WalError::Corrupt { .. })));
 }
 
 #[test]
 fn commit_is_at_least_the_snapshot_index() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 12).unwrap();
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 12, 1).unwrap();
     assert_eq!(rec.hard_state.commit, 12);
+}
+
+/// The leader's snapshot file was saved but the crash came before the WAL's reset marker: the
+/// old, conflicting suffix must not come back after the snapshot.
+#[test]
+fn suffix_of_another_history_is_dropped_after_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    wal.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>(), Some(HardState { term: 1, vote: 1, commit: 4 }));
+    wal.sync().unwrap();
+    drop(wal);
+    // Snapshot at 6 from a term-2 leader: entry 6 of term 1 is not its history.
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 6, 2).unwrap();
+    assert!(rec.entries.is_empty(), "{:?}", rec.entries);
+    // Snapshot at 6 of our own history: the suffix stays.
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 6, 1).unwrap();
+    assert_eq!(rec.entries, (7..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
+}
+
+/// A crash right after a new segment was created leaves it empty; after reopening, compaction
+/// of every older segment must not lose the hard state (the vote).
+#[test]
+fn hard_state_survives_an_empty_newest_segment_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HardState { term: 5, vote: 3, commit: 3 };
+    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    wal.append(&[ent(1, 5), ent(2, 5), ent(3, 5)], Some(hs));
+    wal.sync().unwrap();
+    drop(wal);
+    fs::File::create(segment_path(dir.path(), 2)).unwrap(); // the headless segment
+    let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    assert_eq!(rec.hard_state, hs);
+    assert_eq!(wal.compact(3).unwrap(), 1);
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 3, 5).unwrap();
+    assert_eq!(rec.hard_state, hs, "the vote survived");
+}
+
+#[test]
+fn commit_beyond_the_log_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    wal.append(&[ent(1, 1)], Some(HardState { term: 1, vote: 1, commit: 5 }));
+    wal.sync().unwrap();
+    drop(wal);
+    assert!(matches!(Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0), Err(WalError::Corrupt { .. })));
 }
