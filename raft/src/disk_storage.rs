@@ -177,12 +177,10 @@ impl DiskStorage {
         if index <= self.mem.snapshot_meta().index {
             return Ok(());
         }
-        let term = self.mem.term(index).map_err(|e| other(&self.snaps, e))?;
-        let snap = Snapshot { meta: SnapshotMeta { index, term, conf_state: conf_state.clone() }, data: data.clone() };
+        let meta = self.snapshot_meta_at(index, conf_state).map_err(|e| other(&self.snaps, e))?;
+        let snap = Snapshot { meta, data };
         self.snaps.save(&snap)?;
-        self.mem.compact(index, conf_state, data).map_err(|e| other(&self.snaps, e))?;
-        self.wal.compact(index)?;
-        Ok(())
+        self.compact_saved(snap)
     }
 
     /// Metadata for a snapshot of the application's state at `index` (already applied), to be

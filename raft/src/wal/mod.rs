@@ -194,7 +194,7 @@ impl Wal {
     /// Buffers entries (replacing the log from the first one's index on) and the hard state.
     pub fn append(&mut self, entries: &[Entry], hard_state: Option<HardState>) {
         for e in entries {
-            record::encode(&mut self.buf, &Record::Entry(e.clone()));
+            record::encode_entry(&mut self.buf, e);
             let seg = self.segments.last_mut().expect("an active segment");
             seg.max_index = seg.max_index.max(e.index);
         }

@@ -48,31 +48,41 @@ fn put_u64(buf: &mut BytesMut, v: u64) {
 
 /// Appends the framed record to `buf`.
 pub(crate) fn encode(buf: &mut BytesMut, record: &Record) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0u8; HEADER_LEN]);
     match record {
-        Record::Entry(e) => {
-            buf.extend_from_slice(&[TAG_ENTRY]);
-            put_u64(buf, e.term);
-            put_u64(buf, e.index);
-            buf.extend_from_slice(&[match e.kind {
-                EntryKind::Normal => 0,
-                EntryKind::ConfChange => 1,
-            }]);
-            buf.extend_from_slice(&e.data);
-        }
-        Record::HardState(hs) => {
+        Record::Entry(e) => encode_entry(buf, e),
+        Record::HardState(hs) => frame(buf, |buf| {
             buf.extend_from_slice(&[TAG_HARD_STATE]);
             put_u64(buf, hs.term);
             put_u64(buf, hs.vote);
             put_u64(buf, hs.commit);
-        }
-        Record::Reset { index, term } => {
+        }),
+        Record::Reset { index, term } => frame(buf, |buf| {
             buf.extend_from_slice(&[TAG_RESET]);
             put_u64(buf, *index);
             put_u64(buf, *term);
-        }
+        }),
     }
+}
+
+/// Appends an entry record without wrapping the entry in a [`Record`] (the hot path).
+pub(crate) fn encode_entry(buf: &mut BytesMut, e: &Entry) {
+    frame(buf, |buf| {
+        buf.extend_from_slice(&[TAG_ENTRY]);
+        put_u64(buf, e.term);
+        put_u64(buf, e.index);
+        buf.extend_from_slice(&[match e.kind {
+            EntryKind::Normal => 0,
+            EntryKind::ConfChange => 1,
+        }]);
+        buf.extend_from_slice(&e.data);
+    });
+}
+
+/// Writes the header around the payload `body` appends.
+fn frame(buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    body(buf);
     let len = (buf.len() - start - HEADER_LEN) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), &buf[start + HEADER_LEN..]);
