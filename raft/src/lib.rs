@@ -18,6 +18,8 @@
 //! The I/O shell around the core: [`Node`] runs a replica (core + disk + gRPC [`transport`] +
 //! the application's [`StateMachine`]) on its own thread, with group commit.
 //!
+//! [`transcript`] runs text transcripts (command, `----`, expected output) for scenario tests.
+//!
 //! Membership changes are one server at a time (Ongaro's thesis §4.1): a change takes effect when
 //! the application applies its committed entry and calls [`RawNode::apply_conf_change`]. Only one
 //! change may be pending at a time, a new leader may not propose one before its first entry of the
@@ -42,6 +44,7 @@ mod rng;
 pub mod snapshot_store;
 mod storage;
 mod tracker;
+pub mod transcript;
 pub mod transport;
 mod types;
 mod unstable;

@@ -13,62 +13,10 @@ use raft::{ConfChange, Role};
 
 use super::cluster::{describe_entry, Cluster, NodeCfg};
 
-struct Block {
-    comments: Vec<String>,
-    command: String,
-    expected: String,
-}
-
-fn parse(text: &str) -> Vec<Block> {
-    let mut blocks = Vec::new();
-    let mut lines = text.lines().peekable();
-    let mut comments = Vec::new();
-    while let Some(line) = lines.next() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            if line.starts_with('#') {
-                comments.push(line.to_string());
-            }
-            continue;
-        }
-        let command = line.to_string();
-        let mut expected = String::new();
-        if lines.peek() == Some(&"----") {
-            lines.next();
-            while let Some(l) = lines.peek() {
-                if l.trim().is_empty() {
-                    break;
-                }
-                expected.push_str(l);
-                expected.push('\n');
-                lines.next();
-            }
-        }
-        blocks.push(Block { comments: std::mem::take(&mut comments), command, expected });
-    }
-    blocks
-}
-
 /// Runs the script at `path`; panics with a diff-like message on the first mismatch.
 pub fn run_file(path: &str) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let blocks = parse(&text);
-    let rewrite = std::env::var("REWRITE").is_ok_and(|v| v == "1");
     let mut cluster: Option<Cluster> = None;
-    let mut out_file = String::new();
-    for b in &blocks {
-        let actual = run_command(&mut cluster, &b.command);
-        for c in &b.comments {
-            out_file.push_str(c);
-            out_file.push('\n');
-        }
-        out_file.push_str(&format!("{}\n----\n{}\n", b.command, actual));
-        if !rewrite && actual != b.expected {
-            panic!("{path}: `{}`\n--- expected\n{}--- actual\n{}", b.command, b.expected, actual);
-        }
-    }
-    if rewrite {
-        std::fs::write(path, out_file).expect("rewrite");
-    }
+    raft::transcript::run_file(path, |command| run_command(&mut cluster, command));
 }
 
 fn ids(args: &[&str]) -> Vec<u64> {

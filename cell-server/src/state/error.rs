@@ -1,0 +1,44 @@
+//! Why the state machine refused an operation. Refusals change nothing. They are data (cached
+//! for retried calls, sent to the proposer); the gRPC service maps them to statuses in one place.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::SessionId;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StateError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}: no such node")]
+    NotFound(String),
+    #[error("{0}: node exists")]
+    Exists(String),
+    #[error("contents are {0} bytes; the limit is 262144")]
+    TooLarge(u64),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    #[error("generation mismatch: expected {expected}, node is at {actual}")]
+    GenerationMismatch { expected: u64, actual: u64 },
+    #[error("stale sequencer: the lock it names is no longer held by it")]
+    StaleSequencer,
+    #[error("stale handle: {0} was deleted or re-created since it was opened")]
+    StaleHandle(String),
+    #[error("session {0} does not exist (expired or closed)")]
+    NoSession(SessionId),
+    #[error("{0}: lock is busy")]
+    LockBusy(String),
+    #[error("{0}: lock not held by this owner")]
+    NotHeld(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{path}: lock wait ended: {reason}")]
+    WaitEnded { path: String, reason: String },
+    #[error("request {0} was already answered and forgotten")]
+    Forgotten(u64),
+}

@@ -1,0 +1,76 @@
+//! Handles are capabilities, not state (Chubby §2.6): a token that binds (session, node
+//! instance, rights) and is signed with the cell key kept in the replicated state, so any
+//! master verifies it and nobody can forge or widen one.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::command::{Rights, SessionId};
+use super::error::StateError;
+
+/// Bytes of HMAC-SHA256 kept in a token.
+const TAG: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleBody {
+    pub session: SessionId,
+    pub path: String,
+    pub instance: u64,
+    pub rights: Rights,
+    pub ephemeral: bool,
+}
+
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length")
+}
+
+/// The token for `body`: its encoding followed by a truncated HMAC-SHA256 of it.
+pub fn sign(key: &[u8], body: &HandleBody) -> Bytes {
+    let encoded = super::command::encode(body);
+    let mut m = mac(key);
+    m.update(&encoded);
+    let tag = m.finalize().into_bytes();
+    let mut out = BytesMut::with_capacity(encoded.len() + TAG);
+    out.put_slice(&encoded);
+    out.put_slice(&tag[..TAG]);
+    out.freeze()
+}
+
+/// The body of a token signed with `key`, or `PermissionDenied` for anything else.
+pub fn verify(key: &[u8], token: &[u8]) -> Result<HandleBody, StateError> {
+    let forged = || StateError::PermissionDenied("invalid handle (forged, damaged or from another cell)".into());
+    if key.is_empty() || token.len() <= TAG {
+        return Err(forged());
+    }
+    let (encoded, tag) = token.split_at(token.len() - TAG);
+    let mut m = mac(key);
+    m.update(encoded);
+    m.verify_truncated_left(tag).map_err(|_| forged())?;
+    postcard::from_bytes(encoded).map_err(|_| forged())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_and_altered_handles_are_refused() {
+        let key = [7u8; 32];
+        let body = HandleBody { session: 3, path: "/a".into(), instance: 9, rights: Rights::READ, ephemeral: false };
+        let token = sign(&key, &body);
+        assert_eq!(verify(&key, &token), Ok(body.clone()));
+        assert!(verify(&[8u8; 32], &token).is_err(), "another cell's key");
+        for i in 0..token.len() {
+            for bit in 0..8 {
+                let mut t = token.to_vec();
+                t[i] ^= 1 << bit;
+                assert!(verify(&key, &t).is_err(), "flip at byte {i} bit {bit}");
+            }
+        }
+        assert!(verify(&key, &token[..token.len() - 1]).is_err());
+        assert!(verify(&key, b"").is_err());
+        assert!(verify(&[], &token).is_err(), "a cell without a key accepts nothing");
+    }
+}

@@ -1,0 +1,337 @@
+//! Reader/writer locks with a replicated FIFO queue of waiters and lock-delay (Chubby §2.4).
+//!
+//! Granting happens only in `apply`: an Acquire is granted at once or queued; a Release, a
+//! Cancel, a session's end or the end of a lock-delay grants to the head of the queue. Readers
+//! at the head are granted together; a writer at the head blocks the readers behind it (and a
+//! reader arriving while others wait queues too), so writers are never starved and a release
+//! wakes exactly who it lets in.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{LockMode, Outcome, Owner, Reply, SessionId};
+use super::error::StateError;
+use super::{CellState, Effect};
+
+/// Lock-delay when the Acquire that creates a lock's first hold does not set one (Chubby's).
+pub const DEFAULT_LOCK_DELAY_MS: u64 = 60_000;
+/// The longest lock-delay a lock may ask for.
+pub const MAX_LOCK_DELAY_MS: u64 = 600_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Holder {
+    pub session: SessionId,
+    pub owner: Owner,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    pub holder: Holder,
+    pub mode: LockMode,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Lock {
+    /// One exclusive holder or any number of shared ones.
+    pub holders: BTreeSet<Holder>,
+    /// Meaningful while `holders` is not empty.
+    pub mode: LockMode,
+    pub waiters: VecDeque<Waiter>,
+    /// How long the lock stays unavailable after a holder's session expires without releasing.
+    pub delay_ms: u64,
+    /// The clock (log time) before which nobody is granted the lock; 0 when no delay runs.
+    pub delay_until_ms: u64,
+}
+
+impl Default for Lock {
+    fn default() -> Lock {
+        Lock {
+            holders: BTreeSet::new(),
+            mode: LockMode::Exclusive,
+            waiters: VecDeque::new(),
+            delay_ms: DEFAULT_LOCK_DELAY_MS,
+            delay_until_ms: 0,
+        }
+    }
+}
+
+impl Lock {
+    pub(super) fn compatible(&self, mode: LockMode) -> bool {
+        self.holders.is_empty() || (mode == LockMode::Shared && self.mode == LockMode::Shared)
+    }
+}
+
+/// A sequencer names a hold: node instance, lock generation, mode, holder and path. It is
+/// opaque to clients; it is valid while that holder still holds that lock in that mode at
+/// that generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sequencer {
+    pub path: String,
+    pub instance: u64,
+    pub lock_generation: u64,
+    pub mode: LockMode,
+    pub holder: Holder,
+}
+
+impl Sequencer {
+    pub fn format(&self) -> String {
+        format!(
+            "seq1:{}:{}:{}:{}:{}:{}",
+            self.instance,
+            self.lock_generation,
+            self.mode.letter(),
+            self.holder.session,
+            self.holder.owner,
+            self.path
+        )
+    }
+
+    pub fn parse(s: &str) -> Option<Sequencer> {
+        let mut it = s.splitn(7, ':');
+        if it.next()? != "seq1" {
+            return None;
+        }
+        let instance = it.next()?.parse().ok()?;
+        let lock_generation = it.next()?.parse().ok()?;
+        let mode = match it.next()? {
+            "x" => LockMode::Exclusive,
+            "s" => LockMode::Shared,
+            _ => return None,
+        };
+        let session = it.next()?.parse().ok()?;
+        let owner = it.next()?.parse().ok()?;
+        let path = it.next()?.to_string();
+        Some(Sequencer { path, instance, lock_generation, mode, holder: Holder { session, owner } })
+    }
+}
+
+impl CellState {
+    fn lock_node(&self, path: &str, instance: u64) -> Result<(), StateError> {
+        if path == "/" {
+            return Err(StateError::InvalidArgument("the cell root cannot be locked".into()));
+        }
+        self.node_at(path, instance).map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn acquire(
+        &mut self,
+        session: SessionId,
+        path: String,
+        instance: u64,
+        mode: LockMode,
+        owner: Owner,
+        lock_delay_ms: Option<u64>,
+        try_only: bool,
+    ) -> Outcome {
+        self.lock_node(&path, instance)?;
+        if lock_delay_ms.is_some_and(|d| d > MAX_LOCK_DELAY_MS) {
+            return Err(StateError::InvalidArgument(format!("lock-delay is at most {MAX_LOCK_DELAY_MS} ms")));
+        }
+        let holder = Holder { session, owner };
+        let clock = self.clock_ms;
+        let node = self.nodes.get_mut(&path).expect("checked above");
+        if let Some(d) = lock_delay_ms {
+            node.lock.delay_ms = d;
+        }
+        let lock = &node.lock;
+        if lock.holders.contains(&holder) {
+            if lock.mode != mode {
+                return Err(StateError::InvalidArgument(format!(
+                    "{path}: already held by this owner in the other mode; release it first"
+                )));
+            }
+            return Ok(Reply::Granted { sequencer: self.sequencer_of(&path, holder).unwrap_or_default() });
+        }
+        if lock.waiters.iter().any(|w| w.holder == holder) {
+            return Ok(Reply::Queued);
+        }
+        if clock >= lock.delay_until_ms && lock.waiters.is_empty() && lock.compatible(mode) {
+            let sequencer = self.grant(&path, holder, mode);
+            return Ok(Reply::Granted { sequencer });
+        }
+        if try_only {
+            return Err(StateError::LockBusy(path));
+        }
+        let holders: BTreeSet<SessionId> = lock.holders.iter().map(|h| h.session).collect();
+        let holders = holders.into_iter().collect();
+        node.lock.waiters.push_back(Waiter { holder, mode });
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.waiting.insert((path.clone(), owner));
+        }
+        self.effects.push(Effect::LockConflict { path, holders });
+        Ok(Reply::Queued)
+    }
+
+    pub(super) fn release(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
+        self.lock_node(&path, instance)?;
+        let holder = Holder { session, owner };
+        if !self.nodes[&path].lock.holders.contains(&holder) {
+            return Err(StateError::NotHeld(path));
+        }
+        self.drop_hold(&path, holder, false);
+        self.grant_from_head(&path);
+        Ok(Reply::Done)
+    }
+
+    /// Withdraws a queued Acquire. If the lock was granted in the meantime the caller learns it
+    /// (and should release it).
+    pub(super) fn cancel(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
+        self.lock_node(&path, instance)?;
+        let holder = Holder { session, owner };
+        if let Some(sequencer) = self.sequencer_of(&path, holder) {
+            return Ok(Reply::Granted { sequencer });
+        }
+        if self.remove_waiter(&path, holder, "cancelled") {
+            self.grant_from_head(&path);
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Removes a waiter and tells the master its Acquire is over; false if it was not waiting.
+    pub(super) fn remove_waiter(&mut self, path: &str, holder: Holder, reason: &str) -> bool {
+        let Some(node) = self.nodes.get_mut(path) else { return false };
+        let before = node.lock.waiters.len();
+        node.lock.waiters.retain(|w| w.holder != holder);
+        if node.lock.waiters.len() == before {
+            return false;
+        }
+        if let Some(s) = self.sessions.get_mut(&holder.session) {
+            s.waiting.remove(&(path.to_string(), holder.owner));
+        }
+        self.effects.push(Effect::WaitEnded {
+            session: holder.session,
+            owner: holder.owner,
+            path: path.to_string(),
+            reason: reason.to_string(),
+        });
+        true
+    }
+
+    /// Removes a hold. `expired`: the holder's session died holding it, so the lock becomes
+    /// unavailable for its lock-delay (Chubby §2.4: lets delayed messages of the dead holder
+    /// drain before anyone else acts under the lock).
+    pub(super) fn drop_hold(&mut self, path: &str, holder: Holder, expired: bool) {
+        let clock = self.clock_ms;
+        let Some(node) = self.nodes.get_mut(path) else { return };
+        if !node.lock.holders.remove(&holder) {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(&holder.session) {
+            s.held.remove(&(path.to_string(), holder.owner));
+        }
+        let lock = &mut node.lock;
+        if expired && lock.delay_ms > 0 {
+            let until = clock.saturating_add(lock.delay_ms);
+            if until > lock.delay_until_ms {
+                self.delays.remove(&(lock.delay_until_ms, path.to_string()));
+                lock.delay_until_ms = until;
+                self.delays.insert((until, path.to_string()));
+                self.effects.push(Effect::LockDelay { path: path.to_string(), until_ms: until });
+            }
+        }
+    }
+
+    /// Grants the lock to the waiters at the head of the queue that it can take now.
+    pub(super) fn grant_from_head(&mut self, path: &str) {
+        loop {
+            let Some(node) = self.nodes.get_mut(path) else { return };
+            let lock = &mut node.lock;
+            if self.clock_ms < lock.delay_until_ms {
+                return;
+            }
+            if !matches!(lock.waiters.front(), Some(w) if lock.compatible(w.mode)) {
+                return;
+            }
+            let w = lock.waiters.pop_front().expect("front exists");
+            if let Some(s) = self.sessions.get_mut(&w.holder.session) {
+                s.waiting.remove(&(path.to_string(), w.holder.owner));
+            }
+            self.grant(path, w.holder, w.mode);
+        }
+    }
+
+    fn grant(&mut self, path: &str, holder: Holder, mode: LockMode) -> String {
+        let node = self.nodes.get_mut(path).expect("granting on an existing node");
+        let lock = &mut node.lock;
+        if lock.holders.is_empty() {
+            // Chubby's lock generation: rises each time the lock goes from free to held.
+            node.stat.lock_generation += 1;
+            lock.mode = mode;
+        }
+        lock.holders.insert(holder);
+        if let Some(s) = self.sessions.get_mut(&holder.session) {
+            s.held.insert((path.to_string(), holder.owner));
+        }
+        let sequencer = self.sequencer_of(path, holder).expect("just granted");
+        self.effects.push(Effect::LockGranted {
+            session: holder.session,
+            owner: holder.owner,
+            path: path.to_string(),
+            sequencer: sequencer.clone(),
+        });
+        sequencer
+    }
+
+    /// Ends every lock-delay whose time has come (by the log's clock) and grants waiters.
+    pub(super) fn end_lock_delays(&mut self) {
+        while let Some((until, _)) = self.delays.first() {
+            if *until > self.clock_ms {
+                return;
+            }
+            let (_, path) = self.delays.pop_first().expect("first exists");
+            if let Some(n) = self.nodes.get_mut(&path) {
+                n.lock.delay_until_ms = 0;
+            }
+            self.grant_from_head(&path);
+        }
+    }
+
+    /// The sequencer of a current hold.
+    pub fn sequencer_of(&self, path: &str, holder: Holder) -> Option<String> {
+        let node = self.nodes.get(path)?;
+        if !node.lock.holders.contains(&holder) {
+            return None;
+        }
+        let seq = Sequencer {
+            path: path.to_string(),
+            instance: node.stat.instance,
+            lock_generation: node.stat.lock_generation,
+            mode: node.lock.mode,
+            holder,
+        };
+        Some(seq.format())
+    }
+
+    /// Whether a sequencer still names a current hold (Chubby's CheckSequencer).
+    pub fn check_sequencer(&self, sequencer: &str) -> bool {
+        let Some(seq) = Sequencer::parse(sequencer) else { return false };
+        self.nodes.get(&seq.path).is_some_and(|n| {
+            n.stat.instance == seq.instance
+                && n.stat.lock_generation == seq.lock_generation
+                && n.lock.mode == seq.mode
+                && n.lock.holders.contains(&seq.holder)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequencer_round_trips_paths_with_colons() {
+        let s = Sequencer {
+            path: "/a:b/c".into(),
+            instance: 7,
+            lock_generation: 3,
+            mode: LockMode::Shared,
+            holder: Holder { session: 4, owner: 99 },
+        };
+        assert_eq!(Sequencer::parse(&s.format()), Some(s));
+        for bad in ["", "seq1", "seq2:1:1:x:1:1:/a", "seq1:1:1:q:1:1:/a", "seq1:a:1:x:1:1:/a"] {
+            assert_eq!(Sequencer::parse(bad), None, "{bad}");
+        }
+    }
+}

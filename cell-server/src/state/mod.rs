@@ -1,0 +1,223 @@
+//! The cell's replicated state machine (DESIGN.md, "The replicated state machine"): namespace,
+//! sessions, locks with FIFO waiters, lock-delay, sequencers, the cell key that signs handles,
+//! and per-session answers for exactly-once retries.
+//!
+//! Pure and deterministic: [`CellState::apply`] depends only on the entries applied, the clock
+//! included (it comes with each entry, see [`Entry::now_ms`]). What the master must act on
+//! (grants to blocked Acquires, events, lock-delays to end) comes out as [`Effect`]s.
+//!
+//! - [`command`]: log entries and answers; [`error`]: refusals.
+//! - `namespace`: nodes, paths, ACLs; `locks`: lock queue, lock-delay, sequencers;
+//!   `sessions`: sessions and retried calls; [`handle`]: signed handles.
+
+pub mod command;
+pub mod error;
+pub mod handle;
+mod locks;
+mod namespace;
+mod sessions;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use command::{
+    decode, encode, Acl, Create, Entry, Limits, LockMode, Op, Outcome, Owner, Reply, RequestId, Rights, SessionId, Stat,
+};
+pub use error::StateError;
+pub use locks::{Holder, Sequencer, DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
+pub use namespace::{split_parent, validate_path, Node, MAX_CONTENTS, MAX_NAME};
+pub use sessions::{Session, MAX_REMEMBERED};
+
+/// What happened to a node, for events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Created,
+    ContentsModified,
+    AclChanged,
+    Deleted,
+}
+
+/// Something the master must act on, produced by `apply` on every replica (only the master
+/// acts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A hold began (at once or from the queue): answer a blocked Acquire, send lock events.
+    LockGranted {
+        session: SessionId,
+        owner: Owner,
+        path: String,
+        sequencer: String,
+    },
+    /// A queued Acquire ended without the lock (cancelled, node deleted, session ended).
+    WaitEnded {
+        session: SessionId,
+        owner: Owner,
+        path: String,
+        reason: String,
+    },
+    /// Someone queued behind these holders' sessions (Chubby's "conflicting lock request").
+    LockConflict {
+        path: String,
+        holders: Vec<SessionId>,
+    },
+    /// The lock is unavailable until this log time; the master proposes a Tick then.
+    LockDelay {
+        path: String,
+        until_ms: u64,
+    },
+    NodeChanged {
+        path: String,
+        change: Change,
+    },
+    SessionEnded {
+        session: SessionId,
+        expired: bool,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellState {
+    /// Log time: the greatest `now_ms` applied so far (never moves backwards).
+    clock_ms: u64,
+    applied: u64,
+    /// Signs handles; empty until the first master's [`Op::InitCell`].
+    key: Bytes,
+    limits: Limits,
+    next_instance: u64,
+    next_session: SessionId,
+    nodes: BTreeMap<String, Node>,
+    sessions: BTreeMap<SessionId, Session>,
+    /// Running lock-delays: (end, path).
+    delays: BTreeSet<(u64, String)>,
+    #[serde(skip)]
+    effects: Vec<Effect>,
+}
+
+impl Default for CellState {
+    fn default() -> CellState {
+        let mut nodes = BTreeMap::new();
+        nodes.insert("/".to_string(), CellState::root_node());
+        CellState {
+            clock_ms: 0,
+            applied: 0,
+            key: Bytes::new(),
+            limits: Limits::default(),
+            next_instance: 0,
+            next_session: 0,
+            nodes,
+            sessions: BTreeMap::new(),
+            delays: BTreeSet::new(),
+            effects: Vec::new(),
+        }
+    }
+}
+
+impl CellState {
+    /// Applies the entry at `index`; undecodable bytes change nothing but the applied index.
+    pub fn apply(&mut self, index: u64, data: &[u8]) -> Outcome {
+        self.applied = index;
+        let entry: Entry = decode(data)?;
+        self.apply_entry(entry)
+    }
+
+    pub fn apply_entry(&mut self, entry: Entry) -> Outcome {
+        self.clock_ms = self.clock_ms.max(entry.now_ms);
+        self.end_lock_delays();
+        if !entry.op.needs_session() {
+            return self.apply_op(0, entry.op);
+        }
+        let Some(req) = entry.request else {
+            return Err(StateError::InvalidArgument("this call needs a session".into()));
+        };
+        let Some(s) = self.sessions.get_mut(&req.session) else {
+            return Err(StateError::NoSession(req.session));
+        };
+        s.forget_below(req.first_incomplete);
+        if let Some(first) = s.replies.get(&req.sequence).cloned() {
+            return self.replay(req.session, &entry.op, first);
+        }
+        if req.sequence < s.low_water {
+            return Err(StateError::Forgotten(req.sequence));
+        }
+        let outcome = self.apply_op(req.session, entry.op);
+        if let Some(s) = self.sessions.get_mut(&req.session) {
+            s.remember(req.sequence, outcome.clone());
+        }
+        outcome
+    }
+
+    fn apply_op(&mut self, session: SessionId, op: Op) -> Outcome {
+        match op {
+            Op::InitCell { key, limits } => {
+                // The first one wins; a second master racing to initialise changes nothing.
+                if self.key.is_empty() && !key.is_empty() {
+                    self.key = key;
+                    self.limits = limits;
+                }
+                Ok(Reply::Done)
+            }
+            Op::Tick => Ok(Reply::Done),
+            Op::CreateSession { principal } => self.create_session(principal),
+            Op::ExpireSession { session } => self.end_session(session, true),
+            Op::CloseSession => self.end_session(session, false),
+            Op::Open { path, create } => self.open(session, path, create),
+            Op::Close { path, instance } => self.close(session, path, instance),
+            Op::SetContents { path, instance, contents, if_generation, sequencer } => {
+                self.set_contents(path, instance, contents, if_generation, sequencer)
+            }
+            Op::Delete { path, instance, if_generation, sequencer } => {
+                self.delete(path, instance, if_generation, sequencer)
+            }
+            Op::Acquire { path, instance, mode, owner, lock_delay_ms, try_only } => {
+                self.acquire(session, path, instance, mode, owner, lock_delay_ms, try_only)
+            }
+            Op::Release { path, instance, owner } => self.release(session, path, instance, owner),
+            Op::Cancel { path, instance, owner } => self.cancel(session, path, instance, owner),
+            Op::SetAcl { path, instance, acl } => self.set_acl(path, instance, acl),
+        }
+    }
+
+    /// The effects of the entries applied since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Lock-delays still running, by end time.
+    pub fn lock_delays(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.delays.iter().map(|(t, p)| (*t, p.as_str()))
+    }
+
+    /// The whole state, for a Raft snapshot.
+    pub fn snapshot(&self) -> Bytes {
+        encode(self)
+    }
+
+    pub fn restore(data: &[u8]) -> Result<CellState, String> {
+        postcard::from_bytes(data).map_err(|e| format!("cell snapshot does not decode: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,391 @@
+//! The namespace: directories and files under the cell root, with Chubby's metadata (§2.3),
+//! ACLs inherited at creation, ephemeral nodes that live while some session has them open.
+//! Paths here are relative to the cell root (`/ls/<cell>/svc/master` is `/svc/master`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::command::{Acl, Create, Outcome, Reply, Rights, SessionId, Stat};
+use super::error::StateError;
+use super::locks::Lock;
+use super::{CellState, Change, Effect};
+
+/// Largest contents of a file (Chubby's limit).
+pub const MAX_CONTENTS: usize = 256 << 10;
+/// Longest name of one path component, in bytes.
+pub const MAX_NAME: usize = 255;
+/// Most names in one ACL list.
+pub const MAX_ACL_NAMES: usize = 64;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub stat: Stat,
+    pub contents: Bytes,
+    pub acl: Acl,
+    /// Names of the children (directories only).
+    pub children: BTreeSet<String>,
+    /// Sessions holding an ephemeral node open, with their open count.
+    pub openers: BTreeMap<SessionId, u32>,
+    pub lock: Lock,
+}
+
+impl Node {
+    pub fn new(stat: Stat, contents: Bytes, acl: Acl) -> Node {
+        Node { stat, contents, acl, children: BTreeSet::new(), openers: BTreeMap::new(), lock: Lock::default() }
+    }
+}
+
+/// Checks a path: `/`, or `/`-separated names, each non-empty UTF-8 of at most [`MAX_NAME`]
+/// bytes, without NUL, not `.` or `..`, at most `max_depth` deep.
+pub fn validate_path(path: &str, max_depth: u32) -> Result<(), StateError> {
+    if path == "/" {
+        return Ok(());
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(StateError::InvalidArgument(format!("{path:?}: a path must start with /")));
+    };
+    let mut depth = 0u32;
+    for name in rest.split('/') {
+        validate_name(path, name)?;
+        depth += 1;
+    }
+    if depth > max_depth {
+        return Err(StateError::LimitExceeded(format!("{path}: deeper than the cell's limit of {max_depth}")));
+    }
+    Ok(())
+}
+
+fn validate_name(path: &str, name: &str) -> Result<(), StateError> {
+    let bad = |why: &str| Err(StateError::InvalidArgument(format!("{path:?}: {why}")));
+    if name.is_empty() {
+        return bad("empty name (a trailing or double /)");
+    }
+    if name == "." || name == ".." {
+        return bad("`.` and `..` are not names");
+    }
+    if name.len() > MAX_NAME {
+        return bad("a name is longer than 255 bytes");
+    }
+    if name.contains('\0') {
+        return bad("a name contains NUL");
+    }
+    Ok(())
+}
+
+/// Splits a path (not `/`) into its parent's path and its name.
+pub fn split_parent(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", name)) => ("/", name),
+        Some((parent, name)) => (parent, name),
+        None => ("/", path),
+    }
+}
+
+fn child_path(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl CellState {
+    pub(super) fn root_node() -> Node {
+        let stat = Stat { directory: true, content_generation: 1, ..Stat::default() };
+        Node::new(stat, Bytes::new(), Acl::open())
+    }
+
+    /// The node at `path` if it is still the incarnation a handle was opened on.
+    pub(super) fn node_at(&self, path: &str, instance: u64) -> Result<&Node, StateError> {
+        match self.nodes.get(path) {
+            None => Err(StateError::NotFound(path.to_string())),
+            Some(n) if n.stat.instance != instance => Err(StateError::StaleHandle(path.to_string())),
+            Some(n) => Ok(n),
+        }
+    }
+
+    fn principal(&self, session: SessionId) -> Result<&str, StateError> {
+        self.sessions.get(&session).map(|s| s.principal.as_str()).ok_or(StateError::NoSession(session))
+    }
+
+    /// Rights `session` would get opening the existing node at `path`; refuses a session with
+    /// no right at all. A handle to a permanent node needs no log entry: the master serves
+    /// such opens with a linearizable read of this.
+    pub fn open_existing(&self, session: SessionId, path: &str) -> Result<(Stat, Rights), StateError> {
+        validate_path(path, self.limits.max_depth)?;
+        let principal = self.principal(session)?;
+        let node = self.nodes.get(path).ok_or_else(|| StateError::NotFound(path.to_string()))?;
+        let rights = node.acl.rights_of(principal);
+        if rights.is_empty() {
+            return Err(StateError::PermissionDenied(format!("{path}: {principal} is on none of its ACLs")));
+        }
+        Ok((node.stat.clone(), rights))
+    }
+
+    pub(super) fn open(&mut self, session: SessionId, path: String, create: Option<Create>) -> Outcome {
+        validate_path(&path, self.limits.max_depth)?;
+        let exists = self.nodes.contains_key(&path);
+        let created = match (&create, exists) {
+            (Some(c), true) if c.exclusive => return Err(StateError::Exists(path)),
+            (None, false) => return Err(StateError::NotFound(path)),
+            (Some(c), false) => {
+                self.create_node(session, &path, c.clone())?;
+                true
+            }
+            (_, true) => false,
+        };
+        let (stat, rights) = self.open_existing(session, &path)?;
+        if stat.ephemeral {
+            let node = self.nodes.get_mut(&path).expect("checked above");
+            *node.openers.entry(session).or_default() += 1;
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.open_ephemerals.insert(path);
+            }
+        }
+        Ok(Reply::Opened { stat, rights, created })
+    }
+
+    fn create_node(&mut self, session: SessionId, path: &str, c: Create) -> Result<(), StateError> {
+        if path == "/" {
+            return Err(StateError::Exists(path.to_string()));
+        }
+        if c.directory && !c.contents.is_empty() {
+            return Err(StateError::InvalidArgument(format!("{path}: a directory has no contents")));
+        }
+        if c.contents.len() > MAX_CONTENTS {
+            return Err(StateError::TooLarge(c.contents.len() as u64));
+        }
+        if self.nodes.len() as u64 >= self.limits.max_nodes {
+            return Err(StateError::LimitExceeded(format!(
+                "{path}: the cell holds its limit of {} nodes",
+                self.limits.max_nodes
+            )));
+        }
+        let principal = self.principal(session)?.to_string();
+        let (parent_path, name) = split_parent(path);
+        let parent = self.nodes.get(parent_path).ok_or_else(|| StateError::NotFound(parent_path.to_string()))?;
+        if !parent.stat.directory {
+            return Err(StateError::NotADirectory(parent_path.to_string()));
+        }
+        if !parent.acl.rights_of(&principal).allows(Rights::WRITE) {
+            return Err(StateError::PermissionDenied(format!("{parent_path}: {principal} may not create nodes here")));
+        }
+        let acl = parent.acl.clone();
+        let name = name.to_string();
+        self.next_instance += 1;
+        let stat = Stat {
+            instance: self.next_instance,
+            content_generation: 1,
+            lock_generation: 0,
+            acl_generation: 1,
+            checksum: xxh3_64(&c.contents),
+            length: c.contents.len() as u64,
+            directory: c.directory,
+            ephemeral: c.ephemeral,
+            ctime_ms: self.clock_ms,
+            mtime_ms: self.clock_ms,
+        };
+        self.nodes.insert(path.to_string(), Node::new(stat, c.contents, acl));
+        self.nodes.get_mut(parent_path).expect("checked above").children.insert(name);
+        self.effects.push(Effect::NodeChanged { path: path.to_string(), change: Change::Created });
+        Ok(())
+    }
+
+    pub(super) fn close(&mut self, session: SessionId, path: String, instance: u64) -> Outcome {
+        let Ok(node) = self.node_at(&path, instance) else {
+            // Closing a handle to a node that is gone already is done.
+            return Ok(Reply::Done);
+        };
+        if !node.stat.ephemeral {
+            return Ok(Reply::Done);
+        }
+        let node = self.nodes.get_mut(&path).expect("checked above");
+        if let Some(count) = node.openers.get_mut(&session) {
+            *count -= 1;
+            if *count == 0 {
+                node.openers.remove(&session);
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.open_ephemerals.remove(&path);
+                }
+                self.maybe_reap(path);
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Checks what a fenced or conditional write carries before it changes anything.
+    fn check_write_conditions(
+        &self,
+        node: &Node,
+        if_generation: Option<u64>,
+        sequencer: Option<&str>,
+    ) -> Result<(), StateError> {
+        if let Some(seq) = sequencer {
+            if !self.check_sequencer(seq) {
+                return Err(StateError::StaleSequencer);
+            }
+        }
+        if let Some(expected) = if_generation {
+            if expected != node.stat.content_generation {
+                return Err(StateError::GenerationMismatch { expected, actual: node.stat.content_generation });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_contents(
+        &mut self,
+        path: String,
+        instance: u64,
+        contents: Bytes,
+        if_generation: Option<u64>,
+        sequencer: Option<String>,
+    ) -> Outcome {
+        let node = self.node_at(&path, instance)?;
+        if node.stat.directory {
+            return Err(StateError::IsADirectory(path));
+        }
+        if contents.len() > MAX_CONTENTS {
+            return Err(StateError::TooLarge(contents.len() as u64));
+        }
+        self.check_write_conditions(node, if_generation, sequencer.as_deref())?;
+        let clock = self.clock_ms;
+        let node = self.nodes.get_mut(&path).expect("checked above");
+        node.stat.content_generation += 1;
+        node.stat.checksum = xxh3_64(&contents);
+        node.stat.length = contents.len() as u64;
+        node.stat.mtime_ms = clock;
+        node.contents = contents;
+        let stat = node.stat.clone();
+        self.effects.push(Effect::NodeChanged { path, change: Change::ContentsModified });
+        Ok(Reply::Stat(stat))
+    }
+
+    pub(super) fn delete(
+        &mut self,
+        path: String,
+        instance: u64,
+        if_generation: Option<u64>,
+        sequencer: Option<String>,
+    ) -> Outcome {
+        if path == "/" {
+            return Err(StateError::InvalidArgument("the cell root cannot be deleted".into()));
+        }
+        let node = self.node_at(&path, instance)?;
+        if !node.children.is_empty() {
+            return Err(StateError::NotEmpty(path));
+        }
+        self.check_write_conditions(node, if_generation, sequencer.as_deref())?;
+        let parent = split_parent(&path).0.to_string();
+        self.delete_node(&path);
+        self.maybe_reap(parent);
+        Ok(Reply::Done)
+    }
+
+    /// Removes a childless node: its holders lose the lock (their sequencers go stale with the
+    /// instance), its waiters are told, its openers forget it.
+    pub(super) fn delete_node(&mut self, path: &str) {
+        let Some(node) = self.nodes.remove(path) else { return };
+        for h in &node.lock.holders {
+            if let Some(s) = self.sessions.get_mut(&h.session) {
+                s.held.remove(&(path.to_string(), h.owner));
+            }
+        }
+        for w in &node.lock.waiters {
+            if let Some(s) = self.sessions.get_mut(&w.holder.session) {
+                s.waiting.remove(&(path.to_string(), w.holder.owner));
+            }
+            self.effects.push(Effect::WaitEnded {
+                session: w.holder.session,
+                owner: w.holder.owner,
+                path: path.to_string(),
+                reason: "node deleted".into(),
+            });
+        }
+        for session in node.openers.keys() {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.open_ephemerals.remove(path);
+            }
+        }
+        if node.lock.delay_until_ms > 0 {
+            self.delays.remove(&(node.lock.delay_until_ms, path.to_string()));
+        }
+        let (parent, name) = split_parent(path);
+        if let Some(p) = self.nodes.get_mut(parent) {
+            p.children.remove(name);
+        }
+        self.effects.push(Effect::NodeChanged { path: path.to_string(), change: Change::Deleted });
+    }
+
+    /// Deletes an ephemeral node nobody has open any more (and, for a directory, that is
+    /// empty), then looks at its parent the same way.
+    pub(super) fn maybe_reap(&mut self, mut path: String) {
+        loop {
+            let Some(n) = self.nodes.get(&path) else { return };
+            if path == "/" || !n.stat.ephemeral || !n.openers.is_empty() || !n.children.is_empty() {
+                return;
+            }
+            self.delete_node(&path);
+            path = split_parent(&path).0.to_string();
+        }
+    }
+
+    pub(super) fn set_acl(&mut self, path: String, instance: u64, acl: Acl) -> Outcome {
+        self.node_at(&path, instance)?;
+        for list in [&acl.readers, &acl.writers, &acl.change_acl] {
+            if list.len() > MAX_ACL_NAMES {
+                return Err(StateError::InvalidArgument(format!("an ACL list holds at most {MAX_ACL_NAMES} names")));
+            }
+            if let Some(bad) =
+                list.iter().find(|n| n.is_empty() || n.len() > MAX_NAME || n.chars().any(char::is_control))
+            {
+                return Err(StateError::InvalidArgument(format!("{bad:?} is not a principal name")));
+            }
+        }
+        let node = self.nodes.get_mut(&path).expect("checked above");
+        node.acl = acl;
+        node.stat.acl_generation += 1;
+        let stat = node.stat.clone();
+        self.effects.push(Effect::NodeChanged { path, change: Change::AclChanged });
+        Ok(Reply::Stat(stat))
+    }
+
+    /// A node, for reads.
+    pub fn node(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    /// The children of a directory with their metadata, in name order.
+    pub fn read_dir(&self, path: &str) -> Result<Vec<(String, Stat)>, StateError> {
+        let dir = self.nodes.get(path).ok_or_else(|| StateError::NotFound(path.to_string()))?;
+        if !dir.stat.directory {
+            return Err(StateError::NotADirectory(path.to_string()));
+        }
+        Ok(dir
+            .children
+            .iter()
+            .filter_map(|name| self.nodes.get(&child_path(path, name)).map(|n| (name.clone(), n.stat.clone())))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_checked() {
+        for good in ["/", "/a", "/a/b c/ü", &format!("/{}", "n".repeat(255))] {
+            assert_eq!(validate_path(good, 64), Ok(()), "{good}");
+        }
+        for bad in ["", "a", "/a/", "//a", "/a//b", "/.", "/a/..", "/a\0b", &format!("/{}", "n".repeat(256))] {
+            assert!(matches!(validate_path(bad, 64), Err(StateError::InvalidArgument(_))), "{bad:?}");
+        }
+        assert!(matches!(validate_path("/a/b/c", 2), Err(StateError::LimitExceeded(_))));
+        assert_eq!(split_parent("/a"), ("/", "a"));
+        assert_eq!(split_parent("/a/b"), ("/a", "b"));
+    }
+}

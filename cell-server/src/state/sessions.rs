@@ -1,0 +1,123 @@
+//! Sessions in the replicated state (Chubby §2.8): created and ended by log entries. Their
+//! lease deadlines are not here: the master keeps them in memory and proposes an
+//! [`Op::ExpireSession`](super::Op::ExpireSession) when one runs out.
+//!
+//! Each session also remembers its recent answers by request sequence number, so a call retried
+//! after a lost reply or a failover is applied once and answered the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Op, Outcome, Owner, Reply, SessionId};
+use super::error::StateError;
+use super::locks::Holder;
+use super::{CellState, Effect};
+
+/// Answers remembered per session beyond the client's `first_incomplete` mark; a client with
+/// more calls in flight than this may see an older retry refused as `Forgotten`.
+pub const MAX_REMEMBERED: usize = 128;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub principal: String,
+    pub created_ms: u64,
+    /// Sequence numbers below this were answered and forgotten.
+    pub low_water: u64,
+    pub replies: BTreeMap<u64, Outcome>,
+    /// Locks held: (path, owner).
+    pub held: BTreeSet<(String, Owner)>,
+    /// Acquires queued: (path, owner).
+    pub waiting: BTreeSet<(String, Owner)>,
+    /// Ephemeral nodes this session has open.
+    pub open_ephemerals: BTreeSet<String>,
+}
+
+impl Session {
+    pub(super) fn forget_below(&mut self, first_incomplete: u64) {
+        if first_incomplete > self.low_water {
+            self.low_water = first_incomplete;
+            self.replies = self.replies.split_off(&first_incomplete);
+        }
+    }
+
+    pub(super) fn remember(&mut self, sequence: u64, outcome: Outcome) {
+        self.replies.insert(sequence, outcome);
+        while self.replies.len() > MAX_REMEMBERED {
+            let (oldest, _) = self.replies.pop_first().expect("not empty");
+            self.low_water = self.low_water.max(oldest + 1);
+        }
+    }
+}
+
+impl CellState {
+    pub(super) fn create_session(&mut self, principal: String) -> Outcome {
+        if principal.is_empty() || principal.len() > 255 || principal.chars().any(char::is_control) {
+            return Err(StateError::InvalidArgument(format!("{principal:?} is not a principal name")));
+        }
+        self.next_session += 1;
+        let id = self.next_session;
+        let session = Session {
+            principal,
+            created_ms: self.clock_ms,
+            low_water: 0,
+            replies: BTreeMap::new(),
+            held: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            open_ephemerals: BTreeSet::new(),
+        };
+        self.sessions.insert(id, session);
+        Ok(Reply::Session { id })
+    }
+
+    /// Ends a session: its queued Acquires end, its locks are released (with lock-delay if it
+    /// `expired` rather than closed), its ephemeral nodes are closed and reaped.
+    pub(super) fn end_session(&mut self, id: SessionId, expired: bool) -> Outcome {
+        let Some(session) = self.sessions.get(&id) else {
+            return Err(StateError::NoSession(id));
+        };
+        let waiting: Vec<_> = session.waiting.iter().cloned().collect();
+        let held: Vec<_> = session.held.iter().cloned().collect();
+        let ephemerals: Vec<_> = session.open_ephemerals.iter().cloned().collect();
+        let reason = if expired { "session expired" } else { "session closed" };
+        // Waiters first, so the releases below cannot grant to this session.
+        for (path, owner) in &waiting {
+            self.remove_waiter(path, Holder { session: id, owner: *owner }, reason);
+        }
+        for (path, owner) in &held {
+            self.drop_hold(path, Holder { session: id, owner: *owner }, expired);
+        }
+        // A queued writer leaving the head may let the readers behind it in, as a release may.
+        for (path, _) in waiting.iter().chain(&held) {
+            self.grant_from_head(path);
+        }
+        for path in ephemerals {
+            if let Some(n) = self.nodes.get_mut(&path) {
+                n.openers.remove(&id);
+            }
+            self.maybe_reap(path);
+        }
+        self.sessions.remove(&id);
+        self.effects.push(Effect::SessionEnded { session: id, expired });
+        Ok(Reply::Done)
+    }
+
+    /// The answer to a retried call. An Acquire is answered with the lock's state now (it may
+    /// have been granted since it was queued); everything else as the first time.
+    pub(super) fn replay(&self, session: SessionId, op: &Op, first: Outcome) -> Outcome {
+        if let (Op::Acquire { path, owner, .. }, Ok(Reply::Queued)) = (op, &first) {
+            if let Some(sequencer) = self.sequencer_of(path, Holder { session, owner: *owner }) {
+                return Ok(Reply::Granted { sequencer });
+            }
+        }
+        first
+    }
+
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
+        self.sessions.iter()
+    }
+}
