@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cell_server::kv::{encode_put, KvStore};
+use cell_server::machine::CellMachine;
+use cell_server::state::{self, Op};
 use proto::cell::cell_client::CellClient;
 use proto::cell::{PutRequest, StatusRequest};
 use raft::{DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, StateMachine, Storage};
@@ -236,7 +237,7 @@ fn recovery(dir: &Path) {
                     term: 2,
                     index: index + 1 + k,
                     kind: EntryKind::Normal,
-                    data: encode_put(&format!("key/{}", (index + k) % 100_000), &value).unwrap(),
+                    data: admin_put(&format!("/key/{}", (index + k) % 100_000), &value),
                 })
                 .collect();
             written += batch.iter().map(|e| e.data.len() as u64 + 26).sum::<u64>();
@@ -252,7 +253,7 @@ fn recovery(dir: &Path) {
     let open = t.elapsed();
     let rss = rss_mib() - rss0;
     let t = Instant::now();
-    let mut kv = KvStore::default();
+    let mut kv = CellMachine::new(None);
     let last = s.last_index();
     let mut lo = s.first_index();
     while lo <= last {
@@ -282,14 +283,14 @@ fn recovery(dir: &Path) {
     {
         let mut s = DiskStorage::open(&snap_dir, &opts).unwrap();
         s.bootstrap(&[1, 2, 3]).unwrap();
-        let mut kv = KvStore::default();
+        let mut kv = CellMachine::new(None);
         let value = vec![b's'; 1000];
         let entries: Vec<Entry> = (0..100_000u64)
             .map(|k| Entry {
                 term: 2,
                 index: 4 + k,
                 kind: EntryKind::Normal,
-                data: encode_put(&format!("key/{k:06}"), &value).unwrap(),
+                data: admin_put(&format!("/key/{k:06}"), &value),
             })
             .collect();
         s.persist(None, &entries, Some(HardState { term: 2, vote: 1, commit: 100_003 }), true).unwrap();
@@ -305,13 +306,13 @@ fn recovery(dir: &Path) {
     let open = t.elapsed();
     let snap = s.snapshot().unwrap();
     let t = Instant::now();
-    let mut kv = KvStore::default();
+    let mut kv = CellMachine::new(None);
     kv.restore(&snap.data).unwrap();
     let apply = t.elapsed();
     println!(
         "| {:.0} MB snapshot ({} keys) | {:.2} s | {:.2} s | {:.2} s |",
         snap.data.len() as f64 / 1e6,
-        kv.len(),
+        kv.state().node_count(),
         open.as_secs_f64(),
         apply.as_secs_f64(),
         (open + apply).as_secs_f64()
@@ -349,4 +350,13 @@ fn main() {
     if std::env::var("BENCH_SKIP_RECOVERY").is_err() {
         recovery(tmp.path());
     }
+}
+
+/// A log entry of the operator's write, as `chubby.cell.Cell/Put` proposes it.
+fn admin_put(path: &str, value: &[u8]) -> Bytes {
+    state::encode(&state::Entry {
+        now_ms: 0,
+        request: None,
+        op: Op::AdminPut { path: path.to_string(), contents: Bytes::copy_from_slice(value) },
+    })
 }

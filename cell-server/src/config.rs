@@ -12,6 +12,7 @@
 //! election_ticks = 15       # election timeout: 15-30 ticks of silence
 //! heartbeat_ticks = 2
 //! snapshot_entries = 100000 # snapshot + compact the log after this many entries
+//! session_lease_ms = 12000  # a session's lease, extended by each KeepAlive
 //! ```
 
 use std::collections::BTreeMap;
@@ -58,6 +59,9 @@ pub struct ReplicaArgs {
     /// Take a snapshot and compact the log after this many applied entries (default 100000).
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
+    /// A client session's lease in milliseconds, extended by each KeepAlive (default 12000).
+    #[arg(long)]
+    pub session_lease_ms: Option<u64>,
 }
 
 /// The settings file; every key optional.
@@ -74,6 +78,7 @@ struct FileConfig {
     election_ticks: Option<u64>,
     heartbeat_ticks: Option<u64>,
     snapshot_entries: Option<u64>,
+    session_lease_ms: Option<u64>,
 }
 
 /// A replica's complete, checked settings.
@@ -89,6 +94,7 @@ pub struct ReplicaConfig {
     pub election_ticks: u64,
     pub heartbeat_ticks: u64,
     pub snapshot_entries: u64,
+    pub session_lease: Duration,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -141,6 +147,10 @@ impl ReplicaConfig {
         if snapshot_entries == 0 {
             return Err("snapshot_entries must be at least 1".into());
         }
+        let session_lease_ms = args.session_lease_ms.or(file.session_lease_ms).unwrap_or(12_000);
+        if !(100..=600_000).contains(&session_lease_ms) {
+            return Err(format!("session_lease_ms {session_lease_ms} must be between 100 and 600000"));
+        }
         Ok(ReplicaConfig {
             id,
             listen,
@@ -152,6 +162,7 @@ impl ReplicaConfig {
             election_ticks,
             heartbeat_ticks,
             snapshot_entries,
+            session_lease: Duration::from_millis(session_lease_ms),
         })
     }
 

@@ -1,16 +1,19 @@
 //! A Chubby cell replica (see `../shared/DESIGN.md`).
 //!
 //! - [`config`]: the replica's settings, from flags and/or a TOML file.
-//! - [`kv`]: the replicated state machine of this stage, a key-value map (the Chubby namespace,
-//!   locks and sessions replace it).
+//! - [`machine`]: the state machine as the Raft node's, with effects for the master.
+//! - [`master`]: the leader's in-memory duties: leases, blocked Acquires, events, invalidation.
+//! - [`chubby_service`]: the `chubby.v1.Chubby` client service.
 //! - [`state`]: the cell's replicated state machine: namespace, sessions, locks, sequencers.
-//! - [`service`]: the `chubby.cell.Cell` gRPC service (status, put, get, list) with redirects.
+//! - [`service`]: the `chubby.cell.Cell` gRPC service (status; operator put, get, list) with redirects.
 //! - [`replica`]: one replica process: Raft node, gRPC server, clean shutdown on SIGTERM.
 //! - [`local`]: `cell-server local`, a whole cell of replica processes on loopback.
 
+pub mod chubby_service;
 pub mod config;
-pub mod kv;
 pub mod local;
+pub mod machine;
+pub mod master;
 pub mod replica;
 pub mod service;
 pub mod state;

@@ -1,5 +1,5 @@
-//! One replica process: the Raft [`Node`] with the key-value state machine, a gRPC server with
-//! the peer and cell services, and shutdown on SIGTERM/SIGINT that hands leadership over first.
+//! One replica process: the Raft [`Node`] with the cell's state machine, its master, a gRPC
+//! server with the peer, cell and Chubby services, and shutdown on SIGTERM/SIGINT that hands leadership over first.
 
 use std::time::Duration;
 
@@ -8,23 +8,37 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::chubby_service::ChubbyService;
 use crate::config::ReplicaConfig;
-use crate::kv::KvStore;
+use crate::machine::CellMachine;
+use crate::master::{Master, MasterConfig};
 use crate::service::CellService;
 
 /// Runs a replica until SIGTERM or SIGINT.
 pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let node = Node::start(cfg.node_options(), KvStore::default(), tokio::runtime::Handle::current())
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let machine = CellMachine::new(Some(effects_tx));
+    let node = Node::start(cfg.node_options(), machine, tokio::runtime::Handle::current())
         .map_err(|e| anyhow::anyhow!("replica {} cannot start: {e}", cfg.id))?;
     let handle = node.handle();
-    let service = CellService::new(handle.clone(), cfg.peers.clone(), cfg.cell_name.clone(), cfg.fsync.to_string());
+    let master =
+        Master::start(handle.clone(), MasterConfig { lease: cfg.session_lease, peers: cfg.peers.clone() }, effects_rx);
+    let service = CellService::new(
+        handle.clone(),
+        master.clone(),
+        cfg.peers.clone(),
+        cfg.cell_name.clone(),
+        cfg.fsync.to_string(),
+    );
+    let chubby = ChubbyService::new(master, cfg.cell_name.clone());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(handle.peer_service().into_server())
             .add_service(service.into_server())
+            .add_service(chubby.into_server())
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     tracing::info!(replica = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), fsync = %cfg.fsync, "replica serving");
@@ -50,7 +64,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
 
 /// If this replica leads, hands leadership to the most caught-up follower and waits (at most
 /// about a second) until it has, so clients see a quick handover instead of an election timeout.
-pub async fn step_down(node: &NodeHandle<KvStore>) {
+pub async fn step_down(node: &NodeHandle<CellMachine>) {
     let Ok(st) = node.status().await else { return };
     if st.raft.role != Role::Leader {
         return;

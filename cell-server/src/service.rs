@@ -12,19 +12,28 @@ use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::kv::{encode_put, KvStore};
+use crate::machine::CellMachine;
+use crate::master::Master;
+use crate::state::{decode, encode, Entry, Op, Outcome, Reply};
 
 /// The service of one replica.
 pub struct CellService {
-    node: NodeHandle<KvStore>,
+    node: NodeHandle<CellMachine>,
+    master: Arc<Master>,
     peers: Arc<BTreeMap<NodeId, String>>,
     cell_name: String,
     fsync: String,
 }
 
 impl CellService {
-    pub fn new(node: NodeHandle<KvStore>, peers: BTreeMap<NodeId, String>, cell_name: String, fsync: String) -> Self {
-        CellService { node, peers: Arc::new(peers), cell_name, fsync }
+    pub fn new(
+        node: NodeHandle<CellMachine>,
+        master: Arc<Master>,
+        peers: BTreeMap<NodeId, String>,
+        cell_name: String,
+        fsync: String,
+    ) -> Self {
+        CellService { node, master, peers: Arc::new(peers), cell_name, fsync }
     }
 
     pub fn into_server(self) -> CellServer<CellService> {
@@ -32,7 +41,7 @@ impl CellService {
     }
 
     /// Maps a node error to the status a client acts on.
-    fn status_of(&self, e: NodeError) -> Status {
+    pub fn status_of(&self, e: NodeError) -> Status {
         match e {
             NodeError::NotLeader { leader } => match self.peers.get(&leader) {
                 Some(addr) if leader != 0 => {
@@ -106,21 +115,34 @@ impl Cell for CellService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
-        let data = encode_put(&req.key, &req.value).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let result = self.node.propose(data).await.map_err(|e| self.status_of(e))?;
-        let revision = result.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0);
-        Ok(Response::new(PutResponse { revision }))
+        let path = key_path(&req.key);
+        // Cached copies are invalidated first, as for a session's write.
+        let _pending = match self.master.serving() {
+            Ok(_) => Some(self.master.begin_write(&path).await?),
+            Err(_) => None,
+        };
+        let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
+        let result = self.node.propose(encode(&entry)).await.map_err(|e| self.status_of(e))?;
+        match decode::<Outcome>(&result).map_err(|e| Status::internal(e.to_string()))? {
+            Ok(Reply::Stat(stat)) => Ok(Response::new(PutResponse { revision: stat.modified_index })),
+            Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(crate::chubby_service::status_of_state(e)),
+        }
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let req = req.into_inner();
-        let key = req.key;
-        let read = move |kv: &KvStore| {
-            let applied = kv.applied();
-            match kv.get(&key) {
-                Some(v) => {
-                    GetResponse { found: true, value: v.value.clone(), revision: v.revision, applied_index: applied }
-                }
+        let path = key_path(&req.key);
+        let read = move |m: &CellMachine| {
+            let st = m.state();
+            let applied = st.applied();
+            match st.node(&path).filter(|n| !n.stat.directory) {
+                Some(n) => GetResponse {
+                    found: true,
+                    value: n.contents.clone(),
+                    revision: n.stat.modified_index,
+                    applied_index: applied,
+                },
                 None => GetResponse { applied_index: applied, ..GetResponse::default() },
             }
         };
@@ -130,15 +152,37 @@ impl Cell for CellService {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let req = req.into_inner();
-        let prefix = req.prefix;
-        let read = move |kv: &KvStore| ListResponse {
-            items: kv
-                .list(&prefix)
-                .map(|(k, v)| KeyValue { key: k.clone(), value: v.value.clone(), revision: v.revision })
-                .collect(),
-            applied_index: kv.applied(),
+        let prefix = key_path(&req.prefix);
+        let read = move |m: &CellMachine| {
+            let st = m.state();
+            ListResponse {
+                items: st
+                    .nodes_with_prefix(&prefix)
+                    .filter(|(_, n)| !n.stat.directory)
+                    .map(|(p, n)| KeyValue {
+                        key: p.trim_start_matches('/').to_string(),
+                        value: n.contents.clone(),
+                        revision: n.stat.modified_index,
+                    })
+                    .collect(),
+                applied_index: st.applied(),
+            }
         };
         let resp = if req.stale { self.node.stale_read(read).await } else { self.node.read(read).await };
         resp.map(Response::new).map_err(|e| self.status_of(e))
     }
+}
+
+/// The admin API names files by key: `a/b` is the node `/a/b`.
+fn key_path(key: &str) -> String {
+    if key.starts_with('/') {
+        key.to_string()
+    } else {
+        format!("/{key}")
+    }
+}
+
+/// The leader's clock, stamped on each entry it proposes (the log carries the clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

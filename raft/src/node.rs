@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::disk_storage::{DiskOptions, DiskStorage};
@@ -107,21 +107,36 @@ enum Input<SM> {
     Stop,
 }
 
+/// Who leads, as this replica last saw it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub role: Option<Role>,
+    pub leader_id: NodeId,
+    pub term: Term,
+}
+
 /// A cheap, cloneable way in to a running [`Node`].
 pub struct NodeHandle<SM> {
     tx: mpsc::Sender<Input<SM>>,
     id: NodeId,
+    leadership: watch::Receiver<Leadership>,
 }
 
 impl<SM> Clone for NodeHandle<SM> {
     fn clone(&self) -> Self {
-        NodeHandle { tx: self.tx.clone(), id: self.id }
+        NodeHandle { tx: self.tx.clone(), id: self.id, leadership: self.leadership.clone() }
     }
 }
 
 impl<SM: StateMachine> NodeHandle<SM> {
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Changes of role, leader and term, as they happen (the application's master starts and
+    /// stops on these).
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
     }
 
     /// Replicates `data` and returns what the state machine answered once it was applied.
@@ -223,7 +238,8 @@ impl<SM: StateMachine> Node<SM> {
             }),
             runtime,
         );
-        let handle = NodeHandle { tx, id: opts.id };
+        let (leadership_tx, leadership) = watch::channel(Leadership::default());
+        let handle = NodeHandle { tx, id: opts.id, leadership };
         let driver = Driver {
             raw,
             sm,
@@ -234,6 +250,7 @@ impl<SM: StateMachine> Node<SM> {
             confirmed_reads: Vec::new(),
             next_read: 0,
             was_leader: false,
+            leadership: leadership_tx,
             self_tx: handle.tx.clone(),
             saving_snapshot: false,
         };
@@ -272,6 +289,7 @@ struct Driver<SM> {
     confirmed_reads: Vec<(Index, ReadFn<SM>)>,
     next_read: u64,
     was_leader: bool,
+    leadership: watch::Sender<Leadership>,
     /// For background work to report back to the loop.
     self_tx: mpsc::Sender<Input<SM>>,
     saving_snapshot: bool,
@@ -402,6 +420,11 @@ impl<SM: StateMachine> Driver<SM> {
                 }
             }
             self.was_leader = leader;
+            self.leadership.send_replace(Leadership {
+                role: Some(ss.role),
+                leader_id: ss.leader_id,
+                term: self.raw.term(),
+            });
         }
         for m in std::mem::take(&mut rd.messages) {
             self.transport.send(m);

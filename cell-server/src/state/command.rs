@@ -199,11 +199,20 @@ pub enum Op {
         instance: u64,
         acl: Acl,
     },
+    /// The operator's write (`chubby.cell.Cell/Put`): create or replace a file, with any missing
+    /// parent directories, without a session or ACL check.
+    AdminPut {
+        path: String,
+        contents: Bytes,
+    },
 }
 
 impl Op {
     pub fn needs_session(&self) -> bool {
-        !matches!(self, Op::InitCell { .. } | Op::Tick | Op::CreateSession { .. } | Op::ExpireSession { .. })
+        !matches!(
+            self,
+            Op::InitCell { .. } | Op::Tick | Op::CreateSession { .. } | Op::ExpireSession { .. } | Op::AdminPut { .. }
+        )
     }
 }
 
@@ -221,6 +230,9 @@ pub struct Stat {
     pub ephemeral: bool,
     pub ctime_ms: u64,
     pub mtime_ms: u64,
+    /// Log index of the last change to contents or ACL (like etcd's mod_revision): orders
+    /// writes across the whole cell.
+    pub modified_index: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -304,6 +304,11 @@ impl CellState {
         Some(seq.format())
     }
 
+    /// Whether `holder` waits in the lock's queue.
+    pub fn is_waiting(&self, path: &str, holder: Holder) -> bool {
+        self.nodes.get(path).is_some_and(|n| n.lock.waiters.iter().any(|w| w.holder == holder))
+    }
+
     /// Whether a sequencer still names a current hold (Chubby's CheckSequencer).
     pub fn check_sequencer(&self, sequencer: &str) -> bool {
         let Some(seq) = Sequencer::parse(sequencer) else { return false };

@@ -176,6 +176,7 @@ impl CellState {
             Op::Release { path, instance, owner } => self.release(session, path, instance, owner),
             Op::Cancel { path, instance, owner } => self.cancel(session, path, instance, owner),
             Op::SetAcl { path, instance, acl } => self.set_acl(path, instance, acl),
+            Op::AdminPut { path, contents } => self.admin_put(path, contents),
         }
     }
 

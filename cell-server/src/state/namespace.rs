@@ -132,7 +132,8 @@ impl CellState {
             (Some(c), true) if c.exclusive => return Err(StateError::Exists(path)),
             (None, false) => return Err(StateError::NotFound(path)),
             (Some(c), false) => {
-                self.create_node(session, &path, c.clone())?;
+                let principal = self.principal(session)?.to_string();
+                self.create_node(Some(&principal), &path, c.clone())?;
                 true
             }
             (_, true) => false,
@@ -148,7 +149,9 @@ impl CellState {
         Ok(Reply::Opened { stat, rights, created })
     }
 
-    fn create_node(&mut self, session: SessionId, path: &str, c: Create) -> Result<(), StateError> {
+    /// Creates a node under an existing directory; `principal` must be a writer of it (`None`:
+    /// the operator, no check).
+    fn create_node(&mut self, principal: Option<&str>, path: &str, c: Create) -> Result<(), StateError> {
         if path == "/" {
             return Err(StateError::Exists(path.to_string()));
         }
@@ -164,13 +167,12 @@ impl CellState {
                 self.limits.max_nodes
             )));
         }
-        let principal = self.principal(session)?.to_string();
         let (parent_path, name) = split_parent(path);
         let parent = self.nodes.get(parent_path).ok_or_else(|| StateError::NotFound(parent_path.to_string()))?;
         if !parent.stat.directory {
             return Err(StateError::NotADirectory(parent_path.to_string()));
         }
-        if !parent.acl.rights_of(&principal).allows(Rights::WRITE) {
+        if let Some(principal) = principal.filter(|p| !parent.acl.rights_of(p).allows(Rights::WRITE)) {
             return Err(StateError::PermissionDenied(format!("{parent_path}: {principal} may not create nodes here")));
         }
         let acl = parent.acl.clone();
@@ -187,6 +189,7 @@ impl CellState {
             ephemeral: c.ephemeral,
             ctime_ms: self.clock_ms,
             mtime_ms: self.clock_ms,
+            modified_index: self.applied,
         };
         self.nodes.insert(path.to_string(), Node::new(stat, c.contents, acl));
         self.nodes.get_mut(parent_path).expect("checked above").children.insert(name);
@@ -258,6 +261,7 @@ impl CellState {
         node.stat.checksum = xxh3_64(&contents);
         node.stat.length = contents.len() as u64;
         node.stat.mtime_ms = clock;
+        node.stat.modified_index = self.applied;
         node.contents = contents;
         let stat = node.stat.clone();
         self.effects.push(Effect::NodeChanged { path, change: Change::ContentsModified });
@@ -348,9 +352,38 @@ impl CellState {
         let node = self.nodes.get_mut(&path).expect("checked above");
         node.acl = acl;
         node.stat.acl_generation += 1;
+        node.stat.modified_index = self.applied;
         let stat = node.stat.clone();
         self.effects.push(Effect::NodeChanged { path, change: Change::AclChanged });
         Ok(Reply::Stat(stat))
+    }
+
+    pub(super) fn admin_put(&mut self, path: String, contents: Bytes) -> Outcome {
+        validate_path(&path, self.limits.max_depth)?;
+        let mut missing = Vec::new();
+        let mut dir = split_parent(&path).0;
+        while path != "/" && !self.nodes.contains_key(dir) {
+            missing.push(dir.to_string());
+            dir = split_parent(dir).0;
+        }
+        for d in missing.into_iter().rev() {
+            self.create_node(None, &d, Create { directory: true, ..Create::default() })?;
+        }
+        match self.nodes.get(&path) {
+            Some(n) => {
+                let instance = n.stat.instance;
+                self.set_contents(path, instance, contents, None, None)
+            }
+            None => {
+                self.create_node(None, &path, Create { contents, ..Create::default() })?;
+                Ok(Reply::Stat(self.nodes[&path].stat.clone()))
+            }
+        }
+    }
+
+    /// Nodes whose path starts with `prefix`, in path order.
+    pub fn nodes_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+        self.nodes.range(prefix.to_string()..).take_while(move |(p, _)| p.starts_with(prefix))
     }
 
     /// A node, for reads.

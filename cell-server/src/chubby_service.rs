@@ -1,0 +1,480 @@
+//! The `chubby.v1.Chubby` gRPC service (Chubby §2.6), served by the master. Handles are
+//! verified here with the cell key; every change goes through the log as a session call with
+//! its request id; state-machine refusals become gRPC statuses in [`status_of_state`], in one
+//! place, with the reason in the `chubby-error` metadata key.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::chubby::chubby_server::{Chubby, ChubbyServer};
+use proto::chubby::*;
+use raft::NodeError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::machine::CellMachine;
+use crate::master::{session_lost, Master};
+use crate::service::now_ms;
+use crate::state::handle::{sign, verify, HandleBody};
+use crate::state::{self, Create, Entry, Holder, Op, Reply, Rights, StateError};
+
+/// Metadata key with the state machine's reason for a refusal.
+pub const ERROR_METADATA: &str = "chubby-error";
+
+pub struct ChubbyService {
+    master: Arc<Master>,
+    cell_name: String,
+}
+
+/// Maps a state-machine refusal to a gRPC status (DESIGN.md, Errors).
+pub fn status_of_state(e: StateError) -> Status {
+    let reason = format!("{e:?}").split(['(', ' ', '{']).next().unwrap_or_default().to_string();
+    let code = match &e {
+        StateError::InvalidArgument(_) => Code::InvalidArgument,
+        StateError::NotFound(_) | StateError::NoSession(_) => Code::NotFound,
+        StateError::Exists(_) => Code::AlreadyExists,
+        StateError::TooLarge(_) | StateError::LimitExceeded(_) => Code::ResourceExhausted,
+        StateError::PermissionDenied(_) | StateError::StaleSequencer | StateError::StaleHandle(_) => {
+            Code::PermissionDenied
+        }
+        StateError::NotEmpty(_)
+        | StateError::NotADirectory(_)
+        | StateError::IsADirectory(_)
+        | StateError::GenerationMismatch { .. }
+        | StateError::LockBusy(_)
+        | StateError::NotHeld(_)
+        | StateError::Forgotten(_) => Code::FailedPrecondition,
+        StateError::WaitEnded { .. } => Code::Aborted,
+    };
+    let mut s = Status::new(code, e.to_string());
+    if let Ok(v) = MetadataValue::try_from(reason.as_str()) {
+        s.metadata_mut().insert(ERROR_METADATA, v);
+    }
+    s
+}
+
+fn stat(s: &state::Stat) -> NodeStat {
+    NodeStat {
+        instance_number: s.instance,
+        content_generation: s.content_generation,
+        lock_generation: s.lock_generation,
+        acl_generation: s.acl_generation,
+        checksum: s.checksum,
+        length: s.length,
+        is_directory: s.directory,
+        is_ephemeral: s.ephemeral,
+        ctime_ms: s.ctime_ms,
+        mtime_ms: s.mtime_ms,
+        modified_index: s.modified_index,
+    }
+}
+
+fn mode_of(m: i32) -> Result<state::LockMode, Status> {
+    match LockMode::try_from(m) {
+        Ok(LockMode::LockExclusive) => Ok(state::LockMode::Exclusive),
+        Ok(LockMode::LockShared) => Ok(state::LockMode::Shared),
+        Err(_) => Err(Status::invalid_argument(format!("unknown lock mode {m}"))),
+    }
+}
+
+fn unexpected(r: Reply) -> Status {
+    Status::internal(format!("unexpected answer from the state machine: {r:?}"))
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
+
+impl ChubbyService {
+    pub fn new(master: Arc<Master>, cell_name: String) -> ChubbyService {
+        ChubbyService { master, cell_name }
+    }
+
+    pub fn into_server(self) -> ChubbyServer<ChubbyService> {
+        ChubbyServer::new(self)
+    }
+
+    fn node_error(&self, e: NodeError) -> Status {
+        self.master.node_error(e)
+    }
+
+    /// `/ls/<cell>/a/b` → `/a/b`.
+    fn cell_path(&self, path: &str) -> Result<String, Status> {
+        let prefix = format!("/ls/{}", self.cell_name);
+        match path.strip_prefix(&prefix) {
+            Some("") => Ok("/".into()),
+            Some(rest) if rest.starts_with('/') => Ok(rest.to_string()),
+            _ => Err(Status::invalid_argument(format!("{path:?}: this cell's paths start with {prefix}/"))),
+        }
+    }
+
+    fn full_path(&self, path: &str) -> String {
+        if path == "/" {
+            format!("/ls/{}", self.cell_name)
+        } else {
+            format!("/ls/{}{path}", self.cell_name)
+        }
+    }
+
+    /// Verifies a handle and that it grants `needed`.
+    fn handle(&self, h: Option<&Handle>, needed: Rights) -> Result<HandleBody, Status> {
+        self.master.serving()?;
+        let token = h.map(|h| h.token.as_ref()).unwrap_or_default();
+        let body = verify(&self.master.key(), token).map_err(status_of_state)?;
+        if !body.rights.allows(needed) {
+            return Err(status_of_state(StateError::PermissionDenied(format!(
+                "{}: handle opened with rights {} lacks {needed}",
+                self.full_path(&body.path),
+                body.rights
+            ))));
+        }
+        Ok(body)
+    }
+
+    fn request_id(&self, r: Option<&RequestId>, session: u64) -> Result<state::RequestId, Status> {
+        let r = r.ok_or_else(|| Status::invalid_argument("a request id is required on every change"))?;
+        if r.session != session {
+            return Err(Status::permission_denied("request id names another session than the handle"));
+        }
+        if r.sequence == 0 {
+            return Err(Status::invalid_argument("request sequence numbers start at 1"));
+        }
+        Ok(state::RequestId { session: r.session, sequence: r.sequence, first_incomplete: r.first_incomplete })
+    }
+
+    /// Proposes a session call and returns its answer (or its refusal as a status).
+    async fn call(&self, request: state::RequestId, op: Op) -> Result<Reply, Status> {
+        let entry = Entry { now_ms: now_ms(), request: Some(request), op };
+        match self.master.propose(entry).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(status_of_state(e)),
+            Err(e) => Err(self.node_error(e)),
+        }
+    }
+
+    /// A linearizable read of the state (ReadIndex at the master).
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&state::CellState) -> Result<R, StateError> + Send + 'static,
+    ) -> Result<R, Status> {
+        match self.master.node().read(move |m: &CellMachine| f(m.state())).await {
+            Ok(r) => r.map_err(status_of_state),
+            Err(e) => Err(self.node_error(e)),
+        }
+    }
+
+    fn make_handle(&self, session: u64, path: &str, s: &state::Stat, rights: Rights) -> Handle {
+        let body = HandleBody { session, path: path.to_string(), instance: s.instance, rights, ephemeral: s.ephemeral };
+        Handle { token: sign(&self.master.key(), &body) }
+    }
+
+    async fn write_contents(&self, req: SetContentsRequest) -> Result<SetContentsResponse, Status> {
+        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let _pending = self.master.begin_write(&h.path).await?;
+        let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
+        let op = Op::SetContents {
+            path: h.path,
+            instance: h.instance,
+            contents: req.contents,
+            if_generation: req.if_generation,
+            sequencer,
+        };
+        match self.call(request, op).await? {
+            Reply::Stat(s) => Ok(SetContentsResponse { stat: Some(stat(&s)) }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn acquire(&self, req: AcquireRequest, try_only: bool) -> Result<AcquireResponse, Status> {
+        let mode = mode_of(req.mode)?;
+        let needed = if mode == state::LockMode::Exclusive { Rights::WRITE } else { Rights::READ };
+        let h = self.handle(req.handle.as_ref(), needed)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let (session, owner, path) = (h.session, req.owner, h.path.clone());
+        let op =
+            Op::Acquire { path: h.path, instance: h.instance, mode, owner, lock_delay_ms: req.lock_delay_ms, try_only };
+        match self.call(request, op).await? {
+            Reply::Granted { sequencer } => Ok(AcquireResponse { granted: true, queued: false, sequencer }),
+            Reply::Queued => {
+                // Register first, then look: a grant applied before the registration is seen
+                // by the read, one applied after it wakes the registration.
+                let rx = self.master.wait_for_grant(session, owner, &path);
+                let p = path.clone();
+                let holder = Holder { session, owner };
+                let now = self
+                    .master
+                    .node()
+                    .stale_read(move |m: &CellMachine| {
+                        (m.state().sequencer_of(&p, holder), m.state().is_waiting(&p, holder))
+                    })
+                    .await
+                    .map_err(|e| self.node_error(e))?;
+                match now {
+                    (Some(sequencer), _) => return Ok(AcquireResponse { granted: true, queued: false, sequencer }),
+                    (None, false) => {
+                        return Err(status_of_state(StateError::WaitEnded { path, reason: "no longer queued".into() }))
+                    }
+                    (None, true) => {}
+                }
+                match rx.await {
+                    Ok(Ok(sequencer)) => Ok(AcquireResponse { granted: true, queued: false, sequencer }),
+                    Ok(Err(e)) => Err(status_of_state(e)),
+                    Err(_) => Err(Status::unavailable(
+                        "the master changed while the Acquire waited; retry it with the same request id",
+                    )),
+                }
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Chubby for ChubbyService {
+    type SessionStream = SessionStream;
+
+    async fn session(&self, req: Request<Streaming<SessionRequest>>) -> Result<Response<SessionStream>, Status> {
+        self.master.serving()?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let master = self.master.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Ok(Some(msg)) = inbound.message().await {
+                let reply = match msg.kind {
+                    Some(session_request::Kind::Open(o)) => match master.open_session(o, &tx).await {
+                        Ok(grant) => {
+                            mine.push(grant.session);
+                            Ok(grant)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Some(session_request::Kind::KeepAlive(k)) if mine.contains(&k.session) => {
+                        master.keep_alive(k.session)
+                    }
+                    Some(session_request::Kind::KeepAlive(k)) => {
+                        Err(Status::permission_denied(format!("session {} was not opened on this stream", k.session)))
+                    }
+                    Some(session_request::Kind::InvalidationAck(a)) => {
+                        master.ack_invalidation(a.invalidation_id, &mine);
+                        continue;
+                    }
+                    None => continue,
+                };
+                let msg = reply.map(|g| SessionResponse { kind: Some(session_response::Kind::Lease(g)) });
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            master.detach(&mine, &tx);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn open(&self, req: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
+        self.master.serving()?;
+        let req = req.into_inner();
+        let r = req.request.as_ref().ok_or_else(|| Status::invalid_argument("a request id is required"))?;
+        let session = r.session;
+        let request = self.request_id(Some(r), session)?;
+        let path = self.cell_path(&req.path)?;
+        let create = req.create.then(|| Create {
+            directory: req.directory,
+            ephemeral: req.ephemeral,
+            exclusive: req.exclusive,
+            contents: req.initial_contents.clone(),
+        });
+        // Opening an existing permanent node needs no log entry: a linearizable read checks
+        // it and the ACL; the handle is a signed capability.
+        let existing = if create.is_none() {
+            let p = path.clone();
+            Some(self.read(move |st| st.open_existing(session, &p)).await?)
+        } else {
+            None
+        };
+        let (s, rights) = match existing {
+            Some((s, rights)) if !s.ephemeral => (s, rights),
+            _ => match self.call(request, Op::Open { path: path.clone(), create }).await? {
+                Reply::Opened { stat, rights, .. } => (stat, rights),
+                other => return Err(unexpected(other)),
+            },
+        };
+        self.master.subscribe(session, &path, req.event_mask);
+        Ok(Response::new(OpenResponse {
+            handle: Some(self.make_handle(session, &path, &s, rights)),
+            stat: Some(stat(&s)),
+        }))
+    }
+
+    async fn close(&self, req: Request<CloseRequest>) -> Result<Response<CloseResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
+        if h.ephemeral {
+            let request = self.request_id(req.request.as_ref(), h.session)?;
+            self.call(request, Op::Close { path: h.path, instance: h.instance }).await?;
+        }
+        Ok(Response::new(CloseResponse {}))
+    }
+
+    async fn get_contents_and_stat(
+        &self,
+        req: Request<GetContentsRequest>,
+    ) -> Result<Response<GetContentsResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::READ)?;
+        let (session, path, instance) = (h.session, h.path.clone(), h.instance);
+        let look = move |st: &state::CellState| {
+            st.session(session).ok_or(StateError::NoSession(session))?;
+            match st.node(&path) {
+                Some(n) if n.stat.instance == instance => Ok((n.contents.clone(), n.stat.clone())),
+                _ => Err(StateError::StaleHandle(path)),
+            }
+        };
+        if req.stale_ok {
+            let (contents, s) = self
+                .master
+                .node()
+                .stale_read(move |m: &CellMachine| look(m.state()))
+                .await
+                .map_err(|e| self.node_error(e))?
+                .map_err(status_of_state)?;
+            return Ok(Response::new(GetContentsResponse {
+                contents,
+                stat: Some(stat(&s)),
+                stale: true,
+                cacheable: false,
+            }));
+        }
+        let token = self.master.register_cacher(session, &h.path);
+        let (contents, s) = self.read(look).await?;
+        let cacheable = token.is_some_and(|t| self.master.still_cacher(session, &h.path, t));
+        Ok(Response::new(GetContentsResponse { contents, stat: Some(stat(&s)), stale: false, cacheable }))
+    }
+
+    async fn get_stat(&self, req: Request<GetStatRequest>) -> Result<Response<GetStatResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
+        let (path, instance) = (h.path, h.instance);
+        let s = self
+            .read(move |st| match st.node(&path) {
+                Some(n) if n.stat.instance == instance => Ok(n.stat.clone()),
+                _ => Err(StateError::StaleHandle(path)),
+            })
+            .await?;
+        Ok(Response::new(GetStatResponse { stat: Some(stat(&s)) }))
+    }
+
+    async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::READ)?;
+        let entries = self.read(move |st| st.read_dir(&h.path)).await?;
+        Ok(Response::new(ReadDirResponse {
+            entries: entries.into_iter().map(|(name, s)| DirEntry { name, stat: Some(stat(&s)) }).collect(),
+        }))
+    }
+
+    async fn set_contents(&self, req: Request<SetContentsRequest>) -> Result<Response<SetContentsResponse>, Status> {
+        self.write_contents(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let _pending = self.master.begin_write(&h.path).await?;
+        let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
+        let op = Op::Delete { path: h.path, instance: h.instance, if_generation: req.if_generation, sequencer };
+        self.call(request, op).await?;
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn acquire(&self, req: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        ChubbyService::acquire(self, req.into_inner(), false).await.map(Response::new)
+    }
+
+    async fn try_acquire(&self, req: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        ChubbyService::acquire(self, req.into_inner(), true).await.map(Response::new)
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        self.call(request, Op::Release { path: h.path, instance: h.instance, owner: req.owner }).await?;
+        Ok(Response::new(ReleaseResponse {}))
+    }
+
+    async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        match self.call(request, Op::Cancel { path: h.path.clone(), instance: h.instance, owner: req.owner }).await? {
+            Reply::Done => Ok(Response::new(CancelResponse {})),
+            // Granted before the cancel arrived: say so, so the caller releases it.
+            Reply::Granted { sequencer } => Err(Status::already_exists(format!(
+                "{}: the lock was granted before the cancel (sequencer {sequencer}); release it",
+                self.full_path(&h.path)
+            ))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_sequencer(&self, req: Request<GetSequencerRequest>) -> Result<Response<GetSequencerResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
+        let holder = Holder { session: h.session, owner: req.owner };
+        let path = h.path;
+        let sequencer = self.read(move |st| st.sequencer_of(&path, holder).ok_or(StateError::NotHeld(path))).await?;
+        Ok(Response::new(GetSequencerResponse { sequencer }))
+    }
+
+    async fn check_sequencer(
+        &self,
+        req: Request<CheckSequencerRequest>,
+    ) -> Result<Response<CheckSequencerResponse>, Status> {
+        self.master.serving()?;
+        let seq = req.into_inner().sequencer;
+        let valid = self.read(move |st| Ok(st.check_sequencer(&seq))).await?;
+        Ok(Response::new(CheckSequencerResponse { valid }))
+    }
+
+    async fn set_acl(&self, req: Request<SetAclRequest>) -> Result<Response<SetAclResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.handle(req.handle.as_ref(), Rights::CHANGE_ACL)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let _pending = self.master.begin_write(&h.path).await?;
+        let acl = state::Acl { readers: req.readers, writers: req.writers, change_acl: req.change_acl };
+        match self.call(request, Op::SetAcl { path: h.path, instance: h.instance, acl }).await? {
+            Reply::Stat(s) => Ok(Response::new(SetAclResponse { stat: Some(stat(&s)) })),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Master {
+    /// OpenSession on a stream: a new session (logged) or the resumption of a live one.
+    pub async fn open_session(&self, o: OpenSession, tx: &crate::master::StreamTx) -> Result<LeaseGrant, Status> {
+        self.serving()?;
+        if o.resume_session == 0 {
+            let entry = Entry { now_ms: now_ms(), request: None, op: Op::CreateSession { principal: o.principal } };
+            let id = match self.propose(entry).await.map_err(|e| self.node_error(e))? {
+                Ok(Reply::Session { id }) => id,
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) => return Err(status_of_state(e)),
+            };
+            return self.attach(id, tx, false);
+        }
+        let id = o.resume_session;
+        let alive = self
+            .node()
+            .read(move |m: &CellMachine| m.state().session(id).is_some())
+            .await
+            .map_err(|e| self.node_error(e))?;
+        if !alive {
+            return Err(session_lost(id));
+        }
+        self.attach(id, tx, true)
+    }
+}

@@ -1,0 +1,106 @@
+//! Which sessions may cache which nodes, and the invalidations in flight (Chubby §2.5).
+//!
+//! A read that may be cached registers its session *before* it reads; a write takes all
+//! registrations of its node and invalidates those sessions before it commits. So a read
+//! either registered in time to be invalidated, or saw the write pending and was answered
+//! uncacheable. (The client also discards a read's answer if an invalidation for that node
+//! arrived while the read was in flight.)
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use proto::chubby::{session_response, Invalidation, SessionResponse};
+use tokio::sync::oneshot;
+
+use super::{LeaseTable, StreamTx};
+use crate::state::SessionId;
+
+#[derive(Default)]
+pub struct CacheTable {
+    next: u64,
+    /// node → session → registration token
+    cachers: HashMap<String, HashMap<SessionId, u64>>,
+    by_session: HashMap<SessionId, HashSet<String>>,
+    /// Writes in progress per node: while any, reads are not cacheable.
+    pending: HashMap<String, u32>,
+    /// Invalidations awaiting an ack: id → (session, writer to wake).
+    awaiting: HashMap<u64, (SessionId, oneshot::Sender<()>)>,
+}
+
+impl CacheTable {
+    pub fn register(&mut self, session: SessionId, path: &str) -> Option<u64> {
+        if self.pending.get(path).is_some_and(|n| *n > 0) {
+            return None;
+        }
+        self.next += 1;
+        self.cachers.entry(path.to_string()).or_default().insert(session, self.next);
+        self.by_session.entry(session).or_default().insert(path.to_string());
+        Some(self.next)
+    }
+
+    pub fn still(&self, session: SessionId, path: &str, token: u64) -> bool {
+        self.cachers.get(path).and_then(|m| m.get(&session)) == Some(&token)
+    }
+
+    /// Marks a write pending and sends its invalidations; returns what to wait for: each
+    /// session, the end of its lease, and the ack.
+    pub fn begin_write(
+        &mut self,
+        path: &str,
+        unflushed: &HashSet<SessionId>,
+        streams: &HashMap<SessionId, StreamTx>,
+        leases: &LeaseTable,
+    ) -> Vec<(SessionId, Instant, oneshot::Receiver<()>)> {
+        *self.pending.entry(path.to_string()).or_default() += 1;
+        let mut sessions: HashSet<SessionId> = self.cachers.remove(path).unwrap_or_default().into_keys().collect();
+        for s in &sessions {
+            if let Some(set) = self.by_session.get_mut(s) {
+                set.remove(path);
+            }
+        }
+        // After a failover, a session that has not resumed may cache anything.
+        sessions.extend(unflushed.iter().copied());
+        let mut waits = Vec::new();
+        for session in sessions {
+            let Some(deadline) = leases.deadline(session) else { continue };
+            self.next += 1;
+            let id = self.next;
+            let (tx, rx) = oneshot::channel();
+            self.awaiting.insert(id, (session, tx));
+            if let Some(stream) = streams.get(&session) {
+                let inv = Invalidation { invalidation_id: id, paths: vec![path.to_string()] };
+                let _ = stream.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Invalidation(inv)) }));
+            }
+            waits.push((session, deadline, rx));
+        }
+        waits
+    }
+
+    pub fn end_write(&mut self, path: &str) {
+        if let Some(n) = self.pending.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(path);
+            }
+        }
+    }
+
+    /// An ack from a stream carrying `sessions`.
+    pub fn ack(&mut self, id: u64, sessions: &[SessionId]) {
+        if self.awaiting.get(&id).is_some_and(|(s, _)| sessions.contains(s)) {
+            if let Some((_, tx)) = self.awaiting.remove(&id) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// A session ended: it caches nothing any more and owes no acks.
+    pub fn forget_session(&mut self, session: SessionId) {
+        for path in self.by_session.remove(&session).unwrap_or_default() {
+            if let Some(m) = self.cachers.get_mut(&path) {
+                m.remove(&session);
+            }
+        }
+        self.awaiting.retain(|_, (s, _)| *s != session);
+    }
+}

@@ -1,0 +1,494 @@
+//! The master: what the leader keeps in memory on top of the replicated state (DESIGN.md,
+//! "The master"). Session leases and their expiry, blocked Acquires waiting for a grant,
+//! session streams for events and cache invalidations, and the failover steps of Chubby §2.9.
+//!
+//! The master starts when its replica becomes Raft leader: it commits an entry of its own
+//! (so its state has everything committed before), gives every session a fresh full lease,
+//! re-arms running lock-delays, and only then serves. It stops at once when leadership is lost:
+//! streams close, blocked calls are told to retry at the new master.
+
+mod cache;
+mod leases;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use proto::chubby::{session_response, Event, LeaseGrant, SessionResponse};
+use raft::{NodeError, NodeHandle, Role};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+use crate::machine::CellMachine;
+use crate::service::now_ms;
+use crate::state::{decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, SessionId, StateError};
+
+pub use cache::CacheTable;
+pub use leases::LeaseTable;
+
+/// Event kinds a handle may ask for (`OpenRequest.event_mask`).
+pub const EVENT_CONTENTS: u32 = 1;
+pub const EVENT_CHILDREN: u32 = 2;
+pub const EVENT_LOCK_ACQUIRED: u32 = 4;
+pub const EVENT_CONFLICTING_LOCK: u32 = 8;
+
+/// How often lease deadlines are checked.
+const EXPIRY_SCAN: Duration = Duration::from_millis(50);
+
+pub type StreamTx = mpsc::Sender<Result<SessionResponse, Status>>;
+type GrantTx = oneshot::Sender<Result<String, StateError>>;
+
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    pub lease: Duration,
+    /// Every replica's address, for redirects.
+    pub peers: std::collections::BTreeMap<raft::NodeId, String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The epoch (Raft term) this master serves in; `None` while not (yet) serving.
+    epoch: Option<u64>,
+    key: Vec<u8>,
+    leases: LeaseTable,
+    streams: HashMap<SessionId, StreamTx>,
+    waiters: HashMap<(SessionId, Owner, String), Vec<GrantTx>>,
+    subscriptions: HashMap<String, HashMap<SessionId, u32>>,
+    subscribed: HashMap<SessionId, HashSet<String>>,
+    cache: CacheTable,
+    /// Sessions that have not resumed since this master took office: they may hold cached
+    /// data the old master would have invalidated.
+    unflushed: HashSet<SessionId>,
+}
+
+pub struct Master {
+    node: NodeHandle<CellMachine>,
+    cfg: MasterConfig,
+    inner: Mutex<Inner>,
+}
+
+fn event(path: &str, kind: proto::chubby::event::Kind) -> SessionResponse {
+    SessionResponse { kind: Some(session_response::Kind::Event(Event { path: path.to_string(), kind: Some(kind) })) }
+}
+
+impl Master {
+    /// Starts the master's tasks; `effects` is the state machine's effect channel.
+    pub fn start(
+        node: NodeHandle<CellMachine>,
+        cfg: MasterConfig,
+        mut effects: mpsc::UnboundedReceiver<Vec<Effect>>,
+    ) -> Arc<Master> {
+        let master = Arc::new(Master { node, cfg, inner: Mutex::new(Inner::default()) });
+        let m = master.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = effects.recv().await {
+                m.on_effects(batch);
+            }
+        });
+        let m = master.clone();
+        tokio::spawn(async move { m.follow_leadership().await });
+        let m = master.clone();
+        tokio::spawn(async move { m.expire_leases().await });
+        master
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("master state lock")
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.cfg.lease
+    }
+
+    pub fn node(&self) -> &NodeHandle<CellMachine> {
+        &self.node
+    }
+
+    /// The epoch if this replica is the serving master, else the status that sends the
+    /// client to the leader (or asks it to retry while the master is starting).
+    pub fn serving(&self) -> Result<u64, Status> {
+        if let Some(epoch) = self.lock().epoch {
+            return Ok(epoch);
+        }
+        let l = *self.node.leadership().borrow();
+        Err(match l.role {
+            Some(Role::Leader) => Status::unavailable("master is taking office; retry shortly"),
+            _ => self.redirect(l.leader_id),
+        })
+    }
+
+    /// The status that sends a client to `leader` (or asks it to retry while none is known).
+    pub fn redirect(&self, leader: raft::NodeId) -> Status {
+        match self.cfg.peers.get(&leader) {
+            Some(addr) if leader != 0 => {
+                let mut s =
+                    Status::failed_precondition(format!("not the master; the master is replica {leader} at {addr}"));
+                if let Ok(v) = tonic::metadata::MetadataValue::try_from(addr.as_str()) {
+                    s.metadata_mut().insert(proto::LEADER_METADATA, v);
+                }
+                s
+            }
+            _ => Status::unavailable("no master elected yet; retry shortly"),
+        }
+    }
+
+    /// Maps a Raft node error to the status a client acts on.
+    pub fn node_error(&self, e: NodeError) -> Status {
+        match e {
+            NodeError::NotLeader { leader } => self.redirect(leader),
+            NodeError::Dropped => Status::aborted("lost to a master change and not applied; retry"),
+            NodeError::Unknown => Status::unavailable(
+                "master changed; the call may or may not have been applied; retry it with the same request id",
+            ),
+            NodeError::Stopped => Status::unavailable("replica is shutting down"),
+            NodeError::Raft(e) => Status::unavailable(e.to_string()),
+        }
+    }
+
+    pub fn key(&self) -> Vec<u8> {
+        self.lock().key.clone()
+    }
+
+    async fn follow_leadership(self: Arc<Self>) {
+        let mut watch = self.node.leadership();
+        loop {
+            let l = *watch.borrow_and_update();
+            if l.role == Some(Role::Leader) {
+                let m = self.clone();
+                tokio::spawn(async move { m.take_office(l.term).await });
+            } else {
+                self.leave_office();
+            }
+            if watch.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Chubby §2.9 on Raft: commit an entry of this term (the cell key on a new cell), then
+    /// rebuild leases from the sessions in the state, re-arm lock-delays, and serve.
+    async fn take_office(self: Arc<Self>, term: u64) {
+        let has_key = self.node.stale_read(|m| !m.state().key().is_empty()).await.unwrap_or(false);
+        let op = if has_key { Op::Tick } else { Op::InitCell { key: random_key().into(), limits: Default::default() } };
+        let entry = Entry { now_ms: now_ms(), request: None, op };
+        if let Err(e) = self.node.propose(encode(&entry)).await {
+            tracing::info!(term, error = %e, "could not take office");
+            return;
+        }
+        let snapshot = self
+            .node
+            .stale_read(|m| {
+                let st = m.state();
+                let sessions: Vec<SessionId> = st.sessions().map(|(id, _)| *id).collect();
+                let delays: Vec<u64> = st.lock_delays().map(|(t, _)| t).collect();
+                (st.key().to_vec(), sessions, delays)
+            })
+            .await;
+        let Ok((key, sessions, delays)) = snapshot else { return };
+        if self.node.leadership().borrow().term != term || self.node.leadership().borrow().role != Some(Role::Leader) {
+            return;
+        }
+        {
+            let mut g = self.lock();
+            let until = Instant::now() + self.cfg.lease;
+            g.leases = LeaseTable::default();
+            for &s in &sessions {
+                g.leases.extend(s, until);
+            }
+            g.unflushed = sessions.iter().copied().collect();
+            g.key = key;
+            g.epoch = Some(term);
+        }
+        for until in delays {
+            self.arm_lock_delay(until);
+        }
+        tracing::info!(term, sessions = sessions.len(), "master serving");
+    }
+
+    fn leave_office(&self) {
+        let mut g = self.lock();
+        if g.epoch.take().is_some() {
+            tracing::info!("master stopped serving");
+        }
+        // Dropping the streams ends them; dropping waiters tells blocked calls to retry.
+        *g = Inner::default();
+    }
+
+    async fn expire_leases(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(EXPIRY_SCAN);
+        loop {
+            tick.tick().await;
+            let expired = {
+                let mut g = self.lock();
+                if g.epoch.is_none() {
+                    continue;
+                }
+                g.leases.take_expired(Instant::now())
+            };
+            for session in expired {
+                tracing::info!(session, "session lease expired");
+                let m = self.clone();
+                tokio::spawn(async move { m.propose_expiry(session).await });
+            }
+        }
+    }
+
+    pub async fn propose_expiry(&self, session: SessionId) {
+        let entry = Entry { now_ms: now_ms(), request: None, op: Op::ExpireSession { session } };
+        let _ = self.node.propose(encode(&entry)).await;
+    }
+
+    /// Proposes a Tick when a lock-delay ends, so the waiters it holds back are granted. The
+    /// log's clock is the leader's: if this clock is behind it, the Tick is repeated.
+    fn arm_lock_delay(self: &Arc<Self>, until_ms: u64) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..1000 {
+                let wait = until_ms.saturating_sub(now_ms());
+                tokio::time::sleep(Duration::from_millis(wait + 1)).await;
+                if m.lock().epoch.is_none() {
+                    return;
+                }
+                let entry = Entry { now_ms: now_ms(), request: None, op: Op::Tick };
+                if m.node.propose(encode(&entry)).await.is_err() {
+                    return;
+                }
+                let pending = m.node.stale_read(move |s| s.state().lock_delays().any(|(t, _)| t <= until_ms)).await;
+                if !matches!(pending, Ok(true)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+
+    fn on_effects(self: &Arc<Self>, batch: Vec<Effect>) {
+        let mut delays = Vec::new();
+        {
+            let mut g = self.lock();
+            if g.epoch.is_none() {
+                return;
+            }
+            for e in batch {
+                match e {
+                    Effect::LockGranted { session, owner, path, sequencer } => {
+                        for tx in g.waiters.remove(&(session, owner, path.clone())).unwrap_or_default() {
+                            let _ = tx.send(Ok(sequencer.clone()));
+                        }
+                        g.notify(&path, EVENT_LOCK_ACQUIRED, None, proto::chubby::event::Kind::LockAcquired(true));
+                    }
+                    Effect::WaitEnded { session, owner, path, reason } => {
+                        for tx in g.waiters.remove(&(session, owner, path.clone())).unwrap_or_default() {
+                            let _ = tx.send(Err(StateError::WaitEnded { path: path.clone(), reason: reason.clone() }));
+                        }
+                    }
+                    Effect::LockConflict { path, holders } => {
+                        let only: HashSet<SessionId> = holders.into_iter().collect();
+                        g.notify(
+                            &path,
+                            EVENT_CONFLICTING_LOCK,
+                            Some(&only),
+                            proto::chubby::event::Kind::ConflictingLock(true),
+                        );
+                    }
+                    Effect::LockDelay { until_ms, .. } => delays.push(until_ms),
+                    Effect::NodeChanged { path, change } => {
+                        use proto::chubby::event::Kind;
+                        let (parent, name) = split_parent(&path);
+                        match change {
+                            Change::ContentsModified | Change::AclChanged => {
+                                g.notify(&path, EVENT_CONTENTS, None, Kind::ContentsModified(true))
+                            }
+                            Change::Created => {
+                                g.notify(parent, EVENT_CHILDREN, None, Kind::ChildAdded(name.to_string()))
+                            }
+                            Change::Deleted => {
+                                g.notify(&path, EVENT_CONTENTS, None, Kind::ContentsModified(true));
+                                g.notify(parent, EVENT_CHILDREN, None, Kind::ChildRemoved(name.to_string()));
+                                if let Some(subs) = g.subscriptions.remove(&path) {
+                                    for s in subs.keys() {
+                                        if let Some(set) = g.subscribed.get_mut(s) {
+                                            set.remove(&path);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Effect::SessionEnded { session, expired } => g.forget_session(session, expired),
+                }
+            }
+        }
+        for until in delays {
+            self.arm_lock_delay(until);
+        }
+    }
+
+    /// Registers a stream for a session just opened or resumed and grants it a full lease.
+    pub fn attach(&self, session: SessionId, tx: &StreamTx, resumed: bool) -> Result<LeaseGrant, Status> {
+        let mut g = self.lock();
+        let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
+        g.streams.insert(session, tx.clone());
+        g.leases.extend(session, Instant::now() + self.cfg.lease);
+        if g.unflushed.remove(&session) && resumed {
+            let _ = tx.try_send(Ok(event("", proto::chubby::event::Kind::MasterFailover(true))));
+        }
+        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch })
+    }
+
+    /// KeepAlive: a fresh full lease, if the session is still alive at this master.
+    pub fn keep_alive(&self, session: SessionId) -> Result<LeaseGrant, Status> {
+        let mut g = self.lock();
+        let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
+        if g.leases.deadline(session).is_none() {
+            return Err(session_lost(session));
+        }
+        g.leases.extend(session, Instant::now() + self.cfg.lease);
+        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch })
+    }
+
+    /// A stream ended: forget it for the sessions it carried (their leases keep running).
+    pub fn detach(&self, sessions: &[SessionId], tx: &StreamTx) {
+        let mut g = self.lock();
+        for s in sessions {
+            if g.streams.get(s).is_some_and(|t| t.same_channel(tx)) {
+                g.streams.remove(s);
+            }
+        }
+    }
+
+    pub fn subscribe(&self, session: SessionId, path: &str, mask: u32) {
+        if mask == 0 {
+            return;
+        }
+        let mut g = self.lock();
+        *g.subscriptions.entry(path.to_string()).or_default().entry(session).or_default() |= mask;
+        g.subscribed.entry(session).or_default().insert(path.to_string());
+    }
+
+    /// Registers a call that waits for a queued Acquire to be granted.
+    pub fn wait_for_grant(
+        &self,
+        session: SessionId,
+        owner: Owner,
+        path: &str,
+    ) -> oneshot::Receiver<Result<String, StateError>> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().waiters.entry((session, owner, path.to_string())).or_default().push(tx);
+        rx
+    }
+
+    pub fn ack_invalidation(&self, id: u64, sessions: &[SessionId]) {
+        self.lock().cache.ack(id, sessions);
+    }
+
+    /// Called before a read that may be cached; `None` while a write to the node is pending.
+    pub fn register_cacher(&self, session: SessionId, path: &str) -> Option<u64> {
+        self.lock().cache.register(session, path)
+    }
+
+    /// Whether a read registered with `token` may be cached: no write took the registration
+    /// away while the read ran.
+    pub fn still_cacher(&self, session: SessionId, path: &str, token: u64) -> bool {
+        self.lock().cache.still(session, path, token)
+    }
+
+    /// Chubby's cache invalidation before a write to `path` commits: every session that may
+    /// cache it is sent an invalidation and the write waits for its ack or the end of its
+    /// lease (a session that lets its lease run out without acking is expired, so a cache
+    /// that missed the invalidation can no longer be trusted by its client). The node is
+    /// uncacheable until the returned guard drops.
+    pub async fn begin_write(self: &Arc<Self>, path: &str) -> Result<WriteGuard, Status> {
+        let waits = {
+            let mut g = self.lock();
+            g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
+            let Inner { cache, streams, leases, unflushed, .. } = &mut *g;
+            cache.begin_write(path, unflushed, streams, leases)
+        };
+        let guard = WriteGuard { master: self.clone(), path: path.to_string() };
+        for (session, deadline, rx) in waits {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if tokio::time::timeout_at(deadline, rx).await.is_err() {
+                tracing::warn!(session, path, "no invalidation ack within the session's lease: expiring it");
+                self.propose_expiry(session).await;
+            }
+        }
+        Ok(guard)
+    }
+
+    /// Proposes `op` for a session call and decodes the answer.
+    pub async fn propose(&self, entry: Entry) -> Result<Outcome, NodeError> {
+        let out = self.node.propose(encode(&entry)).await?;
+        Ok(decode::<Outcome>(&out).unwrap_or_else(|e| Err(StateError::InvalidArgument(e.to_string()))))
+    }
+
+    /// Sessions with a lease at this master (for status).
+    pub fn session_count(&self) -> usize {
+        self.lock().leases.len()
+    }
+}
+
+/// Ends a pending write's "uncacheable" mark.
+pub struct WriteGuard {
+    master: Arc<Master>,
+    path: String,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.master.lock().cache.end_write(&self.path);
+    }
+}
+
+pub fn session_lost(session: SessionId) -> Status {
+    let mut s = Status::not_found(format!("session {session} expired or was closed"));
+    s.metadata_mut()
+        .insert(crate::chubby_service::ERROR_METADATA, tonic::metadata::MetadataValue::from_static("NoSession"));
+    s
+}
+
+impl Inner {
+    /// Sends an event about `path` to the sessions subscribed to `kind_mask` (restricted to
+    /// `only` if given).
+    fn notify(&self, path: &str, mask: u32, only: Option<&HashSet<SessionId>>, kind: proto::chubby::event::Kind) {
+        let Some(subs) = self.subscriptions.get(path) else { return };
+        for (session, m) in subs {
+            if m & mask == 0 || only.is_some_and(|o| !o.contains(session)) {
+                continue;
+            }
+            if let Some(tx) = self.streams.get(session) {
+                let _ = tx.try_send(Ok(event(path, kind.clone())));
+            }
+        }
+    }
+
+    fn forget_session(&mut self, session: SessionId, expired: bool) {
+        self.leases.remove(session);
+        self.unflushed.remove(&session);
+        if let Some(tx) = self.streams.remove(&session) {
+            let why = if expired { "expired" } else { "closed" };
+            let _ = tx.try_send(Err(Status::not_found(format!("session {session} {why}"))));
+        }
+        self.waiters.retain(|(s, _, _), _| *s != session);
+        for path in self.subscribed.remove(&session).unwrap_or_default() {
+            if let Some(subs) = self.subscriptions.get_mut(&path) {
+                subs.remove(&session);
+            }
+        }
+        self.cache.forget_session(session);
+    }
+}
+
+fn random_key() -> Vec<u8> {
+    use std::io::Read;
+    let mut key = vec![0u8; 32];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut key)) {
+        Ok(()) => key,
+        Err(e) => {
+            // Never a fixed key: fall back to the clock and process id, hashed.
+            tracing::warn!(error = %e, "no /dev/urandom; deriving the cell key from the clock");
+            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            (0..4u64).flat_map(|i| xxhash_rust::xxh3::xxh3_64_with_seed(seed.as_bytes(), i).to_le_bytes()).collect()
+        }
+    }
+}
