@@ -3,6 +3,9 @@
 //! its request id; state-machine refusals become gRPC statuses in [`status_of_state`], in one
 //! place, with the reason in the `chubby-error` metadata key.
 
+// gRPC's Status is the error of every call here; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -18,7 +21,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::machine::CellMachine;
 use crate::master::{session_lost, Master};
 use crate::service::now_ms;
-use crate::state::handle::{sign, verify, HandleBody};
+use crate::state::handle::{sign, verify, verify_session_token, HandleBody};
 use crate::state::{self, Create, Entry, Holder, Op, Reply, Rights, StateError};
 
 /// Metadata key with the state machine's reason for a refusal.
@@ -189,8 +192,9 @@ impl ChubbyService {
 
     async fn acquire(&self, req: AcquireRequest, try_only: bool) -> Result<AcquireResponse, Status> {
         let mode = mode_of(req.mode)?;
-        let needed = if mode == state::LockMode::Exclusive { Rights::WRITE } else { Rights::READ };
-        let h = self.handle(req.handle.as_ref(), needed)?;
+        // Either mode needs write permission (Chubby §2.4): a reader must not be able to
+        // block writers by holding a shared lock.
+        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
         let (session, owner, path) = (h.session, req.owner, h.path.clone());
         let op =
@@ -279,6 +283,7 @@ impl Chubby for ChubbyService {
         let r = req.request.as_ref().ok_or_else(|| Status::invalid_argument("a request id is required"))?;
         let session = r.session;
         let request = self.request_id(Some(r), session)?;
+        verify_session_token(&self.master.key(), session, &req.session_token).map_err(status_of_state)?;
         let path = self.cell_path(&req.path)?;
         let create = req.create.then(|| Create {
             directory: req.directory,
@@ -316,6 +321,16 @@ impl Chubby for ChubbyService {
             self.call(request, Op::Close { path: h.path, instance: h.instance }).await?;
         }
         Ok(Response::new(CloseResponse {}))
+    }
+
+    async fn close_session(&self, req: Request<CloseSessionRequest>) -> Result<Response<CloseSessionResponse>, Status> {
+        self.master.serving()?;
+        let req = req.into_inner();
+        let session = req.request.as_ref().map(|r| r.session).unwrap_or_default();
+        let request = self.request_id(req.request.as_ref(), session)?;
+        verify_session_token(&self.master.key(), session, &req.session_token).map_err(status_of_state)?;
+        self.call(request, Op::CloseSession).await?;
+        Ok(Response::new(CloseSessionResponse {}))
     }
 
     async fn get_contents_and_stat(
@@ -467,6 +482,7 @@ impl Master {
             return self.attach(id, tx, false);
         }
         let id = o.resume_session;
+        verify_session_token(&self.key(), id, &o.session_token).map_err(status_of_state)?;
         let alive = self
             .node()
             .read(move |m: &CellMachine| m.state().session(id).is_some())

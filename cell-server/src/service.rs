@@ -3,6 +3,9 @@
 //! `FAILED_PRECONDITION` with the leader's address in the [`proto::LEADER_METADATA`] key (or
 //! `UNAVAILABLE` while no leader is known). Node errors become gRPC statuses here, in one place.
 
+// gRPC's Status is the error of every call here; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

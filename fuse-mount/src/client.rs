@@ -23,6 +23,9 @@ pub enum ClientError {
     /// The deadline passed without any replica answering definitively.
     #[error("no answer from the cell within {timeout:?} (last problem: {last})")]
     Timeout { timeout: Duration, last: String },
+    /// The session expired at the master or could not reach one within its grace period.
+    #[error("session {0} lost: its locks and handles are gone")]
+    SessionLost(u64),
     /// The cell answered with an error that retrying will not fix.
     #[error("{}", .0.message())]
     Rpc(Box<Status>),

@@ -1,7 +1,8 @@
-//! Client side of the cell. Today: [`client`], the library the `chubby` CLI is built on
-//! (finding the leader through any replica, redirects, deadlines). The session, KeepAlive,
-//! cache and the FUSE daemon grow here in later issues.
+//! Client side of the cell: [`client`] (the operator API: finding the leader through any
+//! replica, redirects, deadlines) and [`session`] (a Chubby session: KeepAlive, jeopardy,
+//! resumption after failover, exactly-once calls). The cache and the FUSE daemon grow here.
 
 pub mod client;
+pub mod session;
 
 pub use proto;

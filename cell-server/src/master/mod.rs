@@ -7,6 +7,9 @@
 //! re-arms running lock-delays, and only then serves. It stops at once when leadership is lost:
 //! streams close, blocked calls are told to retry at the new master.
 
+// gRPC's Status is the error of every call here; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 mod cache;
 mod leases;
 
@@ -333,7 +336,8 @@ impl Master {
         if g.unflushed.remove(&session) && resumed {
             let _ = tx.try_send(Ok(event("", proto::chubby::event::Kind::MasterFailover(true))));
         }
-        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch })
+        let session_token = crate::state::handle::session_token(&g.key, session);
+        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token })
     }
 
     /// KeepAlive: a fresh full lease, if the session is still alive at this master.
@@ -344,7 +348,8 @@ impl Master {
             return Err(session_lost(session));
         }
         g.leases.extend(session, Instant::now() + self.cfg.lease);
-        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch })
+        let session_token = crate::state::handle::session_token(&g.key, session);
+        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token })
     }
 
     /// A stream ended: forget it for the sessions it carried (their leases keep running).

@@ -94,11 +94,12 @@ impl std::fmt::Display for Rights {
 pub struct Limits {
     pub max_nodes: u64,
     pub max_depth: u32,
+    pub max_sessions: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_nodes: 1_000_000, max_depth: 64 }
+        Limits { max_nodes: 1_000_000, max_depth: 64, max_sessions: 1_000_000 }
     }
 }
 

@@ -38,6 +38,25 @@ pub fn sign(key: &[u8], body: &HandleBody) -> Bytes {
     out.freeze()
 }
 
+/// The token that proves a session on calls that carry no handle (Open, CloseSession,
+/// resuming the session stream): session ids are small numbers anyone could guess.
+pub fn session_token(key: &[u8], session: SessionId) -> Bytes {
+    let mut m = mac(key);
+    m.update(b"session:");
+    m.update(&session.to_le_bytes());
+    Bytes::copy_from_slice(&m.finalize().into_bytes()[..TAG])
+}
+
+pub fn verify_session_token(key: &[u8], session: SessionId, token: &[u8]) -> Result<(), StateError> {
+    let mut m = mac(key);
+    m.update(b"session:");
+    m.update(&session.to_le_bytes());
+    if key.is_empty() || token.len() != TAG || m.verify_truncated_left(token).is_err() {
+        return Err(StateError::PermissionDenied(format!("not a token of session {session}")));
+    }
+    Ok(())
+}
+
 /// The body of a token signed with `key`, or `PermissionDenied` for anything else.
 pub fn verify(key: &[u8], token: &[u8]) -> Result<HandleBody, StateError> {
     let forged = || StateError::PermissionDenied("invalid handle (forged, damaged or from another cell)".into());
@@ -72,5 +91,10 @@ mod tests {
         assert!(verify(&key, &token[..token.len() - 1]).is_err());
         assert!(verify(&key, b"").is_err());
         assert!(verify(&[], &token).is_err(), "a cell without a key accepts nothing");
+        let st = session_token(&key, 3);
+        assert_eq!(verify_session_token(&key, 3, &st), Ok(()));
+        assert!(verify_session_token(&key, 4, &st).is_err(), "another session's token");
+        assert!(verify_session_token(&[8u8; 32], 3, &st).is_err());
+        assert!(verify_session_token(&key, 3, &st[..15]).is_err());
     }
 }

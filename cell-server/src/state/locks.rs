@@ -6,7 +6,7 @@
 //! reader arriving while others wait queues too), so writers are never starved and a release
 //! wakes exactly who it lets in.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,16 +29,22 @@ pub struct Holder {
 pub struct Waiter {
     pub holder: Holder,
     pub mode: LockMode,
+    /// The lock-delay this waiter asked for, applied when it is granted.
+    pub lock_delay_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Lock {
-    /// One exclusive holder or any number of shared ones.
-    pub holders: BTreeSet<Holder>,
+    /// One exclusive holder or any number of shared ones, each with the number of its grant
+    /// (so a reader that releases and re-acquires while others hold gets a new sequencer).
+    pub holders: BTreeMap<Holder, u64>,
+    /// Grants of this lock so far.
+    pub grants: u64,
     /// Meaningful while `holders` is not empty.
     pub mode: LockMode,
     pub waiters: VecDeque<Waiter>,
-    /// How long the lock stays unavailable after a holder's session expires without releasing.
+    /// How long the lock stays unavailable after a holder's session expires without releasing;
+    /// set by the Acquire that was last granted with a lock-delay.
     pub delay_ms: u64,
     /// The clock (log time) before which nobody is granted the lock; 0 when no delay runs.
     pub delay_until_ms: u64,
@@ -47,7 +53,8 @@ pub struct Lock {
 impl Default for Lock {
     fn default() -> Lock {
         Lock {
-            holders: BTreeSet::new(),
+            holders: BTreeMap::new(),
+            grants: 0,
             mode: LockMode::Exclusive,
             waiters: VecDeque::new(),
             delay_ms: DEFAULT_LOCK_DELAY_MS,
@@ -62,14 +69,14 @@ impl Lock {
     }
 }
 
-/// A sequencer names a hold: node instance, lock generation, mode, holder and path. It is
-/// opaque to clients; it is valid while that holder still holds that lock in that mode at
-/// that generation.
+/// A sequencer names a hold: node instance, lock generation, grant number, mode, holder and
+/// path. It is opaque to clients; it is valid while that grant still holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sequencer {
     pub path: String,
     pub instance: u64,
     pub lock_generation: u64,
+    pub grant: u64,
     pub mode: LockMode,
     pub holder: Holder,
 }
@@ -77,9 +84,10 @@ pub struct Sequencer {
 impl Sequencer {
     pub fn format(&self) -> String {
         format!(
-            "seq1:{}:{}:{}:{}:{}:{}",
+            "seq1:{}:{}:{}:{}:{}:{}:{}",
             self.instance,
             self.lock_generation,
+            self.grant,
             self.mode.letter(),
             self.holder.session,
             self.holder.owner,
@@ -88,12 +96,13 @@ impl Sequencer {
     }
 
     pub fn parse(s: &str) -> Option<Sequencer> {
-        let mut it = s.splitn(7, ':');
+        let mut it = s.splitn(8, ':');
         if it.next()? != "seq1" {
             return None;
         }
         let instance = it.next()?.parse().ok()?;
         let lock_generation = it.next()?.parse().ok()?;
+        let grant = it.next()?.parse().ok()?;
         let mode = match it.next()? {
             "x" => LockMode::Exclusive,
             "s" => LockMode::Shared,
@@ -102,7 +111,7 @@ impl Sequencer {
         let session = it.next()?.parse().ok()?;
         let owner = it.next()?.parse().ok()?;
         let path = it.next()?.to_string();
-        Some(Sequencer { path, instance, lock_generation, mode, holder: Holder { session, owner } })
+        Some(Sequencer { path, instance, lock_generation, grant, mode, holder: Holder { session, owner } })
     }
 }
 
@@ -130,13 +139,8 @@ impl CellState {
             return Err(StateError::InvalidArgument(format!("lock-delay is at most {MAX_LOCK_DELAY_MS} ms")));
         }
         let holder = Holder { session, owner };
-        let clock = self.clock_ms;
-        let node = self.nodes.get_mut(&path).expect("checked above");
-        if let Some(d) = lock_delay_ms {
-            node.lock.delay_ms = d;
-        }
-        let lock = &node.lock;
-        if lock.holders.contains(&holder) {
+        let lock = &self.nodes[&path].lock;
+        if lock.holders.contains_key(&holder) {
             if lock.mode != mode {
                 return Err(StateError::InvalidArgument(format!(
                     "{path}: already held by this owner in the other mode; release it first"
@@ -144,30 +148,38 @@ impl CellState {
             }
             return Ok(Reply::Granted { sequencer: self.sequencer_of(&path, holder).unwrap_or_default() });
         }
-        if lock.waiters.iter().any(|w| w.holder == holder) {
+        if let Some(w) = lock.waiters.iter().find(|w| w.holder == holder) {
+            if try_only {
+                return Err(StateError::LockBusy(path));
+            }
+            if w.mode != mode {
+                return Err(StateError::InvalidArgument(format!(
+                    "{path}: already queued by this owner in the other mode; cancel it first"
+                )));
+            }
             return Ok(Reply::Queued);
         }
-        if clock >= lock.delay_until_ms && lock.waiters.is_empty() && lock.compatible(mode) {
-            let sequencer = self.grant(&path, holder, mode);
+        if self.clock_ms >= lock.delay_until_ms && lock.waiters.is_empty() && lock.compatible(mode) {
+            let sequencer = self.grant(&path, holder, mode, lock_delay_ms);
             return Ok(Reply::Granted { sequencer });
         }
         if try_only {
             return Err(StateError::LockBusy(path));
         }
-        let holders: BTreeSet<SessionId> = lock.holders.iter().map(|h| h.session).collect();
-        let holders = holders.into_iter().collect();
-        node.lock.waiters.push_back(Waiter { holder, mode });
+        let holders: BTreeSet<SessionId> = lock.holders.keys().map(|h| h.session).collect();
+        let node = self.nodes.get_mut(&path).expect("checked above");
+        node.lock.waiters.push_back(Waiter { holder, mode, lock_delay_ms });
         if let Some(s) = self.sessions.get_mut(&session) {
             s.waiting.insert((path.clone(), owner));
         }
-        self.effects.push(Effect::LockConflict { path, holders });
+        self.effects.push(Effect::LockConflict { path, holders: holders.into_iter().collect() });
         Ok(Reply::Queued)
     }
 
     pub(super) fn release(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
         self.lock_node(&path, instance)?;
         let holder = Holder { session, owner };
-        if !self.nodes[&path].lock.holders.contains(&holder) {
+        if !self.nodes[&path].lock.holders.contains_key(&holder) {
             return Err(StateError::NotHeld(path));
         }
         self.drop_hold(&path, holder, false);
@@ -215,7 +227,7 @@ impl CellState {
     pub(super) fn drop_hold(&mut self, path: &str, holder: Holder, expired: bool) {
         let clock = self.clock_ms;
         let Some(node) = self.nodes.get_mut(path) else { return };
-        if !node.lock.holders.remove(&holder) {
+        if node.lock.holders.remove(&holder).is_none() {
             return;
         }
         if let Some(s) = self.sessions.get_mut(&holder.session) {
@@ -223,7 +235,8 @@ impl CellState {
         }
         let lock = &mut node.lock;
         if expired && lock.delay_ms > 0 {
-            let until = clock.saturating_add(lock.delay_ms);
+            // The clock is clamped to MAX_CLOCK_MS, so this cannot overflow.
+            let until = clock + lock.delay_ms;
             if until > lock.delay_until_ms {
                 self.delays.remove(&(lock.delay_until_ms, path.to_string()));
                 lock.delay_until_ms = until;
@@ -248,11 +261,11 @@ impl CellState {
             if let Some(s) = self.sessions.get_mut(&w.holder.session) {
                 s.waiting.remove(&(path.to_string(), w.holder.owner));
             }
-            self.grant(path, w.holder, w.mode);
+            self.grant(path, w.holder, w.mode, w.lock_delay_ms);
         }
     }
 
-    fn grant(&mut self, path: &str, holder: Holder, mode: LockMode) -> String {
+    fn grant(&mut self, path: &str, holder: Holder, mode: LockMode, lock_delay_ms: Option<u64>) -> String {
         let node = self.nodes.get_mut(path).expect("granting on an existing node");
         let lock = &mut node.lock;
         if lock.holders.is_empty() {
@@ -260,7 +273,11 @@ impl CellState {
             node.stat.lock_generation += 1;
             lock.mode = mode;
         }
-        lock.holders.insert(holder);
+        if let Some(d) = lock_delay_ms {
+            lock.delay_ms = d;
+        }
+        lock.grants += 1;
+        lock.holders.insert(holder, lock.grants);
         if let Some(s) = self.sessions.get_mut(&holder.session) {
             s.held.insert((path.to_string(), holder.owner));
         }
@@ -291,13 +308,12 @@ impl CellState {
     /// The sequencer of a current hold.
     pub fn sequencer_of(&self, path: &str, holder: Holder) -> Option<String> {
         let node = self.nodes.get(path)?;
-        if !node.lock.holders.contains(&holder) {
-            return None;
-        }
+        let grant = *node.lock.holders.get(&holder)?;
         let seq = Sequencer {
             path: path.to_string(),
             instance: node.stat.instance,
             lock_generation: node.stat.lock_generation,
+            grant,
             mode: node.lock.mode,
             holder,
         };
@@ -316,7 +332,7 @@ impl CellState {
             n.stat.instance == seq.instance
                 && n.stat.lock_generation == seq.lock_generation
                 && n.lock.mode == seq.mode
-                && n.lock.holders.contains(&seq.holder)
+                && n.lock.holders.get(&seq.holder) == Some(&seq.grant)
         })
     }
 }
@@ -331,11 +347,14 @@ mod tests {
             path: "/a:b/c".into(),
             instance: 7,
             lock_generation: 3,
+            grant: 5,
             mode: LockMode::Shared,
             holder: Holder { session: 4, owner: 99 },
         };
         assert_eq!(Sequencer::parse(&s.format()), Some(s));
-        for bad in ["", "seq1", "seq2:1:1:x:1:1:/a", "seq1:1:1:q:1:1:/a", "seq1:a:1:x:1:1:/a"] {
+        for bad in
+            ["", "seq1", "seq2:1:1:1:x:1:1:/a", "seq1:1:1:1:q:1:1:/a", "seq1:a:1:1:x:1:1:/a", "seq1:1:1:x:1:1:/a"]
+        {
             assert_eq!(Sequencer::parse(bad), None, "{bad}");
         }
     }

@@ -30,6 +30,9 @@ pub use locks::{Holder, Sequencer, DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
 pub use namespace::{split_parent, validate_path, Node, MAX_CONTENTS, MAX_NAME};
 pub use sessions::{Session, MAX_REMEMBERED};
 
+/// The latest log time accepted (the year 3000): stamps beyond it are taken as this.
+pub const MAX_CLOCK_MS: u64 = 32_503_680_000_000;
+
 /// What happened to a node, for events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
@@ -123,7 +126,8 @@ impl CellState {
     }
 
     pub fn apply_entry(&mut self, entry: Entry) -> Outcome {
-        self.clock_ms = self.clock_ms.max(entry.now_ms);
+        // A wild stamp cannot push log time past MAX_CLOCK_MS (so deadlines never overflow).
+        self.clock_ms = self.clock_ms.max(entry.now_ms.min(MAX_CLOCK_MS));
         self.end_lock_delays();
         if !entry.op.needs_session() {
             return self.apply_op(0, entry.op);
@@ -132,6 +136,10 @@ impl CellState {
             return Err(StateError::InvalidArgument("this call needs a session".into()));
         };
         let Some(s) = self.sessions.get_mut(&req.session) else {
+            // A retried close of a session already closed has done its job.
+            if entry.op == Op::CloseSession {
+                return Ok(Reply::Done);
+            }
             return Err(StateError::NoSession(req.session));
         };
         s.forget_below(req.first_incomplete);

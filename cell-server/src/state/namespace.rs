@@ -293,7 +293,7 @@ impl CellState {
     /// instance), its waiters are told, its openers forget it.
     pub(super) fn delete_node(&mut self, path: &str) {
         let Some(node) = self.nodes.remove(path) else { return };
-        for h in &node.lock.holders {
+        for h in node.lock.holders.keys() {
             if let Some(s) = self.sessions.get_mut(&h.session) {
                 s.held.remove(&(path.to_string(), h.owner));
             }
@@ -360,11 +360,28 @@ impl CellState {
 
     pub(super) fn admin_put(&mut self, path: String, contents: Bytes) -> Outcome {
         validate_path(&path, self.limits.max_depth)?;
+        if path == "/" {
+            return Err(StateError::IsADirectory(path));
+        }
+        if contents.len() > MAX_CONTENTS {
+            return Err(StateError::TooLarge(contents.len() as u64));
+        }
         let mut missing = Vec::new();
         let mut dir = split_parent(&path).0;
-        while path != "/" && !self.nodes.contains_key(dir) {
+        while !self.nodes.contains_key(dir) {
             missing.push(dir.to_string());
             dir = split_parent(dir).0;
+        }
+        // Check everything before creating anything: a refusal changes nothing.
+        if !self.nodes[dir].stat.directory {
+            return Err(StateError::NotADirectory(dir.to_string()));
+        }
+        let new = missing.len() as u64 + u64::from(!self.nodes.contains_key(&path));
+        if self.nodes.len() as u64 + new > self.limits.max_nodes {
+            return Err(StateError::LimitExceeded(format!(
+                "{path}: the cell holds its limit of {} nodes",
+                self.limits.max_nodes
+            )));
         }
         for d in missing.into_iter().rev() {
             self.create_node(None, &d, Create { directory: true, ..Create::default() })?;

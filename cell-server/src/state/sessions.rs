@@ -55,6 +55,12 @@ impl CellState {
         if principal.is_empty() || principal.len() > 255 || principal.chars().any(char::is_control) {
             return Err(StateError::InvalidArgument(format!("{principal:?} is not a principal name")));
         }
+        if self.sessions.len() as u64 >= self.limits.max_sessions {
+            return Err(StateError::LimitExceeded(format!(
+                "the cell holds its limit of {} sessions",
+                self.limits.max_sessions
+            )));
+        }
         self.next_session += 1;
         let id = self.next_session;
         let session = Session {
@@ -87,30 +93,35 @@ impl CellState {
         for (path, owner) in &held {
             self.drop_hold(path, Holder { session: id, owner: *owner }, expired);
         }
-        // A queued writer leaving the head may let the readers behind it in, as a release may.
-        for (path, _) in waiting.iter().chain(&held) {
-            self.grant_from_head(path);
-        }
+        // Reap before granting, so nobody is granted a node that goes in this same entry.
         for path in ephemerals {
             if let Some(n) = self.nodes.get_mut(&path) {
                 n.openers.remove(&id);
             }
             self.maybe_reap(path);
         }
+        // A queued writer leaving the head may let the readers behind it in, as a release may.
+        for (path, _) in waiting.iter().chain(&held) {
+            self.grant_from_head(path);
+        }
         self.sessions.remove(&id);
         self.effects.push(Effect::SessionEnded { session: id, expired });
         Ok(Reply::Done)
     }
 
-    /// The answer to a retried call. An Acquire is answered with the lock's state now (it may
-    /// have been granted since it was queued); everything else as the first time.
+    /// The answer to a retried call. An Acquire that was granted or queued is answered with
+    /// the lock's state now (granted since, released since, its wait ended); everything else
+    /// as the first time.
     pub(super) fn replay(&self, session: SessionId, op: &Op, first: Outcome) -> Outcome {
-        if let (Op::Acquire { path, owner, .. }, Ok(Reply::Queued)) = (op, &first) {
-            if let Some(sequencer) = self.sequencer_of(path, Holder { session, owner: *owner }) {
-                return Ok(Reply::Granted { sequencer });
-            }
+        let (Op::Acquire { path, owner, .. }, Ok(_)) = (op, &first) else { return first };
+        let holder = Holder { session, owner: *owner };
+        if let Some(sequencer) = self.sequencer_of(path, holder) {
+            return Ok(Reply::Granted { sequencer });
         }
-        first
+        if self.is_waiting(path, holder) {
+            return Ok(Reply::Queued);
+        }
+        Err(StateError::WaitEnded { path: path.clone(), reason: "no longer held or queued".into() })
     }
 
     pub fn session(&self, id: SessionId) -> Option<&Session> {

@@ -7,7 +7,8 @@
 //! `open NAME PATH [create] [dir] [ephemeral] [excl] [text=T]`, `close NAME PATH`,
 //! `set NAME PATH TEXT|@SIZE [if=N] [fence=NAME:OWNER@PATH]`, `rm NAME PATH [if=N] [fence=…]`,
 //! `acquire NAME[:OWNER] PATH x|s [try] [delay=MS]`, `release …`, `cancel …`,
-//! `acl NAME PATH r=A,B w=A a=A`, `retry NAME`, `check NAME[:OWNER] PATH`, `lock PATH`,
+//! `acl NAME PATH r=A,B w=A a=A`, `retry NAME`, `check NAME[:OWNER] PATH`, `checkseq SEQ`,
+//! `lock PATH`, `clock`, `put PATH TEXT` (operator write),
 //! `stat PATH`, `ls PATH`.
 
 use std::collections::BTreeMap;
@@ -52,7 +53,10 @@ impl Driver {
         let init = Entry {
             now_ms: 0,
             request: None,
-            op: Op::InitCell { key: Bytes::from_static(&[1; 32]), limits: Limits { max_nodes: 20, max_depth: 4 } },
+            op: Op::InitCell {
+                key: Bytes::from_static(&[1; 32]),
+                limits: Limits { max_nodes: 20, max_depth: 4, max_sessions: 8 },
+            },
         };
         state.apply(1, &encode(&init)).expect("init");
         Driver {
@@ -154,7 +158,7 @@ impl Driver {
         let Some(n) = self.state.node(path) else { return "no such node\n".into() };
         let l = &n.lock;
         let who = |h: &Holder| format!("{}:{}", self.name(h.session), h.owner);
-        let holders: Vec<_> = l.holders.iter().map(who).collect();
+        let holders: Vec<_> = l.holders.keys().map(who).collect();
         let waiters: Vec<_> = l.waiters.iter().map(|w| format!("{}({})", who(&w.holder), w.mode.letter())).collect();
         let mode = if l.holders.is_empty() { '-' } else { l.mode.letter() };
         let mut s = format!(
@@ -204,6 +208,15 @@ impl Driver {
                 format!("{}\n", if self.state.check_sequencer(&seq) { "valid" } else { "stale" })
             }
             "lock" => self.lock_state(arg(0)),
+            "checkseq" => format!("{}\n", if self.state.check_sequencer(arg(0)) { "valid" } else { "stale" }),
+            "clock" => format!("{}\n", self.state.clock_ms()),
+            "put" => self.submit(
+                None,
+                Op::AdminPut {
+                    path: arg(0).to_string(),
+                    contents: Bytes::from(args.get(1).copied().unwrap_or("").to_string()),
+                },
+            ),
             "stat" => match self.state.node(arg(0)) {
                 Some(n) => format!("{}\n", describe_stat(&n.stat)),
                 None => "no such node\n".into(),
@@ -473,7 +486,7 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
         if l.mode == LockMode::Exclusive && l.holders.len() > 1 {
             return Err(format!("{path}: {} exclusive holders", l.holders.len()));
         }
-        for h in &l.holders {
+        for h in l.holders.keys() {
             let ok = st.sessions.get(&h.session).is_some_and(|s| s.held.contains(&(path.clone(), h.owner)));
             if !ok {
                 return Err(format!("{path}: holder {h:?} not recorded in its session"));
@@ -482,7 +495,7 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
         for w in &l.waiters {
             let ok =
                 st.sessions.get(&w.holder.session).is_some_and(|s| s.waiting.contains(&(path.clone(), w.holder.owner)));
-            if !ok || l.holders.contains(&w.holder) {
+            if !ok || l.holders.contains_key(&w.holder) {
                 return Err(format!("{path}: waiter {w:?} inconsistent"));
             }
         }
@@ -502,7 +515,7 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
     for (id, s) in &st.sessions {
         for (path, owner) in &s.held {
             let holder = Holder { session: *id, owner: *owner };
-            if !st.nodes.get(path).is_some_and(|n| n.lock.holders.contains(&holder)) {
+            if !st.nodes.get(path).is_some_and(|n| n.lock.holders.contains_key(&holder)) {
                 return Err(format!("session {id} thinks it holds {path}"));
             }
         }

@@ -1,0 +1,600 @@
+//! A Chubby session (Chubby §2.8): found through any replica, kept alive on one stream to the
+//! master, resumed at a new master after a failover with its handles and locks intact.
+//!
+//! - Discovery: any subset of the replicas' addresses; a replica that is not the master
+//!   answers with the master's address and the session follows it.
+//! - KeepAlive every third of the lease. The local lease starts when the KeepAlive that won it
+//!   was *sent*, so it never outlives the master's view of it.
+//! - When the stream breaks the session is in **jeopardy**: it tries the replicas until one
+//!   is the master and resumes there; if the local lease plus the grace period (default 45 s)
+//!   runs out first, or the master says the session is gone, it is **lost** and every call
+//!   fails with [`ClientError::SessionLost`].
+//! - Every change carries a request id (session, sequence number, first unanswered one), so
+//!   retrying it at a new master is applied once.
+//! - Events arrive on a broadcast channel; invalidations are acked at once (this client keeps
+//!   no cache yet).
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::chubby::chubby_client::ChubbyClient;
+use proto::chubby::*;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status, Streaming};
+
+use crate::client::ClientError;
+
+/// A call of `method` with a fresh copy of `req` on whichever client the retry loop picks.
+macro_rules! rpc {
+    ($method:ident, $req:expr) => {
+        |mut c: ChubbyClient<Channel>| {
+            let r = $req.clone();
+            async move { c.$method(r).await }
+        }
+    };
+}
+
+/// The `chubby-error` metadata key: the cell's reason for a refusal.
+pub const ERROR_METADATA: &str = "chubby-error";
+
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub principal: String,
+    /// Bounds each call, retries across a failover included (blocking Acquire excepted).
+    pub timeout: Duration,
+    /// How long past its lease a session in jeopardy keeps trying to reach a master.
+    pub grace: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> SessionOptions {
+        let user = std::env::var("USER").unwrap_or_else(|_| format!("uid{}", unsafe_uid()));
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        SessionOptions {
+            principal: if host.is_empty() { user } else { format!("{user}@{host}") },
+            timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(45),
+        }
+    }
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    Alive,
+    /// Lost contact with the master; calls wait while the session tries to resume.
+    Jeopardy,
+    /// Expired at the master or unreachable past the grace period; its locks are gone.
+    Lost,
+}
+
+/// Options of [`Session::open_node`].
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    pub create: bool,
+    pub directory: bool,
+    pub ephemeral: bool,
+    pub exclusive: bool,
+    pub contents: Bytes,
+    /// `EVENT_*` bits of the events wanted for this node.
+    pub events: u32,
+}
+
+#[derive(Default)]
+struct Sequence {
+    next: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+struct Inner {
+    addrs: Vec<String>,
+    opts: SessionOptions,
+    id: u64,
+    token: Bytes,
+    master: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    seq: Mutex<Sequence>,
+    events: broadcast::Sender<Event>,
+    state: watch::Sender<SessionState>,
+    closed: watch::Sender<bool>,
+}
+
+/// An open session; cloning shares it.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+/// One sequence number in flight; forgotten when dropped.
+struct InFlight {
+    inner: Arc<Inner>,
+    request: RequestId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.inner.seq.lock() {
+            s.outstanding.remove(&self.request.sequence);
+        }
+    }
+}
+
+fn reason(s: &Status) -> Option<&str> {
+    s.metadata().get(ERROR_METADATA).and_then(|v| v.to_str().ok())
+}
+
+fn leader_hint(s: &Status) -> Option<String> {
+    s.metadata().get(proto::LEADER_METADATA).and_then(|v| v.to_str().ok()).map(String::from)
+}
+
+/// Whether the call may simply be retried at the (possibly new) master with the same
+/// request id.
+fn retryable(s: &Status) -> bool {
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
+        Code::Aborted => reason(s).is_none(),
+        Code::FailedPrecondition => leader_hint(s).is_some(),
+        _ => false,
+    }
+}
+
+type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionResponse>, LeaseGrant);
+
+impl Inner {
+    async fn channel(&self, addr: &str) -> Result<Channel, String> {
+        if let Some(ch) = self.channels.lock().expect("channels").get(addr) {
+            return Ok(ch.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let ch = ep.connect().await.map_err(|e| format!("{addr}: {e}"))?;
+        self.channels.lock().expect("channels").insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn forget_channel(&self, addr: &str) {
+        self.channels.lock().expect("channels").remove(addr);
+        let mut m = self.master.lock().expect("master");
+        if m.as_deref() == Some(addr) {
+            *m = None;
+        }
+    }
+
+    /// The master if known, else the replicas in turn.
+    fn candidate(&self, turn: usize) -> String {
+        self.master.lock().expect("master").clone().unwrap_or_else(|| self.addrs[turn % self.addrs.len()].clone())
+    }
+
+    fn state(&self) -> SessionState {
+        *self.state.borrow()
+    }
+}
+
+/// Opens a session stream at whichever replica is the master, following redirects until
+/// `deadline`. `resume` is 0 for a new session.
+async fn connect_stream(
+    inner_addrs: &[String],
+    channels: &Mutex<HashMap<String, Channel>>,
+    hint: Option<String>,
+    principal: &str,
+    resume: u64,
+    token: &Bytes,
+    deadline: Instant,
+) -> Result<(String, Stream), ClientError> {
+    let mut turn = 0usize;
+    let mut hint = hint;
+    let mut last = String::from("nothing tried");
+    let mut backoff = Duration::from_millis(20);
+    while Instant::now() < deadline {
+        let addr = hint.take().unwrap_or_else(|| {
+            turn += 1;
+            inner_addrs[(turn - 1) % inner_addrs.len()].clone()
+        });
+        let attempt = async {
+            let ch = {
+                let cached = channels.lock().expect("channels").get(&addr).cloned();
+                match cached {
+                    Some(ch) => ch,
+                    None => {
+                        let ep = Endpoint::from_shared(format!("http://{addr}"))
+                            .map_err(|e| Status::invalid_argument(e.to_string()))?
+                            .connect_timeout(Duration::from_millis(500))
+                            .tcp_nodelay(true);
+                        let ch = ep.connect().await.map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
+                        channels.lock().expect("channels").insert(addr.clone(), ch.clone());
+                        ch
+                    }
+                }
+            };
+            let (tx, rx) = mpsc::channel(64);
+            let open =
+                OpenSession { resume_session: resume, principal: principal.to_string(), session_token: token.clone() };
+            tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) })
+                .await
+                .map_err(|_| Status::internal("stream closed"))?;
+            let mut inbound = ChubbyClient::new(ch).session(ReceiverStream::new(rx)).await?.into_inner();
+            loop {
+                match inbound.message().await? {
+                    Some(SessionResponse { kind: Some(session_response::Kind::Lease(g)) }) => {
+                        return Ok::<Stream, Status>((tx, inbound, g))
+                    }
+                    Some(_) => continue,
+                    None => return Err(Status::unavailable("stream ended before a lease")),
+                }
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, attempt).await {
+            Err(_) => last = format!("{addr}: no answer"),
+            Ok(Ok(stream)) => return Ok((addr, stream)),
+            Ok(Err(s)) if reason(&s) == Some("NoSession") => return Err(ClientError::SessionLost(resume)),
+            Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
+            Ok(Err(s)) => {
+                if let Some(h) = leader_hint(&s).filter(|h| *h != addr) {
+                    hint = Some(h);
+                    continue;
+                }
+                channels.lock().expect("channels").remove(&addr);
+                last = format!("{addr}: {}", s.message());
+            }
+        }
+        if turn.is_multiple_of(inner_addrs.len()) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+    Err(ClientError::Timeout { timeout: Duration::ZERO, last })
+}
+
+impl Session {
+    /// Opens a new session with the cell at `addrs` (any subset of its replicas).
+    pub async fn open(addrs: Vec<String>, opts: SessionOptions) -> Result<Session, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        let channels = Mutex::new(HashMap::new());
+        let sent = Instant::now();
+        let deadline = sent + opts.timeout;
+        let (addr, stream) = connect_stream(&addrs, &channels, None, &opts.principal, 0, &Bytes::new(), deadline)
+            .await
+            .map_err(|e| match e {
+                ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },
+                e => e,
+            })?;
+        let id = stream.2.session;
+        let token = stream.2.session_token.clone();
+        let inner = Arc::new(Inner {
+            addrs,
+            opts,
+            id,
+            token,
+            master: Mutex::new(Some(addr)),
+            channels,
+            seq: Mutex::new(Sequence { next: 1, outstanding: BTreeSet::new() }),
+            events: broadcast::channel(1024).0,
+            state: watch::channel(SessionState::Alive).0,
+            closed: watch::channel(false).0,
+        });
+        tokio::spawn(keep_session(inner.clone(), stream, sent));
+        Ok(Session { inner })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Alive / jeopardy / lost, as it changes.
+    pub fn state(&self) -> watch::Receiver<SessionState> {
+        self.inner.state.subscribe()
+    }
+
+    /// Events of the nodes opened with an event mask, and master failovers.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    fn next_request(&self) -> InFlight {
+        let mut s = self.inner.seq.lock().expect("sequence");
+        let sequence = s.next;
+        s.next += 1;
+        s.outstanding.insert(sequence);
+        let first_incomplete = *s.outstanding.first().expect("just inserted");
+        InFlight {
+            inner: self.inner.clone(),
+            request: RequestId { session: self.inner.id, sequence, first_incomplete },
+        }
+    }
+
+    /// Runs `call` at the master, following redirects and retrying (with the same request) across
+    /// a failover, until the deadline (none: wait as long as the session lives).
+    async fn call<T, F, Fut>(&self, deadline: Option<Instant>, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(ChubbyClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let inner = &self.inner;
+        let mut turn = 0usize;
+        let mut last = String::from("nothing tried");
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if inner.state() == SessionState::Lost {
+                return Err(ClientError::SessionLost(inner.id));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ClientError::Timeout { timeout: inner.opts.timeout, last });
+            }
+            let addr = inner.candidate(turn);
+            turn += 1;
+            let result = match inner.channel(&addr).await {
+                Err(e) => Err(Status::unavailable(e)),
+                Ok(ch) => match deadline {
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        tokio::time::timeout(left, call(ChubbyClient::new(ch)))
+                            .await
+                            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline passed")))
+                    }
+                    None => call(ChubbyClient::new(ch)).await,
+                },
+            };
+            match result {
+                Ok(r) => {
+                    *inner.master.lock().expect("master") = Some(addr);
+                    return Ok(r.into_inner());
+                }
+                Err(s) if reason(&s) == Some("NoSession") => {
+                    inner.state.send_replace(SessionState::Lost);
+                    return Err(ClientError::SessionLost(inner.id));
+                }
+                Err(s) if s.code() == Code::DeadlineExceeded && deadline.is_some() => {
+                    last = s.message().to_string();
+                }
+                Err(s) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
+                Err(s) => {
+                    last = format!("{addr}: {}", s.message());
+                    match leader_hint(&s).filter(|h| *h != addr) {
+                        Some(h) => {
+                            *inner.master.lock().expect("master") = Some(h);
+                            continue;
+                        }
+                        None => inner.forget_channel(&addr),
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + self.inner.opts.timeout)
+    }
+
+    pub async fn open_node(&self, path: &str, o: OpenOptions) -> Result<(Handle, NodeStat), ClientError> {
+        let f = self.next_request();
+        let req = OpenRequest {
+            request: Some(f.request),
+            path: path.to_string(),
+            create: o.create,
+            directory: o.directory,
+            ephemeral: o.ephemeral,
+            exclusive: o.exclusive,
+            initial_contents: o.contents,
+            event_mask: o.events,
+            session_token: self.inner.token.clone(),
+        };
+        let r = self.call(self.deadline(), rpc!(open, req)).await?;
+        Ok((r.handle.unwrap_or_default(), r.stat.unwrap_or_default()))
+    }
+
+    pub async fn close_node(&self, handle: &Handle) -> Result<(), ClientError> {
+        let f = self.next_request();
+        let req = CloseRequest { request: Some(f.request), handle: Some(handle.clone()) };
+        self.call(self.deadline(), rpc!(close, req)).await.map(|_| ())
+    }
+
+    pub async fn get(&self, handle: &Handle) -> Result<(Bytes, NodeStat), ClientError> {
+        let req = GetContentsRequest { handle: Some(handle.clone()), stale_ok: false };
+        let r = self.call(self.deadline(), rpc!(get_contents_and_stat, req)).await?;
+        Ok((r.contents, r.stat.unwrap_or_default()))
+    }
+
+    pub async fn set(
+        &self,
+        handle: &Handle,
+        contents: Bytes,
+        if_generation: Option<u64>,
+        sequencer: &str,
+    ) -> Result<NodeStat, ClientError> {
+        let f = self.next_request();
+        let req = SetContentsRequest {
+            request: Some(f.request),
+            handle: Some(handle.clone()),
+            contents,
+            if_generation,
+            sequencer: sequencer.to_string(),
+        };
+        Ok(self.call(self.deadline(), rpc!(set_contents, req)).await?.stat.unwrap_or_default())
+    }
+
+    pub async fn delete(
+        &self,
+        handle: &Handle,
+        if_generation: Option<u64>,
+        sequencer: &str,
+    ) -> Result<(), ClientError> {
+        let f = self.next_request();
+        let req = DeleteRequest {
+            request: Some(f.request),
+            handle: Some(handle.clone()),
+            if_generation,
+            sequencer: sequencer.to_string(),
+        };
+        self.call(self.deadline(), rpc!(delete, req)).await.map(|_| ())
+    }
+
+    pub async fn read_dir(&self, handle: &Handle) -> Result<Vec<DirEntry>, ClientError> {
+        let req = ReadDirRequest { handle: Some(handle.clone()) };
+        Ok(self.call(self.deadline(), rpc!(read_dir, req)).await?.entries)
+    }
+
+    /// Waits for the lock (as long as the session lives, across failovers) and returns its
+    /// sequencer.
+    pub async fn acquire(
+        &self,
+        handle: &Handle,
+        mode: LockMode,
+        owner: u64,
+        lock_delay: Option<Duration>,
+    ) -> Result<String, ClientError> {
+        let f = self.next_request();
+        let req = AcquireRequest {
+            request: Some(f.request),
+            handle: Some(handle.clone()),
+            mode: mode as i32,
+            owner,
+            lock_delay_ms: lock_delay.map(|d| d.as_millis() as u64),
+        };
+        Ok(self.call(None, rpc!(acquire, req)).await?.sequencer)
+    }
+
+    /// Takes the lock if it is free now; `LockBusy` otherwise.
+    pub async fn try_acquire(
+        &self,
+        handle: &Handle,
+        mode: LockMode,
+        owner: u64,
+        lock_delay: Option<Duration>,
+    ) -> Result<String, ClientError> {
+        let f = self.next_request();
+        let req = AcquireRequest {
+            request: Some(f.request),
+            handle: Some(handle.clone()),
+            mode: mode as i32,
+            owner,
+            lock_delay_ms: lock_delay.map(|d| d.as_millis() as u64),
+        };
+        Ok(self.call(self.deadline(), rpc!(try_acquire, req)).await?.sequencer)
+    }
+
+    pub async fn release(&self, handle: &Handle, owner: u64) -> Result<(), ClientError> {
+        let f = self.next_request();
+        let req = ReleaseRequest { request: Some(f.request), handle: Some(handle.clone()), owner };
+        self.call(self.deadline(), rpc!(release, req)).await.map(|_| ())
+    }
+
+    /// Withdraws a queued Acquire. If the lock was granted meanwhile it is released, so the
+    /// caller never holds a lock it gave up on.
+    pub async fn cancel(&self, handle: &Handle, owner: u64) -> Result<(), ClientError> {
+        let f = self.next_request();
+        let req = CancelRequest { request: Some(f.request), handle: Some(handle.clone()), owner };
+        match self.call(self.deadline(), rpc!(cancel, req)).await {
+            Err(ClientError::Rpc(s)) if s.code() == Code::AlreadyExists => self.release(handle, owner).await,
+            other => other.map(|_| ()),
+        }
+    }
+
+    pub async fn sequencer(&self, handle: &Handle, owner: u64) -> Result<String, ClientError> {
+        let req = GetSequencerRequest { handle: Some(handle.clone()), owner };
+        Ok(self.call(self.deadline(), rpc!(get_sequencer, req)).await?.sequencer)
+    }
+
+    pub async fn check_sequencer(&self, sequencer: &str) -> Result<bool, ClientError> {
+        let req = CheckSequencerRequest { sequencer: sequencer.to_string() };
+        Ok(self.call(self.deadline(), rpc!(check_sequencer, req)).await?.valid)
+    }
+
+    /// Ends the session: locks released (no lock-delay), ephemeral nodes gone.
+    pub async fn close(self) -> Result<(), ClientError> {
+        let f = self.next_request();
+        let req = CloseSessionRequest { request: Some(f.request), session_token: self.inner.token.clone() };
+        let r = self.call(self.deadline(), rpc!(close_session, req)).await.map(|_| ());
+        self.inner.closed.send_replace(true);
+        self.inner.state.send_replace(SessionState::Lost);
+        r
+    }
+}
+
+/// Keeps the session: KeepAlives and events on the current stream; on a break, jeopardy and
+/// resumption at whichever replica is master, or loss.
+async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_from: Instant) {
+    let mut closed = inner.closed.subscribe();
+    let (mut tx, mut inbound, grant) = stream;
+    let mut lease = Duration::from_millis(grant.lease_ms.max(100));
+    loop {
+        let mut ticker = tokio::time::interval(lease / 3);
+        ticker.tick().await;
+        let mut sent = Instant::now();
+        let broke = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    sent = Instant::now();
+                    let ka = KeepAlive { session: inner.id };
+                    if tx.send(SessionRequest { kind: Some(session_request::Kind::KeepAlive(ka)) }).await.is_err() {
+                        break None;
+                    }
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(SessionResponse { kind: Some(kind) })) => match kind {
+                        session_response::Kind::Lease(g) => {
+                            lease = Duration::from_millis(g.lease_ms.max(100));
+                            lease_from = sent;
+                            inner.state.send_replace(SessionState::Alive);
+                        }
+                        session_response::Kind::Event(e) => {
+                            let _ = inner.events.send(e);
+                        }
+                        session_response::Kind::Invalidation(i) => {
+                            let ack = InvalidationAck { invalidation_id: i.invalidation_id };
+                            let _ = tx.send(SessionRequest { kind: Some(session_request::Kind::InvalidationAck(ack)) }).await;
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => break None,
+                    Err(s) => break Some(s),
+                },
+                _ = closed.changed() => return,
+            }
+        };
+        if broke.as_ref().is_some_and(|s| s.code() == Code::NotFound) {
+            tracing::warn!(session = inner.id, "the master ended the session");
+            inner.state.send_replace(SessionState::Lost);
+            return;
+        }
+        if *closed.borrow() {
+            return;
+        }
+        inner.state.send_replace(SessionState::Jeopardy);
+        let give_up = lease_from + lease + inner.opts.grace;
+        let hint = inner.master.lock().expect("master").take();
+        let sent = Instant::now();
+        let resumed =
+            connect_stream(&inner.addrs, &inner.channels, hint, &inner.opts.principal, inner.id, &inner.token, give_up)
+                .await;
+        match resumed {
+            Ok((addr, (t, i, g))) => {
+                *inner.master.lock().expect("master") = Some(addr);
+                (tx, inbound) = (t, i);
+                lease = Duration::from_millis(g.lease_ms.max(100));
+                lease_from = sent;
+                inner.state.send_replace(SessionState::Alive);
+            }
+            Err(e) => {
+                tracing::warn!(session = inner.id, error = %e, "session lost");
+                inner.state.send_replace(SessionState::Lost);
+                return;
+            }
+        }
+    }
+}
