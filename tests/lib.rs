@@ -40,11 +40,19 @@ pub struct CellOptions {
     pub snapshot_entries: u64,
     pub tick_ms: u64,
     pub election_ticks: u64,
+    pub session_lease_ms: u64,
 }
 
 impl Default for CellOptions {
     fn default() -> Self {
-        CellOptions { replicas: 3, fsync: "always", snapshot_entries: 100_000, tick_ms: 10, election_ticks: 15 }
+        CellOptions {
+            replicas: 3,
+            fsync: "always",
+            snapshot_entries: 100_000,
+            tick_ms: 10,
+            election_ticks: 15,
+            session_lease_ms: 12_000,
+        }
     }
 }
 
@@ -94,6 +102,7 @@ impl TestCell {
             .args(["--id", &id.to_string(), "--listen", &self.addrs[i], "--peers", &self.peers])
             .args(["--fsync", o.fsync, "--snapshot-entries", &o.snapshot_entries.to_string()])
             .args(["--tick-ms", &o.tick_ms.to_string(), "--election-ticks", &o.election_ticks.to_string()])
+            .args(["--session-lease-ms", &o.session_lease_ms.to_string()])
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info,h2=warn,tower=warn")
@@ -180,4 +189,39 @@ pub async fn wait_converged(client: &CellClient, index: u64, limit: Duration) ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!("cell did not converge on index {index} within {limit:?}: {last}"))
+}
+
+/// Processes a test started outside a [`TestCell`], killed by PID when dropped.
+#[derive(Default)]
+pub struct Pids(pub Vec<u32>);
+
+impl Pids {
+    pub fn kill(&mut self, pid: u32) {
+        // SAFETY: kill(2) on a process this test started; harmless if it already exited.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        self.0.retain(|p| *p != pid);
+    }
+}
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for pid in std::mem::take(&mut self.0) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Reads lines from a child's stdout on a thread, so a test can wait for one with a bound.
+pub fn lines_of(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }

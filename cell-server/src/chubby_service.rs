@@ -248,10 +248,11 @@ impl Chubby for ChubbyService {
             let mut mine = Vec::new();
             while let Ok(Some(msg)) = inbound.message().await {
                 let reply = match msg.kind {
+                    // attach() sends the grant itself (and a failover event after it).
                     Some(session_request::Kind::Open(o)) => match master.open_session(o, &tx).await {
                         Ok(grant) => {
                             mine.push(grant.session);
-                            Ok(grant)
+                            continue;
                         }
                         Err(e) => Err(e),
                     },

@@ -1,5 +1,5 @@
 //! The `chubby` command line without a cell: usage errors and an unreachable cell are told
-//! apart by exit code, and nothing hangs past `--timeout`.
+//! apart by exit code, and nothing hangs past `--rpc-timeout`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ fn unreachable_cell_fails_within_the_timeout() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_chubby"))
-        .args(["--cell", &format!("127.0.0.1:{port}"), "--timeout", "700ms", "put", "k", "v"])
+        .args(["--cell", &format!("127.0.0.1:{port}"), "--rpc-timeout", "700ms", "put", "k", "v"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

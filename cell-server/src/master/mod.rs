@@ -328,16 +328,22 @@ impl Master {
     }
 
     /// Registers a stream for a session just opened or resumed and grants it a full lease.
+    /// A session resumed for the first time since this master took office also gets the
+    /// master-failover event, right after its grant (Chubby §2.9: it must flush its cache).
     pub fn attach(&self, session: SessionId, tx: &StreamTx, resumed: bool) -> Result<LeaseGrant, Status> {
         let mut g = self.lock();
         let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
         g.streams.insert(session, tx.clone());
         g.leases.extend(session, Instant::now() + self.cfg.lease);
-        if g.unflushed.remove(&session) && resumed {
+        let failover = g.unflushed.remove(&session) && resumed;
+        let session_token = crate::state::handle::session_token(&g.key, session);
+        let grant = LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token };
+        // Queued on the stream under the lock, so nothing can come between the two.
+        let _ = tx.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Lease(grant.clone())) }));
+        if failover {
             let _ = tx.try_send(Ok(event("", proto::chubby::event::Kind::MasterFailover(true))));
         }
-        let session_token = crate::state::handle::session_token(&g.key, session);
-        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token })
+        Ok(grant)
     }
 
     /// KeepAlive: a fresh full lease, if the session is still alive at this master.

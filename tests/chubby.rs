@@ -1,0 +1,185 @@
+//! The Chubby service end to end: replica processes on loopback, clients as processes
+//! (`chubby lock`) and as the session library, faults by `kill -9`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, TestCell};
+use fuse_mount::client::ClientError;
+use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
+use fuse_mount::proto::chubby::{event, GetContentsRequest, Handle, LockMode, OpenRequest, RequestId};
+use fuse_mount::session::{OpenOptions, Session, SessionOptions, ERROR_METADATA};
+use tonic::Code;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn opts() -> SessionOptions {
+    SessionOptions { principal: "tester".into(), timeout: Duration::from_secs(15), grace: Duration::from_secs(20) }
+}
+
+/// The lock generation inside a sequencer (`seq1:instance:generation:grant:…`).
+fn generation(seq: &str) -> u64 {
+    seq.split(':').nth(2).and_then(|g| g.parse().ok()).unwrap_or_else(|| panic!("not a sequencer: {seq:?}"))
+}
+
+#[test]
+fn killed_holder_loses_the_lock_only_after_lease_expiry_and_lock_delay() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: 1000, ..CellOptions::default() });
+    runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let mut pids = Pids::default();
+    let lock = |args: &[&str]| {
+        Command::new(bin("chubby"))
+            .args(["--cell", &cell.cell_arg(), "lock"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start chubby lock")
+    };
+    // The holder prints its shell's pid and its sequencer, then sleeps as the shell.
+    let mut holder =
+        lock(&["--lock-delay", "2s", "/ls/local/job", "--", "sh", "-c", "echo $$ $CHUBBY_SEQUENCER; exec sleep 600"]);
+    pids.0.push(holder.id());
+    let first =
+        lines_of(holder.stdout.take().unwrap()).recv_timeout(Duration::from_secs(30)).expect("holder got the lock");
+    let (shell, seq_a) = first.split_once(' ').expect("pid and sequencer");
+    let shell: u32 = shell.parse().unwrap();
+    pids.0.push(shell);
+
+    let mut waiter = lock(&["/ls/local/job", "--", "sh", "-c", "echo $CHUBBY_SEQUENCER"]);
+    pids.0.push(waiter.id());
+    let waiter_out = lines_of(waiter.stdout.take().unwrap());
+    assert!(
+        waiter_out.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "the waiter must not get the lock while the holder lives"
+    );
+
+    // kill -9: the holder never releases.
+    pids.kill(holder.id());
+    pids.kill(shell);
+    let _ = holder.wait();
+    let killed = Instant::now();
+    let seq_b = waiter_out.recv_timeout(Duration::from_secs(60)).expect("the waiter gets the lock in the end");
+    let waited = killed.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "the lock passed on {waited:?} after the holder died: before its 2 s lock-delay ended"
+    );
+    assert!(generation(&seq_b) > generation(seq_a), "{seq_b} is not a later generation than {seq_a}");
+    let st = waiter.wait().unwrap();
+    assert!(st.success(), "chubby lock exits with its command's status: {st:?}");
+}
+
+#[test]
+fn master_failover_keeps_sessions_locks_and_the_waiter_queue() {
+    let mut cell = TestCell::start(CellOptions { session_lease_ms: 3000, ..CellOptions::default() });
+    let rt = runtime();
+    rt.block_on(async {
+        let leader = wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let a = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let b = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let create = OpenOptions { create: true, ..OpenOptions::default() };
+        let (ha, _) = a.open_node("/ls/local/leader", create.clone()).await.unwrap();
+        let (hb, _) = b.open_node("/ls/local/leader", create).await.unwrap();
+        let seq_a = a.acquire(&ha, LockMode::LockExclusive, 1, None).await.unwrap();
+        let mut a_events = a.events();
+        let (b2, hb2) = (b.clone(), hb.clone());
+        let waiter = tokio::spawn(async move { b2.acquire(&hb2, LockMode::LockExclusive, 1, None).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished(), "b waits behind a");
+
+        cell.kill(leader);
+        let failover = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match a_events.recv().await {
+                    Ok(e) if matches!(e.kind, Some(event::Kind::MasterFailover(true))) => return,
+                    Ok(_) => {}
+                    Err(e) => panic!("event stream ended: {e}"),
+                }
+            }
+        })
+        .await;
+        assert!(failover.is_ok(), "a never saw the master-failover event");
+        assert!(a.check_sequencer(&seq_a).await.unwrap(), "a still holds the lock at the new master");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished(), "b still waits: the queue survived the failover");
+
+        a.release(&ha, 1).await.unwrap();
+        let seq_b = tokio::time::timeout(Duration::from_secs(20), waiter)
+            .await
+            .expect("b is granted once a releases")
+            .unwrap()
+            .unwrap();
+        assert!(b.check_sequencer(&seq_b).await.unwrap());
+        assert!(!a.check_sequencer(&seq_a).await.unwrap(), "a's sequencer is stale after its release");
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let cell = TestCell::start(CellOptions::default());
+    let rt = runtime();
+    rt.block_on(async {
+        wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let a = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let create = OpenOptions { create: true, contents: "v1".into(), ..OpenOptions::default() };
+        let (h, stat) = a.open_node("/ls/local/f", create).await.unwrap();
+        let reason = |e: ClientError| match e {
+            ClientError::Rpc(s) => {
+                (s.code(), s.metadata().get(ERROR_METADATA).and_then(|v| v.to_str().ok()).unwrap_or("").to_string())
+            }
+            other => panic!("expected a refusal, got {other}"),
+        };
+
+        let too_big = a.set(&h, vec![0u8; (256 << 10) + 1].into(), None, "").await.unwrap_err();
+        assert_eq!(reason(too_big), (Code::ResourceExhausted, "TooLarge".into()));
+        let cas = a.set(&h, "v2".into(), Some(stat.content_generation + 5), "").await.unwrap_err();
+        assert_eq!(reason(cas), (Code::FailedPrecondition, "GenerationMismatch".into()));
+        let fenced = a.set(&h, "v2".into(), None, "seq1:1:1:1:x:1:1:/nothing").await.unwrap_err();
+        assert_eq!(reason(fenced), (Code::PermissionDenied, "StaleSequencer".into()));
+        let bad_path = a.open_node("/ls/local/a//b", OpenOptions { create: true, ..OpenOptions::default() }).await;
+        assert_eq!(reason(bad_path.unwrap_err()), (Code::InvalidArgument, "InvalidArgument".into()));
+        let other_cell = a.open_node("/ls/elsewhere/x", OpenOptions::default()).await.unwrap_err();
+        assert!(matches!(other_cell, ClientError::Rpc(s) if s.code() == Code::InvalidArgument));
+        let missing = a.open_node("/ls/local/missing", OpenOptions::default()).await.unwrap_err();
+        assert_eq!(reason(missing), (Code::NotFound, "NotFound".into()));
+
+        // A forged handle, and an Open in another session's name without its token.
+        let leader = cell.client(Duration::from_secs(5)).status_all().await;
+        let master = leader
+            .iter()
+            .find_map(|(addr, r)| r.as_ref().ok().filter(|s| s.role == "leader").map(|_| addr.clone()))
+            .unwrap();
+        let mut raw = ChubbyClient::connect(format!("http://{master}")).await.unwrap();
+        let mut forged = h.token.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let r = raw
+            .get_contents_and_stat(GetContentsRequest {
+                handle: Some(Handle { token: forged.into() }),
+                stale_ok: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
+        let r = raw
+            .open(OpenRequest {
+                request: Some(RequestId { session: a.id(), sequence: 1000, first_incomplete: 1000 }),
+                path: "/ls/local/f".into(),
+                ..OpenRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
+
+        // Nothing above changed the node.
+        let (contents, after) = a.get(&h).await.unwrap();
+        assert_eq!(&contents[..], b"v1");
+        assert_eq!(after.content_generation, stat.content_generation);
+        a.close().await.unwrap();
+    });
+}
