@@ -12,29 +12,21 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
 use cell_server::machine::CellMachine;
 use cell_server::state::{self, Op};
+use common::{find_leader, percentile, start_cell, us};
 use proto::cell::cell_client::CellClient;
-use proto::cell::{PutRequest, StatusRequest};
+use proto::cell::PutRequest;
 use raft::{DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, StateMachine, Storage};
 use tonic::transport::Channel;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
 
 fn fsync_latency(dir: &Path) -> (Duration, Duration) {
     let path = dir.join("fsync-probe");
@@ -76,62 +68,6 @@ fn loopback_rtt() -> Duration {
     server.join().unwrap();
     times.sort();
     percentile(&times, 0.5)
-}
-
-struct Cell {
-    children: Vec<Child>,
-    addrs: Vec<String>,
-}
-
-impl Drop for Cell {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_cell(dir: &Path, fsync: &str) -> Cell {
-    let ports: Vec<u16> = (0..3)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
-    let children = (1..=3)
-        .map(|id| {
-            Command::new(env!("CARGO_BIN_EXE_cell-server"))
-                .args(["--id", &id.to_string(), "--listen", &addrs[id - 1], "--peers", &peers, "--fsync", fsync])
-                .arg("--data-dir")
-                .arg(dir.join(format!("r{id}")))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    Cell { children, addrs }
-}
-
-async fn find_leader(addrs: &[String]) -> String {
-    for _ in 0..200 {
-        for a in addrs {
-            if let Ok(mut c) = CellClient::connect(format!("http://{a}")).await {
-                if let Ok(s) = c.status(StatusRequest {}).await {
-                    let s = s.into_inner();
-                    if s.role == "leader" {
-                        return a.clone();
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no leader");
 }
 
 /// `clients` concurrent proposers, each writing 100-byte values back to back for `secs`.
@@ -209,12 +145,7 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
 }
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    common::rss_of(std::process::id())
 }
 
 fn recovery(dir: &Path) {

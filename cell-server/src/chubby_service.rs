@@ -245,19 +245,21 @@ impl Chubby for ChubbyService {
         let (tx, rx) = mpsc::channel(1024);
         let master = self.master.clone();
         tokio::spawn(async move {
-            let mut mine = Vec::new();
+            let mut mine = std::collections::HashSet::new();
             while let Ok(Some(msg)) = inbound.message().await {
                 let reply = match msg.kind {
                     // attach() sends the grant itself (and a failover event after it).
                     Some(session_request::Kind::Open(o)) => match master.open_session(o, &tx).await {
                         Ok(grant) => {
-                            mine.push(grant.session);
+                            mine.insert(grant.session);
                             continue;
                         }
                         Err(e) => Err(e),
                     },
-                    Some(session_request::Kind::KeepAlive(k)) if mine.contains(&k.session) => {
-                        master.keep_alive(k.session)
+                    Some(session_request::Kind::KeepAlive(k))
+                        if mine.contains(&k.session) && k.more_sessions.iter().all(|s| mine.contains(s)) =>
+                    {
+                        master.keep_alive(k.session, &k.more_sessions)
                     }
                     Some(session_request::Kind::KeepAlive(k)) => {
                         Err(Status::permission_denied(format!("session {} was not opened on this stream", k.session)))

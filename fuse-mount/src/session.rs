@@ -42,6 +42,10 @@ macro_rules! rpc {
     };
 }
 
+/// Longest pause between retries while the master is unknown: an election on a loopback or
+/// LAN cell takes a few hundred ms, and a client should notice its end promptly.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The `chubby-error` metadata key: the cell's reason for a refusal.
 pub const ERROR_METADATA: &str = "chubby-error";
 
@@ -198,7 +202,7 @@ async fn connect_stream(
     let mut turn = 0usize;
     let mut hint = hint;
     let mut last = String::from("nothing tried");
-    let mut backoff = Duration::from_millis(20);
+    let mut backoff = Duration::from_millis(10);
     while Instant::now() < deadline {
         let addr = hint.take().unwrap_or_else(|| {
             turn += 1;
@@ -254,7 +258,7 @@ async fn connect_stream(
         }
         if turn.is_multiple_of(inner_addrs.len()) {
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
     Err(ClientError::Timeout { timeout: Duration::ZERO, last })
@@ -329,7 +333,7 @@ impl Session {
         let inner = &self.inner;
         let mut turn = 0usize;
         let mut last = String::from("nothing tried");
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Duration::from_millis(10);
         loop {
             if inner.state() == SessionState::Lost {
                 return Err(ClientError::SessionLost(inner.id));
@@ -374,7 +378,7 @@ impl Session {
                         None => inner.forget_channel(&addr),
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -543,7 +547,7 @@ async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_from: Instant
             tokio::select! {
                 _ = ticker.tick() => {
                     sent = Instant::now();
-                    let ka = KeepAlive { session: inner.id };
+                    let ka = KeepAlive { session: inner.id, more_sessions: Vec::new() };
                     if tx.send(SessionRequest { kind: Some(session_request::Kind::KeepAlive(ka)) }).await.is_err() {
                         break None;
                     }

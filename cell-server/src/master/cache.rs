@@ -86,8 +86,19 @@ impl CacheTable {
     }
 
     /// An ack from a stream carrying `sessions`.
-    pub fn ack(&mut self, id: u64, sessions: &[SessionId]) {
+    pub fn ack(&mut self, id: u64, sessions: &HashSet<SessionId>) {
         if self.awaiting.get(&id).is_some_and(|(s, _)| sessions.contains(s)) {
+            if let Some((_, tx)) = self.awaiting.remove(&id) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// A session (re)attached a stream. Clients drop their whole cache when their stream
+    /// breaks, so a resumption acknowledges every invalidation the session still owes.
+    pub fn flushed(&mut self, session: SessionId) {
+        let ids: Vec<u64> = self.awaiting.iter().filter(|(_, (s, _))| *s == session).map(|(id, _)| *id).collect();
+        for id in ids {
             if let Some((_, tx)) = self.awaiting.remove(&id) {
                 let _ = tx.send(());
             }

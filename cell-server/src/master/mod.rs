@@ -336,8 +336,17 @@ impl Master {
         g.streams.insert(session, tx.clone());
         g.leases.extend(session, Instant::now() + self.cfg.lease);
         let failover = g.unflushed.remove(&session) && resumed;
+        if resumed {
+            g.cache.flushed(session);
+        }
         let session_token = crate::state::handle::session_token(&g.key, session);
-        let grant = LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token };
+        let grant = LeaseGrant {
+            session,
+            lease_ms: self.cfg.lease.as_millis() as u64,
+            epoch,
+            session_token,
+            lost_sessions: Vec::new(),
+        };
         // Queued on the stream under the lock, so nothing can come between the two.
         let _ = tx.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Lease(grant.clone())) }));
         if failover {
@@ -346,20 +355,30 @@ impl Master {
         Ok(grant)
     }
 
-    /// KeepAlive: a fresh full lease, if the session is still alive at this master.
-    pub fn keep_alive(&self, session: SessionId) -> Result<LeaseGrant, Status> {
+    /// KeepAlive: a fresh full lease for `session` (and `more` sessions of the same stream),
+    /// if still alive at this master.
+    pub fn keep_alive(&self, session: SessionId, more: &[SessionId]) -> Result<LeaseGrant, Status> {
         let mut g = self.lock();
         let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
         if g.leases.deadline(session).is_none() {
             return Err(session_lost(session));
         }
-        g.leases.extend(session, Instant::now() + self.cfg.lease);
+        let until = Instant::now() + self.cfg.lease;
+        g.leases.extend(session, until);
+        let mut lost_sessions = Vec::new();
+        for &s in more {
+            if g.leases.deadline(s).is_some() {
+                g.leases.extend(s, until);
+            } else {
+                lost_sessions.push(s);
+            }
+        }
         let session_token = crate::state::handle::session_token(&g.key, session);
-        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token })
+        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token, lost_sessions })
     }
 
     /// A stream ended: forget it for the sessions it carried (their leases keep running).
-    pub fn detach(&self, sessions: &[SessionId], tx: &StreamTx) {
+    pub fn detach(&self, sessions: &HashSet<SessionId>, tx: &StreamTx) {
         let mut g = self.lock();
         for s in sessions {
             if g.streams.get(s).is_some_and(|t| t.same_channel(tx)) {
@@ -389,7 +408,7 @@ impl Master {
         rx
     }
 
-    pub fn ack_invalidation(&self, id: u64, sessions: &[SessionId]) {
+    pub fn ack_invalidation(&self, id: u64, sessions: &HashSet<SessionId>) {
         self.lock().cache.ack(id, sessions);
     }
 
