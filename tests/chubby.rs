@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, TestCell};
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
-use fuse_mount::proto::chubby::{event, GetContentsRequest, Handle, LockMode, OpenRequest, RequestId};
+use fuse_mount::proto::chubby::{
+    event, session_request, session_response, GetContentsRequest, Handle, LockMode, OpenRequest, OpenSession,
+    RequestId, SessionRequest, SessionResponse,
+};
 use fuse_mount::session::{OpenOptions, Session, SessionOptions, ERROR_METADATA};
 use tonic::Code;
 
@@ -181,5 +184,128 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(&contents[..], b"v1");
         assert_eq!(after.content_generation, stat.content_generation);
         a.close().await.unwrap();
+    });
+}
+
+#[test]
+fn watchers_get_events_for_contents_children_and_locks() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(async {
+        wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let a = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let b = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let dir = OpenOptions { create: true, directory: true, events: 2, ..OpenOptions::default() };
+        a.open_node("/ls/local/svc", dir).await.unwrap();
+        let file = OpenOptions { create: true, events: 1 | 4 | 8, ..OpenOptions::default() };
+        let (ha, _) = a.open_node("/ls/local/svc/master", file).await.unwrap();
+        let mut events = a.events();
+        let (hb, _) = b.open_node("/ls/local/svc/master", OpenOptions::default()).await.unwrap();
+        b.set(&hb, "10.0.0.1:80".into(), None, "").await.unwrap();
+        let (hc, _) =
+            b.open_node("/ls/local/svc/other", OpenOptions { create: true, ..OpenOptions::default() }).await.unwrap();
+        b.delete(&hc, None, "").await.unwrap();
+        a.acquire(&ha, LockMode::LockExclusive, 1, None).await.unwrap();
+        let (b2, hb2) = (b.clone(), hb.clone());
+        let waiter = tokio::spawn(async move { b2.acquire(&hb2, LockMode::LockExclusive, 7, None).await });
+        let mut seen = Vec::new();
+        let want = [
+            "contents /ls/local/svc/master",
+            "added other",
+            "removed other",
+            "lock /ls/local/svc/master",
+            "conflict /ls/local/svc/master",
+        ];
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            while !want.iter().all(|w| seen.iter().any(|s: &String| s == w)) {
+                let e = events.recv().await.expect("event stream");
+                seen.push(match e.kind {
+                    Some(event::Kind::ContentsModified(_)) => format!("contents {}", e.path),
+                    Some(event::Kind::ChildAdded(n)) => format!("added {n}"),
+                    Some(event::Kind::ChildRemoved(n)) => format!("removed {n}"),
+                    Some(event::Kind::LockAcquired(_)) => format!("lock {}", e.path),
+                    Some(event::Kind::ConflictingLock(_)) => format!("conflict {}", e.path),
+                    other => format!("{other:?}"),
+                });
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "missing events; saw {seen:?}");
+        a.release(&ha, 1).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), waiter).await.unwrap().unwrap().unwrap();
+    });
+}
+
+/// A raw session stream that never acks invalidations, with the handle of one node it read.
+async fn silent_cacher(
+    master: &str,
+    path: &str,
+) -> (tokio::sync::mpsc::Sender<SessionRequest>, tonic::Streaming<SessionResponse>, u64) {
+    let mut c = ChubbyClient::connect(format!("http://{master}")).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let open = OpenSession { resume_session: 0, principal: "cacher".into(), session_token: Default::default() };
+    tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.unwrap();
+    let mut inbound = c.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let grant = loop {
+        if let Some(session_response::Kind::Lease(g)) = inbound.message().await.unwrap().unwrap().kind {
+            break g;
+        }
+    };
+    let open = OpenRequest {
+        request: Some(RequestId { session: grant.session, sequence: 1, first_incomplete: 1 }),
+        path: path.into(),
+        session_token: grant.session_token.clone(),
+        ..OpenRequest::default()
+    };
+    let h = c.open(open).await.unwrap().into_inner().handle;
+    let r = c.get_contents_and_stat(GetContentsRequest { handle: h, stale_ok: false }).await.unwrap().into_inner();
+    assert!(r.cacheable, "a linearizable read with no write pending may be cached");
+    (tx, inbound, grant.session)
+}
+
+#[test]
+fn a_write_waits_for_cachers_to_ack_or_lose_their_session() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: 1500, ..CellOptions::default() });
+    runtime().block_on(async {
+        let leader = wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let master = cell.addrs[(leader - 1) as usize].clone();
+        let w = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let (h, _) = w
+            .open_node(
+                "/ls/local/cached",
+                OpenOptions { create: true, contents: "v1".into(), ..OpenOptions::default() },
+            )
+            .await
+            .unwrap();
+
+        // A cacher that acks: the write goes through, after the cacher was told.
+        let reader = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let (hr, _) = reader.open_node("/ls/local/cached", OpenOptions::default()).await.unwrap();
+        reader.get(&hr).await.unwrap();
+        w.set(&h, "v2".into(), None, "").await.unwrap();
+        assert_eq!(&reader.get(&hr).await.unwrap().0[..], b"v2");
+
+        // A cacher that never acks (and sends no KeepAlive): the write waits until its lease
+        // is over, and the session is expired so its client cannot trust its cache.
+        let (_tx, mut inbound, silent) = silent_cacher(&master, "/ls/local/cached").await;
+        let started = Instant::now();
+        w.set(&h, "v3".into(), None, "").await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(500), "the write did not wait for the cacher ({waited:?})");
+        let mut invalidated = false;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(SessionResponse { kind: Some(session_response::Kind::Invalidation(i)) })) => {
+                        invalidated |= i.paths.iter().any(|p| p == "/ls/local/cached");
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await;
+        assert!(invalidated, "the silent cacher was sent an invalidation");
+        assert!(ended.is_ok(), "the silent cacher's session was ended");
+        let _ = silent;
     });
 }

@@ -23,8 +23,11 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     let node = Node::start(cfg.node_options(), machine, tokio::runtime::Handle::current())
         .map_err(|e| anyhow::anyhow!("replica {} cannot start: {e}", cfg.id))?;
     let handle = node.handle();
-    let master =
-        Master::start(handle.clone(), MasterConfig { lease: cfg.session_lease, peers: cfg.peers.clone() }, effects_rx);
+    let master = Master::start(
+        handle.clone(),
+        MasterConfig { lease: cfg.session_lease, peers: cfg.peers.clone(), cell_name: cfg.cell_name.clone() },
+        effects_rx,
+    );
     let service = CellService::new(
         handle.clone(),
         master.clone(),

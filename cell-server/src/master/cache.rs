@@ -47,6 +47,7 @@ impl CacheTable {
     pub fn begin_write(
         &mut self,
         path: &str,
+        full_path: &str,
         unflushed: &HashSet<SessionId>,
         streams: &HashMap<SessionId, StreamTx>,
         leases: &LeaseTable,
@@ -68,7 +69,7 @@ impl CacheTable {
             let (tx, rx) = oneshot::channel();
             self.awaiting.insert(id, (session, tx));
             if let Some(stream) = streams.get(&session) {
-                let inv = Invalidation { invalidation_id: id, paths: vec![path.to_string()] };
+                let inv = Invalidation { invalidation_id: id, paths: vec![full_path.to_string()] };
                 let _ = stream.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Invalidation(inv)) }));
             }
             waits.push((session, deadline, rx));

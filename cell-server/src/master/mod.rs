@@ -46,6 +46,19 @@ pub struct MasterConfig {
     pub lease: Duration,
     /// Every replica's address, for redirects.
     pub peers: std::collections::BTreeMap<raft::NodeId, String>,
+    /// Events and invalidations name nodes as clients do: `/ls/<cell>/…`.
+    pub cell_name: String,
+}
+
+/// `/a/b` → `/ls/<cell>/a/b` (the cell root `/` → `/ls/<cell>`).
+pub fn full_path(cell: &str, path: &str) -> String {
+    if path == "/" {
+        format!("/ls/{cell}")
+    } else if path.is_empty() {
+        String::new()
+    } else {
+        format!("/ls/{cell}{path}")
+    }
 }
 
 #[derive(Default)]
@@ -59,6 +72,7 @@ struct Inner {
     subscriptions: HashMap<String, HashMap<SessionId, u32>>,
     subscribed: HashMap<SessionId, HashSet<String>>,
     cache: CacheTable,
+    cell_name: String,
     /// Sessions that have not resumed since this master took office: they may hold cached
     /// data the old master would have invalidated.
     unflushed: HashSet<SessionId>,
@@ -70,8 +84,8 @@ pub struct Master {
     inner: Mutex<Inner>,
 }
 
-fn event(path: &str, kind: proto::chubby::event::Kind) -> SessionResponse {
-    SessionResponse { kind: Some(session_response::Kind::Event(Event { path: path.to_string(), kind: Some(kind) })) }
+fn event(path: String, kind: proto::chubby::event::Kind) -> SessionResponse {
+    SessionResponse { kind: Some(session_response::Kind::Event(Event { path, kind: Some(kind) })) }
 }
 
 impl Master {
@@ -200,6 +214,7 @@ impl Master {
             }
             g.unflushed = sessions.iter().copied().collect();
             g.key = key;
+            g.cell_name = self.cfg.cell_name.clone();
             g.epoch = Some(term);
         }
         for until in delays {
@@ -350,7 +365,7 @@ impl Master {
         // Queued on the stream under the lock, so nothing can come between the two.
         let _ = tx.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Lease(grant.clone())) }));
         if failover {
-            let _ = tx.try_send(Ok(event("", proto::chubby::event::Kind::MasterFailover(true))));
+            let _ = tx.try_send(Ok(event(String::new(), proto::chubby::event::Kind::MasterFailover(true))));
         }
         Ok(grant)
     }
@@ -432,8 +447,8 @@ impl Master {
         let waits = {
             let mut g = self.lock();
             g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
-            let Inner { cache, streams, leases, unflushed, .. } = &mut *g;
-            cache.begin_write(path, unflushed, streams, leases)
+            let Inner { cache, streams, leases, unflushed, cell_name, .. } = &mut *g;
+            cache.begin_write(path, &full_path(cell_name, path), unflushed, streams, leases)
         };
         let guard = WriteGuard { master: self.clone(), path: path.to_string() };
         for (session, deadline, rx) in waits {
@@ -487,7 +502,7 @@ impl Inner {
                 continue;
             }
             if let Some(tx) = self.streams.get(session) {
-                let _ = tx.try_send(Ok(event(path, kind.clone())));
+                let _ = tx.try_send(Ok(event(full_path(&self.cell_name, path), kind.clone())));
             }
         }
     }
