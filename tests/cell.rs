@@ -154,11 +154,11 @@ fn cell_server_local_starts_serves_and_stops() {
     assert_eq!(pids.len(), 3, "{lines:?}");
 
     let chubby = |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", &cell).args(args).output().unwrap();
-    let put = chubby(&["put", "greeting", "hello"]);
+    let put = chubby(&["put", "/ls/local/greeting", "hello"]);
     assert!(put.status.success(), "{put:?}");
-    let get = chubby(&["get", "greeting"]);
+    let get = chubby(&["get", "/ls/local/greeting"]);
     assert_eq!(String::from_utf8_lossy(&get.stdout), "hello\n");
-    let missing = chubby(&["get", "nothing-here"]);
+    let missing = chubby(&["get", "/ls/local/nothing-here"]);
     assert_eq!(missing.status.code(), Some(3), "not found has its own exit code");
     let status = chubby(&["status"]);
     let table = String::from_utf8_lossy(&status.stdout);

@@ -179,6 +179,22 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             .unwrap_err();
         assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
 
+        // A follower answers a stale read itself (no redirect), marked stale and uncacheable.
+        let follower = leader
+            .iter()
+            .find_map(|(addr, r)| r.as_ref().ok().filter(|s| s.role == "follower").map(|_| addr.clone()))
+            .unwrap();
+        let mut f = ChubbyClient::connect(format!("http://{follower}")).await.unwrap();
+        let stale = f
+            .get_contents_and_stat(GetContentsRequest { handle: Some(h.clone()), stale_ok: true })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stale.stale && !stale.cacheable, "{stale:?}");
+        let linearizable =
+            f.get_contents_and_stat(GetContentsRequest { handle: Some(h.clone()), stale_ok: false }).await;
+        assert_eq!(linearizable.unwrap_err().code(), Code::FailedPrecondition, "a follower redirects other reads");
+
         // Nothing above changed the node.
         let (contents, after) = a.get(&h).await.unwrap();
         assert_eq!(&contents[..], b"v1");
@@ -308,4 +324,52 @@ fn a_write_waits_for_cachers_to_ack_or_lose_their_session() {
         assert!(ended.is_ok(), "the silent cacher's session was ended");
         let _ = silent;
     });
+}
+
+#[test]
+fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let chubby = |args: &[&str]| {
+        let out = Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(chubby(&["mkdir", "-p", "/ls/local/svc/web"]).0, 0);
+    assert_eq!(chubby(&["mkdir", "/ls/local/svc"]).0, 1, "mkdir of an existing directory fails without -p");
+    assert_eq!(chubby(&["put", "/ls/local/svc/web/master", "10.0.0.1:80"]).0, 0);
+    assert_eq!(chubby(&["get", "/ls/local/svc/web/master"]), (0, "10.0.0.1:80\n".into()));
+    assert_eq!(chubby(&["get", "--stale", "/ls/local/svc/web/master"]).1, "10.0.0.1:80\n");
+    assert_eq!(chubby(&["ls", "/ls/local/svc"]), (0, "web/\n".into()));
+    let (code, json) = chubby(&["--json", "stat", "/ls/local/svc/web/master"]);
+    assert_eq!(code, 0);
+    assert!(json.contains("\"content_generation\":2"), "{json}");
+
+    // CAS: --if-generation N writes only at generation N; 0 only creates.
+    assert_eq!(chubby(&["put", "--if-generation", "1", "/ls/local/svc/web/master", "x"]).0, 8);
+    assert_eq!(chubby(&["put", "--if-generation", "2", "/ls/local/svc/web/master", "10.0.0.2:80"]).0, 0);
+    assert_eq!(chubby(&["put", "--if-generation", "0", "/ls/local/svc/web/master", "x"]).0, 1, "exists");
+    assert_eq!(chubby(&["put", "--if-generation", "0", "/ls/local/svc/web/new", "first"]).0, 0);
+    assert_eq!(chubby(&["get", "/ls/local/svc/web/new"]).1, "first\n");
+
+    // Fencing from a script: the sequencer of a lock held by `chubby lock` fences a write while
+    // it is held, and is stale (exit 7) once the command ended.
+    let (code, seq) = chubby(&["lock", "/ls/local/svc/web/lock", "--", "sh", "-c", "echo $CHUBBY_SEQUENCER"]);
+    assert_eq!(code, 0);
+    let seq = seq.trim();
+    assert_eq!(chubby(&["check-sequencer", seq]), (7, "stale\n".into()));
+    assert_eq!(chubby(&["put", "--sequencer", seq, "/ls/local/svc/web/master", "x"]).0, 7);
+    let script = format!(
+        "{} check-sequencer $CHUBBY_SEQUENCER && {} put --sequencer $CHUBBY_SEQUENCER /ls/local/svc/web/master fenced",
+        bin("chubby").display(),
+        bin("chubby").display()
+    );
+    assert_eq!(chubby(&["lock", "/ls/local/svc/web/lock", "--", "sh", "-c", &script]).0, 0);
+    assert_eq!(chubby(&["get", "/ls/local/svc/web/master"]).1, "fenced\n");
+
+    // Not found, not empty, removal.
+    assert_eq!(chubby(&["get", "/ls/local/nothing"]).0, 3);
+    assert_eq!(chubby(&["rm", "/ls/local/svc"]).0, 1, "a directory must be empty");
+    assert_eq!(chubby(&["rm", "/ls/local/svc/web/new"]).0, 0);
+    assert_eq!(chubby(&["get", "/ls/local/svc/web/new"]).0, 3);
+    assert_eq!(chubby(&["get", "relative/path"]).0, 2, "bad usage");
 }

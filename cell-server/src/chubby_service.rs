@@ -341,7 +341,20 @@ impl Chubby for ChubbyService {
         req: Request<GetContentsRequest>,
     ) -> Result<Response<GetContentsResponse>, Status> {
         let req = req.into_inner();
-        let h = self.handle(req.handle.as_ref(), Rights::READ)?;
+        let h = if req.stale_ok {
+            // Any replica answers a stale read from its own state: the cell key that verifies
+            // handles is replicated with everything else.
+            let key = self.master.node().stale_read(|m: &CellMachine| m.state().key().to_vec()).await;
+            let key = key.map_err(|e| self.node_error(e))?;
+            let token = req.handle.as_ref().map(|h| h.token.as_ref()).unwrap_or_default();
+            let body = verify(&key, token).map_err(status_of_state)?;
+            if !body.rights.allows(Rights::READ) {
+                return Err(status_of_state(StateError::PermissionDenied("handle lacks the read right".into())));
+            }
+            body
+        } else {
+            self.handle(req.handle.as_ref(), Rights::READ)?
+        };
         let (session, path, instance) = (h.session, h.path.clone(), h.instance);
         let look = move |st: &state::CellState| {
             st.session(session).ok_or(StateError::NoSession(session))?;

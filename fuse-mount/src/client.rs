@@ -23,6 +23,8 @@ pub enum ClientError {
     /// The deadline passed without any replica answering definitively.
     #[error("no answer from the cell within {timeout:?} (last problem: {last})")]
     Timeout { timeout: Duration, last: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// The session expired at the master or could not reach one within its grace period.
     #[error("session {0} lost: its locks and handles are gone")]
     SessionLost(u64),

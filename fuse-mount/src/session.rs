@@ -417,6 +417,18 @@ impl Session {
         Ok((r.contents, r.stat.unwrap_or_default()))
     }
 
+    /// Contents as the first replica reached has them (may be behind the master).
+    pub async fn get_stale(&self, handle: &Handle) -> Result<(Bytes, NodeStat), ClientError> {
+        let req = GetContentsRequest { handle: Some(handle.clone()), stale_ok: true };
+        let r = self.call(self.deadline(), rpc!(get_contents_and_stat, req)).await?;
+        Ok((r.contents, r.stat.unwrap_or_default()))
+    }
+
+    pub async fn stat(&self, handle: &Handle) -> Result<NodeStat, ClientError> {
+        let req = GetStatRequest { handle: Some(handle.clone()) };
+        Ok(self.call(self.deadline(), rpc!(get_stat, req)).await?.stat.unwrap_or_default())
+    }
+
     pub async fn set(
         &self,
         handle: &Handle,

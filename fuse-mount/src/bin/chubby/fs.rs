@@ -1,0 +1,192 @@
+//! The namespace commands (`get`, `put`, `ls`, `mkdir`, `rm`, `stat`, `check-sequencer`,
+//! `watch`): each opens a session, does its calls through the master, and closes it.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use fuse_mount::client::ClientError;
+use fuse_mount::proto::chubby::{event, NodeStat};
+use fuse_mount::session::{OpenOptions, Session};
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Event bits of `watch`: contents, children, lock acquired, conflicting lock.
+const WATCH_ALL: u32 = 1 | 2 | 4 | 8;
+
+fn stat_json(s: &NodeStat) -> serde_json::Value {
+    json!({
+        "instance": s.instance_number, "content_generation": s.content_generation,
+        "lock_generation": s.lock_generation, "acl_generation": s.acl_generation,
+        "checksum": format!("{:016x}", s.checksum), "length": s.length,
+        "directory": s.is_directory, "ephemeral": s.is_ephemeral,
+        "ctime_ms": s.ctime_ms, "mtime_ms": s.mtime_ms, "modified_index": s.modified_index,
+    })
+}
+
+pub async fn get(s: &Session, path: &str, stale: bool, json: bool) -> Result<(), ClientError> {
+    let (h, _) = s.open_node(path, OpenOptions::default()).await?;
+    let (contents, stat) = if stale { s.get_stale(&h).await? } else { s.get(&h).await? };
+    if json {
+        let value = String::from_utf8_lossy(&contents);
+        println!("{}", json!({ "path": path, "value": value, "stat": stat_json(&stat), "stale": stale }));
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&contents);
+        if !contents.is_empty() && !contents.ends_with(b"\n") {
+            let _ = out.write_all(b"\n");
+        }
+    }
+    Ok(())
+}
+
+/// `put`: write the whole file, creating it if missing. `--if-generation 0` creates only a
+/// node that does not exist yet; another N writes only if the node is at generation N.
+pub async fn put(
+    s: &Session,
+    path: &str,
+    value: String,
+    if_generation: Option<u64>,
+    ephemeral: bool,
+    sequencer: &str,
+    json: bool,
+) -> Result<(), ClientError> {
+    let contents = Bytes::from(value);
+    let create = OpenOptions {
+        create: true,
+        ephemeral,
+        exclusive: if_generation == Some(0),
+        contents: contents.clone(),
+        ..OpenOptions::default()
+    };
+    let (h, stat) = s.open_node(path, create).await?;
+    let created = stat.content_generation == 1 && stat.length == contents.len() as u64 && if_generation == Some(0);
+    let stat = if created && sequencer.is_empty() {
+        stat
+    } else {
+        s.set(&h, contents, if_generation.filter(|g| *g != 0), sequencer).await?
+    };
+    if json {
+        println!("{}", json!({ "path": path, "stat": stat_json(&stat) }));
+    } else {
+        println!("OK (generation {}, index {})", stat.content_generation, stat.modified_index);
+    }
+    if ephemeral {
+        // The node lives as long as this session holds it open.
+        eprintln!("holding the ephemeral node {path}; Ctrl-C or SIGTERM removes it");
+        let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    }
+    Ok(())
+}
+
+pub async fn ls(s: &Session, path: &str, json: bool) -> Result<(), ClientError> {
+    let (h, _) = s.open_node(path, OpenOptions::default()).await?;
+    let entries = s.read_dir(&h).await?;
+    if json {
+        let rows: Vec<_> =
+            entries.iter().map(|e| json!({ "name": e.name, "stat": e.stat.as_ref().map(stat_json) })).collect();
+        println!("{}", json!({ "path": path, "entries": rows }));
+    } else {
+        for e in entries {
+            let dir = e.stat.as_ref().is_some_and(|s| s.is_directory);
+            println!("{}{}", e.name, if dir { "/" } else { "" });
+        }
+    }
+    Ok(())
+}
+
+pub async fn mkdir(s: &Session, path: &str, parents: bool) -> Result<(), ClientError> {
+    let dir = OpenOptions { create: true, directory: true, exclusive: !parents, ..OpenOptions::default() };
+    if parents {
+        // Every ancestor below the cell root (/ls/<cell>), then the directory itself.
+        let parts: Vec<&str> = path.split('/').collect();
+        for n in 4..parts.len() {
+            s.open_node(&parts[..n].join("/"), dir.clone()).await?;
+        }
+    }
+    s.open_node(path, dir).await?;
+    Ok(())
+}
+
+pub async fn rm(s: &Session, path: &str, if_generation: Option<u64>, sequencer: &str) -> Result<(), ClientError> {
+    let (h, _) = s.open_node(path, OpenOptions::default()).await?;
+    s.delete(&h, if_generation, sequencer).await
+}
+
+pub async fn stat(s: &Session, path: &str, json: bool) -> Result<(), ClientError> {
+    let (h, _) = s.open_node(path, OpenOptions::default()).await?;
+    let st = s.stat(&h).await?;
+    if json {
+        println!("{}", json!({ "path": path, "stat": stat_json(&st) }));
+    } else {
+        println!("path:               {path}");
+        println!(
+            "type:               {}{}",
+            if st.is_directory { "directory" } else { "file" },
+            if st.is_ephemeral { " (ephemeral)" } else { "" }
+        );
+        println!("length:             {}", st.length);
+        println!("instance:           {}", st.instance_number);
+        println!("content generation: {}", st.content_generation);
+        println!("lock generation:    {}", st.lock_generation);
+        println!("acl generation:     {}", st.acl_generation);
+        println!("checksum (xxh3):    {:016x}", st.checksum);
+        println!("modified index:     {}", st.modified_index);
+        println!("mtime (ms):         {}", st.mtime_ms);
+    }
+    Ok(())
+}
+
+/// Prints whether the sequencer is still current; false is exit code 7.
+pub async fn check_sequencer(s: &Session, sequencer: &str, json: bool) -> Result<bool, ClientError> {
+    let valid = s.check_sequencer(sequencer).await?;
+    if json {
+        println!("{}", json!({ "sequencer": sequencer, "valid": valid }));
+    } else {
+        println!("{}", if valid { "valid" } else { "stale" });
+    }
+    Ok(valid)
+}
+
+/// Prints the node's events as they happen until interrupted (or the session is lost).
+pub async fn watch(s: &Session, path: &str, json: bool) -> Result<(), ClientError> {
+    let mut events = s.events();
+    s.open_node(path, OpenOptions { events: WATCH_ALL, ..OpenOptions::default() }).await?;
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let mut state = s.state();
+    loop {
+        let e = tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("chubby: {n} events were dropped (too slow a reader)");
+                    continue;
+                }
+                Err(_) => return Ok(()),
+            },
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = state.changed() => {
+                if *state.borrow() == fuse_mount::session::SessionState::Lost {
+                    return Err(ClientError::SessionLost(s.id()));
+                }
+                continue;
+            }
+        };
+        let (kind, detail) = match e.kind {
+            Some(event::Kind::ContentsModified(_)) => ("modified", String::new()),
+            Some(event::Kind::ChildAdded(n)) => ("child-added", n),
+            Some(event::Kind::ChildRemoved(n)) => ("child-removed", n),
+            Some(event::Kind::LockAcquired(_)) => ("lock-acquired", String::new()),
+            Some(event::Kind::ConflictingLock(_)) => ("conflicting-lock", String::new()),
+            Some(event::Kind::MasterFailover(_)) => ("master-failover", String::new()),
+            None => continue,
+        };
+        if json {
+            println!("{}", json!({ "event": kind, "path": e.path, "name": detail }));
+        } else {
+            println!("{kind} {}{}", e.path, if detail.is_empty() { String::new() } else { format!(" {detail}") });
+        }
+        let _ = std::io::stdout().flush();
+    }
+}

@@ -1,0 +1,113 @@
+//! `chubby lock`: a session holds a lock on a node while a command runs.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use fuse_mount::client::ClientError;
+use fuse_mount::proto::chubby::LockMode;
+use fuse_mount::session::{OpenOptions, Session, SessionOptions, SessionState};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{reason, EXIT_BUSY, EXIT_FAILURE, EXIT_SESSION_LOST, EXIT_TIMEOUT, EXIT_USAGE};
+
+/// See `Cmd::Lock`.
+#[allow(clippy::too_many_arguments)]
+pub async fn lock(
+    addrs: Vec<String>,
+    rpc_timeout: Duration,
+    shared: bool,
+    wait: Option<Duration>,
+    lock_delay: Option<Duration>,
+    path: String,
+    command: Vec<String>,
+) -> u8 {
+    let fail = |e: ClientError| {
+        eprintln!("chubby: {path}: {e}");
+        match e {
+            ClientError::SessionLost(_) => EXIT_SESSION_LOST,
+            ClientError::Rpc(s) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    };
+    let session = match Session::open(addrs, SessionOptions { timeout: rpc_timeout, ..SessionOptions::default() }).await
+    {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let (handle, _) = match session.open_node(&path, OpenOptions { create: true, ..OpenOptions::default() }).await {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let mode = if shared { LockMode::LockShared } else { LockMode::LockExclusive };
+    // One owner per invocation: the process id, as flock(2) has one per open file.
+    let owner = u64::from(std::process::id());
+    let acquired = match wait {
+        Some(d) if d.is_zero() => session.try_acquire(&handle, mode, owner, lock_delay).await,
+        Some(d) => match tokio::time::timeout(d, session.acquire(&handle, mode, owner, lock_delay)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = session.cancel(&handle, owner).await;
+                let _ = session.close().await;
+                eprintln!("chubby: {path}: not acquired within {d:?}");
+                return EXIT_TIMEOUT;
+            }
+        },
+        None => session.acquire(&handle, mode, owner, lock_delay).await,
+    };
+    let sequencer = match acquired {
+        Ok(s) => s,
+        Err(e) if reason(&e) == Some("LockBusy") => {
+            let _ = session.close().await;
+            eprintln!("chubby: {path}: lock is busy");
+            return EXIT_BUSY;
+        }
+        Err(e) => return fail(e),
+    };
+    let mut child =
+        match tokio::process::Command::new(&command[0]).args(&command[1..]).env("CHUBBY_SEQUENCER", &sequencer).spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("chubby: {}: {e}", command[0]);
+                let _ = session.release(&handle, owner).await;
+                let _ = session.close().await;
+                return 127;
+            }
+        };
+    let mut state = session.state();
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => return EXIT_FAILURE,
+    };
+    let stop_child = |child: &tokio::process::Child| {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    };
+    let status = loop {
+        tokio::select! {
+            st = child.wait() => break st,
+            _ = term.recv() => stop_child(&child),
+            _ = int.recv() => stop_child(&child),
+            changed = state.changed() => {
+                if changed.is_err() || *state.borrow() == SessionState::Lost {
+                    // Without the session the lock may be someone else's: stop the command.
+                    stop_child(&child);
+                    let _ = child.wait().await;
+                    eprintln!("chubby: {path}: session lost; the lock is gone and the command was stopped");
+                    return EXIT_SESSION_LOST;
+                }
+            }
+        }
+    };
+    let _ = session.release(&handle, owner).await;
+    let _ = session.close().await;
+    match status {
+        Ok(st) => st.code().map(|c| c as u8).or_else(|| st.signal().map(|s| 128 + s as u8)).unwrap_or(EXIT_FAILURE),
+        Err(e) => {
+            eprintln!("chubby: waiting for {}: {e}", command[0]);
+            EXIT_FAILURE
+        }
+    }
+}

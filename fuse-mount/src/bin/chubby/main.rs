@@ -1,0 +1,275 @@
+//! `chubby`: the command line for a Chubby cell: the namespace (`get`, `put`, `ls`, `mkdir`,
+//! `rm`, `stat`), locks (`lock`, `check-sequencer`), `watch`, and the replicas' `status`.
+//!
+//! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
+//! or refused the call; 2 bad usage; 3 not found; 4 lock busy (`lock --timeout 0`); 5 timed
+//! out waiting for the lock; 6 session lost (the command was stopped with SIGTERM); 7 stale
+//! sequencer; 8 generation mismatch.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fuse_mount::client::{parse_cell, CellClient, ClientError};
+use fuse_mount::session::{Session, SessionOptions, ERROR_METADATA};
+use serde_json::json;
+
+mod fs;
+mod lock;
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_NOT_FOUND: u8 = 3;
+const EXIT_BUSY: u8 = 4;
+const EXIT_TIMEOUT: u8 = 5;
+const EXIT_SESSION_LOST: u8 = 6;
+const EXIT_STALE_SEQUENCER: u8 = 7;
+const EXIT_GENERATION_MISMATCH: u8 = 8;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chubby",
+    version,
+    about = "Talk to a Chubby cell",
+    after_help = "Exit codes: 0 ok (lock: the command's status), 1 cell unreachable or call refused, \
+                  2 bad usage, 3 not found, 4 lock busy, 5 timed out waiting for a lock, 6 session lost, \
+                  7 stale sequencer, 8 generation mismatch."
+)]
+struct Cli {
+    /// Replica addresses, any subset of the cell: ADDR[,ADDR…] (as `cell-server local` prints).
+    #[arg(long, env = "CHUBBY_CELL", global = true, value_name = "ADDRS")]
+    cell: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up on each call to the cell after this long (e.g. 500ms, 10s).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    rpc_timeout: Duration,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write VALUE to the file PATH (/ls/<cell>/…), creating it if missing.
+    Put {
+        path: String,
+        value: String,
+        /// Write only if the file is at this content generation (0: only if it does not exist).
+        #[arg(long, value_name = "N")]
+        if_generation: Option<u64>,
+        /// Create an ephemeral file and hold it (this command stays) until Ctrl-C or SIGTERM.
+        #[arg(long)]
+        ephemeral: bool,
+        /// Fence the write: refused (exit 7) unless SEQ is still a current lock sequencer.
+        #[arg(long, value_name = "SEQ")]
+        sequencer: Option<String>,
+    },
+    /// Print the contents of the file PATH (linearizable unless --stale).
+    Get {
+        path: String,
+        /// Answer from the replica reached, possibly behind the master.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List the directory PATH (directories end in /).
+    Ls { path: String },
+    /// Create the directory PATH.
+    Mkdir {
+        path: String,
+        /// Create missing parents too, and succeed if PATH exists.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Delete PATH (a directory must be empty).
+    Rm {
+        path: String,
+        #[arg(long, value_name = "N")]
+        if_generation: Option<u64>,
+        #[arg(long, value_name = "SEQ")]
+        sequencer: Option<String>,
+    },
+    /// Metadata of PATH: generations, checksum, length, times.
+    Stat { path: String },
+    /// Exit 0 if SEQ is a current lock sequencer, 7 if it is stale.
+    CheckSequencer { sequencer: String },
+    /// Print PATH's events (modified, child added/removed, lock acquired, conflicting lock,
+    /// master failover) as they happen.
+    Watch { path: String },
+    /// Every replica's role, term, and commit/applied/last index.
+    Status,
+    /// Hold the lock on PATH (/ls/<cell>/…, created if missing) while CMD runs, like `flock`
+    /// and `etcdctl lock`. CMD sees the lock's sequencer in CHUBBY_SEQUENCER; if the session
+    /// is lost, CMD gets SIGTERM. Exits with CMD's status.
+    Lock {
+        /// A shared (reader) lock instead of an exclusive one.
+        #[arg(long)]
+        shared: bool,
+        /// How long to wait for the lock: 0 tries once (default: as long as it takes).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// The lock's lock-delay if this session dies holding it (default 60s; 0 allowed).
+        #[arg(long, value_parser = parse_duration)]
+        lock_delay: Option<Duration>,
+        path: String,
+        /// The command to run while holding the lock.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms or 10s"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chubby: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs = match cli.cell.as_deref().map(parse_cell) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
+            eprintln!("chubby: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        None => {
+            eprintln!("chubby: {}", ClientError::NoAddress);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Cmd::Lock { shared, timeout, lock_delay, path, command } = cli.command {
+        let code = runtime.block_on(lock::lock(addrs, cli.rpc_timeout, shared, timeout, lock_delay, path, command));
+        return ExitCode::from(code);
+    }
+    if matches!(cli.command, Cmd::Status) {
+        let client = match CellClient::new(addrs, cli.rpc_timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("chubby: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        return ExitCode::from(runtime.block_on(status(client, cli.json)));
+    }
+    ExitCode::from(runtime.block_on(namespace(addrs, cli.rpc_timeout, cli.command, cli.json)))
+}
+
+/// Exit code for a failed call.
+fn exit_for(e: &ClientError) -> u8 {
+    match (e, reason(e)) {
+        (ClientError::SessionLost(_), _) => EXIT_SESSION_LOST,
+        (_, Some("NotFound")) => EXIT_NOT_FOUND,
+        (_, Some("LockBusy")) => EXIT_BUSY,
+        (_, Some("StaleSequencer")) => EXIT_STALE_SEQUENCER,
+        (_, Some("GenerationMismatch")) => EXIT_GENERATION_MISMATCH,
+        (ClientError::Rpc(s), _) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// A command on the namespace, in a session of its own.
+async fn namespace(addrs: Vec<String>, rpc_timeout: Duration, cmd: Cmd, json: bool) -> u8 {
+    let session = match Session::open(addrs, SessionOptions { timeout: rpc_timeout, ..SessionOptions::default() }).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("chubby: {e}");
+            return exit_for(&e);
+        }
+    };
+    let seq = |s: Option<String>| s.unwrap_or_default();
+    let (what, result) = match cmd {
+        Cmd::Get { path, stale } => (path.clone(), fs::get(&session, &path, stale, json).await.map(|_| 0)),
+        Cmd::Put { path, value, if_generation, ephemeral, sequencer } => {
+            let r = fs::put(&session, &path, value, if_generation, ephemeral, &seq(sequencer), json).await;
+            (path, r.map(|_| 0))
+        }
+        Cmd::Ls { path } => (path.clone(), fs::ls(&session, &path, json).await.map(|_| 0)),
+        Cmd::Mkdir { path, parents } => (path.clone(), fs::mkdir(&session, &path, parents).await.map(|_| 0)),
+        Cmd::Rm { path, if_generation, sequencer } => {
+            (path.clone(), fs::rm(&session, &path, if_generation, &seq(sequencer)).await.map(|_| 0))
+        }
+        Cmd::Stat { path } => (path.clone(), fs::stat(&session, &path, json).await.map(|_| 0)),
+        Cmd::CheckSequencer { sequencer } => {
+            let r = fs::check_sequencer(&session, &sequencer, json).await;
+            (sequencer, r.map(|valid| if valid { 0 } else { EXIT_STALE_SEQUENCER }))
+        }
+        Cmd::Watch { path } => (path.clone(), fs::watch(&session, &path, json).await.map(|_| 0)),
+        Cmd::Status | Cmd::Lock { .. } => unreachable!("handled in main"),
+    };
+    let _ = session.close().await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("chubby: {what}: {e}");
+            exit_for(&e)
+        }
+    }
+}
+
+async fn status(client: CellClient, json: bool) -> u8 {
+    let all = client.status_all().await;
+    let reachable = all.iter().filter(|(_, r)| r.is_ok()).count();
+    if json {
+        let rows: Vec<_> = all
+            .iter()
+            .map(|(addr, r)| match r {
+                Ok(s) => json!({
+                    "address": addr, "id": s.id, "role": s.role, "leader_id": s.leader_id,
+                    "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
+                    "last_index": s.last_index, "snapshot_index": s.snapshot_index,
+                    "voters": s.voters, "fsync": s.fsync, "cell": s.cell_name,
+                }),
+                Err(e) => json!({ "address": addr, "error": e }),
+            })
+            .collect();
+        println!("{}", json!({ "replicas": rows }));
+    } else {
+        println!(
+            "{:<3} {:<22} {:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "ID", "ADDRESS", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAST", "SNAPSHOT"
+        );
+        for (addr, r) in &all {
+            match r {
+                Ok(s) => println!(
+                    "{:<3} {:<22} {:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10}",
+                    s.id,
+                    addr,
+                    s.role,
+                    s.leader_id,
+                    s.term,
+                    s.commit_index,
+                    s.applied_index,
+                    s.last_index,
+                    s.snapshot_index
+                ),
+                Err(e) => println!("{:<3} {:<22} unreachable: {e}", "-", addr),
+            }
+        }
+    }
+    if reachable == 0 {
+        return EXIT_FAILURE;
+    }
+    0
+}
+
+/// The cell's reason for a refusal (`chubby-error` metadata).
+fn reason(e: &ClientError) -> Option<&str> {
+    match e {
+        ClientError::Rpc(s) => s.metadata().get(ERROR_METADATA).and_then(|v| v.to_str().ok()),
+        _ => None,
+    }
+}
