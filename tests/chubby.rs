@@ -373,3 +373,56 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     assert_eq!(chubby(&["get", "/ls/local/svc/web/new"]).0, 3);
     assert_eq!(chubby(&["get", "relative/path"]).0, 2, "bad usage");
 }
+
+#[test]
+fn elect_publishes_the_leader_and_the_next_one_takes_over() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let mut pids = Pids::default();
+    let elect = |value: &str| {
+        let mut c = Command::new(bin("chubby"))
+            .env("CHUBBY_CELL", cell.cell_arg())
+            .args([
+                "elect",
+                "/ls/local/leader",
+                value,
+                "--",
+                "sh",
+                "-c",
+                &format!("echo {value} leads $$; exec sleep 600"),
+            ])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start chubby elect");
+        let out = lines_of(c.stdout.take().unwrap());
+        (c, out)
+    };
+    let get = || {
+        let out = Command::new(bin("chubby"))
+            .env("CHUBBY_CELL", cell.cell_arg())
+            .args(["get", "/ls/local/leader"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Each command prints its pid (the shell execs sleep), so the test can stop it by PID.
+    let leads = |line: String, pids: &mut Pids| {
+        let (what, pid) = line.rsplit_once(' ').expect("`NAME leads PID`");
+        pids.0.push(pid.parse().expect("pid"));
+        what.to_string()
+    };
+    let (mut a, a_out) = elect("alpha");
+    pids.0.push(a.id());
+    assert_eq!(leads(a_out.recv_timeout(Duration::from_secs(30)).unwrap(), &mut pids), "alpha leads");
+    assert_eq!(get(), "alpha");
+    let (b, b_out) = elect("beta");
+    pids.0.push(b.id());
+    assert!(b_out.recv_timeout(Duration::from_millis(1000)).is_err(), "one leader at a time");
+    // The leader steps down (SIGTERM reaches its command; the lock is released on exit).
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(a.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = a.wait();
+    assert_eq!(leads(b_out.recv_timeout(Duration::from_secs(30)).unwrap(), &mut pids), "beta leads");
+    assert_eq!(get(), "beta");
+}

@@ -1,4 +1,5 @@
-//! `chubby lock`: a session holds a lock on a node while a command runs.
+//! `chubby lock` and `chubby elect`: a session holds a lock on a node while a command runs;
+//! `elect` also publishes the leader's VALUE in the node, fenced by the lock's sequencer.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -10,17 +11,19 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{reason, EXIT_BUSY, EXIT_FAILURE, EXIT_SESSION_LOST, EXIT_TIMEOUT, EXIT_USAGE};
 
-/// See `Cmd::Lock`.
-#[allow(clippy::too_many_arguments)]
-pub async fn lock(
-    addrs: Vec<String>,
-    rpc_timeout: Duration,
-    shared: bool,
-    wait: Option<Duration>,
-    lock_delay: Option<Duration>,
-    path: String,
-    command: Vec<String>,
-) -> u8 {
+/// What to lock and what to run (see `Cmd::Lock` and `Cmd::Elect`).
+pub struct LockJob {
+    pub shared: bool,
+    pub wait: Option<Duration>,
+    pub lock_delay: Option<Duration>,
+    pub path: String,
+    pub command: Vec<String>,
+    /// `elect`: written into the node once the lock is held, before the command starts.
+    pub publish: Option<String>,
+}
+
+pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8 {
+    let LockJob { shared, wait, lock_delay, path, command, publish } = job;
     let fail = |e: ClientError| {
         eprintln!("chubby: {path}: {e}");
         match e {
@@ -63,6 +66,14 @@ pub async fn lock(
         }
         Err(e) => return fail(e),
     };
+    if let Some(value) = publish {
+        // Fenced by our own sequencer: a deposed leader's late write cannot land.
+        if let Err(e) = session.set(&handle, value.into(), None, &sequencer).await {
+            let _ = session.release(&handle, owner).await;
+            let _ = session.close().await;
+            return fail(e);
+        }
+    }
     let mut child =
         match tokio::process::Command::new(&command[0]).args(&command[1..]).env("CHUBBY_SEQUENCER", &sequencer).spawn()
         {

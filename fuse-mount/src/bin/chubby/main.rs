@@ -1,5 +1,6 @@
 //! `chubby`: the command line for a Chubby cell: the namespace (`get`, `put`, `ls`, `mkdir`,
-//! `rm`, `stat`), locks (`lock`, `check-sequencer`), `watch`, and the replicas' `status`.
+//! `rm`, `stat`), locks (`lock`, `elect`, `check-sequencer`), `watch`, and the replicas'
+//! `status`.
 //!
 //! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
 //! or refused the call; 2 bad usage; 3 not found; 4 lock busy (`lock --timeout 0`); 5 timed
@@ -116,6 +117,18 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Leader election: wait for the lock on PATH, write VALUE into PATH (fenced by the lock),
+    /// then run CMD as the leader. Readers find the leader with `chubby get PATH`.
+    Elect {
+        path: String,
+        value: String,
+        /// The lock's lock-delay if this leader's session dies (default 60s; 0 allowed).
+        #[arg(long, value_parser = parse_duration)]
+        lock_delay: Option<Duration>,
+        /// The command to run while leader.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -150,21 +163,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Cmd::Lock { shared, timeout, lock_delay, path, command } = cli.command {
-        let code = runtime.block_on(lock::lock(addrs, cli.rpc_timeout, shared, timeout, lock_delay, path, command));
-        return ExitCode::from(code);
-    }
-    if matches!(cli.command, Cmd::Status) {
-        let client = match CellClient::new(addrs, cli.rpc_timeout) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("chubby: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
-        return ExitCode::from(runtime.block_on(status(client, cli.json)));
-    }
-    ExitCode::from(runtime.block_on(namespace(addrs, cli.rpc_timeout, cli.command, cli.json)))
+    let job = match cli.command {
+        Cmd::Lock { shared, timeout, lock_delay, path, command } => {
+            lock::LockJob { shared, wait: timeout, lock_delay, path, command, publish: None }
+        }
+        Cmd::Elect { path, value, lock_delay, command } => {
+            lock::LockJob { shared: false, wait: None, lock_delay, path, command, publish: Some(value) }
+        }
+        Cmd::Status => {
+            let client = match CellClient::new(addrs, cli.rpc_timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("chubby: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            return ExitCode::from(runtime.block_on(status(client, cli.json)));
+        }
+        other => return ExitCode::from(runtime.block_on(namespace(addrs, cli.rpc_timeout, other, cli.json))),
+    };
+    ExitCode::from(runtime.block_on(lock::lock(addrs, cli.rpc_timeout, job)))
 }
 
 /// Exit code for a failed call.
@@ -208,7 +226,7 @@ async fn namespace(addrs: Vec<String>, rpc_timeout: Duration, cmd: Cmd, json: bo
             (sequencer, r.map(|valid| if valid { 0 } else { EXIT_STALE_SEQUENCER }))
         }
         Cmd::Watch { path } => (path.clone(), fs::watch(&session, &path, json).await.map(|_| 0)),
-        Cmd::Status | Cmd::Lock { .. } => unreachable!("handled in main"),
+        Cmd::Status | Cmd::Lock { .. } | Cmd::Elect { .. } => unreachable!("handled in main"),
     };
     let _ = session.close().await;
     match result {
