@@ -372,6 +372,24 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     assert_eq!(chubby(&["rm", "/ls/local/svc/web/new"]).0, 0);
     assert_eq!(chubby(&["get", "/ls/local/svc/web/new"]).0, 3);
     assert_eq!(chubby(&["get", "relative/path"]).0, 2, "bad usage");
+
+    // status: every replica with its lag behind the master and the cell's sessions (an
+    // `elect`-style holder keeps one open while this runs).
+    let mut holder = Command::new(bin("chubby"))
+        .env("CHUBBY_CELL", cell.cell_arg())
+        .args(["lock", "/ls/local/svc/web/lock", "--", "sh", "-c", "echo $$; exec sleep 600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pids = Pids(vec![holder.id()]);
+    let shell: u32 =
+        lines_of(holder.stdout.take().unwrap()).recv_timeout(Duration::from_secs(30)).unwrap().parse().unwrap();
+    pids.0.push(shell);
+    let (code, json) = chubby(&["--json", "status"]);
+    assert_eq!(code, 0);
+    assert_eq!(json.matches("\"lag\":").count(), 3, "{json}");
+    assert!(json.contains("\"leased_sessions\":1"), "the master leases the holder's session: {json}");
+    pids.kill(shell);
 }
 
 #[test]

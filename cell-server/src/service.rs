@@ -79,6 +79,7 @@ fn role_name(role: Role) -> &'static str {
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let st = self.node.status().await.map_err(|e| self.status_of(e))?;
+        let sessions = self.node.stale_read(|m: &CellMachine| m.state().sessions().count() as u64).await.unwrap_or(0);
         let r = &st.raft;
         let addr = |id: NodeId| self.peers.get(&id).cloned().unwrap_or_default();
         Ok(Response::new(StatusResponse {
@@ -113,6 +114,8 @@ impl Cell for CellService {
             wal_segments: st.wal_segments as u64,
             fsync: self.fsync.clone(),
             members: self.peers.iter().map(|(&id, a)| Member { id, address: a.clone() }).collect(),
+            sessions,
+            leased_sessions: self.master.session_count() as u64,
         }))
     }
 

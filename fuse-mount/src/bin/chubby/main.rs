@@ -240,6 +240,11 @@ async fn namespace(addrs: Vec<String>, rpc_timeout: Duration, cmd: Cmd, json: bo
 
 async fn status(client: CellClient, json: bool) -> u8 {
     let all = client.status_all().await;
+    // Lag: entries the master has committed that this replica has not applied yet.
+    let master_commit =
+        all.iter().filter_map(|(_, r)| r.as_ref().ok()).filter(|s| s.role == "leader").map(|s| s.commit_index).max();
+    let lag =
+        |s: &fuse_mount::proto::cell::StatusResponse| master_commit.map_or(0, |c| c.saturating_sub(s.applied_index));
     let reachable = all.iter().filter(|(_, r)| r.is_ok()).count();
     if json {
         let rows: Vec<_> = all
@@ -250,6 +255,7 @@ async fn status(client: CellClient, json: bool) -> u8 {
                     "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
                     "last_index": s.last_index, "snapshot_index": s.snapshot_index,
                     "voters": s.voters, "fsync": s.fsync, "cell": s.cell_name,
+                    "lag": lag(s), "sessions": s.sessions, "leased_sessions": s.leased_sessions,
                 }),
                 Err(e) => json!({ "address": addr, "error": e }),
             })
@@ -257,13 +263,13 @@ async fn status(client: CellClient, json: bool) -> u8 {
         println!("{}", json!({ "replicas": rows }));
     } else {
         println!(
-            "{:<3} {:<22} {:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10}",
-            "ID", "ADDRESS", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAST", "SNAPSHOT"
+            "{:<3} {:<22} {:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6} {:>9}",
+            "ID", "ADDRESS", "ROLE", "LEADER", "TERM", "COMMIT", "APPLIED", "LAST", "SNAPSHOT", "LAG", "SESSIONS"
         );
         for (addr, r) in &all {
             match r {
                 Ok(s) => println!(
-                    "{:<3} {:<22} {:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10}",
+                    "{:<3} {:<22} {:<14} {:>6} {:>7} {:>10} {:>10} {:>10} {:>10} {:>6} {:>9}",
                     s.id,
                     addr,
                     s.role,
@@ -272,7 +278,9 @@ async fn status(client: CellClient, json: bool) -> u8 {
                     s.commit_index,
                     s.applied_index,
                     s.last_index,
-                    s.snapshot_index
+                    s.snapshot_index,
+                    lag(s),
+                    s.sessions
                 ),
                 Err(e) => println!("{:<3} {:<22} unreachable: {e}", "-", addr),
             }
