@@ -390,6 +390,8 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     assert_eq!(json.matches("\"lag\":").count(), 3, "{json}");
     assert!(json.contains("\"leased_sessions\":1"), "the master leases the holder's session: {json}");
     pids.kill(shell);
+    pids.kill(holder.id());
+    let _ = holder.wait();
 }
 
 #[test]
