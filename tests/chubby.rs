@@ -446,3 +446,36 @@ fn elect_publishes_the_leader_and_the_next_one_takes_over() {
     assert_eq!(leads(b_out.recv_timeout(Duration::from_secs(30)).unwrap(), &mut pids), "beta leads");
     assert_eq!(get(), "beta");
 }
+
+#[test]
+fn barrier_releases_all_n_together_and_stays_open() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let mut pids = Pids::default();
+    let mut arrive = |name: &str| {
+        let mut c = Command::new(bin("chubby"))
+            .env("CHUBBY_CELL", cell.cell_arg())
+            .args(["barrier", "/ls/local/start", "3", "--", "echo", name])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start chubby barrier");
+        pids.0.push(c.id());
+        let out = lines_of(c.stdout.take().unwrap());
+        (c, out)
+    };
+    let (mut a, a_out) = arrive("a");
+    let (mut b, b_out) = arrive("b");
+    assert!(a_out.recv_timeout(Duration::from_millis(1500)).is_err(), "2 of 3 at the barrier: nobody starts");
+    assert!(b_out.try_recv().is_err());
+    let (mut c, c_out) = arrive("c");
+    for (out, name) in [(&a_out, "a"), (&b_out, "b"), (&c_out, "c")] {
+        assert_eq!(out.recv_timeout(Duration::from_secs(30)).expect("released"), name);
+    }
+    // A late arrival finds the latch open.
+    let (mut d, d_out) = arrive("d");
+    assert_eq!(d_out.recv_timeout(Duration::from_secs(30)).expect("the barrier stays open"), "d");
+    for p in [&mut a, &mut b, &mut c, &mut d] {
+        assert!(p.wait().unwrap().success());
+    }
+}

@@ -74,17 +74,31 @@ pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8
             return fail(e);
         }
     }
-    let mut child =
-        match tokio::process::Command::new(&command[0]).args(&command[1..]).env("CHUBBY_SEQUENCER", &sequencer).spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("chubby: {}: {e}", command[0]);
-                let _ = session.release(&handle, owner).await;
-                let _ = session.close().await;
-                return 127;
-            }
-        };
+    let code = run_command(&session, &command, &[("CHUBBY_SEQUENCER", &sequencer)], &path).await;
+    if code != EXIT_SESSION_LOST {
+        let _ = session.release(&handle, owner).await;
+    }
+    let _ = session.close().await;
+    code
+}
+
+/// Runs `command` while `session` lives: SIGTERM/SIGINT are passed on to it, and it gets
+/// SIGTERM if the session is lost (what it holds through the session is gone). Returns its
+/// exit status as an exit code (128 + signal if killed), 127 if it cannot start, or
+/// `EXIT_SESSION_LOST`.
+pub async fn run_command(session: &Session, command: &[String], env: &[(&str, &str)], path: &str) -> u8 {
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chubby: {}: {e}", command[0]);
+            return 127;
+        }
+    };
     let mut state = session.state();
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -103,17 +117,14 @@ pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8
             _ = int.recv() => stop_child(&child),
             changed = state.changed() => {
                 if changed.is_err() || *state.borrow() == SessionState::Lost {
-                    // Without the session the lock may be someone else's: stop the command.
                     stop_child(&child);
                     let _ = child.wait().await;
-                    eprintln!("chubby: {path}: session lost; the lock is gone and the command was stopped");
+                    eprintln!("chubby: {path}: session lost; what it held is gone and the command was stopped");
                     return EXIT_SESSION_LOST;
                 }
             }
         }
     };
-    let _ = session.release(&handle, owner).await;
-    let _ = session.close().await;
     match status {
         Ok(st) => st.code().map(|c| c as u8).or_else(|| st.signal().map(|s| 128 + s as u8)).unwrap_or(EXIT_FAILURE),
         Err(e) => {

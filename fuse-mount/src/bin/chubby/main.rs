@@ -1,6 +1,6 @@
 //! `chubby`: the command line for a Chubby cell: the namespace (`get`, `put`, `ls`, `mkdir`,
-//! `rm`, `stat`), locks (`lock`, `elect`, `check-sequencer`), `watch`, and the replicas'
-//! `status`.
+//! `rm`, `stat`), locks (`lock`, `elect`, `check-sequencer`), `watch`, `barrier`, and the
+//! replicas' `status`.
 //!
 //! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
 //! or refused the call; 2 bad usage; 3 not found; 4 lock busy (`lock --timeout 0`); 5 timed
@@ -15,6 +15,7 @@ use fuse_mount::client::{parse_cell, CellClient, ClientError};
 use fuse_mount::session::{Session, SessionOptions, ERROR_METADATA};
 use serde_json::json;
 
+mod barrier;
 mod fs;
 mod lock;
 
@@ -97,7 +98,16 @@ enum Cmd {
     /// Print PATH's events (modified, child added/removed, lock acquired, conflicting lock,
     /// master failover) as they happen.
     Watch { path: String },
-    /// Every replica's role, term, and commit/applied/last index.
+    /// A countdown latch: wait until N processes have reached the barrier PATH (a directory),
+    /// then run CMD; once open, the barrier stays open. Exits with CMD's status.
+    Barrier {
+        path: String,
+        #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+        n: u64,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Every replica's role, term, commit/applied/last index, lag and sessions.
     Status,
     /// Hold the lock on PATH (/ls/<cell>/…, created if missing) while CMD runs, like `flock`
     /// and `etcdctl lock`. CMD sees the lock's sequencer in CHUBBY_SEQUENCER; if the session
@@ -226,6 +236,7 @@ async fn namespace(addrs: Vec<String>, rpc_timeout: Duration, cmd: Cmd, json: bo
             (sequencer, r.map(|valid| if valid { 0 } else { EXIT_STALE_SEQUENCER }))
         }
         Cmd::Watch { path } => (path.clone(), fs::watch(&session, &path, json).await.map(|_| 0)),
+        Cmd::Barrier { path, n, command } => (path.clone(), barrier::barrier(&session, &path, n, &command).await),
         Cmd::Status | Cmd::Lock { .. } | Cmd::Elect { .. } => unreachable!("handled in main"),
     };
     let _ = session.close().await;
