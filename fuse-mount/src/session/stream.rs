@@ -1,0 +1,168 @@
+//! The session's stream to the master: opening or resuming it (following redirects), and
+//! keeping it: KeepAlives, leases, events, invalidation acks, jeopardy and resumption.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::chubby::chubby_client::ChubbyClient;
+use proto::chubby::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+use super::{leader_hint, reason, retryable, Inner, SessionState, MAX_BACKOFF};
+use crate::client::ClientError;
+
+pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionResponse>, LeaseGrant);
+
+/// Opens a session stream at whichever replica is the master, following redirects until
+/// `deadline`. `resume` is 0 for a new session.
+pub(super) async fn connect_stream(
+    inner_addrs: &[String],
+    channels: &Mutex<HashMap<String, Channel>>,
+    hint: Option<String>,
+    principal: &str,
+    resume: u64,
+    token: &Bytes,
+    deadline: Instant,
+) -> Result<(String, Stream), ClientError> {
+    let mut turn = 0usize;
+    let mut hint = hint;
+    let mut last = String::from("nothing tried");
+    let mut backoff = Duration::from_millis(10);
+    while Instant::now() < deadline {
+        let addr = hint.take().unwrap_or_else(|| {
+            turn += 1;
+            inner_addrs[(turn - 1) % inner_addrs.len()].clone()
+        });
+        let attempt = async {
+            let ch = {
+                let cached = channels.lock().expect("channels").get(&addr).cloned();
+                match cached {
+                    Some(ch) => ch,
+                    None => {
+                        let ep = Endpoint::from_shared(format!("http://{addr}"))
+                            .map_err(|e| Status::invalid_argument(e.to_string()))?
+                            .connect_timeout(Duration::from_millis(500))
+                            .tcp_nodelay(true);
+                        let ch = ep.connect().await.map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
+                        channels.lock().expect("channels").insert(addr.clone(), ch.clone());
+                        ch
+                    }
+                }
+            };
+            let (tx, rx) = mpsc::channel(64);
+            let open =
+                OpenSession { resume_session: resume, principal: principal.to_string(), session_token: token.clone() };
+            tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) })
+                .await
+                .map_err(|_| Status::internal("stream closed"))?;
+            let mut inbound = ChubbyClient::new(ch).session(ReceiverStream::new(rx)).await?.into_inner();
+            loop {
+                match inbound.message().await? {
+                    Some(SessionResponse { kind: Some(session_response::Kind::Lease(g)) }) => {
+                        return Ok::<Stream, Status>((tx, inbound, g))
+                    }
+                    Some(_) => continue,
+                    None => return Err(Status::unavailable("stream ended before a lease")),
+                }
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, attempt).await {
+            Err(_) => last = format!("{addr}: no answer"),
+            Ok(Ok(stream)) => return Ok((addr, stream)),
+            Ok(Err(s)) if reason(&s) == Some("NoSession") => return Err(ClientError::SessionLost(resume)),
+            Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
+            Ok(Err(s)) => {
+                if let Some(h) = leader_hint(&s).filter(|h| *h != addr) {
+                    hint = Some(h);
+                    continue;
+                }
+                channels.lock().expect("channels").remove(&addr);
+                last = format!("{addr}: {}", s.message());
+            }
+        }
+        if turn.is_multiple_of(inner_addrs.len()) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+    Err(ClientError::Timeout { timeout: Duration::ZERO, last })
+}
+
+/// Keeps the session: KeepAlives and events on the current stream; on a break, jeopardy and
+/// resumption at whichever replica is master, or loss.
+pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_from: Instant) {
+    let mut closed = inner.closed.subscribe();
+    let (mut tx, mut inbound, grant) = stream;
+    let mut lease = Duration::from_millis(grant.lease_ms.max(100));
+    loop {
+        let mut ticker = tokio::time::interval(lease / 3);
+        ticker.tick().await;
+        let mut sent = Instant::now();
+        let broke = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    sent = Instant::now();
+                    let ka = KeepAlive { session: inner.id, more_sessions: Vec::new() };
+                    if tx.send(SessionRequest { kind: Some(session_request::Kind::KeepAlive(ka)) }).await.is_err() {
+                        break None;
+                    }
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(SessionResponse { kind: Some(kind) })) => match kind {
+                        session_response::Kind::Lease(g) => {
+                            lease = Duration::from_millis(g.lease_ms.max(100));
+                            lease_from = sent;
+                            inner.state.send_replace(SessionState::Alive);
+                        }
+                        session_response::Kind::Event(e) => {
+                            let _ = inner.events.send(e);
+                        }
+                        session_response::Kind::Invalidation(i) => {
+                            let ack = InvalidationAck { invalidation_id: i.invalidation_id };
+                            let _ = tx.send(SessionRequest { kind: Some(session_request::Kind::InvalidationAck(ack)) }).await;
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) => break None,
+                    Err(s) => break Some(s),
+                },
+                _ = closed.changed() => return,
+            }
+        };
+        if broke.as_ref().is_some_and(|s| s.code() == Code::NotFound) {
+            tracing::warn!(session = inner.id, "the master ended the session");
+            inner.state.send_replace(SessionState::Lost);
+            return;
+        }
+        if *closed.borrow() {
+            return;
+        }
+        inner.state.send_replace(SessionState::Jeopardy);
+        let give_up = lease_from + lease + inner.opts.grace;
+        let hint = inner.master.lock().expect("master").take();
+        let sent = Instant::now();
+        let resumed =
+            connect_stream(&inner.addrs, &inner.channels, hint, &inner.opts.principal, inner.id, &inner.token, give_up)
+                .await;
+        match resumed {
+            Ok((addr, (t, i, g))) => {
+                *inner.master.lock().expect("master") = Some(addr);
+                (tx, inbound) = (t, i);
+                lease = Duration::from_millis(g.lease_ms.max(100));
+                lease_from = sent;
+                inner.state.send_replace(SessionState::Alive);
+            }
+            Err(e) => {
+                tracing::warn!(session = inner.id, error = %e, "session lost");
+                inner.state.send_replace(SessionState::Lost);
+                return;
+            }
+        }
+    }
+}
