@@ -34,7 +34,6 @@ pub struct ChubbyService {
 
 /// Maps a state-machine refusal to a gRPC status (DESIGN.md, Errors).
 pub fn status_of_state(e: StateError) -> Status {
-    let reason = format!("{e:?}").split(['(', ' ', '{']).next().unwrap_or_default().to_string();
     let code = match &e {
         StateError::InvalidArgument(_) => Code::InvalidArgument,
         StateError::NotFound(_) | StateError::NoSession(_) => Code::NotFound,
@@ -53,9 +52,7 @@ pub fn status_of_state(e: StateError) -> Status {
         StateError::WaitEnded { .. } => Code::Aborted,
     };
     let mut s = Status::new(code, e.to_string());
-    if let Ok(v) = MetadataValue::try_from(reason.as_str()) {
-        s.metadata_mut().insert(ERROR_METADATA, v);
-    }
+    s.metadata_mut().insert(ERROR_METADATA, MetadataValue::from_static(e.reason()));
     s
 }
 

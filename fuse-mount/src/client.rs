@@ -33,6 +33,16 @@ pub enum ClientError {
     Rpc(Box<Status>),
 }
 
+impl ClientError {
+    /// The cell's reason for a refusal (its `chubby-error` metadata), if it gave one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Rpc(s) => s.metadata().get(crate::session::ERROR_METADATA).and_then(|v| v.to_str().ok()),
+            _ => None,
+        }
+    }
+}
+
 /// Splits a cell argument: `ADDR,ADDR,…`, optionally prefixed with the cell's name
 /// (`local=ADDR,…`, as `chubby-mount` takes it).
 pub fn parse_cell(s: &str) -> Result<Vec<String>, ClientError> {

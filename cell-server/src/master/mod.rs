@@ -65,7 +65,7 @@ pub fn full_path(cell: &str, path: &str) -> String {
 struct Inner {
     /// The epoch (Raft term) this master serves in; `None` while not (yet) serving.
     epoch: Option<u64>,
-    key: Vec<u8>,
+    key: bytes::Bytes,
     leases: LeaseTable,
     streams: HashMap<SessionId, StreamTx>,
     waiters: HashMap<(SessionId, Owner, String), Vec<GrantTx>>,
@@ -162,7 +162,7 @@ impl Master {
         }
     }
 
-    pub fn key(&self) -> Vec<u8> {
+    pub fn key(&self) -> bytes::Bytes {
         self.lock().key.clone()
     }
 
@@ -198,7 +198,7 @@ impl Master {
                 let st = m.state();
                 let sessions: Vec<SessionId> = st.sessions().map(|(id, _)| *id).collect();
                 let delays: Vec<u64> = st.lock_delays().map(|(t, _)| t).collect();
-                (st.key().to_vec(), sessions, delays)
+                (bytes::Bytes::copy_from_slice(st.key()), sessions, delays)
             })
             .await;
         let Ok((key, sessions, delays)) = snapshot else { return };

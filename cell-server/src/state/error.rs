@@ -42,3 +42,28 @@ pub enum StateError {
     #[error("request {0} was already answered and forgotten")]
     Forgotten(u64),
 }
+
+impl StateError {
+    /// The refusal's name, as clients see it in the `chubby-error` metadata key.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StateError::InvalidArgument(_) => "InvalidArgument",
+            StateError::NotFound(_) => "NotFound",
+            StateError::Exists(_) => "Exists",
+            StateError::TooLarge(_) => "TooLarge",
+            StateError::PermissionDenied(_) => "PermissionDenied",
+            StateError::NotEmpty(_) => "NotEmpty",
+            StateError::NotADirectory(_) => "NotADirectory",
+            StateError::IsADirectory(_) => "IsADirectory",
+            StateError::GenerationMismatch { .. } => "GenerationMismatch",
+            StateError::StaleSequencer => "StaleSequencer",
+            StateError::StaleHandle(_) => "StaleHandle",
+            StateError::NoSession(_) => "NoSession",
+            StateError::LockBusy(_) => "LockBusy",
+            StateError::NotHeld(_) => "NotHeld",
+            StateError::LimitExceeded(_) => "LimitExceeded",
+            StateError::WaitEnded { .. } => "WaitEnded",
+            StateError::Forgotten(_) => "Forgotten",
+        }
+    }
+}

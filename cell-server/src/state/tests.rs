@@ -124,11 +124,7 @@ impl Driver {
             Ok(Reply::Stat(s)) => format!("{}\n", describe_stat(s)),
             Ok(Reply::Granted { sequencer }) => format!("granted {sequencer}\n"),
             Ok(Reply::Queued) => "queued\n".into(),
-            Err(e) => {
-                let debug = format!("{e:?}");
-                let variant = debug.split(['(', ' ', '{']).next().unwrap_or_default().to_string();
-                format!("error {variant}: {e}\n")
-            }
+            Err(e) => format!("error {}: {e}\n", e.reason()),
         }
     }
 

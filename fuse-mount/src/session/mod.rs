@@ -402,14 +402,7 @@ impl Session {
         owner: u64,
         lock_delay: Option<Duration>,
     ) -> Result<String, ClientError> {
-        let f = self.next_request();
-        let req = AcquireRequest {
-            request: Some(f.request),
-            handle: Some(handle.clone()),
-            mode: mode as i32,
-            owner,
-            lock_delay_ms: lock_delay.map(|d| d.as_millis() as u64),
-        };
+        let (_f, req) = self.acquire_request(handle, mode, owner, lock_delay);
         Ok(self.call(None, rpc!(acquire, req)).await?.sequencer)
     }
 
@@ -421,6 +414,17 @@ impl Session {
         owner: u64,
         lock_delay: Option<Duration>,
     ) -> Result<String, ClientError> {
+        let (_f, req) = self.acquire_request(handle, mode, owner, lock_delay);
+        Ok(self.call(self.deadline(), rpc!(try_acquire, req)).await?.sequencer)
+    }
+
+    fn acquire_request(
+        &self,
+        handle: &Handle,
+        mode: LockMode,
+        owner: u64,
+        lock_delay: Option<Duration>,
+    ) -> (InFlight, AcquireRequest) {
         let f = self.next_request();
         let req = AcquireRequest {
             request: Some(f.request),
@@ -429,7 +433,7 @@ impl Session {
             owner,
             lock_delay_ms: lock_delay.map(|d| d.as_millis() as u64),
         };
-        Ok(self.call(self.deadline(), rpc!(try_acquire, req)).await?.sequencer)
+        (f, req)
     }
 
     pub async fn release(&self, handle: &Handle, owner: u64) -> Result<(), ClientError> {

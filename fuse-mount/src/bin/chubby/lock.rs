@@ -9,7 +9,7 @@ use fuse_mount::proto::chubby::LockMode;
 use fuse_mount::session::{OpenOptions, Session, SessionOptions, SessionState};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{reason, EXIT_BUSY, EXIT_FAILURE, EXIT_SESSION_LOST, EXIT_TIMEOUT, EXIT_USAGE};
+use crate::{EXIT_BUSY, EXIT_FAILURE, EXIT_SESSION_LOST, EXIT_TIMEOUT, EXIT_USAGE};
 
 /// What to lock and what to run (see `Cmd::Lock` and `Cmd::Elect`).
 pub struct LockJob {
@@ -59,7 +59,7 @@ pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8
     };
     let sequencer = match acquired {
         Ok(s) => s,
-        Err(e) if reason(&e) == Some("LockBusy") => {
+        Err(e) if e.reason() == Some("LockBusy") => {
             let _ = session.close().await;
             eprintln!("chubby: {path}: lock is busy");
             return EXIT_BUSY;

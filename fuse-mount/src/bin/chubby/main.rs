@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fuse_mount::client::{parse_cell, CellClient, ClientError};
-use fuse_mount::session::{Session, SessionOptions, ERROR_METADATA};
+use fuse_mount::session::{Session, SessionOptions};
 use serde_json::json;
 
 mod barrier;
@@ -197,7 +197,7 @@ fn main() -> ExitCode {
 
 /// Exit code for a failed call.
 fn exit_for(e: &ClientError) -> u8 {
-    match (e, reason(e)) {
+    match (e, e.reason()) {
         (ClientError::SessionLost(_), _) => EXIT_SESSION_LOST,
         (_, Some("NotFound")) => EXIT_NOT_FOUND,
         (_, Some("LockBusy")) => EXIT_BUSY,
@@ -301,12 +301,4 @@ async fn status(client: CellClient, json: bool) -> u8 {
         return EXIT_FAILURE;
     }
     0
-}
-
-/// The cell's reason for a refusal (`chubby-error` metadata).
-fn reason(e: &ClientError) -> Option<&str> {
-    match e {
-        ClientError::Rpc(s) => s.metadata().get(ERROR_METADATA).and_then(|v| v.to_str().ok()),
-        _ => None,
-    }
 }
