@@ -6,7 +6,6 @@ use std::time::Duration;
 use raft::{Node, NodeHandle, Role};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::chubby_service::ChubbyService;
 use crate::config::ReplicaConfig;
@@ -36,13 +35,16 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         cfg.fsync.to_string(),
     );
     let chubby = ChubbyService::new(master, cfg.cell_name.clone());
+    // `Server::tcp_nodelay` only applies to listeners tonic binds itself; accepted sockets get
+    // it here, or Nagle holds back every small reply and peer message behind the last one's ack.
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|e| anyhow::anyhow!("cannot serve on {}: {e}", cfg.listen))?;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(handle.peer_service().into_server())
             .add_service(service.into_server())
             .add_service(chubby.into_server())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
     tracing::info!(replica = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), fsync = %cfg.fsync, "replica serving");
 
