@@ -35,10 +35,9 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         cfg.fsync.to_string(),
     );
     let chubby = ChubbyService::new(master, cfg.cell_name.clone());
-    // `Server::tcp_nodelay` only applies to listeners tonic binds itself; accepted sockets get
-    // it here, or Nagle holds back every small reply and peer message behind the last one's ack.
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| anyhow::anyhow!("cannot serve on {}: {e}", cfg.listen))?;
+    // One port: peer links go to the Raft loop, gRPC connections (with TCP_NODELAY, which
+    // tonic's own option only sets on listeners it binds itself) to the server.
+    let incoming = handle.split_listener(listener);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(handle.peer_service().into_server())

@@ -1,14 +1,16 @@
 //! [`Node`]: a running replica — the core, its [`DiskStorage`], the [`Transport`] and the
 //! application's [`StateMachine`], driven by one thread.
 //!
-//! The loop waits for input (peer messages, proposals, reads, transport events) or the next tick,
-//! takes everything that is queued, steps it into the core, and then handles one [`Ready`]:
-//! leader messages out, everything to persist written with **one** sync (group commit: every
-//! proposal that arrived while the previous sync ran shares the next one), acknowledgements out,
-//! committed entries applied and their proposers answered, reads served.
+//! The loop waits for input (proposals, reads, transport events), peer messages on its own
+//! sockets, or the next tick, takes everything that is there, steps it into the core, and then
+//! handles one [`Ready`]: leader messages written out, everything to persist written with **one**
+//! sync (group commit: every proposal that arrived while the previous sync ran shares the next
+//! one), acknowledgements written out, committed entries applied and their proposers answered,
+//! reads served.
 //!
-//! The loop runs on its own OS thread because fsync blocks; async callers talk to it through
-//! [`NodeHandle`].
+//! The loop runs on its own OS thread because fsync blocks, and it does its own peer I/O (see
+//! [`crate::transport`]) so a message costs no thread hand-off; async callers talk to it through
+//! [`NodeHandle`], whose every send also wakes the loop.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -25,7 +27,8 @@ use crate::error::Error;
 use crate::raft::Role;
 use crate::raw_node::{RawNode, Ready, Status};
 use crate::storage::Storage;
-use crate::transport::{server::PeerService, Transport, TransportEvent};
+use crate::transport::net::PeerNet;
+use crate::transport::{accept, server::PeerService, Transport, TransportEvent};
 use crate::types::{EntryKind, Index, Message, NodeId, Snapshot, Term};
 
 /// The replicated application. `apply` must be deterministic: it sees the same entries in the
@@ -102,6 +105,8 @@ enum Input<SM> {
         to: NodeId,
     },
     Transport(TransportEvent),
+    /// A peer link the listener accepted.
+    PeerConn(std::net::TcpStream),
     /// The background save of a snapshot finished.
     SnapshotSaved(Result<Snapshot, String>),
     Stop,
@@ -115,9 +120,28 @@ pub struct Leadership {
     pub term: Term,
 }
 
+/// The loop's input queue: every send wakes the loop's poll.
+struct Inbox<SM> {
+    tx: mpsc::Sender<Input<SM>>,
+    waker: Arc<mio::Waker>,
+}
+
+impl<SM> Clone for Inbox<SM> {
+    fn clone(&self) -> Self {
+        Inbox { tx: self.tx.clone(), waker: self.waker.clone() }
+    }
+}
+
+impl<SM> Inbox<SM> {
+    fn send(&self, input: Input<SM>) -> Result<(), NodeError> {
+        self.tx.send(input).map_err(|_| NodeError::Stopped)?;
+        self.waker.wake().map_err(|_| NodeError::Stopped)
+    }
+}
+
 /// A cheap, cloneable way in to a running [`Node`].
 pub struct NodeHandle<SM> {
-    tx: mpsc::Sender<Input<SM>>,
+    tx: Inbox<SM>,
     id: NodeId,
     leadership: watch::Receiver<Leadership>,
 }
@@ -142,7 +166,7 @@ impl<SM: StateMachine> NodeHandle<SM> {
     /// Replicates `data` and returns what the state machine answered once it was applied.
     pub async fn propose(&self, data: Bytes) -> Result<Bytes, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Input::Propose { data, reply }).map_err(|_| NodeError::Stopped)?;
+        self.tx.send(Input::Propose { data, reply })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -153,7 +177,7 @@ impl<SM: StateMachine> NodeHandle<SM> {
         let run: ReadFn<SM> = Box::new(move |sm| {
             let _ = reply.send(sm.map(f));
         });
-        self.tx.send(Input::Read { run }).map_err(|_| NodeError::Stopped)?;
+        self.tx.send(Input::Read { run })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -166,13 +190,13 @@ impl<SM: StateMachine> NodeHandle<SM> {
         let run: ReadFn<SM> = Box::new(move |sm| {
             let _ = reply.send(sm.map(f));
         });
-        self.tx.send(Input::StaleRead { run }).map_err(|_| NodeError::Stopped)?;
+        self.tx.send(Input::StaleRead { run })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
     pub async fn status(&self) -> Result<NodeStatus, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Input::Status { reply }).map_err(|_| NodeError::Stopped)?;
+        self.tx.send(Input::Status { reply })?;
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
@@ -181,15 +205,27 @@ impl<SM: StateMachine> NodeHandle<SM> {
         let _ = self.tx.send(Input::TransferLeader { to });
     }
 
-    /// The `RaftPeer` gRPC service that feeds this node.
+    /// The `RaftPeer` gRPC service that receives snapshots for this node.
     pub fn peer_service(&self) -> PeerService {
-        let tx = std::sync::Mutex::new(self.tx.clone());
+        let tx = self.tx.clone();
         PeerService::new(
             self.id,
             Arc::new(move |m| {
-                let _ = tx.lock().expect("sender lock").send(Input::Step(m));
+                let _ = tx.send(Input::Step(m));
             }),
         )
+    }
+
+    /// Serves the replica's port: peer links go to this node, every other connection comes
+    /// out of the returned stream for the gRPC server (see [`accept::split_listener`]).
+    pub fn split_listener(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+        let tx = self.tx.clone();
+        accept::split_listener(listener, move |stream| {
+            let _ = tx.send(Input::PeerConn(stream));
+        })
     }
 }
 
@@ -228,13 +264,15 @@ impl<SM: StateMachine> Node<SM> {
         );
         let raw = RawNode::new(&config, storage).map_err(|e| e.to_string())?;
 
+        let (net, waker) = PeerNet::new(opts.id, &opts.peers).map_err(|e| format!("peer links: {e}"))?;
         let (tx, rx) = mpsc::channel();
-        let events_tx = std::sync::Mutex::new(tx.clone());
-        let transport = Transport::start(
-            opts.id,
-            &opts.peers,
+        let tx = Inbox { tx, waker: Arc::new(waker) };
+        let events_tx = tx.clone();
+        let transport = Transport::new(
+            net,
+            opts.peers.clone(),
             Arc::new(move |ev| {
-                let _ = events_tx.lock().expect("sender lock").send(Input::Transport(ev));
+                let _ = events_tx.send(Input::Transport(ev));
             }),
             runtime,
         );
@@ -291,7 +329,7 @@ struct Driver<SM> {
     was_leader: bool,
     leadership: watch::Sender<Leadership>,
     /// For background work to report back to the loop.
-    self_tx: mpsc::Sender<Input<SM>>,
+    self_tx: Inbox<SM>,
     saving_snapshot: bool,
 }
 
@@ -301,25 +339,32 @@ const MAX_BATCH: usize = 4096;
 impl<SM: StateMachine> Driver<SM> {
     fn run(mut self, rx: mpsc::Receiver<Input<SM>>) -> Result<(), String> {
         let mut next_tick = Instant::now() + self.opts.tick;
+        self.transport.maintain(Instant::now());
+        // Work left over from the last turn (a full batch, a connection not read to the end):
+        // look again without sleeping.
+        let mut more = false;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait) {
-                Ok(input) => Some(input),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return self.shutdown(),
-            };
+            let wait = if more { Duration::ZERO } else { next_tick.saturating_duration_since(Instant::now()) };
+            self.transport.poll(wait).map_err(|e| format!("polling peer links: {e}"))?;
             let mut stop = false;
-            if let Some(input) = first {
-                stop |= self.handle(input);
-                for _ in 0..MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(input) => stop |= self.handle(input),
-                        Err(_) => break,
+            more = true;
+            for _ in 0..MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(input) => stop |= self.handle(input),
+                    Err(_) => {
+                        more = false;
+                        break;
                     }
                 }
             }
             if stop {
                 return self.shutdown();
+            }
+            let raw = &mut self.raw;
+            self.transport.process(&mut |m| raw.step(m));
+            more |= self.transport.has_unfinished();
+            for to in self.transport.take_unreachable() {
+                self.raw.report_unreachable(to);
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -327,11 +372,13 @@ impl<SM: StateMachine> Driver<SM> {
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.opts.tick; // fell behind: do not burst ticks
                 }
+                self.transport.maintain(Instant::now());
                 self.raw.storage_mut().sync_if_due().map_err(|e| e.to_string())?;
             }
             if self.raw.has_ready() {
                 self.handle_ready()?;
             }
+            self.transport.flush();
         }
     }
 
@@ -389,6 +436,7 @@ impl<SM: StateMachine> Driver<SM> {
             }
             Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
             Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
+            Input::PeerConn(stream) => self.transport.add_inbound(stream),
             Input::SnapshotSaved(result) => {
                 self.saving_snapshot = false;
                 match result {
@@ -429,6 +477,8 @@ impl<SM: StateMachine> Driver<SM> {
         for m in std::mem::take(&mut rd.messages) {
             self.transport.send(m);
         }
+        // Out before the sync, so followers write their copies while this one does.
+        self.transport.flush();
         self.raw
             .storage_mut()
             .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
@@ -436,6 +486,7 @@ impl<SM: StateMachine> Driver<SM> {
         for m in std::mem::take(&mut rd.persisted_messages) {
             self.transport.send(m);
         }
+        self.transport.flush();
         if let Some(snap) = &rd.snapshot {
             self.sm.restore(&snap.data).map_err(|e| format!("restoring snapshot {}: {e}", snap.meta.index))?;
             let covered: Vec<Index> = self.pending.keys().copied().filter(|&i| i <= snap.meta.index).collect();

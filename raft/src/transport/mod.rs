@@ -1,40 +1,40 @@
-//! The gRPC transport between replicas (`proto::raft::RaftPeer`).
+//! How replicas talk.
 //!
-//! - One long-lived client stream per peer carries every message to it, in order, so
-//!   AppendEntries are pipelined rather than one request-response at a time.
-//! - Each peer has its own task and a bounded queue. [`Transport::send`] never blocks: when a
-//!   peer is down or slow its queue fills, further messages to it are dropped and the core is
-//!   told the peer is unreachable (Raft tolerates loss). Other peers are not affected.
-//! - A task that loses its stream reconnects with exponential backoff (50 ms to 1 s), so
-//!   replicas may start in any order.
-//! - Snapshots go over a separate `InstallSnapshot` stream in 1 MiB chunks ([`server`] puts
-//!   them back together and hands the core one message).
+//! - Raft messages travel on **peer links** ([`net`]): one long-lived TCP connection per
+//!   (sender, receiver) pair, on the replica's one port, carrying length-prefixed protobuf
+//!   messages ([`frame`]) so AppendEntries are pipelined. The Raft loop's thread reads and writes
+//!   them itself. Sends never block: a peer that is down or slow has its messages dropped and is
+//!   reported unreachable (Raft tolerates loss); other peers are not affected. Lost links are
+//!   redialled with backoff, so replicas may start in any order.
+//! - **Snapshots** go over gRPC (`RaftPeer.InstallSnapshot`) in 1 MiB chunks, on a task of
+//!   their own ([`server`] puts them back together and hands the core one message).
+//! - The listener tells the two apart by a connection's first bytes ([`accept`]).
 
+pub mod accept;
 mod codec;
+mod frame;
+pub(crate) mod net;
 pub mod server;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::raft as pb;
 use proto::raft::raft_peer_client::RaftPeerClient;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{Message, MessageBody, NodeId, Snapshot};
+use net::PeerNet;
 
-/// Messages queued per peer before further ones are dropped.
-const PEER_QUEUE: usize = 4096;
 const SNAPSHOT_CHUNK: usize = 1 << 20;
-/// Largest gRPC message either side accepts (AppendEntries are capped well below).
+/// Largest gRPC message either side accepts.
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 
 /// What the transport tells the node about delivery.
 #[derive(Debug)]
 pub enum TransportEvent {
-    /// A message to this peer was dropped.
+    /// Messages to this peer were dropped.
     Unreachable(NodeId),
     /// A snapshot transfer to this peer finished.
     SnapshotDone { to: NodeId, ok: bool },
@@ -42,129 +42,90 @@ pub enum TransportEvent {
 
 pub type EventSink = Arc<dyn Fn(TransportEvent) + Send + Sync>;
 
-/// Outgoing side of the transport. Dropping it stops every peer task.
-pub struct Transport {
-    id: NodeId,
-    peers: BTreeMap<NodeId, Peer>,
+/// The Raft loop's side of the transport: the peer links, and snapshot transfers started on
+/// `runtime` that report back through `events`.
+pub(crate) struct Transport {
+    net: PeerNet,
+    peers: BTreeMap<NodeId, String>,
     events: EventSink,
     runtime: tokio::runtime::Handle,
 }
 
-struct Peer {
-    addr: String,
-    queue: mpsc::Sender<pb::RaftMessage>,
-}
-
 impl Transport {
-    /// Starts one task per peer on `runtime`. `peers` maps ids to `host:port`; this node's own
-    /// entry, if present, is ignored.
-    pub fn start(
-        id: NodeId,
-        peers: &BTreeMap<NodeId, String>,
+    pub(crate) fn new(
+        net: PeerNet,
+        peers: BTreeMap<NodeId, String>,
         events: EventSink,
         runtime: tokio::runtime::Handle,
     ) -> Transport {
-        let mut out = BTreeMap::new();
-        for (&peer, addr) in peers {
-            if peer == id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(peer_loop(peer, addr.clone(), rx, events.clone()));
-            out.insert(peer, Peer { addr: addr.clone(), queue: tx });
-        }
-        Transport { id, peers: out, events, runtime }
+        Transport { net, peers, events, runtime }
     }
 
-    /// Queues `m` for its destination without blocking.
-    pub fn send(&self, m: Message) {
-        let Some(peer) = self.peers.get(&m.to) else {
-            tracing::warn!(replica = self.id, to = m.to, "message to an unknown peer dropped");
+    /// Waits at most `timeout` for peer sockets or the input queue's waker.
+    pub(crate) fn poll(&mut self, timeout: Duration) -> std::io::Result<()> {
+        self.net.poll(timeout)
+    }
+
+    /// Handles socket readiness; every message that arrived goes to `deliver`.
+    pub(crate) fn process(&mut self, deliver: &mut impl FnMut(Message)) {
+        self.net.process(deliver)
+    }
+
+    pub(crate) fn has_unfinished(&self) -> bool {
+        self.net.has_unfinished()
+    }
+
+    /// Queues `m` for its destination without blocking; [`Transport::flush`] writes it out.
+    pub(crate) fn send(&mut self, m: Message) {
+        let MessageBody::InstallSnapshot { snapshot } = m.body else {
+            self.net.send(&m);
             return;
         };
-        if let MessageBody::InstallSnapshot { snapshot } = m.body {
-            let events = self.events.clone();
-            let addr = peer.addr.clone();
-            let (from, to, term) = (m.from, m.to, m.term);
-            self.runtime.spawn(async move {
-                let ok = match send_snapshot(&addr, from, to, term, snapshot).await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(replica = from, to, "snapshot transfer failed: {e}");
-                        false
-                    }
-                };
-                events(TransportEvent::SnapshotDone { to, ok });
-            });
-            return;
-        }
-        let Some(wire) = codec::to_pb(&m) else { return };
-        if peer.queue.try_send(wire).is_err() {
-            (self.events)(TransportEvent::Unreachable(m.to));
-        }
+        let Some(addr) = self.peers.get(&m.to).cloned() else { return };
+        let events = self.events.clone();
+        let (from, to, term) = (m.from, m.to, m.term);
+        self.runtime.spawn(async move {
+            let ok = match send_snapshot(&addr, from, to, term, snapshot).await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(replica = from, to, "snapshot transfer failed: {e}");
+                    false
+                }
+            };
+            events(TransportEvent::SnapshotDone { to, ok });
+        });
     }
-}
 
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5)))
+    /// Writes everything queued, as far as the sockets take it.
+    pub(crate) fn flush(&mut self) {
+        self.net.flush()
+    }
+
+    /// Peers whose messages were dropped since the last call.
+    pub(crate) fn take_unreachable(&mut self) -> impl Iterator<Item = NodeId> {
+        self.net.take_unreachable().into_iter()
+    }
+
+    /// Redials lost links that are due.
+    pub(crate) fn maintain(&mut self, now: Instant) {
+        self.net.maintain(now)
+    }
+
+    /// Takes over a peer link accepted by the listener.
+    pub(crate) fn add_inbound(&mut self, stream: std::net::TcpStream) {
+        self.net.add_inbound(stream)
+    }
 }
 
 async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
-    let channel = endpoint(addr)?.connect().await?;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
     Ok(RaftPeerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE))
-}
-
-/// Keeps one stream open to `to` and forwards its queue into it, reconnecting with backoff.
-/// Ends when the [`Transport`] is dropped.
-async fn peer_loop(to: NodeId, addr: String, mut queue: mpsc::Receiver<pb::RaftMessage>, events: EventSink) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let mut client = match connect(&addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(to, %addr, "connect failed: {e}");
-                // Whatever queued up meanwhile is stale; the core will retry what matters.
-                let mut dropped = false;
-                loop {
-                    match queue.try_recv() {
-                        Ok(_) => dropped = true,
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
-                }
-                if dropped {
-                    events(TransportEvent::Unreachable(to));
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(50);
-        tracing::debug!(to, %addr, "stream open");
-        let (tx, rx) = mpsc::channel(256);
-        let call = client.messages(ReceiverStream::new(rx));
-        tokio::pin!(call);
-        loop {
-            tokio::select! {
-                res = &mut call => {
-                    tracing::debug!(to, %addr, "stream closed: {:?}", res.err());
-                    events(TransportEvent::Unreachable(to));
-                    break;
-                }
-                m = queue.recv() => match m {
-                    None => return,
-                    Some(m) => if tx.send(m).await.is_err() { break },
-                },
-            }
-        }
-    }
 }
 
 /// Streams `snap` to `addr` in chunks; returns whether the follower accepted it.

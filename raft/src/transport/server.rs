@@ -1,6 +1,6 @@
-//! The receiving side: a `RaftPeer` gRPC service that decodes peer messages and hands them to
-//! the node. Malformed messages end that peer's stream with `InvalidArgument`; they never reach
-//! the core.
+//! The receiving side of snapshot transfers: a `RaftPeer` gRPC service that puts the chunks back
+//! together and hands the node one InstallSnapshot message. A malformed transfer ends with
+//! `InvalidArgument`; it never reaches the core.
 
 use std::sync::Arc;
 
@@ -38,18 +38,6 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn messages(&self, request: Request<Streaming<pb::RaftMessage>>) -> Result<Response<pb::StreamAck>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(m) = stream.message().await? {
-            let m = codec::from_pb(m).map_err(Status::invalid_argument)?;
-            if m.to != self.id {
-                return Err(Status::invalid_argument(format!("message for {} sent to replica {}", m.to, self.id)));
-            }
-            (self.deliver)(m);
-        }
-        Ok(Response::new(pb::StreamAck {}))
-    }
-
     async fn install_snapshot(
         &self,
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
