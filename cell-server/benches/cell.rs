@@ -26,7 +26,6 @@ use common::{find_leader, percentile, start_cell, us};
 use proto::cell::cell_client::CellClient;
 use proto::cell::PutRequest;
 use raft::{DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, StateMachine, Storage};
-use tonic::transport::Channel;
 
 fn fsync_latency(dir: &Path) -> (Duration, Duration) {
     let path = dir.join("fsync-probe");
@@ -71,42 +70,80 @@ fn loopback_rtt() -> Duration {
 }
 
 /// `clients` concurrent proposers, each writing 100-byte values back to back for `secs`.
-async fn load(channels: &[Channel], clients: usize, secs: f64) -> (f64, Duration, Duration) {
+///
+/// The load comes from at most two threads, each running a single-threaded runtime with two
+/// connections of its own, as a client process (the `chubby` CLI, say) does: a multi-threaded
+/// runtime would add its own thread hand-offs to every call and measure the client, not the cell.
+fn load(leader: &str, clients: usize, secs: f64) -> (f64, Duration, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for i in 0..clients {
-        let mut client = CellClient::new(channels[i % channels.len()].clone());
-        let (stop, count, lat) = (stop.clone(), count.clone(), lat.clone());
-        tasks.push(tokio::spawn(async move {
-            let value = Bytes::from(vec![b'v'; 100]);
-            let mut mine = Vec::new();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                let req = PutRequest { key: format!("bench/{i}/{}", n % 1000), value: value.clone() };
-                if client.put(req).await.is_ok() {
-                    mine.push(start.elapsed());
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
-            lat.lock().unwrap().extend(mine);
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs_f64(secs * 0.2)).await; // warm-up
+    let threads: Vec<_> = (0..clients.min(2))
+        .map(|t| {
+            let mine: Vec<usize> = (0..clients).filter(|i| i % 2 == t).collect();
+            let (stop, count, lat, leader) = (stop.clone(), count.clone(), lat.clone(), leader.to_string());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    let mut channels = Vec::new();
+                    for _ in 0..2 {
+                        channels.push(
+                            tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+                                .unwrap()
+                                .tcp_nodelay(true)
+                                .connect()
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                    let mut tasks = Vec::new();
+                    for i in mine {
+                        let mut client = CellClient::new(channels[i % channels.len()].clone());
+                        let (stop, count) = (stop.clone(), count.clone());
+                        tasks.push(tokio::spawn(async move {
+                            let value = Bytes::from(vec![b'v'; 100]);
+                            let mut times = Vec::new();
+                            let mut n = 0u64;
+                            while !stop.load(Ordering::Relaxed) {
+                                let start = Instant::now();
+                                let req = PutRequest { key: format!("bench/{i}/{}", n % 1000), value: value.clone() };
+                                if client.put(req).await.is_ok() {
+                                    times.push((start, start.elapsed()));
+                                    count.fetch_add(1, Ordering::Relaxed);
+                                }
+                                n += 1;
+                            }
+                            times
+                        }));
+                    }
+                    for t in tasks {
+                        let times = t.await.unwrap();
+                        lat.lock().unwrap().push(times);
+                    }
+                });
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs * 0.2)); // warm-up
     let c0 = count.load(Ordering::Relaxed);
-    lat.lock().unwrap().clear();
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    std::thread::sleep(Duration::from_secs_f64(secs));
     let done = count.load(Ordering::Relaxed) - c0;
     let elapsed = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
+    for t in threads {
+        t.join().unwrap();
     }
-    let mut l = lat.lock().unwrap().clone();
+    // Latencies of the calls that started in the measured window.
+    let end = t0 + elapsed;
+    let mut l: Vec<Duration> = lat
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .filter(|(start, _)| *start >= t0 && *start < end)
+        .map(|(_, d)| *d)
+        .collect();
     l.sort();
     (done as f64 / elapsed.as_secs_f64(), percentile(&l, 0.5), percentile(&l, 0.99))
 }
@@ -114,33 +151,20 @@ async fn load(channels: &[Channel], clients: usize, secs: f64) -> (f64, Duration
 fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     let fsync = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always".into());
     let cell = start_cell(dir, &fsync);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let leader = find_leader(&cell.addrs).await;
-        let mut channels = Vec::new();
-        for _ in 0..4 {
-            channels.push(
-                tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
-                    .unwrap()
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .unwrap(),
-            );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let leader = rt.block_on(find_leader(&cell.addrs));
+    println!("\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level");
+    println!("| concurrent proposers | writes/s | median latency | p99 latency |");
+    println!("|---:|---:|---:|---:|");
+    let mut one = 0.0;
+    for &clients in levels {
+        let (rate, p50, p99) = load(&leader, clients, secs);
+        if clients == 1 {
+            one = rate;
         }
-        println!("\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level");
-        println!("| concurrent proposers | writes/s | median latency | p99 latency |");
-        println!("|---:|---:|---:|---:|");
-        let mut one = 0.0;
-        for &clients in levels {
-            let (rate, p50, p99) = load(&channels, clients, secs).await;
-            if clients == 1 {
-                one = rate;
-            }
-            let ratio = if one > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / one) } else { String::new() };
-            println!("| {clients} | {rate:.0}{ratio} | {} | {} |", us(p50), us(p99));
-        }
-    });
+        let ratio = if one > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / one) } else { String::new() };
+        println!("| {clients} | {rate:.0}{ratio} | {} | {} |", us(p50), us(p99));
+    }
     drop(cell);
 }
 

@@ -4,7 +4,9 @@
 //! Layout of a data directory: `wal/` (segments, see [`crate::wal`]) and `snap/` (see
 //! [`crate::snapshot_store`]).
 
+use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -150,6 +152,36 @@ impl DiskStorage {
             self.wal.compact(snap.meta.index)?;
         }
         Ok(())
+    }
+
+    /// Whether a leader may write its entries now and sync them on another thread (policy
+    /// `always`; the others never wait for a sync anyway).
+    pub fn can_defer_sync(&self) -> bool {
+        self.fsync == FsyncPolicy::Always
+    }
+
+    /// Writes `entries` (and a hard state whose term and vote are already durable) to the
+    /// kernel without syncing; returns the file whose sync makes them durable. For a leader,
+    /// which may commit on its followers' copies while its own is being synced (Raft thesis
+    /// §10.2.1) and counts itself only once the sync is done.
+    pub fn persist_deferred(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<HardState>,
+    ) -> Result<Arc<File>, WalError> {
+        debug_assert!(hard_state.is_none_or(|hs| {
+            let old = self.mem.hard_state();
+            hs.term == old.term && hs.vote == old.vote
+        }));
+        self.wal.append(entries, hard_state);
+        if let Err(e) = self.mem.append(entries) {
+            return Err(other(&self.snaps, e));
+        }
+        if let Some(hs) = hard_state {
+            self.mem.set_hard_state(hs);
+        }
+        self.wal.write()?;
+        Ok(self.wal.sync_target())
     }
 
     /// For `everysec`: called on every tick, syncs when a second has passed since the last sync.

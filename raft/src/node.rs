@@ -107,6 +107,12 @@ enum Input<SM> {
     Transport(TransportEvent),
     /// A peer link the listener accepted.
     PeerConn(std::net::TcpStream),
+    /// The background sync of a leader's log reached `index` (of `term`).
+    Synced {
+        index: Index,
+        term: Term,
+        result: Result<(), String>,
+    },
     /// The background save of a snapshot finished.
     SnapshotSaved(Result<Snapshot, String>),
     Stop,
@@ -278,6 +284,7 @@ impl<SM: StateMachine> Node<SM> {
         );
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let handle = NodeHandle { tx, id: opts.id, leadership };
+        let opts_id = opts.id;
         let driver = Driver {
             raw,
             sm,
@@ -291,6 +298,8 @@ impl<SM: StateMachine> Node<SM> {
             leadership: leadership_tx,
             self_tx: handle.tx.clone(),
             saving_snapshot: false,
+            syncer: start_syncer(opts_id, handle.tx.clone()).map_err(|e| format!("starting the sync thread: {e}"))?,
+            failed: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", handle.id))
@@ -331,6 +340,37 @@ struct Driver<SM> {
     /// For background work to report back to the loop.
     self_tx: Inbox<SM>,
     saving_snapshot: bool,
+    /// The thread that syncs a leader's log in the background.
+    syncer: mpsc::Sender<SyncJob>,
+    /// Set when background work failed in a way that must stop the replica.
+    failed: Option<String>,
+}
+
+/// Make the log durable up to `index` (of `term`) by syncing `file`.
+struct SyncJob {
+    file: Arc<std::fs::File>,
+    index: Index,
+    term: Term,
+}
+
+/// Starts the thread that syncs a leader's log while the loop goes on (Raft thesis §10.2.1:
+/// the leader may commit on its followers' copies while its own is being written). Jobs that
+/// queue up during a sync share the next one.
+fn start_syncer<SM: StateMachine>(id: NodeId, inbox: Inbox<SM>) -> std::io::Result<mpsc::Sender<SyncJob>> {
+    let (tx, rx) = mpsc::channel::<SyncJob>();
+    std::thread::Builder::new().name(format!("sync-{id}")).spawn(move || {
+        while let Ok(mut job) = rx.recv() {
+            while let Ok(later) = rx.try_recv() {
+                job = later;
+            }
+            let result = job.file.sync_data().map_err(|e| format!("syncing the log: {e}"));
+            let failed = result.is_err();
+            if inbox.send(Input::Synced { index: job.index, term: job.term, result }).is_err() || failed {
+                return;
+            }
+        }
+    })?;
+    Ok(tx)
 }
 
 /// Inputs taken per loop turn at most, so a flood cannot starve ticks.
@@ -359,6 +399,9 @@ impl<SM: StateMachine> Driver<SM> {
             }
             if stop {
                 return self.shutdown();
+            }
+            if let Some(e) = self.failed.take() {
+                return Err(e);
             }
             let raw = &mut self.raw;
             self.transport.process(&mut |m| raw.step(m));
@@ -437,6 +480,10 @@ impl<SM: StateMachine> Driver<SM> {
             Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
             Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
             Input::PeerConn(stream) => self.transport.add_inbound(stream),
+            Input::Synced { index, term, result } => match result {
+                Ok(()) => self.raw.on_synced(index, term),
+                Err(e) => self.failed = Some(e),
+            },
             Input::SnapshotSaved(result) => {
                 self.saving_snapshot = false;
                 match result {
@@ -479,10 +526,23 @@ impl<SM: StateMachine> Driver<SM> {
         }
         // Out before the sync, so followers write their copies while this one does.
         self.transport.flush();
-        self.raw
-            .storage_mut()
-            .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
-            .map_err(|e| format!("persisting: {e}"))?;
+        let deferred = self.defer_sync(&rd);
+        if deferred {
+            let file = self
+                .raw
+                .storage_mut()
+                .persist_deferred(&rd.entries, rd.hard_state)
+                .map_err(|e| format!("persisting: {e}"))?;
+            let last = rd.entries.last().expect("deferred only with entries");
+            self.syncer
+                .send(SyncJob { file, index: last.index, term: last.term })
+                .map_err(|_| "the sync thread stopped".to_string())?;
+        } else {
+            self.raw
+                .storage_mut()
+                .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
+                .map_err(|e| format!("persisting: {e}"))?;
+        }
         for m in std::mem::take(&mut rd.persisted_messages) {
             self.transport.send(m);
         }
@@ -513,7 +573,11 @@ impl<SM: StateMachine> Driver<SM> {
                 self.confirmed_reads.push((rs.index, run));
             }
         }
-        self.raw.advance(&rd);
+        if deferred {
+            self.raw.advance_unsynced(&rd);
+        } else {
+            self.raw.advance(&rd);
+        }
         let applied_now = self.raw.applied();
         if !self.confirmed_reads.is_empty() {
             let (ready, waiting): (Vec<_>, Vec<_>) =
@@ -527,6 +591,22 @@ impl<SM: StateMachine> Driver<SM> {
             self.maybe_snapshot(index)?;
         }
         Ok(())
+    }
+
+    /// Whether this Ready's entries may be synced in the background: only a leader's (which
+    /// counts itself once the sync is done), with nothing else that must be durable first (no
+    /// snapshot, no new term or vote, no message that promises what is stored).
+    fn defer_sync(&self, rd: &Ready) -> bool {
+        let storage = self.raw.storage();
+        self.raw.role() == Role::Leader
+            && storage.can_defer_sync()
+            && !rd.entries.is_empty()
+            && rd.snapshot.is_none()
+            && rd.persisted_messages.is_empty()
+            && rd.hard_state.is_none_or(|hs| {
+                let durable = storage.hard_state();
+                hs.term == durable.term && hs.vote == durable.vote
+            })
     }
 
     /// Every `snapshot_entries` applied entries: serializes the state machine here (it must be

@@ -189,6 +189,24 @@ impl<S: Storage> RawNode<S> {
         r.confs.fold_to(r.log.applied);
     }
 
+    /// As [`RawNode::advance`], for a leader whose entries in `rd` were written but are still
+    /// being synced: it does not count itself for them until [`RawNode::on_synced`].
+    pub fn advance_unsynced(&mut self, rd: &Ready) {
+        let r = &mut self.raft;
+        if let Some(e) = rd.entries.last() {
+            r.log.stable_to(e.index, e.term);
+        }
+        if let Some(e) = rd.committed_entries.last() {
+            r.log.applied_to(e.index);
+        }
+        r.confs.fold_to(r.log.applied);
+    }
+
+    /// The log up to `index` (of `term`) is durable: a leader may now count itself for it.
+    pub fn on_synced(&mut self, index: Index, term: Term) {
+        self.raft.on_persisted(index, term);
+    }
+
     /// The membership in force after applying the entry at `index`, for the metadata of a
     /// snapshot taken there (`None` if `index` is below the last one applied).
     pub fn conf_state_at(&self, index: Index) -> Option<ConfState> {

@@ -24,6 +24,7 @@ mod tests;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -72,7 +73,8 @@ pub struct Wal {
     segment_size: u64,
     /// Oldest first; the last one is the one being written.
     segments: Vec<Segment>,
-    file: File,
+    /// Shared with a thread that syncs it in the background (see [`Wal::sync_target`]).
+    file: Arc<File>,
     file_len: u64,
     buf: BytesMut,
     /// Bytes written to the kernel but not yet synced.
@@ -157,7 +159,7 @@ impl Wal {
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
-                    file,
+                    file: Arc::new(file),
                     file_len: valid_len,
                     segments,
                     buf: BytesMut::new(),
@@ -171,7 +173,7 @@ impl Wal {
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
-                    file,
+                    file: Arc::new(file),
                     file_len: 0,
                     segments: vec![Segment { seq: 1, path, max_index: 0 }],
                     buf: BytesMut::new(),
@@ -181,7 +183,7 @@ impl Wal {
             }
         };
         use std::io::Seek;
-        wal.file.seek(io::SeekFrom::End(0)).map_err(io_err(dir))?;
+        (&*wal.file).seek(io::SeekFrom::End(0)).map_err(io_err(dir))?;
         if wal.file_len == 0 && hard_state != HardState::default() {
             // A crash right after a segment was created: give it its hard state now, so
             // compaction can never delete the last record of it.
@@ -220,7 +222,7 @@ impl Wal {
             self.roll()?;
         }
         let path = &self.segments.last().expect("an active segment").path;
-        self.file.write_all(&self.buf).map_err(io_err(path))?;
+        (&*self.file).write_all(&self.buf).map_err(io_err(path))?;
         self.file_len += self.buf.len() as u64;
         self.buf.clear();
         self.unsynced = true;
@@ -238,6 +240,13 @@ impl Wal {
         Ok(())
     }
 
+    /// The file that holds everything written so far (after [`Wal::write`]): syncing it makes
+    /// that durable, as [`Wal::sync`] would, but on whatever thread the caller likes. Older
+    /// segments are synced when the log rolls over, so this one file is enough.
+    pub fn sync_target(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
     /// Whether some written records are not yet durable.
     pub fn has_unsynced(&self) -> bool {
         self.unsynced || !self.buf.is_empty()
@@ -248,7 +257,7 @@ impl Wal {
         self.unsynced = false;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = segment_path(&self.dir, seq);
-        self.file = create_segment(&self.dir, &path)?;
+        self.file = Arc::new(create_segment(&self.dir, &path)?);
         self.file_len = 0;
         self.segments.push(Segment { seq, path, max_index: 0 });
         // Every segment holds the hard state of its creation, so older segments can be deleted.
