@@ -12,6 +12,10 @@
 //!   valid after it is cut off with a warning. An invalid record anywhere else, or followed by a
 //!   valid one, is corruption of synced data: [`WalError::Corrupt`] stops the replica, never a
 //!   silent loss.
+//! - **Preallocation.** A new segment is given its full size up front (`fallocate`), so a sync
+//!   does not also have to commit the file's growth: on ext4 that makes each `fdatasync`
+//!   markedly cheaper. The segment's unwritten rest reads as zeros, which replay takes as the
+//!   clean end of a segment; a segment is cut to its written length when the log rolls over.
 //! - **Compaction.** Once a snapshot covers index `s`, the oldest segments whose entries are all
 //!   at or below `s` are deleted (only a prefix: a later segment may depend on an earlier one's
 //!   truncation). Every new segment starts with the current hard state, so deleting old
@@ -120,11 +124,13 @@ impl Wal {
         let mut replay = Replay { base: base_index, base_entry_term: None, out: Recovered::default() };
         let mut segments = Vec::new();
         let mut valid_len = 0;
+        let mut torn = false;
         for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
             let last = i + 1 == seqs.len();
-            let (max_index, len) = replay.segment(&path, last)?;
+            let (max_index, len, torn_here) = replay.segment(&path, last)?;
             valid_len = len;
+            torn = torn_here;
             segments.push(Segment { seq, path, max_index });
         }
         // Entries after the snapshot belong to it only if the log's entry at the snapshot's
@@ -151,9 +157,11 @@ impl Wal {
         let mut wal = match segments.last() {
             Some(seg) => {
                 let file = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
-                if file.metadata().map_err(io_err(&seg.path))?.len() != valid_len {
-                    // Cut the torn tail for good, so new records follow the last valid one.
+                if torn {
+                    // Erase the torn tail for good (new records follow the last valid one, and
+                    // no stale bytes may outlive a shorter rewrite), then preallocate again.
                     file.set_len(valid_len).map_err(io_err(&seg.path))?;
+                    preallocate(&file, segment_size);
                     file.sync_all().map_err(io_err(&seg.path))?;
                 }
                 Wal {
@@ -169,7 +177,7 @@ impl Wal {
             }
             None => {
                 let path = segment_path(dir, 1);
-                let file = create_segment(dir, &path)?;
+                let file = create_segment(dir, &path, segment_size)?;
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
@@ -183,7 +191,7 @@ impl Wal {
             }
         };
         use std::io::Seek;
-        (&*wal.file).seek(io::SeekFrom::End(0)).map_err(io_err(dir))?;
+        (&*wal.file).seek(io::SeekFrom::Start(wal.file_len)).map_err(io_err(dir))?;
         if wal.file_len == 0 && hard_state != HardState::default() {
             // A crash right after a segment was created: give it its hard state now, so
             // compaction can never delete the last record of it.
@@ -253,11 +261,13 @@ impl Wal {
     }
 
     fn roll(&mut self) -> Result<(), WalError> {
-        self.file.sync_data().map_err(io_err(&self.dir))?;
+        // Older segments end at their last record: only the newest may have a zero tail.
+        self.file.set_len(self.file_len).map_err(io_err(&self.dir))?;
+        self.file.sync_all().map_err(io_err(&self.dir))?;
         self.unsynced = false;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = segment_path(&self.dir, seq);
-        self.file = Arc::new(create_segment(&self.dir, &path)?);
+        self.file = Arc::new(create_segment(&self.dir, &path, self.segment_size)?);
         self.file_len = 0;
         self.segments.push(Segment { seq, path, max_index: 0 });
         // Every segment holds the hard state of its creation, so older segments can be deleted.
@@ -290,10 +300,25 @@ impl Wal {
     }
 }
 
-fn create_segment(dir: &Path, path: &Path) -> Result<File, WalError> {
+fn create_segment(dir: &Path, path: &Path, size: u64) -> Result<File, WalError> {
     let file = OpenOptions::new().create(true).truncate(true).write(true).open(path).map_err(io_err(path))?;
+    preallocate(&file, size);
+    file.sync_all().map_err(io_err(path))?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Gives `file` its full `size` now (its unwritten part reads as zeros), so later syncs need
+/// not commit its growth. Where the file system cannot, the file just grows as it is written.
+fn preallocate(file: &File, size: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(size) else { return };
+    // SAFETY: `fallocate` only reads its integer arguments; the descriptor is open for writing
+    // and owned by `file`, which outlives the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc != 0 {
+        tracing::debug!("WAL segments are not preallocated: {}", io::Error::last_os_error());
+    }
 }
 
 /// Replays segments in order into a log that starts after `base`.
@@ -305,13 +330,15 @@ struct Replay {
 }
 
 impl Replay {
-    /// Replays one segment; returns its largest entry index and the length of its valid prefix.
-    fn segment(&mut self, path: &Path, last: bool) -> Result<(Index, u64), WalError> {
+    /// Replays one segment; returns its largest entry index, the length of its valid prefix, and
+    /// whether a torn record follows that prefix (rather than the end or preallocated zeros).
+    fn segment(&mut self, path: &Path, last: bool) -> Result<(Index, u64, bool), WalError> {
         let mut raw = Vec::new();
         File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(io_err(path))?;
         let data = Bytes::from(raw);
         let mut offset = 0usize;
         let mut max_index = 0;
+        let mut torn = false;
         while offset < data.len() {
             match record::decode(&data.slice(offset..)) {
                 Ok((rec, n)) => {
@@ -322,6 +349,12 @@ impl Replay {
                     offset += n;
                 }
                 Err(bad) => {
+                    if data[offset..].iter().all(|&b| b == 0) {
+                        // The preallocated, never written rest of a segment. (Older segments
+                        // are cut when the log rolls over; one that was not still replays, and
+                        // a hole in the log would show as a gap in the next segment.)
+                        break;
+                    }
                     let why = match bad {
                         Bad::Short => "record cut short".to_string(),
                         Bad::Corrupt(why) => why.to_string(),
@@ -329,7 +362,9 @@ impl Replay {
                     if !last {
                         return Err(corrupt(path, offset, format!("{why} in a segment that is not the newest")));
                     }
-                    if let Some(next) = next_valid_record(&data, offset + 1) {
+                    // Only up to the last non-zero byte: a preallocated zero tail holds no record.
+                    let end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+                    if let Some(next) = next_valid_record(&data.slice(..end), offset + 1) {
                         return Err(corrupt(path, offset, format!("{why}, followed by a valid record at byte {next}")));
                     }
                     let msg = format!(
@@ -339,11 +374,12 @@ impl Replay {
                     );
                     tracing::warn!("{msg}");
                     self.out.warnings.push(msg);
+                    torn = true;
                     break;
                 }
             }
         }
-        Ok((max_index, offset as u64))
+        Ok((max_index, offset as u64, torn))
     }
 
     fn apply(&mut self, rec: Record, path: &Path, offset: usize) -> Result<(), WalError> {
