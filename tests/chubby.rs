@@ -365,6 +365,14 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     );
     assert_eq!(chubby(&["lock", "/ls/local/svc/web/lock", "--", "sh", "-c", &script]).0, 0);
     assert_eq!(chubby(&["get", "/ls/local/svc/web/master"]).1, "fenced\n");
+    // `chubby sequencer PATH` names the current holder's sequencer to any script; a free lock
+    // has none (exit 1).
+    let script = format!(
+        "test \"$({} sequencer /ls/local/svc/web/lock)\" = \"$CHUBBY_SEQUENCER\" && echo same",
+        bin("chubby").display()
+    );
+    assert_eq!(chubby(&["lock", "/ls/local/svc/web/lock", "--", "sh", "-c", &script]), (0, "same\n".into()));
+    assert_eq!(chubby(&["sequencer", "/ls/local/svc/web/lock"]), (1, String::new()));
 
     // Not found, not empty, removal.
     assert_eq!(chubby(&["get", "/ls/local/nothing"]).0, 3);

@@ -451,11 +451,17 @@ impl Chubby for ChubbyService {
 
     async fn get_sequencer(&self, req: Request<GetSequencerRequest>) -> Result<Response<GetSequencerResponse>, Status> {
         let req = req.into_inner();
+        if req.holders {
+            let h = self.handle(req.handle.as_ref(), Rights::READ)?;
+            let path = h.path;
+            let holders = self.read(move |st| Ok(st.holder_sequencers(&path))).await?;
+            return Ok(Response::new(GetSequencerResponse { sequencer: String::new(), holders }));
+        }
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         let holder = Holder { session: h.session, owner: req.owner };
         let path = h.path;
         let sequencer = self.read(move |st| st.sequencer_of(&path, holder).ok_or(StateError::NotHeld(path))).await?;
-        Ok(Response::new(GetSequencerResponse { sequencer }))
+        Ok(Response::new(GetSequencerResponse { sequencer, holders: Vec::new() }))
     }
 
     async fn check_sequencer(

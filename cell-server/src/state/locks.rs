@@ -320,6 +320,12 @@ impl CellState {
         Some(seq.format())
     }
 
+    /// The sequencers of everyone holding the lock on `path` now (none if it is free).
+    pub fn holder_sequencers(&self, path: &str) -> Vec<String> {
+        let Some(node) = self.nodes.get(path) else { return Vec::new() };
+        node.lock.holders.keys().filter_map(|&h| self.sequencer_of(path, h)).collect()
+    }
+
     /// Whether `holder` waits in the lock's queue.
     pub fn is_waiting(&self, path: &str, holder: Holder) -> bool {
         self.nodes.get(path).is_some_and(|n| n.lock.waiters.iter().any(|w| w.holder == holder))

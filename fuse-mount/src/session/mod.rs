@@ -454,8 +454,15 @@ impl Session {
     }
 
     pub async fn sequencer(&self, handle: &Handle, owner: u64) -> Result<String, ClientError> {
-        let req = GetSequencerRequest { handle: Some(handle.clone()), owner };
+        let req = GetSequencerRequest { handle: Some(handle.clone()), owner, holders: false };
         Ok(self.call(self.deadline(), rpc!(get_sequencer, req)).await?.sequencer)
+    }
+
+    /// The sequencers of whoever holds the node's lock now (empty if it is free): one for an
+    /// exclusive holder, one per holder of a shared lock.
+    pub async fn holder_sequencers(&self, handle: &Handle) -> Result<Vec<String>, ClientError> {
+        let req = GetSequencerRequest { handle: Some(handle.clone()), owner: 0, holders: true };
+        Ok(self.call(self.deadline(), rpc!(get_sequencer, req)).await?.holders)
     }
 
     pub async fn check_sequencer(&self, sequencer: &str) -> Result<bool, ClientError> {

@@ -137,6 +137,21 @@ pub async fn stat(s: &Session, path: &str, json: bool) -> Result<(), ClientError
     Ok(())
 }
 
+/// Prints the sequencers of the lock's holders; a free lock is exit code 1.
+pub async fn sequencer(s: &Session, path: &str, json: bool) -> Result<u8, ClientError> {
+    let (h, _) = s.open_node(path, OpenOptions::default()).await?;
+    let holders = s.holder_sequencers(&h).await?;
+    if json {
+        println!("{}", json!({ "path": path, "sequencers": holders }));
+    } else if holders.is_empty() {
+        eprintln!("chubby: {path}: nobody holds the lock");
+    }
+    for seq in holders.iter().filter(|_| !json) {
+        println!("{seq}");
+    }
+    Ok(if holders.is_empty() { super::EXIT_FAILURE } else { 0 })
+}
+
 /// Prints whether the sequencer is still current; false is exit code 7.
 pub async fn check_sequencer(s: &Session, sequencer: &str, json: bool) -> Result<bool, ClientError> {
     let valid = s.check_sequencer(sequencer).await?;

@@ -1,5 +1,5 @@
 //! `chubby`: the command line for a Chubby cell: the namespace (`get`, `put`, `ls`, `mkdir`,
-//! `rm`, `stat`), locks (`lock`, `elect`, `check-sequencer`), `watch`, `barrier`, and the
+//! `rm`, `stat`), locks (`lock`, `elect`, `sequencer`, `check-sequencer`), `watch`, `barrier`, and the
 //! replicas' `status`.
 //!
 //! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
@@ -93,6 +93,9 @@ enum Cmd {
     },
     /// Metadata of PATH: generations, checksum, length, times.
     Stat { path: String },
+    /// Print the sequencer of whoever holds PATH's lock now (one line per holder of a shared
+    /// lock), for fencing from scripts; exit 1 if the lock is free.
+    Sequencer { path: String },
     /// Exit 0 if SEQ is a current lock sequencer, 7 if it is stale.
     CheckSequencer { sequencer: String },
     /// Print PATH's events (modified, child added/removed, lock acquired, conflicting lock,
@@ -231,6 +234,7 @@ async fn namespace(addrs: Vec<String>, rpc_timeout: Duration, cmd: Cmd, json: bo
             (path.clone(), fs::rm(&session, &path, if_generation, &seq(sequencer)).await.map(|_| 0))
         }
         Cmd::Stat { path } => (path.clone(), fs::stat(&session, &path, json).await.map(|_| 0)),
+        Cmd::Sequencer { path } => (path.clone(), fs::sequencer(&session, &path, json).await),
         Cmd::CheckSequencer { sequencer } => {
             let r = fs::check_sequencer(&session, &sequencer, json).await;
             (sequencer, r.map(|valid| if valid { 0 } else { EXIT_STALE_SEQUENCER }))
