@@ -141,7 +141,12 @@ impl<SM> Clone for Inbox<SM> {
 impl<SM> Inbox<SM> {
     fn send(&self, input: Input<SM>) -> Result<(), NodeError> {
         self.tx.send(input).map_err(|_| NodeError::Stopped)?;
-        self.waker.wake().map_err(|_| NodeError::Stopped)
+        // The input is queued whatever happens here: a failed wake only delays it to the next
+        // tick, so it must not be reported as not sent.
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!("waking the Raft loop: {e}");
+        }
+        Ok(())
     }
 }
 
@@ -285,6 +290,7 @@ impl<SM: StateMachine> Node<SM> {
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let handle = NodeHandle { tx, id: opts.id, leadership };
         let opts_id = opts.id;
+        let sync_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let driver = Driver {
             raw,
             sm,
@@ -298,7 +304,9 @@ impl<SM: StateMachine> Node<SM> {
             leadership: leadership_tx,
             self_tx: handle.tx.clone(),
             saving_snapshot: false,
-            syncer: start_syncer(opts_id, handle.tx.clone()).map_err(|e| format!("starting the sync thread: {e}"))?,
+            syncer: start_syncer(opts_id, handle.tx.clone(), sync_failed.clone())
+                .map_err(|e| format!("starting the sync thread: {e}"))?,
+            sync_failed,
             failed: None,
         };
         let thread = std::thread::Builder::new()
@@ -342,6 +350,10 @@ struct Driver<SM> {
     saving_snapshot: bool,
     /// The thread that syncs a leader's log in the background.
     syncer: mpsc::Sender<SyncJob>,
+    /// Set by the sync thread before it reports a failed sync. The kernel reports a writeback
+    /// error to one sync only, so a sync on this thread may succeed after the other failed:
+    /// nothing may be acknowledged once this is set.
+    sync_failed: Arc<std::sync::atomic::AtomicBool>,
     /// Set when background work failed in a way that must stop the replica.
     failed: Option<String>,
 }
@@ -356,7 +368,11 @@ struct SyncJob {
 /// Starts the thread that syncs a leader's log while the loop goes on (Raft thesis §10.2.1:
 /// the leader may commit on its followers' copies while its own is being written). Jobs that
 /// queue up during a sync share the next one.
-fn start_syncer<SM: StateMachine>(id: NodeId, inbox: Inbox<SM>) -> std::io::Result<mpsc::Sender<SyncJob>> {
+fn start_syncer<SM: StateMachine>(
+    id: NodeId,
+    inbox: Inbox<SM>,
+    failed_flag: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<mpsc::Sender<SyncJob>> {
     let (tx, rx) = mpsc::channel::<SyncJob>();
     std::thread::Builder::new().name(format!("sync-{id}")).spawn(move || {
         while let Ok(mut job) = rx.recv() {
@@ -365,6 +381,9 @@ fn start_syncer<SM: StateMachine>(id: NodeId, inbox: Inbox<SM>) -> std::io::Resu
             }
             let result = job.file.sync_data().map_err(|e| format!("syncing the log: {e}"));
             let failed = result.is_err();
+            if failed {
+                failed_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if inbox.send(Input::Synced { index: job.index, term: job.term, result }).is_err() || failed {
                 return;
             }
@@ -420,6 +439,8 @@ impl<SM: StateMachine> Driver<SM> {
             }
             if self.raw.has_ready() {
                 self.handle_ready()?;
+                // More committed entries than one Ready hands out: go on without sleeping.
+                more |= self.raw.has_ready();
             }
             self.transport.flush();
         }
@@ -542,6 +563,9 @@ impl<SM: StateMachine> Driver<SM> {
                 .storage_mut()
                 .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
                 .map_err(|e| format!("persisting: {e}"))?;
+        }
+        if self.sync_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("syncing the log failed on the sync thread".into());
         }
         for m in std::mem::take(&mut rd.persisted_messages) {
             self.transport.send(m);

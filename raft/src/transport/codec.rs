@@ -101,12 +101,29 @@ pub(crate) fn from_pb(m: pb::RaftMessage) -> Result<Message, String> {
             leader_transfer: v.leader_transfer,
         },
         Body::RequestVoteResponse(v) => MessageBody::RequestVoteResponse { pre_vote: v.pre_vote, reject: v.reject },
-        Body::AppendEntries(a) => MessageBody::AppendEntries {
-            prev_log_index: a.prev_log_index,
-            prev_log_term: a.prev_log_term,
-            entries: a.entries.into_iter().map(entry_from_pb).collect::<Result<_, _>>()?,
-            commit: a.commit,
-        },
+        Body::AppendEntries(a) => {
+            // The core trusts that entries follow `prev` one by one with terms that never go
+            // down; a peer that says otherwise is refused here, before it reaches the log.
+            let mut expect = (a.prev_log_index.checked_add(1).ok_or("prev_log_index overflows")?, a.prev_log_term);
+            for e in &a.entries {
+                if e.index != expect.0 || e.term < expect.1 {
+                    return Err(format!(
+                        "AppendEntries entry {} (term {}) does not follow {} (term {})",
+                        e.index,
+                        e.term,
+                        expect.0 - 1,
+                        expect.1
+                    ));
+                }
+                expect = (e.index.checked_add(1).ok_or("entry index overflows")?, e.term);
+            }
+            MessageBody::AppendEntries {
+                prev_log_index: a.prev_log_index,
+                prev_log_term: a.prev_log_term,
+                entries: a.entries.into_iter().map(entry_from_pb).collect::<Result<_, _>>()?,
+                commit: a.commit,
+            }
+        }
         Body::AppendEntriesResponse(a) => MessageBody::AppendEntriesResponse {
             reject: a.reject,
             index: a.index,
@@ -168,5 +185,22 @@ mod tests {
             })),
         };
         assert!(from_pb(bad_kind).is_err());
+        let append = |prev_log_index, prev_log_term, entries: &[(u64, u64)]| pb::RaftMessage {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: Some(Body::AppendEntries(pb::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries: entries.iter().map(|&(index, term)| pb::Entry { index, term, ..Default::default() }).collect(),
+                commit: 0,
+            })),
+        };
+        assert!(from_pb(append(4, 2, &[(5, 2), (6, 3)])).is_ok());
+        assert!(from_pb(append(4, 2, &[(4, 2)])).is_err(), "at or below prev");
+        assert!(from_pb(append(4, 2, &[(5, 2), (7, 2)])).is_err(), "a gap");
+        assert!(from_pb(append(4, 2, &[(5, 1)])).is_err(), "a term below prev's");
+        assert!(from_pb(append(4, 2, &[(5, 3), (6, 2)])).is_err(), "terms going down");
+        assert!(from_pb(append(u64::MAX, 2, &[])).is_err(), "overflow");
     }
 }

@@ -38,6 +38,14 @@ const MAX_QUEUED: usize = 64 << 20;
 const READ_PER_TURN: usize = 8 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An incoming connection must say hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data unacknowledged this long means the peer is gone (a power loss sends no FIN or RST):
+/// the link is dropped and redialled instead of waiting out TCP's retransmissions.
+const USER_TIMEOUT_MS: libc::c_int = 2000;
+/// Keepalive probes on idle links (incoming links never write, so this is how a half-open one
+/// is found): first after 2 s idle, then every 1 s, 3 unanswered ones end it.
+const KEEPALIVE: (libc::c_int, libc::c_int, libc::c_int) = (2, 1, 3);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -83,11 +91,14 @@ enum LinkState {
     },
     Up {
         stream: TcpStream,
+        since: Instant,
     },
 }
 
 struct Inbound {
     stream: TcpStream,
+    /// When it was accepted (for the hello deadline).
+    since: Instant,
     buf: BytesMut,
     from: Option<NodeId>,
 }
@@ -202,8 +213,18 @@ impl PeerNet {
         std::mem::take(&mut self.unreachable)
     }
 
-    /// Dials links that are down and due, and gives up on connects that take too long.
+    /// Dials links that are down and due, gives up on connects that take too long, and closes
+    /// incoming connections that never said hello.
     pub(crate) fn maintain(&mut self, now: Instant) {
+        let silent: Vec<Token> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| c.from.is_none() && now.duration_since(c.since) > HELLO_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in silent {
+            self.close_inbound(token, "no hello in time".into());
+        }
         let ids: Vec<NodeId> = self.links.keys().copied().collect();
         for id in ids {
             let link = self.links.get_mut(&id).expect("listed above");
@@ -241,7 +262,8 @@ impl PeerNet {
             tracing::warn!(replica = self.id, "peer connection dropped: {e}");
             return;
         }
-        self.inbound.insert(token, Inbound { stream, buf: BytesMut::new(), from: None });
+        set_liveness_options(&stream);
+        self.inbound.insert(token, Inbound { stream, since: Instant::now(), buf: BytesMut::new(), from: None });
         // Bytes may have arrived before registration; edge-triggered readiness would not say so.
         self.unfinished.push(token);
     }
@@ -307,29 +329,26 @@ impl PeerNet {
                     return self.link_down(id, format!("connect: {e}"));
                 }
                 let _ = stream.set_nodelay(true);
+                set_liveness_options(stream);
                 let LinkState::Connecting { stream, .. } =
                     std::mem::replace(&mut link.state, LinkState::Down { retry_at: Instant::now() })
                 else {
                     unreachable!("matched above")
                 };
-                link.state = LinkState::Up { stream };
-                link.backoff = MIN_BACKOFF;
+                link.state = LinkState::Up { stream, since: Instant::now() };
                 link.out.clear();
                 link.written = 0;
                 frame::Hello { from: self.id, to: id }.encode(&mut link.out);
                 tracing::debug!(replica = self.id, to = id, addr = %link.addr, "peer link up");
+                // A close that came with the connect's completion would have no edge of its own.
+                if readable {
+                    self.check_closed(id);
+                }
                 self.flush_link(id);
             }
-            LinkState::Up { stream } => {
+            LinkState::Up { .. } => {
                 if readable {
-                    // Peers never write on a link we dialled: data is a protocol error, EOF a close.
-                    let mut scratch = [0u8; 64];
-                    match stream.read(&mut scratch) {
-                        Ok(0) => return self.link_down(id, "closed by the peer".into()),
-                        Ok(_) => return self.link_down(id, "peer wrote on an outgoing link".into()),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return self.link_down(id, e.to_string()),
-                    }
+                    self.check_closed(id);
                 }
                 if writable {
                     self.flush_link(id);
@@ -338,9 +357,21 @@ impl PeerNet {
         }
     }
 
+    /// Peers never write on a link we dialled: EOF is a close, data a protocol error.
+    fn check_closed(&mut self, id: NodeId) {
+        let LinkState::Up { stream, .. } = &mut self.links.get_mut(&id).expect("links exist").state else { return };
+        let mut scratch = [0u8; 64];
+        match stream.read(&mut scratch) {
+            Ok(0) => self.link_down(id, "closed by the peer".into()),
+            Ok(_) => self.link_down(id, "peer wrote on an outgoing link".into()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => self.link_down(id, e.to_string()),
+        }
+    }
+
     fn flush_link(&mut self, id: NodeId) {
         let link = self.links.get_mut(&id).expect("flushed links exist");
-        let LinkState::Up { stream } = &mut link.state else { return };
+        let LinkState::Up { stream, .. } = &mut link.state else { return };
         while link.written < link.out.len() {
             match stream.write(&link.out[link.written..]) {
                 Ok(0) => return self.link_down(id, "connection closed".into()),
@@ -363,8 +394,13 @@ impl PeerNet {
     fn link_down(&mut self, id: NodeId, why: String) {
         let link = self.links.get_mut(&id).expect("links exist");
         let was_up = matches!(link.state, LinkState::Up { .. });
+        // The backoff starts over only after a link that stayed up: a peer that accepts and
+        // then refuses us (wrong id, another version) is not redialled every 50 ms.
+        if matches!(link.state, LinkState::Up { since, .. } if since.elapsed() >= MAX_BACKOFF) {
+            link.backoff = MIN_BACKOFF;
+        }
         let state = std::mem::replace(&mut link.state, LinkState::Down { retry_at: Instant::now() + link.backoff });
-        if let LinkState::Connecting { mut stream, .. } | LinkState::Up { mut stream } = state {
+        if let LinkState::Connecting { mut stream, .. } | LinkState::Up { mut stream, .. } = state {
             let _ = self.poll.registry().deregister(&mut stream);
         }
         link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
@@ -390,16 +426,55 @@ impl PeerNet {
                     self.unfinished.push(token);
                 }
             }
-            ReadEnd::Closed(why) => {
-                let mut conn = self.inbound.remove(&token).expect("read above");
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-                match conn.from {
-                    Some(from) => tracing::debug!(replica = self.id, from, "incoming peer link closed: {why}"),
-                    None => tracing::warn!(replica = self.id, "incoming peer connection refused: {why}"),
-                }
-            }
+            ReadEnd::Closed(why) => self.close_inbound(token, why),
+        }
+        // The newest link from a peer replaces older ones (left over from before it restarted,
+        // or half-open): they would otherwise be kept until keepalive gives up on them.
+        let Some(from) = self.inbound.get(&token).and_then(|c| c.from) else { return };
+        let older: Vec<Token> =
+            self.inbound.iter().filter(|(&t, c)| t < token && c.from == Some(from)).map(|(&t, _)| t).collect();
+        for t in older {
+            self.close_inbound(t, "replaced by a newer link from the same peer".into());
         }
     }
+
+    fn close_inbound(&mut self, token: Token, why: String) {
+        let Some(mut conn) = self.inbound.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.unfinished.retain(|&t| t != token);
+        match conn.from {
+            Some(from) => tracing::debug!(replica = self.id, from, "incoming peer link closed: {why}"),
+            None => tracing::warn!(replica = self.id, "incoming peer connection refused: {why}"),
+        }
+    }
+}
+
+/// TCP_USER_TIMEOUT and keepalive, so a peer that vanished without a FIN or RST is noticed in
+/// seconds rather than after minutes of retransmissions.
+fn set_liveness_options(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: `value` lives across the call and its size is passed; `fd` is an open socket
+        // owned by `stream`.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("setsockopt({level}, {name}): {}", io::Error::last_os_error());
+        }
+    };
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, KEEPALIVE.0);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, KEEPALIVE.1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE.2);
 }
 
 /// Reads what `conn` has (up to the per-turn limit) and delivers every whole message.
@@ -548,6 +623,33 @@ mod tests {
             }
         }
         assert!(!got.is_empty(), "nothing arrived through a link dialled by name");
+    }
+
+    #[test]
+    fn a_newer_link_from_a_peer_replaces_the_older_one() {
+        let peers: BTreeMap<NodeId, String> =
+            [(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())].into_iter().collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut n2, _w) = PeerNet::new(2, &peers).unwrap();
+        let mut clients = Vec::new();
+        for commit in [1, 2] {
+            let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let mut wire = Vec::new();
+            frame::Hello { from: 1, to: 2 }.encode(&mut wire);
+            frame::encode(&codec::to_pb(&heartbeat(1, 2, commit)).unwrap(), &mut wire);
+            client.write_all(&wire).unwrap();
+            clients.push(client);
+            n2.add_inbound(listener.accept().unwrap().0);
+        }
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            turn(&mut n2, &mut got);
+            if got.len() == 2 && n2.inbound.len() == 1 {
+                break;
+            }
+        }
+        assert_eq!(got.len(), 2, "both links delivered: {got:?}");
+        assert_eq!(n2.inbound.len(), 1, "the older link from replica 1 was closed");
     }
 
     #[test]

@@ -124,8 +124,11 @@ fn bit_flip_in_last_record_drops_only_that_record() {
 #[test]
 fn corruption_in_the_middle_stops_recovery() {
     let dir = tempfile::tempdir().unwrap();
-    let len =
-        write_log(dir.path(), &(1..=6).map(|i| ent(i, 1)).collect::<Vec<_>>(), HardState { term: 1, vote: 1, commit: 6 });
+    let len = write_log(
+        dir.path(),
+        &(1..=6).map(|i| ent(i, 1)).collect::<Vec<_>>(),
+        HardState { term: 1, vote: 1, commit: 6 },
+    );
     let path = only_segment(dir.path());
     let good = records(&path, len);
     // Flip bits inside the second record: payload, checksum and length bytes.
