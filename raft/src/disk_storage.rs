@@ -130,13 +130,7 @@ impl DiskStorage {
             self.wal.append_reset(snap.meta.index, snap.meta.term);
             self.mem.apply_snapshot(snap.clone()).map_err(|e| other(&self.snaps, e))?;
         }
-        self.wal.append(entries, hard_state);
-        if let Err(e) = self.mem.append(entries) {
-            return Err(other(&self.snaps, e));
-        }
-        if let Some(hs) = hard_state {
-            self.mem.set_hard_state(hs);
-        }
+        self.stage(entries, hard_state)?;
         let sync = match self.fsync {
             FsyncPolicy::Always => must_sync || snapshot.is_some(),
             FsyncPolicy::EverySec => self.last_sync.elapsed() >= Duration::from_secs(1),
@@ -173,15 +167,19 @@ impl DiskStorage {
             let old = self.mem.hard_state();
             hs.term == old.term && hs.vote == old.vote
         }));
+        self.stage(entries, hard_state)?;
+        self.wal.write()?;
+        Ok(self.wal.sync_target())
+    }
+
+    /// Buffers entries and the hard state in the WAL and makes them readable from memory.
+    fn stage(&mut self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
         self.wal.append(entries, hard_state);
-        if let Err(e) = self.mem.append(entries) {
-            return Err(other(&self.snaps, e));
-        }
+        self.mem.append(entries).map_err(|e| other(&self.snaps, e))?;
         if let Some(hs) = hard_state {
             self.mem.set_hard_state(hs);
         }
-        self.wal.write()?;
-        Ok(self.wal.sync_target())
+        Ok(())
     }
 
     /// For `everysec`: called on every tick, syncs when a second has passed since the last sync.

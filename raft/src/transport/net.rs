@@ -418,6 +418,7 @@ impl PeerNet {
 
     fn read_inbound(&mut self, token: Token, deliver: &mut impl FnMut(Message)) {
         let Some(conn) = self.inbound.get_mut(&token) else { return };
+        let greeted = conn.from.is_some();
         let end = read_messages(self.id, &self.links, conn, &mut self.scratch, deliver);
         match end {
             ReadEnd::Open => {}
@@ -428,8 +429,12 @@ impl PeerNet {
             }
             ReadEnd::Closed(why) => self.close_inbound(token, why),
         }
-        // The newest link from a peer replaces older ones (left over from before it restarted,
-        // or half-open): they would otherwise be kept until keepalive gives up on them.
+        // Once it says hello, the newest link from a peer replaces older ones (left over from
+        // before it restarted, or half-open): they would otherwise be kept until keepalive gives
+        // up on them.
+        if greeted {
+            return;
+        }
         let Some(from) = self.inbound.get(&token).and_then(|c| c.from) else { return };
         let older: Vec<Token> =
             self.inbound.iter().filter(|(&t, c)| t < token && c.from == Some(from)).map(|(&t, _)| t).collect();
