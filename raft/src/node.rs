@@ -1,4 +1,4 @@
-//! [`Node`]: a running replica — the core, its [`DiskStorage`], the [`Transport`] and the
+//! [`Node`]: a running replica — the core, its [`DiskStorage`], its peer links ([`crate::transport`]) and the
 //! application's [`StateMachine`], driven by one thread.
 //!
 //! The loop waits for input (proposals, reads, transport events), peer messages on its own
@@ -398,13 +398,13 @@ const MAX_BATCH: usize = 4096;
 impl<SM: StateMachine> Driver<SM> {
     fn run(mut self, rx: mpsc::Receiver<Input<SM>>) -> Result<(), String> {
         let mut next_tick = Instant::now() + self.opts.tick;
-        self.transport.maintain(Instant::now());
+        self.transport.net.maintain(Instant::now());
         // Work left over from the last turn (a full batch, a connection not read to the end):
         // look again without sleeping.
         let mut more = false;
         loop {
             let wait = if more { Duration::ZERO } else { next_tick.saturating_duration_since(Instant::now()) };
-            self.transport.poll(wait).map_err(|e| format!("polling peer links: {e}"))?;
+            self.transport.net.poll(wait).map_err(|e| format!("polling peer links: {e}"))?;
             let mut stop = false;
             more = true;
             for _ in 0..MAX_BATCH {
@@ -423,9 +423,9 @@ impl<SM: StateMachine> Driver<SM> {
                 return Err(e);
             }
             let raw = &mut self.raw;
-            self.transport.process(&mut |m| raw.step(m));
-            more |= self.transport.has_unfinished();
-            for to in self.transport.take_unreachable() {
+            self.transport.net.process(&mut |m| raw.step(m));
+            more |= self.transport.net.has_unfinished();
+            for to in self.transport.net.take_unreachable() {
                 self.raw.report_unreachable(to);
             }
             if Instant::now() >= next_tick {
@@ -434,7 +434,7 @@ impl<SM: StateMachine> Driver<SM> {
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + self.opts.tick; // fell behind: do not burst ticks
                 }
-                self.transport.maintain(Instant::now());
+                self.transport.net.maintain(Instant::now());
                 self.raw.storage_mut().sync_if_due().map_err(|e| e.to_string())?;
             }
             if self.raw.has_ready() {
@@ -442,7 +442,7 @@ impl<SM: StateMachine> Driver<SM> {
                 // More committed entries than one Ready hands out: go on without sleeping.
                 more |= self.raw.has_ready();
             }
-            self.transport.flush();
+            self.transport.net.flush();
         }
     }
 
@@ -500,7 +500,7 @@ impl<SM: StateMachine> Driver<SM> {
             }
             Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
             Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
-            Input::PeerConn(stream) => self.transport.add_inbound(stream),
+            Input::PeerConn(stream) => self.transport.net.add_inbound(stream),
             Input::Synced { index, term, result } => match result {
                 Ok(()) => self.raw.on_synced(index, term),
                 Err(e) => self.failed = Some(e),
@@ -546,7 +546,7 @@ impl<SM: StateMachine> Driver<SM> {
             self.transport.send(m);
         }
         // Out before the sync, so followers write their copies while this one does.
-        self.transport.flush();
+        self.transport.net.flush();
         let deferred = self.defer_sync(&rd);
         if deferred {
             let file = self
@@ -570,7 +570,7 @@ impl<SM: StateMachine> Driver<SM> {
         for m in std::mem::take(&mut rd.persisted_messages) {
             self.transport.send(m);
         }
-        self.transport.flush();
+        self.transport.net.flush();
         if let Some(snap) = &rd.snapshot {
             self.sm.restore(&snap.data).map_err(|e| format!("restoring snapshot {}: {e}", snap.meta.index))?;
             let covered: Vec<Index> = self.pending.keys().copied().filter(|&i| i <= snap.meta.index).collect();

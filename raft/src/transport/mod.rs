@@ -18,7 +18,7 @@ pub mod server;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proto::raft as pb;
 use proto::raft::raft_peer_client::RaftPeerClient;
@@ -42,10 +42,10 @@ pub enum TransportEvent {
 
 pub type EventSink = Arc<dyn Fn(TransportEvent) + Send + Sync>;
 
-/// The Raft loop's side of the transport: the peer links, and snapshot transfers started on
-/// `runtime` that report back through `events`.
+/// The Raft loop's side of the transport: the peer links (polled, read and flushed by the loop
+/// through `net`), and snapshot transfers started on `runtime` that report back through `events`.
 pub(crate) struct Transport {
-    net: PeerNet,
+    pub(crate) net: PeerNet,
     peers: BTreeMap<NodeId, String>,
     events: EventSink,
     runtime: tokio::runtime::Handle,
@@ -61,21 +61,7 @@ impl Transport {
         Transport { net, peers, events, runtime }
     }
 
-    /// Waits at most `timeout` for peer sockets or the input queue's waker.
-    pub(crate) fn poll(&mut self, timeout: Duration) -> std::io::Result<()> {
-        self.net.poll(timeout)
-    }
-
-    /// Handles socket readiness; every message that arrived goes to `deliver`.
-    pub(crate) fn process(&mut self, deliver: &mut impl FnMut(Message)) {
-        self.net.process(deliver)
-    }
-
-    pub(crate) fn has_unfinished(&self) -> bool {
-        self.net.has_unfinished()
-    }
-
-    /// Queues `m` for its destination without blocking; [`Transport::flush`] writes it out.
+    /// Queues `m` for its destination without blocking; [`PeerNet::flush`] writes it out.
     pub(crate) fn send(&mut self, m: Message) {
         let MessageBody::InstallSnapshot { snapshot } = m.body else {
             self.net.send(&m);
@@ -94,26 +80,6 @@ impl Transport {
             };
             events(TransportEvent::SnapshotDone { to, ok });
         });
-    }
-
-    /// Writes everything queued, as far as the sockets take it.
-    pub(crate) fn flush(&mut self) {
-        self.net.flush()
-    }
-
-    /// Peers whose messages were dropped since the last call.
-    pub(crate) fn take_unreachable(&mut self) -> impl Iterator<Item = NodeId> {
-        self.net.take_unreachable().into_iter()
-    }
-
-    /// Redials lost links that are due.
-    pub(crate) fn maintain(&mut self, now: Instant) {
-        self.net.maintain(now)
-    }
-
-    /// Takes over a peer link accepted by the listener.
-    pub(crate) fn add_inbound(&mut self, stream: std::net::TcpStream) {
-        self.net.add_inbound(stream)
     }
 }
 
