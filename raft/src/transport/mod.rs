@@ -1,8 +1,8 @@
 //! How replicas talk.
 //!
-//! - Raft messages travel on **peer links** ([`net`]): one long-lived TCP connection per
+//! - Raft messages travel on **peer links** (`net.rs`): one long-lived TCP connection per
 //!   (sender, receiver) pair, on the replica's one port, carrying length-prefixed protobuf
-//!   messages ([`frame`]) so AppendEntries are pipelined. The Raft loop's thread reads and writes
+//!   messages (`frame.rs`) so AppendEntries are pipelined. The Raft loop's thread reads and writes
 //!   them itself. Sends never block: a peer that is down or slow has its messages dropped and is
 //!   reported unreachable (Raft tolerates loss); other peers are not affected. Lost links are
 //!   redialled with backoff, so replicas may start in any order.
