@@ -8,8 +8,8 @@ use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, TestCell};
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
-    event, session_request, session_response, GetContentsRequest, Handle, LockMode, OpenRequest, OpenSession,
-    RequestId, SessionRequest, SessionResponse,
+    event, session_request, session_response, GetContentsRequest, GetStatRequest, Handle, LockMode, OpenRequest,
+    OpenSession, RequestId, SessionRequest, SessionResponse,
 };
 use fuse_mount::session::{OpenOptions, Session, SessionOptions, ERROR_METADATA};
 use tonic::Code;
@@ -87,6 +87,7 @@ fn master_failover_keeps_sessions_locks_and_the_waiter_queue() {
         let (ha, _) = a.open_node("/ls/local/leader", create.clone()).await.unwrap();
         let (hb, _) = b.open_node("/ls/local/leader", create).await.unwrap();
         let seq_a = a.acquire(&ha, LockMode::LockExclusive, 1, None).await.unwrap();
+        let old_epoch = a.epoch();
         let mut a_events = a.events();
         let (b2, hb2) = (b.clone(), hb.clone());
         let waiter = tokio::spawn(async move { b2.acquire(&hb2, LockMode::LockExclusive, 1, None).await });
@@ -105,6 +106,29 @@ fn master_failover_keeps_sessions_locks_and_the_waiter_queue() {
         })
         .await;
         assert!(failover.is_ok(), "a never saw the master-failover event");
+        assert!(a.epoch() > old_epoch, "a's session resumed under the new master's epoch");
+
+        // A call still under the old epoch is refused by the new master and sent back to it
+        // (the session must resume there first); the other replica redirects as usual.
+        let mut stale_refusals = 0;
+        for (i, addr) in cell.addrs.iter().enumerate() {
+            if i + 1 == leader as usize {
+                continue;
+            }
+            let mut raw = ChubbyClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut req = tonic::Request::new(GetStatRequest { handle: Some(ha.clone()) });
+            req.metadata_mut().insert(fuse_mount::proto::EPOCH_METADATA, old_epoch.into());
+            let err = raw.get_stat(req).await.expect_err("a stale-epoch call is refused");
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            let hint = err.metadata().get(fuse_mount::proto::LEADER_METADATA).map(|v| v.to_str().unwrap().to_string());
+            if err.metadata().get(ERROR_METADATA).is_some_and(|v| v == "StaleEpoch") {
+                stale_refusals += 1;
+                assert_eq!(hint.as_deref(), Some(addr.as_str()), "the new master names itself");
+            } else {
+                assert!(hint.is_some(), "a follower redirects: {err:?}");
+            }
+        }
+        assert_eq!(stale_refusals, 1, "exactly the new master refuses the old epoch");
         assert!(a.check_sequencer(&seq_a).await.unwrap(), "a still holds the lock at the new master");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!waiter.is_finished(), "b still waits: the queue survived the failover");

@@ -21,3 +21,8 @@ pub mod cell {
 
 /// The metadata key that carries the leader's address in a not-the-leader answer.
 pub const LEADER_METADATA: &str = "chubby-leader";
+
+/// The metadata key on a session's calls that carries the master epoch its latest lease came
+/// from. A master refuses a call from another epoch: after a failover a client must resume its
+/// session (and drop its cache) before the new master serves it (Chubby §2.9).
+pub const EPOCH_METADATA: &str = "chubby-epoch";

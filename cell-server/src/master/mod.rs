@@ -22,6 +22,7 @@ use raft::{NodeError, NodeHandle, Role};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
+use crate::chubby_service::ERROR_METADATA;
 use crate::machine::CellMachine;
 use crate::service::now_ms;
 use crate::state::{decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, SessionId, StateError};
@@ -132,6 +133,35 @@ impl Master {
             Some(Role::Leader) => Status::unavailable("master is taking office; retry shortly"),
             _ => self.redirect(l.leader_id),
         })
+    }
+
+    /// Refuses a call made under another master's epoch (the `chubby-epoch` metadata; a call
+    /// without it, from a raw gRPC tool, is not checked). An older epoch means the client has
+    /// not yet resumed its session here since the failover: it is told to, with this master's
+    /// address. A newer one means this replica is a deposed master that has not noticed yet.
+    pub fn check_epoch(&self, metadata: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
+        let epoch = self.serving()?;
+        let Some(v) = metadata.get(proto::EPOCH_METADATA) else { return Ok(epoch) };
+        let theirs: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Status::invalid_argument(format!("{}: not an epoch number", proto::EPOCH_METADATA)))?;
+        if theirs == epoch {
+            return Ok(epoch);
+        }
+        if theirs > epoch {
+            return Err(Status::unavailable(format!(
+                "this master's epoch {epoch} is older than the session's {theirs}: a newer master was elected"
+            )));
+        }
+        let mut s = Status::with_metadata(
+            tonic::Code::FailedPrecondition,
+            format!("stale epoch {theirs}: the master changed (epoch {epoch}); resume the session here before calling"),
+            self.redirect(self.node.id()).metadata().clone(),
+        );
+        s.metadata_mut().insert(ERROR_METADATA, tonic::metadata::MetadataValue::from_static("StaleEpoch"));
+        Err(s)
     }
 
     /// The status that sends a client to `leader` (or asks it to retry while none is known).
@@ -487,8 +517,7 @@ impl Drop for WriteGuard {
 
 pub fn session_lost(session: SessionId) -> Status {
     let mut s = Status::not_found(format!("session {session} expired or was closed"));
-    s.metadata_mut()
-        .insert(crate::chubby_service::ERROR_METADATA, tonic::metadata::MetadataValue::from_static("NoSession"));
+    s.metadata_mut().insert(ERROR_METADATA, tonic::metadata::MetadataValue::from_static("NoSession"));
     s
 }
 

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,8 +39,8 @@ use stream::{connect_stream, keep_session};
 /// A call of `method` with a fresh copy of `req` on whichever client the retry loop picks.
 macro_rules! rpc {
     ($method:ident, $req:expr) => {
-        |mut c: ChubbyClient<Channel>| {
-            let r = $req.clone();
+        |mut c: ChubbyClient<Channel>, epoch: u64| {
+            let r = with_epoch($req.clone(), epoch);
             async move { c.$method(r).await }
         }
     };
@@ -111,6 +112,8 @@ struct Inner {
     id: u64,
     token: Bytes,
     master: Mutex<Option<String>>,
+    /// The epoch of the master that granted the latest lease; calls carry it.
+    epoch: AtomicU64,
     channels: Mutex<HashMap<String, Channel>>,
     seq: Mutex<Sequence>,
     events: broadcast::Sender<Event>,
@@ -136,6 +139,13 @@ impl Drop for InFlight {
             s.outstanding.remove(&self.request.sequence);
         }
     }
+}
+
+/// `msg` as a request of the session's master epoch (see [`proto::EPOCH_METADATA`]).
+fn with_epoch<T>(msg: T, epoch: u64) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(proto::EPOCH_METADATA, epoch.into());
+    r
 }
 
 fn reason(s: &Status) -> Option<&str> {
@@ -212,6 +222,7 @@ impl Session {
             id,
             token,
             master: Mutex::new(Some(addr)),
+            epoch: AtomicU64::new(stream.2.epoch),
             channels,
             seq: Mutex::new(Sequence { next: 1, outstanding: BTreeSet::new() }),
             events: broadcast::channel(1024).0,
@@ -224,6 +235,11 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// The epoch of the master that granted the session's latest lease.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
     }
 
     /// Alive / jeopardy / lost, as it changes.
@@ -252,7 +268,7 @@ impl Session {
     /// a failover, until the deadline (none: wait as long as the session lives).
     async fn call<T, F, Fut>(&self, deadline: Option<Instant>, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(ChubbyClient<Channel>) -> Fut,
+        F: FnMut(ChubbyClient<Channel>, u64) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let inner = &self.inner;
@@ -268,16 +284,17 @@ impl Session {
             }
             let addr = inner.candidate(turn);
             turn += 1;
+            let epoch = inner.epoch.load(Ordering::Acquire);
             let result = match inner.channel(&addr).await {
                 Err(e) => Err(Status::unavailable(e)),
                 Ok(ch) => match deadline {
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
-                        tokio::time::timeout(left, call(ChubbyClient::new(ch)))
+                        tokio::time::timeout(left, call(ChubbyClient::new(ch), epoch))
                             .await
                             .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline passed")))
                     }
-                    None => call(ChubbyClient::new(ch)).await,
+                    None => call(ChubbyClient::new(ch), epoch).await,
                 },
             };
             match result {
@@ -291,6 +308,14 @@ impl Session {
                 }
                 Err(s) if s.code() == Code::DeadlineExceeded && deadline.is_some() => {
                     last = s.message().to_string();
+                }
+                Err(s) if reason(&s) == Some("StaleEpoch") => {
+                    // A new master, and the session has not resumed there yet: its stream
+                    // will shortly; the call waits for that (bounded by its deadline).
+                    last = format!("{addr}: {}", s.message());
+                    *inner.master.lock().expect("master") = Some(addr);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Err(s) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
                 Err(s) => {

@@ -2,6 +2,7 @@
 //! keeping it: KeepAlives, leases, events, invalidation acks, jeopardy and resumption.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                 msg = inbound.message() => match msg {
                     Ok(Some(SessionResponse { kind: Some(kind) })) => match kind {
                         session_response::Kind::Lease(g) => {
+                            inner.epoch.store(g.epoch, Ordering::Release);
                             lease = Duration::from_millis(g.lease_ms.max(100));
                             lease_from = sent;
                             inner.state.send_replace(SessionState::Alive);
@@ -154,6 +156,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             Ok((addr, (t, i, g))) => {
                 *inner.master.lock().expect("master") = Some(addr);
                 (tx, inbound) = (t, i);
+                inner.epoch.store(g.epoch, Ordering::Release);
                 lease = Duration::from_millis(g.lease_ms.max(100));
                 lease_from = sent;
                 inner.state.send_replace(SessionState::Alive);
