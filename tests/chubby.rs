@@ -19,7 +19,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn opts() -> SessionOptions {
-    SessionOptions { principal: "tester".into(), timeout: Duration::from_secs(15), grace: Duration::from_secs(20) }
+    SessionOptions {
+        principal: "tester".into(),
+        timeout: Duration::from_secs(15),
+        grace: Duration::from_secs(20),
+        cache: true,
+    }
 }
 
 /// The lock generation inside a sequencer (`seq1:instance:generation:grant:…`).
@@ -510,4 +515,60 @@ fn barrier_releases_all_n_together_and_stays_open() {
     for p in [&mut a, &mut b, &mut c, &mut d] {
         assert!(p.wait().unwrap().success());
     }
+}
+
+#[test]
+fn cached_reads_stay_linearizable_across_another_clients_writes() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(async {
+        wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let path = "/ls/local/cached-config";
+        let w = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let create = OpenOptions { create: true, contents: "v0".into(), ..OpenOptions::default() };
+        let (hw, _) = w.open_node(path, create).await.unwrap();
+
+        let r = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let (hr, first) = r.open_node(path, OpenOptions::default()).await.unwrap();
+        let hits = r.cache_hits();
+        let (again, _) = r.open_node(path, OpenOptions::default()).await.unwrap();
+        assert_eq!(again, hr, "a re-open of a cached node gives the same handle");
+        assert_eq!(r.cache_hits(), hits + 1, "and costs no RPC");
+        assert_eq!(r.stat(&hr).await.unwrap().content_generation, first.content_generation);
+
+        // The writer publishes, after each write returns, the generation it wrote. A read that
+        // starts after that must see at least that generation, with the contents written there.
+        let (done_tx, done_rx) = tokio::sync::watch::channel(0u64);
+        let writer = tokio::spawn(async move {
+            for i in 1..=100u64 {
+                let st = w.set(&hw, format!("v{i}").into(), None, "").await.unwrap();
+                done_tx.send_replace(st.content_generation);
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            w.close().await.unwrap();
+        });
+        let base = first.content_generation;
+        let mut reads = 0u64;
+        let mut last_seen = 0u64;
+        while !writer.is_finished() {
+            let floor = *done_rx.borrow();
+            let (contents, st) = r.get(&hr).await.unwrap();
+            reads += 1;
+            assert!(
+                st.content_generation >= floor,
+                "read generation {} after write {floor} returned",
+                st.content_generation
+            );
+            assert!(st.content_generation >= last_seen, "reads went back in time");
+            last_seen = st.content_generation;
+            assert_eq!(contents, format!("v{}", st.content_generation - base), "contents match their generation");
+        }
+        writer.await.unwrap();
+        let (contents, _) = r.get(&hr).await.unwrap();
+        assert_eq!(&contents[..], b"v100", "the last write is seen");
+        let (_, _) = r.get(&hr).await.unwrap();
+        assert!(r.cache_hits() > hits + 1, "reads were served from the cache ({reads} reads)");
+        r.close().await.unwrap();
+    });
 }

@@ -37,7 +37,12 @@ fn skip(part: &str) -> bool {
 }
 
 fn opts() -> SessionOptions {
-    SessionOptions { principal: "bench".into(), timeout: Duration::from_secs(20), grace: Duration::from_secs(30) }
+    SessionOptions {
+        principal: "bench".into(),
+        timeout: Duration::from_secs(20),
+        grace: Duration::from_secs(30),
+        cache: true,
+    }
 }
 
 /// `clients` sessions taking and releasing one exclusive lock in turn for `secs`, counted

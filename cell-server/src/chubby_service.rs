@@ -293,16 +293,21 @@ impl Chubby for ChubbyService {
         });
         // Opening an existing permanent node needs no log entry: a linearizable read checks
         // it and the ACL; the handle is a signed capability.
+        // Registered as a cacher before the read, as in GetContentsAndStat.
+        let cache_token = create.is_none().then(|| self.master.register_cacher(session, &path)).flatten();
         let existing = if create.is_none() {
             let p = path.clone();
             Some(self.read(move |st| st.open_existing(session, &p)).await?)
         } else {
             None
         };
-        let (s, rights) = match existing {
-            Some((s, rights)) if !s.ephemeral => (s, rights),
+        let (s, rights, cacheable) = match existing {
+            Some((s, rights)) if !s.ephemeral => {
+                let cacheable = cache_token.is_some_and(|t| self.master.still_cacher(session, &path, t));
+                (s, rights, cacheable)
+            }
             _ => match self.call(request, Op::Open { path: path.clone(), create }).await? {
-                Reply::Opened { stat, rights, .. } => (stat, rights),
+                Reply::Opened { stat, rights, .. } => (stat, rights, false),
                 other => return Err(unexpected(other)),
             },
         };
@@ -310,6 +315,7 @@ impl Chubby for ChubbyService {
         Ok(Response::new(OpenResponse {
             handle: Some(self.make_handle(session, &path, &s, rights)),
             stat: Some(stat(&s)),
+            cacheable,
         }))
     }
 
@@ -379,9 +385,11 @@ impl Chubby for ChubbyService {
                 cacheable: false,
             }));
         }
+        // Ephemeral nodes are never cacheable: they can vanish with a session's expiry, which
+        // invalidates nothing.
         let token = self.master.register_cacher(session, &h.path);
         let (contents, s) = self.read(look).await?;
-        let cacheable = token.is_some_and(|t| self.master.still_cacher(session, &h.path, t));
+        let cacheable = !s.ephemeral && token.is_some_and(|t| self.master.still_cacher(session, &h.path, t));
         Ok(Response::new(GetContentsResponse { contents, stat: Some(stat(&s)), stale: false, cacheable }))
     }
 
@@ -389,14 +397,16 @@ impl Chubby for ChubbyService {
         self.master.check_epoch(req.metadata())?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
-        let (path, instance) = (h.path, h.instance);
+        let (session, path, instance) = (h.session, h.path.clone(), h.instance);
+        let token = self.master.register_cacher(session, &h.path);
         let s = self
             .read(move |st| match st.node(&path) {
                 Some(n) if n.stat.instance == instance => Ok(n.stat.clone()),
                 _ => Err(StateError::StaleHandle(path)),
             })
             .await?;
-        Ok(Response::new(GetStatResponse { stat: Some(stat(&s)) }))
+        let cacheable = !s.ephemeral && token.is_some_and(|t| self.master.still_cacher(session, &h.path, t));
+        Ok(Response::new(GetStatResponse { stat: Some(stat(&s)), cacheable }))
     }
 
     async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {

@@ -11,8 +11,10 @@
 //!   fails with [`ClientError::SessionLost`].
 //! - Every change carries a request id (session, sequence number, first unanswered one), so
 //!   retrying it at a new master is applied once.
-//! - Events arrive on a broadcast channel; invalidations are acked at once (this client keeps
-//!   no cache yet).
+//! - Contents, metadata and handles of nodes are cached ([`cache`]) and dropped on the
+//!   master's invalidations before they are acked, so cached reads stay linearizable; a
+//!   re-open of a cached node costs no RPC.
+//! - Events arrive on a broadcast channel.
 
 // gRPC's Status is the error of every call here; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
@@ -32,7 +34,10 @@ use tonic::{Code, Response, Status};
 
 use crate::client::ClientError;
 
+mod cache;
 mod stream;
+
+use cache::{Cache, Fill};
 
 use stream::{connect_stream, keep_session};
 
@@ -60,6 +65,8 @@ pub struct SessionOptions {
     pub timeout: Duration,
     /// How long past its lease a session in jeopardy keeps trying to reach a master.
     pub grace: Duration,
+    /// Whether to cache node contents, metadata and handles (see [`cache`]).
+    pub cache: bool,
 }
 
 impl Default for SessionOptions {
@@ -70,6 +77,7 @@ impl Default for SessionOptions {
             principal: if host.is_empty() { user } else { format!("{user}@{host}") },
             timeout: Duration::from_secs(10),
             grace: Duration::from_secs(45),
+            cache: true,
         }
     }
 }
@@ -115,6 +123,7 @@ struct Inner {
     /// The epoch of the master that granted the latest lease; calls carry it.
     epoch: AtomicU64,
     channels: Mutex<HashMap<String, Channel>>,
+    cache: Mutex<Cache>,
     seq: Mutex<Sequence>,
     events: broadcast::Sender<Event>,
     state: watch::Sender<SessionState>,
@@ -197,6 +206,10 @@ impl Inner {
     fn state(&self) -> SessionState {
         *self.state.borrow()
     }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().expect("cache")
+    }
 }
 
 impl Session {
@@ -216,6 +229,7 @@ impl Session {
             })?;
         let id = stream.2.session;
         let token = stream.2.session_token.clone();
+        let cache = Mutex::new(Cache::new(opts.cache));
         let inner = Arc::new(Inner {
             addrs,
             opts,
@@ -224,6 +238,7 @@ impl Session {
             master: Mutex::new(Some(addr)),
             epoch: AtomicU64::new(stream.2.epoch),
             channels,
+            cache,
             seq: Mutex::new(Sequence { next: 1, outstanding: BTreeSet::new() }),
             events: broadcast::channel(1024).0,
             state: watch::channel(SessionState::Alive).0,
@@ -235,6 +250,11 @@ impl Session {
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// How many answers (reads, stats, re-opens) the cache has served.
+    pub fn cache_hits(&self) -> u64 {
+        self.inner.cache().hits
     }
 
     /// The epoch of the master that granted the session's latest lease.
@@ -338,7 +358,15 @@ impl Session {
         Some(Instant::now() + self.inner.opts.timeout)
     }
 
+    /// Opens a node. A plain open (no create, no events) of a node this session has cached
+    /// is answered from the cache.
     pub async fn open_node(&self, path: &str, o: OpenOptions) -> Result<(Handle, NodeStat), ClientError> {
+        let plain = !o.create && o.events == 0;
+        if plain {
+            if let Some(hit) = self.inner.cache().handle(path) {
+                return Ok(hit);
+            }
+        }
         let f = self.next_request();
         let req = OpenRequest {
             request: Some(f.request),
@@ -351,20 +379,54 @@ impl Session {
             event_mask: o.events,
             session_token: self.inner.token.clone(),
         };
-        let r = self.call(self.deadline(), rpc!(open, req)).await?;
-        Ok((r.handle.unwrap_or_default(), r.stat.unwrap_or_default()))
+        let ticket = self.inner.cache().begin_read(path);
+        let r = self.call(self.deadline(), rpc!(open, req)).await;
+        let mut cache = self.inner.cache();
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                cache.end_read(ticket, None);
+                return Err(e);
+            }
+        };
+        let (handle, stat) = (r.handle.unwrap_or_default(), r.stat.unwrap_or_default());
+        cache.remember_handle(&handle, path);
+        let fill = (plain && r.cacheable).then(|| Fill { stat, contents: None, handle: Some(handle.clone()) });
+        cache.end_read(ticket, fill);
+        Ok((handle, stat))
     }
 
     pub async fn close_node(&self, handle: &Handle) -> Result<(), ClientError> {
         let f = self.next_request();
+        self.inner.cache().forget_handle(handle);
         let req = CloseRequest { request: Some(f.request), handle: Some(handle.clone()) };
         self.call(self.deadline(), rpc!(close, req)).await.map(|_| ())
     }
 
+    /// Contents and metadata, linearizable: from the cache if the node is cached, else from
+    /// the master. (A cached stat's `lock_generation` may lag: lock changes do not invalidate
+    /// caches; [`Session::holder_sequencers`] and [`Session::check_sequencer`] ask the master.)
     pub async fn get(&self, handle: &Handle) -> Result<(Bytes, NodeStat), ClientError> {
+        let path = self.inner.cache().path_of(handle);
+        let Some(path) = path else { return self.get_uncached(handle).await.map(|(c, s, _)| (c, s)) };
+        if let Some(hit) = self.inner.cache().contents(&path) {
+            return Ok(hit);
+        }
+        let ticket = self.inner.cache().begin_read(&path);
+        let r = self.get_uncached(handle).await;
+        let fill = match &r {
+            Ok((contents, stat, true)) => Some(Fill { stat: *stat, contents: Some(contents.clone()), handle: None }),
+            _ => None,
+        };
+        self.inner.cache().end_read(ticket, fill);
+        r.map(|(c, s, _)| (c, s))
+    }
+
+    /// Contents and metadata from the master, and whether the answer may be cached.
+    async fn get_uncached(&self, handle: &Handle) -> Result<(Bytes, NodeStat, bool), ClientError> {
         let req = GetContentsRequest { handle: Some(handle.clone()), stale_ok: false };
         let r = self.call(self.deadline(), rpc!(get_contents_and_stat, req)).await?;
-        Ok((r.contents, r.stat.unwrap_or_default()))
+        Ok((r.contents, r.stat.unwrap_or_default(), r.cacheable))
     }
 
     /// Contents as the first replica reached has them (may be behind the master).
@@ -374,9 +436,24 @@ impl Session {
         Ok((r.contents, r.stat.unwrap_or_default()))
     }
 
+    /// Metadata, linearizable: from the cache if the node is cached (see [`Session::get`]).
     pub async fn stat(&self, handle: &Handle) -> Result<NodeStat, ClientError> {
+        let path = self.inner.cache().path_of(handle);
+        let hit = path.as_deref().and_then(|p| self.inner.cache().stat(p));
+        if let Some(hit) = hit {
+            return Ok(hit);
+        }
+        let ticket = path.as_deref().map(|p| self.inner.cache().begin_read(p));
         let req = GetStatRequest { handle: Some(handle.clone()) };
-        Ok(self.call(self.deadline(), rpc!(get_stat, req)).await?.stat.unwrap_or_default())
+        let r = self.call(self.deadline(), rpc!(get_stat, req)).await;
+        if let Some(ticket) = ticket {
+            let fill = match &r {
+                Ok(r) if r.cacheable => Some(Fill { stat: r.stat.unwrap_or_default(), contents: None, handle: None }),
+                _ => None,
+            };
+            self.inner.cache().end_read(ticket, fill);
+        }
+        Ok(r?.stat.unwrap_or_default())
     }
 
     pub async fn set(

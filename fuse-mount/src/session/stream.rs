@@ -17,6 +17,9 @@ use tonic::{Code, Status, Streaming};
 use super::{leader_hint, reason, retryable, Inner, SessionState, MAX_BACKOFF};
 use crate::client::ClientError;
 
+/// Longest wait for one replica to open a session stream.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionResponse>, LeaseGrant);
 
 /// Opens a session stream at whichever replica is the master, following redirects until
@@ -72,9 +75,13 @@ pub(super) async fn connect_stream(
                 }
             }
         };
-        let left = deadline.saturating_duration_since(Instant::now());
+        // One replica that hangs (a cut link that sent no reset) must not use up the deadline.
+        let left = deadline.saturating_duration_since(Instant::now()).min(ATTEMPT_TIMEOUT);
         match tokio::time::timeout(left, attempt).await {
-            Err(_) => last = format!("{addr}: no answer"),
+            Err(_) => {
+                channels.lock().expect("channels").remove(&addr);
+                last = format!("{addr}: no answer");
+            }
             Ok(Ok(stream)) => return Ok((addr, stream)),
             Ok(Err(s)) if reason(&s) == Some("NoSession") => return Err(ClientError::SessionLost(resume)),
             Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
@@ -101,12 +108,23 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
     let mut closed = inner.closed.subscribe();
     let (mut tx, mut inbound, grant) = stream;
     let mut lease = Duration::from_millis(grant.lease_ms.max(100));
+    inner.cache().lease_until(local_lease_end(lease_from, lease));
     loop {
         let mut ticker = tokio::time::interval(lease / 3);
         ticker.tick().await;
         let mut sent = Instant::now();
         let broke = loop {
+            let lease_end = tokio::time::Instant::from_std(lease_from + lease);
             tokio::select! {
+                // No grant for a whole lease, yet the stream did not break (a network cut
+                // that sends no reset): the master may already have expired the session.
+                _ = tokio::time::sleep_until(lease_end) => {
+                    tracing::warn!(session = inner.id, "no lease grant within the lease: jeopardy");
+                    if let Some(m) = inner.master.lock().expect("master").clone() {
+                        inner.channels.lock().expect("channels").remove(&m);
+                    }
+                    break None;
+                }
                 _ = ticker.tick() => {
                     sent = Instant::now();
                     let ka = KeepAlive { session: inner.id, more_sessions: Vec::new() };
@@ -120,12 +138,15 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                             inner.epoch.store(g.epoch, Ordering::Release);
                             lease = Duration::from_millis(g.lease_ms.max(100));
                             lease_from = sent;
+                            inner.cache().lease_until(local_lease_end(lease_from, lease));
                             inner.state.send_replace(SessionState::Alive);
                         }
                         session_response::Kind::Event(e) => {
                             let _ = inner.events.send(e);
                         }
                         session_response::Kind::Invalidation(i) => {
+                            // Dropped before the ack: the write waits for the ack.
+                            inner.cache().invalidate(&i.paths);
                             let ack = InvalidationAck { invalidation_id: i.invalidation_id };
                             let _ = tx.send(SessionRequest { kind: Some(session_request::Kind::InvalidationAck(ack)) }).await;
                         }
@@ -145,6 +166,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         if *closed.borrow() {
             return;
         }
+        inner.cache().flush();
         inner.state.send_replace(SessionState::Jeopardy);
         let give_up = lease_from + lease + inner.opts.grace;
         let hint = inner.master.lock().expect("master").take();
@@ -159,6 +181,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                 inner.epoch.store(g.epoch, Ordering::Release);
                 lease = Duration::from_millis(g.lease_ms.max(100));
                 lease_from = sent;
+                inner.cache().lease_until(local_lease_end(lease_from, lease));
                 inner.state.send_replace(SessionState::Alive);
             }
             Err(e) => {
@@ -168,4 +191,11 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             }
         }
     }
+}
+
+/// The local end of a lease won by a KeepAlive sent at `from`: the master's lease started
+/// later than that, and a margin covers clocks that run at slightly different rates
+/// (1%, at least 10 ms).
+fn local_lease_end(from: Instant, lease: Duration) -> Instant {
+    from + lease - (lease / 100).max(Duration::from_millis(10)).min(lease / 2)
 }
