@@ -572,3 +572,24 @@ fn cached_reads_stay_linearizable_across_another_clients_writes() {
         r.close().await.unwrap();
     });
 }
+
+#[test]
+fn the_cell_is_found_from_a_cell_file_or_a_host_name_through_any_replica() {
+    let cell = TestCell::start(CellOptions::default());
+    let leader =
+        runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    // Only a follower is named: discovery follows its redirect to the master.
+    let follower = &cell.addrs[(leader % cell.addrs.len() as u64) as usize];
+    let port = follower.rsplit_once(':').unwrap().1;
+    let file = cell.dir.path().join("cell");
+    std::fs::write(&file, format!("# one replica is enough\n{follower}\n")).unwrap();
+    let chubby = |cell_arg: &str, args: &[&str]| {
+        let out = Command::new(bin("chubby")).args(["--cell", cell_arg]).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(chubby(&format!("@{}", file.display()), &["put", "/ls/local/found", "yes"]).0, 0);
+    // `localhost` resolves to 127.0.0.1 (and perhaps ::1, where nothing listens).
+    assert_eq!(chubby(&format!("localhost:{port}"), &["get", "/ls/local/found"]), (0, "yes\n".into()));
+    let missing = cell.dir.path().join("no-such-file");
+    assert_eq!(chubby(&format!("@{}", missing.display()), &["get", "/ls/local/found"]).0, 2, "a usage error");
+}

@@ -115,7 +115,10 @@ struct Sequence {
 }
 
 struct Inner {
-    addrs: Vec<String>,
+    /// The cell as given (names resolved again whenever the session is in jeopardy).
+    given: Vec<String>,
+    /// The replicas' addresses as last resolved.
+    addrs: Mutex<Vec<String>>,
     opts: SessionOptions,
     id: u64,
     token: Bytes,
@@ -200,7 +203,10 @@ impl Inner {
 
     /// The master if known, else the replicas in turn.
     fn candidate(&self, turn: usize) -> String {
-        self.master.lock().expect("master").clone().unwrap_or_else(|| self.addrs[turn % self.addrs.len()].clone())
+        self.master.lock().expect("master").clone().unwrap_or_else(|| {
+            let addrs = self.addrs.lock().expect("addrs");
+            addrs[turn % addrs.len()].clone()
+        })
     }
 
     fn state(&self) -> SessionState {
@@ -218,6 +224,8 @@ impl Session {
         if addrs.is_empty() {
             return Err(ClientError::NoAddress);
         }
+        let given = addrs;
+        let addrs = crate::client::resolve(&given).await;
         let channels = Mutex::new(HashMap::new());
         let sent = Instant::now();
         let deadline = sent + opts.timeout;
@@ -231,7 +239,8 @@ impl Session {
         let token = stream.2.session_token.clone();
         let cache = Mutex::new(Cache::new(opts.cache));
         let inner = Arc::new(Inner {
-            addrs,
+            given,
+            addrs: Mutex::new(addrs),
             opts,
             id,
             token,

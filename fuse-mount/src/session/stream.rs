@@ -171,9 +171,11 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         let give_up = lease_from + lease + inner.opts.grace;
         let hint = inner.master.lock().expect("master").take();
         let sent = Instant::now();
+        // The cell may have moved: a DNS name is looked up again.
+        let addrs = crate::client::resolve(&inner.given).await;
+        *inner.addrs.lock().expect("addrs") = addrs.clone();
         let resumed =
-            connect_stream(&inner.addrs, &inner.channels, hint, &inner.opts.principal, inner.id, &inner.token, give_up)
-                .await;
+            connect_stream(&addrs, &inner.channels, hint, &inner.opts.principal, inner.id, &inner.token, give_up).await;
         match resumed {
             Ok((addr, (t, i, g))) => {
                 *inner.master.lock().expect("master") = Some(addr);

@@ -38,7 +38,9 @@ const EXIT_GENERATION_MISMATCH: u8 = 8;
                   7 stale sequencer, 8 generation mismatch."
 )]
 struct Cli {
-    /// Replica addresses, any subset of the cell: ADDR[,ADDR…] (as `cell-server local` prints).
+    /// The cell: any subset of its replicas as HOST:PORT[,HOST:PORT…] (as `cell-server local`
+    /// prints; a host name with several DNS addresses names them all), or @FILE, a file listing
+    /// them (one per line or comma-separated, `#` comments).
     #[arg(long, env = "CHUBBY_CELL", global = true, value_name = "ADDRS")]
     cell: Option<String>,
     /// Print JSON instead of text.
