@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, TestCell};
+use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Netns, Pids, TestCell};
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
@@ -592,4 +592,124 @@ fn the_cell_is_found_from_a_cell_file_or_a_host_name_through_any_replica() {
     assert_eq!(chubby(&format!("localhost:{port}"), &["get", "/ls/local/found"]), (0, "yes\n".into()));
     let missing = cell.dir.path().join("no-such-file");
     assert_eq!(chubby(&format!("@{}", missing.display()), &["get", "/ls/local/found"]).0, 2, "a usage error");
+}
+
+/// `chubby lock` run inside a network namespace whose link to the cell a test cuts.
+fn lock_in(ns: &Netns, cell: &TestCell, args: &[&str]) -> std::process::Child {
+    ns.command(&bin("chubby"))
+        .args(["--cell", &cell.cell_arg()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chubby lock in the namespace")
+}
+
+/// Waits (bounded) for a child to exit.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn netns(tag: u32) -> Netns {
+    Netns::create(tag).unwrap_or_else(|e| panic!("this test needs root and iproute2 for a network namespace: {e}"))
+}
+
+#[test]
+fn a_client_cut_off_past_its_grace_period_loses_the_session_and_its_command_stops_first() {
+    let ns = netns(1);
+    let cell =
+        TestCell::start(CellOptions { session_lease_ms: 1000, host: ns.host_ip.clone(), ..CellOptions::default() });
+    runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let mut pids = Pids::default();
+    let mut holder = lock_in(
+        &ns,
+        &cell,
+        &["--grace", "2s", "lock", "--lock-delay", "4s", "/ls/local/cut", "--", "sh", "-c", "echo $$; exec sleep 600"],
+    );
+    pids.0.push(holder.id());
+    let shell: u32 = lines_of(holder.stdout.take().unwrap())
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the holder got the lock")
+        .parse()
+        .unwrap();
+    pids.0.push(shell);
+
+    ns.cut().unwrap();
+    let cut = Instant::now();
+    // Another client, on the cell's side, queues for the lock.
+    let mut other = Command::new(bin("chubby"))
+        .args(["--cell", &cell.cell_arg(), "lock", "/ls/local/cut", "--", "echo", "granted"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pids.0.push(other.id());
+    let other_out = lines_of(other.stdout.take().unwrap());
+
+    let st = exit_within(&mut holder, Duration::from_secs(30)).expect("chubby lock gives up on its session");
+    let stopped = cut.elapsed();
+    assert_eq!(st.code(), Some(6), "exit code 6: session lost");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("session lost"), "{err}");
+    // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+    assert!(unsafe { libc::kill(shell as libc::pid_t, 0) } != 0, "the command was stopped");
+
+    assert_eq!(other_out.recv_timeout(Duration::from_secs(30)).expect("the other client gets the lock"), "granted");
+    let granted = cut.elapsed();
+    assert!(
+        stopped < granted,
+        "the cut-off holder's command ran until {stopped:?}, after the lock went to another client at {granted:?}"
+    );
+    assert!(exit_within(&mut other, Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn with_no_lock_delay_a_cut_off_holder_stops_its_command_when_its_lease_ends() {
+    let ns = netns(2);
+    let cell =
+        TestCell::start(CellOptions { session_lease_ms: 1000, host: ns.host_ip.clone(), ..CellOptions::default() });
+    runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let mut pids = Pids::default();
+    // A long grace period: the session is not given up, but with lock-delay 0 the lock may go
+    // to another client as soon as the master's lease runs out, so the command must stop then.
+    let mut holder = lock_in(
+        &ns,
+        &cell,
+        &["--grace", "60s", "lock", "--lock-delay", "0", "/ls/local/cut0", "--", "sh", "-c", "echo $$; exec sleep 600"],
+    );
+    pids.0.push(holder.id());
+    let shell: u32 = lines_of(holder.stdout.take().unwrap())
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the holder got the lock")
+        .parse()
+        .unwrap();
+    pids.0.push(shell);
+
+    ns.cut().unwrap();
+    let cut = Instant::now();
+    let mut other = Command::new(bin("chubby"))
+        .args(["--cell", &cell.cell_arg(), "lock", "/ls/local/cut0", "--", "echo", "granted"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pids.0.push(other.id());
+    let other_out = lines_of(other.stdout.take().unwrap());
+
+    let st = exit_within(&mut holder, Duration::from_secs(20)).expect("chubby lock stops at the end of its lease");
+    let stopped = cut.elapsed();
+    assert_eq!(st.code(), Some(6));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut holder.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("jeopardy"), "{err}");
+    assert_eq!(other_out.recv_timeout(Duration::from_secs(30)).expect("the other client gets the lock"), "granted");
+    assert!(stopped < cut.elapsed());
+    let _ = exit_within(&mut other, Duration::from_secs(10));
 }

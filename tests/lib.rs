@@ -41,6 +41,9 @@ pub struct CellOptions {
     pub tick_ms: u64,
     pub election_ticks: u64,
     pub session_lease_ms: u64,
+    /// The address every replica listens on (a loopback address, or one a test's network
+    /// namespace can reach).
+    pub host: String,
 }
 
 impl Default for CellOptions {
@@ -52,6 +55,7 @@ impl Default for CellOptions {
             tick_ms: 10,
             election_ticks: 15,
             session_lease_ms: 12_000,
+            host: "127.0.0.1".into(),
         }
     }
 }
@@ -69,7 +73,7 @@ impl TestCell {
     /// Creates the cell without starting any replica.
     pub fn new(opts: CellOptions) -> TestCell {
         let ports = free_ports(opts.replicas);
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("{}:{p}", opts.host)).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let children = (0..opts.replicas).map(|_| None).collect();
         TestCell { dir: tempfile::tempdir().expect("temp dir"), addrs, opts, peers, children }
@@ -224,4 +228,73 @@ pub fn lines_of(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Str
         }
     });
     rx
+}
+
+/// A network namespace joined to this one by a veth pair, for a client whose network a test
+/// cuts. The host end gets `host_ip`, the namespace end `ns_ip` (a /30 of 10.213.0.0/16 picked
+/// from the process id and `tag`). Deleted, with its link, when dropped. Needs root and `ip`.
+pub struct Netns {
+    pub name: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out =
+        Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e} (install iproute2)", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Netns {
+    /// `tag` tells apart the namespaces of one test process (at most 63).
+    pub fn create(tag: u32) -> Result<Netns, String> {
+        let pid = std::process::id();
+        // One /30 per (process, tag): 256 × 64 slots of 4 addresses fill 10.213.0.0/16.
+        let base = ((pid % 256) * 64 + tag % 64) * 4;
+        let (b, c) = (base / 256, base % 256);
+        let name = format!("chubby-test-{pid}-{tag}");
+        let (host_if, ns_if) = (format!("vh{pid}x{tag}"), format!("vn{pid}x{tag}"));
+        let ns = Netns {
+            name: name.clone(),
+            host_ip: format!("10.213.{b}.{}", c + 1),
+            ns_ip: format!("10.213.{b}.{}", c + 2),
+        };
+        ip(&["netns", "add", &name])?;
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+        ip(&["link", "set", &ns_if, "netns", &name])?;
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&["-n", &name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if])?;
+        ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command run inside the namespace (`ip netns exec` execs it: same pid).
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Cuts the namespace off: its packets to the host end are dropped, silently for the
+    /// other side (no reset, no FIN), as when a cable is pulled.
+    pub fn cut(&self) -> Result<(), String> {
+        ip(&["-n", &self.name, "route", "add", "blackhole", &format!("{}/32", self.host_ip)])
+    }
+
+    pub fn heal(&self) -> Result<(), String> {
+        ip(&["-n", &self.name, "route", "del", "blackhole", &format!("{}/32", self.host_ip)])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace also deletes the veth pair.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
 }

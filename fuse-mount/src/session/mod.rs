@@ -127,6 +127,8 @@ struct Inner {
     epoch: AtomicU64,
     channels: Mutex<HashMap<String, Channel>>,
     cache: Mutex<Cache>,
+    /// The end of the local lease (conservative: before the master's).
+    lease_end: Mutex<Instant>,
     seq: Mutex<Sequence>,
     events: broadcast::Sender<Event>,
     state: watch::Sender<SessionState>,
@@ -216,6 +218,12 @@ impl Inner {
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().expect("cache")
     }
+
+    /// A lease was granted; locally it lasts until `until`.
+    fn granted(&self, until: Instant) {
+        *self.lease_end.lock().expect("lease") = until;
+        self.cache().lease_until(until);
+    }
 }
 
 impl Session {
@@ -248,17 +256,27 @@ impl Session {
             epoch: AtomicU64::new(stream.2.epoch),
             channels,
             cache,
+            lease_end: Mutex::new(sent),
             seq: Mutex::new(Sequence { next: 1, outstanding: BTreeSet::new() }),
             events: broadcast::channel(1024).0,
             state: watch::channel(SessionState::Alive).0,
             closed: watch::channel(false).0,
         });
+        let lease = Duration::from_millis(stream.2.lease_ms.max(100));
+        inner.granted(stream::local_lease_end(sent, lease));
         tokio::spawn(keep_session(inner.clone(), stream, sent));
         Ok(Session { inner })
     }
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// When the local lease ends unless a KeepAlive extends it. Past it, in jeopardy, the
+    /// master may already have expired the session (and, after the lock-delay, handed its
+    /// locks to others).
+    pub fn lease_end(&self) -> Instant {
+        *self.inner.lease_end.lock().expect("lease")
     }
 
     /// How many answers (reads, stats, re-opens) the cache has served.

@@ -108,7 +108,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
     let mut closed = inner.closed.subscribe();
     let (mut tx, mut inbound, grant) = stream;
     let mut lease = Duration::from_millis(grant.lease_ms.max(100));
-    inner.cache().lease_until(local_lease_end(lease_from, lease));
+    inner.granted(local_lease_end(lease_from, lease));
     loop {
         let mut ticker = tokio::time::interval(lease / 3);
         ticker.tick().await;
@@ -138,7 +138,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                             inner.epoch.store(g.epoch, Ordering::Release);
                             lease = Duration::from_millis(g.lease_ms.max(100));
                             lease_from = sent;
-                            inner.cache().lease_until(local_lease_end(lease_from, lease));
+                            inner.granted(local_lease_end(lease_from, lease));
                             inner.state.send_replace(SessionState::Alive);
                         }
                         session_response::Kind::Event(e) => {
@@ -183,7 +183,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                 inner.epoch.store(g.epoch, Ordering::Release);
                 lease = Duration::from_millis(g.lease_ms.max(100));
                 lease_from = sent;
-                inner.cache().lease_until(local_lease_end(lease_from, lease));
+                inner.granted(local_lease_end(lease_from, lease));
                 inner.state.send_replace(SessionState::Alive);
             }
             Err(e) => {
@@ -198,6 +198,6 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
 /// The local end of a lease won by a KeepAlive sent at `from`: the master's lease started
 /// later than that, and a margin covers clocks that run at slightly different rates
 /// (1%, at least 10 ms).
-fn local_lease_end(from: Instant, lease: Duration) -> Instant {
+pub(super) fn local_lease_end(from: Instant, lease: Duration) -> Instant {
     from + lease - (lease / 100).max(Duration::from_millis(10)).min(lease / 2)
 }

@@ -42,5 +42,5 @@ pub async fn barrier(session: &Session, path: &str, n: u64, command: &[String]) 
         })
         .await;
     }
-    Ok(run_command(session, command, &[], path).await)
+    Ok(run_command(session, command, &[], path, None).await)
 }

@@ -22,8 +22,14 @@ pub struct LockJob {
     pub publish: Option<String>,
 }
 
-pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8 {
+/// The lock-delay `lock` and `elect` set when not told (the cell's default).
+const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(60);
+
+pub async fn lock(addrs: Vec<String>, opts: SessionOptions, job: LockJob) -> u8 {
     let LockJob { shared, wait, lock_delay, path, command, publish } = job;
+    // Always set explicitly, so this process knows how long the lock stays out of others'
+    // reach after its session's lease ends.
+    let lock_delay = Some(lock_delay.unwrap_or(DEFAULT_LOCK_DELAY));
     let fail = |e: ClientError| {
         eprintln!("chubby: {path}: {e}");
         match e {
@@ -32,8 +38,7 @@ pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8
             _ => EXIT_FAILURE,
         }
     };
-    let session = match Session::open(addrs, SessionOptions { timeout: rpc_timeout, ..SessionOptions::default() }).await
-    {
+    let session = match Session::open(addrs, opts).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -74,7 +79,8 @@ pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8
             return fail(e);
         }
     }
-    let code = run_command(&session, &command, &[("CHUBBY_SEQUENCER", &sequencer)], &path).await;
+    let env = [("CHUBBY_SEQUENCER", sequencer.as_str())];
+    let code = run_command(&session, &command, &env, &path, lock_delay).await;
     if code != EXIT_SESSION_LOST {
         let _ = session.release(&handle, owner).await;
     }
@@ -83,10 +89,18 @@ pub async fn lock(addrs: Vec<String>, rpc_timeout: Duration, job: LockJob) -> u8
 }
 
 /// Runs `command` while `session` lives: SIGTERM/SIGINT are passed on to it, and it gets
-/// SIGTERM if the session is lost (what it holds through the session is gone). Returns its
-/// exit status as an exit code (128 + signal if killed), 127 if it cannot start, or
-/// `EXIT_SESSION_LOST`.
-pub async fn run_command(session: &Session, command: &[String], env: &[(&str, &str)], path: &str) -> u8 {
+/// SIGTERM if the session is lost (what it holds through the session is gone). With
+/// `lock_delay`, the lock the command relies on: it also gets SIGTERM if the session is in
+/// jeopardy when its local lease plus that lock-delay has passed, the earliest moment another
+/// client could be granted the lock. Returns its exit status as an exit code (128 + signal if
+/// killed), 127 if it cannot start, or `EXIT_SESSION_LOST`.
+pub async fn run_command(
+    session: &Session,
+    command: &[String],
+    env: &[(&str, &str)],
+    path: &str,
+    lock_delay: Option<Duration>,
+) -> u8 {
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     for (k, v) in env {
@@ -110,16 +124,29 @@ pub async fn run_command(session: &Session, command: &[String], env: &[(&str, &s
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
     };
+    let lost = |child: &mut tokio::process::Child, why: &str| {
+        stop_child(child);
+        eprintln!("chubby: {path}: {why}; what it held is gone and the command was stopped");
+    };
     let status = loop {
+        // While in jeopardy: the moment the lock may go to someone else.
+        let unsafe_at = match (*state.borrow(), lock_delay) {
+            (SessionState::Jeopardy, Some(d)) => Some(tokio::time::Instant::from_std(session.lease_end() + d)),
+            _ => None,
+        };
         tokio::select! {
             st = child.wait() => break st,
+            _ = sleep_until_some(unsafe_at) => {
+                lost(&mut child, "session in jeopardy past its lease and the lock-delay");
+                let _ = child.wait().await;
+                return EXIT_SESSION_LOST;
+            }
             _ = term.recv() => stop_child(&child),
             _ = int.recv() => stop_child(&child),
             changed = state.changed() => {
                 if changed.is_err() || *state.borrow() == SessionState::Lost {
-                    stop_child(&child);
+                    lost(&mut child, "session lost");
                     let _ = child.wait().await;
-                    eprintln!("chubby: {path}: session lost; what it held is gone and the command was stopped");
                     return EXIT_SESSION_LOST;
                 }
             }
@@ -131,5 +158,13 @@ pub async fn run_command(session: &Session, command: &[String], env: &[(&str, &s
             eprintln!("chubby: waiting for {}: {e}", command[0]);
             EXIT_FAILURE
         }
+    }
+}
+
+/// Sleeps until `at`, or forever if `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -49,6 +49,10 @@ struct Cli {
     /// Give up on each call to the cell after this long (e.g. 500ms, 10s).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     rpc_timeout: Duration,
+    /// How long past its lease a session that lost the master keeps trying to resume before
+    /// it is given up as lost (`lock`/`elect` then stop their command).
+    #[arg(long, global = true, default_value = "45s", value_parser = parse_duration)]
+    grace: Duration,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let session_opts = SessionOptions { timeout: cli.rpc_timeout, grace: cli.grace, ..SessionOptions::default() };
     let job = match cli.command {
         Cmd::Lock { shared, timeout, lock_delay, path, command } => {
             lock::LockJob { shared, wait: timeout, lock_delay, path, command, publish: None }
@@ -195,9 +200,9 @@ fn main() -> ExitCode {
             };
             return ExitCode::from(runtime.block_on(status(client, cli.json)));
         }
-        other => return ExitCode::from(runtime.block_on(namespace(addrs, cli.rpc_timeout, other, cli.json))),
+        other => return ExitCode::from(runtime.block_on(namespace(addrs, session_opts, other, cli.json))),
     };
-    ExitCode::from(runtime.block_on(lock::lock(addrs, cli.rpc_timeout, job)))
+    ExitCode::from(runtime.block_on(lock::lock(addrs, session_opts, job)))
 }
 
 /// Exit code for a failed call.
@@ -214,9 +219,8 @@ fn exit_for(e: &ClientError) -> u8 {
 }
 
 /// A command on the namespace, in a session of its own.
-async fn namespace(addrs: Vec<String>, rpc_timeout: Duration, cmd: Cmd, json: bool) -> u8 {
-    let session = match Session::open(addrs, SessionOptions { timeout: rpc_timeout, ..SessionOptions::default() }).await
-    {
+async fn namespace(addrs: Vec<String>, opts: SessionOptions, cmd: Cmd, json: bool) -> u8 {
+    let session = match Session::open(addrs, opts).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("chubby: {e}");
