@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Netns, Pids, TestCell};
+use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Netns, Pids, Proxy, TestCell};
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
@@ -712,4 +712,47 @@ fn with_no_lock_delay_a_cut_off_holder_stops_its_command_when_its_lease_ends() {
     assert_eq!(other_out.recv_timeout(Duration::from_secs(30)).expect("the other client gets the lock"), "granted");
     assert!(stopped < cut.elapsed());
     let _ = exit_within(&mut other, Duration::from_secs(10));
+}
+
+#[test]
+fn a_set_contents_whose_answer_is_lost_is_applied_exactly_once() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(async {
+        let leader = wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let proxy = Proxy::start(cell.addrs[(leader - 1) as usize].clone()).await;
+        // The client knows the cell only through the proxy (the master itself: no redirect).
+        let s = Session::open(vec![proxy.addr.clone()], opts()).await.unwrap();
+        let create = OpenOptions { create: true, contents: "v1".into(), ..OpenOptions::default() };
+        let (h, first) = s.open_node("/ls/local/once", create).await.unwrap();
+
+        let observer = Session::open(cell.addrs.clone(), SessionOptions { cache: false, ..opts() }).await.unwrap();
+        let (ho, _) = observer.open_node("/ls/local/once", OpenOptions::default()).await.unwrap();
+
+        proxy.hold_answers();
+        let (s2, h2) = (s.clone(), h.clone());
+        let write = tokio::spawn(async move { s2.set(&h2, "v2".into(), None, "").await });
+        // Wait until the write is applied at the cell, its answer held in the proxy.
+        let applied = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if observer.get(&ho).await.unwrap().1.content_generation > first.content_generation {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(applied.is_ok(), "the write reached the cell");
+        assert!(!write.is_finished(), "its answer has not reached the client");
+        proxy.cut_and_release();
+
+        let st = tokio::time::timeout(Duration::from_secs(30), write)
+            .await
+            .expect("the client retries and gets an answer")
+            .unwrap()
+            .expect("the retried write succeeds");
+        assert_eq!(st.content_generation, first.content_generation + 1, "the retry got the first application's answer");
+        let (contents, now) = observer.get(&ho).await.unwrap();
+        assert_eq!(&contents[..], b"v2");
+        assert_eq!(now.content_generation, first.content_generation + 1, "applied exactly once");
+    });
 }
