@@ -65,14 +65,13 @@ fn gets(addrs: &[String], cache: bool, reads: usize) -> (Duration, Duration, u64
 
 /// Median write latency to a node cached by `n` sessions (each re-reads it before every write,
 /// so every write invalidates all of them).
-async fn invalidation(addrs: &[String], cachers: &[Session], writer: &Session, rounds: usize) -> (Duration, Duration) {
+async fn invalidation(cachers: &[Session], writer: &Session, rounds: usize) -> (Duration, Duration) {
     let path = "/ls/local/bench-cached";
     let (hw, _) = writer.open_node(path, OpenOptions::default()).await.unwrap();
     let mut handles = Vec::new();
     for c in cachers {
         handles.push(c.open_node(path, OpenOptions::default()).await.unwrap().0);
     }
-    let _ = addrs;
     let mut times = Vec::new();
     for round in 0..rounds {
         let reads: Vec<_> = cachers
@@ -166,7 +165,7 @@ fn main() {
                         cachers.push(Session::open(addrs.clone(), opts(true)).await.unwrap());
                     }
                     let rounds = if n >= 1000 { 10 } else { 30 };
-                    let (p50, p99) = invalidation(&addrs, &cachers, &writer, rounds).await;
+                    let (p50, p99) = invalidation(&cachers, &writer, rounds).await;
                     println!("| {n} | {} | {} |", us(p50), us(p99));
                 }
                 for c in cachers {
