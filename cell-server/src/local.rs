@@ -109,7 +109,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     println!("CHUBBY_CELL={}", addrs.join(","));
     // The same list as a cell file, for `--cell @FILE` / `CHUBBY_CELL=@FILE`.
-    let cell_file = args.dir.join("cell");
+    let cell_file = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone()).join("cell");
     match std::fs::write(&cell_file, format!("# cell {:?}\n{}\n", args.cell_name, addrs.join("\n"))) {
         Ok(()) => println!("cell file: {} (CHUBBY_CELL=@{0})", cell_file.display()),
         Err(e) => eprintln!("could not write the cell file {}: {e}", cell_file.display()),
