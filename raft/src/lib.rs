@@ -20,11 +20,11 @@
 //!
 //! [`transcript`] runs text transcripts (command, `----`, expected output) for scenario tests.
 //!
-//! Membership changes are one server at a time (Ongaro's thesis §4.1): a change takes effect when
-//! the application applies its committed entry and calls [`RawNode::apply_conf_change`]. Only one
-//! change may be pending at a time, a new leader may not propose one before its first entry of the
-//! term is applied, and a node with committed but unapplied changes does not campaign; together
-//! these keep any two successive configurations' majorities overlapping.
+//! Membership changes are one server at a time (Ongaro's thesis §4.1), proposed with
+//! [`RawNode::propose_conf_change`]: a change takes effect as soon as its entry is in a node's
+//! log (committed or not), only one change may be pending at a time, and a new leader proposes
+//! one only after committing an entry of its own term; together these keep any two successive
+//! configurations' majorities overlapping (the reasoning is in `confchange.rs`).
 
 mod confchange;
 mod config;
