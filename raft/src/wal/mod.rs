@@ -1,6 +1,6 @@
 //! The write-ahead log: entries, hard state and snapshot-install markers in segment files
 //! `DIR/NNNNNNNNNNNNNNNNNNNN.wal`, each record framed with its length and a CRC32C
-//! ([`record`]).
+//! (`record.rs`).
 //!
 //! - **Group commit.** [`Wal::append`] only buffers; [`Wal::write`] hands the whole buffer to
 //!   the kernel in one `write`, and [`Wal::sync`] makes everything written so far durable with
