@@ -460,7 +460,11 @@ impl<SM: StateMachine> Driver<SM> {
             Input::Step(m) => self.raw.step(m),
             Input::Propose { data, reply } => match self.raw.propose(data) {
                 Ok(index) => {
-                    self.pending.insert(index, (self.raw.term(), reply));
+                    // An older proposal at this index was cut from the log when this node lost
+                    // and regained leadership: it can no longer commit.
+                    if let Some((_, old)) = self.pending.insert(index, (self.raw.term(), reply)) {
+                        let _ = old.send(Err(NodeError::Dropped));
+                    }
                 }
                 Err(e) => {
                     let _ = reply.send(Err(match e {
