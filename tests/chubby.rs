@@ -632,7 +632,7 @@ fn a_client_cut_off_past_its_grace_period_loses_the_session_and_its_command_stop
     let mut holder = lock_in(
         &ns,
         &cell,
-        &["--grace", "2s", "lock", "--lock-delay", "4s", "/ls/local/cut", "--", "sh", "-c", "echo $$; exec sleep 600"],
+        &["--grace", "2s", "lock", "--lock-delay", "8s", "/ls/local/cut", "--", "sh", "-c", "echo $$; exec sleep 600"],
     );
     pids.0.push(holder.id());
     let shell: u32 = lines_of(holder.stdout.take().unwrap())

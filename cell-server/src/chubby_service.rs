@@ -256,7 +256,7 @@ impl Chubby for ChubbyService {
                     Some(session_request::Kind::KeepAlive(k))
                         if mine.contains(&k.session) && k.more_sessions.iter().all(|s| mine.contains(s)) =>
                     {
-                        master.keep_alive(k.session, &k.more_sessions)
+                        master.keep_alive(k.session, &k.more_sessions, &tx)
                     }
                     Some(session_request::Kind::KeepAlive(k)) => {
                         Err(Status::permission_denied(format!("session {} was not opened on this stream", k.session)))

@@ -25,6 +25,8 @@ pub struct CacheTable {
     pending: HashMap<String, u32>,
     /// Invalidations awaiting an ack: id → (session, writer to wake).
     awaiting: HashMap<u64, (SessionId, oneshot::Sender<()>)>,
+    /// How many acks each session owes.
+    owed: HashMap<SessionId, u32>,
 }
 
 impl CacheTable {
@@ -51,7 +53,7 @@ impl CacheTable {
         unflushed: &HashSet<SessionId>,
         streams: &HashMap<SessionId, StreamTx>,
         leases: &LeaseTable,
-    ) -> Vec<(SessionId, Instant, oneshot::Receiver<()>)> {
+    ) -> Vec<(SessionId, u64, Instant, oneshot::Receiver<()>)> {
         *self.pending.entry(path.to_string()).or_default() += 1;
         let mut sessions: HashSet<SessionId> = self.cachers.remove(path).unwrap_or_default().into_keys().collect();
         for s in &sessions {
@@ -68,11 +70,12 @@ impl CacheTable {
             let id = self.next;
             let (tx, rx) = oneshot::channel();
             self.awaiting.insert(id, (session, tx));
+            *self.owed.entry(session).or_default() += 1;
             if let Some(stream) = streams.get(&session) {
                 let inv = Invalidation { invalidation_id: id, paths: vec![full_path.to_string()] };
                 let _ = stream.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Invalidation(inv)) }));
             }
-            waits.push((session, deadline, rx));
+            waits.push((session, id, deadline, rx));
         }
         waits
     }
@@ -86,13 +89,36 @@ impl CacheTable {
         }
     }
 
+    /// Whether `session` owes an invalidation ack. Its lease is not extended meanwhile: the
+    /// writer waits at most until the lease's current end, and the client must not believe
+    /// its cache valid past the moment the writer may go ahead.
+    pub fn owes(&self, session: SessionId) -> bool {
+        self.owed.contains_key(&session)
+    }
+
+    fn settled(&mut self, id: u64) -> Option<oneshot::Sender<()>> {
+        let (session, tx) = self.awaiting.remove(&id)?;
+        if let Some(n) = self.owed.get_mut(&session) {
+            *n -= 1;
+            if *n == 0 {
+                self.owed.remove(&session);
+            }
+        }
+        Some(tx)
+    }
+
     /// An ack from a stream carrying `sessions`.
     pub fn ack(&mut self, id: u64, sessions: &HashSet<SessionId>) {
         if self.awaiting.get(&id).is_some_and(|(s, _)| sessions.contains(s)) {
-            if let Some((_, tx)) = self.awaiting.remove(&id) {
+            if let Some(tx) = self.settled(id) {
                 let _ = tx.send(());
             }
         }
+    }
+
+    /// The writer stopped waiting for `id` (its session's lease ran out).
+    pub fn give_up(&mut self, id: u64) {
+        self.settled(id);
     }
 
     /// A session (re)attached a stream. Clients drop their whole cache when their stream
@@ -100,7 +126,7 @@ impl CacheTable {
     pub fn flushed(&mut self, session: SessionId) {
         let ids: Vec<u64> = self.awaiting.iter().filter(|(_, (s, _))| *s == session).map(|(id, _)| *id).collect();
         for id in ids {
-            if let Some((_, tx)) = self.awaiting.remove(&id) {
+            if let Some(tx) = self.settled(id) {
                 let _ = tx.send(());
             }
         }
@@ -113,6 +139,8 @@ impl CacheTable {
                 m.remove(&session);
             }
         }
+        // The writers waiting on this session see their channel closed: it needs no ack.
         self.awaiting.retain(|_, (s, _)| *s != session);
+        self.owed.remove(&session);
     }
 }

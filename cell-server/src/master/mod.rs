@@ -258,7 +258,12 @@ impl Master {
         if g.epoch.take().is_some() {
             tracing::info!("master stopped serving");
         }
-        // Dropping the streams ends them; dropping waiters tells blocked calls to retry.
+        // Each stream is ended with an error so its client resumes at once at the new master
+        // (dropping our sender alone would not end it: its reader task holds another). Dropping
+        // the waiters tells blocked calls to retry.
+        for tx in g.streams.values() {
+            let _ = tx.try_send(Err(Status::unavailable("the master stepped down; resume at the new master")));
+        }
         *g = Inner::default();
     }
 
@@ -400,26 +405,35 @@ impl Master {
         Ok(grant)
     }
 
-    /// KeepAlive: a fresh full lease for `session` (and `more` sessions of the same stream),
-    /// if still alive at this master.
-    pub fn keep_alive(&self, session: SessionId, more: &[SessionId]) -> Result<LeaseGrant, Status> {
+    /// KeepAlive on stream `tx`: a fresh full lease for `session` (and `more` sessions of the
+    /// same stream), if still alive at this master and attached to this stream. A stream from
+    /// before this master's term (it lost and regained leadership meanwhile) is refused, so its
+    /// client resumes and is attached again. A session that owes an invalidation ack gets no
+    /// extension: the grant names what is left of its lease.
+    pub fn keep_alive(&self, session: SessionId, more: &[SessionId], tx: &StreamTx) -> Result<LeaseGrant, Status> {
         let mut g = self.lock();
         let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
         if g.leases.deadline(session).is_none() {
             return Err(session_lost(session));
         }
-        let until = Instant::now() + self.cfg.lease;
-        g.leases.extend(session, until);
+        let attached = |g: &Inner, s: SessionId| g.streams.get(&s).is_some_and(|t| t.same_channel(tx));
+        if !attached(&g, session) {
+            return Err(Status::unavailable("this stream is not the session's at this master; resume the session"));
+        }
+        let now = Instant::now();
+        let until = now + self.cfg.lease;
+        let mut shortest = self.cfg.lease;
         let mut lost_sessions = Vec::new();
-        for &s in more {
-            if g.leases.deadline(s).is_some() {
-                g.leases.extend(s, until);
-            } else {
-                lost_sessions.push(s);
+        for &s in std::iter::once(&session).chain(more) {
+            match g.leases.deadline(s) {
+                Some(_) if !attached(&g, s) => lost_sessions.push(s),
+                Some(d) if g.cache.owes(s) => shortest = shortest.min(d.saturating_duration_since(now)),
+                Some(_) => g.leases.extend(s, until),
+                None => lost_sessions.push(s),
             }
         }
         let session_token = crate::state::handle::session_token(&g.key, session);
-        Ok(LeaseGrant { session, lease_ms: self.cfg.lease.as_millis() as u64, epoch, session_token, lost_sessions })
+        Ok(LeaseGrant { session, lease_ms: shortest.as_millis() as u64, epoch, session_token, lost_sessions })
     }
 
     /// A stream ended: forget it for the sessions it carried (their leases keep running).
@@ -474,19 +488,33 @@ impl Master {
     /// that missed the invalidation can no longer be trusted by its client). The node is
     /// uncacheable until the returned guard drops.
     pub async fn begin_write(self: &Arc<Self>, path: &str) -> Result<WriteGuard, Status> {
-        let waits = {
+        let (epoch, waits) = {
             let mut g = self.lock();
-            g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
+            let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
             let Inner { cache, streams, leases, unflushed, cell_name, .. } = &mut *g;
-            cache.begin_write(path, &full_path(cell_name, path), unflushed, streams, leases)
+            (epoch, cache.begin_write(path, &full_path(cell_name, path), unflushed, streams, leases))
         };
-        let guard = WriteGuard { master: self.clone(), path: path.to_string() };
-        for (session, deadline, rx) in waits {
+        let guard = WriteGuard { master: self.clone(), path: path.to_string(), epoch };
+        for (session, id, deadline, rx) in waits {
             let deadline = tokio::time::Instant::from_std(deadline);
-            if tokio::time::timeout_at(deadline, rx).await.is_err() {
-                tracing::warn!(session, path, "no invalidation ack within the session's lease: expiring it");
-                self.propose_expiry(session).await;
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(())) => {}
+                // The channel closed: the session ended (it needs no ack), or this master left
+                // office (its invalidations are void; the write must start over).
+                Ok(Err(_)) => {
+                    if self.lock().epoch != Some(epoch) {
+                        return Err(Status::unavailable("the master changed while invalidating caches; retry"));
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(session, path, "no invalidation ack within the session's lease: expiring it");
+                    self.lock().cache.give_up(id);
+                    self.propose_expiry(session).await;
+                }
             }
+        }
+        if self.lock().epoch != Some(epoch) {
+            return Err(Status::unavailable("the master changed while invalidating caches; retry"));
         }
         Ok(guard)
     }
@@ -503,15 +531,19 @@ impl Master {
     }
 }
 
-/// Ends a pending write's "uncacheable" mark.
+/// Ends a pending write's "uncacheable" mark (if the master is still in the term that set it).
 pub struct WriteGuard {
     master: Arc<Master>,
     path: String,
+    epoch: u64,
 }
 
 impl Drop for WriteGuard {
     fn drop(&mut self) {
-        self.master.lock().cache.end_write(&self.path);
+        let mut g = self.master.lock();
+        if g.epoch == Some(self.epoch) {
+            g.cache.end_write(&self.path);
+        }
     }
 }
 

@@ -268,13 +268,18 @@ impl CellState {
     fn grant(&mut self, path: &str, holder: Holder, mode: LockMode, lock_delay_ms: Option<u64>) -> String {
         let node = self.nodes.get_mut(path).expect("granting on an existing node");
         let lock = &mut node.lock;
-        if lock.holders.is_empty() {
+        let was_free = lock.holders.is_empty();
+        if was_free {
             // Chubby's lock generation: rises each time the lock goes from free to held.
             node.stat.lock_generation += 1;
             lock.mode = mode;
         }
-        if let Some(d) = lock_delay_ms {
-            lock.delay_ms = d;
+        // A shared holder that joins may lengthen the lock-delay but never shorten it: the
+        // holders already in count on theirs (their clients stop their work by it).
+        match lock_delay_ms {
+            Some(d) if was_free => lock.delay_ms = d,
+            Some(d) => lock.delay_ms = lock.delay_ms.max(d),
+            None => {}
         }
         lock.grants += 1;
         lock.holders.insert(holder, lock.grants);

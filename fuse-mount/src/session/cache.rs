@@ -50,8 +50,9 @@ pub(super) struct Cache {
     valid_until: Option<Instant>,
     nodes: HashMap<String, Entry>,
     flights: HashMap<String, Flight>,
-    /// Which node each open handle names (handles are opaque to the client).
-    paths: HashMap<Bytes, String>,
+    /// Which node (path and instance) each open handle names (handles are opaque to the
+    /// client). A handle of a deleted node must not read a node made again at its path.
+    paths: HashMap<Bytes, (String, u64)>,
     /// Answers served from the cache.
     pub hits: u64,
 }
@@ -85,15 +86,15 @@ impl Cache {
         self.valid_until = Some(until);
     }
 
-    pub fn remember_handle(&mut self, handle: &Handle, path: &str) {
-        self.paths.insert(handle.token.clone(), key(path));
+    pub fn remember_handle(&mut self, handle: &Handle, path: &str, instance: u64) {
+        self.paths.insert(handle.token.clone(), (key(path), instance));
     }
 
     pub fn forget_handle(&mut self, handle: &Handle) {
         self.paths.remove(&handle.token);
     }
 
-    pub fn path_of(&self, handle: &Handle) -> Option<String> {
+    pub fn node_of(&self, handle: &Handle) -> Option<(String, u64)> {
         self.paths.get(&handle.token).cloned()
     }
 
@@ -102,19 +103,24 @@ impl Cache {
         found
     }
 
-    pub fn contents(&mut self, path: &str) -> Option<(Bytes, NodeStat)> {
+    /// The entry of `path` if it is of `instance`.
+    fn entry(&self, path: &str, instance: u64) -> Option<&Entry> {
+        self.nodes.get(path).filter(|e| e.stat.is_some_and(|s| s.instance_number == instance))
+    }
+
+    pub fn contents(&mut self, path: &str, instance: u64) -> Option<(Bytes, NodeStat)> {
         if !self.live() {
             return None;
         }
-        let found = self.nodes.get(path).and_then(|e| Some((e.contents.clone()?, e.stat?)));
+        let found = self.entry(path, instance).and_then(|e| Some((e.contents.clone()?, e.stat?)));
         self.hit(found)
     }
 
-    pub fn stat(&mut self, path: &str) -> Option<NodeStat> {
+    pub fn stat(&mut self, path: &str, instance: u64) -> Option<NodeStat> {
         if !self.live() {
             return None;
         }
-        let found = self.nodes.get(path).and_then(|e| e.stat);
+        let found = self.entry(path, instance).and_then(|e| e.stat);
         self.hit(found)
     }
 
@@ -209,9 +215,9 @@ mod tests {
         let mut c = leased();
         let t = c.begin_read("/ls/local/a");
         c.end_read(t, fill(1, "v1"));
-        assert_eq!(&c.contents("/ls/local/a").unwrap().0[..], b"v1");
+        assert_eq!(&c.contents("/ls/local/a", 1).unwrap().0[..], b"v1");
         c.invalidate(&["/ls/local/a".to_string()]);
-        assert!(c.contents("/ls/local/a").is_none());
+        assert!(c.contents("/ls/local/a", 1).is_none());
     }
 
     #[test]
@@ -220,11 +226,11 @@ mod tests {
         let t = c.begin_read("/ls/local/a");
         c.invalidate(&["/ls/local/a".to_string()]);
         c.end_read(t, fill(1, "old"));
-        assert!(c.contents("/ls/local/a").is_none(), "the answer may predate the write");
+        assert!(c.contents("/ls/local/a", 1).is_none(), "the answer may predate the write");
         // The next read is cached again.
         let t = c.begin_read("/ls/local/a");
         c.end_read(t, fill(2, "new"));
-        assert_eq!(&c.contents("/ls/local/a").unwrap().0[..], b"new");
+        assert_eq!(&c.contents("/ls/local/a", 1).unwrap().0[..], b"new");
     }
 
     #[test]
@@ -234,12 +240,12 @@ mod tests {
         c.flush();
         c.end_read(t, fill(1, "v1"));
         c.lease_until(Instant::now() + Duration::from_secs(60));
-        assert!(c.contents("/ls/local/a").is_none());
+        assert!(c.contents("/ls/local/a", 1).is_none());
 
         let t = c.begin_read("/ls/local/a");
         c.end_read(t, fill(1, "v1"));
         c.lease_until(Instant::now());
-        assert!(c.contents("/ls/local/a").is_none(), "the lease ran out");
+        assert!(c.contents("/ls/local/a", 1).is_none(), "the lease ran out");
     }
 
     #[test]
@@ -247,12 +253,12 @@ mod tests {
         let mut c = leased();
         let t = c.begin_read("/ls/local/a");
         c.end_read(t, None);
-        assert!(c.stat("/ls/local/a").is_none());
+        assert!(c.stat("/ls/local/a", 1).is_none());
         let mut off = Cache::new(false);
         off.lease_until(Instant::now() + Duration::from_secs(60));
         let t = off.begin_read("/ls/local/a");
         off.end_read(t, fill(1, "v1"));
-        assert!(off.contents("/ls/local/a").is_none());
+        assert!(off.contents("/ls/local/a", 1).is_none());
     }
 
     #[test]
@@ -267,7 +273,9 @@ mod tests {
         let t = c.begin_read("/ls/local/a");
         c.end_read(t, Some(Fill { stat: stat(2, 1), contents: Some(Bytes::new()), handle: None }));
         assert!(c.handle("/ls/local/a").is_none(), "the old instance's handle is gone");
+        assert!(c.stat("/ls/local/a", 1).is_none(), "a handle of the old instance reads nothing");
+        assert!(c.stat("/ls/local/a", 2).is_some());
         c.invalidate(&["/ls/local/a".to_string()]);
-        assert!(c.stat("/ls/local/a").is_none());
+        assert!(c.stat("/ls/local/a", 2).is_none());
     }
 }

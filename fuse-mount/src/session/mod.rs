@@ -219,6 +219,12 @@ impl Inner {
         self.cache.lock().expect("cache")
     }
 
+    /// The session is gone: calls fail from now on and the cache answers nothing.
+    fn lose(&self) {
+        self.cache().flush();
+        self.state.send_replace(SessionState::Lost);
+    }
+
     /// A lease was granted; locally it lasts until `until`.
     fn granted(&self, until: Instant) {
         *self.lease_end.lock().expect("lease") = until;
@@ -262,7 +268,7 @@ impl Session {
             state: watch::channel(SessionState::Alive).0,
             closed: watch::channel(false).0,
         });
-        let lease = Duration::from_millis(stream.2.lease_ms.max(100));
+        let lease = Duration::from_millis(stream.2.lease_ms);
         inner.granted(stream::local_lease_end(sent, lease));
         tokio::spawn(keep_session(inner.clone(), stream, sent));
         Ok(Session { inner })
@@ -350,7 +356,7 @@ impl Session {
                     return Ok(r.into_inner());
                 }
                 Err(s) if reason(&s) == Some("NoSession") => {
-                    inner.state.send_replace(SessionState::Lost);
+                    inner.lose();
                     return Err(ClientError::SessionLost(inner.id));
                 }
                 Err(s) if s.code() == Code::DeadlineExceeded && deadline.is_some() => {
@@ -390,8 +396,10 @@ impl Session {
     pub async fn open_node(&self, path: &str, o: OpenOptions) -> Result<(Handle, NodeStat), ClientError> {
         let plain = !o.create && o.events == 0;
         if plain {
-            if let Some(hit) = self.inner.cache().handle(path) {
-                return Ok(hit);
+            let mut cache = self.inner.cache();
+            if let Some((handle, stat)) = cache.handle(path) {
+                cache.remember_handle(&handle, path, stat.instance_number);
+                return Ok((handle, stat));
             }
         }
         let f = self.next_request();
@@ -417,7 +425,7 @@ impl Session {
             }
         };
         let (handle, stat) = (r.handle.unwrap_or_default(), r.stat.unwrap_or_default());
-        cache.remember_handle(&handle, path);
+        cache.remember_handle(&handle, path, stat.instance_number);
         let fill = (plain && r.cacheable).then(|| Fill { stat, contents: None, handle: Some(handle.clone()) });
         cache.end_read(ticket, fill);
         Ok((handle, stat))
@@ -434,9 +442,10 @@ impl Session {
     /// the master. (A cached stat's `lock_generation` may lag: lock changes do not invalidate
     /// caches; [`Session::holder_sequencers`] and [`Session::check_sequencer`] ask the master.)
     pub async fn get(&self, handle: &Handle) -> Result<(Bytes, NodeStat), ClientError> {
-        let path = self.inner.cache().path_of(handle);
-        let Some(path) = path else { return self.get_uncached(handle).await.map(|(c, s, _)| (c, s)) };
-        if let Some(hit) = self.inner.cache().contents(&path) {
+        let node = self.inner.cache().node_of(handle);
+        let Some((path, instance)) = node else { return self.get_uncached(handle).await.map(|(c, s, _)| (c, s)) };
+        let hit = self.inner.cache().contents(&path, instance);
+        if let Some(hit) = hit {
             return Ok(hit);
         }
         let ticket = self.inner.cache().begin_read(&path);
@@ -465,12 +474,12 @@ impl Session {
 
     /// Metadata, linearizable: from the cache if the node is cached (see [`Session::get`]).
     pub async fn stat(&self, handle: &Handle) -> Result<NodeStat, ClientError> {
-        let path = self.inner.cache().path_of(handle);
-        let hit = path.as_deref().and_then(|p| self.inner.cache().stat(p));
+        let node = self.inner.cache().node_of(handle);
+        let hit = node.as_ref().and_then(|(p, i)| self.inner.cache().stat(p, *i));
         if let Some(hit) = hit {
             return Ok(hit);
         }
-        let ticket = path.as_deref().map(|p| self.inner.cache().begin_read(p));
+        let ticket = node.as_ref().map(|(p, _)| self.inner.cache().begin_read(p));
         let req = GetStatRequest { handle: Some(handle.clone()) };
         let r = self.call(self.deadline(), rpc!(get_stat, req)).await;
         if let Some(ticket) = ticket {
@@ -605,7 +614,7 @@ impl Session {
         let req = CloseSessionRequest { request: Some(f.request), session_token: self.inner.token.clone() };
         let r = self.call(self.deadline(), rpc!(close_session, req)).await.map(|_| ());
         self.inner.closed.send_replace(true);
-        self.inner.state.send_replace(SessionState::Lost);
+        self.inner.lose();
         r
     }
 }

@@ -1,7 +1,7 @@
 //! The session's stream to the master: opening or resuming it (following redirects), and
 //! keeping it: KeepAlives, leases, events, invalidation acks, jeopardy and resumption.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -107,12 +107,14 @@ pub(super) async fn connect_stream(
 pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_from: Instant) {
     let mut closed = inner.closed.subscribe();
     let (mut tx, mut inbound, grant) = stream;
-    let mut lease = Duration::from_millis(grant.lease_ms.max(100));
+    let mut lease = Duration::from_millis(grant.lease_ms);
     inner.granted(local_lease_end(lease_from, lease));
     loop {
-        let mut ticker = tokio::time::interval(lease / 3);
+        let mut ticker = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
         ticker.tick().await;
-        let mut sent = Instant::now();
+        // When each KeepAlive still unanswered was sent: a grant answers the oldest, and the
+        // lease it gives runs from that send (the master's runs from a later moment).
+        let mut unanswered: VecDeque<Instant> = VecDeque::new();
         let broke = loop {
             let lease_end = tokio::time::Instant::from_std(lease_from + lease);
             tokio::select! {
@@ -126,7 +128,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                     break None;
                 }
                 _ = ticker.tick() => {
-                    sent = Instant::now();
+                    unanswered.push_back(Instant::now());
                     let ka = KeepAlive { session: inner.id, more_sessions: Vec::new() };
                     if tx.send(SessionRequest { kind: Some(session_request::Kind::KeepAlive(ka)) }).await.is_err() {
                         break None;
@@ -136,8 +138,9 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                     Ok(Some(SessionResponse { kind: Some(kind) })) => match kind {
                         session_response::Kind::Lease(g) => {
                             inner.epoch.store(g.epoch, Ordering::Release);
-                            lease = Duration::from_millis(g.lease_ms.max(100));
-                            lease_from = sent;
+                            // Shorter than the full lease while the session owes an ack.
+                            lease = Duration::from_millis(g.lease_ms);
+                            lease_from = unanswered.pop_front().unwrap_or(lease_from);
                             inner.granted(local_lease_end(lease_from, lease));
                             inner.state.send_replace(SessionState::Alive);
                         }
@@ -160,7 +163,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         };
         if broke.as_ref().is_some_and(|s| s.code() == Code::NotFound) {
             tracing::warn!(session = inner.id, "the master ended the session");
-            inner.state.send_replace(SessionState::Lost);
+            inner.lose();
             return;
         }
         if *closed.borrow() {
@@ -180,15 +183,18 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             Ok((addr, (t, i, g))) => {
                 *inner.master.lock().expect("master") = Some(addr);
                 (tx, inbound) = (t, i);
+                // The master counts this resumption as the ack of every invalidation the
+                // session owed, so no answer of a read sent before it may be cached.
+                inner.cache().flush();
                 inner.epoch.store(g.epoch, Ordering::Release);
-                lease = Duration::from_millis(g.lease_ms.max(100));
+                lease = Duration::from_millis(g.lease_ms);
                 lease_from = sent;
                 inner.granted(local_lease_end(lease_from, lease));
                 inner.state.send_replace(SessionState::Alive);
             }
             Err(e) => {
                 tracing::warn!(session = inner.id, error = %e, "session lost");
-                inner.state.send_replace(SessionState::Lost);
+                inner.lose();
                 return;
             }
         }

@@ -2,7 +2,7 @@
 //! `elect` also publishes the leader's VALUE in the node, fenced by the lock's sequencer.
 
 use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::LockMode;
@@ -124,29 +124,29 @@ pub async fn run_command(
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
     };
-    let lost = |child: &mut tokio::process::Child, why: &str| {
-        stop_child(child);
-        eprintln!("chubby: {path}: {why}; what it held is gone and the command was stopped");
-    };
     let status = loop {
-        // While in jeopardy: the moment the lock may go to someone else.
+        // While in jeopardy: the moment the lock may go to someone else, and the moment to
+        // start stopping the command so that it is gone by then.
         let unsafe_at = match (*state.borrow(), lock_delay) {
-            (SessionState::Jeopardy, Some(d)) => Some(tokio::time::Instant::from_std(session.lease_end() + d)),
+            (SessionState::Jeopardy, Some(d)) => Some(session.lease_end() + d),
             _ => None,
         };
+        let stop_at = unsafe_at.map(|u| {
+            let early = u.checked_sub(TERM_GRACE + KILL_MARGIN).unwrap_or(u);
+            tokio::time::Instant::from_std(early.max(session.lease_end()))
+        });
         tokio::select! {
             st = child.wait() => break st,
-            _ = sleep_until_some(unsafe_at) => {
-                lost(&mut child, "session in jeopardy past its lease and the lock-delay");
-                let _ = child.wait().await;
+            _ = sleep_until_some(stop_at) => {
+                stop(&mut child, unsafe_at, path, "session in jeopardy past its lease, near the end of the lock-delay").await;
                 return EXIT_SESSION_LOST;
             }
             _ = term.recv() => stop_child(&child),
             _ = int.recv() => stop_child(&child),
             changed = state.changed() => {
                 if changed.is_err() || *state.borrow() == SessionState::Lost {
-                    lost(&mut child, "session lost");
-                    let _ = child.wait().await;
+                    let unsafe_at = lock_delay.map(|d| session.lease_end() + d);
+                    stop(&mut child, unsafe_at, path, "session lost").await;
                     return EXIT_SESSION_LOST;
                 }
             }
@@ -159,6 +159,33 @@ pub async fn run_command(
             EXIT_FAILURE
         }
     }
+}
+
+/// After SIGTERM, the most time a command gets to exit before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+/// SIGKILL comes at least this long before the lock may be granted to another client.
+const KILL_MARGIN: Duration = Duration::from_millis(500);
+
+/// Stops the command because what it relies on is (or is about to be) gone: SIGTERM, then
+/// SIGKILL if it is still running after [`TERM_GRACE`] or when the lock may go to someone
+/// else (`unsafe_at`, less [`KILL_MARGIN`]), whichever comes first.
+async fn stop(child: &mut tokio::process::Child, unsafe_at: Option<Instant>, path: &str, why: &str) {
+    eprintln!("chubby: {path}: {why}; what it held is gone and the command is stopped");
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let now = Instant::now();
+    let mut kill_at = now + TERM_GRACE;
+    if let Some(u) = unsafe_at {
+        kill_at = kill_at.min(u.checked_sub(KILL_MARGIN).unwrap_or(now).max(now));
+    }
+    tokio::select! {
+        _ = child.wait() => return,
+        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(kill_at)) => {}
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
 }
 
 /// Sleeps until `at`, or forever if `None`.
