@@ -151,6 +151,16 @@ impl ReplicaConfig {
         if !(100..=600_000).contains(&session_lease_ms) {
             return Err(format!("session_lease_ms {session_lease_ms} must be between 100 and 600000"));
         }
+        // A deposed master notices within the longest election timeout (check-quorum) and
+        // stops granting leases; a lease shorter than two of those would let it grant past
+        // the new master's expiry decisions.
+        let longest_election_ms = tick_ms.saturating_mul(election_ticks).saturating_mul(2);
+        if session_lease_ms < longest_election_ms.saturating_mul(2) {
+            return Err(format!(
+                "session_lease_ms {session_lease_ms} must be at least twice the longest election timeout \
+                 ({longest_election_ms} ms = 2 × election_ticks × tick_ms)"
+            ));
+        }
         Ok(ReplicaConfig {
             id,
             listen,
@@ -222,6 +232,9 @@ mod tests {
         let mut a = args("2=127.0.0.1:7002");
         a.fsync = Some("sometimes".into());
         assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("always, everysec or no"));
+        let mut a = args("2=127.0.0.1:7002");
+        a.session_lease_ms = Some(500);
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("twice the longest election timeout"));
     }
 
     #[test]
