@@ -4,7 +4,7 @@
 //!
 //! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
 //! or refused the call; 2 bad usage; 3 not found; 4 lock busy (`lock --timeout 0`); 5 timed
-//! out waiting for the lock; 6 session lost (the command was stopped with SIGTERM); 7 stale
+//! out waiting for the lock; 6 session lost (the command was stopped); 7 stale
 //! sequencer; 8 generation mismatch.
 
 use std::process::ExitCode;
@@ -119,8 +119,10 @@ enum Cmd {
     /// Every replica's role, term, commit/applied/last index, lag and sessions.
     Status,
     /// Hold the lock on PATH (/ls/<cell>/…, created if missing) while CMD runs, like `flock`
-    /// and `etcdctl lock`. CMD sees the lock's sequencer in CHUBBY_SEQUENCER; if the session
-    /// is lost, CMD gets SIGTERM. Exits with CMD's status.
+    /// and `etcdctl lock`. CMD sees the lock's sequencer in CHUBBY_SEQUENCER. If the session
+    /// is lost, or is out of touch so long that the lock could go to another client (its lease
+    /// plus the lock-delay, less a margin), CMD gets SIGTERM, then SIGKILL if it lingers, and
+    /// this exits 6. Otherwise it exits with CMD's status.
     Lock {
         /// A shared (reader) lock instead of an exclusive one.
         #[arg(long)]
