@@ -122,11 +122,11 @@ impl Cell for CellService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         let path = key_path(&req.key);
-        // Cached copies are invalidated first, as for a session's write.
-        let _pending = match self.master.serving() {
-            Ok(_) => Some(self.master.begin_write(&path).await?),
-            Err(_) => None,
-        };
+        // Cached copies are invalidated first, as for a session's write; so only a serving
+        // master takes the write (a follower redirects, a leader still taking office asks for
+        // a retry).
+        self.master.serving()?;
+        let _pending = self.master.begin_write(&path).await?;
         let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
         let result = self.node.propose(encode(&entry)).await.map_err(|e| self.status_of(e))?;
         match decode::<Outcome>(&result).map_err(|e| Status::internal(e.to_string()))? {
