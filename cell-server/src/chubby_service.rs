@@ -297,15 +297,14 @@ impl Chubby for ChubbyService {
         let cache_token = create.is_none().then(|| self.master.register_cacher(session, &path)).flatten();
         let existing = if create.is_none() {
             let p = path.clone();
-            Some(self.read(move |st| st.open_existing(session, &p)).await?)
+            let r = self.read(move |st| st.open_existing(session, &p)).await;
+            let cacheable = self.master.settle_cacher(session, &path, cache_token, &r, |(s, _)| !s.ephemeral);
+            Some((r?, cacheable))
         } else {
             None
         };
         let (s, rights, cacheable) = match existing {
-            Some((s, rights)) if !s.ephemeral => {
-                let cacheable = cache_token.is_some_and(|t| self.master.still_cacher(session, &path, t));
-                (s, rights, cacheable)
-            }
+            Some(((s, rights), cacheable)) if !s.ephemeral => (s, rights, cacheable),
             _ => match self.call(request, Op::Open { path: path.clone(), create }).await? {
                 Reply::Opened { stat, rights, .. } => (stat, rights, false),
                 other => return Err(unexpected(other)),
@@ -388,8 +387,9 @@ impl Chubby for ChubbyService {
         // Ephemeral nodes are never cacheable: they can vanish with a session's expiry, which
         // invalidates nothing.
         let token = self.master.register_cacher(session, &h.path);
-        let (contents, s) = self.read(look).await?;
-        let cacheable = !s.ephemeral && token.is_some_and(|t| self.master.still_cacher(session, &h.path, t));
+        let r = self.read(look).await;
+        let cacheable = self.master.settle_cacher(session, &h.path, token, &r, |(_, s)| !s.ephemeral);
+        let (contents, s) = r?;
         Ok(Response::new(GetContentsResponse { contents, stat: Some(stat(&s)), stale: false, cacheable }))
     }
 
@@ -399,13 +399,14 @@ impl Chubby for ChubbyService {
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         let (session, path, instance) = (h.session, h.path.clone(), h.instance);
         let token = self.master.register_cacher(session, &h.path);
-        let s = self
+        let r = self
             .read(move |st| match st.node(&path) {
                 Some(n) if n.stat.instance == instance => Ok(n.stat.clone()),
                 _ => Err(StateError::StaleHandle(path)),
             })
-            .await?;
-        let cacheable = !s.ephemeral && token.is_some_and(|t| self.master.still_cacher(session, &h.path, t));
+            .await;
+        let cacheable = self.master.settle_cacher(session, &h.path, token, &r, |s| !s.ephemeral);
+        let s = r?;
         Ok(Response::new(GetStatResponse { stat: Some(stat(&s)), cacheable }))
     }
 

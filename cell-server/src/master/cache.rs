@@ -44,6 +44,22 @@ impl CacheTable {
         self.cachers.get(path).and_then(|m| m.get(&session)) == Some(&token)
     }
 
+    /// Withdraws the registration `token` (if a later one replaced it, that one stays).
+    pub fn unregister(&mut self, session: SessionId, path: &str, token: u64) {
+        if !self.still(session, path, token) {
+            return;
+        }
+        if let Some(m) = self.cachers.get_mut(path) {
+            m.remove(&session);
+            if m.is_empty() {
+                self.cachers.remove(path);
+            }
+        }
+        if let Some(set) = self.by_session.get_mut(&session) {
+            set.remove(path);
+        }
+    }
+
     /// Marks a write pending and sends its invalidations; returns what to wait for: each
     /// session, the end of its lease, and the ack.
     pub fn begin_write(

@@ -476,10 +476,27 @@ impl Master {
         self.lock().cache.register(session, path)
     }
 
-    /// Whether a read registered with `token` may be cached: no write took the registration
-    /// away while the read ran.
-    pub fn still_cacher(&self, session: SessionId, path: &str, token: u64) -> bool {
-        self.lock().cache.still(session, path, token)
+    /// After a read registered with `token`: whether its answer may be cached (the read
+    /// succeeded, `cacheable` says its node may be cached at all, and no write took the
+    /// registration away while it ran). A successful read of a node that may not be cached
+    /// (an ephemeral one) withdraws the registration, so writes to it do not wait on this
+    /// session. A failed read keeps it: the session may still cache the node from before.
+    pub fn settle_cacher<T>(
+        &self,
+        session: SessionId,
+        path: &str,
+        token: Option<u64>,
+        read: &Result<T, Status>,
+        cacheable: impl FnOnce(&T) -> bool,
+    ) -> bool {
+        let (Some(token), Ok(answer)) = (token, read) else { return false };
+        let mut g = self.lock();
+        if cacheable(answer) {
+            g.cache.still(session, path, token)
+        } else {
+            g.cache.unregister(session, path, token);
+            false
+        }
     }
 
     /// Chubby's cache invalidation before a write to `path` commits: every session that may
