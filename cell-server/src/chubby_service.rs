@@ -237,7 +237,7 @@ impl Chubby for ChubbyService {
     type SessionStream = SessionStream;
 
     async fn session(&self, req: Request<Streaming<SessionRequest>>) -> Result<Response<SessionStream>, Status> {
-        self.master.serving()?;
+        self.master.await_serving().await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(1024);
         let master = self.master.clone();
@@ -278,7 +278,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn open(&self, req: Request<OpenRequest>) -> Result<Response<OpenResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let r = req.request.as_ref().ok_or_else(|| Status::invalid_argument("a request id is required"))?;
         let session = r.session;
@@ -319,7 +319,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn close(&self, req: Request<CloseRequest>) -> Result<Response<CloseResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         if h.ephemeral {
@@ -330,7 +330,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn close_session(&self, req: Request<CloseSessionRequest>) -> Result<Response<CloseSessionResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let session = req.request.as_ref().map(|r| r.session).unwrap_or_default();
         let request = self.request_id(req.request.as_ref(), session)?;
@@ -344,7 +344,7 @@ impl Chubby for ChubbyService {
         req: Request<GetContentsRequest>,
     ) -> Result<Response<GetContentsResponse>, Status> {
         if !req.get_ref().stale_ok {
-            self.master.check_epoch(req.metadata())?;
+            self.master.check_epoch(req.metadata()).await?;
         }
         let req = req.into_inner();
         let h = if req.stale_ok {
@@ -394,7 +394,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn get_stat(&self, req: Request<GetStatRequest>) -> Result<Response<GetStatResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         let (session, path, instance) = (h.session, h.path.clone(), h.instance);
@@ -411,7 +411,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::READ)?;
         let entries = self.read(move |st| st.read_dir(&h.path)).await?;
@@ -421,12 +421,12 @@ impl Chubby for ChubbyService {
     }
 
     async fn set_contents(&self, req: Request<SetContentsRequest>) -> Result<Response<SetContentsResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         self.write_contents(req.into_inner()).await.map(Response::new)
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
@@ -438,17 +438,17 @@ impl Chubby for ChubbyService {
     }
 
     async fn acquire(&self, req: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         ChubbyService::acquire(self, req.into_inner(), false).await.map(Response::new)
     }
 
     async fn try_acquire(&self, req: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         ChubbyService::acquire(self, req.into_inner(), true).await.map(Response::new)
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
@@ -457,7 +457,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
@@ -473,7 +473,7 @@ impl Chubby for ChubbyService {
     }
 
     async fn get_sequencer(&self, req: Request<GetSequencerRequest>) -> Result<Response<GetSequencerResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         if req.holders {
             let h = self.handle(req.handle.as_ref(), Rights::READ)?;
@@ -492,14 +492,14 @@ impl Chubby for ChubbyService {
         &self,
         req: Request<CheckSequencerRequest>,
     ) -> Result<Response<CheckSequencerResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let seq = req.into_inner().sequencer;
         let valid = self.read(move |st| Ok(st.check_sequencer(&seq))).await?;
         Ok(Response::new(CheckSequencerResponse { valid }))
     }
 
     async fn set_acl(&self, req: Request<SetAclRequest>) -> Result<Response<SetAclResponse>, Status> {
-        self.master.check_epoch(req.metadata())?;
+        self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::CHANGE_ACL)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;

@@ -83,7 +83,14 @@ pub struct Master {
     node: NodeHandle<CellMachine>,
     cfg: MasterConfig,
     inner: Mutex<Inner>,
+    /// The epoch while serving, `None` otherwise: wakes calls waiting for a master.
+    office: tokio::sync::watch::Sender<Option<u64>>,
 }
+
+/// How long a call waits at a replica for a master to be elected (or to finish taking
+/// office) before it is told to retry: a little over the longest election on a LAN, so a
+/// client is redirected the moment the election ends instead of polling through it.
+const AWAIT_MASTER: Duration = Duration::from_secs(1);
 
 fn event(path: String, kind: proto::chubby::event::Kind) -> SessionResponse {
     SessionResponse { kind: Some(session_response::Kind::Event(Event { path, kind: Some(kind) })) }
@@ -96,7 +103,12 @@ impl Master {
         cfg: MasterConfig,
         mut effects: mpsc::UnboundedReceiver<Vec<Effect>>,
     ) -> Arc<Master> {
-        let master = Arc::new(Master { node, cfg, inner: Mutex::new(Inner::default()) });
+        let master = Arc::new(Master {
+            node,
+            cfg,
+            inner: Mutex::new(Inner::default()),
+            office: tokio::sync::watch::channel(None).0,
+        });
         let m = master.clone();
         tokio::spawn(async move {
             while let Some(batch) = effects.recv().await {
@@ -139,8 +151,8 @@ impl Master {
     /// without it, from a raw gRPC tool, is not checked). An older epoch means the client has
     /// not yet resumed its session here since the failover: it is told to, with this master's
     /// address. A newer one means this replica is a deposed master that has not noticed yet.
-    pub fn check_epoch(&self, metadata: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
-        let epoch = self.serving()?;
+    pub async fn check_epoch(&self, metadata: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
+        let epoch = self.await_serving().await?;
         let Some(v) = metadata.get(proto::EPOCH_METADATA) else { return Ok(epoch) };
         let theirs: u64 = v
             .to_str()
@@ -162,6 +174,29 @@ impl Master {
         );
         s.metadata_mut().insert(ERROR_METADATA, tonic::metadata::MetadataValue::from_static("StaleEpoch"));
         Err(s)
+    }
+
+    /// As [`Master::serving`], but while no master is known (an election) or this replica is
+    /// taking office, waits for that to end (at most [`AWAIT_MASTER`]) and then serves or
+    /// redirects.
+    pub async fn await_serving(&self) -> Result<u64, Status> {
+        let deadline = tokio::time::Instant::now() + AWAIT_MASTER;
+        let mut leadership = self.node.leadership();
+        let mut office = self.office.subscribe();
+        loop {
+            match self.serving() {
+                Ok(epoch) => return Ok(epoch),
+                // A redirect to a known master goes out at once.
+                Err(s) if s.code() != tonic::Code::Unavailable => return Err(s),
+                Err(s) => {
+                    tokio::select! {
+                        r = leadership.changed() => if r.is_err() { return Err(s) },
+                        r = office.changed() => if r.is_err() { return Err(s) },
+                        _ = tokio::time::sleep_until(deadline) => return Err(s),
+                    }
+                }
+            }
+        }
     }
 
     /// The status that sends a client to `leader` (or asks it to retry while none is known).
@@ -246,6 +281,7 @@ impl Master {
             g.key = key;
             g.cell_name = self.cfg.cell_name.clone();
             g.epoch = Some(term);
+            self.office.send_replace(Some(term));
         }
         for until in delays {
             self.arm_lock_delay(until);
@@ -258,6 +294,7 @@ impl Master {
         if g.epoch.take().is_some() {
             tracing::info!("master stopped serving");
         }
+        self.office.send_replace(None);
         // Each stream is ended with an error so its client resumes at once at the new master
         // (dropping our sender alone would not end it: its reader task holds another). Dropping
         // the waiters tells blocked calls to retry.
