@@ -123,9 +123,9 @@ impl Cell for CellService {
         let req = req.into_inner();
         let path = key_path(&req.key);
         // Cached copies are invalidated first, as for a session's write; so only a serving
-        // master takes the write (a follower redirects, a leader still taking office asks for
-        // a retry).
-        self.master.serving()?;
+        // master takes the write (a follower redirects; during an election or while the
+        // master takes office the call waits for it).
+        self.master.await_serving().await?;
         let _pending = self.master.begin_write(&path).await?;
         let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
         let result = self.node.propose(encode(&entry)).await.map_err(|e| self.status_of(e))?;

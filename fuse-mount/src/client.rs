@@ -158,7 +158,7 @@ impl CellClient {
         }
         let mut next = 0usize;
         let mut last = String::from("nothing tried");
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Duration::from_millis(10);
         loop {
             if Instant::now() >= deadline {
                 return Err(ClientError::Timeout { timeout: self.timeout, last });
@@ -209,7 +209,9 @@ impl CellClient {
                 // Pause after every round of the address list (or a failed redirect).
                 if redirected || next.is_multiple_of(self.addrs.len()) {
                     tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    // Short: replicas hold calls during an election, so this only spans the
+                    // moments before they notice a dead leader.
+                    backoff = (backoff * 2).min(crate::session::MAX_BACKOFF);
                 }
             }
         }

@@ -55,7 +55,7 @@ macro_rules! rpc {
 /// LAN cell takes a few hundred ms, and a client should notice its end promptly. (Polling is
 /// short-lived: once a replica knows no master is elected it holds a call until one is, and
 /// then redirects it; the pauses only cover the moments before replicas notice a dead master.)
-const MAX_BACKOFF: Duration = Duration::from_millis(25);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
 /// The `chubby-error` metadata key: the cell's reason for a refusal.
 pub const ERROR_METADATA: &str = "chubby-error";
