@@ -19,7 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
-use crate::master::{session_lost, Master};
+use crate::master::{session_lost, Master, WriteGuard};
 use crate::service::now_ms;
 use crate::state::handle::{sign, verify, verify_session_token, HandleBody};
 use crate::state::{self, Create, Entry, Holder, Op, Reply, Rights, StateError};
@@ -145,8 +145,21 @@ impl ChubbyService {
 
     /// Proposes a session call and returns its answer (or its refusal as a status).
     async fn call(&self, request: state::RequestId, op: Op) -> Result<Reply, Status> {
+        self.call_with(request, op, None).await
+    }
+
+    /// A session call that changes a node whose caches `guard` invalidated.
+    async fn call_guarded(&self, request: state::RequestId, op: Op, guard: &WriteGuard) -> Result<Reply, Status> {
+        self.call_with(request, op, Some(guard)).await
+    }
+
+    async fn call_with(&self, request: state::RequestId, op: Op, guard: Option<&WriteGuard>) -> Result<Reply, Status> {
         let entry = Entry { now_ms: now_ms(), request: Some(request), op };
-        match self.master.propose(entry).await {
+        let proposed = match guard {
+            Some(g) => self.master.propose_guarded(entry, g).await,
+            None => self.master.propose(entry).await,
+        };
+        match proposed {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(status_of_state(e)),
             Err(e) => Err(self.node_error(e)),
@@ -172,7 +185,7 @@ impl ChubbyService {
     async fn write_contents(&self, req: SetContentsRequest) -> Result<SetContentsResponse, Status> {
         let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
-        let _pending = self.master.begin_write(&h.path).await?;
+        let pending = self.master.begin_write(&h.path).await?;
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
         let op = Op::SetContents {
             path: h.path,
@@ -181,7 +194,7 @@ impl ChubbyService {
             if_generation: req.if_generation,
             sequencer,
         };
-        match self.call(request, op).await? {
+        match self.call_guarded(request, op, &pending).await? {
             Reply::Stat(s) => Ok(SetContentsResponse { stat: Some(stat(&s)) }),
             other => Err(unexpected(other)),
         }
@@ -430,10 +443,10 @@ impl Chubby for ChubbyService {
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
-        let _pending = self.master.begin_write(&h.path).await?;
+        let pending = self.master.begin_write(&h.path).await?;
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
         let op = Op::Delete { path: h.path, instance: h.instance, if_generation: req.if_generation, sequencer };
-        self.call(request, op).await?;
+        self.call_guarded(request, op, &pending).await?;
         Ok(Response::new(DeleteResponse {}))
     }
 
@@ -503,9 +516,9 @@ impl Chubby for ChubbyService {
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::CHANGE_ACL)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
-        let _pending = self.master.begin_write(&h.path).await?;
+        let pending = self.master.begin_write(&h.path).await?;
         let acl = state::Acl { readers: req.readers, writers: req.writers, change_acl: req.change_acl };
-        match self.call(request, Op::SetAcl { path: h.path, instance: h.instance, acl }).await? {
+        match self.call_guarded(request, Op::SetAcl { path: h.path, instance: h.instance, acl }, &pending).await? {
             Reply::Stat(s) => Ok(Response::new(SetAclResponse { stat: Some(stat(&s)) })),
             other => Err(unexpected(other)),
         }

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::machine::CellMachine;
 use crate::master::Master;
-use crate::state::{decode, encode, Entry, Op, Outcome, Reply};
+use crate::state::{Entry, Op, Reply};
 
 /// The service of one replica.
 pub struct CellService {
@@ -126,10 +126,9 @@ impl Cell for CellService {
         // master takes the write (a follower redirects; during an election or while the
         // master takes office the call waits for it).
         self.master.await_serving().await?;
-        let _pending = self.master.begin_write(&path).await?;
+        let pending = self.master.begin_write(&path).await?;
         let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
-        let result = self.node.propose(encode(&entry)).await.map_err(|e| self.status_of(e))?;
-        match decode::<Outcome>(&result).map_err(|e| Status::internal(e.to_string()))? {
+        match self.master.propose_guarded(entry, &pending).await.map_err(|e| self.status_of(e))? {
             Ok(Reply::Stat(stat)) => Ok(Response::new(PutResponse { revision: stat.modified_index })),
             Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
             Err(e) => Err(crate::chubby_service::status_of_state(e)),

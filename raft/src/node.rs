@@ -90,6 +90,8 @@ enum Input<SM> {
     Step(Message),
     Propose {
         data: Bytes,
+        /// Only in this term (see [`NodeHandle::propose_in_term`]).
+        term: Option<Term>,
         reply: oneshot::Sender<Result<Bytes, NodeError>>,
     },
     Read {
@@ -176,8 +178,20 @@ impl<SM: StateMachine> NodeHandle<SM> {
 
     /// Replicates `data` and returns what the state machine answered once it was applied.
     pub async fn propose(&self, data: Bytes) -> Result<Bytes, NodeError> {
+        self.propose_with(data, None).await
+    }
+
+    /// As [`NodeHandle::propose`], but only if this node is still leader in `term`: checked
+    /// where the entry is appended, so an entry prepared under one leadership (say, after
+    /// steps that only that leadership's bookkeeping justified) never lands in a later one.
+    /// Otherwise [`NodeError::Dropped`].
+    pub async fn propose_in_term(&self, data: Bytes, term: Term) -> Result<Bytes, NodeError> {
+        self.propose_with(data, Some(term)).await
+    }
+
+    async fn propose_with(&self, data: Bytes, term: Option<Term>) -> Result<Bytes, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Input::Propose { data, reply })?;
+        self.tx.send(Input::Propose { data, term, reply })?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
@@ -458,7 +472,10 @@ impl<SM: StateMachine> Driver<SM> {
     fn handle(&mut self, input: Input<SM>) -> bool {
         match input {
             Input::Step(m) => self.raw.step(m),
-            Input::Propose { data, reply } => match self.raw.propose(data) {
+            Input::Propose { term: Some(t), reply, .. } if t != self.raw.term() => {
+                let _ = reply.send(Err(NodeError::Dropped));
+            }
+            Input::Propose { data, reply, .. } => match self.raw.propose(data) {
                 Ok(index) => {
                     // An older proposal at this index was cut from the log when this node lost
                     // and regained leadership: it can no longer commit.

@@ -575,7 +575,16 @@ impl Master {
 
     /// Proposes `op` for a session call and decodes the answer.
     pub async fn propose(&self, entry: Entry) -> Result<Outcome, NodeError> {
-        let out = self.node.propose(encode(&entry)).await?;
+        self.decode_outcome(self.node.propose(encode(&entry)).await?)
+    }
+
+    /// Proposes a write whose caches `guard` invalidated: only in the term that did so (a new
+    /// term's master has sessions of its own to invalidate first).
+    pub async fn propose_guarded(&self, entry: Entry, guard: &WriteGuard) -> Result<Outcome, NodeError> {
+        self.decode_outcome(self.node.propose_in_term(encode(&entry), guard.epoch).await?)
+    }
+
+    fn decode_outcome(&self, out: bytes::Bytes) -> Result<Outcome, NodeError> {
         Ok(decode::<Outcome>(&out).unwrap_or_else(|e| Err(StateError::InvalidArgument(e.to_string()))))
     }
 

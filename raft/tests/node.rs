@@ -1,0 +1,67 @@
+//! The replica shell ([`raft::Node`]) on its own: a one-replica group on a real disk.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use raft::{DiskOptions, FsyncPolicy, Node, NodeError, NodeOptions, Role, StateMachine};
+
+/// Counts applied entries and answers each with its index.
+#[derive(Default)]
+struct Counter(u64);
+
+impl StateMachine for Counter {
+    fn apply(&mut self, index: u64, _data: &[u8]) -> Bytes {
+        self.0 += 1;
+        Bytes::from(index.to_string())
+    }
+    fn snapshot(&self) -> Bytes {
+        Bytes::from(self.0.to_string())
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0 = std::str::from_utf8(data).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e}"))?;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opts = NodeOptions {
+        id: 1,
+        peers: BTreeMap::from([(1, format!("127.0.0.1:{port}"))]),
+        data_dir: dir.path().to_path_buf(),
+        disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
+        tick: Duration::from_millis(10),
+        election_tick: 10,
+        heartbeat_tick: 2,
+        snapshot_entries: 1000,
+    };
+    let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
+    let handle = node.handle();
+    rt.block_on(async {
+        let mut watch = handle.leadership();
+        let term = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let l = *watch.borrow_and_update();
+                if l.role == Some(Role::Leader) {
+                    return l.term;
+                }
+                watch.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("a lone replica elects itself");
+        handle.propose_in_term(Bytes::from_static(b"now"), term).await.expect("proposed in its own term");
+        assert_eq!(
+            handle.propose_in_term(Bytes::from_static(b"old"), term - 1).await,
+            Err(NodeError::Dropped),
+            "an entry bound to an earlier term is refused"
+        );
+        assert_eq!(handle.propose_in_term(Bytes::from_static(b"later"), term + 1).await, Err(NodeError::Dropped));
+        handle.propose(Bytes::from_static(b"any")).await.expect("an unbound proposal lands");
+    });
+    node.stop().unwrap();
+}
