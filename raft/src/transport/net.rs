@@ -630,12 +630,17 @@ mod tests {
         assert!(!got.is_empty(), "nothing arrived through a link dialled by name");
     }
 
-    #[test]
-    fn a_newer_link_from_a_peer_replaces_the_older_one() {
+    /// Replica 2 of a two-replica group, with a listener whose connections a test hands it.
+    fn replica_two_listening() -> (PeerNet, impl Sized, TcpListener) {
         let peers: BTreeMap<NodeId, String> =
             [(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())].into_iter().collect();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (mut n2, _w) = PeerNet::new(2, &peers).unwrap();
+        let (n2, waker) = PeerNet::new(2, &peers).unwrap();
+        (n2, waker, TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    #[test]
+    fn a_newer_link_from_a_peer_replaces_the_older_one() {
+        let (mut n2, _w, listener) = replica_two_listening();
         let mut clients = Vec::new();
         for commit in [1, 2] {
             let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -659,10 +664,7 @@ mod tests {
 
     #[test]
     fn a_connection_for_another_replica_or_from_a_stranger_is_closed() {
-        let peers: BTreeMap<NodeId, String> =
-            [(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())].into_iter().collect();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (mut n2, _w) = PeerNet::new(2, &peers).unwrap();
+        let (mut n2, _w, listener) = replica_two_listening();
         let cases = [
             (frame::Hello { from: 1, to: 3 }, None),
             (frame::Hello { from: 9, to: 2 }, None),
