@@ -112,7 +112,10 @@ impl<S: Storage> Raft<S> {
         if !self.log.maybe_commit(index, self.term) {
             return false;
         }
-        self.pending_bcast = true;
+        // Followers learn the new commit index from the next AppendEntries or heartbeat, not
+        // from an append of its own: a commit-only broadcast would cost every write a second
+        // round of messages (and of follower wake-ups) that nothing waits for. Followers apply
+        // at most one heartbeat interval later; the leader, which answers clients, at once.
         if !was_in_term {
             self.release_pending_read_index();
         }

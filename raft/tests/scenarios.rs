@@ -1,5 +1,9 @@
 //! The classic Raft situations as transcripts (`testdata/*.txt`): each file is a script of
 //! commands with the expected result after each. `REWRITE=1` regenerates them.
+//!
+//! A follower's `commit` often trails the leader's by an entry or two in these files: the
+//! leader tells followers of a new commit index with its next AppendEntries or heartbeat, not
+//! with a message of its own (see `Raft::leader_commit`).
 
 mod support;
 
