@@ -1,21 +1,44 @@
 //! The cell's [`CellState`] as the Raft node's [`StateMachine`]: entries in, encoded
 //! [`Outcome`](crate::state::Outcome)s out, and the [`Effect`]s of each entry handed to the
-//! master through a channel (every replica produces them; only a master acts on them).
+//! master through an [`EffectSink`] (every replica produces them; only a master acts on them).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use raft::{Index, StateMachine};
 
 use crate::state::{encode, CellState, Effect};
 
+/// The state machine's end of the effect channel. Effects are sent only while the master
+/// wants them (from the moment it starts taking office until it leaves): a follower's apply
+/// then costs no wake-up of the master's task, which would drop them anyway.
+pub struct EffectSink {
+    tx: UnboundedSender<Vec<Effect>>,
+    wanted: Arc<AtomicBool>,
+}
+
+/// The master's end of the effect channel; `wanted` turns sending on and off.
+pub struct EffectSource {
+    pub rx: UnboundedReceiver<Vec<Effect>>,
+    pub wanted: Arc<AtomicBool>,
+}
+
+pub fn effect_channel() -> (EffectSink, EffectSource) {
+    let (tx, rx) = unbounded_channel();
+    let wanted = Arc::new(AtomicBool::new(false));
+    (EffectSink { tx, wanted: wanted.clone() }, EffectSource { rx, wanted })
+}
+
 pub struct CellMachine {
     state: CellState,
-    effects: Option<UnboundedSender<Vec<Effect>>>,
+    effects: Option<EffectSink>,
 }
 
 impl CellMachine {
-    pub fn new(effects: Option<UnboundedSender<Vec<Effect>>>) -> CellMachine {
+    pub fn new(effects: Option<EffectSink>) -> CellMachine {
         CellMachine { state: CellState::default(), effects }
     }
 
@@ -33,8 +56,8 @@ impl StateMachine for CellMachine {
             }
         }
         let effects = self.state.take_effects();
-        if let Some(tx) = self.effects.as_ref().filter(|_| !effects.is_empty()) {
-            let _ = tx.send(effects);
+        if let Some(sink) = self.effects.as_ref().filter(|s| !effects.is_empty() && s.wanted.load(Ordering::SeqCst)) {
+            let _ = sink.tx.send(effects);
         }
         encode(&outcome)
     }

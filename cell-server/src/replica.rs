@@ -17,7 +17,7 @@ use crate::service::CellService;
 pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     let listener =
         TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (effects_tx, effects_rx) = crate::machine::effect_channel();
     let machine = CellMachine::new(Some(effects_tx));
     let node = Node::start(cfg.node_options(), machine, tokio::runtime::Handle::current())
         .map_err(|e| anyhow::anyhow!("replica {} cannot start: {e}", cfg.id))?;

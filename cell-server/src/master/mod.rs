@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 use crate::chubby_service::ERROR_METADATA;
-use crate::machine::CellMachine;
+use crate::machine::{CellMachine, EffectSource};
 use crate::service::now_ms;
 use crate::state::{decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, SessionId, StateError};
 
@@ -85,6 +85,8 @@ pub struct Master {
     inner: Mutex<Inner>,
     /// The epoch while serving, `None` otherwise: wakes calls waiting for a master.
     office: tokio::sync::watch::Sender<Option<u64>>,
+    /// Whether the state machine sends this master its effects (see [`EffectSource`]).
+    effects_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a call waits at a replica for a master to be elected (or to finish taking
@@ -98,16 +100,14 @@ fn event(path: String, kind: proto::chubby::event::Kind) -> SessionResponse {
 
 impl Master {
     /// Starts the master's tasks; `effects` is the state machine's effect channel.
-    pub fn start(
-        node: NodeHandle<CellMachine>,
-        cfg: MasterConfig,
-        mut effects: mpsc::UnboundedReceiver<Vec<Effect>>,
-    ) -> Arc<Master> {
+    pub fn start(node: NodeHandle<CellMachine>, cfg: MasterConfig, effects: EffectSource) -> Arc<Master> {
+        let EffectSource { rx: mut effects, wanted: effects_wanted } = effects;
         let master = Arc::new(Master {
             node,
             cfg,
             inner: Mutex::new(Inner::default()),
             office: tokio::sync::watch::channel(None).0,
+            effects_wanted,
         });
         let m = master.clone();
         tokio::spawn(async move {
@@ -254,6 +254,10 @@ impl Master {
     /// Chubby §2.9 on Raft: commit an entry of this term (the cell key on a new cell), then
     /// rebuild leases from the sessions in the state, re-arm lock-delays, and serve.
     async fn take_office(self: Arc<Self>, term: u64) {
+        // Effects of every entry from this term's first on reach `on_effects`, which acts on
+        // them once the epoch is set below. (Set before the proposal goes to the Raft loop, so
+        // the loop sees it for that entry and all later ones.)
+        self.effects_wanted.store(true, std::sync::atomic::Ordering::SeqCst);
         let has_key = self.node.stale_read(|m| !m.state().key().is_empty()).await.unwrap_or(false);
         let op = if has_key { Op::Tick } else { Op::InitCell { key: random_key().into(), limits: Default::default() } };
         let entry = Entry { now_ms: now_ms(), request: None, op };
@@ -294,6 +298,7 @@ impl Master {
     }
 
     fn leave_office(&self) {
+        self.effects_wanted.store(false, std::sync::atomic::Ordering::SeqCst);
         let mut g = self.lock();
         if g.epoch.take().is_some() {
             tracing::info!("master stopped serving");
