@@ -207,6 +207,12 @@ impl<S: Storage> RawNode<S> {
         self.raft.on_persisted(index, term);
     }
 
+    /// Whether this leader's followers that are in step form a majority without it, so its
+    /// own copy of new entries need not be synced for them to commit.
+    pub fn followers_form_quorum(&self) -> bool {
+        self.raft.role == Role::Leader && self.raft.prs.followers_form_quorum(self.raft.id)
+    }
+
     /// The membership in force after applying the entry at `index`, for the metadata of a
     /// snapshot taken there (`None` if `index` is below the last one applied).
     pub fn conf_state_at(&self, index: Index) -> Option<ConfState> {

@@ -109,6 +109,20 @@ impl ProgressTracker {
         }
     }
 
+    /// Whether the voters other than `self_id` that take entries as they come (Replicate)
+    /// are a majority on their own: then entries commit without this node's copy.
+    pub(crate) fn followers_form_quorum(&self, self_id: NodeId) -> bool {
+        let streaming = self
+            .voters
+            .iter()
+            .filter(|&&id| {
+                id != self_id
+                    && self.progress.get(&id).is_some_and(|p| p.state == crate::progress::ProgressState::Replicate)
+            })
+            .count();
+        streaming >= quorum::majority(self.voters.len())
+    }
+
     /// Whether the voters in `acks` form a majority.
     pub(crate) fn has_quorum(&self, acks: &BTreeSet<NodeId>) -> bool {
         let n = self.voters.iter().filter(|id| acks.contains(id)).count();
