@@ -113,37 +113,51 @@ fn any_one_replica_is_enough() {
 #[test]
 fn cell_server_local_starts_serves_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    // Three consecutive free ports are likely but not certain; try a few bases.
-    let base = free_ports(1)[0].saturating_sub(3).max(20000);
-    let mut local = Command::new(bin("cell-server"))
-        .args(["local", "--base-port", &base.to_string(), "--fsync", "no", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = local.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+    // Three consecutive free ports are likely but not certain (other tests start cells at the
+    // same time): a `local` that cannot have its ports exits at once, and another base is tried.
+    let mut attempt = 0;
+    // (`_output` keeps the reader of `local`'s stdout alive: it prints until it stops.)
+    let (mut local, lines, cell, _output) = loop {
+        attempt += 1;
+        let base = free_ports(1)[0].saturating_sub(3).max(20000);
+        let mut local = Command::new(bin("cell-server"))
+            .args(["local", "--base-port", &base.to_string(), "--fsync", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = local.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let mut cell = None;
+        let mut exited = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cell.is_none() && exited.is_none() && Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                cell = line.strip_prefix("CHUBBY_CELL=").map(String::from);
+                lines.push(line);
+            }
+            exited = local.try_wait().unwrap();
+        }
+        match (cell, exited) {
+            (Some(cell), _) => break (local, lines, cell, rx),
+            (None, Some(status)) if attempt < 5 => {
+                eprintln!("`cell-server local` at base port {base}: {status}; retrying")
+            }
+            (None, _) => {
+                let _ = local.kill();
+                let _ = local.wait();
+                panic!("no CHUBBY_CELL line: {lines:?}");
             }
         }
-    });
-    let mut lines = Vec::new();
-    let mut cell = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cell.is_none() && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            cell = line.strip_prefix("CHUBBY_CELL=").map(String::from);
-            lines.push(line);
-        }
-    }
-    let Some(cell) = cell else {
-        let _ = local.kill();
-        let _ = local.wait();
-        panic!("no CHUBBY_CELL line: {lines:?}");
     };
     assert!(lines[0].contains("is up"), "{lines:?}");
     let pids: Vec<i32> = lines

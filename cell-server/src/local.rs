@@ -39,6 +39,23 @@ struct Replica {
 }
 
 /// Runs the local cell until Ctrl-C or SIGTERM.
+/// `println!` that does not panic when stdout is closed (a script that read the address list
+/// and went away): the cell must still stop its replicas on SIGTERM.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// The same for stderr.
+macro_rules! esay {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     if args.replicas == 0 || args.replicas > 9 {
         anyhow::bail!("--replicas must be between 1 and 9");
@@ -91,14 +108,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
     let leader = wait_for_leader(&addrs, Duration::from_secs(15)).await;
     match &leader {
-        Some((id, term)) => println!(
+        Some((id, term)) => say!(
             "cell {:?} is up: {} replicas on loopback, leader is replica {id} (term {term})",
             args.cell_name, args.replicas
         ),
-        None => println!("cell {:?} started, but no leader after 15 s; see the logs", args.cell_name),
+        None => say!("cell {:?} started, but no leader after 15 s; see the logs", args.cell_name),
     }
     for r in &replicas {
-        println!(
+        say!(
             "  replica {}  {}  pid {}  data {}  log {}",
             r.id,
             r.addr,
@@ -107,16 +124,16 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             args.dir.join(format!("replica-{}.log", r.id)).display()
         );
     }
-    println!("CHUBBY_CELL={}", addrs.join(","));
+    say!("CHUBBY_CELL={}", addrs.join(","));
     // The same list as a cell file, for `--cell @FILE` / `CHUBBY_CELL=@FILE`.
     let cell_file = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone()).join("cell");
     match std::fs::write(&cell_file, format!("# cell {:?}\n{}\n", args.cell_name, addrs.join("\n"))) {
-        Ok(()) => println!("cell file: {} (CHUBBY_CELL=@{0})", cell_file.display()),
-        Err(e) => eprintln!("could not write the cell file {}: {e}", cell_file.display()),
+        Ok(()) => say!("cell file: {} (CHUBBY_CELL=@{0})", cell_file.display()),
+        Err(e) => esay!("could not write the cell file {}: {e}", cell_file.display()),
     }
-    println!("Ctrl-C or SIGTERM stops the cell.");
+    say!("Ctrl-C or SIGTERM stops the cell.");
     // Scripts read the address list from a pipe or file: do not leave it in a buffer.
-    std::io::Write::flush(&mut std::io::stdout())?;
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -129,7 +146,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                 for (r, seen) in replicas.iter_mut().zip(reported.iter_mut()) {
                     if let Ok(Some(status)) = r.child.try_wait() {
                         if !*seen {
-                            eprintln!("replica {} exited ({status}); see its log", r.id);
+                            esay!("replica {} exited ({status}); see its log", r.id);
                             *seen = true;
                         }
                     }
@@ -137,7 +154,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("stopping the cell");
+    say!("stopping the cell");
     stop_all(&mut replicas);
     Ok(())
 }
