@@ -43,9 +43,11 @@ impl Drop for Cell {
 }
 
 impl Cell {
-    /// Starts replica `id` (1-based) on its data directory.
+    /// Starts replica `id` (1-based) on its data directory. `BENCH_SERVER` names another
+    /// `cell-server` binary to run (to compare two builds on the same bench client).
     pub fn start(&mut self, id: usize) {
-        let child = Command::new(env!("CARGO_BIN_EXE_cell-server"))
+        let server = std::env::var("BENCH_SERVER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cell-server").to_string());
+        let child = Command::new(server)
             .args(["--id", &id.to_string(), "--listen", &self.addrs[id - 1], "--peers", &self.peers])
             .args(["--fsync", &self.fsync])
             .args(&self.extra)
