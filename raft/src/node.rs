@@ -603,12 +603,13 @@ impl<SM: StateMachine> Driver<SM> {
             let since = self.held_sync.take().map_or_else(Instant::now, |(_, since)| since);
             self.held_sync = Some((SyncJob { file, index: last.index, term: last.term }, since));
         } else {
-            // Acknowledgements promise that what they name is durable, and a former leader's
-            // log may hold entries it wrote but never synced: sync before any goes out.
-            let must_sync = rd.must_sync || !rd.persisted_messages.is_empty();
+            // A former leader's log may hold entries it wrote but never synced. It acknowledges
+            // nothing before that is fixed: the first message it answers from any other leader
+            // or candidate has a higher term, and a term change syncs (`must_sync`), which
+            // covers everything written before.
             self.raw
                 .storage_mut()
-                .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, must_sync)
+                .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
                 .map_err(|e| format!("persisting: {e}"))?;
         }
         if self.sync_failed.load(std::sync::atomic::Ordering::SeqCst) {
