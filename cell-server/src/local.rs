@@ -110,7 +110,8 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     match &leader {
         Some((id, term)) => say!(
             "cell {:?} is up: {} replicas on loopback, leader is replica {id} (term {term})",
-            args.cell_name, args.replicas
+            args.cell_name,
+            args.replicas
         ),
         None => say!("cell {:?} started, but no leader after 15 s; see the logs", args.cell_name),
     }
