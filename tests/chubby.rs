@@ -287,7 +287,7 @@ async fn silent_cacher(
 ) -> (tokio::sync::mpsc::Sender<SessionRequest>, tonic::Streaming<SessionResponse>, u64) {
     let mut c = ChubbyClient::connect(format!("http://{master}")).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let open = OpenSession { resume_session: 0, principal: "cacher".into(), session_token: Default::default() };
+    let open = OpenSession { principal: "cacher".into(), ..Default::default() };
     tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.unwrap();
     let mut inbound = c.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let grant = loop {
@@ -752,6 +752,48 @@ fn a_set_contents_whose_answer_is_lost_is_applied_exactly_once() {
     });
 }
 
+/// The sessions in the cell's state, as its master reports them.
+async fn cell_sessions(client: &fuse_mount::client::CellClient) -> Option<u64> {
+    client.status_all().await.into_iter().filter_map(|(_, r)| r.ok()).find(|s| s.id == s.leader_id).map(|s| s.sessions)
+}
+
+/// A session open whose answer is lost (a TCP proxy holds it back, then drops the
+/// connection) is retried with the same open id: the client gets the session the cell
+/// created, and the cell holds that one session, not an orphan beside it.
+#[test]
+fn a_session_open_whose_answer_is_lost_creates_one_session() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(async {
+        let admin = cell.client(Duration::from_secs(5));
+        let leader = wait_converged(&admin, 0, Duration::from_secs(30)).await.unwrap();
+        let before = cell_sessions(&admin).await.expect("the master answers");
+        let proxy = Proxy::start(cell.addrs[(leader - 1) as usize].clone()).await;
+        proxy.hold_answers();
+        let addrs = vec![proxy.addr.clone()];
+        let open = tokio::spawn(async move { Session::open(addrs, opts()).await });
+        // Wait until the session is in the cell, its grant held in the proxy.
+        let created = tokio::time::timeout(Duration::from_secs(20), async {
+            while cell_sessions(&admin).await != Some(before + 1) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(created.is_ok(), "the open reached the cell");
+        assert!(!open.is_finished(), "its answer has not reached the client");
+        proxy.cut_and_release();
+
+        let s = tokio::time::timeout(Duration::from_secs(30), open)
+            .await
+            .expect("the client retries and gets an answer")
+            .unwrap()
+            .expect("the retried open succeeds");
+        assert_eq!(cell_sessions(&admin).await, Some(before + 1), "one session, no orphan");
+        // And it is the session the client holds: it works.
+        let create = OpenOptions { create: true, contents: "x".into(), ..OpenOptions::default() };
+        s.open_node("/ls/local/opened-once", create).await.unwrap();
+    });
+}
+
 /// A raw session stream at `master`: its client, sender, inbound stream and first grant.
 async fn raw_session(
     master: &str,
@@ -768,6 +810,7 @@ async fn raw_session(
         resume_session: resume.map_or(0, |g| g.session),
         principal: "raw".into(),
         session_token: resume.map(|g| g.session_token.clone()).unwrap_or_default(),
+        open_id: 0,
     };
     tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.unwrap();
     let mut inbound = c.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();

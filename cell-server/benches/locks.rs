@@ -167,7 +167,7 @@ async fn idle_sessions(dir: &std::path::Path, n: usize, idle_secs: u64) {
             let mut c = ChubbyClient::connect(format!("http://{addr}")).await.unwrap();
             let (tx, rx) = mpsc::channel(count + 16);
             for _ in 0..count {
-                let open = OpenSession { resume_session: 0, principal: "idle".into(), session_token: Bytes::new() };
+                let open = OpenSession { principal: "idle".into(), ..Default::default() };
                 tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.unwrap();
             }
             let mut inbound = c.session(ReceiverStream::new(rx)).await.unwrap().into_inner();

@@ -530,7 +530,11 @@ impl Master {
     pub async fn open_session(&self, o: OpenSession, tx: &crate::master::StreamTx) -> Result<LeaseGrant, Status> {
         self.serving()?;
         if o.resume_session == 0 {
-            let entry = Entry { now_ms: now_ms(), request: None, op: Op::CreateSession { principal: o.principal } };
+            let entry = Entry {
+                now_ms: now_ms(),
+                request: None,
+                op: Op::CreateSession { principal: o.principal, open_id: o.open_id },
+            };
             let id = match self.propose(entry).await.map_err(|e| self.node_error(e))? {
                 Ok(Reply::Session { id }) => id,
                 Ok(other) => return Err(unexpected(other)),

@@ -147,6 +147,10 @@ pub enum Op {
     Tick,
     CreateSession {
         principal: String,
+        /// Picked at random by the client for one session it opens (0: none). An open retried
+        /// after its answer was lost carries the same id and gets the session the first one
+        /// created, so no orphan session is left to expire.
+        open_id: u64,
     },
     /// The master saw the session's lease run out: like a close, but locks it held get lock-delay.
     ExpireSession {

@@ -92,6 +92,8 @@ pub struct CellState {
     next_session: SessionId,
     nodes: BTreeMap<String, Node>,
     sessions: BTreeMap<SessionId, Session>,
+    /// Live sessions by the `open_id` that created them (see [`Op::CreateSession`]).
+    opened: BTreeMap<u64, SessionId>,
     /// Running lock-delays: (end, path).
     delays: BTreeSet<(u64, String)>,
     #[serde(skip)]
@@ -111,6 +113,7 @@ impl Default for CellState {
             next_session: 0,
             nodes,
             sessions: BTreeMap::new(),
+            opened: BTreeMap::new(),
             delays: BTreeSet::new(),
             effects: Vec::new(),
         }
@@ -167,7 +170,7 @@ impl CellState {
                 Ok(Reply::Done)
             }
             Op::Tick => Ok(Reply::Done),
-            Op::CreateSession { principal } => self.create_session(principal),
+            Op::CreateSession { principal, open_id } => self.create_session(principal, open_id),
             Op::ExpireSession { session } => self.end_session(session, true),
             Op::CloseSession => self.end_session(session, false),
             Op::Open { path, create } => self.open(session, path, create),

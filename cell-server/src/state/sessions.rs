@@ -21,6 +21,8 @@ pub const MAX_REMEMBERED: usize = 128;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Session {
     pub principal: String,
+    /// The client's id for the open that created it (0: none).
+    pub open_id: u64,
     pub created_ms: u64,
     /// Sequence numbers below this were answered and forgotten.
     pub low_water: u64,
@@ -51,7 +53,13 @@ impl Session {
 }
 
 impl CellState {
-    pub(super) fn create_session(&mut self, principal: String) -> Outcome {
+    pub(super) fn create_session(&mut self, principal: String, open_id: u64) -> Outcome {
+        // The same open again (its first answer was lost): the session it created.
+        if let Some(&id) = self.opened.get(&open_id) {
+            if self.sessions.get(&id).is_some_and(|s| s.principal == principal) {
+                return Ok(Reply::Session { id });
+            }
+        }
         if principal.is_empty() || principal.len() > 255 || principal.chars().any(char::is_control) {
             return Err(StateError::InvalidArgument(format!("{principal:?} is not a principal name")));
         }
@@ -65,6 +73,7 @@ impl CellState {
         let id = self.next_session;
         let session = Session {
             principal,
+            open_id,
             created_ms: self.clock_ms,
             low_water: 0,
             replies: BTreeMap::new(),
@@ -73,6 +82,9 @@ impl CellState {
             open_ephemerals: BTreeSet::new(),
         };
         self.sessions.insert(id, session);
+        if open_id != 0 {
+            self.opened.insert(open_id, id);
+        }
         Ok(Reply::Session { id })
     }
 
@@ -104,7 +116,11 @@ impl CellState {
         for (path, _) in waiting.iter().chain(&held) {
             self.grant_from_head(path);
         }
-        self.sessions.remove(&id);
+        if let Some(s) = self.sessions.remove(&id) {
+            if self.opened.get(&s.open_id) == Some(&id) {
+                self.opened.remove(&s.open_id);
+            }
+        }
         self.effects.push(Effect::SessionEnded { session: id, expired });
         Ok(Reply::Done)
     }

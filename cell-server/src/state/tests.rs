@@ -182,10 +182,11 @@ impl Driver {
             "tick" => self.submit(None, Op::Tick),
             "session" => {
                 let principal = opt(args, "principal").unwrap_or(arg(0)).to_string();
-                let out = self.submit(None, Op::CreateSession { principal });
+                let open_id = opt(args, "open").map_or(0, |o| o.parse().expect("open id"));
+                let out = self.submit(None, Op::CreateSession { principal, open_id });
                 if let Some(id) = out.strip_prefix("session #").and_then(|s| s.trim().parse().ok()) {
                     self.ids.insert(arg(0).to_string(), id);
-                    self.names.insert(id, arg(0).to_string());
+                    self.names.entry(id).or_insert_with(|| arg(0).to_string());
                 }
                 out
             }
@@ -348,9 +349,10 @@ fn bad_input_is_refused_and_changes_nothing() {
 }
 
 /// An operation for the property test, turned into an entry against the state it meets.
+/// `Session` carries the open id (0: none; a repeated id stands for a retried open).
 #[derive(Clone, Debug)]
 enum Step {
-    Session,
+    Session(u64),
     Expire(u64),
     Close(u64),
     Open { s: u64, p: usize, create: bool, dir: bool, eph: bool },
@@ -370,7 +372,7 @@ fn step() -> impl Strategy<Value = Step> {
     let s = 1..6u64;
     let p = 0..PATHS.len();
     prop_oneof![
-        1 => Just(Step::Session),
+        1 => (0..4u64).prop_map(Step::Session),
         1 => s.clone().prop_map(Step::Expire),
         1 => s.clone().prop_map(Step::Close),
         4 => (s.clone(), p.clone(), any::<bool>(), any::<bool>(), any::<bool>())
@@ -416,7 +418,7 @@ impl Builder {
             other => other,
         };
         let (session, op) = match step {
-            Step::Session => (None, Op::CreateSession { principal: "p".into() }),
+            Step::Session(open_id) => (None, Op::CreateSession { principal: "p".into(), open_id }),
             Step::Expire(s) => (None, Op::ExpireSession { session: s }),
             Step::Close(s) => (Some(s), Op::CloseSession),
             Step::Open { s, p, create, dir, eph } => {
@@ -508,6 +510,11 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
             return Err(format!("{path}: unopened ephemeral node not reaped"));
         }
     }
+    for (open_id, id) in &st.opened {
+        if *open_id == 0 || st.sessions.get(id).is_none_or(|s| s.open_id != *open_id) {
+            return Err(format!("open id {open_id} names session {id}, which it did not open"));
+        }
+    }
     for (id, s) in &st.sessions {
         for (path, owner) in &s.held {
             let holder = Holder { session: *id, owner: *owner };
@@ -533,7 +540,7 @@ proptest! {
         let mut b = None;
         let mut builder = Builder { now: 1000, seq: BTreeMap::new(), last: BTreeMap::new() };
         // A cell with five sessions, two directories and three files to start from.
-        let mut setup = vec![Step::Session; 5];
+        let mut setup: Vec<Step> = (10..15).map(Step::Session).collect();
         for (p, dir) in [(0, true), (1, true), (2, false), (3, false), (4, false)] {
             setup.push(Step::Open { s: 1, p, create: true, dir, eph: false });
         }

@@ -245,12 +245,14 @@ impl Session {
         let channels = Mutex::new(HashMap::new());
         let sent = Instant::now();
         let deadline = sent + opts.timeout;
-        let (addr, stream) = connect_stream(&addrs, &channels, None, &opts.principal, 0, &Bytes::new(), deadline)
-            .await
-            .map_err(|e| match e {
-                ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },
-                e => e,
-            })?;
+        // Every attempt of this open carries the same id: one whose answer was lost and is
+        // retried gets the session it created, not a second one.
+        let open =
+            OpenSession { principal: opts.principal.clone(), open_id: random_open_id(), ..OpenSession::default() };
+        let (addr, stream) = connect_stream(&addrs, &channels, None, &open, deadline).await.map_err(|e| match e {
+            ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },
+            e => e,
+        })?;
         let id = stream.2.session;
         let token = stream.2.session_token.clone();
         let cache = Mutex::new(Cache::new(opts.cache));
@@ -619,4 +621,14 @@ impl Session {
         self.inner.lose();
         r
     }
+}
+
+/// A random, non-zero id for one session open: the standard library's randomly keyed hasher
+/// (seeded from the OS) over the time and process id.
+fn random_open_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }

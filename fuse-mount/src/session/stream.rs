@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::*;
 use tokio::sync::mpsc;
@@ -23,14 +22,12 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionResponse>, LeaseGrant);
 
 /// Opens a session stream at whichever replica is the master, following redirects until
-/// `deadline`. `resume` is 0 for a new session.
+/// `deadline`, with `open` (`resume_session` 0 for a new session).
 pub(super) async fn connect_stream(
     inner_addrs: &[String],
     channels: &Mutex<HashMap<String, Channel>>,
     hint: Option<String>,
-    principal: &str,
-    resume: u64,
-    token: &Bytes,
+    open: &OpenSession,
     deadline: Instant,
 ) -> Result<(String, Stream), ClientError> {
     let mut turn = 0usize;
@@ -59,9 +56,7 @@ pub(super) async fn connect_stream(
                 }
             };
             let (tx, rx) = mpsc::channel(64);
-            let open =
-                OpenSession { resume_session: resume, principal: principal.to_string(), session_token: token.clone() };
-            tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) })
+            tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open.clone())) })
                 .await
                 .map_err(|_| Status::internal("stream closed"))?;
             let mut inbound = ChubbyClient::new(ch).session(ReceiverStream::new(rx)).await?.into_inner();
@@ -83,7 +78,7 @@ pub(super) async fn connect_stream(
                 last = format!("{addr}: no answer");
             }
             Ok(Ok(stream)) => return Ok((addr, stream)),
-            Ok(Err(s)) if reason(&s) == Some("NoSession") => return Err(ClientError::SessionLost(resume)),
+            Ok(Err(s)) if reason(&s) == Some("NoSession") => return Err(ClientError::SessionLost(open.resume_session)),
             Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
             Ok(Err(s)) => {
                 if let Some(h) = leader_hint(&s).filter(|h| *h != addr) {
@@ -177,8 +172,13 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         // The cell may have moved: a DNS name is looked up again.
         let addrs = crate::client::resolve(&inner.given).await;
         *inner.addrs.lock().expect("addrs") = addrs.clone();
-        let resumed =
-            connect_stream(&addrs, &inner.channels, hint, &inner.opts.principal, inner.id, &inner.token, give_up).await;
+        let open = OpenSession {
+            resume_session: inner.id,
+            principal: inner.opts.principal.clone(),
+            session_token: inner.token.clone(),
+            open_id: 0,
+        };
+        let resumed = connect_stream(&addrs, &inner.channels, hint, &open, give_up).await;
         match resumed {
             Ok((addr, (t, i, g))) => {
                 *inner.master.lock().expect("master") = Some(addr);
