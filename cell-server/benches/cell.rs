@@ -1,7 +1,8 @@
 //! Figures for the durability-and-transport issue; prints tables, asserts nothing.
 //!
 //! `cargo bench -p cell-server --bench cell` measures, on this machine:
-//! 1. the disk's fdatasync latency and a loopback TCP round trip (the physical limits);
+//! 1. the disk's fdatasync latency (appending, and into a preallocated file as the WAL writes)
+//!    and a loopback TCP round trip (the physical limits);
 //! 2. a 3-replica loopback cell with `--fsync always`: 1-client commit latency, and
 //!    throughput at 1, 16, 64 and 256 concurrent proposers (100-byte values);
 //! 3. recovery time of a replica with a 1 GiB log, and with a 100 MB snapshot.
@@ -27,9 +28,18 @@ use proto::cell::cell_client::CellClient;
 use proto::cell::PutRequest;
 use raft::{DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, StateMachine, Storage};
 
-fn fsync_latency(dir: &Path) -> (Duration, Duration) {
+/// fdatasync after each 100-byte write: appended to a growing file (`preallocated` false), or
+/// written into a file given its size up front with `fallocate`, as the WAL's segments are.
+fn fsync_latency(dir: &Path, preallocated: bool) -> (Duration, Duration) {
+    use std::os::unix::io::AsRawFd;
     let path = dir.join("fsync-probe");
     let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path).unwrap();
+    if preallocated {
+        // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+        f.sync_all().unwrap();
+    }
     let mut times = Vec::new();
     for _ in 0..2000 {
         let start = Instant::now();
@@ -295,11 +305,13 @@ fn main() {
     let tmp =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string()))
             .unwrap();
-    let (f50, f99) = fsync_latency(tmp.path());
+    let (f50, f99) = fsync_latency(tmp.path(), false);
+    let (p50, p99) = fsync_latency(tmp.path(), true);
     let rtt = loopback_rtt();
     println!("| physical limit | median | p99 |");
     println!("|---|---:|---:|");
     println!("| fdatasync of a 100-byte append | {} | {} |", us(f50), us(f99));
+    println!("| fdatasync of a 100-byte write into a preallocated file (as the WAL) | {} | {} |", us(p50), us(p99));
     println!("| loopback TCP round trip (64 B) | {} | |", us(rtt));
     throughput(tmp.path(), secs, &levels);
     if std::env::var("BENCH_SKIP_RECOVERY").is_err() {
