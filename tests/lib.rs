@@ -79,13 +79,51 @@ impl TestCell {
         TestCell { dir: tempfile::tempdir().expect("temp dir"), addrs, opts, peers, children }
     }
 
-    /// Creates the cell and starts every replica.
+    /// Creates the cell, starts every replica and waits until each listens. The ports were
+    /// free when picked but another test may take one before its replica binds it: then the
+    /// whole cell starts again on new ports. A replica that dies for any other reason fails
+    /// the test with its log.
     pub fn start(opts: CellOptions) -> TestCell {
-        let mut cell = TestCell::new(opts);
-        for id in 1..=cell.addrs.len() as u64 {
-            cell.start_replica(id);
+        for attempt in 1.. {
+            let mut cell = TestCell::new(opts.clone());
+            for id in 1..=cell.addrs.len() as u64 {
+                cell.start_replica(id);
+            }
+            match cell.await_listening(Duration::from_secs(20)) {
+                Ok(()) => return cell,
+                Err(why) if why.contains("cannot listen") && attempt < 5 => {
+                    eprintln!("test cell: {why}; starting again on other ports")
+                }
+                Err(why) => panic!("test cell did not start: {why}"),
+            }
         }
-        cell
+        unreachable!("the loop returns or panics")
+    }
+
+    /// Waits (bounded by `limit`) until every running replica accepts connections.
+    fn await_listening(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let mut pending: Vec<u64> = (1..=self.addrs.len() as u64).collect();
+        while !pending.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(format!("replicas {pending:?} not listening after {limit:?}"));
+            }
+            let mut still = Vec::new();
+            for id in pending {
+                if !self.is_running(id) {
+                    return Err(format!("replica {id} exited at start:\n{}", self.log(id)));
+                }
+                let addr: std::net::SocketAddr = self.addrs[(id - 1) as usize].parse().expect("socket address");
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                    still.push(id);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
