@@ -129,3 +129,34 @@ impl ProgressTracker {
         n >= quorum::majority(self.voters.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker(voters: &[NodeId], learners: &[NodeId], replicating: &[NodeId]) -> ProgressTracker {
+        let mut t = ProgressTracker::new(16);
+        t.set_conf(&ConfState { voters: voters.to_vec(), learners: learners.to_vec() }, 1);
+        for id in replicating {
+            t.progress.get_mut(id).expect("a member").become_replicate();
+        }
+        t
+    }
+
+    #[test]
+    fn followers_form_a_quorum_only_if_enough_voters_other_than_the_leader_replicate() {
+        // Three voters: both followers must be in step for the leader's copy to be optional.
+        assert!(tracker(&[1, 2, 3], &[], &[2, 3]).followers_form_quorum(1));
+        assert!(!tracker(&[1, 2, 3], &[], &[2]).followers_form_quorum(1));
+        // The leader's own progress does not count, whatever its state.
+        assert!(!tracker(&[1, 2, 3], &[], &[1, 2]).followers_form_quorum(1));
+        // Five voters: three followers in step are a majority.
+        assert!(tracker(&[1, 2, 3, 4, 5], &[], &[2, 3, 4]).followers_form_quorum(1));
+        assert!(!tracker(&[1, 2, 3, 4, 5], &[], &[2, 3]).followers_form_quorum(1));
+        // Learners never count.
+        assert!(!tracker(&[1, 2, 3], &[4, 5], &[2, 4, 5]).followers_form_quorum(1));
+        // A lone voter, or two, always needs its own copy.
+        assert!(!tracker(&[1], &[], &[]).followers_form_quorum(1));
+        assert!(!tracker(&[1, 2], &[], &[2]).followers_form_quorum(1));
+    }
+}
