@@ -9,9 +9,12 @@
 //! - **Recovery.** Records are replayed in order. A log write at index `i` always replaces the
 //!   log from `i` on (a follower's conflicting suffix, §5.3), so replay truncates the same way.
 //!   The end of the newest segment may be torn by a crash: an invalid record there with nothing
-//!   valid after it is cut off with a warning. An invalid record anywhere else, or followed by a
-//!   valid one, is corruption of synced data: [`WalError::Corrupt`] stops the replica, never a
-//!   silent loss.
+//!   valid after it is cut off with a warning. So is one followed by valid records when a whole
+//!   page between them reads as zeros: after a power loss, unsynced pages of the preallocated
+//!   file can be lost out of order, and since a sync covers the whole file, nothing from such a
+//!   page on was ever durable. An invalid record anywhere else, or followed by a valid one with
+//!   no zero page between, is corruption of synced data: [`WalError::Corrupt`] stops the
+//!   replica, never a silent loss.
 //! - **Preallocation.** A new segment is given its full size up front (`fallocate`), so a sync
 //!   does not also have to commit the file's growth: on ext4 that makes each `fdatasync`
 //!   markedly cheaper. The segment's unwritten rest reads as zeros, which replay takes as the
@@ -364,11 +367,19 @@ impl Replay {
                     }
                     // Only up to the last non-zero byte: a preallocated zero tail holds no record.
                     let end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-                    if let Some(next) = next_valid_record(&data.slice(..end), offset + 1) {
+                    let next = next_valid_record(&data.slice(..end), offset + 1);
+                    // Valid records after the bad one mean corruption of synced data, unless a
+                    // whole page between them reads as zeros: a page of the preallocated file
+                    // that never reached the disk. Write-back after a power loss can lose pages
+                    // out of order, but only of writes no sync covered; and a sync covers the
+                    // whole file, so nothing from that page on was ever durable or acknowledged.
+                    if let Some(next) = next.filter(|&n| !has_zero_page(&data[offset..n], offset)) {
                         return Err(corrupt(path, offset, format!("{why}, followed by a valid record at byte {next}")));
                     }
+                    let lost =
+                        if next.is_some() { ", with a page of zeros: writes lost in a power failure" } else { "" };
                     let msg = format!(
-                        "WAL {}: torn tail at byte {offset} ({why}); dropping {} unsynced bytes",
+                        "WAL {}: torn tail at byte {offset} ({why}{lost}); dropping {} unsynced bytes",
                         path.display(),
                         data.len() - offset
                     );
@@ -424,6 +435,16 @@ impl Replay {
 
 fn corrupt(path: &Path, offset: usize, why: String) -> WalError {
     WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, why }
+}
+
+/// The page size of write-back: a power loss loses unsynced writes in whole pages.
+const PAGE: usize = 4096;
+
+/// Whether `region`, which starts at byte `start` of its file, holds a whole page-aligned page
+/// of zeros.
+fn has_zero_page(region: &[u8], start: usize) -> bool {
+    let first = start.div_ceil(PAGE) * PAGE - start;
+    region.get(first..).is_some_and(|r| r.chunks_exact(PAGE).any(|page| page.iter().all(|&b| b == 0)))
 }
 
 /// The first offset at or after `from` where a valid record starts, if any. Used to tell a torn

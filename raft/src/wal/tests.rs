@@ -313,3 +313,45 @@ fn a_rolled_segment_is_cut_to_its_records() {
     let (_, rec) = Wal::open(dir.path(), 4096, 0, 0).unwrap();
     assert_eq!(rec.entries.len() as u64, i - 1);
 }
+
+/// After a power loss the kernel may have written some unsynced pages and not an earlier one:
+/// a page of zeros (the preallocated file's never-written bytes) with valid records after it.
+/// Nothing from that page on was covered by a sync, so it is a torn tail, not corruption; less
+/// than a page of zeros is still corruption.
+#[test]
+fn a_lost_unsynced_page_before_valid_records_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<_> = (1..=400).map(|i| ent(i, 1)).collect();
+    let len = write_log(dir.path(), &entries, HardState { term: 1, vote: 1, commit: 400 });
+    assert!(len > 3 * PAGE, "the log spans several pages ({len} bytes)");
+    let path = only_segment(dir.path());
+    let good = records(&path, len);
+
+    // Less than a page of zeros in the middle, valid records after: corruption.
+    let mut bad = good.clone();
+    bad[PAGE + 100..PAGE + 300].fill(0);
+    fs::write(&path, &bad).unwrap();
+    assert!(matches!(Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0), Err(WalError::Corrupt { .. })));
+
+    // The whole second page lost: the log ends before it, with a warning.
+    let mut lost = good.clone();
+    lost[PAGE..2 * PAGE].fill(0);
+    fs::write(&path, &lost).unwrap();
+    let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    let kept = rec.entries.len();
+    assert!(kept > 0 && kept < entries.len(), "a prefix is kept: {kept} entries");
+    assert_eq!(rec.entries, entries[..kept], "exactly the entries before the lost page");
+    assert!(rec.warnings.iter().any(|w| w.contains("power failure")), "{:?}", rec.warnings);
+    let end_of_kept = wal.file_len as usize;
+    assert!(end_of_kept <= PAGE, "nothing after the lost page is kept (log ends at {end_of_kept})");
+
+    // New writes continue right after the kept prefix, and the log reopens cleanly.
+    let next = ent(kept as u64 + 1, 2);
+    wal.append(std::slice::from_ref(&next), Some(HardState { term: 2, vote: 1, commit: kept as u64 }));
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+    assert_eq!(rec.entries.len(), kept + 1);
+    assert_eq!(rec.entries.last(), Some(&next));
+}
