@@ -726,30 +726,33 @@ fn a_set_contents_whose_answer_is_lost_is_applied_exactly_once() {
         proxy.hold_answers();
         let (s2, h2) = (s.clone(), h.clone());
         let write = tokio::spawn(async move { s2.set(&h2, "v2".into(), None, "").await });
-        // Wait until the write is applied at the cell, its answer held in the proxy.
-        let applied = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                if observer.get(&ho).await.unwrap().1.content_generation > first.content_generation {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert!(applied.is_ok(), "the write reached the cell");
-        assert!(!write.is_finished(), "its answer has not reached the client");
-        proxy.cut_and_release();
-
-        let st = tokio::time::timeout(Duration::from_secs(30), write)
-            .await
-            .expect("the client retries and gets an answer")
-            .unwrap()
-            .expect("the retried write succeeds");
+        let applied = || async { observer.get(&ho).await.unwrap().1.content_generation > first.content_generation };
+        let st = lose_the_answer(&proxy, write, applied, "write").await.expect("the retried write succeeds");
         assert_eq!(st.content_generation, first.content_generation + 1, "the retry got the first application's answer");
         let (contents, now) = observer.get(&ho).await.unwrap();
         assert_eq!(&contents[..], b"v2");
         assert_eq!(now.content_generation, first.content_generation + 1, "applied exactly once");
     });
+}
+
+/// Waits until `applied` says the cell applied the `what` call running in `call`, whose answer
+/// `proxy` holds back; then drops the connection with that answer in it and returns what the
+/// client's retry got.
+async fn lose_the_answer<T, A, F>(proxy: &Proxy, call: tokio::task::JoinHandle<T>, applied: A, what: &str) -> T
+where
+    A: Fn() -> F,
+    F: std::future::Future<Output = bool>,
+{
+    let reached = tokio::time::timeout(Duration::from_secs(20), async {
+        while !applied().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the {what} reached the cell");
+    assert!(!call.is_finished(), "its answer has not reached the client");
+    proxy.cut_and_release();
+    tokio::time::timeout(Duration::from_secs(30), call).await.expect("the client retries and gets an answer").unwrap()
 }
 
 /// The sessions in the cell's state, as its master reports them.
@@ -771,22 +774,8 @@ fn a_session_open_whose_answer_is_lost_creates_one_session() {
         proxy.hold_answers();
         let addrs = vec![proxy.addr.clone()];
         let open = tokio::spawn(async move { Session::open(addrs, opts()).await });
-        // Wait until the session is in the cell, its grant held in the proxy.
-        let created = tokio::time::timeout(Duration::from_secs(20), async {
-            while cell_sessions(&admin).await != Some(before + 1) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert!(created.is_ok(), "the open reached the cell");
-        assert!(!open.is_finished(), "its answer has not reached the client");
-        proxy.cut_and_release();
-
-        let s = tokio::time::timeout(Duration::from_secs(30), open)
-            .await
-            .expect("the client retries and gets an answer")
-            .unwrap()
-            .expect("the retried open succeeds");
+        let created = || async { cell_sessions(&admin).await == Some(before + 1) };
+        let s = lose_the_answer(&proxy, open, created, "open").await.expect("the retried open succeeds");
         assert_eq!(cell_sessions(&admin).await, Some(before + 1), "one session, no orphan");
         // And it is the session the client holds: it works.
         let create = OpenOptions { create: true, contents: "x".into(), ..OpenOptions::default() };
