@@ -402,3 +402,103 @@ impl Proxy {
         self.hold.store(false, std::sync::atomic::Ordering::Release);
     }
 }
+
+/// Whether this test may mount: root and `/dev/fuse`. Without them a mount test fails with a
+/// message saying so, unless `CHUBBY_SKIP_FUSE=1` (then it returns false and the test skips).
+pub fn fuse_available(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var("CHUBBY_SKIP_FUSE").is_ok_and(|v| v == "1") {
+        eprintln!("{test}: skipped (CHUBBY_SKIP_FUSE=1; needs root and /dev/fuse)");
+        return false;
+    }
+    panic!("{test} mounts the cell and needs root and /dev/fuse (root: {root}); set CHUBBY_SKIP_FUSE=1 to skip it");
+}
+
+/// A `chubby-mount` daemon serving a cell at a temporary directory (one "host"). Dropping it
+/// stops the daemon by PID and detaches the mount if the daemon left it behind.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mount {
+    /// Mounts `cell` (as cell `local`) and waits (at most 20 s) until the daemon says so.
+    pub fn start(cell: &TestCell, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().expect("mount point");
+        let mut child = Command::new(bin("chubby-mount"))
+            .arg("--cell")
+            .arg(format!("local={}", cell.cell_arg()))
+            .args(extra)
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start chubby-mount");
+        let lines = lines_of(child.stdout.take().expect("stdout"));
+        let mut mount = Mount { dir, child: Some(child) };
+        match lines.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.starts_with("mounted") => mount,
+            other => {
+                let status = mount.stop();
+                panic!("chubby-mount did not mount: {other:?}, exit {status:?}");
+            }
+        }
+    }
+
+    /// A path under the mounted cell (`local`).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("local").join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM; waits (at most 10 s) for the daemon to unmount and exit; its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// `kill -9` of the daemon (the mount stays, broken, until detached on drop).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the directory is still a mount point.
+    pub fn is_mounted(&self) -> bool {
+        let dir = self.dir.path().to_string_lossy().to_string();
+        std::fs::read_to_string("/proc/self/mounts")
+            .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(dir.as_str())))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.kill();
+        if self.is_mounted() {
+            let dir = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: umount2 of the mount this test made, with a valid C string.
+            unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}

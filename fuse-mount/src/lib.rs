@@ -3,6 +3,7 @@
 //! resumption after failover, exactly-once calls). The cache and the FUSE daemon grow here.
 
 pub mod client;
+pub mod fs;
 pub mod session;
 
 pub use proto;

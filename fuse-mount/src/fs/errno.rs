@@ -1,0 +1,77 @@
+//! The one place where the cell's refusals become errno values (DESIGN.md, Errors).
+
+use fuser::Errno;
+use tonic::Code;
+
+use crate::client::ClientError;
+
+/// The errno a file-system call returns for a failed cell call.
+pub fn errno_of(e: &ClientError) -> Errno {
+    match e {
+        // A lost session's handles and locks are gone: fail loudly, never pretend.
+        ClientError::SessionLost(_) => Errno::EIO,
+        ClientError::Timeout { .. } => Errno::from_i32(libc::ETIMEDOUT),
+        ClientError::NoAddress | ClientError::BadAddress(_) | ClientError::CellFile(_) => Errno::EIO,
+        ClientError::Io(io) => io.raw_os_error().map(Errno::from_i32).unwrap_or(Errno::EIO),
+        ClientError::Rpc(s) => match e.reason() {
+            Some(reason) => errno_of_reason(reason),
+            None => match s.code() {
+                Code::InvalidArgument | Code::OutOfRange => Errno::EINVAL,
+                Code::NotFound => Errno::ENOENT,
+                Code::AlreadyExists => Errno::EEXIST,
+                Code::PermissionDenied | Code::Unauthenticated => Errno::EACCES,
+                Code::ResourceExhausted => Errno::from_i32(libc::ENOSPC),
+                Code::DeadlineExceeded => Errno::from_i32(libc::ETIMEDOUT),
+                _ => Errno::EIO,
+            },
+        },
+    }
+}
+
+/// The state machine's refusal names (`chubby-error` metadata) as errno values.
+fn errno_of_reason(reason: &str) -> Errno {
+    let code = match reason {
+        "NotFound" => libc::ENOENT,
+        "Exists" => libc::EEXIST,
+        "TooLarge" => libc::EFBIG,
+        "PermissionDenied" => libc::EACCES,
+        "NotEmpty" => libc::ENOTEMPTY,
+        "NotADirectory" => libc::ENOTDIR,
+        "IsADirectory" => libc::EISDIR,
+        "InvalidArgument" => libc::EINVAL,
+        "LockBusy" => libc::EWOULDBLOCK,
+        "NotHeld" => libc::ENOLCK,
+        "LimitExceeded" => libc::ENOSPC,
+        // The node was deleted or re-created since it was opened (NFS's "stale file handle").
+        "StaleHandle" => libc::ESTALE,
+        // A fenced write whose sequencer is no longer current, or a CAS that lost its race.
+        "StaleSequencer" | "GenerationMismatch" => libc::EPERM,
+        // A queued Acquire ended without a grant (the node was deleted, the session ended).
+        "WaitEnded" => libc::EINTR,
+        _ => libc::EIO,
+    };
+    Errno::from_i32(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    fn refusal(code: Code, reason: &'static str) -> ClientError {
+        let mut s = Status::new(code, "refused");
+        s.metadata_mut().insert(crate::session::ERROR_METADATA, reason.parse().unwrap());
+        ClientError::Rpc(Box::new(s))
+    }
+
+    #[test]
+    fn the_cells_refusals_map_to_the_errno_a_file_system_gives() {
+        assert_eq!(errno_of(&refusal(Code::NotFound, "NotFound")), Errno::ENOENT);
+        assert_eq!(errno_of(&refusal(Code::FailedPrecondition, "NotEmpty")), Errno::from_i32(libc::ENOTEMPTY));
+        assert_eq!(errno_of(&refusal(Code::InvalidArgument, "TooLarge")), Errno::from_i32(libc::EFBIG));
+        assert_eq!(errno_of(&refusal(Code::PermissionDenied, "PermissionDenied")), Errno::EACCES);
+        assert_eq!(errno_of(&refusal(Code::FailedPrecondition, "LockBusy")), Errno::from_i32(libc::EWOULDBLOCK));
+        assert_eq!(errno_of(&ClientError::SessionLost(7)), Errno::EIO);
+        assert_eq!(errno_of(&ClientError::Rpc(Box::new(Status::invalid_argument("bad")))), Errno::EINVAL);
+    }
+}

@@ -1,0 +1,172 @@
+//! The inode table: kernel inode numbers ⇄ cell paths, with the kernel's lookup counts so an
+//! entry lives exactly as long as the kernel may still name it.
+//!
+//! Inode 1 is the mount point; its entries are the mounted cells, each the root `/ls/<cell>`
+//! of its cell. A path keeps its inode number while the kernel knows it, also across a delete
+//! and re-create (the node's instance number tells the instances apart).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+use proto::chubby::NodeStat;
+
+pub const ROOT: u64 = 1;
+
+/// A node as the kernel names it: which mounted cell, and its path there (`/ls/<cell>/…`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeRef {
+    pub cell: usize,
+    pub path: String,
+}
+
+impl NodeRef {
+    /// The child `name` of this directory. `None` if `name` cannot be a node's name (the cell
+    /// checks names fully; this only keeps paths well formed).
+    pub fn child(&self, name: &str) -> Option<NodeRef> {
+        if name.is_empty() || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+            return None;
+        }
+        Some(NodeRef { cell: self.cell, path: format!("{}/{name}", self.path) })
+    }
+
+    /// The parent directory's path, `None` for a cell root (whose parent is the mount root).
+    pub fn parent(&self) -> Option<NodeRef> {
+        let (parent, _) = self.path.rsplit_once('/')?;
+        // `/ls/<cell>` is a cell root: its parent `/ls` is the mount point itself.
+        (parent.matches('/').count() >= 2).then(|| NodeRef { cell: self.cell, path: parent.to_string() })
+    }
+}
+
+struct Entry {
+    node: NodeRef,
+    /// Lookups the kernel holds (`forget` gives them back).
+    nlookup: u64,
+}
+
+#[derive(Default)]
+pub struct Inodes {
+    by_ino: HashMap<u64, Entry>,
+    by_node: HashMap<NodeRef, u64>,
+    next: u64,
+}
+
+impl Inodes {
+    pub fn new() -> Inodes {
+        Inodes { next: ROOT + 1, ..Default::default() }
+    }
+
+    pub fn node(&self, ino: u64) -> Option<NodeRef> {
+        self.by_ino.get(&ino).map(|e| e.node.clone())
+    }
+
+    /// The inode of `node`, allocated if new, without counting a lookup (readdir).
+    pub fn ino_of(&mut self, node: &NodeRef) -> u64 {
+        if let Some(&ino) = self.by_node.get(node) {
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ino.insert(ino, Entry { node: node.clone(), nlookup: 0 });
+        self.by_node.insert(node.clone(), ino);
+        ino
+    }
+
+    /// The inode of `node`, counting one kernel lookup (lookup, create, mkdir replies).
+    pub fn lookup(&mut self, node: &NodeRef) -> u64 {
+        let ino = self.ino_of(node);
+        if let Some(e) = self.by_ino.get_mut(&ino) {
+            e.nlookup += 1;
+        }
+        ino
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; at zero the entry goes.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        let Some(e) = self.by_ino.get_mut(&ino) else { return };
+        e.nlookup = e.nlookup.saturating_sub(n);
+        if e.nlookup == 0 {
+            let node = e.node.clone();
+            self.by_ino.remove(&ino);
+            self.by_node.remove(&node);
+        }
+    }
+}
+
+/// Who the files appear to belong to (the daemon's user: the cell's ACLs, not mode bits,
+/// decide access).
+#[derive(Clone, Copy, Debug)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn time_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub fn dir_attr(ino: u64, owner: Owner) -> FileAttr {
+    attr(ino, FileType::Directory, 0, SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH, owner)
+}
+
+/// The attributes of a node; `size` overrides the cell's length while this host has unsaved
+/// writes to it.
+pub fn node_attr(ino: u64, stat: &NodeStat, size: Option<u64>, owner: Owner) -> FileAttr {
+    let kind = if stat.is_directory { FileType::Directory } else { FileType::RegularFile };
+    attr(ino, kind, size.unwrap_or(stat.length), time_of(stat.mtime_ms), time_of(stat.ctime_ms), owner)
+}
+
+fn attr(ino: u64, kind: FileType, size: u64, mtime: SystemTime, ctime: SystemTime, owner: Owner) -> FileAttr {
+    let dir = kind == FileType::Directory;
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime,
+        crtime: ctime,
+        kind,
+        perm: if dir { 0o755 } else { 0o644 },
+        nlink: if dir { 2 } else { 1 },
+        uid: owner.uid,
+        gid: owner.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(path: &str) -> NodeRef {
+        NodeRef { cell: 0, path: path.to_string() }
+    }
+
+    #[test]
+    fn an_inode_lives_until_the_kernel_forgets_every_lookup() {
+        let mut t = Inodes::new();
+        let a = t.lookup(&node("/ls/local/a"));
+        assert_eq!(t.lookup(&node("/ls/local/a")), a);
+        assert_ne!(t.lookup(&node("/ls/local/b")), a);
+        t.forget(a, 1);
+        assert_eq!(t.node(a), Some(node("/ls/local/a")));
+        t.forget(a, 1);
+        assert_eq!(t.node(a), None);
+        assert_ne!(t.lookup(&node("/ls/local/a")), a, "a forgotten number is not reused");
+    }
+
+    #[test]
+    fn names_that_cannot_be_nodes_are_refused_and_parents_stop_at_the_cell_root() {
+        let root = node("/ls/local");
+        assert_eq!(root.child("a"), Some(node("/ls/local/a")));
+        for bad in ["", ".", "..", "a/b", "a\0"] {
+            assert_eq!(root.child(bad), None, "{bad:?}");
+        }
+        assert_eq!(node("/ls/local/a/b").parent(), Some(node("/ls/local/a")));
+        assert_eq!(node("/ls/local/a").parent(), Some(root.clone()));
+        assert_eq!(root.parent(), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! `flock(2)` and whole-file `fcntl(2)` locks as the cell's locks (DESIGN.md, FUSE mapping).
+//!
+//! The holder is (this mount's session, the kernel's lock owner): for `flock` the open file,
+//! for `fcntl` the process, so processes on one host conflict as on a local file system.
+//! The kernel releases a `flock` lock on the last close of its file and a `fcntl` lock on
+//! any close by its process; both arrive here (release with the flock owner, flush with the
+//! process's), and this table says which closes must tell the cell.
+//!
+//! A blocked `F_SETLKW`/`flock` waits in the cell's FIFO queue. fuser does not pass on the
+//! kernel's FUSE_INTERRUPT, so the waiting thread's pending signals are watched instead: a
+//! signal it would take (Ctrl-C, `flock -w`'s alarm, a kill) cancels the queued Acquire and
+//! the call fails with `EINTR`, as it would locally.
+
+use std::collections::HashMap;
+
+use proto::chubby::LockMode;
+
+use super::inodes::NodeRef;
+
+/// The kernel's "to the end of the file" (`OFFSET_MAX`): whole-file locks end here.
+pub const OFFSET_MAX: u64 = i64::MAX as u64;
+
+/// Whether a lock request covers the whole file: byte ranges are not Chubby locks.
+pub fn whole_file(start: u64, end: u64) -> bool {
+    start == 0 && end == OFFSET_MAX
+}
+
+/// Locks this mount holds in the cell: (node, lock owner) → (session id, mode).
+#[derive(Default)]
+pub struct HeldLocks {
+    held: HashMap<(NodeRef, u64), (u64, LockMode)>,
+}
+
+impl HeldLocks {
+    pub fn get(&self, node: &NodeRef, owner: u64) -> Option<(u64, LockMode)> {
+        self.held.get(&(node.clone(), owner)).copied()
+    }
+
+    pub fn insert(&mut self, node: &NodeRef, owner: u64, session: u64, mode: LockMode) {
+        self.held.insert((node.clone(), owner), (session, mode));
+    }
+
+    pub fn remove(&mut self, node: &NodeRef, owner: u64) -> Option<(u64, LockMode)> {
+        self.held.remove(&(node.clone(), owner))
+    }
+}
+
+/// What a holder's sequencer says of it: its mode, session and owner. (Sequencers are
+/// opaque to users; this daemon and the cell are built together. Format:
+/// `seq1:instance:lock_generation:grant:x|s:session:owner:path`.)
+pub fn holder_of(sequencer: &str) -> Option<(LockMode, u64, u64)> {
+    let mut it = sequencer.splitn(8, ':');
+    if it.next()? != "seq1" {
+        return None;
+    }
+    let mode = match it.nth(3)? {
+        "x" => LockMode::LockExclusive,
+        "s" => LockMode::LockShared,
+        _ => return None,
+    };
+    let session = it.next()?.parse().ok()?;
+    let owner = it.next()?.parse().ok()?;
+    Some((mode, session, owner))
+}
+
+/// Whether thread `tid` has a signal it will take pending, or is gone: its blocked lock call
+/// should end with `EINTR`.
+pub fn interrupted(tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => takes_a_signal(&status),
+        Err(_) => true,
+    }
+}
+
+/// From `/proc/TID/status`: a signal pending for the thread or its process and not blocked
+/// by the thread. (A fatal signal also shows as SIGKILL pending.)
+fn takes_a_signal(status: &str) -> bool {
+    let mask = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_unblocked_signal_interrupts_and_a_blocked_one_does_not() {
+        let status = |pnd: &str, shd: &str, blk: &str| {
+            format!("Name:\tflock\nSigQ:\t0/1\nSigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t{blk}\nSigIgn:\t0\n")
+        };
+        assert!(!takes_a_signal(&status("0000000000000000", "0000000000000000", "0000000000000000")));
+        // SIGALRM (14) for the process, as `flock -w` arms it.
+        assert!(takes_a_signal(&status("0000000000000000", "0000000000002000", "0000000000000000")));
+        assert!(!takes_a_signal(&status("0000000000000000", "0000000000002000", "0000000000002000")));
+        // SIGKILL (9) for the thread, as a fatal signal leaves it.
+        assert!(takes_a_signal(&status("0000000000000100", "0000000000000000", "0000000000000000")));
+    }
+
+    #[test]
+    fn a_thread_that_is_gone_counts_as_interrupted_and_this_one_is_not() {
+        assert!(interrupted(u32::MAX - 1));
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        assert!(!interrupted(tid));
+    }
+
+    #[test]
+    fn sequencers_name_their_holder() {
+        assert_eq!(holder_of("seq1:3:7:9:x:42:1234:/a/b"), Some((LockMode::LockExclusive, 42, 1234)));
+        assert_eq!(holder_of("seq1:3:7:9:s:42:5:/a:b"), Some((LockMode::LockShared, 42, 5)));
+        assert_eq!(holder_of("nonsense"), None);
+        assert!(whole_file(0, OFFSET_MAX) && !whole_file(0, 10) && !whole_file(1, OFFSET_MAX));
+    }
+}

@@ -1,0 +1,402 @@
+//! The FUSE daemon's file system: `MOUNTPOINT/<cell>/…` is `/ls/<cell>/…` of each mounted
+//! cell (DESIGN.md, FUSE mapping).
+//!
+//! - [`inodes`]: kernel inode numbers ⇄ cell paths.
+//! - [`files`]: open files (whole-file reads and writes, stored at close) and directories.
+//! - [`locks`]: `flock`/`fcntl` locks as the cell's locks; blocked waits end on a signal.
+//! - [`errno`]: the cell's refusals as errno values, in one place.
+//! - [`cell`]: a mounted cell and its session, replaced when lost.
+//! - [`ops`]: the operations themselves, async on the cells.
+//!
+//! Every callback here hands its reply to a task on the daemon's runtime and returns, so no
+//! call to a cell (a lock wait least of all) holds up the kernel's request loop. Attributes
+//! and entries are given to the kernel with no time to live and files are opened with direct
+//! I/O: every `stat`, `open` and `read` reaches this daemon, which answers from the session's
+//! cache when it can (no RPC) — the cache the master's invalidations keep linearizable.
+
+mod cell;
+mod errno;
+mod files;
+mod inodes;
+mod locks;
+mod ops;
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+pub use cell::MountedCell;
+pub use errno::errno_of;
+pub use inodes::Owner;
+use locks::whole_file;
+use ops::FsInner;
+
+/// Entries and attributes are not cached by the kernel (see the module doc).
+const TTL: Duration = Duration::ZERO;
+
+pub struct ChubbyFs {
+    inner: Arc<FsInner>,
+    rt: tokio::runtime::Handle,
+}
+
+impl ChubbyFs {
+    pub fn new(cells: Vec<Arc<MountedCell>>, owner: Owner, rt: tokio::runtime::Handle) -> ChubbyFs {
+        ChubbyFs { inner: Arc::new(FsInner::new(cells, owner)), rt }
+    }
+
+    /// Runs `work` on the daemon's runtime; it replies when done.
+    fn spawn<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(Arc<FsInner>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(work(self.inner.clone()));
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for ChubbyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_FLOCK_LOCKS | InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::warn!("the kernel lacks FUSE capabilities {missing:?}: locks may stay local to this host");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inner.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(move |fs| async move {
+            match fs.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Access is the cell's ACLs, not mode bits or owners: a change of either is refused
+        // (setting what they already are, as `cp -p` and `mv` do, succeeds). Times are the
+        // log's clock: `touch` succeeds and changes nothing.
+        self.spawn(move |fs| async move {
+            let r = match size {
+                Some(size) => fs.truncate(ino.0, size, fh.map(|f| f.0)).await,
+                None => fs.getattr(ino.0).await,
+            };
+            let r = r.and_then(|attr| {
+                let same = mode.is_none_or(|m| m & 0o7777 == u32::from(attr.perm))
+                    && uid.is_none_or(|u| u == attr.uid)
+                    && gid.is_none_or(|g| g == attr.gid);
+                if same {
+                    Ok(attr)
+                } else {
+                    Err(Errno::EPERM)
+                }
+            });
+            match r {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.mkdir(parent.0, &name).await {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(parent.0, &name, false).await) });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(parent.0, &name, true).await) });
+    }
+
+    /// Chubby has no rename; `mv` copies and deletes instead when told so.
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EXDEV);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(move |fs| async move {
+            match fs.open(ino.0, flags.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.create(parent.0, &name, flags).await {
+                Ok((attr, fh)) => {
+                    reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(move |fs| async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(move |fs| async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(fh.0, lock_owner.0).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |fs| async move {
+            fs.release(fh.0, lock_owner.map(|o| o.0)).await;
+            reply.ok();
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(move |fs| async move {
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.spawn(move |fs| async move {
+            match fs.readdir(ino.0, fh.0, offset).await {
+                Ok(entries) => {
+                    for (ino, next, kind, name) in entries {
+                        if reply.add(INodeNo(ino), next, kind, name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.inner.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.to_owned();
+        self.spawn(move |fs| async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, &self.inner.listxattr(ino.0));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    /// The cell's ACLs decide each call; there is nothing to check in advance.
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        if !whole_file(start, end) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        self.spawn(move |fs| async move {
+            match fs.getlk(fh.0, lock_owner.0, typ).await {
+                Ok((start, end, typ)) => reply.locked(start, end, typ, 0),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Chubby locks are whole-node locks: byte ranges are refused, not faked.
+        if !whole_file(start, end) {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let tid = req.pid();
+        self.spawn(move |fs| async move { reply_empty(reply, fs.setlk(fh.0, lock_owner.0, typ, sleep, tid).await) });
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}
+
+impl ChubbyFs {
+    /// The mounted cells (to close their sessions at unmount).
+    pub fn cells(&self) -> Vec<Arc<MountedCell>> {
+        self.inner.cells().to_vec()
+    }
+}

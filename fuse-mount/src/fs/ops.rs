@@ -1,0 +1,480 @@
+//! The file-system operations, as async calls on the cells. The FUSE callbacks in
+//! [`super`] only translate arguments and replies; everything that talks to a cell is here.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fuser::{Errno, FileAttr, FileType};
+use proto::chubby::{Handle, LockMode, NodeStat};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::cell::MountedCell;
+use super::errno::errno_of;
+use super::files::{OpenDir, OpenFile, MAX_CONTENTS};
+use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
+use super::locks::{holder_of, interrupted, HeldLocks, OFFSET_MAX};
+use crate::client::ClientError;
+use crate::session::{OpenOptions, Session};
+
+/// How often a blocked lock call looks at its caller's pending signals.
+const SIGNAL_POLL: Duration = Duration::from_millis(20);
+
+/// The extended attributes every node has (`getfattr -d -m user.chubby`).
+const XATTRS: [&str; 8] = [
+    "user.chubby.instance",
+    "user.chubby.content_generation",
+    "user.chubby.lock_generation",
+    "user.chubby.acl_generation",
+    "user.chubby.checksum",
+    "user.chubby.ephemeral",
+    "user.chubby.modified_index",
+    "user.chubby.sequencer",
+];
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn errno(e: ClientError) -> Errno {
+    errno_of(&e)
+}
+
+pub struct FsInner {
+    cells: Vec<Arc<MountedCell>>,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    dirs: Mutex<HashMap<u64, OpenDir>>,
+    next_fh: AtomicU64,
+    /// Sizes of files this host has written and not yet stored (getattr reports them).
+    pending: Mutex<HashMap<u64, u64>>,
+    locks: Mutex<HeldLocks>,
+    owner: Owner,
+}
+
+impl FsInner {
+    pub fn new(cells: Vec<Arc<MountedCell>>, owner: Owner) -> FsInner {
+        FsInner {
+            cells,
+            inodes: Mutex::new(Inodes::new()),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            pending: Mutex::default(),
+            locks: Mutex::default(),
+            owner,
+        }
+    }
+
+    pub fn cells(&self) -> &[Arc<MountedCell>] {
+        &self.cells
+    }
+
+    fn node(&self, ino: u64) -> Result<NodeRef, Errno> {
+        guard(&self.inodes).node(ino).ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: u64, name: &OsStr) -> Result<NodeRef, Errno> {
+        let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if parent == ROOT {
+            let cell = self.cells.iter().position(|c| c.name == name).ok_or(Errno::ENOENT)?;
+            return Ok(NodeRef { cell, path: format!("/ls/{name}") });
+        }
+        self.node(parent)?.child(name).ok_or(Errno::EINVAL)
+    }
+
+    /// Opens `node` (from the session's cache if it has it: no RPC).
+    async fn open_node(&self, node: &NodeRef, o: OpenOptions) -> Result<(Session, Handle, NodeStat), Errno> {
+        let session = self.cells[node.cell].session();
+        let (handle, stat) = session.open_node(&node.path, o).await.map_err(errno)?;
+        Ok((session, handle, stat))
+    }
+
+    fn attr(&self, ino: u64, stat: &NodeStat) -> FileAttr {
+        node_attr(ino, stat, guard(&self.pending).get(&ino).copied(), self.owner)
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        guard(&self.inodes).forget(ino, n);
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let node = self.child(parent, name)?;
+        let (_, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let ino = guard(&self.inodes).lookup(&node);
+        Ok(self.attr(ino, &stat))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        if ino == ROOT {
+            return Ok(dir_attr(ROOT, self.owner));
+        }
+        let node = self.node(ino)?;
+        let (_, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        Ok(self.attr(ino, &stat))
+    }
+
+    fn add_file(&self, f: OpenFile) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        guard(&self.files).insert(fh, Arc::new(AsyncMutex::new(f)));
+        fh
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
+        guard(&self.files).get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn new_file(&self, ino: u64, node: NodeRef, session: Session, handle: Handle, flags: i32) -> OpenFile {
+        let mut f = OpenFile {
+            ino,
+            node,
+            session,
+            handle,
+            append: flags & libc::O_APPEND != 0,
+            contents: None,
+            dirty: false,
+            failed: false,
+        };
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            f.truncate(0);
+            guard(&self.pending).insert(ino, 0);
+        }
+        f
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let node = self.node(ino)?;
+        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        if stat.is_directory {
+            return Err(Errno::from_i32(libc::EISDIR));
+        }
+        let f = self.new_file(ino, node, session, handle, flags);
+        Ok(self.add_file(f))
+    }
+
+    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(FileAttr, u64), Errno> {
+        let node = self.child(parent, name)?;
+        let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ..Default::default() };
+        let (session, handle, stat) = self.open_node(&node, o).await?;
+        if stat.is_directory {
+            return Err(Errno::from_i32(libc::EISDIR));
+        }
+        let ino = guard(&self.inodes).lookup(&node);
+        let f = self.new_file(ino, node, session, handle, flags);
+        let fh = self.add_file(f);
+        Ok((self.attr(ino, &stat), fh))
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+        let node = self.child(parent, name)?;
+        let o = OpenOptions { create: true, directory: true, exclusive: true, ..Default::default() };
+        let (_, _, stat) = self.open_node(&node, o).await?;
+        let ino = guard(&self.inodes).lookup(&node);
+        Ok(self.attr(ino, &stat))
+    }
+
+    /// `unlink` (`directory` false) or `rmdir`.
+    pub async fn remove(&self, parent: u64, name: &OsStr, directory: bool) -> Result<(), Errno> {
+        let node = self.child(parent, name)?;
+        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        match (directory, stat.is_directory) {
+            (false, true) => return Err(Errno::from_i32(libc::EISDIR)),
+            (true, false) => return Err(Errno::from_i32(libc::ENOTDIR)),
+            _ => {}
+        }
+        session.delete(&handle, None, "").await.map_err(errno)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        // A read from the start takes the contents afresh (linearizable: the session's cache
+        // is kept by the master's invalidations); later offsets continue that copy.
+        if offset == 0 && !f.dirty {
+            f.contents = None;
+        }
+        f.load().await.map_err(errno)?;
+        let contents = f.contents.as_deref().unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(contents.len());
+        let end = start.saturating_add(size as usize).min(contents.len());
+        Ok(contents[start..end].to_vec())
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        f.load().await.map_err(errno)?;
+        let len = f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
+        guard(&self.pending).insert(f.ino, len);
+        Ok(data.len() as u32)
+    }
+
+    async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if f.failed {
+            guard(&self.pending).remove(&f.ino);
+            return Err(Errno::from_i32(libc::EFBIG));
+        }
+        let r = f.commit().await.map_err(errno);
+        if !f.dirty {
+            guard(&self.pending).remove(&f.ino);
+        }
+        r
+    }
+
+    /// `close` of one descriptor: stores the contents and drops the process's `fcntl` lock
+    /// (POSIX: any close by a process releases its locks on the file).
+    pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        let stored = self.commit(&mut f).await;
+        let (node, session, handle) = (f.node.clone(), f.session.clone(), f.handle.clone());
+        drop(f);
+        self.unlock_on_close(&node, &session, &handle, lock_owner).await;
+        stored
+    }
+
+    pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        self.commit(&mut f).await
+    }
+
+    /// The last close of an open file; `flock_owner` if the kernel says a `flock` lock of
+    /// this file must go.
+    pub async fn release(&self, fh: u64, flock_owner: Option<u64>) {
+        let Some(file) = guard(&self.files).remove(&fh) else { return };
+        let mut f = file.lock().await;
+        if let Err(e) = self.commit(&mut f).await {
+            tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
+        }
+        guard(&self.pending).remove(&f.ino);
+        if let Some(owner) = flock_owner {
+            self.unlock_on_close(&f.node, &f.session, &f.handle, owner).await;
+        }
+    }
+
+    pub async fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
+        if size > MAX_CONTENTS {
+            return Err(Errno::from_i32(libc::EFBIG));
+        }
+        if let Some(file) = fh.and_then(|fh| self.file(fh).ok()) {
+            let mut f = file.lock().await;
+            f.load().await.map_err(errno)?;
+            f.truncate(size);
+            guard(&self.pending).insert(ino, size);
+        } else {
+            // `truncate(1)` on a path: read, cut and store at once.
+            let node = self.node(ino)?;
+            let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+            let (contents, _) = session.get(&handle).await.map_err(errno)?;
+            let mut contents = contents.to_vec();
+            contents.resize(size as usize, 0);
+            session.set(&handle, contents.into(), None, "").await.map_err(errno)?;
+        }
+        self.getattr(ino).await
+    }
+
+    pub async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+        let node = if ino == ROOT {
+            None
+        } else {
+            let node = self.node(ino)?;
+            let (_, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+            if !stat.is_directory {
+                return Err(Errno::from_i32(libc::ENOTDIR));
+            }
+            Some(node)
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        guard(&self.dirs).insert(fh, OpenDir { node, entries: Vec::new() });
+        Ok(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        guard(&self.dirs).remove(&fh);
+    }
+
+    /// Entries from `offset` on, each with the offset of the one after it. Offset 0 reads
+    /// the directory afresh (ReadDir at the master).
+    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<(u64, u64, FileType, String)>, Errno> {
+        let node = guard(&self.dirs).get(&fh).map(|d| d.node.clone()).ok_or(Errno::EBADF)?;
+        if offset == 0 {
+            let entries = self.list(ino, node).await?;
+            if let Some(d) = guard(&self.dirs).get_mut(&fh) {
+                d.entries = entries;
+            }
+        }
+        let dirs = guard(&self.dirs);
+        let d = dirs.get(&fh).ok_or(Errno::EBADF)?;
+        Ok(d.entries
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (ino, kind, name))| (*ino, i as u64 + 1, *kind, name.clone()))
+            .collect())
+    }
+
+    async fn list(&self, ino: u64, node: Option<NodeRef>) -> Result<Vec<(u64, FileType, String)>, Errno> {
+        let Some(node) = node else {
+            let mut entries = vec![(ROOT, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
+            let mut inodes = guard(&self.inodes);
+            for (cell, c) in self.cells.iter().enumerate() {
+                let ino = inodes.ino_of(&NodeRef { cell, path: format!("/ls/{}", c.name) });
+                entries.push((ino, FileType::Directory, c.name.clone()));
+            }
+            return Ok(entries);
+        };
+        let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+        let children = session.read_dir(&handle).await.map_err(errno)?;
+        let mut inodes = guard(&self.inodes);
+        let parent = node.parent().map_or(ROOT, |p| inodes.ino_of(&p));
+        let mut entries = vec![(ino, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
+        for c in children {
+            let Some(child) = node.child(&c.name) else { continue };
+            let kind = if c.stat.is_some_and(|s| s.is_directory) { FileType::Directory } else { FileType::RegularFile };
+            entries.push((inodes.ino_of(&child), kind, c.name));
+        }
+        Ok(entries)
+    }
+
+    /// The value of one `user.chubby.*` attribute.
+    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        let no_data = Errno::from_i32(libc::ENODATA);
+        if ino == ROOT {
+            return Err(no_data);
+        }
+        let name = name.to_str().ok_or(no_data)?;
+        let node = self.node(ino)?;
+        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let value = match name {
+            "user.chubby.instance" => stat.instance_number.to_string(),
+            "user.chubby.content_generation" => stat.content_generation.to_string(),
+            "user.chubby.lock_generation" => stat.lock_generation.to_string(),
+            "user.chubby.acl_generation" => stat.acl_generation.to_string(),
+            "user.chubby.checksum" => format!("{:016x}", stat.checksum),
+            "user.chubby.ephemeral" => u8::from(stat.is_ephemeral).to_string(),
+            "user.chubby.modified_index" => stat.modified_index.to_string(),
+            // Who holds the lock now, asked of the master: one line per holder.
+            "user.chubby.sequencer" => {
+                let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
+                if holders.is_empty() {
+                    return Err(no_data);
+                }
+                holders.join("\n")
+            }
+            _ => return Err(no_data),
+        };
+        Ok(value.into_bytes())
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Vec<u8> {
+        if ino == ROOT {
+            return Vec::new();
+        }
+        XATTRS.iter().flat_map(|n| n.bytes().chain([0])).collect()
+    }
+
+    /// Whether `owner`'s lock of `typ` would conflict with a holder: that holder's lock.
+    pub async fn getlk(&self, fh: u64, owner: u64, typ: i32) -> Result<(u64, u64, i32), Errno> {
+        let (_, session, handle) = self.open_file_parts(fh).await?;
+        let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
+        for s in holders {
+            let Some((mode, sid, o)) = holder_of(&s) else { continue };
+            if sid == session.id() && o == owner {
+                continue;
+            }
+            if typ == libc::F_WRLCK || mode == LockMode::LockExclusive {
+                let held = if mode == LockMode::LockExclusive { libc::F_WRLCK } else { libc::F_RDLCK };
+                return Ok((0, OFFSET_MAX, held));
+            }
+        }
+        Ok((0, OFFSET_MAX, libc::F_UNLCK))
+    }
+
+    async fn open_file_parts(&self, fh: u64) -> Result<(NodeRef, Session, Handle), Errno> {
+        let file = self.file(fh)?;
+        let f = file.lock().await;
+        Ok((f.node.clone(), f.session.clone(), f.handle.clone()))
+    }
+
+    /// Takes (`F_RDLCK`/`F_WRLCK`) or drops (`F_UNLCK`) `owner`'s whole-file lock; `wait`
+    /// queues in the cell until granted or until thread `tid` takes a signal (`EINTR`).
+    pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32) -> Result<(), Errno> {
+        let (node, _, _) = self.open_file_parts(fh).await?;
+        // The lock goes with the cell's current session (a lost one's locks are gone).
+        let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+        let mode = match typ {
+            libc::F_UNLCK => return self.unlock(&node, &session, &handle, owner).await,
+            libc::F_RDLCK => LockMode::LockShared,
+            libc::F_WRLCK => LockMode::LockExclusive,
+            _ => return Err(Errno::EINVAL),
+        };
+        let held = guard(&self.locks).get(&node, owner);
+        match held {
+            Some((sid, m)) if sid == session.id() && m == mode => return Ok(()),
+            // A conversion, as flock(2) does it: the old lock goes first (not atomic).
+            Some(_) => self.unlock(&node, &session, &handle, owner).await?,
+            None => {}
+        }
+        if !wait {
+            session.try_acquire(&handle, mode, owner, None).await.map_err(errno)?;
+        } else {
+            let acquire = session.acquire(&handle, mode, owner, None);
+            tokio::pin!(acquire);
+            let mut poll = tokio::time::interval(SIGNAL_POLL);
+            loop {
+                tokio::select! {
+                    r = &mut acquire => {
+                        r.map_err(errno)?;
+                        break;
+                    }
+                    _ = poll.tick() => {
+                        if interrupted(tid) {
+                            // A late Acquire cannot land after this: the cancel's request id
+                            // marks the abandoned one as answered (exactly-once retries).
+                            if let Err(e) = session.cancel(&handle, owner).await {
+                                tracing::warn!(path = %node.path, "cancelling an interrupted lock wait: {e}");
+                            }
+                            return Err(Errno::EINTR);
+                        }
+                    }
+                }
+            }
+        }
+        guard(&self.locks).insert(&node, owner, session.id(), mode);
+        Ok(())
+    }
+
+    async fn unlock(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) -> Result<(), Errno> {
+        let Some((sid, _)) = guard(&self.locks).remove(node, owner) else { return Ok(()) };
+        if sid != session.id() {
+            // Taken in a session since lost: the cell released it already.
+            return Err(Errno::EIO);
+        }
+        match session.release(handle, owner).await {
+            Err(e) if e.reason() == Some("NotHeld") => Ok(()),
+            r => r.map_err(errno),
+        }
+    }
+
+    async fn unlock_on_close(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) {
+        let held = guard(&self.locks).get(node, owner);
+        let Some((sid, _)) = held else { return };
+        let (session, handle) = if sid == session.id() {
+            (session.clone(), handle.clone())
+        } else {
+            match self.open_node(node, OpenOptions::default()).await {
+                Ok((s, h, _)) => (s, h),
+                Err(_) => {
+                    guard(&self.locks).remove(node, owner);
+                    return;
+                }
+            }
+        };
+        if let Err(e) = self.unlock(node, &session, &handle, owner).await {
+            tracing::warn!(path = %node.path, "releasing a lock at close: {e:?}");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The mount: a cell used through `chubby-mount` with ordinary tools (`sh`, `cat`-like reads,
+//! `mkdir`, `rm`, `flock`), as DESIGN.md's FUSE mapping promises. Each test runs a 3-replica
+//! cell and one or two mounts ("hosts"); they need root and /dev/fuse (see
+//! [`fuse_available`]).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e_tests::{bin, fuse_available, CellOptions, Mount, TestCell};
+
+fn chubby(cell: &TestCell, args: &[&str]) -> Output {
+    Command::new(bin("chubby")).arg("--cell").arg(cell.cell_arg()).args(args).output().expect("run chubby")
+}
+
+fn sh(script: &str) -> Output {
+    Command::new("sh").arg("-c").arg(script).output().expect("run sh")
+}
+
+fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+fn xattr(path: &Path, name: &str) -> Option<String> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
+}
+
+/// Waits (bounded) for a child to exit.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Process groups a test started, killed (the whole group) when dropped.
+#[derive(Default)]
+struct Groups(Vec<u32>);
+
+impl Groups {
+    /// `kill -9` of the group led by `pid` (flock and the command it runs).
+    fn kill(&mut self, pid: u32) {
+        // SAFETY: kill(2) of a process group this test started.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        self.0.retain(|p| *p != pid);
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for pid in std::mem::take(&mut self.0) {
+            // SAFETY: as above.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+}
+
+/// `flock OPTIONS FILE -c SCRIPT` in a process group of its own (its command inherits the
+/// locked file), killed with its group at the end of the test.
+fn flock(opts: &[&str], file: &Path, script: &str, groups: &mut Groups) -> Child {
+    let child = Command::new("flock")
+        .args(opts)
+        .arg(file)
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("flock");
+    groups.0.push(child.id());
+    child
+}
+
+/// Waits (at most 10 s) until the cell says someone holds the node's lock.
+fn await_held(cell: &TestCell, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !chubby(cell, &["sequencer", path]).status.success() {
+        assert!(Instant::now() < deadline, "{path} never became held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
+    if !fuse_available("shell_tools_read_write_list_and_remove_nodes_of_the_cell") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    let master = m.path("svc/web/master");
+
+    fs::create_dir_all(m.path("svc/web")).expect("mkdir -p");
+    let out = sh(&format!("echo 10.0.0.1:80 > {}", master.display()));
+    assert!(out.status.success(), "echo >: {out:?}");
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.1:80\n");
+    let got = chubby(&cell, &["get", "/ls/local/svc/web/master"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "10.0.0.1:80", "the write is the cell's: {got:?}");
+
+    // Another client's write is seen by the next read here (the mount's cache was invalidated).
+    let generation = xattr(&master, "user.chubby.content_generation").expect("generation xattr");
+    assert!(chubby(&cell, &["put", "/ls/local/svc/web/master", "10.0.0.2:80"]).status.success());
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80");
+    let newer = xattr(&master, "user.chubby.content_generation").expect("generation xattr");
+    assert!(newer.parse::<u64>().unwrap() > generation.parse::<u64>().unwrap(), "{generation} → {newer}");
+    assert_eq!(xattr(&master, "user.chubby.sequencer"), None, "nobody holds the lock");
+
+    let mut f = fs::OpenOptions::new().append(true).open(&master).expect("open for append");
+    f.write_all(b" backup").expect("append");
+    drop(f);
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80 backup");
+    assert_eq!(fs::metadata(&master).expect("stat").len(), 18);
+
+    let names = |dir: &Path| {
+        let mut n: Vec<String> =
+            fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(m.dir.path()), ["local"]);
+    assert_eq!(names(&m.path("svc")), ["web"]);
+    assert!(fs::metadata(m.path("svc/web")).expect("stat").is_dir());
+
+    // Errors as a file system gives them, and nothing changes.
+    assert_eq!(errno_of(fs::read(m.path("missing"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::create_dir(m.path("svc"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_dir(m.path("svc"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::write(&master, vec![b'x'; 300 * 1024])), libc::EFBIG);
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80 backup");
+    assert_eq!(errno_of(fs::rename(&master, m.path("svc/web/moved"))), libc::EXDEV);
+
+    fs::remove_file(&master).expect("rm");
+    assert_eq!(chubby(&cell, &["get", "/ls/local/svc/web/master"]).status.code(), Some(3), "gone from the cell");
+    fs::remove_dir(m.path("svc/web")).expect("rmdir");
+    assert_eq!(names(&m.path("svc")), Vec::<String>::new());
+}
+
+#[test]
+fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
+    if !fuse_available("flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    let mut groups = Groups::default();
+    fs::write(a.path("job"), "").expect("create");
+    let (on_a, on_b) = (a.path("job"), b.path("job"));
+
+    let mut holder = flock(&["-x"], &on_a, "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    assert_eq!(xattr(&on_b, "user.chubby.sequencer").map(|s| s.starts_with("seq1:")), Some(true));
+
+    // Busy for the other host: at once with -n, after its timeout with -w.
+    let busy = flock(&["-n"], &on_b, "true", &mut groups).wait().expect("flock -n");
+    assert_eq!(busy.code(), Some(1), "flock -n while another host holds the lock");
+    let started = Instant::now();
+    let mut timed = flock(&["-w", "0.3"], &on_b, "true", &mut groups);
+    let st = exit_within(&mut timed, Duration::from_secs(10)).expect("flock -w returns after its timeout");
+    assert_eq!(st.code(), Some(1), "flock -w timed out");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A byte range is no Chubby lock; the whole file conflicts with the other host's flock.
+    let file = fs::OpenOptions::new().read(true).write(true).open(&on_b).expect("open");
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    range.l_type = libc::F_WRLCK as i16;
+    range.l_whence = libc::SEEK_SET as i16;
+    range.l_len = 10;
+    // SAFETY: fcntl on an open descriptor with a valid struct flock.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &range) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINVAL));
+    range.l_len = 0;
+    range.l_type = libc::F_RDLCK as i16;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &range) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+    drop(file);
+
+    // Two waiters queue on host B; the second is killed while it waits.
+    let mut first = flock(&["-x"], &on_b, "true", &mut groups);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = flock(&["-x"], &on_b, "sleep 60", &mut groups);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(first.try_wait().expect("wait").is_none(), "the first waiter waits while A holds the lock");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(exit_within(&mut second, Duration::from_secs(5)).is_some(), "a signal ends a blocked flock");
+
+    // The holder dies: the kernel closes its file and the lock goes to the first waiter.
+    groups.kill(holder.id());
+    let _ = holder.wait();
+    let st = exit_within(&mut first, Duration::from_secs(10)).expect("the waiter gets the lock when the holder dies");
+    assert!(st.success());
+
+    // Nobody holds it now: neither the killed waiter nor the timed-out one was left queued.
+    let free = flock(&["-n"], &on_a, "true", &mut groups).wait().expect("flock -n");
+    assert!(free.success(), "the lock is free once every holder and waiter is gone");
+
+    // Shared locks on both hosts at once.
+    let mut reader = flock(&["-s"], &on_a, "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    let shared = flock(&["-s", "-n"], &on_b, "true", &mut groups).wait().expect("flock -s -n");
+    assert!(shared.success(), "readers share the lock across hosts");
+    let excl = flock(&["-x", "-n"], &on_b, "true", &mut groups).wait().expect("flock -x -n");
+    assert_eq!(excl.code(), Some(1), "a writer waits for the reader");
+    groups.kill(reader.id());
+    let _ = reader.wait();
+}
+
+#[test]
+fn stopping_the_mount_unmounts_it_and_ends_its_session() {
+    if !fuse_available("stopping_the_mount_unmounts_it_and_ends_its_session") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    // The sessions in the cell's state, as its master reports them.
+    let sessions = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = chubby(&cell, &["status", "--json"]);
+            let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+            let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
+            if let Some(leader) = replicas.iter().find(|r| r["role"] == "leader") {
+                return leader["sessions"].as_u64().expect("sessions");
+            }
+            assert!(Instant::now() < deadline, "no leader: {status}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let before = sessions();
+    let mut m = Mount::start(&cell, &[]);
+    assert!(m.is_mounted());
+    assert_eq!(sessions(), before + 1, "one session per mounted cell");
+    fs::write(m.path("note"), "kept").expect("write");
+    let st = m.stop().expect("chubby-mount exits on SIGTERM");
+    assert!(st.success(), "{st:?}");
+    assert!(!m.is_mounted(), "SIGTERM unmounts");
+    assert_eq!(sessions(), before, "the session is closed, not left to expire");
+    assert_eq!(String::from_utf8_lossy(&chubby(&cell, &["get", "/ls/local/note"]).stdout).trim(), "kept");
+}
