@@ -1,12 +1,11 @@
 //! A multi-process cell on loopback: start-up in any order, a replica catching up by snapshot,
 //! clean shutdown, and `cell-server local` as a user runs it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e_tests::{bin, free_ports, wait_converged, CellOptions, TestCell};
+use e2e_tests::{bin, wait_converged, CellOptions, LocalCell, TestCell};
 use proto::cell::{GetRequest, ListRequest};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -113,52 +112,7 @@ fn any_one_replica_is_enough() {
 #[test]
 fn cell_server_local_starts_serves_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    // Three consecutive free ports are likely but not certain (other tests start cells at the
-    // same time): a `local` that cannot have its ports exits at once, and another base is tried.
-    let mut attempt = 0;
-    // (`_output` keeps the reader of `local`'s stdout alive: it prints until it stops.)
-    let (mut local, lines, cell, _output) = loop {
-        attempt += 1;
-        let base = free_ports(1)[0].saturating_sub(3).max(20000);
-        let mut local = Command::new(bin("cell-server"))
-            .args(["local", "--base-port", &base.to_string(), "--fsync", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = local.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let mut cell = None;
-        let mut exited = None;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while cell.is_none() && exited.is_none() && Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-                cell = line.strip_prefix("CHUBBY_CELL=").map(String::from);
-                lines.push(line);
-            }
-            exited = local.try_wait().unwrap();
-        }
-        match (cell, exited) {
-            (Some(cell), _) => break (local, lines, cell, rx),
-            (None, Some(status)) if attempt < 5 => {
-                eprintln!("`cell-server local` at base port {base}: {status}; retrying")
-            }
-            (None, _) => {
-                let _ = local.kill();
-                let _ = local.wait();
-                panic!("no CHUBBY_CELL line: {lines:?}");
-            }
-        }
-    };
+    let LocalCell { child: mut local, lines, cell, output: _output } = LocalCell::start(dir.path(), &[]);
     assert!(lines[0].contains("is up"), "{lines:?}");
     let pids: Vec<i32> = lines
         .iter()

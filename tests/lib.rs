@@ -485,20 +485,92 @@ impl Mount {
 
     /// Whether the directory is still a mount point.
     pub fn is_mounted(&self) -> bool {
-        let dir = self.dir.path().to_string_lossy().to_string();
-        std::fs::read_to_string("/proc/self/mounts")
-            .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(dir.as_str())))
-            .unwrap_or(false)
+        is_mount_point(self.dir.path())
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         self.kill();
-        if self.is_mounted() {
-            let dir = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).expect("path");
-            // SAFETY: umount2 of the mount this test made, with a valid C string.
-            unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+        detach(self.dir.path());
+    }
+}
+
+/// Whether `dir` is a mount point now.
+pub fn is_mount_point(dir: &Path) -> bool {
+    let dir = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(dir.as_str())))
+        .unwrap_or(false)
+}
+
+/// Detaches a mount a test made and its daemon left behind (no-op if not mounted).
+pub fn detach(dir: &Path) {
+    if is_mount_point(dir) {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: umount2 of a mount this test made, with a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A running `cell-server local` (the README's main job), started on free ports.
+pub struct LocalCell {
+    pub child: Child,
+    /// What it printed up to its `CHUBBY_CELL=` line (and, with `--mount`, its mount line).
+    pub lines: Vec<String>,
+    /// Its address list.
+    pub cell: String,
+    /// The rest of its output (keep it alive: `local` prints until it stops).
+    pub output: std::sync::mpsc::Receiver<String>,
+}
+
+impl LocalCell {
+    /// `cell-server local --dir DIR --fsync no EXTRA…`. Three consecutive free ports are
+    /// likely but not certain (other tests start cells at the same time): a `local` that
+    /// cannot have its ports exits at once, and another base is tried.
+    pub fn start(dir: &Path, extra: &[&str]) -> LocalCell {
+        let wants_mount = extra.contains(&"--mount");
+        for attempt in 1.. {
+            let base = free_ports(1)[0].saturating_sub(3).max(20000);
+            let mut child = Command::new(bin("cell-server"))
+                .args(["local", "--base-port", &base.to_string(), "--fsync", "no", "--dir"])
+                .arg(dir)
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start cell-server local");
+            let output = lines_of(child.stdout.take().expect("stdout"));
+            let mut lines = Vec::new();
+            let mut cell = None;
+            let mut exited = None;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let ready = |cell: &Option<String>, lines: &[String]| {
+                cell.is_some() && (!wants_mount || lines.iter().any(|l| l.starts_with("mounted at")))
+            };
+            while !ready(&cell, &lines) && exited.is_none() && Instant::now() < deadline {
+                if let Ok(line) = output.recv_timeout(Duration::from_millis(200)) {
+                    if let Some(c) = line.strip_prefix("CHUBBY_CELL=") {
+                        cell = Some(c.to_string());
+                    }
+                    lines.push(line);
+                }
+                exited = child.try_wait().expect("try_wait");
+            }
+            match (cell, exited) {
+                (Some(cell), None) if ready(&Some(cell.clone()), &lines) => {
+                    return LocalCell { child, lines, cell, output }
+                }
+                (None, Some(status)) if attempt < 5 => {
+                    eprintln!("`cell-server local` at base port {base}: {status}; retrying")
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("cell-server local did not come up: {lines:?}");
+                }
+            }
         }
+        unreachable!("the loop returns or panics")
     }
 }

@@ -2,6 +2,7 @@
 //! and the README. Prints the cell's address list once a leader is elected, and stops every
 //! replica on Ctrl-C or SIGTERM (SIGTERM to each, SIGKILL after 5 s). Each replica also gets
 //! SIGTERM from the kernel if this process dies (`PR_SET_PDEATHSIG`), so none is left behind.
+//! With `--mount DIR` it also mounts the cell there (a `chubby-mount` process, stopped first).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -30,6 +31,10 @@ pub struct LocalArgs {
     pub fsync: String,
     #[arg(long, default_value = "local")]
     pub cell_name: String,
+    /// Also mount the cell at this directory (created if missing) with `chubby-mount`, so
+    /// DIR/<cell-name>/… is the cell's /ls/<cell-name>/…; unmounted before the cell stops.
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
 }
 
 struct Replica {
@@ -132,6 +137,25 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         Ok(()) => say!("cell file: {} (CHUBBY_CELL=@{0})", cell_file.display()),
         Err(e) => esay!("could not write the cell file {}: {e}", cell_file.display()),
     }
+    let mut mount = None;
+    if let Some(dir) = &args.mount {
+        match start_mount(&exe, &args, &cell_file, dir) {
+            Ok(child) => {
+                say!(
+                    "mounted at {}: {}/{}/… is /ls/{}/…",
+                    dir.display(),
+                    dir.display(),
+                    args.cell_name,
+                    args.cell_name
+                );
+                mount = Some(child);
+            }
+            Err(e) => {
+                stop_all(&mut replicas);
+                anyhow::bail!("cannot mount the cell at {}: {e}", dir.display());
+            }
+        }
+    }
     say!("Ctrl-C or SIGTERM stops the cell.");
     // Scripts read the address list from a pipe or file: do not leave it in a buffer.
     let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -139,6 +163,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut reported = vec![false; replicas.len()];
+    let mut mount_reported = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -152,12 +177,89 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
+                if let Some(Ok(Some(status))) = mount.as_mut().map(|m| m.child.try_wait()) {
+                    if !mount_reported {
+                        esay!("chubby-mount exited ({status}); see {}", args.dir.join("mount.log").display());
+                        mount_reported = true;
+                    }
+                }
             }
         }
     }
     say!("stopping the cell");
+    if let Some(mut m) = mount {
+        stop_child(&mut m.child, Duration::from_secs(10));
+    }
     stop_all(&mut replicas);
     Ok(())
+}
+
+struct MountProcess {
+    child: Child,
+}
+
+/// Starts `chubby-mount` (beside this binary) on the cell file and waits (at most 20 s) until
+/// it has mounted; its messages go to `<dir>/mount.log`.
+fn start_mount(
+    exe: &std::path::Path,
+    args: &LocalArgs,
+    cell_file: &std::path::Path,
+    at: &std::path::Path,
+) -> anyhow::Result<MountProcess> {
+    std::fs::create_dir_all(at)?;
+    let log_path = args.dir.join("mount.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut cmd = Command::new(exe.with_file_name("chubby-mount"));
+    cmd.arg("--cell")
+        .arg(format!("{}=@{}", args.cell_name, cell_file.display()))
+        .arg(at)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    // SAFETY: as for the replicas.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child =
+        cmd.spawn().map_err(|e| anyhow::anyhow!("chubby-mount: {e} (build it with `cargo build --release`)"))?;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) if line.starts_with("mounted") => Ok(MountProcess { child }),
+        _ => {
+            stop_child(&mut child, Duration::from_secs(5));
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            anyhow::bail!("chubby-mount did not mount (see {}):\n{last}", log_path.display())
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process has not exited within `grace`.
+fn stop_child(child: &mut Child, grace: Duration) {
+    // SAFETY: plain kill(2) on a child we started and have not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }
 
 /// SIGTERM to every replica, then SIGKILL to any still running after 5 s.
