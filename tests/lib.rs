@@ -319,6 +319,15 @@ impl Netns {
         c
     }
 
+    /// A command run in the namespace's network but this process's mount namespace (where
+    /// `ip netns exec` would give it a mount namespace of its own): for a FUSE daemon whose
+    /// mount the test must see.
+    pub fn command_keeping_mounts(&self, program: &Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
+        c
+    }
+
     /// Cuts the namespace off: its packets to the host end are dropped, silently for the
     /// other side (no reset, no FIN), as when a cable is pulled.
     pub fn cut(&self) -> Result<(), String> {
@@ -428,8 +437,17 @@ pub struct Mount {
 impl Mount {
     /// Mounts `cell` (as cell `local`) and waits (at most 20 s) until the daemon says so.
     pub fn start(cell: &TestCell, extra: &[&str]) -> Mount {
+        Mount::start_in(cell, extra, None)
+    }
+
+    /// The same, with the daemon in network namespace `ns` (so a test can cut it off).
+    pub fn start_in(cell: &TestCell, extra: &[&str], ns: Option<&Netns>) -> Mount {
         let dir = tempfile::tempdir().expect("mount point");
-        let mut child = Command::new(bin("chubby-mount"))
+        let mut command = match ns {
+            Some(ns) => ns.command_keeping_mounts(&bin("chubby-mount")),
+            None => Command::new(bin("chubby-mount")),
+        };
+        let mut child = command
             .arg("--cell")
             .arg(format!("local={}", cell.cell_arg()))
             .args(extra)

@@ -47,8 +47,14 @@ pub struct ChubbyFs {
 }
 
 impl ChubbyFs {
-    pub fn new(cells: Vec<Arc<MountedCell>>, owner: Owner, rt: tokio::runtime::Handle) -> ChubbyFs {
-        ChubbyFs { inner: Arc::new(FsInner::new(cells, owner)), rt }
+    /// `lock_delay`: of the locks taken through the mount (`None`: the cell's default).
+    pub fn new(
+        cells: Vec<Arc<MountedCell>>,
+        owner: Owner,
+        lock_delay: Option<Duration>,
+        rt: tokio::runtime::Handle,
+    ) -> ChubbyFs {
+        ChubbyFs { inner: Arc::new(FsInner::new(cells, owner, lock_delay)), rt }
     }
 
     /// Runs `work` on the daemon's runtime; it replies when done.

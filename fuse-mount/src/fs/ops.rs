@@ -52,10 +52,12 @@ pub struct FsInner {
     pending: Mutex<HashMap<u64, u64>>,
     locks: Mutex<HeldLocks>,
     owner: Owner,
+    /// Lock-delay of the locks taken here (`None`: the cell's default, 60 s).
+    lock_delay: Option<Duration>,
 }
 
 impl FsInner {
-    pub fn new(cells: Vec<Arc<MountedCell>>, owner: Owner) -> FsInner {
+    pub fn new(cells: Vec<Arc<MountedCell>>, owner: Owner, lock_delay: Option<Duration>) -> FsInner {
         FsInner {
             cells,
             inodes: Mutex::new(Inodes::new()),
@@ -65,6 +67,7 @@ impl FsInner {
             pending: Mutex::default(),
             locks: Mutex::default(),
             owner,
+            lock_delay,
         }
     }
 
@@ -187,8 +190,18 @@ impl FsInner {
         session.delete(&handle, None, "").await.map_err(errno)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// An open file, unless its session was lost (then `EIO`: its copy may be stale and its
+    /// changes can no longer be stored).
+    async fn live_file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
         let file = self.file(fh)?;
+        if file.lock().await.session.is_lost() {
+            return Err(Errno::EIO);
+        }
+        Ok(file)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let file = self.live_file(fh).await?;
         let mut f = file.lock().await;
         // A read from the start takes the contents afresh (linearizable: the session's cache
         // is kept by the master's invalidations); later offsets continue that copy.
@@ -203,7 +216,7 @@ impl FsInner {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let file = self.file(fh)?;
+        let file = self.live_file(fh).await?;
         let mut f = file.lock().await;
         f.load().await.map_err(errno)?;
         let len = f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
@@ -356,14 +369,8 @@ impl FsInner {
             "user.chubby.checksum" => format!("{:016x}", stat.checksum),
             "user.chubby.ephemeral" => u8::from(stat.is_ephemeral).to_string(),
             "user.chubby.modified_index" => stat.modified_index.to_string(),
-            // Who holds the lock now, asked of the master: one line per holder.
-            "user.chubby.sequencer" => {
-                let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
-                if holders.is_empty() {
-                    return Err(no_data);
-                }
-                holders.join("\n")
-            }
+            // Who holds the lock now, asked of the master: one line per holder, empty if free.
+            "user.chubby.sequencer" => session.holder_sequencers(&handle).await.map_err(errno)?.join("\n"),
             _ => return Err(no_data),
         };
         Ok(value.into_bytes())
@@ -402,9 +409,9 @@ impl FsInner {
     /// Takes (`F_RDLCK`/`F_WRLCK`) or drops (`F_UNLCK`) `owner`'s whole-file lock; `wait`
     /// queues in the cell until granted or until thread `tid` takes a signal (`EINTR`).
     pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32) -> Result<(), Errno> {
-        let (node, _, _) = self.open_file_parts(fh).await?;
-        // The lock goes with the cell's current session (a lost one's locks are gone).
-        let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+        // The lock goes with the session the file was opened in: if that one was lost, so
+        // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
+        let (node, session, handle) = self.open_file_parts(fh).await?;
         let mode = match typ {
             libc::F_UNLCK => return self.unlock(&node, &session, &handle, owner).await,
             libc::F_RDLCK => LockMode::LockShared,
@@ -419,9 +426,9 @@ impl FsInner {
             None => {}
         }
         if !wait {
-            session.try_acquire(&handle, mode, owner, None).await.map_err(errno)?;
+            session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?;
         } else {
-            let acquire = session.acquire(&handle, mode, owner, None);
+            let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
             tokio::pin!(acquire);
             let mut poll = tokio::time::interval(SIGNAL_POLL);
             loop {

@@ -300,6 +300,11 @@ impl Session {
     }
 
     /// Alive / jeopardy / lost, as it changes.
+    /// Whether the session is lost (its handles and locks are gone for good).
+    pub fn is_lost(&self) -> bool {
+        self.inner.state() == SessionState::Lost
+    }
+
     pub fn state(&self) -> watch::Receiver<SessionState> {
         self.inner.state.subscribe()
     }

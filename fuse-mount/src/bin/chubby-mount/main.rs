@@ -35,6 +35,10 @@ struct Cli {
     /// that its open files and locks fail with EIO and a new session is opened.
     #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// How long a lock taken through the mount stays out of others' reach when this
+    /// daemon's session dies holding it (Chubby's lock-delay; 0 allowed).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    lock_delay: Duration,
     /// Where to mount: an existing empty directory.
     mountpoint: PathBuf,
 }
@@ -98,7 +102,7 @@ fn main() -> ExitCode {
 
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let fs = ChubbyFs::new(mounted.clone(), Owner { uid, gid }, rt.handle().clone());
+    let fs = ChubbyFs::new(mounted.clone(), Owner { uid, gid }, Some(cli.lock_delay), rt.handle().clone());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("chubby".into()),
