@@ -8,8 +8,9 @@
 //! - [`cell`]: a mounted cell and its session, replaced when lost.
 //! - [`ops`]: the operations themselves, async on the cells.
 //!
-//! Every callback here hands its reply to a task on the daemon's runtime and returns, so no
-//! call to a cell (a lock wait least of all) holds up the kernel's request loop. Attributes
+//! Every callback here hands its reply to a future that answers at once when the session's
+//! cache can, and otherwise goes on as a task on the daemon's runtime, so no call to a cell
+//! (a lock wait least of all) holds up the kernel's request loop. Attributes
 //! and entries are given to the kernel with no time to live and files are opened with direct
 //! I/O: every `stat`, `open` and `read` reaches this daemon, which answers from the session's
 //! cache when it can (no RPC) — the cache the master's invalidations keep linearizable.
@@ -24,6 +25,7 @@ mod ops;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -57,13 +59,23 @@ impl ChubbyFs {
         ChubbyFs { inner: Arc::new(FsInner::new(cells, owner, lock_delay)), rt }
     }
 
-    /// Runs `work` on the daemon's runtime; it replies when done.
+    /// Runs `work`, which replies when done. It is polled once here, on the kernel's request
+    /// thread: what the session's cache answers (most lookups, stats, opens and reads) is
+    /// answered at once, without waking another thread. Whatever must wait (a call to the
+    /// cell, a lock) goes on on the daemon's runtime, so the request loop never blocks.
     fn spawn<F, Fut>(&self, work: F)
     where
         F: FnOnce(Arc<FsInner>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(work(self.inner.clone()));
+        let _runtime = self.rt.enter();
+        let mut work = Box::pin(work(self.inner.clone()));
+        // A future polled with a no-op waker and then moved to the runtime is polled again
+        // there with the task's waker (the Future contract: the latest waker counts).
+        let mut cx = Context::from_waker(Waker::noop());
+        if work.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(work);
+        }
     }
 }
 
