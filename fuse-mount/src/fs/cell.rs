@@ -6,20 +6,29 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::client::ClientError;
-use crate::session::{Session, SessionOptions, SessionState};
+use crate::session::{InvalidationHook, Session, SessionOptions, SessionState};
 
 pub struct MountedCell {
     pub name: String,
     addrs: Vec<String>,
     opts: SessionOptions,
     session: RwLock<Session>,
+    /// Given to every session of this cell (see [`Session::set_invalidation_hook`]).
+    hook: RwLock<Option<InvalidationHook>>,
 }
 
 impl MountedCell {
     /// Opens the cell's session (waits for the cell up to `opts.timeout`).
     pub async fn open(name: String, addrs: Vec<String>, opts: SessionOptions) -> Result<Arc<MountedCell>, ClientError> {
         let session = Session::open(addrs.clone(), opts.clone()).await?;
-        Ok(Arc::new(MountedCell { name, addrs, opts, session: RwLock::new(session) }))
+        Ok(Arc::new(MountedCell { name, addrs, opts, session: RwLock::new(session), hook: RwLock::new(None) }))
+    }
+
+    /// Calls `hook` with whatever this cell's sessions (this one and later ones) drop from
+    /// their caches.
+    pub fn set_invalidation_hook(&self, hook: InvalidationHook) {
+        self.session().set_invalidation_hook(hook.clone());
+        *self.hook.write().expect("hook") = Some(hook);
     }
 
     /// The current session.
@@ -53,6 +62,9 @@ impl MountedCell {
                 match opened {
                     Ok(s) => {
                         tracing::info!(cell = %self.name, session = s.id(), "new session");
+                        if let Some(hook) = self.hook.read().expect("hook").clone() {
+                            s.set_invalidation_hook(hook);
+                        }
                         *self.session.write().expect("session") = s;
                         break;
                     }

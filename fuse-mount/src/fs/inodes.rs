@@ -42,6 +42,9 @@ struct Entry {
     node: NodeRef,
     /// Lookups the kernel holds (`forget` gives them back).
     nlookup: u64,
+    /// The kernel has named this inode in a request, so it has made it: an invalidation
+    /// reaches it from now on (see [`super::kernel`]).
+    known: bool,
 }
 
 #[derive(Default)]
@@ -60,6 +63,27 @@ impl Inodes {
         self.by_ino.get(&ino).map(|e| e.node.clone())
     }
 
+    /// The inode of `node` if it has one.
+    pub fn find(&self, node: &NodeRef) -> Option<u64> {
+        self.by_node.get(node).copied()
+    }
+
+    /// The kernel named `ino` in a request.
+    pub fn mark_known(&mut self, ino: u64) {
+        if let Some(e) = self.by_ino.get_mut(&ino) {
+            e.known = true;
+        }
+    }
+
+    pub fn is_known(&self, ino: u64) -> bool {
+        self.by_ino.get(&ino).is_some_and(|e| e.known)
+    }
+
+    /// Every inode of `cell` with its node.
+    pub fn of_cell(&self, cell: usize) -> Vec<(u64, NodeRef)> {
+        self.by_ino.iter().filter(|(_, e)| e.node.cell == cell).map(|(ino, e)| (*ino, e.node.clone())).collect()
+    }
+
     /// The inode of `node`, allocated if new, without counting a lookup (readdir).
     pub fn ino_of(&mut self, node: &NodeRef) -> u64 {
         if let Some(&ino) = self.by_node.get(node) {
@@ -67,7 +91,7 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, Entry { node: node.clone(), nlookup: 0 });
+        self.by_ino.insert(ino, Entry { node: node.clone(), nlookup: 0, known: false });
         self.by_node.insert(node.clone(), ino);
         ino
     }

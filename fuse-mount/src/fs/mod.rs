@@ -6,19 +6,23 @@
 //! - [`locks`]: `flock`/`fcntl` locks as the cell's locks; blocked waits end on a signal.
 //! - [`errno`]: the cell's refusals as errno values, in one place.
 //! - [`cell`]: a mounted cell and its session, replaced when lost.
+//! - [`kernel`]: what the kernel may cache, and how it is made to forget.
 //! - [`ops`]: the operations themselves, async on the cells.
 //!
 //! Every callback here hands its reply to a future that answers at once when the session's
 //! cache can, and otherwise goes on as a task on the daemon's runtime, so no call to a cell
-//! (a lock wait least of all) holds up the kernel's request loop. Attributes
-//! and entries are given to the kernel with no time to live and files are opened with direct
-//! I/O: every `stat`, `open` and `read` reaches this daemon, which answers from the session's
-//! cache when it can (no RPC) — the cache the master's invalidations keep linearizable.
+//! (a lock wait least of all) holds up the kernel's request loop. The kernel's attribute and
+//! entry caches keep what the session caches, for as long as the master's invalidations allow
+//! ([`kernel`]). Files are opened with direct I/O: reads reach this daemon, which answers
+//! from the session's cache when it can (no RPC), each read loop from one whole version (the
+//! kernel's page cache can show a reader a page half old, half new when it is invalidated
+//! during the read, so it is not used).
 
 mod cell;
 mod errno;
 mod files;
 mod inodes;
+mod kernel;
 mod locks;
 mod ops;
 
@@ -40,15 +44,30 @@ pub use inodes::Owner;
 use locks::whole_file;
 use ops::FsInner;
 
-/// Entries and attributes are not cached by the kernel (see the module doc).
-const TTL: Duration = Duration::ZERO;
-
 pub struct ChubbyFs {
     inner: Arc<FsInner>,
     rt: tokio::runtime::Handle,
 }
 
+/// The daemon's side of the kernel's caches: attach it to the mounted session's notifier.
+pub struct KernelLink(Arc<FsInner>);
+
+impl KernelLink {
+    pub fn attach(&self, notifier: fuser::Notifier) {
+        self.0.attach_kernel(notifier);
+    }
+
+    pub fn detach(&self) {
+        self.0.kernel.detach();
+    }
+}
+
 impl ChubbyFs {
+    /// The link to attach once mounted (before, the kernel is given nothing to keep).
+    pub fn kernel_link(&self) -> KernelLink {
+        KernelLink(self.inner.clone())
+    }
+
     /// `lock_delay`: of the locks taken through the mount (`None`: the cell's default).
     pub fn new(
         cells: Vec<Arc<MountedCell>>,
@@ -99,7 +118,7 @@ impl Filesystem for ChubbyFs {
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry(&ttl, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
         });
@@ -112,7 +131,7 @@ impl Filesystem for ChubbyFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move {
             match fs.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&TTL, &attr),
+                Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
         });
@@ -144,18 +163,18 @@ impl Filesystem for ChubbyFs {
                 Some(size) => fs.truncate(ino.0, size, fh.map(|f| f.0)).await,
                 None => fs.getattr(ino.0).await,
             };
-            let r = r.and_then(|attr| {
-                let same = mode.is_none_or(|m| m & 0o7777 == u32::from(attr.perm))
-                    && uid.is_none_or(|u| u == attr.uid)
-                    && gid.is_none_or(|g| g == attr.gid);
+            let r = r.and_then(|a| {
+                let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm))
+                    && uid.is_none_or(|u| u == a.attr.uid)
+                    && gid.is_none_or(|g| g == a.attr.gid);
                 if same {
-                    Ok(attr)
+                    Ok(a)
                 } else {
                     Err(Errno::EPERM)
                 }
             });
             match r {
-                Ok(attr) => reply.attr(&TTL, &attr),
+                Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
         });
@@ -165,7 +184,7 @@ impl Filesystem for ChubbyFs {
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent.0, &name).await {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry(&ttl, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
         });
@@ -217,9 +236,9 @@ impl Filesystem for ChubbyFs {
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, flags).await {
-                Ok((attr, fh)) => {
-                    reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
-                }
+                Ok((a, fh)) => fs.reply_ttl(&a, |ttl| {
+                    reply.created(&ttl, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }),
                 Err(e) => reply.error(e),
             }
         });

@@ -2,10 +2,10 @@
 //! [`super`] only translate arguments and replies; everything that talks to a cell is here.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileAttr, FileType};
 use proto::chubby::{Handle, LockMode, NodeStat};
@@ -15,9 +15,10 @@ use super::cell::MountedCell;
 use super::errno::errno_of;
 use super::files::{OpenDir, OpenFile, MAX_CONTENTS};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
+use super::kernel::{Before, KernelCache};
 use super::locks::{holder_of, interrupted, HeldLocks, OFFSET_MAX};
 use crate::client::ClientError;
-use crate::session::{OpenOptions, Session};
+use crate::session::{Invalidated, OpenOptions, Session};
 
 /// How often a blocked lock call looks at its caller's pending signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -54,6 +55,18 @@ pub struct FsInner {
     owner: Owner,
     /// Lock-delay of the locks taken here (`None`: the cell's default, 60 s).
     lock_delay: Option<Duration>,
+    /// What the kernel caches, and the means to make it forget.
+    pub kernel: KernelCache,
+    me: std::sync::OnceLock<Weak<FsInner>>,
+}
+
+/// An answer about a node, with what decides at the reply whether the kernel may keep it
+/// (see [`super::kernel`]).
+pub struct Answer {
+    pub attr: FileAttr,
+    before: Before,
+    cacheable: bool,
+    lease_end: Instant,
 }
 
 impl FsInner {
@@ -68,6 +81,97 @@ impl FsInner {
             locks: Mutex::default(),
             owner,
             lock_delay,
+            kernel: KernelCache::default(),
+            me: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts keeping the kernel's caches in step with the sessions' (once mounted).
+    pub fn attach_kernel(self: &Arc<Self>, notifier: fuser::Notifier) {
+        let _ = self.me.set(Arc::downgrade(self));
+        self.kernel.attach(notifier);
+        for (i, cell) in self.cells.iter().enumerate() {
+            let fs: Weak<FsInner> = Arc::downgrade(self);
+            cell.set_invalidation_hook(Arc::new(move |what: &Invalidated| {
+                if let Some(fs) = fs.upgrade() {
+                    fs.invalidate_kernel(i, what);
+                }
+            }));
+        }
+    }
+
+    /// The session of `cell` dropped `what` from its cache: the kernel drops the same.
+    fn invalidate_kernel(&self, cell: usize, what: &Invalidated) {
+        let nodes = match what {
+            Invalidated::All => guard(&self.inodes).of_cell(cell),
+            Invalidated::Nodes(paths) => {
+                let inodes = guard(&self.inodes);
+                paths
+                    .iter()
+                    .map(|p| NodeRef { cell, path: p.trim_end_matches('/').to_string() })
+                    .filter_map(|n| inodes.find(&n).map(|ino| (ino, n)))
+                    .collect()
+            }
+        };
+        let inos: Vec<u64> = nodes.iter().map(|(ino, _)| *ino).collect();
+        let entries = {
+            let inodes = guard(&self.inodes);
+            nodes
+                .iter()
+                .filter_map(|(_, n)| {
+                    let name = n.path.rsplit('/').next()?;
+                    let parent = match n.parent() {
+                        Some(p) => inodes.find(&p)?,
+                        None => ROOT,
+                    };
+                    Some((parent, OsString::from(name)))
+                })
+                .collect()
+        };
+        self.kernel.invalidate(&inos, entries);
+    }
+
+    /// Makes the kernel forget `ino`'s attributes and pages, off this thread (which may be the
+    /// kernel's request thread): after a write this host failed to store.
+    fn forget_kernel(&self, ino: u64) {
+        let inodes = guard(&self.inodes);
+        let Some(node) = inodes.node(ino) else { return };
+        drop(inodes);
+        let what = Invalidated::Nodes(vec![node.path]);
+        let cell = node.cell;
+        let Some(this) = self.me.get().cloned() else { return };
+        tokio::task::spawn_blocking(move || {
+            if let Some(fs) = this.upgrade() {
+                fs.invalidate_kernel(cell, &what);
+            }
+        });
+    }
+
+    /// Runs `reply` with the time the kernel may keep `answer` (zero unless allowed).
+    pub fn reply_ttl<T>(&self, answer: &Answer, reply: impl FnOnce(Duration) -> T) -> T {
+        self.kernel.reply(answer.before, answer.cacheable, answer.lease_end, reply)
+    }
+
+    /// What a call about `node` sees when it begins.
+    fn before(&self, node: Option<&NodeRef>) -> Before {
+        let known = match node {
+            Some(n) => {
+                let inodes = guard(&self.inodes);
+                inodes.find(n).is_some_and(|ino| inodes.is_known(ino))
+            }
+            None => true,
+        };
+        self.kernel.before(known)
+    }
+
+    /// The answer for `ino` at `node` with the session's `stat`.
+    fn answer(&self, ino: u64, node: &NodeRef, stat: &NodeStat, session: &Session, before: Before) -> Answer {
+        let pending = guard(&self.pending).contains_key(&ino);
+        Answer {
+            attr: self.attr(ino, stat),
+            before,
+            cacheable: !pending && !stat.is_ephemeral && session.caches(&node.path),
+            lease_end: session.lease_end(),
         }
     }
 
@@ -75,8 +179,11 @@ impl FsInner {
         &self.cells
     }
 
+    /// The node the kernel names `ino` (which shows the kernel has made that inode).
     fn node(&self, ino: u64) -> Result<NodeRef, Errno> {
-        guard(&self.inodes).node(ino).ok_or(Errno::ENOENT)
+        let mut inodes = guard(&self.inodes);
+        inodes.mark_known(ino);
+        inodes.node(ino).ok_or(Errno::ENOENT)
     }
 
     fn child(&self, parent: u64, name: &OsStr) -> Result<NodeRef, Errno> {
@@ -103,20 +210,29 @@ impl FsInner {
         guard(&self.inodes).forget(ino, n);
     }
 
-    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Answer, Errno> {
         let node = self.child(parent, name)?;
-        let (_, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let before = self.before(Some(&node));
+        let (session, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
         let ino = guard(&self.inodes).lookup(&node);
-        Ok(self.attr(ino, &stat))
+        Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
-    pub async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+    pub async fn getattr(&self, ino: u64) -> Result<Answer, Errno> {
         if ino == ROOT {
-            return Ok(dir_attr(ROOT, self.owner));
+            // The mount point never changes.
+            let lease_end = Instant::now() + Duration::from_secs(3600);
+            return Ok(Answer {
+                attr: dir_attr(ROOT, self.owner),
+                before: self.before(None),
+                cacheable: true,
+                lease_end,
+            });
         }
         let node = self.node(ino)?;
-        let (_, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
-        Ok(self.attr(ino, &stat))
+        let before = self.before(Some(&node));
+        let (session, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
     fn add_file(&self, f: OpenFile) -> u64 {
@@ -157,25 +273,28 @@ impl FsInner {
         Ok(self.add_file(f))
     }
 
-    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(FileAttr, u64), Errno> {
+    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Answer, u64), Errno> {
         let node = self.child(parent, name)?;
+        let before = self.before(Some(&node));
         let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ..Default::default() };
         let (session, handle, stat) = self.open_node(&node, o).await?;
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }
         let ino = guard(&self.inodes).lookup(&node);
+        let answer = self.answer(ino, &node, &stat, &session, before);
         let f = self.new_file(ino, node, session, handle, flags);
         let fh = self.add_file(f);
-        Ok((self.attr(ino, &stat), fh))
+        Ok((answer, fh))
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Answer, Errno> {
         let node = self.child(parent, name)?;
+        let before = self.before(Some(&node));
         let o = OpenOptions { create: true, directory: true, exclusive: true, ..Default::default() };
-        let (_, _, stat) = self.open_node(&node, o).await?;
+        let (session, _, stat) = self.open_node(&node, o).await?;
         let ino = guard(&self.inodes).lookup(&node);
-        Ok(self.attr(ino, &stat))
+        Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
     /// `unlink` (`directory` false) or `rmdir`.
@@ -204,7 +323,8 @@ impl FsInner {
         let file = self.live_file(fh).await?;
         let mut f = file.lock().await;
         // A read from the start takes the contents afresh (linearizable: the session's cache
-        // is kept by the master's invalidations); later offsets continue that copy.
+        // is kept by the master's invalidations); later offsets continue that copy, so one
+        // read loop sees one version, whole.
         if offset == 0 && !f.dirty {
             f.contents = None;
         }
@@ -227,11 +347,16 @@ impl FsInner {
     async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
         if f.failed {
             guard(&self.pending).remove(&f.ino);
+            // The kernel may have taken the refused write's size.
+            self.forget_kernel(f.ino);
             return Err(Errno::from_i32(libc::EFBIG));
         }
         let r = f.commit().await.map_err(errno);
         if !f.dirty {
             guard(&self.pending).remove(&f.ino);
+        }
+        if r.is_err() {
+            self.forget_kernel(f.ino);
         }
         r
     }
@@ -268,7 +393,7 @@ impl FsInner {
         }
     }
 
-    pub async fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> Result<FileAttr, Errno> {
+    pub async fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {
         if size > MAX_CONTENTS {
             return Err(Errno::from_i32(libc::EFBIG));
         }

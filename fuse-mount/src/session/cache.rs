@@ -132,6 +132,11 @@ impl Cache {
         self.hit(found)
     }
 
+    /// Whether `path` has an entry the cache would answer from now.
+    pub fn holds(&self, path: &str) -> bool {
+        self.live() && self.nodes.get(&key(path)).is_some_and(|e| e.stat.is_some())
+    }
+
     pub fn begin_read(&mut self, path: &str) -> Ticket {
         let path = key(path);
         self.flights.entry(path.clone()).or_default().reads += 1;

@@ -110,6 +110,21 @@ pub struct OpenOptions {
     pub events: u32,
 }
 
+/// What the session's cache dropped. A cache kept on top of this one (the FUSE daemon's, in
+/// the kernel) must drop the same before the master hears the ack: see
+/// [`Session::set_invalidation_hook`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidated {
+    /// These nodes (`/ls/<cell>/…` paths) are changing: a write waits for the ack.
+    Nodes(Vec<String>),
+    /// Anything may have changed unseen: the stream broke, the local lease ran out, the
+    /// session resumed or was lost.
+    All,
+}
+
+/// Called with what the cache dropped, off the runtime's threads (it may block).
+pub type InvalidationHook = Arc<dyn Fn(&Invalidated) + Send + Sync>;
+
 #[derive(Default)]
 struct Sequence {
     next: u64,
@@ -135,6 +150,7 @@ struct Inner {
     events: broadcast::Sender<Event>,
     state: watch::Sender<SessionState>,
     closed: watch::Sender<bool>,
+    hook: Mutex<Option<InvalidationHook>>,
 }
 
 /// An open session; cloning shares it.
@@ -225,6 +241,29 @@ impl Inner {
     fn lose(&self) {
         self.cache().flush();
         self.state.send_replace(SessionState::Lost);
+        // Nobody waits for an ack any more; the hook runs as soon as it can.
+        if let (Some(hook), Ok(rt)) = (self.hook(), tokio::runtime::Handle::try_current()) {
+            rt.spawn_blocking(move || hook(&Invalidated::All));
+        }
+    }
+
+    fn hook(&self) -> Option<InvalidationHook> {
+        self.hook.lock().expect("hook").clone()
+    }
+
+    /// Tells the invalidation hook what the cache dropped, and waits until it is done.
+    async fn invalidated(&self, what: Invalidated) {
+        if let Some(hook) = self.hook() {
+            if let Err(e) = tokio::task::spawn_blocking(move || hook(&what)).await {
+                tracing::error!(session = self.id, "the invalidation hook failed: {e}");
+            }
+        }
+    }
+
+    /// Drops the whole cache (and whatever is kept on top of it).
+    async fn flush_cache(&self) {
+        self.cache().flush();
+        self.invalidated(Invalidated::All).await;
     }
 
     /// A lease was granted; locally it lasts until `until`.
@@ -271,6 +310,7 @@ impl Session {
             events: broadcast::channel(1024).0,
             state: watch::channel(SessionState::Alive).0,
             closed: watch::channel(false).0,
+            hook: Mutex::new(None),
         });
         let lease = Duration::from_millis(stream.2.lease_ms);
         inner.granted(stream::local_lease_end(sent, lease));
@@ -287,6 +327,20 @@ impl Session {
     /// locks to others).
     pub fn lease_end(&self) -> Instant {
         *self.inner.lease_end.lock().expect("lease")
+    }
+
+    /// Calls `hook` with what the cache drops from now on: each invalidation from the master
+    /// before it is acked (the write waits), and every flush (stream broken, local lease run
+    /// out, resumption, loss). A cache kept on top of this one (the kernel's, for the FUSE
+    /// daemon) stays linearizable by dropping the same in the hook.
+    pub fn set_invalidation_hook(&self, hook: InvalidationHook) {
+        *self.inner.hook.lock().expect("hook") = Some(hook);
+    }
+
+    /// Whether the cache holds `path` now: the master counts this session among the node's
+    /// cachers, so it invalidates the node here (and calls the hook) before any write to it.
+    pub fn caches(&self, path: &str) -> bool {
+        self.inner.cache().holds(path)
     }
 
     /// How many answers (reads, stats, re-opens) the cache has served.

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
-use super::{leader_hint, reason, retryable, Inner, SessionState, MAX_BACKOFF};
+use super::{leader_hint, reason, retryable, Inner, Invalidated, SessionState, MAX_BACKOFF};
 use crate::client::ClientError;
 
 /// Longest wait for one replica to open a session stream.
@@ -111,10 +111,12 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         // lease it gives runs from that send (the master's runs from a later moment).
         let mut unanswered: VecDeque<Instant> = VecDeque::new();
         let broke = loop {
-            let lease_end = tokio::time::Instant::from_std(lease_from + lease);
+            let lease_end = tokio::time::Instant::from_std(local_lease_end(lease_from, lease));
             tokio::select! {
                 // No grant for a whole lease, yet the stream did not break (a network cut
                 // that sends no reset): the master may already have expired the session.
+                // (At the local lease end, when the cache stops answering: a cache kept on
+                // top of it is flushed then, before the master's lease can end.)
                 _ = tokio::time::sleep_until(lease_end) => {
                     tracing::warn!(session = inner.id, "no lease grant within the lease: jeopardy");
                     if let Some(m) = inner.master.lock().expect("master").clone() {
@@ -145,6 +147,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                         session_response::Kind::Invalidation(i) => {
                             // Dropped before the ack: the write waits for the ack.
                             inner.cache().invalidate(&i.paths);
+                            inner.invalidated(Invalidated::Nodes(i.paths)).await;
                             let ack = InvalidationAck { invalidation_id: i.invalidation_id };
                             let _ = tx.send(SessionRequest { kind: Some(session_request::Kind::InvalidationAck(ack)) }).await;
                         }
@@ -164,7 +167,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         if *closed.borrow() {
             return;
         }
-        inner.cache().flush();
+        inner.flush_cache().await;
         inner.state.send_replace(SessionState::Jeopardy);
         let give_up = lease_from + lease + inner.opts.grace;
         let hint = inner.master.lock().expect("master").take();
@@ -185,7 +188,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                 (tx, inbound) = (t, i);
                 // The master counts this resumption as the ack of every invalidation the
                 // session owed, so no answer of a read sent before it may be cached.
-                inner.cache().flush();
+                inner.flush_cache().await;
                 inner.epoch.store(g.epoch, Ordering::Release);
                 lease = Duration::from_millis(g.lease_ms);
                 lease_from = sent;

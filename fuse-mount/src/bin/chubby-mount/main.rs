@@ -103,6 +103,7 @@ fn main() -> ExitCode {
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = ChubbyFs::new(mounted.clone(), Owner { uid, gid }, Some(cli.lock_delay), rt.handle().clone());
+    let kernel = fs.kernel_link();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("chubby".into()),
@@ -120,6 +121,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    kernel.attach(session.notifier());
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = mpsc::channel();
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
@@ -153,6 +155,7 @@ fn main() -> ExitCode {
     }
     // A process that still has a file open keeps the FUSE connection; exiting ends it.
     let _ = done_rx.recv_timeout(Duration::from_secs(2));
+    kernel.detach();
     let _ = stop_tx.send(true);
     rt.block_on(close_all(&mounted));
     ExitCode::SUCCESS
