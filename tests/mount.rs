@@ -395,18 +395,23 @@ fn reads_through_the_kernel_cache_stay_linearizable_across_another_clients_write
     let m = Mount::start(&cell, &[]);
     let value = |i: u64| format!("{i}:{}", "#".repeat((i % 13) as usize));
 
-    // First in lockstep: the kernel keeps the node's attributes (stat answered without the
-    // daemon), another client writes, and the very next stat already has the new size.
+    // First in lockstep: the kernel keeps the node's attributes (fstat of an open file is
+    // answered without the daemon; a stat by path asks the daemon for the name, which answers
+    // from the session's cache), another client writes, and the very next fstat and stat
+    // already have the new size.
     fs::write(m.path("counter"), value(0)).expect("write");
+    let open = fs::File::open(m.path("counter")).expect("open");
     for i in 1..=12u64 {
         assert_eq!(fs::read_to_string(m.path("counter")).expect("read"), value(i - 1));
         for _ in 0..3 {
-            assert_eq!(fs::metadata(m.path("counter")).expect("stat").len(), value(i - 1).len() as u64);
+            assert_eq!(open.metadata().expect("fstat").len(), value(i - 1).len() as u64);
         }
         let put = chubby(&cell, &["put", "/ls/local/counter", &value(i)]);
         assert!(put.status.success(), "{put:?}");
+        assert_eq!(open.metadata().expect("fstat").len(), value(i).len() as u64, "fstat after write {i}");
         assert_eq!(fs::metadata(m.path("counter")).expect("stat").len(), value(i).len() as u64, "stat after write {i}");
     }
+    drop(open);
 
     // Then a writer that does not wait for the readers.
     fs::write(m.path("counter"), value(0)).expect("write");

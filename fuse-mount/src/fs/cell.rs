@@ -27,8 +27,9 @@ impl MountedCell {
     /// Calls `hook` with whatever this cell's sessions (this one and later ones) drop from
     /// their caches.
     pub fn set_invalidation_hook(&self, hook: InvalidationHook) {
-        self.session().set_invalidation_hook(hook.clone());
-        *self.hook.write().expect("hook") = Some(hook);
+        // Stored first, so a session that replaces this one meanwhile gets it too.
+        *self.hook.write().expect("hook") = Some(hook.clone());
+        self.session().set_invalidation_hook(hook);
     }
 
     /// The current session.

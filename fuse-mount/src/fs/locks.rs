@@ -63,12 +63,17 @@ pub fn holder_of(sequencer: &str) -> Option<(LockMode, u64, u64)> {
     Some((mode, session, owner))
 }
 
-/// Whether thread `tid` has a signal it will take pending, or is gone: its blocked lock call
-/// should end with `EINTR`.
+/// Whether thread `tid` has a signal it will take pending: its blocked lock call should end
+/// with `EINTR`. (A thread blocked in a FUSE call cannot exit, so its status stays readable; a
+/// caller outside this daemon's pid namespace comes as tid 0 and is never interrupted, rather
+/// than being answered EINTR, restarted by the kernel and answered again, forever.)
 pub fn interrupted(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
     match std::fs::read_to_string(format!("/proc/{tid}/status")) {
         Ok(status) => takes_a_signal(&status),
-        Err(_) => true,
+        Err(_) => false,
     }
 }
 
@@ -103,8 +108,9 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_that_is_gone_counts_as_interrupted_and_this_one_is_not() {
-        assert!(interrupted(u32::MAX - 1));
+    fn only_a_thread_with_a_signal_to_take_is_interrupted() {
+        assert!(!interrupted(0), "a caller from another pid namespace");
+        assert!(!interrupted(u32::MAX - 1), "no such thread");
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         assert!(!interrupted(tid));

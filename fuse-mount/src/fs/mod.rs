@@ -11,8 +11,8 @@
 //!
 //! Every callback here hands its reply to a future that answers at once when the session's
 //! cache can, and otherwise goes on as a task on the daemon's runtime, so no call to a cell
-//! (a lock wait least of all) holds up the kernel's request loop. The kernel's attribute and
-//! entry caches keep what the session caches, for as long as the master's invalidations allow
+//! (a lock wait least of all) holds up the kernel's request loop. The kernel's attribute
+//! cache keeps what the session caches, for as long as the master's invalidations allow
 //! ([`kernel`]). Files are opened with direct I/O: reads reach this daemon, which answers
 //! from the session's cache when it can (no RPC), each read loop from one whole version (the
 //! kernel's page cache can show a reader a page half old, half new when it is invalidated
@@ -55,10 +55,6 @@ pub struct KernelLink(Arc<FsInner>);
 impl KernelLink {
     pub fn attach(&self, notifier: fuser::Notifier) {
         self.0.attach_kernel(notifier);
-    }
-
-    pub fn detach(&self) {
-        self.0.kernel.detach();
     }
 }
 
@@ -118,7 +114,8 @@ impl Filesystem for ChubbyFs {
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry(&ttl, &a.attr, Generation(0))),
+                // Attributes may be kept, entries not (see `kernel`).
+                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
         });
@@ -184,7 +181,7 @@ impl Filesystem for ChubbyFs {
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent.0, &name).await {
-                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry(&ttl, &a.attr, Generation(0))),
+                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
         });
@@ -236,9 +233,10 @@ impl Filesystem for ChubbyFs {
         let name = name.to_owned();
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, flags).await {
-                Ok((a, fh)) => fs.reply_ttl(&a, |ttl| {
-                    reply.created(&ttl, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
-                }),
+                // A new inode: nothing for the kernel to keep yet (see `kernel`).
+                Ok((a, fh)) => {
+                    reply.created(&Duration::ZERO, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
                 Err(e) => reply.error(e),
             }
         });

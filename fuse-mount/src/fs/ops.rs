@@ -2,7 +2,7 @@
 //! [`super`] only translate arguments and replies; everything that talks to a cell is here.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -114,25 +114,11 @@ impl FsInner {
             }
         };
         let inos: Vec<u64> = nodes.iter().map(|(ino, _)| *ino).collect();
-        let entries = {
-            let inodes = guard(&self.inodes);
-            nodes
-                .iter()
-                .filter_map(|(_, n)| {
-                    let name = n.path.rsplit('/').next()?;
-                    let parent = match n.parent() {
-                        Some(p) => inodes.find(&p)?,
-                        None => ROOT,
-                    };
-                    Some((parent, OsString::from(name)))
-                })
-                .collect()
-        };
-        self.kernel.invalidate(&inos, entries);
+        self.kernel.invalidate(&inos);
     }
 
-    /// Makes the kernel forget `ino`'s attributes and pages, off this thread (which may be the
-    /// kernel's request thread): after a write this host failed to store.
+    /// Makes the kernel forget `ino`'s attributes, off this thread (which may be the kernel's
+    /// request thread): after a write this host failed to store.
     fn forget_kernel(&self, ino: u64) {
         let inodes = guard(&self.inodes);
         let Some(node) = inodes.node(ino) else { return };
@@ -543,6 +529,9 @@ impl FsInner {
             libc::F_WRLCK => LockMode::LockExclusive,
             _ => return Err(Errno::EINVAL),
         };
+        if session.is_lost() {
+            return Err(Errno::EIO);
+        }
         let held = guard(&self.locks).get(&node, owner);
         match held {
             Some((sid, m)) if sid == session.id() && m == mode => return Ok(()),
@@ -566,9 +555,7 @@ impl FsInner {
                         if interrupted(tid) {
                             // A late Acquire cannot land after this: the cancel's request id
                             // marks the abandoned one as answered (exactly-once retries).
-                            if let Err(e) = session.cancel(&handle, owner).await {
-                                tracing::warn!(path = %node.path, "cancelling an interrupted lock wait: {e}");
-                            }
+                            self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
                             return Err(Errno::EINTR);
                         }
                     }
@@ -579,33 +566,71 @@ impl FsInner {
         Ok(())
     }
 
+    /// Withdraws a queued Acquire (releasing the lock if it was granted meanwhile). If the cell
+    /// cannot be reached now, keeps trying in the background until it succeeds or the session
+    /// is lost, so no grant is left to an owner that gave up.
+    async fn cancel_until_done(&self, node: &NodeRef, session: Session, handle: Handle, owner: u64) {
+        let Err(e) = session.cancel(&handle, owner).await else { return };
+        tracing::warn!(path = %node.path, "cancelling an interrupted lock wait: {e}; retrying in the background");
+        let path = node.path.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            while !session.is_lost() {
+                tokio::time::sleep(pause).await;
+                match session.cancel(&handle, owner).await {
+                    Ok(()) | Err(ClientError::SessionLost(_)) => return,
+                    Err(e) => tracing::warn!(path = %path, "cancelling an interrupted lock wait: {e}"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// Releases `owner`'s lock of `node` if this mount holds it. The entry goes only once the
+    /// cell has no lock left to release (released, not held, or its session lost): after any
+    /// other failure (a timeout in jeopardy) a later unlock or close tries again.
     async fn unlock(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) -> Result<(), Errno> {
-        let Some((sid, _)) = guard(&self.locks).remove(node, owner) else { return Ok(()) };
+        let Some((sid, _)) = guard(&self.locks).get(node, owner) else { return Ok(()) };
         if sid != session.id() {
-            // Taken in a session since lost: the cell released it already.
-            return Err(Errno::EIO);
+            // Taken in another session: through an open of that session (see unlock_on_close).
+            return self.unlock_in_its_session(node, owner, sid).await;
         }
-        match session.release(handle, owner).await {
+        let r = match session.release(handle, owner).await {
             Err(e) if e.reason() == Some("NotHeld") => Ok(()),
-            r => r.map_err(errno),
+            r => r,
+        };
+        match r {
+            Ok(()) => {
+                guard(&self.locks).remove(node, owner);
+                Ok(())
+            }
+            Err(e @ ClientError::SessionLost(_)) => {
+                guard(&self.locks).remove(node, owner);
+                Err(errno(e))
+            }
+            Err(e) => Err(errno(e)),
         }
     }
 
+    /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is the
+    /// cell's current session, through a handle of it; if it was lost, the cell released the
+    /// lock already (EIO: the holder must know it lost it).
+    async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
+        let current = self.cells[node.cell].session();
+        if current.id() != sid || current.is_lost() {
+            guard(&self.locks).remove(node, owner);
+            return Err(Errno::EIO);
+        }
+        let (session, handle, _) = self.open_node(node, OpenOptions::default()).await?;
+        if session.id() != sid {
+            guard(&self.locks).remove(node, owner);
+            return Err(Errno::EIO);
+        }
+        Box::pin(self.unlock(node, &session, &handle, owner)).await
+    }
+
     async fn unlock_on_close(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) {
-        let held = guard(&self.locks).get(node, owner);
-        let Some((sid, _)) = held else { return };
-        let (session, handle) = if sid == session.id() {
-            (session.clone(), handle.clone())
-        } else {
-            match self.open_node(node, OpenOptions::default()).await {
-                Ok((s, h, _)) => (s, h),
-                Err(_) => {
-                    guard(&self.locks).remove(node, owner);
-                    return;
-                }
-            }
-        };
-        if let Err(e) = self.unlock(node, &session, &handle, owner).await {
+        if let Err(e) = self.unlock(node, session, handle, owner).await {
             tracing::warn!(path = %node.path, "releasing a lock at close: {e:?}");
         }
     }

@@ -155,7 +155,6 @@ fn main() -> ExitCode {
     }
     // A process that still has a file open keeps the FUSE connection; exiting ends it.
     let _ = done_rx.recv_timeout(Duration::from_secs(2));
-    kernel.detach();
     let _ = stop_tx.send(true);
     rt.block_on(close_all(&mounted));
     ExitCode::SUCCESS
