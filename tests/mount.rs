@@ -121,6 +121,10 @@ fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
 
     let mut f = fs::OpenOptions::new().append(true).open(&master).expect("open for append");
     f.write_all(b" backup").expect("append");
+    // Until the close stores it, the write is this open's: another open reads the stored
+    // contents, and its close does not hide the size this host has written.
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80");
+    assert_eq!(fs::metadata(&master).expect("stat").len(), 18);
     drop(f);
     assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80 backup");
     assert_eq!(fs::metadata(&master).expect("stat").len(), 18);

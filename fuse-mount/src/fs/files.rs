@@ -15,6 +15,8 @@ use crate::session::Session;
 pub const MAX_CONTENTS: u64 = 256 * 1024;
 
 pub struct OpenFile {
+    /// The kernel's handle of this open (set when it is added).
+    pub fh: u64,
     pub ino: u64,
     pub node: NodeRef,
     /// The session the handle belongs to: if it is lost, so is this open.

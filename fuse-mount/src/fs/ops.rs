@@ -50,7 +50,8 @@ pub struct FsInner {
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_fh: AtomicU64,
     /// Sizes of files this host has written and not yet stored (getattr reports them).
-    pending: Mutex<HashMap<u64, u64>>,
+    /// (Per inode: the open file that wrote last, and the size of its copy.)
+    pending: Mutex<HashMap<u64, (u64, u64)>>,
     locks: Mutex<HeldLocks>,
     owner: Owner,
     /// Lock-delay of the locks taken here (`None`: the cell's default, 60 s).
@@ -189,7 +190,7 @@ impl FsInner {
     }
 
     fn attr(&self, ino: u64, stat: &NodeStat) -> FileAttr {
-        node_attr(ino, stat, guard(&self.pending).get(&ino).copied(), self.owner)
+        node_attr(ino, stat, guard(&self.pending).get(&ino).map(|(_, size)| *size), self.owner)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -221,10 +222,28 @@ impl FsInner {
         Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
-    fn add_file(&self, f: OpenFile) -> u64 {
+    fn add_file(&self, mut f: OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        f.fh = fh;
+        if f.dirty {
+            self.set_pending(&f);
+        }
         guard(&self.files).insert(fh, Arc::new(AsyncMutex::new(f)));
         fh
+    }
+
+    /// `f` has unsaved changes: getattr reports its size.
+    fn set_pending(&self, f: &OpenFile) {
+        let size = f.contents.as_ref().map_or(0, |c| c.len() as u64);
+        guard(&self.pending).insert(f.ino, (f.fh, size));
+    }
+
+    /// `f` has no unsaved changes any more (another open's stay).
+    fn clear_pending(&self, f: &OpenFile) {
+        let mut pending = guard(&self.pending);
+        if pending.get(&f.ino).is_some_and(|(fh, _)| *fh == f.fh) {
+            pending.remove(&f.ino);
+        }
     }
 
     fn file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
@@ -233,6 +252,7 @@ impl FsInner {
 
     fn new_file(&self, ino: u64, node: NodeRef, session: Session, handle: Handle, flags: i32) -> OpenFile {
         let mut f = OpenFile {
+            fh: 0,
             ino,
             node,
             session,
@@ -244,7 +264,6 @@ impl FsInner {
         };
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             f.truncate(0);
-            guard(&self.pending).insert(ino, 0);
         }
         f
     }
@@ -325,21 +344,21 @@ impl FsInner {
         let file = self.live_file(fh).await?;
         let mut f = file.lock().await;
         f.load().await.map_err(errno)?;
-        let len = f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
-        guard(&self.pending).insert(f.ino, len);
+        f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
+        self.set_pending(&f);
         Ok(data.len() as u32)
     }
 
     async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
         if f.failed {
-            guard(&self.pending).remove(&f.ino);
+            self.clear_pending(f);
             // The kernel may have taken the refused write's size.
             self.forget_kernel(f.ino);
             return Err(Errno::from_i32(libc::EFBIG));
         }
         let r = f.commit().await.map_err(errno);
         if !f.dirty {
-            guard(&self.pending).remove(&f.ino);
+            self.clear_pending(f);
         }
         if r.is_err() {
             self.forget_kernel(f.ino);
@@ -373,7 +392,7 @@ impl FsInner {
         if let Err(e) = self.commit(&mut f).await {
             tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
         }
-        guard(&self.pending).remove(&f.ino);
+        self.clear_pending(&f);
         if let Some(owner) = flock_owner {
             self.unlock_on_close(&f.node, &f.session, &f.handle, owner).await;
         }
@@ -387,7 +406,7 @@ impl FsInner {
             let mut f = file.lock().await;
             f.load().await.map_err(errno)?;
             f.truncate(size);
-            guard(&self.pending).insert(ino, size);
+            self.set_pending(&f);
         } else {
             // `truncate(1)` on a path: read, cut and store at once.
             let node = self.node(ino)?;
