@@ -3,7 +3,8 @@
 //!
 //! - [`inodes`]: kernel inode numbers ⇄ cell paths.
 //! - [`files`]: open files (whole-file reads and writes, stored at close) and directories.
-//! - [`locks`]: `flock`/`fcntl` locks as the cell's locks; blocked waits end on a signal.
+//! - [`locks`]: `flock`/`fcntl` locks as the cell's locks; blocked waits end on a signal;
+//!   [`lock_ops`]: those operations on the cells.
 //! - [`errno`]: the cell's refusals as errno values, in one place.
 //! - [`cell`]: a mounted cell and its session, replaced when lost.
 //! - [`kernel`]: what the kernel may cache, and how it is made to forget.
@@ -23,6 +24,7 @@ mod errno;
 mod files;
 mod inodes;
 mod kernel;
+mod lock_ops;
 mod locks;
 mod ops;
 

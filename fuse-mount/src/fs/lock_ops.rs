@@ -1,0 +1,159 @@
+//! The lock operations of the file system (`flock`, `fcntl`; see [`super::locks`] for the
+//! rules), as calls on the cells.
+
+use std::time::Duration;
+
+use fuser::Errno;
+use proto::chubby::{Handle, LockMode};
+
+use super::inodes::NodeRef;
+use super::locks::{holder_of, interrupted, OFFSET_MAX};
+use super::ops::{errno, guard, FsInner};
+use crate::client::ClientError;
+use crate::session::{OpenOptions, Session};
+
+/// How often a blocked lock call looks at its caller's pending signals.
+const SIGNAL_POLL: Duration = Duration::from_millis(20);
+
+impl FsInner {
+    /// Whether `owner`'s lock of `typ` would conflict with a holder: that holder's lock.
+    pub async fn getlk(&self, fh: u64, owner: u64, typ: i32) -> Result<(u64, u64, i32), Errno> {
+        let (_, session, handle) = self.open_file_parts(fh).await?;
+        let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
+        for s in holders {
+            let Some((mode, sid, o)) = holder_of(&s) else { continue };
+            if sid == session.id() && o == owner {
+                continue;
+            }
+            if typ == libc::F_WRLCK || mode == LockMode::LockExclusive {
+                let held = if mode == LockMode::LockExclusive { libc::F_WRLCK } else { libc::F_RDLCK };
+                return Ok((0, OFFSET_MAX, held));
+            }
+        }
+        Ok((0, OFFSET_MAX, libc::F_UNLCK))
+    }
+
+    pub(super) async fn open_file_parts(&self, fh: u64) -> Result<(NodeRef, Session, Handle), Errno> {
+        let file = self.file(fh)?;
+        let f = file.lock().await;
+        Ok((f.node.clone(), f.session.clone(), f.handle.clone()))
+    }
+
+    /// Takes (`F_RDLCK`/`F_WRLCK`) or drops (`F_UNLCK`) `owner`'s whole-file lock; `wait`
+    /// queues in the cell until granted or until thread `tid` takes a signal (`EINTR`).
+    pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32) -> Result<(), Errno> {
+        // The lock goes with the session the file was opened in: if that one was lost, so
+        // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
+        let (node, session, handle) = self.open_file_parts(fh).await?;
+        let mode = match typ {
+            libc::F_UNLCK => return self.unlock(&node, &session, &handle, owner).await,
+            libc::F_RDLCK => LockMode::LockShared,
+            libc::F_WRLCK => LockMode::LockExclusive,
+            _ => return Err(Errno::EINVAL),
+        };
+        if session.is_lost() {
+            return Err(Errno::EIO);
+        }
+        let held = guard(&self.locks).get(&node, owner);
+        match held {
+            Some((sid, m)) if sid == session.id() && m == mode => return Ok(()),
+            // A conversion, as flock(2) does it: the old lock goes first (not atomic).
+            Some(_) => self.unlock(&node, &session, &handle, owner).await?,
+            None => {}
+        }
+        if !wait {
+            session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?;
+        } else {
+            let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
+            tokio::pin!(acquire);
+            let mut poll = tokio::time::interval(SIGNAL_POLL);
+            loop {
+                tokio::select! {
+                    r = &mut acquire => {
+                        r.map_err(errno)?;
+                        break;
+                    }
+                    _ = poll.tick() => {
+                        if interrupted(tid) {
+                            // A late Acquire cannot land after this: the cancel's request id
+                            // marks the abandoned one as answered (exactly-once retries).
+                            self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
+                            return Err(Errno::EINTR);
+                        }
+                    }
+                }
+            }
+        }
+        guard(&self.locks).insert(&node, owner, session.id(), mode);
+        Ok(())
+    }
+
+    /// Withdraws a queued Acquire (releasing the lock if it was granted meanwhile). If the cell
+    /// cannot be reached now, keeps trying in the background until it succeeds or the session
+    /// is lost, so no grant is left to an owner that gave up.
+    async fn cancel_until_done(&self, node: &NodeRef, session: Session, handle: Handle, owner: u64) {
+        let Err(e) = session.cancel(&handle, owner).await else { return };
+        tracing::warn!(path = %node.path, "cancelling an interrupted lock wait: {e}; retrying in the background");
+        let path = node.path.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            while !session.is_lost() {
+                tokio::time::sleep(pause).await;
+                match session.cancel(&handle, owner).await {
+                    Ok(()) | Err(ClientError::SessionLost(_)) => return,
+                    Err(e) => tracing::warn!(path = %path, "cancelling an interrupted lock wait: {e}"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    /// Releases `owner`'s lock of `node` if this mount holds it. The entry goes only once the
+    /// cell has no lock left to release (released, not held, or its session lost): after any
+    /// other failure (a timeout in jeopardy) a later unlock or close tries again.
+    async fn unlock(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) -> Result<(), Errno> {
+        let Some((sid, _)) = guard(&self.locks).get(node, owner) else { return Ok(()) };
+        if sid != session.id() {
+            // Taken in another session: through an open of that session (see unlock_on_close).
+            return self.unlock_in_its_session(node, owner, sid).await;
+        }
+        let r = match session.release(handle, owner).await {
+            Err(e) if e.reason() == Some("NotHeld") => Ok(()),
+            r => r,
+        };
+        match r {
+            Ok(()) => {
+                guard(&self.locks).remove(node, owner);
+                Ok(())
+            }
+            Err(e @ ClientError::SessionLost(_)) => {
+                guard(&self.locks).remove(node, owner);
+                Err(errno(e))
+            }
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is the
+    /// cell's current session, through a handle of it; if it was lost, the cell released the
+    /// lock already (EIO: the holder must know it lost it).
+    async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
+        let current = self.cells[node.cell].session();
+        if current.id() != sid || current.is_lost() {
+            guard(&self.locks).remove(node, owner);
+            return Err(Errno::EIO);
+        }
+        let (session, handle, _) = self.open_node(node, OpenOptions::default()).await?;
+        if session.id() != sid {
+            guard(&self.locks).remove(node, owner);
+            return Err(Errno::EIO);
+        }
+        Box::pin(self.unlock(node, &session, &handle, owner)).await
+    }
+
+    pub(super) async fn unlock_on_close(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) {
+        if let Err(e) = self.unlock(node, session, handle, owner).await {
+            tracing::warn!(path = %node.path, "releasing a lock at close: {e:?}");
+        }
+    }
+}
