@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Netns, Pids, Proxy, TestCell};
+use e2e_tests::{bin, exit_within, lines_of, wait_converged, CellOptions, Netns, Pids, Proxy, TestCell};
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
@@ -604,18 +604,6 @@ fn lock_in(ns: &Netns, cell: &TestCell, args: &[&str]) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chubby lock in the namespace")
-}
-
-/// Waits (bounded) for a child to exit.
-fn exit_within(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 fn netns(tag: u32) -> Netns {

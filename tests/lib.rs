@@ -166,19 +166,7 @@ impl TestCell {
 
     /// SIGTERM to replica `id`; waits (at most 10 s) for it to exit and returns its status.
     pub fn terminate(&mut self, id: u64) -> Option<std::process::ExitStatus> {
-        let mut c = self.children[(id - 1) as usize].take()?;
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
+        terminate(self.children[(id - 1) as usize].take()?)
     }
 
     pub fn is_running(&mut self, id: u64) -> bool {
@@ -478,19 +466,7 @@ impl Mount {
 
     /// SIGTERM; waits (at most 10 s) for the daemon to unmount and exit; its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
+        terminate(self.child.take()?)
     }
 
     /// `kill -9` of the daemon (the mount stays, broken, until detached on drop).
@@ -591,4 +567,28 @@ impl LocalCell {
         }
         unreachable!("the loop returns or panics")
     }
+}
+
+/// Waits (at most `limit`) for a child to exit; its status, or `None` if it still runs.
+pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// SIGTERM to a child; waits at most 10 s for it to exit (SIGKILL then) and returns its status.
+pub fn terminate(mut c: Child) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+    let st = exit_within(&mut c, Duration::from_secs(10));
+    if st.is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    st
 }

@@ -8,11 +8,12 @@ use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    bin, detach, fuse_available, is_mount_point, wait_converged, CellOptions, LocalCell, Mount, Netns, TestCell,
+    bin, detach, exit_within, fuse_available, is_mount_point, wait_converged, CellOptions, LocalCell, Mount, Netns,
+    TestCell,
 };
 
 fn chubby(cell: &TestCell, args: &[&str]) -> Output {
@@ -34,18 +35,6 @@ fn xattr(path: &Path, name: &str) -> Option<String> {
     // SAFETY: valid C strings and a buffer of the length given.
     let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
-}
-
-/// Waits (bounded) for a child to exit.
-fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// Process groups a test started, killed (the whole group) when dropped.

@@ -35,6 +35,15 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
+    /// `EIO` if the open's session was lost: its copy may be stale and its changes can no
+    /// longer be stored.
+    pub fn usable(&self) -> Result<(), fuser::Errno> {
+        if self.session.is_lost() {
+            return Err(fuser::Errno::EIO);
+        }
+        Ok(())
+    }
+
     /// Loads the contents unless this open already has its own copy.
     pub async fn load(&mut self) -> Result<(), crate::client::ClientError> {
         if self.contents.is_none() {

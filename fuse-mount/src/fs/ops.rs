@@ -311,19 +311,10 @@ impl FsInner {
         session.delete(&handle, None, "").await.map_err(errno)
     }
 
-    /// An open file, unless its session was lost (then `EIO`: its copy may be stale and its
-    /// changes can no longer be stored).
-    async fn live_file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
-        let file = self.file(fh)?;
-        if file.lock().await.session.is_lost() {
-            return Err(Errno::EIO);
-        }
-        Ok(file)
-    }
-
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let file = self.live_file(fh).await?;
+        let file = self.file(fh)?;
         let mut f = file.lock().await;
+        f.usable()?;
         // A read from the start takes the contents afresh (linearizable: the session's cache
         // is kept by the master's invalidations); later offsets continue that copy, so one
         // read loop sees one version, whole.
@@ -338,8 +329,9 @@ impl FsInner {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
-        let file = self.live_file(fh).await?;
+        let file = self.file(fh)?;
         let mut f = file.lock().await;
+        f.usable()?;
         f.load().await.map_err(errno)?;
         f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
         self.set_pending(&f);
