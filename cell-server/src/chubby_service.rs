@@ -414,13 +414,14 @@ impl Chubby for ChubbyService {
         let token = self.master.register_cacher(session, &h.path);
         let r = self
             .read(move |st| match st.node(&path) {
-                Some(n) if n.stat.instance == instance => Ok(n.stat.clone()),
+                Some(n) if n.stat.instance == instance => Ok((n.stat.clone(), n.acl.clone())),
                 _ => Err(StateError::StaleHandle(path)),
             })
             .await;
-        let cacheable = self.master.settle_cacher(session, &h.path, token, &r, |s| !s.ephemeral);
-        let s = r?;
-        Ok(Response::new(GetStatResponse { stat: Some(stat(&s)), cacheable }))
+        let cacheable = self.master.settle_cacher(session, &h.path, token, &r, |(s, _)| !s.ephemeral);
+        let (s, acl) = r?;
+        let acl = NodeAcl { readers: acl.readers, writers: acl.writers, change_acl: acl.change_acl };
+        Ok(Response::new(GetStatResponse { stat: Some(stat(&s)), cacheable, acl: Some(acl) }))
     }
 
     async fn read_dir(&self, req: Request<ReadDirRequest>) -> Result<Response<ReadDirResponse>, Status> {

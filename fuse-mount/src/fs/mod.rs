@@ -27,6 +27,7 @@ mod kernel;
 mod lock_ops;
 mod locks;
 mod ops;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -355,18 +356,24 @@ impl Filesystem for ChubbyFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.spawn(move |fs| async move {
+            match fs.setxattr(ino.0, &name, &value, flags).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.error(self.inner.removexattr(name));
     }
 
     /// The cell's ACLs decide each call; there is nothing to check in advance.

@@ -20,18 +20,6 @@ use super::locks::HeldLocks;
 use crate::client::ClientError;
 use crate::session::{Invalidated, OpenOptions, Session};
 
-/// The extended attributes every node has (`getfattr -d -m user.chubby`).
-const XATTRS: [&str; 8] = [
-    "user.chubby.instance",
-    "user.chubby.content_generation",
-    "user.chubby.lock_generation",
-    "user.chubby.acl_generation",
-    "user.chubby.checksum",
-    "user.chubby.ephemeral",
-    "user.chubby.modified_index",
-    "user.chubby.sequencer",
-];
-
 pub(super) fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -164,7 +152,7 @@ impl FsInner {
     }
 
     /// The node the kernel names `ino` (which shows the kernel has made that inode).
-    fn node(&self, ino: u64) -> Result<NodeRef, Errno> {
+    pub(super) fn node(&self, ino: u64) -> Result<NodeRef, Errno> {
         let mut inodes = guard(&self.inodes);
         inodes.mark_known(ino);
         inodes.node(ino).ok_or(Errno::ENOENT)
@@ -469,36 +457,5 @@ impl FsInner {
             entries.push((inodes.ino_of(&child), kind, c.name));
         }
         Ok(entries)
-    }
-
-    /// The value of one `user.chubby.*` attribute.
-    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
-        let no_data = Errno::from_i32(libc::ENODATA);
-        if ino == ROOT {
-            return Err(no_data);
-        }
-        let name = name.to_str().ok_or(no_data)?;
-        let node = self.node(ino)?;
-        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
-        let value = match name {
-            "user.chubby.instance" => stat.instance_number.to_string(),
-            "user.chubby.content_generation" => stat.content_generation.to_string(),
-            "user.chubby.lock_generation" => stat.lock_generation.to_string(),
-            "user.chubby.acl_generation" => stat.acl_generation.to_string(),
-            "user.chubby.checksum" => format!("{:016x}", stat.checksum),
-            "user.chubby.ephemeral" => u8::from(stat.is_ephemeral).to_string(),
-            "user.chubby.modified_index" => stat.modified_index.to_string(),
-            // Who holds the lock now, asked of the master: one line per holder, empty if free.
-            "user.chubby.sequencer" => session.holder_sequencers(&handle).await.map_err(errno)?.join("\n"),
-            _ => return Err(no_data),
-        };
-        Ok(value.into_bytes())
-    }
-
-    pub fn listxattr(&self, ino: u64) -> Vec<u8> {
-        if ino == ROOT {
-            return Vec::new();
-        }
-        XATTRS.iter().flat_map(|n| n.bytes().chain([0])).collect()
     }
 }

@@ -73,10 +73,10 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> SessionOptions {
-        let user = std::env::var("USER").unwrap_or_else(|_| format!("uid{}", unsafe_uid()));
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
         SessionOptions {
-            principal: if host.is_empty() { user } else { format!("{user}@{host}") },
+            principal: principal_of(uid),
             timeout: Duration::from_secs(10),
             grace: Duration::from_secs(45),
             cache: true,
@@ -84,9 +84,34 @@ impl Default for SessionOptions {
     }
 }
 
-fn unsafe_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+/// The principal a client presents for user `uid` of this host: `NAME@HOST`, with the
+/// user's name from the password database (`uid<N>` if it has none) and the host's name.
+/// The `chubby` CLI and the mount name one user alike, so the cell's ACLs treat both the same.
+pub fn principal_of(uid: u32) -> String {
+    let user = user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
+
+/// The password database's name for `uid`.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: an all-zero passwd is a valid value of this plain C struct (null pointers).
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory owned here and live for the call; `buf`'s length is
+    // passed with it, and getpwuid_r writes only within `pwd` and `buf`.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -542,6 +567,11 @@ impl Session {
         if let Some(hit) = hit {
             return Ok(hit);
         }
+        Ok(self.get_stat(handle, node).await?.stat.unwrap_or_default())
+    }
+
+    /// GetStat at the master; a cacheable answer refills the cache.
+    async fn get_stat(&self, handle: &Handle, node: Option<(String, u64)>) -> Result<GetStatResponse, ClientError> {
         let ticket = node.as_ref().map(|(p, _)| self.inner.cache().begin_read(p));
         let req = GetStatRequest { handle: Some(handle.clone()) };
         let r = self.call(self.deadline(), rpc!(get_stat, req)).await;
@@ -552,7 +582,29 @@ impl Session {
             };
             self.inner.cache().end_read(ticket, fill);
         }
-        Ok(r?.stat.unwrap_or_default())
+        r
+    }
+
+    /// The node's ACL names (Chubby §2.4), always from the master (they are not cached), with
+    /// its metadata.
+    pub async fn acl(&self, handle: &Handle) -> Result<(NodeAcl, NodeStat), ClientError> {
+        let node = self.inner.cache().node_of(handle);
+        let r = self.get_stat(handle, node).await?;
+        Ok((r.acl.unwrap_or_default(), r.stat.unwrap_or_default()))
+    }
+
+    /// Replaces the node's ACL names. The handle must carry the change-ACL right, which a
+    /// handle gets at open when its session's principal is on the node's change-ACL list.
+    pub async fn set_acl(&self, handle: &Handle, acl: NodeAcl) -> Result<NodeStat, ClientError> {
+        let f = self.next_request();
+        let req = SetAclRequest {
+            request: Some(f.request),
+            handle: Some(handle.clone()),
+            readers: acl.readers,
+            writers: acl.writers,
+            change_acl: acl.change_acl,
+        };
+        Ok(self.call(self.deadline(), rpc!(set_acl, req)).await?.stat.unwrap_or_default())
     }
 
     pub async fn set(
@@ -690,4 +742,18 @@ fn random_open_id() -> u64 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.write_u32(std::process::id());
     h.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_principal_names_the_user_of_a_uid_on_this_host() {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
+        let at = |user: &str| if host.is_empty() { user.to_string() } else { format!("{user}@{host}") };
+        assert_eq!(principal_of(0), at("root"));
+        // A uid with no account is named by its number.
+        assert_eq!(principal_of(3_999_999_999), at("uid3999999999"));
+    }
 }

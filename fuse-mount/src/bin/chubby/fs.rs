@@ -1,11 +1,11 @@
-//! The namespace commands (`get`, `put`, `ls`, `mkdir`, `rm`, `stat`, `check-sequencer`,
-//! `watch`): each opens a session, does its calls through the master, and closes it.
+//! The namespace commands (`get`, `put`, `ls`, `mkdir`, `rm`, `stat`, `acl`,
+//! `check-sequencer`, `watch`): each opens a session, does its calls through the master, and closes it.
 
 use std::io::Write;
 
 use bytes::Bytes;
 use fuse_mount::client::ClientError;
-use fuse_mount::proto::chubby::{event, NodeStat};
+use fuse_mount::proto::chubby::{event, NodeAcl, NodeStat};
 use fuse_mount::session::{OpenOptions, Session};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
@@ -113,11 +113,26 @@ pub async fn rm(s: &Session, path: &str, if_generation: Option<u64>, sequencer: 
     s.delete(&h, if_generation, sequencer).await
 }
 
+fn acl_json(a: &NodeAcl) -> serde_json::Value {
+    json!({ "readers": a.readers, "writers": a.writers, "change_acl": a.change_acl })
+}
+
+fn print_acl(a: &NodeAcl) {
+    println!("readers:            {}", a.readers.join(","));
+    println!("writers:            {}", a.writers.join(","));
+    println!("change-acl:         {}", a.change_acl.join(","));
+}
+
+/// A comma-separated list of principal names (`*`: everyone), blanks around names dropped.
+pub fn parse_names(list: &str) -> Vec<String> {
+    list.split([',', '\n']).map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect()
+}
+
 pub async fn stat(s: &Session, path: &str, json: bool) -> Result<(), ClientError> {
     let (h, _) = s.open_node(path, OpenOptions::default()).await?;
-    let st = s.stat(&h).await?;
+    let (acl, st) = s.acl(&h).await?;
     if json {
-        println!("{}", json!({ "path": path, "stat": stat_json(&st) }));
+        println!("{}", json!({ "path": path, "stat": stat_json(&st), "acl": acl_json(&acl) }));
     } else {
         println!("path:               {path}");
         println!(
@@ -133,6 +148,38 @@ pub async fn stat(s: &Session, path: &str, json: bool) -> Result<(), ClientError
         println!("checksum (xxh3):    {:016x}", st.checksum);
         println!("modified index:     {}", st.modified_index);
         println!("mtime (ms):         {}", st.mtime_ms);
+        print_acl(&acl);
+    }
+    Ok(())
+}
+
+/// The lists of an `acl` command that replace the node's own (`None`: keep that list).
+pub struct AclChange {
+    pub readers: Option<String>,
+    pub writers: Option<String>,
+    pub change_acl: Option<String>,
+}
+
+/// `acl`: prints PATH's ACL names, after replacing the lists given. The lists not given are
+/// kept as read just before (a concurrent change of those is overwritten; ACL changes are an
+/// operator's rare act).
+pub async fn acl(s: &Session, path: &str, change: AclChange, json: bool) -> Result<(), ClientError> {
+    let (h, _) = s.open_node(path, OpenOptions::default()).await?;
+    let (mut acl, _) = s.acl(&h).await?;
+    let given = [change.readers.is_some(), change.writers.is_some(), change.change_acl.is_some()];
+    if given.contains(&true) {
+        let lists = [(change.readers, &mut acl.readers), (change.writers, &mut acl.writers)];
+        for (new, list) in lists.into_iter().chain([(change.change_acl, &mut acl.change_acl)]) {
+            if let Some(new) = new {
+                *list = parse_names(&new);
+            }
+        }
+        s.set_acl(&h, acl.clone()).await?;
+    }
+    if json {
+        println!("{}", json!({ "path": path, "acl": acl_json(&acl) }));
+    } else {
+        print_acl(&acl);
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `chubby`: the command line for a Chubby cell: the namespace (`get`, `put`, `ls`, `mkdir`,
-//! `rm`, `stat`), locks (`lock`, `elect`, `sequencer`, `check-sequencer`), `watch`, `barrier`, and the
+//! `rm`, `stat`, `acl`), locks (`lock`, `elect`, `sequencer`, `check-sequencer`), `watch`, `barrier`, and the
 //! replicas' `status`.
 //!
 //! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
@@ -97,8 +97,21 @@ enum Cmd {
         #[arg(long, value_name = "SEQ")]
         sequencer: Option<String>,
     },
-    /// Metadata of PATH: generations, checksum, length, times.
+    /// Metadata of PATH: generations, checksum, length, times, ACL names.
     Stat { path: String },
+    /// Print PATH's ACL names: who may read, write, and change the ACL (`*` is everyone; a
+    /// principal is USER@HOST as the client presents it). With any of the flags, first replace
+    /// those lists (comma-separated names), keeping the others; that needs the change-ACL right.
+    /// A new node takes its parent's ACL names.
+    Acl {
+        path: String,
+        #[arg(long, value_name = "NAMES")]
+        readers: Option<String>,
+        #[arg(long, value_name = "NAMES")]
+        writers: Option<String>,
+        #[arg(long, value_name = "NAMES")]
+        change_acl: Option<String>,
+    },
     /// Print the sequencer of whoever holds PATH's lock now (one line per holder of a shared
     /// lock), for fencing from scripts; exit 1 if the lock is free.
     Sequencer { path: String },
@@ -242,6 +255,10 @@ async fn namespace(addrs: Vec<String>, opts: SessionOptions, cmd: Cmd, json: boo
             (path.clone(), fs::rm(&session, &path, if_generation, &seq(sequencer)).await.map(|_| 0))
         }
         Cmd::Stat { path } => (path.clone(), fs::stat(&session, &path, json).await.map(|_| 0)),
+        Cmd::Acl { path, readers, writers, change_acl } => {
+            let change = fs::AclChange { readers, writers, change_acl };
+            (path.clone(), fs::acl(&session, &path, change, json).await.map(|_| 0))
+        }
         Cmd::Sequencer { path } => (path.clone(), fs::sequencer(&session, &path, json).await),
         Cmd::CheckSequencer { sequencer } => {
             let r = fs::check_sequencer(&session, &sequencer, json).await;

@@ -1,0 +1,121 @@
+//! The `user.chubby.*` extended attributes: a node's metadata (`getfattr -d -m user.chubby`),
+//! and its ACL names, which `setfattr` changes.
+
+use std::ffi::OsStr;
+
+use fuser::Errno;
+use proto::chubby::NodeAcl;
+
+use super::inodes::ROOT;
+use super::ops::{errno, FsInner};
+use crate::session::OpenOptions;
+
+/// The extended attributes every node has.
+const XATTRS: [&str; 11] = [
+    "user.chubby.instance",
+    "user.chubby.content_generation",
+    "user.chubby.lock_generation",
+    "user.chubby.acl_generation",
+    "user.chubby.checksum",
+    "user.chubby.ephemeral",
+    "user.chubby.modified_index",
+    "user.chubby.sequencer",
+    "user.chubby.acl.readers",
+    "user.chubby.acl.writers",
+    "user.chubby.acl.change_acl",
+];
+
+/// The list of `acl` that the attribute `name` holds, if it names one.
+fn acl_list<'a>(acl: &'a mut NodeAcl, name: &str) -> Option<&'a mut Vec<String>> {
+    match name {
+        "user.chubby.acl.readers" => Some(&mut acl.readers),
+        "user.chubby.acl.writers" => Some(&mut acl.writers),
+        "user.chubby.acl.change_acl" => Some(&mut acl.change_acl),
+        _ => None,
+    }
+}
+
+/// Principal names as `setfattr` gives them: separated by commas or newlines.
+fn parse_names(value: &[u8]) -> Result<Vec<String>, Errno> {
+    let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
+    Ok(text.split([',', '\n']).map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect())
+}
+
+impl FsInner {
+    /// The value of one `user.chubby.*` attribute.
+    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        let no_data = Errno::from_i32(libc::ENODATA);
+        if ino == ROOT {
+            return Err(no_data);
+        }
+        let name = name.to_str().ok_or(no_data)?;
+        let node = self.node(ino)?;
+        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let value = match name {
+            "user.chubby.instance" => stat.instance_number.to_string(),
+            "user.chubby.content_generation" => stat.content_generation.to_string(),
+            "user.chubby.lock_generation" => stat.lock_generation.to_string(),
+            "user.chubby.acl_generation" => stat.acl_generation.to_string(),
+            "user.chubby.checksum" => format!("{:016x}", stat.checksum),
+            "user.chubby.ephemeral" => u8::from(stat.is_ephemeral).to_string(),
+            "user.chubby.modified_index" => stat.modified_index.to_string(),
+            // Who holds the lock now, asked of the master: one line per holder, empty if free.
+            "user.chubby.sequencer" => session.holder_sequencers(&handle).await.map_err(errno)?.join("\n"),
+            _ => {
+                let (mut acl, _) = session.acl(&handle).await.map_err(errno)?;
+                acl_list(&mut acl, name).ok_or(no_data)?.join(",")
+            }
+        };
+        Ok(value.into_bytes())
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Vec<u8> {
+        if ino == ROOT {
+            return Vec::new();
+        }
+        XATTRS.iter().flat_map(|n| n.bytes().chain([0])).collect()
+    }
+
+    /// `setfattr` of an ACL list (`user.chubby.acl.readers`, `.writers`, `.change_acl`):
+    /// replaces that list of the node's ACL names, keeping the other two. The rest of the
+    /// metadata is the cell's to keep (`EPERM`); other names are not stored (`ENOTSUP`).
+    pub async fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+        let name = name.to_str().ok_or(Errno::ENOTSUP)?;
+        if ino == ROOT || !XATTRS.contains(&name) {
+            return Err(if name.starts_with("user.chubby.") { Errno::EPERM } else { Errno::ENOTSUP });
+        }
+        if !name.starts_with("user.chubby.acl.") {
+            return Err(Errno::EPERM);
+        }
+        if flags & libc::XATTR_CREATE != 0 {
+            return Err(Errno::EEXIST); // every node has its ACL lists
+        }
+        let names = parse_names(value)?;
+        let node = self.node(ino)?;
+        let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+        let (mut acl, _) = session.acl(&handle).await.map_err(errno)?;
+        *acl_list(&mut acl, name).expect("an ACL attribute") = names;
+        session.set_acl(&handle, acl).await.map_err(errno)?;
+        Ok(())
+    }
+
+    /// The metadata cannot be removed.
+    pub fn removexattr(&self, name: &OsStr) -> Errno {
+        match name.to_str() {
+            Some(n) if n.starts_with("user.chubby.") => Errno::EPERM,
+            _ => Errno::ENOTSUP,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_names_are_split_on_commas_and_newlines() {
+        assert_eq!(parse_names(b"alice@h1, bob@h2\n*\n").unwrap(), ["alice@h1", "bob@h2", "*"]);
+        assert!(parse_names(b"").unwrap().is_empty());
+        assert_eq!(parse_names(b"\xff"), Err(Errno::EINVAL));
+    }
+}
