@@ -192,7 +192,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         forged[last] ^= 1;
         let r = raw
             .get_contents_and_stat(GetContentsRequest {
-                handle: Some(Handle { token: forged.into() }),
+                handle: Some(Handle { token: forged.into(), ..Default::default() }),
                 stale_ok: false,
             })
             .await

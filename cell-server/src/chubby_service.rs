@@ -179,7 +179,7 @@ impl ChubbyService {
 
     fn make_handle(&self, session: u64, path: &str, s: &state::Stat, rights: Rights) -> Handle {
         let body = HandleBody { session, path: path.to_string(), instance: s.instance, rights, ephemeral: s.ephemeral };
-        Handle { token: sign(&self.master.key(), &body) }
+        Handle { token: sign(&self.master.key(), &body), rights: u32::from(rights.0) }
     }
 
     async fn write_contents(&self, req: SetContentsRequest) -> Result<SetContentsResponse, Status> {

@@ -1,88 +1,149 @@
-//! A mounted cell: its name, and the session this host holds with it. A lost session is
-//! replaced by a new one for later calls; what was opened or locked under the old one fails
-//! with `EIO` (DESIGN.md, FUSE mapping), never silently succeeds.
+//! A mounted cell: its name, and the sessions this host holds with it, one per user (uid)
+//! that has called through the mount, each presenting that user's principal
+//! ([`principal_of`]), so the cell's ACLs apply to each user as they do through the `chubby`
+//! CLI. The daemon's own user's session opens at mount; another user's at that user's first
+//! call.
+//!
+//! A lost session is replaced in the background by a new one for later calls; what was opened
+//! or locked under the old one fails with `EIO` (DESIGN.md, FUSE mapping), never silently
+//! succeeds.
 
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::client::ClientError;
-use crate::session::{InvalidationHook, Session, SessionOptions, SessionState};
+use crate::session::{principal_of, InvalidationHook, Session, SessionOptions};
 
 pub struct MountedCell {
     pub name: String,
     addrs: Vec<String>,
+    /// Every session's options but the principal, which is its user's.
     opts: SessionOptions,
-    session: RwLock<Session>,
+    sessions: RwLock<HashMap<u32, Session>>,
+    /// Serializes first opens, so concurrent first calls of one user share one session.
+    opening: tokio::sync::Mutex<()>,
+    /// Users whose lost session is being replaced.
+    replacing: Mutex<HashSet<u32>>,
     /// Given to every session of this cell (see [`Session::set_invalidation_hook`]).
     hook: RwLock<Option<InvalidationHook>>,
+    /// Set at unmount: replacements stop.
+    closed: watch::Sender<bool>,
 }
 
 impl MountedCell {
-    /// Opens the cell's session (waits for the cell up to `opts.timeout`).
+    /// Opens the session of the daemon's own user (waits for the cell up to `opts.timeout`).
     pub async fn open(name: String, addrs: Vec<String>, opts: SessionOptions) -> Result<Arc<MountedCell>, ClientError> {
-        let session = Session::open(addrs.clone(), opts.clone()).await?;
-        Ok(Arc::new(MountedCell { name, addrs, opts, session: RwLock::new(session), hook: RwLock::new(None) }))
+        let cell = Arc::new(MountedCell {
+            name,
+            addrs,
+            opts,
+            sessions: RwLock::default(),
+            opening: tokio::sync::Mutex::new(()),
+            replacing: Mutex::default(),
+            hook: RwLock::new(None),
+            closed: watch::Sender::new(false),
+        });
+        // SAFETY: getuid has no preconditions and cannot fail.
+        cell.session(unsafe { libc::getuid() }).await?;
+        Ok(cell)
     }
 
-    /// Calls `hook` with whatever this cell's sessions (this one and later ones) drop from
-    /// their caches.
+    /// Calls `hook` with whatever this cell's sessions (these and later ones) drop from their
+    /// caches.
     pub fn set_invalidation_hook(&self, hook: InvalidationHook) {
-        // Stored first, so a session that replaces this one meanwhile gets it too.
+        // Stored first, so a session opened meanwhile gets it too.
         *self.hook.write().expect("hook") = Some(hook.clone());
-        self.session().set_invalidation_hook(hook);
+        for s in self.sessions.read().expect("sessions").values() {
+            s.set_invalidation_hook(hook.clone());
+        }
     }
 
-    /// The current session.
-    pub fn session(&self) -> Session {
-        self.session.read().expect("session").clone()
+    fn opts_for(&self, uid: u32) -> SessionOptions {
+        SessionOptions { principal: principal_of(uid), ..self.opts.clone() }
     }
 
-    /// Replaces the session whenever it is lost, until `stop` fires. Runs on the daemon's
-    /// runtime; the owner stops it at unmount.
-    pub async fn keep_a_session(self: Arc<MountedCell>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            let mut state = self.session().state();
-            let lost = async {
-                while *state.borrow_and_update() != SessionState::Lost {
-                    if state.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = lost => {}
-                _ = stop.changed() => return,
+    /// Registers a new session of user `uid`.
+    fn install(&self, uid: u32, s: Session) {
+        // Under the sessions lock, so a hook set meanwhile reaches this session one way or the other.
+        let mut sessions = self.sessions.write().expect("sessions");
+        if let Some(hook) = self.hook.read().expect("hook").clone() {
+            s.set_invalidation_hook(hook);
+        }
+        sessions.insert(uid, s);
+    }
+
+    /// User `uid`'s session: opened now if this is the user's first call (bounded by the
+    /// session's timeout). A lost one is still given (its calls fail with `EIO`) while a new
+    /// one is opened in the background.
+    pub async fn session(self: &Arc<Self>, uid: u32) -> Result<Session, ClientError> {
+        if let Some(s) = self.sessions.read().expect("sessions").get(&uid).cloned() {
+            if s.is_lost() {
+                self.replace_in_background(uid);
             }
-            tracing::warn!(cell = %self.name, "session lost: its handles and locks fail with EIO; opening a new one");
+            return Ok(s);
+        }
+        let _one_at_a_time = self.opening.lock().await;
+        if let Some(s) = self.sessions.read().expect("sessions").get(&uid).cloned() {
+            return Ok(s);
+        }
+        let s = Session::open(self.addrs.clone(), self.opts_for(uid)).await?;
+        tracing::info!(cell = %self.name, uid, session = s.id(), "session opened");
+        self.install(uid, s.clone());
+        Ok(s)
+    }
+
+    /// The session with id `id`, if it is one of this cell's current sessions.
+    pub fn session_with_id(&self, id: u64) -> Option<Session> {
+        self.sessions.read().expect("sessions").values().find(|s| s.id() == id).cloned()
+    }
+
+    /// Opens a new session for user `uid`, whose session was lost, retrying with backoff until
+    /// it opens or the cell is unmounted.
+    fn replace_in_background(self: &Arc<Self>, uid: u32) {
+        if !self.replacing.lock().expect("replacing").insert(uid) {
+            return;
+        }
+        tracing::warn!(cell = %self.name, uid, "session lost: its handles and locks fail with EIO; opening a new one");
+        let cell = self.clone();
+        tokio::spawn(async move {
+            let mut closed = cell.closed.subscribe();
             let mut pause = Duration::from_millis(100);
             loop {
                 let opened = tokio::select! {
-                    r = Session::open(self.addrs.clone(), self.opts.clone()) => r,
-                    _ = stop.changed() => return,
+                    r = Session::open(cell.addrs.clone(), cell.opts_for(uid)) => r,
+                    _ = closed.wait_for(|c| *c) => break,
                 };
                 match opened {
                     Ok(s) => {
-                        tracing::info!(cell = %self.name, session = s.id(), "new session");
-                        if let Some(hook) = self.hook.read().expect("hook").clone() {
-                            s.set_invalidation_hook(hook);
-                        }
-                        *self.session.write().expect("session") = s;
+                        tracing::info!(cell = %cell.name, uid, session = s.id(), "new session");
+                        cell.install(uid, s);
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(cell = %self.name, "opening a new session: {e}");
-                        tokio::time::sleep(pause).await;
+                        tracing::warn!(cell = %cell.name, uid, "opening a new session: {e}");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = closed.wait_for(|c| *c) => break,
+                        }
                         pause = (pause * 2).min(Duration::from_secs(5));
                     }
                 }
             }
-        }
+            cell.replacing.lock().expect("replacing").remove(&uid);
+        });
     }
 
-    /// Ends the session: its locks are released and its ephemeral nodes deleted.
+    /// Ends every session: their locks are released and their ephemeral nodes deleted.
     pub async fn close(&self) {
-        if let Err(e) = self.session().close().await {
-            tracing::warn!(cell = %self.name, "closing the session: {e}");
+        self.closed.send_replace(true);
+        let sessions: Vec<Session> = self.sessions.write().expect("sessions").drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            if let Err(e) = s.close().await {
+                tracing::warn!(cell = %self.name, "closing a session: {e}");
+            }
         }
     }
 }

@@ -134,20 +134,15 @@ impl FsInner {
         }
     }
 
-    /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is the
-    /// cell's current session, through a handle of it; if it was lost, the cell released the
-    /// lock already (EIO: the holder must know it lost it).
+    /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is one
+    /// of the cell's current sessions, through a handle of it; if it was lost, the cell
+    /// released the lock already (EIO: the holder must know it lost it).
     async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
-        let current = self.cells[node.cell].session();
-        if current.id() != sid || current.is_lost() {
+        let Some(session) = self.cells[node.cell].session_with_id(sid).filter(|s| !s.is_lost()) else {
             guard(&self.locks).remove(node, owner);
             return Err(Errno::EIO);
-        }
-        let (session, handle, _) = self.open_node(node, OpenOptions::default()).await?;
-        if session.id() != sid {
-            guard(&self.locks).remove(node, owner);
-            return Err(Errno::EIO);
-        }
+        };
+        let (handle, _) = session.open_node(&node.path, OpenOptions::default()).await.map_err(errno)?;
         Box::pin(self.unlock(node, &session, &handle, owner)).await
     }
 

@@ -6,9 +6,11 @@
 //! - [`locks`]: `flock`/`fcntl` locks as the cell's locks; blocked waits end on a signal;
 //!   [`lock_ops`]: those operations on the cells.
 //! - [`errno`]: the cell's refusals as errno values, in one place.
-//! - [`cell`]: a mounted cell and its session, replaced when lost.
+//! - [`cell`]: a mounted cell and its sessions, one per user of the host (each its own
+//!   principal, so the cell's ACLs apply per user), replaced when lost.
 //! - [`kernel`]: what the kernel may cache, and how it is made to forget.
-//! - [`ops`]: the operations themselves, async on the cells.
+//! - [`ops`]: the operations themselves, async on the cells, in the caller's session.
+//! - [`xattr`]: the `user.chubby.*` metadata, and the ACL names `setfattr` changes.
 //!
 //! Every callback here hands its reply to a future that answers at once when the session's
 //! cache can, and otherwise goes on as a task on the daemon's runtime, so no call to a cell
@@ -113,10 +115,10 @@ impl Filesystem for ChubbyFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = name.to_owned();
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (uid, name) = (req.uid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
+            match fs.lookup(uid, parent.0, &name).await {
                 // Attributes may be kept, entries not (see `kernel`).
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
@@ -128,9 +130,10 @@ impl Filesystem for ChubbyFs {
         self.inner.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let uid = req.uid();
         self.spawn(move |fs| async move {
-            match fs.getattr(ino.0).await {
+            match fs.getattr(uid, ino.0).await {
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
@@ -139,7 +142,7 @@ impl Filesystem for ChubbyFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -158,10 +161,11 @@ impl Filesystem for ChubbyFs {
         // Access is the cell's ACLs, not mode bits or owners: a change of either is refused
         // (setting what they already are, as `cp -p` and `mv` do, succeeds). Times are the
         // log's clock: `touch` succeeds and changes nothing.
+        let caller = req.uid();
         self.spawn(move |fs| async move {
             let r = match size {
-                Some(size) => fs.truncate(ino.0, size, fh.map(|f| f.0)).await,
-                None => fs.getattr(ino.0).await,
+                Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0)).await,
+                None => fs.getattr(caller, ino.0).await,
             };
             let r = r.and_then(|a| {
                 let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm))
@@ -180,24 +184,24 @@ impl Filesystem for ChubbyFs {
         });
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        let name = name.to_owned();
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        let (uid, name) = (req.uid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.mkdir(parent.0, &name).await {
+            match fs.mkdir(uid, parent.0, &name).await {
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
         });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name.to_owned();
-        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(parent.0, &name, false).await) });
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (uid, name) = (req.uid(), name.to_owned());
+        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(uid, parent.0, &name, false).await) });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = name.to_owned();
-        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(parent.0, &name, true).await) });
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (uid, name) = (req.uid(), name.to_owned());
+        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(uid, parent.0, &name, true).await) });
     }
 
     /// Chubby has no rename; `mv` copies and deletes instead when told so.
@@ -214,9 +218,10 @@ impl Filesystem for ChubbyFs {
         reply.error(Errno::EXDEV);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let uid = req.uid();
         self.spawn(move |fs| async move {
-            match fs.open(ino.0, flags.0).await {
+            match fs.open(uid, ino.0, flags.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(e),
             }
@@ -225,7 +230,7 @@ impl Filesystem for ChubbyFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -233,9 +238,9 @@ impl Filesystem for ChubbyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = name.to_owned();
+        let (uid, name) = (req.uid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.create(parent.0, &name, flags).await {
+            match fs.create(uid, parent.0, &name, flags).await {
                 // A new inode: nothing for the kernel to keep yet (see `kernel`).
                 Ok((a, fh)) => {
                     reply.created(&Duration::ZERO, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
@@ -309,18 +314,20 @@ impl Filesystem for ChubbyFs {
         self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let uid = req.uid();
         self.spawn(move |fs| async move {
-            match fs.opendir(ino.0).await {
+            match fs.opendir(uid, ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(e),
             }
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let uid = req.uid();
         self.spawn(move |fs| async move {
-            match fs.readdir(ino.0, fh.0, offset).await {
+            match fs.readdir(uid, ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     for (ino, next, kind, name) in entries {
                         if reply.add(INodeNo(ino), next, kind, name) {
@@ -339,10 +346,10 @@ impl Filesystem for ChubbyFs {
         reply.ok();
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let name = name.to_owned();
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (uid, name) = (req.uid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.getxattr(ino.0, &name).await {
+            match fs.getxattr(uid, ino.0, &name).await {
                 Ok(value) => reply_xattr(reply, size, &value),
                 Err(e) => reply.error(e),
             }
@@ -355,7 +362,7 @@ impl Filesystem for ChubbyFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -363,9 +370,9 @@ impl Filesystem for ChubbyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (name, value) = (name.to_owned(), value.to_vec());
+        let (uid, name, value) = (req.uid(), name.to_owned(), value.to_vec());
         self.spawn(move |fs| async move {
-            match fs.setxattr(ino.0, &name, &value, flags).await {
+            match fs.setxattr(uid, ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
@@ -376,9 +383,10 @@ impl Filesystem for ChubbyFs {
         reply.error(self.inner.removexattr(name));
     }
 
-    /// The cell's ACLs decide each call; there is nothing to check in advance.
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply.ok();
+    /// The cell's ACLs, as the caller's handle of the node carries them.
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let (uid, mask) = (req.uid(), mask.bits());
+        self.spawn(move |fs| async move { reply_empty(reply, fs.access(uid, ino.0, mask).await) });
     }
 
     fn getlk(

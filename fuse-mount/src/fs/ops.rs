@@ -28,6 +28,25 @@ pub(super) fn errno(e: ClientError) -> Errno {
     errno_of(&e)
 }
 
+/// The rights of a handle (`Handle::rights`), as the master granted them at open.
+const READ: u32 = 1;
+const WRITE: u32 = 2;
+
+/// Whether the caller's handle allows an `open` with `flags`: reading needs the read right,
+/// writing or truncating the write right, as a local file's mode would decide at open (so
+/// `echo > file` fails there, not at a close whose error the shell ignores).
+fn allows(handle: &Handle, flags: i32) -> Result<(), Errno> {
+    let mode = flags & libc::O_ACCMODE;
+    let read = mode != libc::O_WRONLY;
+    let write = mode != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+    let missing = (read && handle.rights & READ == 0) || (write && handle.rights & WRITE == 0);
+    if missing {
+        Err(Errno::EACCES)
+    } else {
+        Ok(())
+    }
+}
+
 pub struct FsInner {
     pub(super) cells: Vec<Arc<MountedCell>>,
     inodes: Mutex<Inodes>,
@@ -167,9 +186,14 @@ impl FsInner {
         self.node(parent)?.child(name).ok_or(Errno::EINVAL)
     }
 
-    /// Opens `node` (from the session's cache if it has it: no RPC).
-    pub(super) async fn open_node(&self, node: &NodeRef, o: OpenOptions) -> Result<(Session, Handle, NodeStat), Errno> {
-        let session = self.cells[node.cell].session();
+    /// Opens `node` in user `uid`'s session (from its cache if it has the node: no RPC).
+    pub(super) async fn open_node(
+        &self,
+        uid: u32,
+        node: &NodeRef,
+        o: OpenOptions,
+    ) -> Result<(Session, Handle, NodeStat), Errno> {
+        let session = self.cells[node.cell].session(uid).await.map_err(errno)?;
         let (handle, stat) = session.open_node(&node.path, o).await.map_err(errno)?;
         Ok((session, handle, stat))
     }
@@ -178,19 +202,37 @@ impl FsInner {
         node_attr(ino, stat, guard(&self.pending).get(&ino).map(|(_, size)| *size), self.owner)
     }
 
+    /// `access(2)`: the caller's rights on the node, as its session's handle carries them
+    /// (directories may always be searched; files are never executable).
+    pub async fn access(&self, uid: u32, ino: u64, mask: i32) -> Result<(), Errno> {
+        if ino == ROOT {
+            return Ok(());
+        }
+        let node = self.node(ino)?;
+        let (_, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
+        let denied = (mask & libc::R_OK != 0 && handle.rights & READ == 0)
+            || (mask & libc::W_OK != 0 && handle.rights & WRITE == 0)
+            || (mask & libc::X_OK != 0 && !stat.is_directory);
+        if denied {
+            Err(Errno::EACCES)
+        } else {
+            Ok(())
+        }
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
         guard(&self.inodes).forget(ino, n);
     }
 
-    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Answer, Errno> {
+    pub async fn lookup(&self, uid: u32, parent: u64, name: &OsStr) -> Result<Answer, Errno> {
         let node = self.child(parent, name)?;
         let before = self.before(Some(&node));
-        let (session, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, _, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         let ino = guard(&self.inodes).lookup(&node);
         Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
-    pub async fn getattr(&self, ino: u64) -> Result<Answer, Errno> {
+    pub async fn getattr(&self, uid: u32, ino: u64) -> Result<Answer, Errno> {
         if ino == ROOT {
             // The mount point never changes.
             let lease_end = Instant::now() + Duration::from_secs(3600);
@@ -203,7 +245,7 @@ impl FsInner {
         }
         let node = self.node(ino)?;
         let before = self.before(Some(&node));
-        let (session, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, _, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
@@ -253,24 +295,26 @@ impl FsInner {
         f
     }
 
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, Errno> {
+    pub async fn open(&self, uid: u32, ino: u64, flags: i32) -> Result<u64, Errno> {
         let node = self.node(ino)?;
-        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }
+        allows(&handle, flags)?;
         let f = self.new_file(ino, node, session, handle, flags);
         Ok(self.add_file(f))
     }
 
-    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> Result<(Answer, u64), Errno> {
+    pub async fn create(&self, uid: u32, parent: u64, name: &OsStr, flags: i32) -> Result<(Answer, u64), Errno> {
         let node = self.child(parent, name)?;
         let before = self.before(Some(&node));
         let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ..Default::default() };
-        let (session, handle, stat) = self.open_node(&node, o).await?;
+        let (session, handle, stat) = self.open_node(uid, &node, o).await?;
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }
+        allows(&handle, flags)?;
         let ino = guard(&self.inodes).lookup(&node);
         let answer = self.answer(ino, &node, &stat, &session, before);
         let f = self.new_file(ino, node, session, handle, flags);
@@ -278,19 +322,19 @@ impl FsInner {
         Ok((answer, fh))
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Answer, Errno> {
+    pub async fn mkdir(&self, uid: u32, parent: u64, name: &OsStr) -> Result<Answer, Errno> {
         let node = self.child(parent, name)?;
         let before = self.before(Some(&node));
         let o = OpenOptions { create: true, directory: true, exclusive: true, ..Default::default() };
-        let (session, _, stat) = self.open_node(&node, o).await?;
+        let (session, _, stat) = self.open_node(uid, &node, o).await?;
         let ino = guard(&self.inodes).lookup(&node);
         Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
     /// `unlink` (`directory` false) or `rmdir`.
-    pub async fn remove(&self, parent: u64, name: &OsStr, directory: bool) -> Result<(), Errno> {
+    pub async fn remove(&self, uid: u32, parent: u64, name: &OsStr, directory: bool) -> Result<(), Errno> {
         let node = self.child(parent, name)?;
-        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         match (directory, stat.is_directory) {
             (false, true) => return Err(Errno::from_i32(libc::EISDIR)),
             (true, false) => return Err(Errno::from_i32(libc::ENOTDIR)),
@@ -375,7 +419,7 @@ impl FsInner {
         }
     }
 
-    pub async fn truncate(&self, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {
+    pub async fn truncate(&self, uid: u32, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {
         if size > MAX_CONTENTS {
             return Err(Errno::from_i32(libc::EFBIG));
         }
@@ -387,21 +431,21 @@ impl FsInner {
         } else {
             // `truncate(1)` on a path: read, cut and store at once.
             let node = self.node(ino)?;
-            let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+            let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
             let (contents, _) = session.get(&handle).await.map_err(errno)?;
             let mut contents = contents.to_vec();
             contents.resize(size as usize, 0);
             session.set(&handle, contents.into(), None, "").await.map_err(errno)?;
         }
-        self.getattr(ino).await
+        self.getattr(uid, ino).await
     }
 
-    pub async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
+    pub async fn opendir(&self, uid: u32, ino: u64) -> Result<u64, Errno> {
         let node = if ino == ROOT {
             None
         } else {
             let node = self.node(ino)?;
-            let (_, _, stat) = self.open_node(&node, OpenOptions::default()).await?;
+            let (_, _, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
             if !stat.is_directory {
                 return Err(Errno::from_i32(libc::ENOTDIR));
             }
@@ -418,10 +462,16 @@ impl FsInner {
 
     /// Entries from `offset` on, each with the offset of the one after it. Offset 0 reads
     /// the directory afresh (ReadDir at the master).
-    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Vec<(u64, u64, FileType, String)>, Errno> {
+    pub async fn readdir(
+        &self,
+        uid: u32,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Vec<(u64, u64, FileType, String)>, Errno> {
         let node = guard(&self.dirs).get(&fh).map(|d| d.node.clone()).ok_or(Errno::EBADF)?;
         if offset == 0 {
-            let entries = self.list(ino, node).await?;
+            let entries = self.list(uid, ino, node).await?;
             if let Some(d) = guard(&self.dirs).get_mut(&fh) {
                 d.entries = entries;
             }
@@ -436,7 +486,7 @@ impl FsInner {
             .collect())
     }
 
-    async fn list(&self, ino: u64, node: Option<NodeRef>) -> Result<Vec<(u64, FileType, String)>, Errno> {
+    async fn list(&self, uid: u32, ino: u64, node: Option<NodeRef>) -> Result<Vec<(u64, FileType, String)>, Errno> {
         let Some(node) = node else {
             let mut entries = vec![(ROOT, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
             let mut inodes = guard(&self.inodes);
@@ -446,7 +496,7 @@ impl FsInner {
             }
             return Ok(entries);
         };
-        let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
         let children = session.read_dir(&handle).await.map_err(errno)?;
         let mut inodes = guard(&self.inodes);
         let parent = node.parent().map_or(ROOT, |p| inodes.ino_of(&p));

@@ -43,14 +43,14 @@ fn parse_names(value: &[u8]) -> Result<Vec<String>, Errno> {
 
 impl FsInner {
     /// The value of one `user.chubby.*` attribute.
-    pub async fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    pub async fn getxattr(&self, uid: u32, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let no_data = Errno::from_i32(libc::ENODATA);
         if ino == ROOT {
             return Err(no_data);
         }
         let name = name.to_str().ok_or(no_data)?;
         let node = self.node(ino)?;
-        let (session, handle, stat) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         let value = match name {
             "user.chubby.instance" => stat.instance_number.to_string(),
             "user.chubby.content_generation" => stat.content_generation.to_string(),
@@ -79,7 +79,7 @@ impl FsInner {
     /// `setfattr` of an ACL list (`user.chubby.acl.readers`, `.writers`, `.change_acl`):
     /// replaces that list of the node's ACL names, keeping the other two. The rest of the
     /// metadata is the cell's to keep (`EPERM`); other names are not stored (`ENOTSUP`).
-    pub async fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    pub async fn setxattr(&self, uid: u32, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         let name = name.to_str().ok_or(Errno::ENOTSUP)?;
         if ino == ROOT || !XATTRS.contains(&name) {
             return Err(if name.starts_with("user.chubby.") { Errno::EPERM } else { Errno::ENOTSUP });
@@ -92,7 +92,7 @@ impl FsInner {
         }
         let names = parse_names(value)?;
         let node = self.node(ino)?;
-        let (session, handle, _) = self.open_node(&node, OpenOptions::default()).await?;
+        let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
         let (mut acl, _) = session.acl(&handle).await.map_err(errno)?;
         *acl_list(&mut acl, name).expect("an ACL attribute") = names;
         session.set_acl(&handle, acl).await.map_err(errno)?;

@@ -272,7 +272,11 @@ mod tests {
         let t = c.begin_read("/ls/local/a/");
         c.end_read(
             t,
-            Some(Fill { stat: stat(1, 1), contents: None, handle: Some(Handle { token: Bytes::from_static(b"h1") }) }),
+            Some(Fill {
+                stat: stat(1, 1),
+                contents: None,
+                handle: Some(Handle { token: Bytes::from_static(b"h1"), ..Default::default() }),
+            }),
         );
         assert!(c.handle("/ls/local/a").is_some(), "a trailing / names the same node");
         let t = c.begin_read("/ls/local/a");

@@ -95,11 +95,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    for c in &mounted {
-        rt.spawn(c.clone().keep_a_session(stop_rx.clone()));
-    }
-
     // SAFETY: geteuid/getegid have no preconditions.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = ChubbyFs::new(mounted.clone(), Owner { uid, gid }, Some(cli.lock_delay), rt.handle().clone());
@@ -111,7 +106,8 @@ fn main() -> ExitCode {
         MountOption::NoSuid,
         MountOption::NoDev,
     ];
-    // Every user of the host sees the cells (the cells' ACLs decide what each call may do).
+    // Every user of the host sees the cells; each acts in a session of its own, as its own
+    // principal (USER@HOST), so the cells' ACLs decide what each user's calls may do.
     config.acl = if uid == 0 { SessionACL::All } else { SessionACL::Owner };
     let mut session = match fuser::Session::new(fs, &cli.mountpoint, &config) {
         Ok(s) => s,
@@ -155,7 +151,6 @@ fn main() -> ExitCode {
     }
     // A process that still has a file open keeps the FUSE connection; exiting ends it.
     let _ = done_rx.recv_timeout(Duration::from_secs(2));
-    let _ = stop_tx.send(true);
     rt.block_on(close_all(&mounted));
     ExitCode::SUCCESS
 }
