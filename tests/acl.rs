@@ -80,4 +80,40 @@ fn acls_set_from_the_cli_decide_what_each_user_of_a_host_may_do() {
     assert_eq!(code, 0);
     assert!(out.contains(&format!("readers:            {root},someone@else\n")), "{out}");
     assert!(out.contains("acl generation:     2\n"), "{out}");
+
+    // An empty change-ACL list would lock the ACL for good: refused as bad usage.
+    assert_eq!(run(0, &["acl", "/ls/local/team", "--change-acl", ""]).0, 2);
+}
+
+#[test]
+fn an_acl_change_never_undoes_another_made_since_it_read_the_acl() {
+    use fuse_mount::session::{OpenOptions, Session, SessionOptions};
+    let cell = TestCell::start(CellOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let opts = SessionOptions { principal: "ops".into(), ..SessionOptions::default() };
+        let (a, b) = (
+            Session::open(cell.addrs.clone(), opts.clone()).await.unwrap(),
+            Session::open(cell.addrs.clone(), opts).await.unwrap(),
+        );
+        let create = OpenOptions { create: true, ..OpenOptions::default() };
+        let (ha, _) = a.open_node("/ls/local/shared", create).await.unwrap();
+        let (hb, _) = b.open_node("/ls/local/shared", OpenOptions::default()).await.unwrap();
+
+        // a reads the ACL, b changes the writers, a's write of what it read is refused.
+        let (mut read, stat) = a.acl(&ha).await.unwrap();
+        b.update_acl(&hb, |acl| acl.writers = vec!["ops".into(), "deploy".into()]).await.unwrap();
+        read.readers = vec!["ops".into()];
+        let stale = a.set_acl(&ha, read, Some(stat.acl_generation)).await.unwrap_err();
+        assert_eq!(stale.reason(), Some("GenerationMismatch"), "{stale}");
+
+        // update_acl reads afresh: both changes stand.
+        let (acl, _) = a.update_acl(&ha, |acl| acl.readers = vec!["ops".into()]).await.unwrap();
+        assert_eq!(
+            (acl.readers.as_slice(), acl.writers.as_slice()),
+            (&["ops".to_string()][..], &["ops".to_string(), "deploy".to_string()][..])
+        );
+        let (now, _) = b.acl(&hb).await.unwrap();
+        assert_eq!(now, acl);
+    });
 }

@@ -519,7 +519,12 @@ impl Chubby for ChubbyService {
         let request = self.request_id(req.request.as_ref(), h.session)?;
         let pending = self.master.begin_write(&h.path).await?;
         let acl = state::Acl { readers: req.readers, writers: req.writers, change_acl: req.change_acl };
-        match self.call_guarded(request, Op::SetAcl { path: h.path, instance: h.instance, acl }, &pending).await? {
+        let (path, instance) = (h.path, h.instance);
+        let op = match req.if_acl_generation {
+            Some(if_acl_generation) => Op::SetAclIf { path, instance, acl, if_acl_generation },
+            None => Op::SetAcl { path, instance, acl },
+        };
+        match self.call_guarded(request, op, &pending).await? {
             Reply::Stat(s) => Ok(Response::new(SetAclResponse { stat: Some(stat(&s)) })),
             other => Err(unexpected(other)),
         }

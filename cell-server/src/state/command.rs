@@ -210,6 +210,15 @@ pub enum Op {
         path: String,
         contents: Bytes,
     },
+    /// SetAcl only if the node's ACL generation is still `if_acl_generation` (a client that
+    /// changes one list keeps the two it read, so it must not overwrite a change made since).
+    /// A variant of its own, last, so logs written before it still decode.
+    SetAclIf {
+        path: String,
+        instance: u64,
+        acl: Acl,
+        if_acl_generation: u64,
+    },
 }
 
 impl Op {

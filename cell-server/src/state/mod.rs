@@ -186,7 +186,10 @@ impl CellState {
             }
             Op::Release { path, instance, owner } => self.release(session, path, instance, owner),
             Op::Cancel { path, instance, owner } => self.cancel(session, path, instance, owner),
-            Op::SetAcl { path, instance, acl } => self.set_acl(path, instance, acl),
+            Op::SetAcl { path, instance, acl } => self.set_acl(path, instance, acl, None),
+            Op::SetAclIf { path, instance, acl, if_acl_generation } => {
+                self.set_acl(path, instance, acl, Some(if_acl_generation))
+            }
             Op::AdminPut { path, contents } => self.admin_put(path, contents),
         }
     }

@@ -337,8 +337,11 @@ impl CellState {
         }
     }
 
-    pub(super) fn set_acl(&mut self, path: String, instance: u64, acl: Acl) -> Outcome {
-        self.node_at(&path, instance)?;
+    pub(super) fn set_acl(&mut self, path: String, instance: u64, acl: Acl, if_generation: Option<u64>) -> Outcome {
+        let actual = self.node_at(&path, instance)?.stat.acl_generation;
+        if let Some(expected) = if_generation.filter(|e| *e != actual) {
+            return Err(StateError::GenerationMismatch { expected, actual });
+        }
         for list in [&acl.readers, &acl.writers, &acl.change_acl] {
             if list.len() > MAX_ACL_NAMES {
                 return Err(StateError::InvalidArgument(format!("an ACL list holds at most {MAX_ACL_NAMES} names")));

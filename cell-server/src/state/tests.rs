@@ -268,15 +268,18 @@ impl Driver {
             },
             "release" => Op::Release { path, instance, owner },
             "cancel" => Op::Cancel { path, instance, owner },
-            "acl" => Op::SetAcl {
-                path,
-                instance,
-                acl: Acl {
+            "acl" => {
+                let acl = Acl {
                     readers: names(opt(args, "r")),
                     writers: names(opt(args, "w")),
                     change_acl: names(opt(args, "a")),
-                },
-            },
+                };
+                // `if=N`: only at ACL generation N.
+                match opt(args, "if") {
+                    Some(g) => Op::SetAclIf { path, instance, acl, if_acl_generation: g.parse().expect("generation") },
+                    None => Op::SetAcl { path, instance, acl },
+                }
+            }
             _ => panic!("unknown command `{line}`"),
         };
         self.submit(Some(session), op)

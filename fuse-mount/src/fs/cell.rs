@@ -4,9 +4,9 @@
 //! CLI. The daemon's own user's session opens at mount; another user's at that user's first
 //! call.
 //!
-//! A lost session is replaced in the background by a new one for later calls; what was opened
-//! or locked under the old one fails with `EIO` (DESIGN.md, FUSE mapping), never silently
-//! succeeds.
+//! A lost session is replaced in the background, as soon as it is lost, by a new one for
+//! later calls; what was opened or locked under the old one fails with `EIO` (DESIGN.md,
+//! FUSE mapping), never silently succeeds.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::client::ClientError;
-use crate::session::{principal_of, InvalidationHook, Session, SessionOptions};
+use crate::session::{principal_of, InvalidationHook, Session, SessionOptions, SessionState};
 
 pub struct MountedCell {
     pub name: String,
@@ -65,14 +65,57 @@ impl MountedCell {
         SessionOptions { principal: principal_of(uid), ..self.opts.clone() }
     }
 
-    /// Registers a new session of user `uid`.
-    fn install(&self, uid: u32, s: Session) {
-        // Under the sessions lock, so a hook set meanwhile reaches this session one way or the other.
-        let mut sessions = self.sessions.write().expect("sessions");
-        if let Some(hook) = self.hook.read().expect("hook").clone() {
-            s.set_invalidation_hook(hook);
+    /// Registers a new session of user `uid` and has it replaced when it is lost. Gives back
+    /// the session to use: `s`, or the live one already there (then `s` is closed), or none
+    /// once the cell is unmounted (`s` closed too).
+    fn install(self: &Arc<Self>, uid: u32, s: Session) -> Option<Session> {
+        let kept = {
+            // Under the sessions lock, so a hook set meanwhile reaches this session one way or
+            // the other.
+            let mut sessions = self.sessions.write().expect("sessions");
+            let live = sessions.get(&uid).filter(|old| !old.is_lost()).cloned();
+            match live {
+                _ if *self.closed.borrow() => Err(None),
+                Some(old) => Err(Some(old)),
+                None => {
+                    if let Some(hook) = self.hook.read().expect("hook").clone() {
+                        s.set_invalidation_hook(hook);
+                    }
+                    sessions.insert(uid, s.clone());
+                    Ok(())
+                }
+            }
+        };
+        match kept {
+            Ok(()) => {
+                self.replace_when_lost(uid, &s);
+                Some(s)
+            }
+            Err(use_instead) => {
+                // Not needed: end it now rather than leave it to expire with whatever it holds.
+                tokio::spawn(async move {
+                    let _ = s.close().await;
+                });
+                use_instead
+            }
         }
-        sessions.insert(uid, s);
+    }
+
+    /// Watches `s` and opens a replacement as soon as it is lost, so the user's next call
+    /// finds a live session.
+    fn replace_when_lost(self: &Arc<Self>, uid: u32, s: &Session) {
+        let cell = Arc::downgrade(self);
+        let mut state = s.state();
+        tokio::spawn(async move {
+            while *state.borrow_and_update() != SessionState::Lost {
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+            if let Some(cell) = cell.upgrade() {
+                cell.replace_in_background(uid);
+            }
+        });
     }
 
     /// User `uid`'s session: opened now if this is the user's first call (bounded by the
@@ -89,10 +132,13 @@ impl MountedCell {
         if let Some(s) = self.sessions.read().expect("sessions").get(&uid).cloned() {
             return Ok(s);
         }
+        let unmounted = || ClientError::Io(std::io::Error::other("the cell is being unmounted"));
+        if *self.closed.borrow() {
+            return Err(unmounted());
+        }
         let s = Session::open(self.addrs.clone(), self.opts_for(uid)).await?;
         tracing::info!(cell = %self.name, uid, session = s.id(), "session opened");
-        self.install(uid, s.clone());
-        Ok(s)
+        self.install(uid, s).ok_or_else(unmounted)
     }
 
     /// The session with id `id`, if it is one of this cell's current sessions.
@@ -119,8 +165,11 @@ impl MountedCell {
                 match opened {
                     Ok(s) => {
                         tracing::info!(cell = %cell.name, uid, session = s.id(), "new session");
+                        // Done replacing first: if the new one is lost at once, its watcher
+                        // starts the next replacement.
+                        cell.replacing.lock().expect("replacing").remove(&uid);
                         cell.install(uid, s);
-                        break;
+                        return;
                     }
                     Err(e) => {
                         tracing::warn!(cell = %cell.name, uid, "opening a new session: {e}");

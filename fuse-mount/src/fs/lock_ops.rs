@@ -10,7 +10,7 @@ use super::inodes::NodeRef;
 use super::locks::{holder_of, interrupted, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
-use crate::session::{OpenOptions, Session};
+use crate::session::Session;
 
 /// How often a blocked lock call looks at its caller's pending signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -84,7 +84,7 @@ impl FsInner {
                 }
             }
         }
-        guard(&self.locks).insert(&node, owner, session.id(), mode);
+        guard(&self.locks).insert(&node, owner, session.id(), mode, handle);
         Ok(())
     }
 
@@ -135,14 +135,15 @@ impl FsInner {
     }
 
     /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is one
-    /// of the cell's current sessions, through a handle of it; if it was lost, the cell
-    /// released the lock already (EIO: the holder must know it lost it).
+    /// of the cell's current sessions, through the handle that took it; if it was lost, the
+    /// cell released the lock already (EIO: the holder must know it lost it).
     async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
-        let Some(session) = self.cells[node.cell].session_with_id(sid).filter(|s| !s.is_lost()) else {
+        let session = self.cells[node.cell].session_with_id(sid).filter(|s| !s.is_lost());
+        let handle = guard(&self.locks).handle(node, owner);
+        let (Some(session), Some(handle)) = (session, handle) else {
             guard(&self.locks).remove(node, owner);
             return Err(Errno::EIO);
         };
-        let (handle, _) = session.open_node(&node.path, OpenOptions::default()).await.map_err(errno)?;
         Box::pin(self.unlock(node, &session, &handle, owner)).await
     }
 

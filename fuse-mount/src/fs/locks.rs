@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use proto::chubby::LockMode;
+use proto::chubby::{Handle, LockMode};
 
 use super::inodes::NodeRef;
 
@@ -25,23 +25,30 @@ pub fn whole_file(start: u64, end: u64) -> bool {
     start == 0 && end == OFFSET_MAX
 }
 
-/// Locks this mount holds in the cell: (node, lock owner) → (session id, mode).
+/// Locks this mount holds in the cell: (node, lock owner) → (session id, mode, and the
+/// handle that took the lock, which can release it even if its user may no longer open the
+/// node).
 #[derive(Default)]
 pub struct HeldLocks {
-    held: HashMap<(NodeRef, u64), (u64, LockMode)>,
+    held: HashMap<(NodeRef, u64), (u64, LockMode, Handle)>,
 }
 
 impl HeldLocks {
     pub fn get(&self, node: &NodeRef, owner: u64) -> Option<(u64, LockMode)> {
-        self.held.get(&(node.clone(), owner)).copied()
+        self.held.get(&(node.clone(), owner)).map(|(s, m, _)| (*s, *m))
     }
 
-    pub fn insert(&mut self, node: &NodeRef, owner: u64, session: u64, mode: LockMode) {
-        self.held.insert((node.clone(), owner), (session, mode));
+    /// The handle that took the lock.
+    pub fn handle(&self, node: &NodeRef, owner: u64) -> Option<Handle> {
+        self.held.get(&(node.clone(), owner)).map(|(_, _, h)| h.clone())
     }
 
-    pub fn remove(&mut self, node: &NodeRef, owner: u64) -> Option<(u64, LockMode)> {
-        self.held.remove(&(node.clone(), owner))
+    pub fn insert(&mut self, node: &NodeRef, owner: u64, session: u64, mode: LockMode, handle: Handle) {
+        self.held.insert((node.clone(), owner), (session, mode, handle));
+    }
+
+    pub fn remove(&mut self, node: &NodeRef, owner: u64) {
+        self.held.remove(&(node.clone(), owner));
     }
 }
 

@@ -130,10 +130,10 @@ impl Filesystem for ChubbyFs {
         self.inner.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let uid = req.uid();
         self.spawn(move |fs| async move {
-            match fs.getattr(uid, ino.0).await {
+            match fs.getattr(uid, ino.0, fh.map(|f| f.0)).await {
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
@@ -165,7 +165,7 @@ impl Filesystem for ChubbyFs {
         self.spawn(move |fs| async move {
             let r = match size {
                 Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0)).await,
-                None => fs.getattr(caller, ino.0).await,
+                None => fs.getattr(caller, ino.0, fh.map(|f| f.0)).await,
             };
             let r = r.and_then(|a| {
                 let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm))

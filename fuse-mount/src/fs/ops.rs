@@ -34,10 +34,16 @@ const WRITE: u32 = 2;
 
 /// Whether the caller's handle allows an `open` with `flags`: reading needs the read right,
 /// writing or truncating the write right, as a local file's mode would decide at open (so
-/// `echo > file` fails there, not at a close whose error the shell ignores).
-fn allows(handle: &Handle, flags: i32) -> Result<(), Errno> {
+/// `echo > file` fails there, not at a close whose error the shell ignores). `check_read`
+/// is false for a create, which may make a file its creator cannot read (as a local create
+/// may): its reads are refused by the cell then. A handle with no rights given comes from a
+/// master too old to say them: the cell alone decides, at each call.
+fn allows(handle: &Handle, flags: i32, check_read: bool) -> Result<(), Errno> {
+    if handle.rights == 0 {
+        return Ok(());
+    }
     let mode = flags & libc::O_ACCMODE;
-    let read = mode != libc::O_WRONLY;
+    let read = check_read && mode != libc::O_WRONLY;
     let write = mode != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
     let missing = (read && handle.rights & READ == 0) || (write && handle.rights & WRITE == 0);
     if missing {
@@ -210,8 +216,9 @@ impl FsInner {
         }
         let node = self.node(ino)?;
         let (_, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
-        let denied = (mask & libc::R_OK != 0 && handle.rights & READ == 0)
-            || (mask & libc::W_OK != 0 && handle.rights & WRITE == 0)
+        let told = handle.rights != 0; // else a master too old to say: the calls will tell
+        let denied = (told && mask & libc::R_OK != 0 && handle.rights & READ == 0)
+            || (told && mask & libc::W_OK != 0 && handle.rights & WRITE == 0)
             || (mask & libc::X_OK != 0 && !stat.is_directory);
         if denied {
             Err(Errno::EACCES)
@@ -232,7 +239,9 @@ impl FsInner {
         Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
-    pub async fn getattr(&self, uid: u32, ino: u64) -> Result<Answer, Errno> {
+    /// Attributes, asked in the session of open file `fh` if given (`fstat` of a descriptor
+    /// keeps working for whoever holds it, as locally), else in the caller's.
+    pub async fn getattr(&self, uid: u32, ino: u64, fh: Option<u64>) -> Result<Answer, Errno> {
         if ino == ROOT {
             // The mount point never changes.
             let lease_end = Instant::now() + Duration::from_secs(3600);
@@ -245,7 +254,15 @@ impl FsInner {
         }
         let node = self.node(ino)?;
         let before = self.before(Some(&node));
-        let (session, _, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
+        let opened = match fh.and_then(|fh| self.file(fh).ok()) {
+            Some(file) => Some(file.lock().await.session.clone()),
+            None => None,
+        };
+        let session = match opened {
+            Some(s) => s,
+            None => self.cells[node.cell].session(uid).await.map_err(errno)?,
+        };
+        let (_, stat) = session.open_node(&node.path, OpenOptions::default()).await.map_err(errno)?;
         Ok(self.answer(ino, &node, &stat, &session, before))
     }
 
@@ -301,7 +318,7 @@ impl FsInner {
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }
-        allows(&handle, flags)?;
+        allows(&handle, flags, true)?;
         let f = self.new_file(ino, node, session, handle, flags);
         Ok(self.add_file(f))
     }
@@ -314,7 +331,7 @@ impl FsInner {
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }
-        allows(&handle, flags)?;
+        allows(&handle, flags, false)?;
         let ino = guard(&self.inodes).lookup(&node);
         let answer = self.answer(ino, &node, &stat, &session, before);
         let f = self.new_file(ino, node, session, handle, flags);
@@ -437,7 +454,7 @@ impl FsInner {
             contents.resize(size as usize, 0);
             session.set(&handle, contents.into(), None, "").await.map_err(errno)?;
         }
-        self.getattr(uid, ino).await
+        self.getattr(uid, ino, fh).await
     }
 
     pub async fn opendir(&self, uid: u32, ino: u64) -> Result<u64, Errno> {

@@ -48,7 +48,7 @@ impl FsInner {
         if ino == ROOT {
             return Err(no_data);
         }
-        let name = name.to_str().ok_or(no_data)?;
+        let name = name.to_str().filter(|n| XATTRS.contains(n)).ok_or(no_data)?;
         let node = self.node(ino)?;
         let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         let value = match name {
@@ -77,7 +77,8 @@ impl FsInner {
     }
 
     /// `setfattr` of an ACL list (`user.chubby.acl.readers`, `.writers`, `.change_acl`):
-    /// replaces that list of the node's ACL names, keeping the other two. The rest of the
+    /// replaces that list of the node's ACL names, keeping the other two (an empty
+    /// change-ACL list is refused: `EINVAL`). The rest of the
     /// metadata is the cell's to keep (`EPERM`); other names are not stored (`ENOTSUP`).
     pub async fn setxattr(&self, uid: u32, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         let name = name.to_str().ok_or(Errno::ENOTSUP)?;
@@ -91,11 +92,18 @@ impl FsInner {
             return Err(Errno::EEXIST); // every node has its ACL lists
         }
         let names = parse_names(value)?;
+        if names.is_empty() && name == "user.chubby.acl.change_acl" {
+            // No one could ever change this ACL again, this list included.
+            return Err(Errno::EINVAL);
+        }
         let node = self.node(ino)?;
         let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
-        let (mut acl, _) = session.acl(&handle).await.map_err(errno)?;
-        *acl_list(&mut acl, name).expect("an ACL attribute") = names;
-        session.set_acl(&handle, acl).await.map_err(errno)?;
+        let change = |acl: &mut NodeAcl| {
+            if let Some(list) = acl_list(acl, name) {
+                *list = names.clone();
+            }
+        };
+        session.update_acl(&handle, change).await.map_err(errno)?;
         Ok(())
     }
 

@@ -161,21 +161,26 @@ pub struct AclChange {
 }
 
 /// `acl`: prints PATH's ACL names, after replacing the lists given. The lists not given are
-/// kept as read just before (a concurrent change of those is overwritten; ACL changes are an
-/// operator's rare act).
+/// kept as they are (the change is written only if no other came in between).
 pub async fn acl(s: &Session, path: &str, change: AclChange, json: bool) -> Result<(), ClientError> {
     let (h, _) = s.open_node(path, OpenOptions::default()).await?;
-    let (mut acl, _) = s.acl(&h).await?;
-    let given = [change.readers.is_some(), change.writers.is_some(), change.change_acl.is_some()];
-    if given.contains(&true) {
-        let lists = [(change.readers, &mut acl.readers), (change.writers, &mut acl.writers)];
-        for (new, list) in lists.into_iter().chain([(change.change_acl, &mut acl.change_acl)]) {
-            if let Some(new) = new {
-                *list = parse_names(&new);
-            }
-        }
-        s.set_acl(&h, acl.clone()).await?;
+    let new = [&change.readers, &change.writers, &change.change_acl].map(|l| l.as_deref().map(parse_names));
+    if new[2].as_ref().is_some_and(Vec::is_empty) {
+        let why = "an empty --change-acl list would leave no one able to change this ACL again";
+        return Err(ClientError::Rpc(Box::new(tonic::Status::invalid_argument(why))));
     }
+    let acl = if new.iter().any(Option::is_some) {
+        let change = |acl: &mut NodeAcl| {
+            for (list, names) in [&mut acl.readers, &mut acl.writers, &mut acl.change_acl].into_iter().zip(&new) {
+                if let Some(names) = names {
+                    list.clone_from(names);
+                }
+            }
+        };
+        s.update_acl(&h, change).await?.0
+    } else {
+        s.acl(&h).await?.0
+    };
     if json {
         println!("{}", json!({ "path": path, "acl": acl_json(&acl) }));
     } else {
