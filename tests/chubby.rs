@@ -574,6 +574,37 @@ fn cached_reads_stay_linearizable_across_another_clients_writes() {
 }
 
 #[test]
+fn a_writer_caches_what_it_wrote_and_still_sees_every_later_write() {
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(async {
+        wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let path = "/ls/local/write-through";
+        let a = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let b = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let (ha, _) = a.open_node(path, OpenOptions { create: true, ..OpenOptions::default() }).await.unwrap();
+        let (hb, _) = b.open_node(path, OpenOptions::default()).await.unwrap();
+        for i in 0..20u64 {
+            // Each writes in turn; each write is cached by its writer (its next read costs no
+            // RPC) and invalidates the other, whose next read has it.
+            let (writer, hw, reader, hr) = if i % 2 == 0 { (&a, &ha, &b, &hb) } else { (&b, &hb, &a, &ha) };
+            let value = format!("v{i}");
+            let st = writer.set(hw, value.clone().into(), None, "").await.unwrap();
+            let hits = writer.cache_hits();
+            let (own, own_st) = writer.get(hw).await.unwrap();
+            assert_eq!((&own[..], own_st.content_generation), (value.as_bytes(), st.content_generation));
+            assert_eq!(writer.cache_hits(), hits + 1, "write {i}: the writer's re-read is a cache hit");
+            let (seen, _) = reader.get(hr).await.unwrap();
+            assert_eq!(&seen[..], value.as_bytes(), "write {i}: the other session reads it");
+            // A cached stat is refreshed too: the writer's own opens see the new generation.
+            let (_, reopened) = writer.open_node(path, OpenOptions::default()).await.unwrap();
+            assert_eq!(reopened.content_generation, st.content_generation);
+        }
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+    });
+}
+
+#[test]
 fn the_cell_is_found_from_a_cell_file_or_a_host_name_through_any_replica() {
     let cell = TestCell::start(CellOptions::default());
     let leader =

@@ -185,7 +185,8 @@ impl ChubbyService {
     async fn write_contents(&self, req: SetContentsRequest) -> Result<SetContentsResponse, Status> {
         let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
-        let pending = self.master.begin_write(&h.path).await?;
+        let (session, path) = (h.session, h.path.clone());
+        let pending = self.master.begin_write_by(&h.path, req.write_through.then_some(session)).await?;
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
         let op = Op::SetContents {
             path: h.path,
@@ -194,10 +195,32 @@ impl ChubbyService {
             if_generation: req.if_generation,
             sequencer,
         };
-        match self.call_guarded(request, op, &pending).await? {
-            Reply::Stat(s) => Ok(SetContentsResponse { stat: Some(stat(&s)) }),
-            other => Err(unexpected(other)),
-        }
+        let s = match self.call_guarded(request, op, &pending).await? {
+            Reply::Stat(s) => s,
+            other => return Err(unexpected(other)),
+        };
+        drop(pending);
+        let cacheable = req.write_through && !s.ephemeral && self.cache_written(session, &path, &s).await;
+        Ok(SetContentsResponse { stat: Some(stat(&s)), cacheable })
+    }
+
+    /// After a write-through write (its pending mark gone): counts the writer among the
+    /// node's cachers if the node still holds what it wrote. Registering first and then
+    /// looking at the state (this master's applied state holds every write answered before)
+    /// covers both sides: a write that began before the registration is still pending (no
+    /// registration) or already visible in the state (another generation); one that begins
+    /// after it invalidates the writer like any cacher.
+    async fn cache_written(&self, session: u64, path: &str, written: &state::Stat) -> bool {
+        let token = self.master.register_cacher(session, path);
+        let p = path.to_string();
+        let now = self
+            .master
+            .node()
+            .stale_read(move |m: &CellMachine| m.state().node(&p).map(|n| (n.stat.instance, n.stat.content_generation)))
+            .await
+            .map_err(|e| self.node_error(e));
+        let same = |n: &Option<(u64, u64)>| *n == Some((written.instance, written.content_generation));
+        self.master.settle_cacher(session, path, token, &now, same)
     }
 
     async fn acquire(&self, req: AcquireRequest, try_only: bool) -> Result<AcquireResponse, Status> {

@@ -62,10 +62,14 @@ impl CacheTable {
 
     /// Marks a write pending and sends its invalidations; returns what to wait for: each
     /// session, the end of its lease, and the ack.
+    ///
+    /// `writer`: a session that dropped its own copy before sending the write
+    /// (write-through), which needs no invalidation.
     pub fn begin_write(
         &mut self,
         path: &str,
         full_path: &str,
+        writer: Option<SessionId>,
         unflushed: &HashSet<SessionId>,
         streams: &HashMap<SessionId, StreamTx>,
         leases: &LeaseTable,
@@ -79,6 +83,9 @@ impl CacheTable {
         }
         // After a failover, a session that has not resumed may cache anything.
         sessions.extend(unflushed.iter().copied());
+        if let Some(w) = writer {
+            sessions.remove(&w);
+        }
         let mut waits = Vec::new();
         for session in sessions {
             let Some(deadline) = leases.deadline(session) else { continue };

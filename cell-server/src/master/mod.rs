@@ -551,11 +551,17 @@ impl Master {
     /// that missed the invalidation can no longer be trusted by its client). The node is
     /// uncacheable until the returned guard drops.
     pub async fn begin_write(self: &Arc<Self>, path: &str) -> Result<WriteGuard, Status> {
+        self.begin_write_by(path, None).await
+    }
+
+    /// [`Master::begin_write`], for a `writer` session that dropped its own copy of the node
+    /// (write-through), which needs no invalidation.
+    pub async fn begin_write_by(self: &Arc<Self>, path: &str, writer: Option<SessionId>) -> Result<WriteGuard, Status> {
         let (epoch, waits) = {
             let mut g = self.lock();
             let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
             let Inner { cache, streams, leases, unflushed, cell_name, .. } = &mut *g;
-            (epoch, cache.begin_write(path, &full_path(cell_name, path), unflushed, streams, leases))
+            (epoch, cache.begin_write(path, &full_path(cell_name, path), writer, unflushed, streams, leases))
         };
         let guard = WriteGuard { master: self.clone(), path: path.to_string(), epoch };
         for (session, id, deadline, rx) in waits {

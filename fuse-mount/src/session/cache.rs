@@ -32,7 +32,10 @@ struct Entry {
 #[derive(Default)]
 struct Flight {
     reads: u32,
-    /// An invalidation of the node arrived while a read was in flight.
+    /// This session's own write-through writes in flight.
+    writes: u32,
+    /// An invalidation of the node arrived while a read was in flight, or an own write ended
+    /// while it was.
     spoiled: bool,
 }
 
@@ -57,9 +60,11 @@ pub(super) struct Cache {
     pub hits: u64,
 }
 
-/// A read in flight; hand it back to [`Cache::end_read`].
+/// A read (or own write, see [`Cache::begin_own_write`]) in flight; hand it back to
+/// [`Cache::end_read`].
 pub(super) struct Ticket {
     path: String,
+    write: bool,
 }
 
 /// The form of a path that invalidations use: `/ls/<cell>/a/b` (no trailing `/`).
@@ -90,8 +95,12 @@ impl Cache {
         self.paths.insert(handle.token.clone(), (key(path), instance));
     }
 
+    /// A handle was closed: it names nothing any more, and no open reuses it.
     pub fn forget_handle(&mut self, handle: &Handle) {
-        self.paths.remove(&handle.token);
+        let Some((path, _)) = self.paths.remove(&handle.token) else { return };
+        if let Some(e) = self.nodes.get_mut(&path).filter(|e| e.handle.as_ref() == Some(handle)) {
+            e.handle = None;
+        }
     }
 
     pub fn node_of(&self, handle: &Handle) -> Option<(String, u64)> {
@@ -140,15 +149,34 @@ impl Cache {
     pub fn begin_read(&mut self, path: &str) -> Ticket {
         let path = key(path);
         self.flights.entry(path.clone()).or_default().reads += 1;
-        Ticket { path }
+        Ticket { path, write: false }
     }
 
-    /// A read ended; `fill` is its answer if the master said it may be cached.
+    /// A write-through write of this session's is about to be sent: the node's entry goes
+    /// now (the master will not invalidate this session for it), and no read of the node
+    /// that overlaps the write fills the cache (its answer may predate the write); only the
+    /// write's own answer may, through [`Cache::end_read`].
+    pub fn begin_own_write(&mut self, path: &str) -> Ticket {
+        let path = key(path);
+        self.invalidate(std::slice::from_ref(&path));
+        self.flights.entry(path.clone()).or_default().writes += 1;
+        Ticket { path, write: true }
+    }
+
+    /// A read or own write ended; `fill` is its answer if the master said it may be cached.
     pub fn end_read(&mut self, ticket: Ticket, fill: Option<Fill>) {
         let Some(flight) = self.flights.get_mut(&ticket.path) else { return };
-        flight.reads -= 1;
-        let spoiled = flight.spoiled;
-        if flight.reads == 0 {
+        let spoiled = if ticket.write {
+            flight.writes -= 1;
+            let spoiled = flight.spoiled;
+            // Reads still in flight overlapped this write: their answers may be older.
+            flight.spoiled = true;
+            spoiled
+        } else {
+            flight.reads -= 1;
+            flight.spoiled || flight.writes > 0
+        };
+        if flight.reads == 0 && flight.writes == 0 {
             self.flights.remove(&ticket.path);
         }
         let Some(fill) = fill.filter(|_| self.enabled && !spoiled) else { return };

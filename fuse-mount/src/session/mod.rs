@@ -646,15 +646,40 @@ impl Session {
         if_generation: Option<u64>,
         sequencer: &str,
     ) -> Result<NodeStat, ClientError> {
+        // Write-through when this session caches: it drops its copy itself (and tells its
+        // hook, as for an invalidation) instead of waiting for the master's invalidation
+        // round trip, and caches what it wrote if the master says it may.
+        let node = self.inner.opts.cache.then(|| self.inner.cache().node_of(handle)).flatten();
+        let ticket = match &node {
+            Some((path, _)) => {
+                let ticket = self.inner.cache().begin_own_write(path);
+                self.inner.invalidated(Invalidated::Nodes(vec![path.clone()])).await;
+                Some(ticket)
+            }
+            None => None,
+        };
         let f = self.next_request();
         let req = SetContentsRequest {
             request: Some(f.request),
             handle: Some(handle.clone()),
-            contents,
+            contents: contents.clone(),
             if_generation,
             sequencer: sequencer.to_string(),
+            write_through: ticket.is_some(),
         };
-        Ok(self.call(self.deadline(), rpc!(set_contents, req)).await?.stat.unwrap_or_default())
+        let r = self.call(self.deadline(), rpc!(set_contents, req)).await;
+        if let Some(ticket) = ticket {
+            let fill = match &r {
+                Ok(r) if r.cacheable => Some(Fill {
+                    stat: r.stat.unwrap_or_default(),
+                    contents: Some(contents),
+                    handle: Some(handle.clone()),
+                }),
+                _ => None,
+            };
+            self.inner.cache().end_read(ticket, fill);
+        }
+        Ok(r?.stat.unwrap_or_default())
     }
 
     pub async fn delete(
