@@ -333,10 +333,30 @@ fn a_write_waits_for_cachers_to_ack_or_lose_their_session() {
         // is over, and the session is expired so its client cannot trust its cache.
         let (_tx, mut inbound, silent) = silent_cacher(&master, "/ls/local/cached").await;
         let started = Instant::now();
-        w.set(&h, "v3".into(), None, "").await.unwrap();
+        let first = {
+            let (w, h) = (w.clone(), h.clone());
+            tokio::spawn(async move { w.set(&h, "v3".into(), None, "").await })
+        };
+        let mut invalidated = false;
+        while !invalidated {
+            let next = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await;
+            match next.expect("an invalidation within 10 s").expect("the silent cacher's stream") {
+                Some(SessionResponse { kind: Some(session_response::Kind::Invalidation(i)) }) => {
+                    invalidated |= i.paths.iter().any(|p| p == "/ls/local/cached");
+                }
+                Some(_) => {}
+                None => panic!("the silent cacher's stream ended before its invalidation"),
+            }
+        }
+        // A second write, begun while the first waits: the silent cacher still holds its old
+        // copy, so this one must not complete before that copy is gone either.
+        let second_started = Instant::now();
+        reader.set(&hr, "v4".into(), None, "").await.unwrap();
+        let waited = second_started.elapsed();
+        assert!(waited >= Duration::from_millis(500), "the second write did not wait for the cacher ({waited:?})");
+        first.await.unwrap().unwrap();
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(500), "the write did not wait for the cacher ({waited:?})");
-        let mut invalidated = false;
         let ended = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match inbound.message().await {

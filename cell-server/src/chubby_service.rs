@@ -27,9 +27,19 @@ use crate::state::{self, Create, Entry, Holder, Op, Reply, Rights, StateError};
 /// Metadata key with the state machine's reason for a refusal.
 pub const ERROR_METADATA: &str = "chubby-error";
 
+#[derive(Clone)]
 pub struct ChubbyService {
     master: Arc<Master>,
     cell_name: String,
+}
+
+/// Runs a write (SetContents, Delete, SetAcl) to its end even if its client goes away, which
+/// makes hyper drop the handler: the write's pending mark must last until its entry's fate is
+/// known, or a read in between could be cached and then outlive the write uninvalidated.
+async fn to_the_end<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(write).await.unwrap_or_else(|e| Err(Status::internal(format!("the write's task failed: {e}"))))
 }
 
 /// Maps a state-machine refusal to a gRPC status (DESIGN.md, Errors).
@@ -216,10 +226,12 @@ impl ChubbyService {
         let now = self
             .master
             .node()
-            .stale_read(move |m: &CellMachine| m.state().node(&p).map(|n| (n.stat.instance, n.stat.content_generation)))
+            .stale_read(move |m: &CellMachine| m.state().node(&p).map(|n| (n.stat.instance, n.stat.modified_index)))
             .await
             .map_err(|e| self.node_error(e));
-        let same = |n: &Option<(u64, u64)>| *n == Some((written.instance, written.content_generation));
+        // The last change to contents or ACL is still this write (a SetAcl moves the index on
+        // but not the content generation).
+        let same = |n: &Option<(u64, u64)>| *n == Some((written.instance, written.modified_index));
         self.master.settle_cacher(session, path, token, &now, same)
     }
 
@@ -459,19 +471,14 @@ impl Chubby for ChubbyService {
 
     async fn set_contents(&self, req: Request<SetContentsRequest>) -> Result<Response<SetContentsResponse>, Status> {
         self.master.check_epoch(req.metadata()).await?;
-        self.write_contents(req.into_inner()).await.map(Response::new)
+        let this = self.clone();
+        to_the_end(async move { this.write_contents(req.into_inner()).await }).await.map(Response::new)
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         self.master.check_epoch(req.metadata()).await?;
-        let req = req.into_inner();
-        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
-        let request = self.request_id(req.request.as_ref(), h.session)?;
-        let pending = self.master.begin_write(&h.path).await?;
-        let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
-        let op = Op::Delete { path: h.path, instance: h.instance, if_generation: req.if_generation, sequencer };
-        self.call_guarded(request, op, &pending).await?;
-        Ok(Response::new(DeleteResponse {}))
+        let this = self.clone();
+        to_the_end(async move { this.delete_node(req.into_inner()).await }).await.map(Response::new)
     }
 
     async fn acquire(&self, req: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
@@ -537,7 +544,23 @@ impl Chubby for ChubbyService {
 
     async fn set_acl(&self, req: Request<SetAclRequest>) -> Result<Response<SetAclResponse>, Status> {
         self.master.check_epoch(req.metadata()).await?;
-        let req = req.into_inner();
+        let this = self.clone();
+        to_the_end(async move { this.change_acl(req.into_inner()).await }).await.map(Response::new)
+    }
+}
+
+impl ChubbyService {
+    async fn delete_node(&self, req: DeleteRequest) -> Result<DeleteResponse, Status> {
+        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let pending = self.master.begin_write(&h.path).await?;
+        let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
+        let op = Op::Delete { path: h.path, instance: h.instance, if_generation: req.if_generation, sequencer };
+        self.call_guarded(request, op, &pending).await?;
+        Ok(DeleteResponse {})
+    }
+
+    async fn change_acl(&self, req: SetAclRequest) -> Result<SetAclResponse, Status> {
         let h = self.handle(req.handle.as_ref(), Rights::CHANGE_ACL)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
         let pending = self.master.begin_write(&h.path).await?;
@@ -548,7 +571,7 @@ impl Chubby for ChubbyService {
             None => Op::SetAcl { path, instance, acl },
         };
         match self.call_guarded(request, op, &pending).await? {
-            Reply::Stat(s) => Ok(Response::new(SetAclResponse { stat: Some(stat(&s)) })),
+            Reply::Stat(s) => Ok(SetAclResponse { stat: Some(stat(&s)) }),
             other => Err(unexpected(other)),
         }
     }

@@ -23,8 +23,8 @@ pub struct CacheTable {
     by_session: HashMap<SessionId, HashSet<String>>,
     /// Writes in progress per node: while any, reads are not cacheable.
     pending: HashMap<String, u32>,
-    /// Invalidations awaiting an ack: id → (session, writer to wake).
-    awaiting: HashMap<u64, (SessionId, oneshot::Sender<()>)>,
+    /// Invalidations awaiting an ack: id → (session, node, writer to wake).
+    awaiting: HashMap<u64, (SessionId, String, oneshot::Sender<()>)>,
     /// How many acks each session owes.
     owed: HashMap<SessionId, u32>,
 }
@@ -83,6 +83,9 @@ impl CacheTable {
         }
         // After a failover, a session that has not resumed may cache anything.
         sessions.extend(unflushed.iter().copied());
+        // A session that has not yet acked an earlier write's invalidation of this node may
+        // still answer from its old copy: this write must not complete before it acks either.
+        sessions.extend(self.awaiting.values().filter(|(_, p, _)| p == path).map(|(s, _, _)| *s));
         if let Some(w) = writer {
             sessions.remove(&w);
         }
@@ -92,7 +95,7 @@ impl CacheTable {
             self.next += 1;
             let id = self.next;
             let (tx, rx) = oneshot::channel();
-            self.awaiting.insert(id, (session, tx));
+            self.awaiting.insert(id, (session, path.to_string(), tx));
             *self.owed.entry(session).or_default() += 1;
             if let Some(stream) = streams.get(&session) {
                 let inv = Invalidation { invalidation_id: id, paths: vec![full_path.to_string()] };
@@ -120,7 +123,7 @@ impl CacheTable {
     }
 
     fn settled(&mut self, id: u64) -> Option<oneshot::Sender<()>> {
-        let (session, tx) = self.awaiting.remove(&id)?;
+        let (session, _, tx) = self.awaiting.remove(&id)?;
         if let Some(n) = self.owed.get_mut(&session) {
             *n -= 1;
             if *n == 0 {
@@ -132,7 +135,7 @@ impl CacheTable {
 
     /// An ack from a stream carrying `sessions`.
     pub fn ack(&mut self, id: u64, sessions: &HashSet<SessionId>) {
-        if self.awaiting.get(&id).is_some_and(|(s, _)| sessions.contains(s)) {
+        if self.awaiting.get(&id).is_some_and(|(s, _, _)| sessions.contains(s)) {
             if let Some(tx) = self.settled(id) {
                 let _ = tx.send(());
             }
@@ -147,7 +150,7 @@ impl CacheTable {
     /// A session (re)attached a stream. Clients drop their whole cache when their stream
     /// breaks, so a resumption acknowledges every invalidation the session still owes.
     pub fn flushed(&mut self, session: SessionId) {
-        let ids: Vec<u64> = self.awaiting.iter().filter(|(_, (s, _))| *s == session).map(|(id, _)| *id).collect();
+        let ids: Vec<u64> = self.awaiting.iter().filter(|(_, (s, _, _))| *s == session).map(|(id, _)| *id).collect();
         for id in ids {
             if let Some(tx) = self.settled(id) {
                 let _ = tx.send(());
@@ -163,7 +166,7 @@ impl CacheTable {
             }
         }
         // The writers waiting on this session see their channel closed: it needs no ack.
-        self.awaiting.retain(|_, (s, _)| *s != session);
+        self.awaiting.retain(|_, (s, _, _)| *s != session);
         self.owed.remove(&session);
     }
 }

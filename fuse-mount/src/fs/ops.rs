@@ -167,7 +167,7 @@ impl FsInner {
         Answer {
             attr: self.attr(ino, stat),
             before,
-            cacheable: !pending && !stat.is_ephemeral && session.caches(&node.path),
+            cacheable: !pending && !stat.is_ephemeral && session.caches(&node.path, stat),
             lease_end: session.lease_end(),
         }
     }

@@ -141,9 +141,9 @@ impl Cache {
         self.hit(found)
     }
 
-    /// Whether `path` has an entry the cache would answer from now.
-    pub fn holds(&self, path: &str) -> bool {
-        self.live() && self.nodes.get(&key(path)).is_some_and(|e| e.stat.is_some())
+    /// Whether `path` has an entry the cache would answer from now, with metadata `stat`.
+    pub fn holds(&self, path: &str, stat: &NodeStat) -> bool {
+        self.live() && self.nodes.get(&key(path)).is_some_and(|e| e.stat.as_ref() == Some(stat))
     }
 
     pub fn begin_read(&mut self, path: &str) -> Ticket {

@@ -362,10 +362,12 @@ impl Session {
         *self.inner.hook.lock().expect("hook") = Some(hook);
     }
 
-    /// Whether the cache holds `path` now: the master counts this session among the node's
-    /// cachers, so it invalidates the node here (and calls the hook) before any write to it.
-    pub fn caches(&self, path: &str) -> bool {
-        self.inner.cache().holds(path)
+    /// Whether the cache holds `path` now, with metadata `stat`: the master counts this
+    /// session among the node's cachers, so it invalidates the node here (and calls the hook)
+    /// before any write to it, and `stat` is the node's current metadata (an answer that
+    /// arrived after a newer one was cached is not).
+    pub fn caches(&self, path: &str, stat: &NodeStat) -> bool {
+        self.inner.cache().holds(path, stat)
     }
 
     /// How many answers (reads, stats, re-opens) the cache has served.
