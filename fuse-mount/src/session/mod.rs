@@ -13,7 +13,9 @@
 //!   retrying it at a new master is applied once.
 //! - Contents, metadata and handles of nodes are cached ([`cache`]) and dropped on the
 //!   master's invalidations before they are acked, so cached reads stay linearizable; a
-//!   re-open of a cached node costs no RPC.
+//!   re-open of a cached node costs no RPC. The session's own writes are written through:
+//!   it drops its copy before sending and caches what it wrote if the master says it may.
+//! - ACL names ([`acl`]) and the principal a client presents ([`principal`]).
 //! - Events arrive on a broadcast channel.
 
 // gRPC's Status is the error of every call here; boxing it would only add noise.
@@ -35,11 +37,13 @@ use tonic::{Code, Response, Status};
 use crate::client::ClientError;
 
 mod cache;
+mod principal;
 mod stream;
 
 use cache::{Cache, Fill};
-
 use stream::{connect_stream, keep_session};
+
+pub use principal::principal_of;
 
 /// A call of `method` with a fresh copy of `req` on whichever client the retry loop picks.
 macro_rules! rpc {
@@ -50,6 +54,9 @@ macro_rules! rpc {
         }
     };
 }
+
+// After `rpc!`, which it uses.
+mod acl;
 
 /// Longest pause between retries while the master is unknown: an election on a loopback or
 /// LAN cell takes a few hundred ms, and a client should notice its end promptly. (Polling is
@@ -82,36 +89,6 @@ impl Default for SessionOptions {
             cache: true,
         }
     }
-}
-
-/// The principal a client presents for user `uid` of this host: `NAME@HOST`, with the
-/// user's name from the password database (`uid<N>` if it has none) and the host's name.
-/// The `chubby` CLI and the mount name one user alike, so the cell's ACLs treat both the same.
-pub fn principal_of(uid: u32) -> String {
-    let user = user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    if host.is_empty() {
-        user
-    } else {
-        format!("{user}@{host}")
-    }
-}
-
-/// The password database's name for `uid`.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: an all-zero passwd is a valid value of this plain C struct (null pointers).
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is to memory owned here and live for the call; `buf`'s length is
-    // passed with it, and getpwuid_r writes only within `pwd` and `buf`.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -587,60 +564,6 @@ impl Session {
         r
     }
 
-    /// The node's ACL names (Chubby §2.4), always from the master (they are not cached), with
-    /// its metadata.
-    pub async fn acl(&self, handle: &Handle) -> Result<(NodeAcl, NodeStat), ClientError> {
-        let node = self.inner.cache().node_of(handle);
-        let r = self.get_stat(handle, node).await?;
-        // A master too old to give the names: never mistake that for empty lists (which a
-        // read-modify-write would then store).
-        let acl = r.acl.ok_or_else(|| {
-            ClientError::Rpc(Box::new(Status::unimplemented("the master does not report ACL names; upgrade it")))
-        })?;
-        Ok((acl, r.stat.unwrap_or_default()))
-    }
-
-    /// Replaces the node's ACL names, if the node is still at ACL generation
-    /// `if_acl_generation` when given (else a `GenerationMismatch` refusal). The handle must
-    /// carry the change-ACL right, which a handle gets at open when its session's principal
-    /// is on the node's change-ACL list.
-    pub async fn set_acl(
-        &self,
-        handle: &Handle,
-        acl: NodeAcl,
-        if_acl_generation: Option<u64>,
-    ) -> Result<NodeStat, ClientError> {
-        let f = self.next_request();
-        let req = SetAclRequest {
-            request: Some(f.request),
-            handle: Some(handle.clone()),
-            readers: acl.readers,
-            writers: acl.writers,
-            change_acl: acl.change_acl,
-            if_acl_generation,
-        };
-        Ok(self.call(self.deadline(), rpc!(set_acl, req)).await?.stat.unwrap_or_default())
-    }
-
-    /// Changes the node's ACL names with `change` (read, changed, written back only if no
-    /// other change came in between; retried a few times if one did).
-    pub async fn update_acl(
-        &self,
-        handle: &Handle,
-        change: impl Fn(&mut NodeAcl),
-    ) -> Result<(NodeAcl, NodeStat), ClientError> {
-        let mut tries = 0;
-        loop {
-            let (mut acl, stat) = self.acl(handle).await?;
-            change(&mut acl);
-            match self.set_acl(handle, acl.clone(), Some(stat.acl_generation)).await {
-                Ok(stat) => return Ok((acl, stat)),
-                Err(e) if e.reason() == Some("GenerationMismatch") && tries < 5 => tries += 1,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     pub async fn set(
         &self,
         handle: &Handle,
@@ -801,18 +724,4 @@ fn random_open_id() -> u64 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.write_u32(std::process::id());
     h.finish().max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_principal_names_the_user_of_a_uid_on_this_host() {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string();
-        let at = |user: &str| if host.is_empty() { user.to_string() } else { format!("{user}@{host}") };
-        assert_eq!(principal_of(0), at("root"));
-        // A uid with no account is named by its number.
-        assert_eq!(principal_of(3_999_999_999), at("uid3999999999"));
-    }
 }
