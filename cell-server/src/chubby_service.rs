@@ -218,7 +218,7 @@ impl ChubbyService {
     /// node's cachers if the node still holds what it wrote. Registering first and then
     /// looking at the state (this master's applied state holds every write answered before)
     /// covers both sides: a write that began before the registration is still pending (no
-    /// registration) or already visible in the state (another generation); one that begins
+    /// registration) or already visible in the state (a later modified index); one that begins
     /// after it invalidates the writer like any cacher.
     async fn cache_written(&self, session: u64, path: &str, written: &state::Stat) -> bool {
         let token = self.master.register_cacher(session, path);
