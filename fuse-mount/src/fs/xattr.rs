@@ -8,7 +8,7 @@ use proto::chubby::NodeAcl;
 
 use super::inodes::ROOT;
 use super::ops::{errno, FsInner};
-use crate::session::OpenOptions;
+use crate::session::{principal_list, OpenOptions};
 
 /// The extended attributes every node has.
 const XATTRS: [&str; 11] = [
@@ -35,10 +35,9 @@ fn acl_list<'a>(acl: &'a mut NodeAcl, name: &str) -> Option<&'a mut Vec<String>>
     }
 }
 
-/// Principal names as `setfattr` gives them: separated by commas or newlines.
+/// Principal names as `setfattr` gives them (see [`principal_list`]).
 fn parse_names(value: &[u8]) -> Result<Vec<String>, Errno> {
-    let text = std::str::from_utf8(value).map_err(|_| Errno::EINVAL)?;
-    Ok(text.split([',', '\n']).map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect())
+    std::str::from_utf8(value).map(principal_list).map_err(|_| Errno::EINVAL)
 }
 
 impl FsInner {

@@ -43,7 +43,7 @@ mod stream;
 use cache::{Cache, Fill};
 use stream::{connect_stream, keep_session};
 
-pub use principal::principal_of;
+pub use principal::{principal_list, principal_of};
 
 /// A call of `method` with a fresh copy of `req` on whichever client the retry loop picks.
 macro_rules! rpc {

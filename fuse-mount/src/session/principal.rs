@@ -15,6 +15,13 @@ pub fn principal_of(uid: u32) -> String {
     }
 }
 
+/// A list of principal names as the `chubby acl` flags and the mount's `user.chubby.acl.*`
+/// attributes give it: separated by commas or newlines, blanks around names dropped (`*` is
+/// everyone).
+pub fn principal_list(text: &str) -> Vec<String> {
+    text.split([',', '\n']).map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect()
+}
+
 /// The password database's name for `uid`.
 fn user_name(uid: u32) -> Option<String> {
     let mut buf = vec![0u8; 4096];

@@ -6,7 +6,7 @@ use std::io::Write;
 use bytes::Bytes;
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::{event, NodeAcl, NodeStat};
-use fuse_mount::session::{OpenOptions, Session};
+use fuse_mount::session::{principal_list, OpenOptions, Session};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -123,11 +123,6 @@ fn print_acl(a: &NodeAcl) {
     println!("change-acl:         {}", a.change_acl.join(","));
 }
 
-/// A comma-separated list of principal names (`*`: everyone), blanks around names dropped.
-pub fn parse_names(list: &str) -> Vec<String> {
-    list.split([',', '\n']).map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect()
-}
-
 pub async fn stat(s: &Session, path: &str, json: bool) -> Result<(), ClientError> {
     let (h, _) = s.open_node(path, OpenOptions::default()).await?;
     let (acl, st) = s.acl(&h).await?;
@@ -164,7 +159,7 @@ pub struct AclChange {
 /// kept as they are (the change is written only if no other came in between).
 pub async fn acl(s: &Session, path: &str, change: AclChange, json: bool) -> Result<(), ClientError> {
     let (h, _) = s.open_node(path, OpenOptions::default()).await?;
-    let new = [&change.readers, &change.writers, &change.change_acl].map(|l| l.as_deref().map(parse_names));
+    let new = [&change.readers, &change.writers, &change.change_acl].map(|l| l.as_deref().map(principal_list));
     if new[2].as_ref().is_some_and(Vec::is_empty) {
         let why = "an empty --change-acl list would leave no one able to change this ACL again";
         return Err(ClientError::Rpc(Box::new(tonic::Status::invalid_argument(why))));
