@@ -11,6 +11,10 @@ use std::time::Duration;
 use proto::cell::cell_client::CellClient;
 use proto::cell::StatusRequest;
 
+/// The bench client allocates as our own client processes (`chubby-mount`) do.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

@@ -19,6 +19,11 @@ use clap::Parser;
 use fuse_mount::client::parse_cell;
 use fuse_mount::fs::{ChubbyFs, MountedCell, Owner};
 use fuse_mount::session::SessionOptions;
+
+/// A long-running daemon of many small allocations (gRPC frames, cache entries): mimalloc costs
+/// less CPU per call than glibc's malloc, as measured on the replica.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fuser::{Config, MountOption, SessionACL};
 
 #[derive(Parser, Debug)]
