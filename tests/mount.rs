@@ -128,6 +128,21 @@ fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
     assert_eq!(names(&m.path("svc")), ["web"]);
     assert!(fs::metadata(m.path("svc/web")).expect("stat").is_dir());
 
+    // `ls -i` and `stat` agree on inode numbers, also for nodes this mount had not looked up
+    // when it listed them (made by another client).
+    for i in 0..3 {
+        assert!(chubby(&cell, &["put", &format!("/ls/local/svc/n{i}"), "x"]).status.success());
+    }
+    for e in fs::read_dir(m.path("svc")).expect("ls") {
+        let e = e.expect("entry");
+        let listed = std::os::unix::fs::DirEntryExt::ino(&e);
+        let stat = std::os::unix::fs::MetadataExt::ino(&fs::metadata(e.path()).expect("stat"));
+        assert_eq!(listed, stat, "{:?}", e.file_name());
+    }
+    for i in 0..3 {
+        fs::remove_file(m.path(&format!("svc/n{i}"))).expect("rm");
+    }
+
     // Errors as a file system gives them, and nothing changes.
     assert_eq!(errno_of(fs::read(m.path("missing"))), libc::ENOENT);
     assert_eq!(errno_of(fs::create_dir(m.path("svc"))), libc::EEXIST);

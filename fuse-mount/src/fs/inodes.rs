@@ -4,6 +4,11 @@
 //! Inode 1 is the mount point; its entries are the mounted cells, each the root `/ls/<cell>`
 //! of its cell. A path keeps its inode number while the kernel knows it, also across a delete
 //! and re-create (the node's instance number tells the instances apart).
+//!
+//! A number is a hash of the node's cell and path (the next free one on a collision), so
+//! `readdir` can name every entry by the number a lookup will give it without keeping an
+//! entry: the kernel never forgets what it only listed, and a long-running mount that lists
+//! changing directories would otherwise grow without end.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,16 +52,32 @@ struct Entry {
     known: bool,
 }
 
-#[derive(Default)]
 pub struct Inodes {
     by_ino: HashMap<u64, Entry>,
     by_node: HashMap<NodeRef, u64>,
-    next: u64,
+    /// Where a node's number is looked for first.
+    home: fn(&NodeRef) -> u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Inodes::new()
+    }
+}
+
+/// The number a node is given unless another node holds it: a hash of its cell and path,
+/// never 0 (no inode) or [`ROOT`].
+fn hashed_home(node: &NodeRef) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(node.path.as_bytes(), node.cell as u64).max(ROOT + 1)
 }
 
 impl Inodes {
     pub fn new() -> Inodes {
-        Inodes { next: ROOT + 1, ..Default::default() }
+        Inodes::with_home(hashed_home)
+    }
+
+    fn with_home(home: fn(&NodeRef) -> u64) -> Inodes {
+        Inodes { by_ino: HashMap::new(), by_node: HashMap::new(), home }
     }
 
     pub fn node(&self, ino: u64) -> Option<NodeRef> {
@@ -84,21 +105,36 @@ impl Inodes {
         self.by_ino.iter().filter(|(_, e)| e.node.cell == cell).map(|(ino, e)| (*ino, e.node.clone())).collect()
     }
 
-    /// The inode of `node`, allocated if new, without counting a lookup (readdir).
-    pub fn ino_of(&mut self, node: &NodeRef) -> u64 {
-        if let Some(&ino) = self.by_node.get(node) {
-            return ino;
+    /// The number of `node` for `readdir`: its inode's, or the one a lookup would give it now.
+    /// Keeps nothing.
+    pub fn number_of(&self, node: &NodeRef) -> u64 {
+        self.find(node).unwrap_or_else(|| self.free_number(node))
+    }
+
+    /// The first number from `node`'s home on that no node holds.
+    fn free_number(&self, node: &NodeRef) -> u64 {
+        let mut ino = (self.home)(node);
+        // Bounded: among len + 1 consecutive numbers one is free.
+        for _ in 0..=self.by_ino.len() {
+            if !self.by_ino.contains_key(&ino) {
+                break;
+            }
+            ino = if ino == u64::MAX { ROOT + 1 } else { ino + 1 };
         }
-        let ino = self.next;
-        self.next += 1;
-        self.by_ino.insert(ino, Entry { node: node.clone(), nlookup: 0, known: false });
-        self.by_node.insert(node.clone(), ino);
         ino
     }
 
     /// The inode of `node`, counting one kernel lookup (lookup, create, mkdir replies).
     pub fn lookup(&mut self, node: &NodeRef) -> u64 {
-        let ino = self.ino_of(node);
+        let ino = match self.find(node) {
+            Some(ino) => ino,
+            None => {
+                let ino = self.free_number(node);
+                self.by_ino.insert(ino, Entry { node: node.clone(), nlookup: 0, known: false });
+                self.by_node.insert(node.clone(), ino);
+                ino
+            }
+        };
         if let Some(e) = self.by_ino.get_mut(&ino) {
             e.nlookup += 1;
         }
@@ -179,7 +215,36 @@ mod tests {
         assert_eq!(t.node(a), Some(node("/ls/local/a")));
         t.forget(a, 1);
         assert_eq!(t.node(a), None);
-        assert_ne!(t.lookup(&node("/ls/local/a")), a, "a forgotten number is not reused");
+        assert_eq!(t.lookup(&node("/ls/local/a")), a, "a path comes back under its number");
+        assert_ne!(a, ROOT);
+        assert_ne!(t.lookup(&NodeRef { cell: 1, path: "/ls/local/a".into() }), a, "another cell's node");
+    }
+
+    #[test]
+    fn listing_keeps_nothing_and_names_entries_by_the_number_a_lookup_gives() {
+        let mut t = Inodes::new();
+        let listed: Vec<u64> = (0..10_000).map(|i| t.number_of(&node(&format!("/ls/local/d/n{i}")))).collect();
+        assert!(t.by_ino.is_empty() && t.by_node.is_empty(), "a listing kept {} inodes", t.by_ino.len());
+        assert_eq!(listed.iter().collect::<std::collections::HashSet<_>>().len(), listed.len());
+        assert_eq!(t.lookup(&node("/ls/local/d/n7")), listed[7]);
+        assert_eq!(t.number_of(&node("/ls/local/d/n7")), listed[7]);
+        assert_eq!(t.by_ino.len(), 1);
+    }
+
+    #[test]
+    fn nodes_whose_numbers_collide_get_the_next_free_ones() {
+        let mut t = Inodes::with_home(|_| 40);
+        let a = t.lookup(&node("/ls/local/a"));
+        let b = t.lookup(&node("/ls/local/b"));
+        assert_eq!((a, b), (40, 41));
+        assert_eq!(t.number_of(&node("/ls/local/c")), 42, "what a lookup would give c now");
+        t.forget(a, 1);
+        assert_eq!(t.number_of(&node("/ls/local/b")), 41, "b keeps its number");
+        assert_eq!(t.lookup(&node("/ls/local/c")), 40, "a's freed number");
+        // At the top of the range the search wraps to the first number after ROOT.
+        let mut t = Inodes::with_home(|_| u64::MAX);
+        assert_eq!(t.lookup(&node("/ls/local/a")), u64::MAX);
+        assert_eq!(t.lookup(&node("/ls/local/b")), ROOT + 1);
     }
 
     #[test]

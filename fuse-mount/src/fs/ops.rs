@@ -506,22 +506,22 @@ impl FsInner {
     async fn list(&self, uid: u32, ino: u64, node: Option<NodeRef>) -> Result<Vec<(u64, FileType, String)>, Errno> {
         let Some(node) = node else {
             let mut entries = vec![(ROOT, FileType::Directory, ".".into()), (ROOT, FileType::Directory, "..".into())];
-            let mut inodes = guard(&self.inodes);
+            let inodes = guard(&self.inodes);
             for (cell, c) in self.cells.iter().enumerate() {
-                let ino = inodes.ino_of(&NodeRef { cell, path: format!("/ls/{}", c.name) });
+                let ino = inodes.number_of(&NodeRef { cell, path: format!("/ls/{}", c.name) });
                 entries.push((ino, FileType::Directory, c.name.clone()));
             }
             return Ok(entries);
         };
         let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
         let children = session.read_dir(&handle).await.map_err(errno)?;
-        let mut inodes = guard(&self.inodes);
-        let parent = node.parent().map_or(ROOT, |p| inodes.ino_of(&p));
+        let inodes = guard(&self.inodes);
+        let parent = node.parent().map_or(ROOT, |p| inodes.number_of(&p));
         let mut entries = vec![(ino, FileType::Directory, ".".into()), (parent, FileType::Directory, "..".into())];
         for c in children {
             let Some(child) = node.child(&c.name) else { continue };
             let kind = if c.stat.is_some_and(|s| s.is_directory) { FileType::Directory } else { FileType::RegularFile };
-            entries.push((inodes.ino_of(&child), kind, c.name));
+            entries.push((inodes.number_of(&child), kind, c.name));
         }
         Ok(entries)
     }
