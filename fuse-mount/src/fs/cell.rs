@@ -23,8 +23,10 @@ pub struct MountedCell {
     /// Every session's options but the principal, which is its user's.
     opts: SessionOptions,
     sessions: RwLock<HashMap<u32, Session>>,
-    /// Serializes first opens, so concurrent first calls of one user share one session.
-    opening: tokio::sync::Mutex<()>,
+    /// Serializes each user's first opens, so concurrent first calls of one user share one
+    /// session, while another user's first call (during an outage, say) does not queue
+    /// behind them.
+    opening: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// Users whose lost session is being replaced.
     replacing: Mutex<HashSet<u32>>,
     /// Given to every session of this cell (see [`Session::set_invalidation_hook`]).
@@ -41,7 +43,7 @@ impl MountedCell {
             addrs,
             opts,
             sessions: RwLock::default(),
-            opening: tokio::sync::Mutex::new(()),
+            opening: Mutex::default(),
             replacing: Mutex::default(),
             hook: RwLock::new(None),
             closed: watch::Sender::new(false),
@@ -128,7 +130,8 @@ impl MountedCell {
             }
             return Ok(s);
         }
-        let _one_at_a_time = self.opening.lock().await;
+        let gate = self.opening.lock().expect("opening").entry(uid).or_default().clone();
+        let _one_at_a_time = gate.lock().await;
         if let Some(s) = self.sessions.read().expect("sessions").get(&uid).cloned() {
             return Ok(s);
         }
