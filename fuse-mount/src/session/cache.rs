@@ -197,8 +197,10 @@ impl Cache {
         if fill.contents.is_some() {
             e.contents = fill.contents;
         }
-        if fill.handle.is_some() {
-            e.handle = fill.handle;
+        // Only a handle still open: the call's node may have been closed while it ran (a
+        // write-through's own handle, say), and a closed handle must not be reused.
+        if let Some(h) = fill.handle.filter(|h| self.paths.contains_key(&h.token)) {
+            e.handle = Some(h);
         }
     }
 
@@ -297,15 +299,10 @@ mod tests {
     #[test]
     fn a_new_instance_replaces_the_old_entry_and_paths_match_invalidations() {
         let mut c = leased();
+        let h1 = Handle { token: Bytes::from_static(b"h1"), ..Default::default() };
+        c.remember_handle(&h1, "/ls/local/a", 1);
         let t = c.begin_read("/ls/local/a/");
-        c.end_read(
-            t,
-            Some(Fill {
-                stat: stat(1, 1),
-                contents: None,
-                handle: Some(Handle { token: Bytes::from_static(b"h1"), ..Default::default() }),
-            }),
-        );
+        c.end_read(t, Some(Fill { stat: stat(1, 1), contents: None, handle: Some(h1) }));
         assert!(c.handle("/ls/local/a").is_some(), "a trailing / names the same node");
         let t = c.begin_read("/ls/local/a");
         c.end_read(t, Some(Fill { stat: stat(2, 1), contents: Some(Bytes::new()), handle: None }));
@@ -314,5 +311,26 @@ mod tests {
         assert!(c.stat("/ls/local/a", 2).is_some());
         c.invalidate(&["/ls/local/a".to_string()]);
         assert!(c.stat("/ls/local/a", 2).is_none());
+    }
+
+    #[test]
+    fn a_handle_closed_while_its_write_ran_is_not_cached() {
+        let mut c = leased();
+        let h = Handle { token: Bytes::from_static(b"h"), ..Default::default() };
+        c.remember_handle(&h, "/ls/local/a", 1);
+        let t = c.begin_own_write("/ls/local/a");
+        c.forget_handle(&h);
+        c.end_read(
+            t,
+            Some(Fill { stat: stat(1, 2), contents: Some(Bytes::from_static(b"w")), handle: Some(h.clone()) }),
+        );
+        assert!(c.handle("/ls/local/a").is_none(), "the closed handle came back");
+        assert_eq!(&c.contents("/ls/local/a", 1).unwrap().0[..], b"w", "what was written is still cached");
+
+        // Still open: the write's handle is kept for the next open.
+        c.remember_handle(&h, "/ls/local/a", 1);
+        let t = c.begin_own_write("/ls/local/a");
+        c.end_read(t, Some(Fill { stat: stat(1, 3), contents: Some(Bytes::from_static(b"x")), handle: Some(h) }));
+        assert!(c.handle("/ls/local/a").is_some());
     }
 }
