@@ -228,26 +228,41 @@ fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
     let _ = reader.wait();
 }
 
+/// The sessions in the cell's state, as its master reports them.
+fn cell_sessions(cell: &TestCell) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = chubby(cell, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
+        if let Some(leader) = replicas.iter().find(|r| r["role"] == "leader") {
+            return leader["sessions"].as_u64().expect("sessions");
+        }
+        assert!(Instant::now() < deadline, "no leader: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (at most `secs`) until the cell holds `n` sessions.
+fn await_sessions(cell: &TestCell, n: u64, secs: u64, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let now = cell_sessions(cell);
+        if now == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: {now} sessions, not {n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn stopping_the_mount_unmounts_it_and_ends_its_session() {
     if !fuse_available("stopping_the_mount_unmounts_it_and_ends_its_session") {
         return;
     }
     let cell = TestCell::start(CellOptions::default());
-    // The sessions in the cell's state, as its master reports them.
-    let sessions = || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = chubby(&cell, &["status", "--json"]);
-            let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-            let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
-            if let Some(leader) = replicas.iter().find(|r| r["role"] == "leader") {
-                return leader["sessions"].as_u64().expect("sessions");
-            }
-            assert!(Instant::now() < deadline, "no leader: {status}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let sessions = || cell_sessions(&cell);
     let before = sessions();
     let mut m = Mount::start(&cell, &[]);
     assert!(m.is_mounted());
@@ -573,4 +588,48 @@ fn each_user_of_a_host_acts_through_the_mount_as_its_own_principal() {
     assert_eq!(setxattr_as(0, &conf, "user.chubby.acl.readers", &root), 0);
     let (ok, err) = as_nobody(&format!("cat {}", conf.display()));
     assert!(!ok && err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn another_users_unused_session_is_closed_after_the_idle_time_and_opened_again_when_needed() {
+    if !fuse_available("another_users_unused_session_is_closed_after_the_idle_time_and_opened_again_when_needed") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let before = cell_sessions(&cell);
+    let m = Mount::start(&cell, &["--idle-sessions", "1s"]);
+    let file = m.path("shared");
+    fs::write(&file, "v1").expect("root writes");
+    let as_nobody = |script: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", script]);
+        c
+    };
+    let read_as_nobody = || {
+        let out = as_nobody(&format!("cat {}", file.display())).output().expect("setpriv");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    // nobody's first call opens its session; a file it holds open keeps it past the idle
+    // time; unused for the idle time, it is closed.
+    assert_eq!(read_as_nobody(), "v1");
+    let mut holder =
+        as_nobody(&format!("exec sleep 60 3< {}", file.display())).stdin(Stdio::null()).spawn().expect("hold open");
+    await_sessions(&cell, before + 2, 15, "the daemon's session and nobody's");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cell_sessions(&cell), before + 2, "a session with an open file is in use, not idle");
+    holder.kill().expect("kill the holder");
+    let _ = holder.wait();
+    await_sessions(&cell, before + 1, 15, "closed once its last file is closed and the idle time passed");
+
+    // Its next call opens a new one.
+    assert_eq!(read_as_nobody(), "v1");
+
+    // The daemon's own user's session is never closed for being idle.
+    fs::write(&file, "v2").expect("root writes");
+    assert_eq!(read_as_nobody(), "v2");
+    await_sessions(&cell, before + 1, 15, "nobody's closed again");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cell_sessions(&cell), before + 1, "the daemon's own session stays");
 }

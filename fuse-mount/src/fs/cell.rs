@@ -7,10 +7,16 @@
 //! A lost session is replaced in the background, as soon as it is lost, by a new one for
 //! later calls; what was opened or locked under the old one fails with `EIO` (DESIGN.md,
 //! FUSE mapping), never silently succeeds.
+//!
+//! Another user's session that nothing uses (no open file, no call under way, so no lock
+//! either) and that no call has asked for in the idle time is closed, so each
+//! user who ever called through a long-running mount does not keep a session, with its
+//! KeepAlives, until unmount. The user's next call opens a new one. The daemon's own
+//! user's session stays.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -33,11 +39,25 @@ pub struct MountedCell {
     hook: RwLock<Option<InvalidationHook>>,
     /// Set at unmount: replacements stop.
     closed: watch::Sender<bool>,
+    /// When each user last asked for its session.
+    used: Mutex<HashMap<u32, Instant>>,
+    /// The daemon's own user, whose session is never closed for being idle.
+    own_uid: u32,
+    /// Sessions closed for being idle: closing released whatever they still held.
+    closed_idle: Mutex<HashSet<u64>>,
 }
 
 impl MountedCell {
     /// Opens the session of the daemon's own user (waits for the cell up to `opts.timeout`).
-    pub async fn open(name: String, addrs: Vec<String>, opts: SessionOptions) -> Result<Arc<MountedCell>, ClientError> {
+    /// Other users' sessions are closed once unused for `idle` (`None`: kept until unmount).
+    pub async fn open(
+        name: String,
+        addrs: Vec<String>,
+        opts: SessionOptions,
+        idle: Option<Duration>,
+    ) -> Result<Arc<MountedCell>, ClientError> {
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let own_uid = unsafe { libc::getuid() };
         let cell = Arc::new(MountedCell {
             name,
             addrs,
@@ -47,9 +67,14 @@ impl MountedCell {
             replacing: Mutex::default(),
             hook: RwLock::new(None),
             closed: watch::Sender::new(false),
+            used: Mutex::default(),
+            own_uid,
+            closed_idle: Mutex::default(),
         });
-        // SAFETY: getuid has no preconditions and cannot fail.
-        cell.session(unsafe { libc::getuid() }).await?;
+        cell.session(own_uid).await?;
+        if let Some(idle) = idle {
+            close_when_idle(Arc::downgrade(&cell), idle);
+        }
         Ok(cell)
     }
 
@@ -107,14 +132,17 @@ impl MountedCell {
     /// finds a live session.
     fn replace_when_lost(self: &Arc<Self>, uid: u32, s: &Session) {
         let cell = Arc::downgrade(self);
-        let mut state = s.state();
+        let (mut state, id) = (s.state(), s.id());
         tokio::spawn(async move {
             while *state.borrow_and_update() != SessionState::Lost {
                 if state.changed().await.is_err() {
                     return;
                 }
             }
-            if let Some(cell) = cell.upgrade() {
+            // Not one closed for being idle (it is no longer the user's session).
+            let Some(cell) = cell.upgrade() else { return };
+            let current = cell.sessions.read().expect("sessions").get(&uid).is_some_and(|s| s.id() == id);
+            if current {
                 cell.replace_in_background(uid);
             }
         });
@@ -124,6 +152,8 @@ impl MountedCell {
     /// session's timeout). A lost one is still given (its calls fail with `EIO`) while a new
     /// one is opened in the background.
     pub async fn session(self: &Arc<Self>, uid: u32) -> Result<Session, ClientError> {
+        // Before the session is taken: the idle check reads this first.
+        self.used.lock().expect("used").insert(uid, Instant::now());
         if let Some(s) = self.sessions.read().expect("sessions").get(&uid).cloned() {
             if s.is_lost() {
                 self.replace_in_background(uid);
@@ -142,6 +172,12 @@ impl MountedCell {
         let s = Session::open(self.addrs.clone(), self.opts_for(uid)).await?;
         tracing::info!(cell = %self.name, uid, session = s.id(), "session opened");
         self.install(uid, s).ok_or_else(unmounted)
+    }
+
+    /// Whether session `id` was closed here for being idle (not lost): its locks were
+    /// released by the close.
+    pub fn closed_for_idleness(&self, id: u64) -> bool {
+        self.closed_idle.lock().expect("closed_idle").contains(&id)
     }
 
     /// The session with id `id`, if it is one of this cell's current sessions.
@@ -188,6 +224,33 @@ impl MountedCell {
         });
     }
 
+    /// Takes out the sessions of other users that nothing holds and no call asked for in
+    /// `idle`; they are closed in the background.
+    fn close_idle(&self, idle: Duration) {
+        let mut ended = Vec::new();
+        {
+            // Under the sessions lock: a call either took its session before (it holds it,
+            // or it has just asked for it) or finds none and opens a new one.
+            let mut sessions = self.sessions.write().expect("sessions");
+            let used = self.used.lock().expect("used");
+            sessions.retain(|&uid, s| {
+                let recent = used.get(&uid).is_some_and(|t| t.elapsed() < idle);
+                let keep = uid == self.own_uid || recent || s.holders() > 1;
+                if !keep {
+                    ended.push((uid, s.clone()));
+                }
+                keep
+            });
+        }
+        for (uid, s) in ended {
+            tracing::info!(cell = %self.name, uid, session = s.id(), "closing an idle session");
+            self.closed_idle.lock().expect("closed_idle").insert(s.id());
+            tokio::spawn(async move {
+                let _ = s.close().await;
+            });
+        }
+    }
+
     /// Ends every session: their locks are released and their ephemeral nodes deleted.
     pub async fn close(&self) {
         self.closed.send_replace(true);
@@ -198,4 +261,23 @@ impl MountedCell {
             }
         }
     }
+}
+
+/// Looks for idle sessions every quarter of `idle` (between 0.1 s and a minute) until the
+/// cell is dropped or unmounted.
+fn close_when_idle(cell: Weak<MountedCell>, idle: Duration) {
+    let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let Some(mut closed) = cell.upgrade().map(|c| c.closed.subscribe()) else { return };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
+            match cell.upgrade() {
+                Some(c) => c.close_idle(idle),
+                None => return,
+            }
+        }
+    });
 }

@@ -101,6 +101,11 @@ impl FsInner {
                 tokio::time::sleep(pause).await;
                 match session.cancel(&handle, owner).await {
                     Ok(()) | Err(ClientError::SessionLost(_)) => return,
+                    // The cell's refusal (the node is gone, say): trying again changes nothing.
+                    Err(e @ ClientError::Rpc(_)) => {
+                        tracing::warn!(path = %path, "cancelling an interrupted lock wait: {e}; giving up");
+                        return;
+                    }
                     Err(e) => tracing::warn!(path = %path, "cancelling an interrupted lock wait: {e}"),
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
@@ -136,12 +141,17 @@ impl FsInner {
 
     /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is one
     /// of the cell's current sessions, through the handle that took it; if it was lost, the
-    /// cell released the lock already (EIO: the holder must know it lost it).
+    /// cell released the lock already (EIO: the holder must know it lost it). A session closed
+    /// here for being idle released it too, with nobody to tell: a stale entry (its release
+    /// at close had failed) is dropped quietly.
     async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
         let session = self.cells[node.cell].session_with_id(sid).filter(|s| !s.is_lost());
         let handle = guard(&self.locks).handle(node, owner);
         let (Some(session), Some(handle)) = (session, handle) else {
             guard(&self.locks).remove(node, owner);
+            if self.cells[node.cell].closed_for_idleness(sid) {
+                return Ok(());
+            }
             return Err(Errno::EIO);
         };
         Box::pin(self.unlock(node, &session, &handle, owner)).await

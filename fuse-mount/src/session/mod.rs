@@ -159,6 +159,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<Inner>,
+    /// One count per `Session` value (the session's own tasks hold `inner` alone), so
+    /// [`Session::holders`] says who still uses it.
+    holders: Arc<()>,
 }
 
 /// One sequence number in flight; forgotten when dropped.
@@ -317,11 +320,16 @@ impl Session {
         let lease = Duration::from_millis(stream.2.lease_ms);
         inner.granted(stream::local_lease_end(sent, lease));
         tokio::spawn(keep_session(inner.clone(), stream, sent));
-        Ok(Session { inner })
+        Ok(Session { inner, holders: Arc::new(()) })
     }
 
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// How many `Session` values share this session now (this one included).
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.holders)
     }
 
     /// When the local lease ends unless a KeepAlive extends it. Past it, in jeopardy, the
@@ -707,6 +715,9 @@ impl Session {
 
     /// Ends the session: locks released (no lock-delay), ephemeral nodes gone.
     pub async fn close(self) -> Result<(), ClientError> {
+        // Nothing cached (nor kept by the kernel on top) may outlive the session at the master:
+        // once it is closed there, writes no longer wait for this host's ack.
+        self.inner.flush_cache().await;
         let f = self.next_request();
         let req = CloseSessionRequest { request: Some(f.request), session_token: self.inner.token.clone() };
         let r = self.call(self.deadline(), rpc!(close_session, req)).await.map(|_| ());

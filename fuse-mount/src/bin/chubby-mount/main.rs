@@ -44,6 +44,10 @@ struct Cli {
     /// daemon's session dies holding it (Chubby's lock-delay; 0 allowed).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     lock_delay: Duration,
+    /// Close another user's session after this long unused (no open file, no call), rather
+    /// than keep it until unmount; that user's next call opens a new one. 0: never.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    idle_sessions: Duration,
     /// Where to mount: an existing empty directory.
     mountpoint: PathBuf,
 }
@@ -83,10 +87,11 @@ fn main() -> ExitCode {
         }
     };
     let opts = SessionOptions { timeout: cli.rpc_timeout, grace: cli.grace, ..SessionOptions::default() };
+    let idle = (!cli.idle_sessions.is_zero()).then_some(cli.idle_sessions);
     let opened = rt.block_on(async {
         let mut mounted = Vec::new();
         for (name, addrs) in cells {
-            match MountedCell::open(name.clone(), addrs, opts.clone()).await {
+            match MountedCell::open(name.clone(), addrs, opts.clone(), idle).await {
                 Ok(c) => mounted.push(c),
                 Err(e) => return Err(format!("cell {name}: {e}")),
             }
