@@ -107,6 +107,14 @@ fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
     let newer = xattr(&master, "user.chubby.content_generation").expect("generation xattr");
     assert!(newer.parse::<u64>().unwrap() > generation.parse::<u64>().unwrap(), "{generation} → {newer}");
     assert_eq!(xattr(&master, "user.chubby.sequencer").as_deref(), Some(""), "nobody holds the lock");
+    // A lock taken and released moves the lock generation, though the node stays cached here.
+    let locks_before = xattr(&master, "user.chubby.lock_generation").expect("lock generation xattr");
+    assert!(sh(&format!("flock {} true", master.display())).status.success());
+    let locks_after = xattr(&master, "user.chubby.lock_generation").expect("lock generation xattr");
+    assert!(
+        locks_after.parse::<u64>().unwrap() > locks_before.parse::<u64>().unwrap(),
+        "{locks_before} → {locks_after}"
+    );
 
     let mut f = fs::OpenOptions::new().append(true).open(&master).expect("open for append");
     f.write_all(b" backup").expect("append");

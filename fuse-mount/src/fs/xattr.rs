@@ -53,7 +53,10 @@ impl FsInner {
         let value = match name {
             "user.chubby.instance" => stat.instance_number.to_string(),
             "user.chubby.content_generation" => stat.content_generation.to_string(),
-            "user.chubby.lock_generation" => stat.lock_generation.to_string(),
+            // Current, as the sequencer below: a cached stat's may lag behind lock changes.
+            "user.chubby.lock_generation" => {
+                session.stat_from_master(&handle).await.map_err(errno)?.lock_generation.to_string()
+            }
             "user.chubby.acl_generation" => stat.acl_generation.to_string(),
             "user.chubby.checksum" => format!("{:016x}", stat.checksum),
             "user.chubby.ephemeral" => u8::from(stat.is_ephemeral).to_string(),

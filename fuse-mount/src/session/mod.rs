@@ -548,6 +548,13 @@ impl Session {
     }
 
     /// Metadata, linearizable: from the cache if the node is cached (see [`Session::get`]).
+    /// Metadata asked of the master, never of the cache: its lock generation is current (lock
+    /// changes do not invalidate caches, so a cached stat's may lag).
+    pub async fn stat_from_master(&self, handle: &Handle) -> Result<NodeStat, ClientError> {
+        let node = self.inner.cache().node_of(handle);
+        Ok(self.get_stat(handle, node).await?.stat.unwrap_or_default())
+    }
+
     pub async fn stat(&self, handle: &Handle) -> Result<NodeStat, ClientError> {
         let node = self.inner.cache().node_of(handle);
         let hit = node.as_ref().and_then(|(p, i)| self.inner.cache().stat(p, *i));
