@@ -72,7 +72,8 @@ pub enum NodeError {
     /// Another entry took this proposal's place in the log: it was not applied and never will be.
     #[error("proposal dropped by a leader change; it was not applied")]
     Dropped,
-    /// The proposal's fate is unknown (its index was covered by a snapshot from a new leader).
+    /// The proposal's fate is unknown: this replica stopped leading before it knew the entry
+    /// committed, or its index was covered by a snapshot from a new leader.
     #[error("proposal outcome unknown after a leader change")]
     Unknown,
     #[error("replica is shutting down")]
@@ -575,17 +576,29 @@ impl<SM: StateMachine> Driver<SM> {
         if let Some(ss) = &rd.soft_state {
             tracing::info!(replica = self.opts.id, role = ?ss.role, leader = ss.leader_id, term = self.raw.term(), "role changed");
             let leader = ss.role == Role::Leader;
-            if self.was_leader && !leader {
-                for (_, run) in self.pending_reads.drain() {
-                    run(Err(NodeError::NotLeader { leader: ss.leader_id }));
-                }
-            }
-            self.was_leader = leader;
+            // Published first: whoever hears below that it lost its answer sees the new role.
             self.leadership.send_replace(Leadership {
                 role: Some(ss.role),
                 leader_id: ss.leader_id,
                 term: self.raw.term(),
             });
+            if self.was_leader && !leader {
+                for (_, run) in self.pending_reads.drain() {
+                    run(Err(NodeError::NotLeader { leader: ss.leader_id }));
+                }
+                // A proposal not known to be committed may still commit through the next
+                // leader, or be overwritten by it; which, this replica may learn only when (if
+                // ever) its log reaches that index, so its proposer is told now that the
+                // outcome is unknown, rather than left waiting.
+                let committed = self.raw.committed();
+                let undecided: Vec<Index> = self.pending.keys().copied().filter(|&i| i > committed).collect();
+                for i in undecided {
+                    if let Some((_, reply)) = self.pending.remove(&i) {
+                        let _ = reply.send(Err(NodeError::Unknown));
+                    }
+                }
+            }
+            self.was_leader = leader;
         }
         for m in std::mem::take(&mut rd.messages) {
             self.transport.send(m);

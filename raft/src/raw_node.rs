@@ -232,6 +232,11 @@ impl<S: Storage> RawNode<S> {
         self.raft.log.applied
     }
 
+    /// The highest index this replica knows to be committed.
+    pub fn committed(&self) -> Index {
+        self.raft.log.committed
+    }
+
     pub fn leader_id(&self) -> NodeId {
         self.raft.leader_id
     }

@@ -65,3 +65,70 @@ fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
     });
     node.stop().unwrap();
 }
+
+#[test]
+fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listeners: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: BTreeMap<u64, String> =
+        listeners.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string())).collect();
+    let mut nodes = Vec::new();
+    let mut incoming = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let opts = NodeOptions {
+            id,
+            peers: peers.clone(),
+            data_dir: dir.path().join(id.to_string()),
+            disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
+            tick: Duration::from_millis(10),
+            // Half a second without a quorum before the leader steps down: the proposal below
+            // reaches it well before that.
+            election_tick: 50,
+            heartbeat_tick: 2,
+            snapshot_entries: 1000,
+        };
+        let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let _guard = rt.enter();
+        incoming.push(node.handle().split_listener(tokio::net::TcpListener::from_std(l).unwrap()));
+        nodes.push(Some(node));
+    }
+    let handles: Vec<_> = nodes.iter().map(|n| n.as_ref().unwrap().handle()).collect();
+    let leader = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                for h in &handles {
+                    if h.leadership().borrow().role == Some(Role::Leader) {
+                        // A first write commits: the group works.
+                        if h.propose(Bytes::from_static(b"first")).await.is_ok() {
+                            return h.id();
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the group elects a leader that commits")
+    });
+    // Both followers stop: the leader's next entry cannot commit, and check-quorum makes it
+    // step down. Without an answer, its proposer would wait until some later leader's log
+    // reached that index, which, with nobody writing, is never.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if i as u64 + 1 != leader {
+            n.take().unwrap().stop().unwrap();
+        }
+    }
+    let h = handles[leader as usize - 1].clone();
+    let answer =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), h.propose(Bytes::from_static(b"stranded"))).await });
+    assert_eq!(answer, Ok(Err(NodeError::Unknown)), "the stranded proposal is answered once the leader steps down");
+    assert_ne!(h.leadership().borrow().role, Some(Role::Leader));
+    for n in nodes.into_iter().flatten() {
+        n.stop().unwrap();
+    }
+    drop(incoming);
+}
