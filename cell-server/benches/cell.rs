@@ -263,7 +263,7 @@ fn recovery(dir: &Path) {
             kv.apply(e.index, &e.data);
         }
         let conf = raft::ConfState { voters: vec![1, 2, 3], learners: vec![] };
-        s.compact(100_003, conf, kv.snapshot()).unwrap();
+        s.compact(100_003, conf, kv.snapshot()()).unwrap();
     }
     drop_caches();
     let t = Instant::now();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use raft::{Index, StateMachine};
+use raft::{Index, SnapshotEncoder, StateMachine};
 
 use crate::state::{encode, CellState, Effect};
 
@@ -62,8 +62,8 @@ impl StateMachine for CellMachine {
         encode(&outcome)
     }
 
-    fn snapshot(&self) -> Bytes {
-        self.state.snapshot()
+    fn snapshot(&self) -> SnapshotEncoder {
+        Box::new(self.state.snapshot_later())
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

@@ -53,7 +53,7 @@ pub mod wal;
 pub use config::Config;
 pub use disk_storage::{DiskOptions, DiskStorage, FsyncPolicy};
 pub use error::{Error, StorageError};
-pub use node::{Leadership, Node, NodeError, NodeHandle, NodeOptions, NodeStatus, StateMachine};
+pub use node::{Leadership, Node, NodeError, NodeHandle, NodeOptions, NodeStatus, SnapshotEncoder, StateMachine};
 pub use progress::{Progress, ProgressState};
 pub use raft::{Role, SoftState};
 pub use raw_node::{RawNode, Ready, Status};

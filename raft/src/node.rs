@@ -42,8 +42,11 @@ use crate::types::{EntryKind, Index, Message, NodeId, Snapshot, Term};
 pub trait StateMachine: Send + 'static {
     /// Applies a committed entry; the result goes back to the proposer.
     fn apply(&mut self, index: Index, data: &[u8]) -> Bytes;
-    /// The whole state, for a snapshot at the last applied index.
-    fn snapshot(&self) -> Bytes;
+    /// The whole state as of the last applied index, for a snapshot: a function that encodes
+    /// it, which the node calls on a background thread. This call itself runs on the Raft
+    /// thread, which meanwhile sends no heartbeats, so it should only take a cheap copy of the
+    /// state (say, of copy-on-write collections) and leave the encoding to the function.
+    fn snapshot(&self) -> SnapshotEncoder;
     /// Replaces the whole state with a snapshot's.
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
 }
@@ -90,6 +93,9 @@ pub struct NodeStatus {
     pub first_index: Index,
     pub wal_segments: usize,
 }
+
+/// Encodes a copy of a state machine's state, on the snapshot thread; see [`StateMachine::snapshot`].
+pub type SnapshotEncoder = Box<dyn FnOnce() -> Bytes + Send>;
 
 type ReadFn<SM> = Box<dyn FnOnce(Result<&SM, NodeError>) + Send>;
 
@@ -709,9 +715,10 @@ impl<SM: StateMachine> Driver<SM> {
             })
     }
 
-    /// Every `snapshot_entries` applied entries: serializes the state machine here (it must be
-    /// consistent with `applied`) and writes the file on a background thread, so a large
-    /// snapshot's write and fsync never stall heartbeats; the log is compacted when it is durable.
+    /// Every `snapshot_entries` applied entries: takes the state machine's copy here (it must
+    /// be consistent with `applied`), and encodes and writes it on a background thread, so a
+    /// large state's encoding, write and fsync never stall heartbeats (a stall of an election
+    /// timeout would depose the leader); the log is compacted when the file is durable.
     fn maybe_snapshot(&mut self, applied: Index) -> Result<(), String> {
         let snap_index = self.raw.storage().snapshot_meta().index;
         if self.saving_snapshot || applied < snap_index + self.opts.snapshot_entries {
@@ -720,13 +727,14 @@ impl<SM: StateMachine> Driver<SM> {
         let Some(conf) = self.raw.conf_state_at(applied) else { return Ok(()) };
         let meta =
             self.raw.storage().snapshot_meta_at(applied, conf).map_err(|e| format!("snapshot at {applied}: {e}"))?;
-        let snap = Snapshot { meta, data: self.sm.snapshot() };
+        let encode = self.sm.snapshot();
         let files = self.raw.storage().snapshot_files();
         let tx = self.self_tx.clone();
         self.saving_snapshot = true;
         std::thread::Builder::new()
             .name(format!("snapshot-{}", self.opts.id))
             .spawn(move || {
+                let snap = Snapshot { meta, data: encode() };
                 let result = files.save(&snap).map(|()| snap).map_err(|e| e.to_string());
                 let _ = tx.send(Input::SnapshotSaved(result));
             })

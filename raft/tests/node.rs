@@ -15,8 +15,9 @@ impl StateMachine for Counter {
         self.0 += 1;
         Bytes::from(index.to_string())
     }
-    fn snapshot(&self) -> Bytes {
-        Bytes::from(self.0.to_string())
+    fn snapshot(&self) -> raft::SnapshotEncoder {
+        let n = self.0;
+        Box::new(move || Bytes::from(n.to_string()))
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         self.0 = std::str::from_utf8(data).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e}"))?;
@@ -123,8 +124,9 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
         }
     }
     let h = handles[leader as usize - 1].clone();
-    let answer =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), h.propose(Bytes::from_static(b"stranded"))).await });
+    let answer = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), h.propose(Bytes::from_static(b"stranded"))).await
+    });
     assert_eq!(answer, Ok(Err(NodeError::Unknown)), "the stranded proposal is answered once the leader steps down");
     assert_ne!(h.leadership().borrow().role, Some(Role::Leader));
     for n in nodes.into_iter().flatten() {

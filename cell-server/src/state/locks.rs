@@ -298,11 +298,11 @@ impl CellState {
 
     /// Ends every lock-delay whose time has come (by the log's clock) and grants waiters.
     pub(super) fn end_lock_delays(&mut self) {
-        while let Some((until, _)) = self.delays.first() {
+        while let Some((until, _)) = self.delays.get_min() {
             if *until > self.clock_ms {
                 return;
             }
-            let (_, path) = self.delays.pop_first().expect("first exists");
+            let (_, path) = self.delays.remove_min().expect("first exists");
             if let Some(n) = self.nodes.get_mut(&path) {
                 n.lock.delay_until_ms = 0;
             }

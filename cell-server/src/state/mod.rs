@@ -17,9 +17,8 @@ mod locks;
 mod namespace;
 mod sessions;
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{
@@ -90,19 +89,21 @@ pub struct CellState {
     limits: Limits,
     next_instance: u64,
     next_session: SessionId,
-    nodes: BTreeMap<String, Node>,
-    sessions: BTreeMap<SessionId, Session>,
+    // Persistent (copy-on-write) collections: a snapshot is a cheap clone, encoded while
+    // apply goes on (see `CellState::snapshot_later`).
+    nodes: OrdMap<String, Node>,
+    sessions: OrdMap<SessionId, Session>,
     /// Live sessions by the `open_id` that created them (see [`Op::CreateSession`]).
-    opened: BTreeMap<u64, SessionId>,
+    opened: OrdMap<u64, SessionId>,
     /// Running lock-delays: (end, path).
-    delays: BTreeSet<(u64, String)>,
+    delays: OrdSet<(u64, String)>,
     #[serde(skip)]
     effects: Vec<Effect>,
 }
 
 impl Default for CellState {
     fn default() -> CellState {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = OrdMap::new();
         nodes.insert("/".to_string(), CellState::root_node());
         CellState {
             clock_ms: 0,
@@ -112,9 +113,9 @@ impl Default for CellState {
             next_instance: 0,
             next_session: 0,
             nodes,
-            sessions: BTreeMap::new(),
-            opened: BTreeMap::new(),
-            delays: BTreeSet::new(),
+            sessions: OrdMap::new(),
+            opened: OrdMap::new(),
+            delays: OrdSet::new(),
             effects: Vec::new(),
         }
     }
@@ -227,6 +228,14 @@ impl CellState {
     /// The whole state, for a Raft snapshot.
     pub fn snapshot(&self) -> Bytes {
         encode(self)
+    }
+
+    /// A snapshot's encoding, to run later (on another thread) while this state goes on
+    /// changing: what it encodes is a copy taken now, cheap because the collections share
+    /// their unchanged parts with this state (copy on write).
+    pub fn snapshot_later(&self) -> impl FnOnce() -> Bytes + Send + 'static {
+        let copy = CellState { effects: Vec::new(), ..self.clone() };
+        move || copy.snapshot()
     }
 
     pub fn restore(data: &[u8]) -> Result<CellState, String> {

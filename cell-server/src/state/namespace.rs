@@ -2,7 +2,7 @@
 //! ACLs inherited at creation, ephemeral nodes that live while some session has them open.
 //! Paths here are relative to the cell root (`/ls/<cell>/svc/master` is `/svc/master`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ pub struct Node {
     pub contents: Bytes,
     pub acl: Acl,
     /// Names of the children (directories only).
-    pub children: BTreeSet<String>,
+    pub children: imbl::OrdSet<String>,
     /// Sessions holding an ephemeral node open, with their open count.
     pub openers: BTreeMap<SessionId, u32>,
     pub lock: Lock,
@@ -34,7 +34,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(stat: Stat, contents: Bytes, acl: Acl) -> Node {
-        Node { stat, contents, acl, children: BTreeSet::new(), openers: BTreeMap::new(), lock: Lock::default() }
+        Node { stat, contents, acl, children: imbl::OrdSet::new(), openers: BTreeMap::new(), lock: Lock::default() }
     }
 }
 
