@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e_tests::{bin, wait_converged, CellOptions, LocalCell, TestCell};
-use proto::cell::{GetRequest, ListRequest};
+use fuse_mount::client::{ClientError, PutPipeline};
+use proto::cell::{GetRequest, ListRequest, PipelinedPut, PutRequest};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
@@ -105,6 +106,67 @@ fn any_one_replica_is_enough() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("not the leader"), "{err}");
+}
+
+/// Many writes in flight on one `PutPipeline` stream are each applied and answered with their
+/// own revision; a broken message gets its own refusal and the stream goes on; a follower
+/// refuses with the leader's address, as for a unary call.
+#[test]
+fn pipelined_puts_are_each_applied_and_answered() {
+    let rt = rt();
+    let cell = TestCell::start(CellOptions::default());
+    let mut client = cell.client(Duration::from_secs(10));
+    let leader = rt.block_on(wait_converged(&client, 0, Duration::from_secs(10))).unwrap();
+    let leader_addr = cell.addrs[(leader - 1) as usize].clone();
+    let connect = |addr: &str| {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        rt.block_on(ep.connect()).unwrap()
+    };
+    let pipe = std::sync::Arc::new(rt.block_on(PutPipeline::open(connect(&leader_addr))).unwrap());
+    let revisions: Vec<u64> = rt.block_on(async {
+        let puts: Vec<_> = (0..200)
+            .map(|i| {
+                let pipe = pipe.clone();
+                tokio::spawn(async move { pipe.put(&format!("p/{i}"), Bytes::from(format!("value {i}"))).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for p in puts {
+            out.push(p.await.unwrap().expect("a pipelined put is applied"));
+        }
+        out
+    });
+    let distinct: std::collections::BTreeSet<u64> = revisions.iter().copied().collect();
+    assert_eq!(distinct.len(), 200, "each write has its own log index");
+    for i in [0, 57, 199] {
+        let got = rt.block_on(client.get(&format!("p/{i}"), false)).unwrap();
+        assert_eq!(got.value, Bytes::from(format!("value {i}")));
+        assert_eq!(got.revision, revisions[i], "the answer names the write's own revision");
+    }
+
+    // A message without its put is refused on its own; the next one on the stream is applied.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut raw = proto::cell::cell_client::CellClient::new(connect(&leader_addr));
+    let mut answers =
+        rt.block_on(raw.put_pipeline(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))).unwrap().into_inner();
+    tx.send(PipelinedPut { id: 7, put: None }).unwrap();
+    let refused = rt.block_on(answers.message()).unwrap().unwrap();
+    assert_eq!((refused.id, refused.code), (7, tonic::Code::InvalidArgument as i32), "{refused:?}");
+    let put = PutRequest { key: "after".into(), value: Bytes::from_static(b"ok") };
+    tx.send(PipelinedPut { id: 8, put: Some(put) }).unwrap();
+    let applied = rt.block_on(answers.message()).unwrap().unwrap();
+    assert_eq!((applied.id, applied.code), (8, 0), "{applied:?}");
+    assert!(applied.revision > 0);
+    drop(tx);
+    assert!(rt.block_on(answers.message()).unwrap().is_none(), "the stream ends when the client closes its side");
+
+    // A follower's pipeline refuses with a redirect to the leader.
+    let follower = if leader == 1 { 2 } else { 1 };
+    let at_follower = rt.block_on(PutPipeline::open(connect(&cell.addrs[(follower - 1) as usize]))).unwrap();
+    let err = rt.block_on(at_follower.put("nope", Bytes::from_static(b"x"))).unwrap_err();
+    let ClientError::Rpc(status) = &err else { panic!("{err}") };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert_eq!(status.metadata().get(proto::LEADER_METADATA).unwrap().to_str().unwrap(), leader_addr);
 }
 
 /// The README's main job: `cell-server local` starts a cell, prints its addresses, serves the

@@ -4,11 +4,13 @@
 //! 1. the disk's fdatasync latency (appending, and into a preallocated file as the WAL writes)
 //!    and a loopback TCP round trip (the physical limits);
 //! 2. a 3-replica loopback cell with `--fsync always`: 1-client commit latency, and
-//!    throughput at 1, 16, 64 and 256 concurrent proposers (100-byte values);
+//!    throughput at 1, 16, 64 and 256 concurrent proposers (100-byte values), with unary calls and
+//!    pipelined on a stream;
 //! 3. recovery time of a replica with a 1 GiB log, and with a 100 MB snapshot.
 //!
 //! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
-//! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`.
+//! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`,
+//! `BENCH_API=unary|pipeline` (default both), `BENCH_RUST_LOG` (the replicas' log filter).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +26,7 @@ use bytes::Bytes;
 use cell_server::machine::CellMachine;
 use cell_server::state::{self, Op};
 use common::{find_leader, percentile, start_cell, us};
+use fuse_mount::client::PutPipeline;
 use proto::cell::cell_client::CellClient;
 use proto::cell::PutRequest;
 use raft::{DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, StateMachine, Storage};
@@ -79,12 +82,13 @@ fn loopback_rtt() -> Duration {
     percentile(&times, 0.5)
 }
 
-/// `clients` concurrent proposers, each writing 100-byte values back to back for `secs`.
+/// `clients` concurrent proposers, each writing 100-byte values back to back for `secs`, with
+/// unary `Put` calls or (`pipelined`) on a `PutPipeline` stream per connection.
 ///
 /// The load comes from at most two threads, each running a single-threaded runtime with two
 /// connections of its own, as a client process (the `chubby` CLI, say) does: a multi-threaded
 /// runtime would add its own thread hand-offs to every call and measure the client, not the cell.
-fn load(leader: &str, clients: usize, secs: f64) -> (f64, Duration, Duration) {
+fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Duration, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -106,9 +110,16 @@ fn load(leader: &str, clients: usize, secs: f64) -> (f64, Duration, Duration) {
                                 .unwrap(),
                         );
                     }
+                    let mut pipes = Vec::new();
+                    if pipelined {
+                        for c in &channels {
+                            pipes.push(Arc::new(PutPipeline::open(c.clone()).await.expect("PutPipeline")));
+                        }
+                    }
                     let mut tasks = Vec::new();
                     for i in mine {
                         let mut client = CellClient::new(channels[i % channels.len()].clone());
+                        let pipe = pipes.get(i % channels.len()).cloned();
                         let (stop, count) = (stop.clone(), count.clone());
                         tasks.push(tokio::spawn(async move {
                             let value = Bytes::from(vec![b'v'; 100]);
@@ -116,8 +127,12 @@ fn load(leader: &str, clients: usize, secs: f64) -> (f64, Duration, Duration) {
                             let mut n = 0u64;
                             while !stop.load(Ordering::Relaxed) {
                                 let start = Instant::now();
-                                let req = PutRequest { key: format!("bench/{i}/{}", n % 1000), value: value.clone() };
-                                if client.put(req).await.is_ok() {
+                                let key = format!("bench/{i}/{}", n % 1000);
+                                let ok = match &pipe {
+                                    Some(p) => p.put(&key, value.clone()).await.is_ok(),
+                                    None => client.put(PutRequest { key, value: value.clone() }).await.is_ok(),
+                                };
+                                if ok {
                                     times.push((start, start.elapsed()));
                                     count.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -160,20 +175,32 @@ fn load(leader: &str, clients: usize, secs: f64) -> (f64, Duration, Duration) {
 
 fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     let fsync = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always".into());
+    // `unary`, `pipeline` or (default) both.
+    let apis: Vec<bool> = match std::env::var("BENCH_API").as_deref() {
+        Ok("unary") => vec![false],
+        Ok("pipeline") => vec![true],
+        _ => vec![false, true],
+    };
     let cell = start_cell(dir, &fsync);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let leader = rt.block_on(find_leader(&cell.addrs));
     println!("\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level");
-    println!("| concurrent proposers | writes/s | median latency | p99 latency |");
-    println!("|---:|---:|---:|---:|");
-    let mut one = 0.0;
+    println!("(unary: a `Put` call per write; pipelined: the writes of a connection's proposers multiplexed");
+    println!("on one `PutPipeline` stream, each answered on its own)");
+    println!("| concurrent proposers | API | writes/s | median latency | p99 latency |");
+    println!("|---:|---|---:|---:|---:|");
+    let mut one = [0.0f64; 2];
     for &clients in levels {
-        let (rate, p50, p99) = load(&leader, clients, secs);
-        if clients == 1 {
-            one = rate;
+        for &pipelined in &apis {
+            let (rate, p50, p99) = load(&leader, clients, secs, pipelined);
+            let base = &mut one[pipelined as usize];
+            if clients == 1 {
+                *base = rate;
+            }
+            let ratio = if *base > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / *base) } else { String::new() };
+            let api = if pipelined { "pipelined" } else { "unary" };
+            println!("| {clients} | {api} | {rate:.0}{ratio} | {} | {} |", us(p50), us(p99));
         }
-        let ratio = if one > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / one) } else { String::new() };
-        println!("| {clients} | {rate:.0}{ratio} | {} | {} |", us(p50), us(p99));
     }
     drop(cell);
 }

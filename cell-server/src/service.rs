@@ -12,21 +12,31 @@ use std::sync::Arc;
 use proto::cell::cell_server::{Cell, CellServer};
 use proto::cell::*;
 use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tonic::metadata::MetadataValue;
-use tonic::{Request, Response, Status};
+
+use futures_util::stream::{FuturesUnordered, Stream};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
 use crate::master::Master;
 use crate::state::{Entry, Op, Reply};
 
 /// The service of one replica.
+#[derive(Clone)]
 pub struct CellService {
     node: NodeHandle<CellMachine>,
     master: Arc<Master>,
     peers: Arc<BTreeMap<NodeId, String>>,
-    cell_name: String,
-    fsync: String,
+    cell_name: Arc<str>,
+    fsync: Arc<str>,
 }
+
+/// Puts of one pipelined stream in flight at once, at most; beyond this the stream is not read
+/// until some are answered, so HTTP/2 flow control holds the client back.
+const PIPELINE_DEPTH: usize = 1024;
 
 impl CellService {
     pub fn new(
@@ -36,7 +46,7 @@ impl CellService {
         cell_name: String,
         fsync: String,
     ) -> Self {
-        CellService { node, master, peers: Arc::new(peers), cell_name, fsync }
+        CellService { node, master, peers: Arc::new(peers), cell_name: cell_name.into(), fsync: fsync.into() }
     }
 
     pub fn into_server(self) -> CellServer<CellService> {
@@ -75,6 +85,86 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+impl CellService {
+    /// A put: its revision (log index) once applied.
+    async fn put_one(&self, req: PutRequest) -> Result<u64, Status> {
+        let path = key_path(&req.key);
+        // Cached copies are invalidated first, as for a session's write; so only a serving
+        // master takes the write (a follower redirects; during an election or while the
+        // master takes office the call waits for it).
+        self.master.await_serving().await?;
+        let pending = self.master.begin_write(&path).await?;
+        let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
+        match self.master.propose_guarded(entry, &pending).await.map_err(|e| self.status_of(e))? {
+            Ok(Reply::Stat(stat)) => Ok(stat.modified_index),
+            Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(crate::chubby_service::status_of_state(e)),
+        }
+    }
+
+    /// A pipelined put and its answer, failures included (the stream goes on after one).
+    async fn pipelined(self, req: PipelinedPut) -> PipelinedPutResult {
+        let id = req.id;
+        let Some(put) = req.put else {
+            return PipelinedPutResult {
+                id,
+                code: tonic::Code::InvalidArgument as i32,
+                message: "a pipelined put without its put".into(),
+                ..Default::default()
+            };
+        };
+        match self.put_one(put).await {
+            Ok(revision) => PipelinedPutResult { id, revision, ..Default::default() },
+            Err(s) => PipelinedPutResult {
+                id,
+                code: s.code() as i32,
+                message: s.message().to_string(),
+                leader: s
+                    .metadata()
+                    .get(proto::LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// The answers of a `PutPipeline` stream: reads puts as they come (up to [`PIPELINE_DEPTH`] in
+/// flight) and yields each answer as its write is applied; ends when the client has closed its
+/// side and every put is answered, or at the first broken request message.
+pub struct Pipeline {
+    service: CellService,
+    inbound: Option<Streaming<PipelinedPut>>,
+    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = PipelinedPutResult> + Send>>>,
+}
+
+impl Stream for Pipeline {
+    type Item = Result<PipelinedPutResult, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        while this.inflight.len() < PIPELINE_DEPTH {
+            let Some(inbound) = this.inbound.as_mut() else { break };
+            match Pin::new(inbound).poll_next(cx) {
+                Poll::Ready(Some(Ok(req))) => this.inflight.push(Box::pin(this.service.clone().pipelined(req))),
+                Poll::Ready(Some(Err(s))) => {
+                    this.inbound = None;
+                    return Poll::Ready(Some(Err(s)));
+                }
+                Poll::Ready(None) => this.inbound = None,
+                Poll::Pending => break,
+            }
+        }
+        match Pin::new(&mut this.inflight).poll_next(cx) {
+            Poll::Ready(Some(answer)) => Poll::Ready(Some(Ok(answer))),
+            Poll::Ready(None) if this.inbound.is_none() => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -85,7 +175,7 @@ impl Cell for CellService {
         Ok(Response::new(StatusResponse {
             id: r.id,
             address: addr(r.id),
-            cell_name: self.cell_name.clone(),
+            cell_name: self.cell_name.to_string(),
             role: role_name(r.role).to_string(),
             leader_id: r.leader_id,
             leader_address: addr(r.leader_id),
@@ -112,7 +202,7 @@ impl Cell for CellService {
                 })
                 .collect(),
             wal_segments: st.wal_segments as u64,
-            fsync: self.fsync.clone(),
+            fsync: self.fsync.to_string(),
             members: self.peers.iter().map(|(&id, a)| Member { id, address: a.clone() }).collect(),
             sessions,
             leased_sessions: self.master.session_count() as u64,
@@ -120,19 +210,20 @@ impl Cell for CellService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let req = req.into_inner();
-        let path = key_path(&req.key);
-        // Cached copies are invalidated first, as for a session's write; so only a serving
-        // master takes the write (a follower redirects; during an election or while the
-        // master takes office the call waits for it).
-        self.master.await_serving().await?;
-        let pending = self.master.begin_write(&path).await?;
-        let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
-        match self.master.propose_guarded(entry, &pending).await.map_err(|e| self.status_of(e))? {
-            Ok(Reply::Stat(stat)) => Ok(Response::new(PutResponse { revision: stat.modified_index })),
-            Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(crate::chubby_service::status_of_state(e)),
-        }
+        self.put_one(req.into_inner()).await.map(|revision| Response::new(PutResponse { revision }))
+    }
+
+    type PutPipelineStream = Pipeline;
+
+    async fn put_pipeline(
+        &self,
+        req: Request<Streaming<PipelinedPut>>,
+    ) -> Result<Response<Self::PutPipelineStream>, Status> {
+        Ok(Response::new(Pipeline {
+            service: self.clone(),
+            inbound: Some(req.into_inner()),
+            inflight: FuturesUnordered::new(),
+        }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

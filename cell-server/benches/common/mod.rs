@@ -57,7 +57,7 @@ impl Cell {
             .args(&self.extra)
             .arg("--data-dir")
             .arg(self.dir.join(format!("r{id}")))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
