@@ -174,6 +174,13 @@ impl MountedCell {
         self.install(uid, s).ok_or_else(unmounted)
     }
 
+    /// How many users the mount keeps something for: (sessions, use times, opening gates).
+    pub fn users_tracked(&self) -> (usize, usize, usize) {
+        let sessions = self.sessions.read().expect("sessions").len();
+        let used = self.used.lock().expect("used").len();
+        (sessions, used, self.opening.lock().expect("opening").len())
+    }
+
     /// Whether session `id` was closed here for being idle (not lost): its locks were
     /// released by the close.
     pub fn closed_for_idleness(&self, id: u64) -> bool {
@@ -232,7 +239,7 @@ impl MountedCell {
             // Under the sessions lock: a call either took its session before (it holds it,
             // or it has just asked for it) or finds none and opens a new one.
             let mut sessions = self.sessions.write().expect("sessions");
-            let used = self.used.lock().expect("used");
+            let mut used = self.used.lock().expect("used");
             sessions.retain(|&uid, s| {
                 let recent = used.get(&uid).is_some_and(|t| t.elapsed() < idle);
                 let keep = uid == self.own_uid || recent || s.holders() > 1;
@@ -241,6 +248,16 @@ impl MountedCell {
                 }
                 keep
             });
+            // What the mount keeps per user goes with the session (still under both locks: a
+            // call marks its use before it looks for a session, so a later call's mark stays),
+            // and so does the user's opening gate if nobody holds it.
+            let mut opening = self.opening.lock().expect("opening");
+            for (uid, _) in &ended {
+                used.remove(uid);
+                if opening.get(uid).is_some_and(|gate| Arc::strong_count(gate) == 1) {
+                    opening.remove(uid);
+                }
+            }
         }
         for (uid, s) in ended {
             tracing::info!(cell = %self.name, uid, session = s.id(), "closing an idle session");
