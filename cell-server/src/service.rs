@@ -7,17 +7,16 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::stream::{FuturesUnordered, Stream};
 use proto::cell::cell_server::{Cell, CellServer};
 use proto::cell::*;
 use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use tonic::metadata::MetadataValue;
-
-use futures_util::stream::{FuturesUnordered, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
