@@ -734,8 +734,13 @@ impl<SM: StateMachine> Driver<SM> {
         std::thread::Builder::new()
             .name(format!("snapshot-{}", self.opts.id))
             .spawn(move || {
-                let snap = Snapshot { meta, data: encode() };
-                let result = files.save(&snap).map(|()| snap).map_err(|e| e.to_string());
+                // The answer is sent even if the encoder panics, or snapshots would stop for good
+                // (`saving_snapshot` stays set) and the log would grow without end.
+                let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let snap = Snapshot { meta, data: encode() };
+                    files.save(&snap).map(|()| snap).map_err(|e| e.to_string())
+                }));
+                let result = saved.unwrap_or_else(|_| Err("the state machine's snapshot encoder panicked".into()));
                 let _ = tx.send(Input::SnapshotSaved(result));
             })
             .map_err(|e| format!("starting the snapshot thread: {e}"))?;

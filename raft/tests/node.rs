@@ -134,3 +134,76 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
     }
     drop(incoming);
 }
+
+/// A counter whose first snapshot encoder panics (a state machine bug), later ones work.
+struct FlakyEncoder {
+    count: u64,
+    panics_left: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl StateMachine for FlakyEncoder {
+    fn apply(&mut self, index: u64, _data: &[u8]) -> Bytes {
+        self.count += 1;
+        Bytes::from(index.to_string())
+    }
+    fn snapshot(&self) -> raft::SnapshotEncoder {
+        let (n, panics_left) = (self.count, self.panics_left.clone());
+        Box::new(move || {
+            if panics_left.fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1)).is_ok() {
+                panic!("encoder bug (on purpose, in a test)");
+            }
+            Bytes::from(n.to_string())
+        })
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.count = std::str::from_utf8(data).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e}"))?;
+        Ok(())
+    }
+}
+
+use std::sync::atomic::Ordering::SeqCst;
+
+#[test]
+fn a_snapshot_encoder_that_panics_does_not_stop_later_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let opts = NodeOptions {
+        id: 1,
+        peers: BTreeMap::from([(1, format!("127.0.0.1:{port}"))]),
+        data_dir: dir.path().to_path_buf(),
+        disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
+        tick: Duration::from_millis(10),
+        election_tick: 10,
+        heartbeat_tick: 2,
+        snapshot_entries: 20,
+    };
+    let panics_left = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
+    let sm = FlakyEncoder { count: 0, panics_left: panics_left.clone() };
+    let node = Node::start(opts, sm, rt.handle().clone()).unwrap();
+    let handle = node.handle();
+    let snapshot_index = rt.block_on(async {
+        // Proposals at 10 ms intervals for up to 20 s (the panic hook's backtrace may take a
+        // while on the snapshot thread); a snapshot is due every 20 entries.
+        for _ in 0..2000 {
+            match handle.propose(Bytes::from_static(b"x")).await {
+                Ok(_) | Err(NodeError::NotLeader { .. }) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+            let index = handle.status().await.unwrap().snapshot_index;
+            if index > 0 {
+                return index;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        0
+    });
+    assert_eq!(panics_left.load(SeqCst), 0, "the first encoder ran (and panicked)");
+    let st = rt.block_on(handle.status()).unwrap();
+    assert!(
+        snapshot_index > 0,
+        "a later snapshot was saved after the encoder's panic: {:?}",
+        (st.raft.applied, st.first_index, st.snapshot_index)
+    );
+    node.stop().unwrap();
+}
