@@ -160,6 +160,15 @@ fn pipelined_puts_are_each_applied_and_answered() {
     drop(tx);
     assert!(rt.block_on(answers.message()).unwrap().is_none(), "the stream ends when the client closes its side");
 
+    // A value over the contents limit and a path that is not one are refused at once, each
+    // with its reason, as a unary put's would be; the stream goes on.
+    let big = rt.block_on(pipe.put("big", Bytes::from(vec![0u8; (256 << 10) + 1]))).unwrap_err();
+    assert_eq!(big.reason(), Some("TooLarge"), "{big}");
+    let bad = rt.block_on(pipe.put("a//b", Bytes::from_static(b"x"))).unwrap_err();
+    assert_eq!(bad.reason(), Some("InvalidArgument"), "{bad}");
+    assert!(!rt.block_on(client.get("big", false)).unwrap().found, "nothing was written");
+    rt.block_on(pipe.put("p/0", Bytes::from_static(b"again"))).expect("the pipeline still serves");
+
     // A follower's pipeline refuses with a redirect to the leader.
     let follower = if leader == 1 { 2 } else { 1 };
     let at_follower = rt.block_on(PutPipeline::open(connect(&cell.addrs[(follower - 1) as usize]))).unwrap();

@@ -36,7 +36,7 @@ pub struct ChubbyService {
 /// Runs a write (SetContents, Delete, SetAcl) to its end even if its client goes away, which
 /// makes hyper drop the handler: the write's pending mark must last until its entry's fate is
 /// known, or a read in between could be cached and then outlive the write uninvalidated.
-async fn to_the_end<T: Send + 'static>(
+pub(crate) async fn to_the_end<T: Send + 'static>(
     write: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(write).await.unwrap_or_else(|e| Err(Status::internal(format!("the write's task failed: {e}"))))

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
 use crate::master::Master;
-use crate::state::{Entry, Op, Reply};
+use crate::state::{validate_path, Entry, Op, Reply, StateError};
 
 /// The service of one replica.
 #[derive(Clone)]
@@ -36,6 +36,10 @@ pub struct CellService {
 /// Puts of one pipelined stream in flight at once, at most; beyond this the stream is not read
 /// until some are answered, so HTTP/2 flow control holds the client back.
 const PIPELINE_DEPTH: usize = 1024;
+
+/// Bytes of values of one pipelined stream in flight at once, at most (past the put that
+/// crosses it), for the same reason: a stream holds at most this much memory of the replica's.
+const PIPELINE_BYTES: usize = 16 << 20;
 
 impl CellService {
     pub fn new(
@@ -85,15 +89,28 @@ fn role_name(role: Role) -> &'static str {
 }
 
 impl CellService {
-    /// A put: its revision (log index) once applied.
+    /// A put: its revision (log index) once applied. Once begun, the write runs to the end on
+    /// a task of its own even if the caller goes away: its path stays uncacheable until the
+    /// entry is applied (or known lost), whatever happens to the call or stream that asked.
     async fn put_one(&self, req: PutRequest) -> Result<u64, Status> {
         let path = key_path(&req.key);
+        // Refused before anything is invalidated or replicated: a value the state machine
+        // would refuse at apply, and a path that is not one.
+        if req.value.len() > crate::state::MAX_CONTENTS {
+            return Err(crate::chubby_service::status_of_state(StateError::TooLarge(req.value.len() as u64)));
+        }
+        validate_path(&path, u32::MAX).map_err(crate::chubby_service::status_of_state)?;
+        let this = self.clone();
+        crate::chubby_service::to_the_end(async move { this.put_applied(path, req.value).await }).await
+    }
+
+    async fn put_applied(&self, path: String, value: bytes::Bytes) -> Result<u64, Status> {
         // Cached copies are invalidated first, as for a session's write; so only a serving
         // master takes the write (a follower redirects; during an election or while the
         // master takes office the call waits for it).
         self.master.await_serving().await?;
         let pending = self.master.begin_write(&path).await?;
-        let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: req.value } };
+        let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: value } };
         match self.master.propose_guarded(entry, &pending).await.map_err(|e| self.status_of(e))? {
             Ok(Reply::Stat(stat)) => Ok(stat.modified_index),
             Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
@@ -118,6 +135,12 @@ impl CellService {
                 id,
                 code: s.code() as i32,
                 message: s.message().to_string(),
+                reason: s
+                    .metadata()
+                    .get(crate::chubby_service::ERROR_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
                 leader: s
                     .metadata()
                     .get(proto::LEADER_METADATA)
@@ -130,13 +153,20 @@ impl CellService {
     }
 }
 
+/// A pipelined put on its way: its answer and the bytes it holds of the stream's budget.
+type InFlight = Pin<Box<dyn Future<Output = (PipelinedPutResult, usize)> + Send>>;
+
 /// The answers of a `PutPipeline` stream: reads puts as they come (up to [`PIPELINE_DEPTH`] in
-/// flight) and yields each answer as its write is applied; ends when the client has closed its
-/// side and every put is answered, or at the first broken request message.
+/// flight and [`PIPELINE_BYTES`] of values) and yields each answer as its write is applied;
+/// ends when the client has closed its side and every put is answered, or at the first broken
+/// request message. Each begun write runs to its end on its own task ([`CellService::put_one`]),
+/// so neither a client that stops reading answers nor one that drops the stream stalls or
+/// cuts short a write it started.
 pub struct Pipeline {
     service: CellService,
     inbound: Option<Streaming<PipelinedPut>>,
-    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = PipelinedPutResult> + Send>>>,
+    inflight: FuturesUnordered<InFlight>,
+    inflight_bytes: usize,
 }
 
 impl Stream for Pipeline {
@@ -144,10 +174,15 @@ impl Stream for Pipeline {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        while this.inflight.len() < PIPELINE_DEPTH {
+        while this.inflight.len() < PIPELINE_DEPTH && this.inflight_bytes < PIPELINE_BYTES {
             let Some(inbound) = this.inbound.as_mut() else { break };
             match Pin::new(inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(req))) => this.inflight.push(Box::pin(this.service.clone().pipelined(req))),
+                Poll::Ready(Some(Ok(req))) => {
+                    let size = req.put.as_ref().map_or(0, |p| p.value.len() + p.key.len());
+                    this.inflight_bytes += size;
+                    let service = this.service.clone();
+                    this.inflight.push(Box::pin(async move { (service.pipelined(req).await, size) }));
+                }
                 Poll::Ready(Some(Err(s))) => {
                     this.inbound = None;
                     return Poll::Ready(Some(Err(s)));
@@ -157,7 +192,10 @@ impl Stream for Pipeline {
             }
         }
         match Pin::new(&mut this.inflight).poll_next(cx) {
-            Poll::Ready(Some(answer)) => Poll::Ready(Some(Ok(answer))),
+            Poll::Ready(Some((answer, size))) => {
+                this.inflight_bytes -= size;
+                Poll::Ready(Some(Ok(answer)))
+            }
             Poll::Ready(None) if this.inbound.is_none() => Poll::Ready(None),
             _ => Poll::Pending,
         }
@@ -222,6 +260,7 @@ impl Cell for CellService {
             service: self.clone(),
             inbound: Some(req.into_inner()),
             inflight: FuturesUnordered::new(),
+            inflight_bytes: 0,
         }))
     }
 

@@ -354,6 +354,11 @@ impl PutPipeline {
                 status.metadata_mut().insert(proto::LEADER_METADATA, v);
             }
         }
+        if let Ok(v) = tonic::metadata::MetadataValue::try_from(answer.reason.as_str()) {
+            if !answer.reason.is_empty() {
+                status.metadata_mut().insert(crate::session::ERROR_METADATA, v);
+            }
+        }
         Err(ClientError::Rpc(Box::new(status)))
     }
 }
