@@ -963,3 +963,67 @@ fn a_mount_forgets_users_whose_idle_sessions_it_closed() {
     assert!(used <= 1 && gates <= 1, "{used} use times and {gates} gates kept for users without a session");
     rt.block_on(mounted.close());
 }
+
+/// `Calls`: a session's calls multiplexed on one stream are each answered under their own id
+/// exactly as their unary forms: the answer, or the refusal with its reason and redirect.
+#[test]
+fn calls_on_one_stream_are_answered_by_id_like_their_unary_forms() {
+    use fuse_mount::proto::chubby::{call, call_result, Call, CallResult};
+    let cell = TestCell::start(CellOptions::default());
+    runtime().block_on(async {
+        let leader = wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let master = cell.addrs[(leader - 1) as usize].clone();
+        let (mut c, _tx, _inbound, grant) = raw_session(&master, None).await;
+        let (calls, rx) = tokio::sync::mpsc::unbounded_channel::<Call>();
+        let mut answers = c.calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut next = async || -> CallResult {
+            tokio::time::timeout(Duration::from_secs(20), answers.message()).await.unwrap().unwrap().unwrap()
+        };
+        let epoch = Some(grant.epoch);
+        let open = OpenRequest {
+            request: Some(RequestId { session: grant.session, sequence: 1, first_incomplete: 1 }),
+            path: "/ls/local/calls".into(),
+            create: true,
+            initial_contents: "hello".into(),
+            session_token: grant.session_token.clone(),
+            ..OpenRequest::default()
+        };
+        calls.send(Call { id: 1, epoch, kind: Some(call::Kind::Open(open)) }).unwrap();
+        let opened = next().await;
+        assert_eq!((opened.id, opened.code), (1, 0), "{opened:?}");
+        let Some(call_result::Kind::Open(o)) = opened.kind else { panic!("{opened:?}") };
+        let handle = o.handle.unwrap();
+
+        // Many reads in flight at once, each answered once under its id.
+        for id in 100..150 {
+            let read = GetContentsRequest { handle: Some(handle.clone()), stale_ok: false };
+            calls.send(Call { id, epoch, kind: Some(call::Kind::GetContentsAndStat(read)) }).unwrap();
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 100..150 {
+            let r = next().await;
+            let Some(call_result::Kind::GetContentsAndStat(g)) = &r.kind else { panic!("{r:?}") };
+            assert_eq!(&g.contents[..], b"hello");
+            assert!(seen.insert(r.id), "answered twice: {}", r.id);
+        }
+        assert_eq!(seen, (100..150).collect(), "every call answered under its own id");
+
+        // Refusals carry what a unary call's status would: code, message, reason, redirect.
+        calls.send(Call { id: 2, epoch, kind: None }).unwrap();
+        let r = next().await;
+        assert_eq!((r.id, r.code), (2, Code::InvalidArgument as i32), "{r:?}");
+        let mut forged = handle.token.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let stat = GetStatRequest { handle: Some(Handle { token: forged.into(), ..Default::default() }) };
+        calls.send(Call { id: 3, epoch, kind: Some(call::Kind::GetStat(stat)) }).unwrap();
+        let r = next().await;
+        assert_eq!((r.id, r.code), (3, Code::PermissionDenied as i32), "{r:?}");
+        assert!(r.metadata.contains_key(ERROR_METADATA), "{r:?}");
+        let stat = GetStatRequest { handle: Some(handle.clone()) };
+        calls.send(Call { id: 4, epoch: Some(grant.epoch - 1), kind: Some(call::Kind::GetStat(stat)) }).unwrap();
+        let r = next().await;
+        assert_eq!((r.id, r.code), (4, Code::FailedPrecondition as i32), "{r:?}");
+        assert_eq!(r.metadata.get(ERROR_METADATA).map(String::as_str), Some("StaleEpoch"), "{r:?}");
+    });
+}

@@ -547,6 +547,12 @@ impl Chubby for ChubbyService {
         let this = self.clone();
         to_the_end(async move { this.change_acl(req.into_inner()).await }).await.map(Response::new)
     }
+
+    type CallsStream = crate::calls::CallAnswers;
+
+    async fn calls(&self, req: Request<Streaming<Call>>) -> Result<Response<Self::CallsStream>, Status> {
+        Ok(Response::new(crate::calls::serve(self.clone(), req.into_inner())))
+    }
 }
 
 impl ChubbyService {

@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::stream::{FuturesUnordered, Stream};
 use proto::cell::cell_server::{Cell, CellServer};
 use proto::cell::*;
 use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
@@ -21,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
 use crate::master::Master;
+use crate::multiplex::Multiplexed;
 use crate::state::{validate_path, Entry, Op, Reply, StateError};
 
 /// The service of one replica.
@@ -36,10 +35,6 @@ pub struct CellService {
 /// Puts of one pipelined stream in flight at once, at most; beyond this the stream is not read
 /// until some are answered, so HTTP/2 flow control holds the client back.
 const PIPELINE_DEPTH: usize = 1024;
-
-/// Bytes of values of one pipelined stream in flight at once, at most (past the put that
-/// crosses it), for the same reason: a stream holds at most this much memory of the replica's.
-const PIPELINE_BYTES: usize = 16 << 20;
 
 impl CellService {
     pub fn new(
@@ -89,19 +84,17 @@ fn role_name(role: Role) -> &'static str {
 }
 
 impl CellService {
-    /// A put: its revision (log index) once applied. Once begun, the write runs to the end on
-    /// a task of its own even if the caller goes away: its path stays uncacheable until the
-    /// entry is applied (or known lost), whatever happens to the call or stream that asked.
+    /// A put: its revision (log index) once applied. Refused before anything is invalidated
+    /// or replicated: a value the state machine would refuse at apply, and a path that is not
+    /// one. The caller runs it to its end (its path stays uncacheable until the entry is
+    /// applied or known lost, whatever happens to the call or stream that asked).
     async fn put_one(&self, req: PutRequest) -> Result<u64, Status> {
         let path = key_path(&req.key);
-        // Refused before anything is invalidated or replicated: a value the state machine
-        // would refuse at apply, and a path that is not one.
         if req.value.len() > crate::state::MAX_CONTENTS {
             return Err(crate::chubby_service::status_of_state(StateError::TooLarge(req.value.len() as u64)));
         }
         validate_path(&path, u32::MAX).map_err(crate::chubby_service::status_of_state)?;
-        let this = self.clone();
-        crate::chubby_service::to_the_end(async move { this.put_applied(path, req.value).await }).await
+        self.put_applied(path, req.value).await
     }
 
     async fn put_applied(&self, path: String, value: bytes::Bytes) -> Result<u64, Status> {
@@ -153,55 +146,6 @@ impl CellService {
     }
 }
 
-/// A pipelined put on its way: its answer and the bytes it holds of the stream's budget.
-type InFlight = Pin<Box<dyn Future<Output = (PipelinedPutResult, usize)> + Send>>;
-
-/// The answers of a `PutPipeline` stream: reads puts as they come (up to [`PIPELINE_DEPTH`] in
-/// flight and [`PIPELINE_BYTES`] of values) and yields each answer as its write is applied;
-/// ends when the client has closed its side and every put is answered, or at the first broken
-/// request message. Each begun write runs to its end on its own task ([`CellService::put_one`]),
-/// so neither a client that stops reading answers nor one that drops the stream stalls or
-/// cuts short a write it started.
-pub struct Pipeline {
-    service: CellService,
-    inbound: Option<Streaming<PipelinedPut>>,
-    inflight: FuturesUnordered<InFlight>,
-    inflight_bytes: usize,
-}
-
-impl Stream for Pipeline {
-    type Item = Result<PipelinedPutResult, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        while this.inflight.len() < PIPELINE_DEPTH && this.inflight_bytes < PIPELINE_BYTES {
-            let Some(inbound) = this.inbound.as_mut() else { break };
-            match Pin::new(inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(req))) => {
-                    let size = req.put.as_ref().map_or(0, |p| p.value.len() + p.key.len());
-                    this.inflight_bytes += size;
-                    let service = this.service.clone();
-                    this.inflight.push(Box::pin(async move { (service.pipelined(req).await, size) }));
-                }
-                Poll::Ready(Some(Err(s))) => {
-                    this.inbound = None;
-                    return Poll::Ready(Some(Err(s)));
-                }
-                Poll::Ready(None) => this.inbound = None,
-                Poll::Pending => break,
-            }
-        }
-        match Pin::new(&mut this.inflight).poll_next(cx) {
-            Poll::Ready(Some((answer, size))) => {
-                this.inflight_bytes -= size;
-                Poll::Ready(Some(Ok(answer)))
-            }
-            Poll::Ready(None) if this.inbound.is_none() => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    }
-}
-
 #[tonic::async_trait]
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -247,21 +191,30 @@ impl Cell for CellService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.put_one(req.into_inner()).await.map(|revision| Response::new(PutResponse { revision }))
+        let this = self.clone();
+        let put = crate::chubby_service::to_the_end(async move { this.put_one(req.into_inner()).await });
+        put.await.map(|revision| Response::new(PutResponse { revision }))
     }
 
-    type PutPipelineStream = Pipeline;
+    type PutPipelineStream = Multiplexed<PipelinedPut, PipelinedPutResult>;
 
     async fn put_pipeline(
         &self,
         req: Request<Streaming<PipelinedPut>>,
     ) -> Result<Response<Self::PutPipelineStream>, Status> {
-        Ok(Response::new(Pipeline {
-            service: self.clone(),
-            inbound: Some(req.into_inner()),
-            inflight: FuturesUnordered::new(),
-            inflight_bytes: 0,
-        }))
+        let service = self.clone();
+        let start = move |put| -> Pin<Box<dyn Future<Output = PipelinedPutResult> + Send>> {
+            Box::pin(service.clone().pipelined(put))
+        };
+        let failed = |id| PipelinedPutResult {
+            id,
+            code: tonic::Code::Internal as i32,
+            message: "the put's task failed; it may or may not have been applied".into(),
+            ..Default::default()
+        };
+        Ok(Response::new(
+            Multiplexed::new(req.into_inner(), start, |p: &PipelinedPut| p.id, failed).max_in_flight(PIPELINE_DEPTH),
+        ))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

@@ -13,6 +13,8 @@ use proto::cell::*;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
+use crate::multiplex::{Lost, Multiplexer};
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -279,84 +281,39 @@ impl CellClient {
 /// put at a replica that does not lead fails with `FAILED_PRECONDITION` carrying the leader's
 /// address in [`proto::LEADER_METADATA`], as a unary call's does, and the caller opens a
 /// pipeline there.
-pub struct PutPipeline {
-    requests: tokio::sync::mpsc::UnboundedSender<PipelinedPut>,
-    waiting: std::sync::Arc<std::sync::Mutex<Waiting>>,
-    next_id: std::sync::atomic::AtomicU64,
-}
-
-/// Callers waiting for answers, by put id; `closed` once the stream ended (nobody is added then).
-#[derive(Default)]
-struct Waiting {
-    by_id: HashMap<u64, tokio::sync::oneshot::Sender<PipelinedPutResult>>,
-    closed: Option<String>,
-}
+pub struct PutPipeline(Multiplexer<PipelinedPut, PipelinedPutResult>);
 
 impl PutPipeline {
     /// Opens the stream on `channel` (a connection to the replica).
     pub async fn open(channel: Channel) -> Result<PutPipeline, ClientError> {
         let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut answers = Rpc::new(channel)
+        let answers = Rpc::new(channel)
             .put_pipeline(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
             .await
             .map_err(|s| ClientError::Rpc(Box::new(s)))?
             .into_inner();
-        let waiting = std::sync::Arc::new(std::sync::Mutex::new(Waiting::default()));
-        let w = waiting.clone();
-        tokio::spawn(async move {
-            let why = loop {
-                match answers.message().await {
-                    Ok(Some(answer)) => {
-                        let waiter = w.lock().unwrap_or_else(|e| e.into_inner()).by_id.remove(&answer.id);
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(answer);
-                        }
-                    }
-                    Ok(None) => break "the replica ended the pipeline".to_string(),
-                    Err(s) => break format!("pipeline broken: {}", s.message()),
-                }
-            };
-            // Every caller still waiting hears that its write's outcome is unknown.
-            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-            w.closed = Some(why);
-            w.by_id.clear();
-        });
-        Ok(PutPipeline { requests, waiting, next_id: std::sync::atomic::AtomicU64::new(1) })
+        Ok(PutPipeline(Multiplexer::new(requests, answers)))
     }
 
     /// Writes `value` under `key`; returns the write's revision (its log index).
     pub async fn put(&self, key: &str, value: Bytes) -> Result<u64, ClientError> {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (done, answer) = tokio::sync::oneshot::channel();
-        {
-            let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(why) = &w.closed {
-                return Err(ClientError::Rpc(Box::new(Status::unavailable(why.clone()))));
-            }
-            w.by_id.insert(id, done);
-        }
-        let put = PipelinedPut { id, put: Some(PutRequest { key: key.to_string(), value }) };
-        if self.requests.send(put).is_err() {
-            self.waiting.lock().unwrap_or_else(|e| e.into_inner()).by_id.remove(&id);
-            return Err(ClientError::Rpc(Box::new(Status::unavailable("pipeline closed"))));
-        }
-        let answer = answer.await.map_err(|_| {
-            ClientError::Rpc(Box::new(Status::unknown(
-                "the pipeline broke before the answer came; the write may or may not have been applied",
-            )))
+        let put = PutRequest { key: key.to_string(), value };
+        let answer = self.0.call(|id| PipelinedPut { id, put: Some(put) }).await.map_err(|lost| {
+            ClientError::Rpc(Box::new(match lost {
+                Lost::NotSent(why) => Status::unavailable(format!("pipeline closed: {why}")),
+                Lost::Unanswered(why) => Status::unknown(format!(
+                    "the pipeline broke before the answer came ({why}); the write may or may not have been applied"
+                )),
+            }))
         })?;
         if answer.code == 0 {
             return Ok(answer.revision);
         }
         let mut status = Status::new(Code::from_i32(answer.code), answer.message);
-        if let Ok(v) = tonic::metadata::MetadataValue::try_from(answer.leader.as_str()) {
-            if !answer.leader.is_empty() {
-                status.metadata_mut().insert(proto::LEADER_METADATA, v);
-            }
-        }
-        if let Ok(v) = tonic::metadata::MetadataValue::try_from(answer.reason.as_str()) {
-            if !answer.reason.is_empty() {
-                status.metadata_mut().insert(crate::session::ERROR_METADATA, v);
+        for (key, value) in [(proto::LEADER_METADATA, &answer.leader), (crate::session::ERROR_METADATA, &answer.reason)]
+        {
+            if let (false, Ok(v)) = (value.is_empty(), tonic::metadata::MetadataValue::try_from(value.as_str())) {
+                status.metadata_mut().insert(key, v);
             }
         }
         Err(ClientError::Rpc(Box::new(status)))

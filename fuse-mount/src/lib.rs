@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod fs;
+pub mod multiplex;
 pub mod session;
 
 pub use proto;

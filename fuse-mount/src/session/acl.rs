@@ -1,12 +1,10 @@
 //! A node's ACL names (Chubby §2.4): read, changed as a whole, or one list at a time without
 //! undoing a change made meanwhile.
 
-use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::{Handle, NodeAcl, NodeStat, SetAclRequest};
-use tonic::transport::Channel;
 use tonic::Status;
 
-use super::{with_epoch, Session};
+use super::Session;
 use crate::client::ClientError;
 
 impl Session {
@@ -42,7 +40,7 @@ impl Session {
             change_acl: acl.change_acl,
             if_acl_generation,
         };
-        Ok(self.call(self.deadline(), rpc!(set_acl, req)).await?.stat.unwrap_or_default())
+        Ok(self.call(self.deadline(), rpc!(SetAcl, req)).await?.stat.unwrap_or_default())
     }
 
     /// Changes the node's ACL names with `change` (read, changed, written back only if no

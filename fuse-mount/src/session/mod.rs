@@ -32,9 +32,10 @@ use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::*;
 use tokio::sync::{broadcast, watch};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Response, Status};
+use tonic::{Code, Status};
 
 use crate::client::ClientError;
+use crate::multiplex::{Lost, Multiplexer};
 
 mod cache;
 mod principal;
@@ -45,12 +46,18 @@ use stream::{connect_stream, keep_session};
 
 pub use principal::{principal_list, principal_of};
 
-/// A call of `method` with a fresh copy of `req` on whichever client the retry loop picks.
+/// A call of the `Call` kind `variant` with a fresh copy of `req` on whichever replica's call
+/// stream the retry loop picks; its answer if of the same kind.
 macro_rules! rpc {
-    ($method:ident, $req:expr) => {
-        |mut c: ChubbyClient<Channel>, epoch: u64| {
-            let r = with_epoch($req.clone(), epoch);
-            async move { c.$method(r).await }
+    ($variant:ident, $req:expr) => {
+        |link: std::sync::Arc<crate::session::CallStream>, epoch: u64| {
+            let kind = proto::chubby::call::Kind::$variant($req.clone());
+            async move {
+                match crate::session::call_on(&link, epoch, kind).await? {
+                    proto::chubby::call_result::Kind::$variant(r) => Ok(r),
+                    other => Err(tonic::Status::internal(format!("the answer of another call: {other:?}"))),
+                }
+            }
         }
     };
 }
@@ -144,7 +151,8 @@ struct Inner {
     master: Mutex<Option<String>>,
     /// The epoch of the master that granted the latest lease; calls carry it.
     epoch: AtomicU64,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Connections to replicas by address, each with the session's call stream on it.
+    channels: Mutex<HashMap<String, Arc<Link>>>,
     cache: Mutex<Cache>,
     /// The end of the local lease (conservative: before the master's).
     lease_end: Mutex<Instant>,
@@ -178,11 +186,42 @@ impl Drop for InFlight {
     }
 }
 
-/// `msg` as a request of the session's master epoch (see [`proto::EPOCH_METADATA`]).
-fn with_epoch<T>(msg: T, epoch: u64) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(proto::EPOCH_METADATA, epoch.into());
-    r
+/// A session's calls to one replica, multiplexed on one `Calls` stream.
+pub(crate) type CallStream = Multiplexer<Call, CallResult>;
+
+/// A connection to one replica, and the session's call stream on it (opened on first use).
+pub(super) struct Link {
+    channel: Channel,
+    calls: tokio::sync::Mutex<Option<Arc<CallStream>>>,
+}
+
+impl Link {
+    fn new(channel: Channel) -> Link {
+        Link { channel, calls: tokio::sync::Mutex::new(None) }
+    }
+}
+
+/// Makes a call on `link` with the session's `epoch`: its answer, or its refusal as the
+/// status a unary call would have got. A stream that breaks fails the call as unavailable:
+/// the retry carries the same request id, so a change is made once.
+pub(crate) async fn call_on(link: &CallStream, epoch: u64, kind: call::Kind) -> Result<call_result::Kind, Status> {
+    let answer = link.call(|id| Call { id, epoch: Some(epoch), kind: Some(kind) }).await.map_err(|lost| {
+        let (Lost::NotSent(why) | Lost::Unanswered(why)) = lost;
+        Status::unavailable(format!("the call stream to the replica broke: {why}"))
+    })?;
+    if answer.code != Code::Ok as i32 {
+        let mut status = Status::new(Code::from_i32(answer.code), answer.message);
+        for (key, value) in &answer.metadata {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_str()),
+            ) {
+                status.metadata_mut().insert(k, v);
+            }
+        }
+        return Err(status);
+    }
+    answer.kind.ok_or_else(|| Status::internal("an answer without its result"))
 }
 
 fn reason(s: &Status) -> Option<&str> {
@@ -205,17 +244,39 @@ fn retryable(s: &Status) -> bool {
 }
 
 impl Inner {
-    async fn channel(&self, addr: &str) -> Result<Channel, String> {
-        if let Some(ch) = self.channels.lock().expect("channels").get(addr) {
-            return Ok(ch.clone());
+    async fn link(&self, addr: &str) -> Result<Arc<Link>, String> {
+        if let Some(link) = self.channels.lock().expect("channels").get(addr) {
+            return Ok(link.clone());
         }
         let ep = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
         let ch = ep.connect().await.map_err(|e| format!("{addr}: {e}"))?;
-        self.channels.lock().expect("channels").insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        let link = Arc::new(Link::new(ch));
+        self.channels.lock().expect("channels").insert(addr.to_string(), link.clone());
+        Ok(link)
+    }
+
+    /// The call stream to `addr`, opened if there is none or it broke.
+    async fn call_stream(&self, addr: &str) -> Result<Arc<CallStream>, String> {
+        let link = self.link(addr).await?;
+        let mut slot = link.calls.lock().await;
+        if let Some(calls) = slot.as_ref().filter(|c| c.closed().is_none()) {
+            return Ok(calls.clone());
+        }
+        let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut client = ChubbyClient::new(link.channel.clone());
+        let open = client.calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        // A link cut without a reset must not hold the call forever.
+        let answers = tokio::time::timeout(stream::ATTEMPT_TIMEOUT, open)
+            .await
+            .map_err(|_| format!("{addr}: no answer"))?
+            .map_err(|s| format!("{addr}: {}", s.message()))?
+            .into_inner();
+        let calls = Arc::new(Multiplexer::new(requests, answers));
+        *slot = Some(calls.clone());
+        Ok(calls)
     }
 
     fn forget_channel(&self, addr: &str) {
@@ -396,8 +457,8 @@ impl Session {
     /// a failover, until the deadline (none: wait as long as the session lives).
     async fn call<T, F, Fut>(&self, deadline: Option<Instant>, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(ChubbyClient<Channel>, u64) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
+        F: FnMut(Arc<CallStream>, u64) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let inner = &self.inner;
         let mut turn = 0usize;
@@ -413,22 +474,25 @@ impl Session {
             let addr = inner.candidate(turn);
             turn += 1;
             let epoch = inner.epoch.load(Ordering::Acquire);
-            let result = match inner.channel(&addr).await {
-                Err(e) => Err(Status::unavailable(e)),
-                Ok(ch) => match deadline {
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        tokio::time::timeout(left, call(ChubbyClient::new(ch), epoch))
-                            .await
-                            .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline passed")))
-                    }
-                    None => call(ChubbyClient::new(ch), epoch).await,
-                },
+            let attempt = async {
+                match inner.call_stream(&addr).await {
+                    Err(e) => Err(Status::unavailable(e)),
+                    Ok(link) => call(link, epoch).await,
+                }
+            };
+            let result = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, attempt)
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("deadline passed")))
+                }
+                None => attempt.await,
             };
             match result {
                 Ok(r) => {
                     *inner.master.lock().expect("master") = Some(addr);
-                    return Ok(r.into_inner());
+                    return Ok(r);
                 }
                 Err(s) if reason(&s) == Some("NoSession") => {
                     inner.lose();
@@ -490,7 +554,7 @@ impl Session {
             session_token: self.inner.token.clone(),
         };
         let ticket = self.inner.cache().begin_read(path);
-        let r = self.call(self.deadline(), rpc!(open, req)).await;
+        let r = self.call(self.deadline(), rpc!(Open, req)).await;
         let mut cache = self.inner.cache();
         let r = match r {
             Ok(r) => r,
@@ -510,7 +574,7 @@ impl Session {
         let f = self.next_request();
         self.inner.cache().forget_handle(handle);
         let req = CloseRequest { request: Some(f.request), handle: Some(handle.clone()) };
-        self.call(self.deadline(), rpc!(close, req)).await.map(|_| ())
+        self.call(self.deadline(), rpc!(Close, req)).await.map(|_| ())
     }
 
     /// Contents and metadata, linearizable: from the cache if the node is cached, else from
@@ -536,14 +600,14 @@ impl Session {
     /// Contents and metadata from the master, and whether the answer may be cached.
     async fn get_uncached(&self, handle: &Handle) -> Result<(Bytes, NodeStat, bool), ClientError> {
         let req = GetContentsRequest { handle: Some(handle.clone()), stale_ok: false };
-        let r = self.call(self.deadline(), rpc!(get_contents_and_stat, req)).await?;
+        let r = self.call(self.deadline(), rpc!(GetContentsAndStat, req)).await?;
         Ok((r.contents, r.stat.unwrap_or_default(), r.cacheable))
     }
 
     /// Contents as the first replica reached has them (may be behind the master).
     pub async fn get_stale(&self, handle: &Handle) -> Result<(Bytes, NodeStat), ClientError> {
         let req = GetContentsRequest { handle: Some(handle.clone()), stale_ok: true };
-        let r = self.call(self.deadline(), rpc!(get_contents_and_stat, req)).await?;
+        let r = self.call(self.deadline(), rpc!(GetContentsAndStat, req)).await?;
         Ok((r.contents, r.stat.unwrap_or_default()))
     }
 
@@ -568,7 +632,7 @@ impl Session {
     async fn get_stat(&self, handle: &Handle, node: Option<(String, u64)>) -> Result<GetStatResponse, ClientError> {
         let ticket = node.as_ref().map(|(p, _)| self.inner.cache().begin_read(p));
         let req = GetStatRequest { handle: Some(handle.clone()) };
-        let r = self.call(self.deadline(), rpc!(get_stat, req)).await;
+        let r = self.call(self.deadline(), rpc!(GetStat, req)).await;
         if let Some(ticket) = ticket {
             let fill = match &r {
                 Ok(r) if r.cacheable => Some(Fill { stat: r.stat.unwrap_or_default(), contents: None, handle: None }),
@@ -607,7 +671,7 @@ impl Session {
             sequencer: sequencer.to_string(),
             write_through: ticket.is_some(),
         };
-        let r = self.call(self.deadline(), rpc!(set_contents, req)).await;
+        let r = self.call(self.deadline(), rpc!(SetContents, req)).await;
         if let Some(ticket) = ticket {
             let fill = match &r {
                 Ok(r) if r.cacheable => Some(Fill {
@@ -635,12 +699,12 @@ impl Session {
             if_generation,
             sequencer: sequencer.to_string(),
         };
-        self.call(self.deadline(), rpc!(delete, req)).await.map(|_| ())
+        self.call(self.deadline(), rpc!(Delete, req)).await.map(|_| ())
     }
 
     pub async fn read_dir(&self, handle: &Handle) -> Result<Vec<DirEntry>, ClientError> {
         let req = ReadDirRequest { handle: Some(handle.clone()) };
-        Ok(self.call(self.deadline(), rpc!(read_dir, req)).await?.entries)
+        Ok(self.call(self.deadline(), rpc!(ReadDir, req)).await?.entries)
     }
 
     /// Waits for the lock (as long as the session lives, across failovers) and returns its
@@ -653,7 +717,7 @@ impl Session {
         lock_delay: Option<Duration>,
     ) -> Result<String, ClientError> {
         let (_f, req) = self.acquire_request(handle, mode, owner, lock_delay);
-        Ok(self.call(None, rpc!(acquire, req)).await?.sequencer)
+        Ok(self.call(None, rpc!(Acquire, req)).await?.sequencer)
     }
 
     /// Takes the lock if it is free now; `LockBusy` otherwise.
@@ -665,7 +729,7 @@ impl Session {
         lock_delay: Option<Duration>,
     ) -> Result<String, ClientError> {
         let (_f, req) = self.acquire_request(handle, mode, owner, lock_delay);
-        Ok(self.call(self.deadline(), rpc!(try_acquire, req)).await?.sequencer)
+        Ok(self.call(self.deadline(), rpc!(TryAcquire, req)).await?.sequencer)
     }
 
     fn acquire_request(
@@ -689,7 +753,7 @@ impl Session {
     pub async fn release(&self, handle: &Handle, owner: u64) -> Result<(), ClientError> {
         let f = self.next_request();
         let req = ReleaseRequest { request: Some(f.request), handle: Some(handle.clone()), owner };
-        self.call(self.deadline(), rpc!(release, req)).await.map(|_| ())
+        self.call(self.deadline(), rpc!(Release, req)).await.map(|_| ())
     }
 
     /// Withdraws a queued Acquire. If the lock was granted meanwhile it is released, so the
@@ -697,7 +761,7 @@ impl Session {
     pub async fn cancel(&self, handle: &Handle, owner: u64) -> Result<(), ClientError> {
         let f = self.next_request();
         let req = CancelRequest { request: Some(f.request), handle: Some(handle.clone()), owner };
-        match self.call(self.deadline(), rpc!(cancel, req)).await {
+        match self.call(self.deadline(), rpc!(Cancel, req)).await {
             Err(ClientError::Rpc(s)) if s.code() == Code::AlreadyExists => self.release(handle, owner).await,
             other => other.map(|_| ()),
         }
@@ -705,19 +769,19 @@ impl Session {
 
     pub async fn sequencer(&self, handle: &Handle, owner: u64) -> Result<String, ClientError> {
         let req = GetSequencerRequest { handle: Some(handle.clone()), owner, holders: false };
-        Ok(self.call(self.deadline(), rpc!(get_sequencer, req)).await?.sequencer)
+        Ok(self.call(self.deadline(), rpc!(GetSequencer, req)).await?.sequencer)
     }
 
     /// The sequencers of whoever holds the node's lock now (empty if it is free): one for an
     /// exclusive holder, one per holder of a shared lock.
     pub async fn holder_sequencers(&self, handle: &Handle) -> Result<Vec<String>, ClientError> {
         let req = GetSequencerRequest { handle: Some(handle.clone()), owner: 0, holders: true };
-        Ok(self.call(self.deadline(), rpc!(get_sequencer, req)).await?.holders)
+        Ok(self.call(self.deadline(), rpc!(GetSequencer, req)).await?.holders)
     }
 
     pub async fn check_sequencer(&self, sequencer: &str) -> Result<bool, ClientError> {
         let req = CheckSequencerRequest { sequencer: sequencer.to_string() };
-        Ok(self.call(self.deadline(), rpc!(check_sequencer, req)).await?.valid)
+        Ok(self.call(self.deadline(), rpc!(CheckSequencer, req)).await?.valid)
     }
 
     /// Ends the session: locks released (no lock-delay), ephemeral nodes gone.
@@ -727,7 +791,7 @@ impl Session {
         self.inner.flush_cache().await;
         let f = self.next_request();
         let req = CloseSessionRequest { request: Some(f.request), session_token: self.inner.token.clone() };
-        let r = self.call(self.deadline(), rpc!(close_session, req)).await.map(|_| ());
+        let r = self.call(self.deadline(), rpc!(CloseSession, req)).await.map(|_| ());
         self.inner.closed.send_replace(true);
         self.inner.lose();
         r

@@ -10,14 +10,14 @@ use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
-use super::{leader_hint, reason, retryable, Inner, Invalidated, SessionState, MAX_BACKOFF};
+use super::{leader_hint, reason, retryable, Inner, Invalidated, Link, SessionState, MAX_BACKOFF};
 use crate::client::ClientError;
 
 /// Longest wait for one replica to open a session stream.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionResponse>, LeaseGrant);
 
@@ -25,7 +25,7 @@ pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionRespons
 /// `deadline`, with `open` (`resume_session` 0 for a new session).
 pub(super) async fn connect_stream(
     inner_addrs: &[String],
-    channels: &Mutex<HashMap<String, Channel>>,
+    channels: &Mutex<HashMap<String, Arc<Link>>>,
     hint: Option<String>,
     open: &OpenSession,
     deadline: Instant,
@@ -41,7 +41,7 @@ pub(super) async fn connect_stream(
         });
         let attempt = async {
             let ch = {
-                let cached = channels.lock().expect("channels").get(&addr).cloned();
+                let cached = channels.lock().expect("channels").get(&addr).map(|l| l.channel.clone());
                 match cached {
                     Some(ch) => ch,
                     None => {
@@ -50,7 +50,7 @@ pub(super) async fn connect_stream(
                             .connect_timeout(Duration::from_millis(500))
                             .tcp_nodelay(true);
                         let ch = ep.connect().await.map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
-                        channels.lock().expect("channels").insert(addr.clone(), ch.clone());
+                        channels.lock().expect("channels").insert(addr.clone(), Arc::new(Link::new(ch.clone())));
                         ch
                     }
                 }
