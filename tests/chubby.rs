@@ -169,6 +169,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
         let too_big = a.set(&h, vec![0u8; (256 << 10) + 1].into(), None, "").await.unwrap_err();
         assert_eq!(reason(too_big), (Code::ResourceExhausted, "TooLarge".into()));
+        // Past what a replica reads at all: refused alone, the session's other calls go on.
+        let far_too_big = a.set(&h, vec![0u8; 5 << 20].into(), None, "").await.unwrap_err();
+        assert_eq!(reason(far_too_big), (Code::ResourceExhausted, "TooLarge".into()));
+        assert_eq!(&a.get(&h).await.unwrap().0[..], b"v1");
         let cas = a.set(&h, "v2".into(), Some(stat.content_generation + 5), "").await.unwrap_err();
         assert_eq!(reason(cas), (Code::FailedPrecondition, "GenerationMismatch".into()));
         let fenced = a.set(&h, "v2".into(), None, "seq1:1:1:1:x:1:1:/nothing").await.unwrap_err();
@@ -988,7 +992,7 @@ fn calls_on_one_stream_are_answered_by_id_like_their_unary_forms() {
             session_token: grant.session_token.clone(),
             ..OpenRequest::default()
         };
-        calls.send(Call { id: 1, epoch, kind: Some(call::Kind::Open(open)) }).unwrap();
+        calls.send(Call { id: 1, epoch, kind: Some(call::Kind::Open(open)), abandon: false }).unwrap();
         let opened = next().await;
         assert_eq!((opened.id, opened.code), (1, 0), "{opened:?}");
         let Some(call_result::Kind::Open(o)) = opened.kind else { panic!("{opened:?}") };
@@ -997,7 +1001,7 @@ fn calls_on_one_stream_are_answered_by_id_like_their_unary_forms() {
         // Many reads in flight at once, each answered once under its id.
         for id in 100..150 {
             let read = GetContentsRequest { handle: Some(handle.clone()), stale_ok: false };
-            calls.send(Call { id, epoch, kind: Some(call::Kind::GetContentsAndStat(read)) }).unwrap();
+            calls.send(Call { id, epoch, kind: Some(call::Kind::GetContentsAndStat(read)), abandon: false }).unwrap();
         }
         let mut seen = std::collections::BTreeSet::new();
         for _ in 100..150 {
@@ -1009,21 +1013,46 @@ fn calls_on_one_stream_are_answered_by_id_like_their_unary_forms() {
         assert_eq!(seen, (100..150).collect(), "every call answered under its own id");
 
         // Refusals carry what a unary call's status would: code, message, reason, redirect.
-        calls.send(Call { id: 2, epoch, kind: None }).unwrap();
+        calls.send(Call { id: 2, epoch, kind: None, abandon: false }).unwrap();
         let r = next().await;
         assert_eq!((r.id, r.code), (2, Code::InvalidArgument as i32), "{r:?}");
         let mut forged = handle.token.to_vec();
         let last = forged.len() - 1;
         forged[last] ^= 1;
         let stat = GetStatRequest { handle: Some(Handle { token: forged.into(), ..Default::default() }) };
-        calls.send(Call { id: 3, epoch, kind: Some(call::Kind::GetStat(stat)) }).unwrap();
+        calls.send(Call { id: 3, epoch, kind: Some(call::Kind::GetStat(stat)), abandon: false }).unwrap();
         let r = next().await;
         assert_eq!((r.id, r.code), (3, Code::PermissionDenied as i32), "{r:?}");
         assert!(r.metadata.contains_key(ERROR_METADATA), "{r:?}");
         let stat = GetStatRequest { handle: Some(handle.clone()) };
-        calls.send(Call { id: 4, epoch: Some(grant.epoch - 1), kind: Some(call::Kind::GetStat(stat)) }).unwrap();
+        calls
+            .send(Call { id: 4, epoch: Some(grant.epoch - 1), kind: Some(call::Kind::GetStat(stat)), abandon: false })
+            .unwrap();
         let r = next().await;
         assert_eq!((r.id, r.code), (4, Code::FailedPrecondition as i32), "{r:?}");
         assert_eq!(r.metadata.get(ERROR_METADATA).map(String::as_str), Some("StaleEpoch"), "{r:?}");
+
+        // An Acquire waiting behind another session's lock, then abandoned by the client: its
+        // wait is stopped (as a reset unary call's), so no answer ever comes for it.
+        let holder = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let (hh, _) = holder.open_node("/ls/local/calls", OpenOptions::default()).await.unwrap();
+        holder.acquire(&hh, LockMode::LockExclusive, 1, None).await.unwrap();
+        let acquire = fuse_mount::proto::chubby::AcquireRequest {
+            request: Some(RequestId { session: grant.session, sequence: 2, first_incomplete: 2 }),
+            handle: Some(handle.clone()),
+            mode: LockMode::LockExclusive as i32,
+            owner: 7,
+            lock_delay_ms: None,
+        };
+        calls.send(Call { id: 20, epoch, kind: Some(call::Kind::Acquire(acquire)), abandon: false }).unwrap();
+        // Time to be queued in the cell (either way, once abandoned no answer may come).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        calls.send(Call { id: 20, abandon: true, ..Call::default() }).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        holder.release(&hh, 1).await.unwrap();
+        let stat = GetStatRequest { handle: Some(handle.clone()) };
+        calls.send(Call { id: 21, epoch, kind: Some(call::Kind::GetStat(stat)), abandon: false }).unwrap();
+        let r = next().await;
+        assert_eq!((r.id, r.code), (21, 0), "the abandoned Acquire got no answer: {r:?}");
     });
 }

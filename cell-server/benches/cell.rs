@@ -92,10 +92,13 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Durat
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
+    // Writes refused, and the first refusal (a run with failures says so, not just a low rate).
+    let failed: Arc<Mutex<(u64, Option<String>)>> = Arc::new(Mutex::new((0, None)));
     let threads: Vec<_> = (0..clients.min(2))
         .map(|t| {
             let mine: Vec<usize> = (0..clients).filter(|i| i % 2 == t).collect();
             let (stop, count, lat, leader) = (stop.clone(), count.clone(), lat.clone(), leader.to_string());
+            let failed = failed.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
@@ -120,7 +123,7 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Durat
                     for i in mine {
                         let mut client = CellClient::new(channels[i % channels.len()].clone());
                         let pipe = pipes.get(i % channels.len()).cloned();
-                        let (stop, count) = (stop.clone(), count.clone());
+                        let (stop, count, failed) = (stop.clone(), count.clone(), failed.clone());
                         tasks.push(tokio::spawn(async move {
                             let value = Bytes::from(vec![b'v'; 100]);
                             let mut times = Vec::new();
@@ -128,11 +131,20 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Durat
                             while !stop.load(Ordering::Relaxed) {
                                 let start = Instant::now();
                                 let key = format!("bench/{i}/{}", n % 1000);
-                                let ok = match &pipe {
-                                    Some(p) => p.put(&key, value.clone()).await.is_ok(),
-                                    None => client.put(PutRequest { key, value: value.clone() }).await.is_ok(),
+                                let result = match &pipe {
+                                    Some(p) => p.put(&key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
+                                    None => client
+                                        .put(PutRequest { key, value: value.clone() })
+                                        .await
+                                        .map(|_| ())
+                                        .map_err(|s| s.message().to_string()),
                                 };
-                                if ok {
+                                if let Err(e) = &result {
+                                    let mut first = failed.lock().unwrap();
+                                    first.0 += 1;
+                                    first.1.get_or_insert_with(|| e.clone());
+                                }
+                                if result.is_ok() {
                                     times.push((start, start.elapsed()));
                                     count.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -170,6 +182,9 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Durat
         .map(|(_, d)| *d)
         .collect();
     l.sort();
+    if let (n @ 1.., Some(first)) = &*failed.lock().unwrap() {
+        eprintln!("{clients} proposers: {n} writes refused; the first: {first}");
+    }
     (done as f64 / elapsed.as_secs_f64(), percentile(&l, 0.5), percentile(&l, 0.99))
 }
 

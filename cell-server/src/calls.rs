@@ -14,7 +14,7 @@ use proto::chubby::{call, call_result, Call, CallResult};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::chubby_service::ChubbyService;
-use crate::multiplex::Multiplexed;
+use crate::multiplex::{Multiplexed, Rules};
 
 /// The answers of a `Calls` stream.
 pub type CallAnswers = Multiplexed<Call, CallResult>;
@@ -28,8 +28,21 @@ pub fn serve(service: ChubbyService, inbound: Streaming<Call>) -> CallAnswers {
         let s = Status::internal("the call's task failed; a change it asked for may or may not have been made");
         refused(id, s)
     };
-    Multiplexed::new(inbound, start, |c: &Call| c.id, failed)
+    let rules = Rules {
+        id_of: |c: &Call| c.id,
+        abandons: Some(|c: &Call| c.abandon),
+        waits: |c: &Call| matches!(c.kind, Some(call::Kind::Acquire(_))),
+        max_busy: MAX_BUSY,
+    };
+    Multiplexed::new(inbound, start, rules, failed)
 }
+
+/// Calls of one stream that do not wait for a lock, in flight at once, at most.
+const MAX_BUSY: usize = 1024;
+
+/// The largest answer a call stream carries (clients accept a little more); a larger one is
+/// refused on its own, as a unary call's would be, rather than breaking the stream.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 async fn answer(service: &ChubbyService, c: Call) -> CallResult {
     let Some(kind) = c.kind else {
@@ -62,7 +75,17 @@ async fn answer(service: &ChubbyService, c: Call) -> CallResult {
         In::SetAcl(m) => out(Chubby::set_acl(s, with_epoch(m, epoch)).await, Out::SetAcl),
     };
     match result {
-        Ok(kind) => CallResult { id: c.id, kind: Some(kind), ..Default::default() },
+        Ok(kind) => {
+            let answer = CallResult { id: c.id, kind: Some(kind), ..Default::default() };
+            let size = prost::Message::encoded_len(&answer);
+            if size > MAX_ANSWER_BYTES {
+                let s = Status::resource_exhausted(format!(
+                    "the answer is {size} bytes, more than the {MAX_ANSWER_BYTES} a call carries"
+                ));
+                return refused(c.id, s);
+            }
+            answer
+        }
         Err(s) => refused(c.id, s),
     }
 }

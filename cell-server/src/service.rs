@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
 use crate::master::Master;
-use crate::multiplex::Multiplexed;
+use crate::multiplex::{Multiplexed, Rules};
 use crate::state::{validate_path, Entry, Op, Reply, StateError};
 
 /// The service of one replica.
@@ -212,9 +212,12 @@ impl Cell for CellService {
             message: "the put's task failed; it may or may not have been applied".into(),
             ..Default::default()
         };
-        Ok(Response::new(
-            Multiplexed::new(req.into_inner(), start, |p: &PipelinedPut| p.id, failed).max_in_flight(PIPELINE_DEPTH),
-        ))
+        Ok(Response::new(Multiplexed::new(
+            req.into_inner(),
+            start,
+            Rules { id_of: |p: &PipelinedPut| p.id, abandons: None, waits: |_| false, max_busy: PIPELINE_DEPTH },
+            failed,
+        )))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

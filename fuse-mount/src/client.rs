@@ -292,7 +292,7 @@ impl PutPipeline {
             .await
             .map_err(|s| ClientError::Rpc(Box::new(s)))?
             .into_inner();
-        Ok(PutPipeline(Multiplexer::new(requests, answers)))
+        Ok(PutPipeline(Multiplexer::new(requests, answers, None)))
     }
 
     /// Writes `value` under `key`; returns the write's revision (its log index).

@@ -39,6 +39,11 @@ pub struct Multiplexer<Req, Res> {
     requests: mpsc::UnboundedSender<Req>,
     waiting: Arc<Mutex<Waiting<Res>>>,
     next_id: AtomicU64,
+    /// The request that tells the server a caller gave up on the request of an id, if the
+    /// stream has one.
+    abandon: Option<fn(u64) -> Req>,
+    /// The task reading answers; stopping it resets the stream.
+    reader: tokio::task::AbortHandle,
 }
 
 /// Callers waiting for answers, by request id; `closed` once the stream ended (nobody is
@@ -50,11 +55,16 @@ struct Waiting<Res> {
 
 impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
     /// Serves callers on a stream whose requests go to `requests` and whose answers come
-    /// from `answers` (a task reads them until the stream ends).
-    pub fn new(requests: mpsc::UnboundedSender<Req>, mut answers: Streaming<Res>) -> Self {
+    /// from `answers` (a task reads them until the stream ends). With `abandon`, a caller that
+    /// stops waiting for its answer sends that request for its id.
+    pub fn new(
+        requests: mpsc::UnboundedSender<Req>,
+        mut answers: Streaming<Res>,
+        abandon: Option<fn(u64) -> Req>,
+    ) -> Self {
         let waiting = Arc::new(Mutex::new(Waiting { by_id: HashMap::new(), closed: None }));
         let w = waiting.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let why = loop {
                 match answers.message().await {
                     Ok(Some(answer)) => {
@@ -67,12 +77,18 @@ impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
                     Err(s) => break format!("stream broken: {}", s.message()),
                 }
             };
-            // Every caller still waiting hears that it will get no answer.
-            let mut w = lock(&w);
-            w.closed = Some(why);
-            w.by_id.clear();
-        });
-        Multiplexer { requests, waiting, next_id: AtomicU64::new(1) }
+            close(&w, why);
+        })
+        .abort_handle();
+        Multiplexer { requests, waiting, next_id: AtomicU64::new(1), abandon, reader }
+    }
+
+    /// Ends the stream here: every caller still waiting hears that it will get no answer, no
+    /// request is sent any more, and the stream is reset (a connection found dead, whose
+    /// stream would never say so; the server stops what it may stop, as for reset calls).
+    pub fn close(&self, why: &str) {
+        close(&self.waiting, why.to_string());
+        self.reader.abort();
     }
 
     /// Sends the request `make` builds with its id, and waits for its answer.
@@ -86,11 +102,13 @@ impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
             }
             w.by_id.insert(id, done);
         }
-        // Whoever gives up waiting (a deadline, a dropped future) takes its entry out.
-        let mut entry = Entry { waiting: &self.waiting, id: Some(id) };
         if self.requests.send(make(id)).is_err() {
+            lock(&self.waiting).by_id.remove(&id);
             return Err(Lost::NotSent("the stream is closed".into()));
         }
+        // Whoever gives up waiting (a deadline, a dropped future) takes its entry out, and
+        // tells the server.
+        let mut entry = Entry { mux: self, id: Some(id) };
         let answer = answer.await;
         entry.id = None;
         answer.map_err(|_| Lost::Unanswered(self.closed().unwrap_or_else(|| "the stream ended".into())))
@@ -102,18 +120,37 @@ impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
     }
 }
 
+impl<Req, Res> Drop for Multiplexer<Req, Res> {
+    /// Nobody can wait for an answer any more: the stream is reset, not left open.
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 /// A caller's place in the waiting map, removed when the caller stops waiting unanswered.
-struct Entry<'a, Res> {
-    waiting: &'a Mutex<Waiting<Res>>,
+struct Entry<'a, Req, Res> {
+    mux: &'a Multiplexer<Req, Res>,
     id: Option<u64>,
 }
 
-impl<Res> Drop for Entry<'_, Res> {
+impl<Req, Res> Drop for Entry<'_, Req, Res> {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            lock(self.waiting).by_id.remove(&id);
+        let Some(id) = self.id else { return };
+        let mut w = lock(&self.mux.waiting);
+        if w.by_id.remove(&id).is_some() && w.closed.is_none() {
+            if let Some(abandon) = self.mux.abandon {
+                let _ = self.mux.requests.send(abandon(id));
+            }
         }
     }
+}
+
+fn close<Res>(waiting: &Mutex<Waiting<Res>>, why: String) {
+    let mut w = lock(waiting);
+    if w.closed.is_none() {
+        w.closed = Some(why);
+    }
+    w.by_id.clear();
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

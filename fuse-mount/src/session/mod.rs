@@ -189,6 +189,12 @@ impl Drop for InFlight {
 /// A session's calls to one replica, multiplexed on one `Calls` stream.
 pub(crate) type CallStream = Multiplexer<Call, CallResult>;
 
+/// The largest call a replica reads (gRPC's default message limit).
+const MAX_CALL_BYTES: usize = 4 << 20;
+
+/// The largest answer read on a call stream: the cell's limit (4 MiB) and some slack.
+const MAX_ANSWER_BYTES: usize = 5 << 20;
+
 /// A connection to one replica, and the session's call stream on it (opened on first use).
 pub(super) struct Link {
     channel: Channel,
@@ -205,7 +211,15 @@ impl Link {
 /// status a unary call would have got. A stream that breaks fails the call as unavailable:
 /// the retry carries the same request id, so a change is made once.
 pub(crate) async fn call_on(link: &CallStream, epoch: u64, kind: call::Kind) -> Result<call_result::Kind, Status> {
-    let answer = link.call(|id| Call { id, epoch: Some(epoch), kind: Some(kind) }).await.map_err(|lost| {
+    let call = Call { id: 0, epoch: Some(epoch), kind: Some(kind), abandon: false };
+    let size = prost::Message::encoded_len(&call);
+    if size > MAX_CALL_BYTES {
+        // The cell would refuse it unread (and end the stream with it): refused here alone.
+        let mut s = Status::resource_exhausted(format!("a call of {size} bytes is more than {MAX_CALL_BYTES}"));
+        s.metadata_mut().insert(ERROR_METADATA, tonic::metadata::MetadataValue::from_static("TooLarge"));
+        return Err(s);
+    }
+    let answer = link.call(|id| Call { id, ..call }).await.map_err(|lost| {
         let (Lost::NotSent(why) | Lost::Unanswered(why)) = lost;
         Status::unavailable(format!("the call stream to the replica broke: {why}"))
     })?;
@@ -266,21 +280,53 @@ impl Inner {
             return Ok(calls.clone());
         }
         let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut client = ChubbyClient::new(link.channel.clone());
+        let mut client = ChubbyClient::new(link.channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES);
         let open = client.calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
-        // A link cut without a reset must not hold the call forever.
-        let answers = tokio::time::timeout(stream::ATTEMPT_TIMEOUT, open)
-            .await
-            .map_err(|_| format!("{addr}: no answer"))?
-            .map_err(|s| format!("{addr}: {}", s.message()))?
-            .into_inner();
-        let calls = Arc::new(Multiplexer::new(requests, answers));
+        // A link cut without a reset must not hold the call forever; nor the callers queued
+        // behind this one for the same link, which go to a new connection.
+        let answers = match tokio::time::timeout(stream::ATTEMPT_TIMEOUT, open).await {
+            Ok(Ok(answers)) => answers.into_inner(),
+            failed => {
+                self.drop_link(addr, &link);
+                return Err(match failed {
+                    Err(_) => format!("{addr}: no answer"),
+                    Ok(Err(s)) => format!("{addr}: {}", s.message()),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                });
+            }
+        };
+        let abandon = |id| Call { id, abandon: true, ..Call::default() };
+        let calls = Arc::new(Multiplexer::new(requests, answers, Some(abandon)));
         *slot = Some(calls.clone());
         Ok(calls)
     }
 
+    /// Forgets the connection `link` to `addr` (if it is still the one in use) and fails the
+    /// calls waiting on its stream: they are retried elsewhere with their request ids, rather
+    /// than left waiting on a connection that may never answer nor fail.
+    fn drop_link(&self, addr: &str, link: &Arc<Link>) {
+        let mut channels = self.channels.lock().expect("channels");
+        if channels.get(addr).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            channels.remove(addr);
+        }
+        drop(channels);
+        if let Ok(calls) = link.calls.try_lock() {
+            if let Some(c) = calls.as_ref() {
+                c.close("the connection was given up");
+            }
+        }
+    }
+
+    /// Forgets the connection to `addr`, failing the calls waiting on it (see `drop_link`).
+    fn forget_link(&self, addr: &str) {
+        let link = self.channels.lock().expect("channels").get(addr).cloned();
+        if let Some(link) = link {
+            self.drop_link(addr, &link);
+        }
+    }
+
     fn forget_channel(&self, addr: &str) {
-        self.channels.lock().expect("channels").remove(addr);
+        self.forget_link(addr);
         let mut m = self.master.lock().expect("master");
         if m.as_deref() == Some(addr) {
             *m = None;

@@ -120,7 +120,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                 _ = tokio::time::sleep_until(lease_end) => {
                     tracing::warn!(session = inner.id, "no lease grant within the lease: jeopardy");
                     if let Some(m) = inner.master.lock().expect("master").clone() {
-                        inner.channels.lock().expect("channels").remove(&m);
+                        inner.forget_link(&m);
                     }
                     break None;
                 }
