@@ -64,24 +64,31 @@ impl FsInner {
         if !wait {
             session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?;
         } else {
-            let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
-            tokio::pin!(acquire);
-            let mut poll = tokio::time::interval(SIGNAL_POLL);
-            loop {
-                tokio::select! {
-                    r = &mut acquire => {
-                        r.map_err(errno)?;
-                        break;
-                    }
-                    _ = poll.tick() => {
-                        if interrupted(tid) {
-                            // A late Acquire cannot land after this: the cancel's request id
-                            // marks the abandoned one as answered (exactly-once retries).
-                            self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
-                            return Err(Errno::EINTR);
+            let interrupted_wait = {
+                let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
+                tokio::pin!(acquire);
+                let mut poll = tokio::time::interval(SIGNAL_POLL);
+                loop {
+                    tokio::select! {
+                        r = &mut acquire => {
+                            r.map_err(errno)?;
+                            break false;
+                        }
+                        _ = poll.tick() => {
+                            if interrupted(tid) {
+                                break true;
+                            }
                         }
                     }
                 }
+            };
+            if interrupted_wait {
+                // The Acquire was dropped above, before the cancel is sent: its call is abandoned
+                // on the session's stream ahead of the cancel (the master stops it if it was not
+                // yet proposed), and its request id no longer holds back the cancel's
+                // first-incomplete mark, which then makes a late copy of it refused.
+                self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
+                return Err(Errno::EINTR);
             }
         }
         guard(&self.locks).insert(&node, owner, session.id(), mode, handle);
