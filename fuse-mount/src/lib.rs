@@ -1,6 +1,7 @@
 //! Client side of the cell: [`client`] (the operator API: finding the leader through any
 //! replica, redirects, deadlines) and [`session`] (a Chubby session: KeepAlive, jeopardy,
-//! resumption after failover, exactly-once calls). The cache and the FUSE daemon grow here.
+//! resumption after failover, exactly-once calls), both sending many calls in flight on one
+//! stream through [`multiplex`]; [`fs`] is the FUSE daemon's file system.
 
 pub mod client;
 pub mod fs;
