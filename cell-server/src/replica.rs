@@ -13,6 +13,10 @@ use crate::machine::CellMachine;
 use crate::master::{Master, MasterConfig};
 use crate::service::CellService;
 
+/// HTTP/2 streams one connection may have open at a replica at once: calls, session streams,
+/// call streams and peer links.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// Runs a replica until SIGTERM or SIGINT.
 pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     let listener =
@@ -40,6 +44,9 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     let incoming = handle.split_listener(listener);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            // tonic leaves HTTP/2 streams per connection unbounded; this bounds what one
+            // client connection can hold open at a replica (more calls queue at the client).
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(handle.peer_service().into_server())
             .add_service(service.into_server())
             .add_service(chubby.into_server())
