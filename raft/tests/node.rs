@@ -25,22 +25,26 @@ impl StateMachine for Counter {
     }
 }
 
-#[test]
-fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
-    let dir = tempfile::tempdir().unwrap();
+/// A one-replica group's settings, on a free loopback port, its data in `dir`.
+fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> NodeOptions {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let opts = NodeOptions {
+    NodeOptions {
         id: 1,
         peers: BTreeMap::from([(1, format!("127.0.0.1:{port}"))]),
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.to_path_buf(),
         disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
         tick: Duration::from_millis(10),
         election_tick: 10,
         heartbeat_tick: 2,
-        snapshot_entries: 1000,
-    };
-    let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
+        snapshot_entries,
+    }
+}
+
+#[test]
+fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let node = Node::start(lone_replica(dir.path(), 1000), Counter::default(), rt.handle().clone()).unwrap();
     let handle = node.handle();
     rt.block_on(async {
         let mut watch = handle.leadership();
@@ -135,29 +139,27 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
     drop(incoming);
 }
 
-/// A counter whose first snapshot encoder panics (a state machine bug), later ones work.
+/// A [`Counter`] whose first snapshot encoder panics (a state machine bug); later ones work.
 struct FlakyEncoder {
-    count: u64,
+    counter: Counter,
     panics_left: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl StateMachine for FlakyEncoder {
-    fn apply(&mut self, index: u64, _data: &[u8]) -> Bytes {
-        self.count += 1;
-        Bytes::from(index.to_string())
+    fn apply(&mut self, index: u64, data: &[u8]) -> Bytes {
+        self.counter.apply(index, data)
     }
     fn snapshot(&self) -> raft::SnapshotEncoder {
-        let (n, panics_left) = (self.count, self.panics_left.clone());
+        let (encode, panics_left) = (self.counter.snapshot(), self.panics_left.clone());
         Box::new(move || {
             if panics_left.fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1)).is_ok() {
                 panic!("encoder bug (on purpose, in a test)");
             }
-            Bytes::from(n.to_string())
+            encode()
         })
     }
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        self.count = std::str::from_utf8(data).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e}"))?;
-        Ok(())
+        self.counter.restore(data)
     }
 }
 
@@ -166,21 +168,10 @@ use std::sync::atomic::Ordering::SeqCst;
 #[test]
 fn a_snapshot_encoder_that_panics_does_not_stop_later_snapshots() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let opts = NodeOptions {
-        id: 1,
-        peers: BTreeMap::from([(1, format!("127.0.0.1:{port}"))]),
-        data_dir: dir.path().to_path_buf(),
-        disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
-        tick: Duration::from_millis(10),
-        election_tick: 10,
-        heartbeat_tick: 2,
-        snapshot_entries: 20,
-    };
     let panics_left = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
-    let sm = FlakyEncoder { count: 0, panics_left: panics_left.clone() };
-    let node = Node::start(opts, sm, rt.handle().clone()).unwrap();
+    let sm = FlakyEncoder { counter: Counter::default(), panics_left: panics_left.clone() };
+    let node = Node::start(lone_replica(dir.path(), 20), sm, rt.handle().clone()).unwrap();
     let handle = node.handle();
     let snapshot_index = rt.block_on(async {
         // Proposals at 10 ms intervals for up to 20 s (the panic hook's backtrace may take a
