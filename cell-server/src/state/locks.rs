@@ -7,6 +7,7 @@
 //! wakes exactly who it lets in.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -167,7 +168,7 @@ impl CellState {
             return Err(StateError::LockBusy(path));
         }
         let holders: BTreeSet<SessionId> = lock.holders.keys().map(|h| h.session).collect();
-        let node = self.nodes.get_mut(&path).expect("checked above");
+        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
         node.lock.waiters.push_back(Waiter { holder, mode, lock_delay_ms });
         if let Some(s) = self.sessions.get_mut(&session) {
             s.waiting.insert((path.clone(), owner));
@@ -203,7 +204,7 @@ impl CellState {
 
     /// Removes a waiter and tells the master its Acquire is over; false if it was not waiting.
     pub(super) fn remove_waiter(&mut self, path: &str, holder: Holder, reason: &str) -> bool {
-        let Some(node) = self.nodes.get_mut(path) else { return false };
+        let Some(node) = self.nodes.get_mut(path).map(Arc::make_mut) else { return false };
         let before = node.lock.waiters.len();
         node.lock.waiters.retain(|w| w.holder != holder);
         if node.lock.waiters.len() == before {
@@ -226,7 +227,7 @@ impl CellState {
     /// drain before anyone else acts under the lock).
     pub(super) fn drop_hold(&mut self, path: &str, holder: Holder, expired: bool) {
         let clock = self.clock_ms;
-        let Some(node) = self.nodes.get_mut(path) else { return };
+        let Some(node) = self.nodes.get_mut(path).map(Arc::make_mut) else { return };
         if node.lock.holders.remove(&holder).is_none() {
             return;
         }
@@ -249,7 +250,7 @@ impl CellState {
     /// Grants the lock to the waiters at the head of the queue that it can take now.
     pub(super) fn grant_from_head(&mut self, path: &str) {
         loop {
-            let Some(node) = self.nodes.get_mut(path) else { return };
+            let Some(node) = self.nodes.get_mut(path).map(Arc::make_mut) else { return };
             let lock = &mut node.lock;
             if self.clock_ms < lock.delay_until_ms {
                 return;
@@ -266,7 +267,7 @@ impl CellState {
     }
 
     fn grant(&mut self, path: &str, holder: Holder, mode: LockMode, lock_delay_ms: Option<u64>) -> String {
-        let node = self.nodes.get_mut(path).expect("granting on an existing node");
+        let node = self.nodes.get_mut(path).map(Arc::make_mut).expect("granting on an existing node");
         let lock = &mut node.lock;
         let was_free = lock.holders.is_empty();
         if was_free {
@@ -303,7 +304,7 @@ impl CellState {
                 return;
             }
             let (_, path) = self.delays.remove_min().expect("first exists");
-            if let Some(n) = self.nodes.get_mut(&path) {
+            if let Some(n) = self.nodes.get_mut(&path).map(Arc::make_mut) {
                 n.lock.delay_until_ms = 0;
             }
             self.grant_from_head(&path);

@@ -17,6 +17,8 @@ mod locks;
 mod namespace;
 mod sessions;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
@@ -90,8 +92,10 @@ pub struct CellState {
     next_instance: u64,
     next_session: SessionId,
     // Persistent (copy-on-write) collections: a snapshot is a cheap clone, encoded while
-    // apply goes on (see `CellState::snapshot_later`).
-    nodes: OrdMap<String, Node>,
+    // apply goes on (see `CellState::snapshot_later`). Nodes sit behind an `Arc` (serialized
+    // as the node itself): the tree's leaves stay small, so lookups touch less memory, and a
+    // write while a snapshot shares a leaf copies pointers and the one node, not every node.
+    nodes: OrdMap<String, Arc<Node>>,
     sessions: OrdMap<SessionId, Session>,
     /// Live sessions by the `open_id` that created them (see [`Op::CreateSession`]).
     opened: OrdMap<u64, SessionId>,
@@ -104,7 +108,7 @@ pub struct CellState {
 impl Default for CellState {
     fn default() -> CellState {
         let mut nodes = OrdMap::new();
-        nodes.insert("/".to_string(), CellState::root_node());
+        nodes.insert("/".to_string(), Arc::new(CellState::root_node()));
         CellState {
             clock_ms: 0,
             applied: 0,

@@ -3,6 +3,7 @@
 //! Paths here are relative to the cell root (`/ls/<cell>/svc/master` is `/svc/master`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -140,7 +141,7 @@ impl CellState {
         };
         let (stat, rights) = self.open_existing(session, &path)?;
         if stat.ephemeral {
-            let node = self.nodes.get_mut(&path).expect("checked above");
+            let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
             *node.openers.entry(session).or_default() += 1;
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.open_ephemerals.insert(path);
@@ -191,8 +192,8 @@ impl CellState {
             mtime_ms: self.clock_ms,
             modified_index: self.applied,
         };
-        self.nodes.insert(path.to_string(), Node::new(stat, c.contents, acl));
-        self.nodes.get_mut(parent_path).expect("checked above").children.insert(name);
+        self.nodes.insert(path.to_string(), Arc::new(Node::new(stat, c.contents, acl)));
+        self.nodes.get_mut(parent_path).map(Arc::make_mut).expect("checked above").children.insert(name);
         self.effects.push(Effect::NodeChanged { path: path.to_string(), change: Change::Created });
         Ok(())
     }
@@ -205,7 +206,7 @@ impl CellState {
         if !node.stat.ephemeral {
             return Ok(Reply::Done);
         }
-        let node = self.nodes.get_mut(&path).expect("checked above");
+        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
         if let Some(count) = node.openers.get_mut(&session) {
             *count -= 1;
             if *count == 0 {
@@ -256,7 +257,7 @@ impl CellState {
         }
         self.check_write_conditions(node, if_generation, sequencer.as_deref())?;
         let clock = self.clock_ms;
-        let node = self.nodes.get_mut(&path).expect("checked above");
+        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
         node.stat.content_generation += 1;
         node.stat.checksum = xxh3_64(&contents);
         node.stat.length = contents.len() as u64;
@@ -318,7 +319,7 @@ impl CellState {
             self.delays.remove(&(node.lock.delay_until_ms, path.to_string()));
         }
         let (parent, name) = split_parent(path);
-        if let Some(p) = self.nodes.get_mut(parent) {
+        if let Some(p) = self.nodes.get_mut(parent).map(Arc::make_mut) {
             p.children.remove(name);
         }
         self.effects.push(Effect::NodeChanged { path: path.to_string(), change: Change::Deleted });
@@ -352,7 +353,7 @@ impl CellState {
                 return Err(StateError::InvalidArgument(format!("{bad:?} is not a principal name")));
             }
         }
-        let node = self.nodes.get_mut(&path).expect("checked above");
+        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
         node.acl = acl;
         node.stat.acl_generation += 1;
         node.stat.modified_index = self.applied;
@@ -369,6 +370,11 @@ impl CellState {
         if contents.len() > MAX_CONTENTS {
             return Err(StateError::TooLarge(contents.len() as u64));
         }
+        // The common case, an existing file: its parents exist, so nothing else to look up.
+        if let Some(n) = self.nodes.get(&path) {
+            let instance = n.stat.instance;
+            return self.set_contents(path, instance, contents, None, None);
+        }
         let mut missing = Vec::new();
         let mut dir = split_parent(&path).0;
         while !self.nodes.contains_key(dir) {
@@ -379,7 +385,7 @@ impl CellState {
         if !self.nodes[dir].stat.directory {
             return Err(StateError::NotADirectory(dir.to_string()));
         }
-        let new = missing.len() as u64 + u64::from(!self.nodes.contains_key(&path));
+        let new = missing.len() as u64 + 1;
         if self.nodes.len() as u64 + new > self.limits.max_nodes {
             return Err(StateError::LimitExceeded(format!(
                 "{path}: the cell holds its limit of {} nodes",
@@ -389,26 +395,18 @@ impl CellState {
         for d in missing.into_iter().rev() {
             self.create_node(None, &d, Create { directory: true, ..Create::default() })?;
         }
-        match self.nodes.get(&path) {
-            Some(n) => {
-                let instance = n.stat.instance;
-                self.set_contents(path, instance, contents, None, None)
-            }
-            None => {
-                self.create_node(None, &path, Create { contents, ..Create::default() })?;
-                Ok(Reply::Stat(self.nodes[&path].stat.clone()))
-            }
-        }
+        self.create_node(None, &path, Create { contents, ..Create::default() })?;
+        Ok(Reply::Stat(self.nodes[&path].stat.clone()))
     }
 
     /// Nodes whose path starts with `prefix`, in path order.
     pub fn nodes_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
-        self.nodes.range(prefix.to_string()..).take_while(move |(p, _)| p.starts_with(prefix))
+        self.nodes.range(prefix.to_string()..).take_while(move |(p, _)| p.starts_with(prefix)).map(|(p, n)| (p, &**n))
     }
 
     /// A node, for reads.
     pub fn node(&self, path: &str) -> Option<&Node> {
-        self.nodes.get(path)
+        self.nodes.get(path).map(|n| &**n)
     }
 
     /// The children of a directory with their metadata, in name order.

@@ -6,6 +6,7 @@
 //! after a lost reply or a failover is applied once and answered the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +108,7 @@ impl CellState {
         }
         // Reap before granting, so nobody is granted a node that goes in this same entry.
         for path in ephemerals {
-            if let Some(n) = self.nodes.get_mut(&path) {
+            if let Some(n) = self.nodes.get_mut(&path).map(Arc::make_mut) {
                 n.openers.remove(&id);
             }
             self.maybe_reap(path);
