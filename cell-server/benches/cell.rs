@@ -88,7 +88,14 @@ fn loopback_rtt() -> Duration {
 /// The load comes from at most two threads, each running a single-threaded runtime with two
 /// connections of its own, as a client process (the `chubby` CLI, say) does: a multi-threaded
 /// runtime would add its own thread hand-offs to every call and measure the client, not the cell.
-fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Duration, Duration) {
+/// Returns writes/s, the median and p99 latency, and the CPU time `cpu` counted per write.
+fn load(
+    leader: &str,
+    clients: usize,
+    secs: f64,
+    pipelined: bool,
+    cpu: &dyn Fn() -> Duration,
+) -> (f64, Duration, Duration, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -163,10 +170,12 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Durat
         .collect();
     std::thread::sleep(Duration::from_secs_f64(secs * 0.2)); // warm-up
     let c0 = count.load(Ordering::Relaxed);
+    let cpu0 = cpu();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(secs));
     let done = count.load(Ordering::Relaxed) - c0;
     let elapsed = t0.elapsed();
+    let cpu_per_write = (cpu() - cpu0).checked_div(done.max(1) as u32).unwrap_or_default();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
@@ -185,7 +194,7 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool) -> (f64, Durat
     if let (n @ 1.., Some(first)) = &*failed.lock().unwrap() {
         eprintln!("{clients} proposers: {n} writes refused; the first: {first}");
     }
-    (done as f64 / elapsed.as_secs_f64(), percentile(&l, 0.5), percentile(&l, 0.99))
+    (done as f64 / elapsed.as_secs_f64(), percentile(&l, 0.5), percentile(&l, 0.99), cpu_per_write)
 }
 
 fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
@@ -202,19 +211,27 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     println!("\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level");
     println!("(unary: a `Put` call per write; pipelined: the writes of a connection's proposers multiplexed");
     println!("on one `PutPipeline` stream, each answered on its own)");
-    println!("| concurrent proposers | API | writes/s | median latency | p99 latency |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("(CPU per write: of the 3 replicas and of the bench's client together)");
+    println!("| concurrent proposers | API | writes/s | median latency | p99 latency | CPU per write |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let pids: Vec<u32> = cell.children.iter().flatten().map(|c| c.id()).chain([std::process::id()]).collect();
+    let cpu = || pids.iter().map(|&p| common::cpu_time(p)).sum::<Duration>();
     let mut one = [0.0f64; 2];
     for &clients in levels {
         for &pipelined in &apis {
-            let (rate, p50, p99) = load(&leader, clients, secs, pipelined);
+            let (rate, p50, p99, cpu) = load(&leader, clients, secs, pipelined, &cpu);
             let base = &mut one[pipelined as usize];
             if clients == 1 {
                 *base = rate;
             }
             let ratio = if *base > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / *base) } else { String::new() };
             let api = if pipelined { "pipelined" } else { "unary" };
-            println!("| {clients} | {api} | {rate:.0}{ratio} | {} | {} |", us(p50), us(p99));
+            println!(
+                "| {clients} | {api} | {rate:.0}{ratio} | {} | {} | {:.1} µs |",
+                us(p50),
+                us(p99),
+                cpu.as_secs_f64() * 1e6
+            );
         }
     }
     drop(cell);

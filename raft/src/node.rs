@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,27 +142,58 @@ pub struct Leadership {
     pub term: Term,
 }
 
-/// The loop's input queue: every send wakes the loop's poll.
+/// The loop's input queue: a send wakes the loop's poll if the loop is asleep in it (a busy
+/// loop reads the queue before it sleeps, so the wake, a syscall, is spared).
 struct Inbox<SM> {
     tx: mpsc::Sender<Input<SM>>,
     waker: Arc<mio::Waker>,
+    /// Set by the loop before its last look at the queue ahead of a sleep; the sender that
+    /// clears it wakes the loop.
+    asleep: Arc<AtomicBool>,
 }
 
 impl<SM> Clone for Inbox<SM> {
     fn clone(&self) -> Self {
-        Inbox { tx: self.tx.clone(), waker: self.waker.clone() }
+        Inbox { tx: self.tx.clone(), waker: self.waker.clone(), asleep: self.asleep.clone() }
     }
 }
 
 impl<SM> Inbox<SM> {
+    fn new(tx: mpsc::Sender<Input<SM>>, waker: mio::Waker) -> Inbox<SM> {
+        Inbox { tx, waker: Arc::new(waker), asleep: Arc::new(AtomicBool::new(false)) }
+    }
+
     fn send(&self, input: Input<SM>) -> Result<(), NodeError> {
         self.tx.send(input).map_err(|_| NodeError::Stopped)?;
-        // The input is queued whatever happens here: a failed wake only delays it to the next
-        // tick, so it must not be reported as not sent.
-        if let Err(e) = self.waker.wake() {
-            tracing::warn!("waking the Raft loop: {e}");
+        // Pairs with the fence in `going_to_sleep`: either the loop's look at the queue sees
+        // this input, or this sees the flag it set before looking.
+        fence(Ordering::SeqCst);
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            // The input is queued whatever happens here: a failed wake only delays it to the
+            // next tick, so it must not be reported as not sent.
+            if let Err(e) = self.waker.wake() {
+                tracing::warn!("waking the Raft loop: {e}");
+            }
         }
         Ok(())
+    }
+
+    /// The loop is about to sleep: marks it asleep, then takes a last look at the queue. An
+    /// input found there is returned (the loop must not sleep); any input sent afterwards
+    /// wakes it.
+    fn going_to_sleep(&self, rx: &mpsc::Receiver<Input<SM>>) -> Option<Input<SM>> {
+        self.asleep.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let input = rx.try_recv().ok();
+        if input.is_some() {
+            self.awake();
+        }
+        input
+    }
+
+    /// The loop is running: sends need not wake it.
+    fn awake(&self) {
+        self.asleep.store(false, Ordering::SeqCst);
     }
 }
 
@@ -304,7 +336,7 @@ impl<SM: StateMachine> Node<SM> {
 
         let (net, waker) = PeerNet::new(opts.id, &opts.peers).map_err(|e| format!("peer links: {e}"))?;
         let (tx, rx) = mpsc::channel();
-        let tx = Inbox { tx, waker: Arc::new(waker) };
+        let tx = Inbox::new(tx, waker);
         let events_tx = tx.clone();
         let transport = Transport::new(
             net,
@@ -317,7 +349,7 @@ impl<SM: StateMachine> Node<SM> {
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let handle = NodeHandle { tx, id: opts.id, leadership };
         let opts_id = opts.id;
-        let sync_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sync_failed = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             raw,
             sm,
@@ -385,7 +417,7 @@ struct Driver<SM> {
     /// Set by the sync thread before it reports a failed sync. The kernel reports a writeback
     /// error to one sync only, so a sync on this thread may succeed after the other failed:
     /// nothing may be acknowledged once this is set.
-    sync_failed: Arc<std::sync::atomic::AtomicBool>,
+    sync_failed: Arc<AtomicBool>,
     /// Set when background work failed in a way that must stop the replica.
     failed: Option<String>,
 }
@@ -403,7 +435,7 @@ struct SyncJob {
 fn start_syncer<SM: StateMachine>(
     id: NodeId,
     inbox: Inbox<SM>,
-    failed_flag: Arc<std::sync::atomic::AtomicBool>,
+    failed_flag: Arc<AtomicBool>,
 ) -> std::io::Result<mpsc::Sender<SyncJob>> {
     let (tx, rx) = mpsc::channel::<SyncJob>();
     std::thread::Builder::new().name(format!("sync-{id}")).spawn(move || {
@@ -414,7 +446,7 @@ fn start_syncer<SM: StateMachine>(
             let result = job.file.sync_data().map_err(|e| format!("syncing the log: {e}"));
             let failed = result.is_err();
             if failed {
-                failed_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                failed_flag.store(true, Ordering::SeqCst);
             }
             if inbox.send(Input::Synced { index: job.index, term: job.term, result }).is_err() || failed {
                 return;
@@ -447,12 +479,20 @@ impl<SM: StateMachine> Driver<SM> {
                 Some((_, since)) => next_tick.min(*since + LEADER_SYNC_DELAY),
                 None => next_tick,
             };
-            let wait = if more { Duration::ZERO } else { wake_at.saturating_duration_since(Instant::now()) };
+            let mut wait = if more { Duration::ZERO } else { wake_at.saturating_duration_since(Instant::now()) };
+            let mut first = None;
+            if !wait.is_zero() {
+                first = self.self_tx.going_to_sleep(&rx);
+                if first.is_some() {
+                    wait = Duration::ZERO;
+                }
+            }
             self.transport.net.poll(wait).map_err(|e| format!("polling peer links: {e}"))?;
+            self.self_tx.awake();
             let mut stop = false;
             more = true;
             for _ in 0..MAX_BATCH {
-                match rx.try_recv() {
+                match first.take().map_or_else(|| rx.try_recv(), Ok) {
                     Ok(input) => stop |= self.handle(input),
                     Err(_) => {
                         more = false;
@@ -631,7 +671,7 @@ impl<SM: StateMachine> Driver<SM> {
                 .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
                 .map_err(|e| format!("persisting: {e}"))?;
         }
-        if self.sync_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.sync_failed.load(Ordering::SeqCst) {
             return Err("syncing the log failed on the sync thread".into());
         }
         for m in std::mem::take(&mut rd.persisted_messages) {
@@ -745,5 +785,55 @@ impl<SM: StateMachine> Driver<SM> {
             })
             .map_err(|e| format!("starting the snapshot thread: {e}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAKE: mio::Token = mio::Token(0);
+
+    /// An inbox whose waker wakes `poll`.
+    fn inbox() -> (Inbox<()>, mpsc::Receiver<Input<()>>, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), WAKE).unwrap();
+        let (tx, rx) = mpsc::channel();
+        (Inbox::new(tx, waker), rx, poll)
+    }
+
+    /// Whether the waker fired: waits up to `timeout` for it.
+    fn woken(poll: &mut mio::Poll, timeout: Duration) -> bool {
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(timeout)).unwrap();
+        events.iter().any(|e| e.token() == WAKE)
+    }
+
+    fn transfer() -> Input<()> {
+        Input::TransferLeader { to: 2 }
+    }
+
+    #[test]
+    fn a_send_wakes_the_loop_only_once_it_went_to_sleep() {
+        let (inbox, rx, mut poll) = inbox();
+        // Awake (as the loop starts): the send is queued without a wake.
+        inbox.send(transfer()).unwrap();
+        assert!(!woken(&mut poll, Duration::ZERO), "a running loop was woken");
+        // Its last look before sleeping finds the input, so it does not sleep.
+        assert!(matches!(inbox.going_to_sleep(&rx), Some(Input::TransferLeader { to: 2 })));
+        inbox.send(transfer()).unwrap();
+        assert!(!woken(&mut poll, Duration::ZERO), "a loop that found input and stayed up was woken");
+        assert!(rx.try_recv().is_ok());
+        // Asleep with an empty queue: a send from another thread wakes it (a lost wake would
+        // leave it asleep for the whole minute).
+        assert!(inbox.going_to_sleep(&rx).is_none());
+        let sender = inbox.clone();
+        let t = std::thread::spawn(move || sender.send(transfer()).unwrap());
+        assert!(woken(&mut poll, Duration::from_secs(60)), "the sleeping loop was not woken");
+        t.join().unwrap();
+        assert!(rx.try_recv().is_ok());
+        // One wake per sleep: the next send finds the loop marked awake by the first.
+        inbox.send(transfer()).unwrap();
+        assert!(!woken(&mut poll, Duration::ZERO));
     }
 }
