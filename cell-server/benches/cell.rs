@@ -10,8 +10,10 @@
 //!
 //! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
 //! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`,
-//! `BENCH_API=unary|pipeline` (default both), `BENCH_RUST_LOG` (the replicas' log filter).
+//! `BENCH_API=unary|pipeline` (default both), `BENCH_ROUNDS` (default 3), `BENCH_RUST_LOG` (the
+//! replicas' log filter).
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -89,13 +91,7 @@ fn loopback_rtt() -> Duration {
 /// connections of its own, as a client process (the `chubby` CLI, say) does: a multi-threaded
 /// runtime would add its own thread hand-offs to every call and measure the client, not the cell.
 /// Returns writes/s, the median and p99 latency, and the CPU time `cpu` counted per write.
-fn load(
-    leader: &str,
-    clients: usize,
-    secs: f64,
-    pipelined: bool,
-    cpu: &dyn Fn() -> Duration,
-) -> (f64, Duration, Duration, Duration) {
+fn load(leader: &str, clients: usize, secs: f64, pipelined: bool, cpu: &dyn Fn() -> Duration) -> Round {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -197,8 +193,15 @@ fn load(
     (done as f64 / elapsed.as_secs_f64(), percentile(&l, 0.5), percentile(&l, 0.99), cpu_per_write)
 }
 
+/// One measurement of a load level: writes/s, median and p99 latency, CPU per write.
+type Round = (f64, Duration, Duration, Duration);
+
+/// Each level is measured `BENCH_ROUNDS` times (default 3), the levels taking turns, and the
+/// median round is printed: a ratio then compares rates measured through the same stretch of
+/// the VM's ups and downs, not a fast minute against a slow one.
 fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     let fsync = std::env::var("BENCH_FSYNC").unwrap_or_else(|_| "always".into());
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
     // `unary`, `pipeline` or (default) both.
     let apis: Vec<bool> = match std::env::var("BENCH_API").as_deref() {
         Ok("unary") => vec![false],
@@ -208,33 +211,53 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     let cell = start_cell(dir, &fsync);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let leader = rt.block_on(find_leader(&cell.addrs));
-    println!("\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level");
-    println!("(unary: a `Put` call per write; pipelined: the writes of a connection's proposers multiplexed");
-    println!("on one `PutPipeline` stream, each answered on its own)");
-    println!("(CPU per write: of the 3 replicas and of the bench's client together)");
-    println!("| concurrent proposers | API | writes/s | median latency | p99 latency | CPU per write |");
-    println!("|---:|---|---:|---:|---:|---:|");
     let pids: Vec<u32> = cell.children.iter().flatten().map(|c| c.id()).chain([std::process::id()]).collect();
     let cpu = || pids.iter().map(|&p| common::cpu_time(p)).sum::<Duration>();
-    let mut one = [0.0f64; 2];
+    // (clients, pipelined) -> its rounds.
+    let mut runs: BTreeMap<(usize, bool), Vec<Round>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for &clients in levels {
+            for &pipelined in &apis {
+                runs.entry((clients, pipelined)).or_default().push(load(&leader, clients, secs, pipelined, &cpu));
+            }
+        }
+    }
+    drop(cell);
+    println!(
+        "\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level, median of {rounds} rounds"
+    );
+    println!("(unary: a `Put` call per write; pipelined: the writes of a connection's proposers multiplexed");
+    println!("on one `PutPipeline` stream, each answered on its own)");
+    println!("(CPU per write: of the 3 replicas and of the bench's client together; all rounds' writes/s in brackets)");
+    println!("| concurrent proposers | API | writes/s | median latency | p99 latency | CPU per write |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let median = |v: &[Round]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v[v.len() / 2]
+    };
     for &clients in levels {
         for &pipelined in &apis {
-            let (rate, p50, p99, cpu) = load(&leader, clients, secs, pipelined, &cpu);
-            let base = &mut one[pipelined as usize];
-            if clients == 1 {
-                *base = rate;
-            }
-            let ratio = if *base > 0.0 && clients > 1 { format!(" ({:.1}x)", rate / *base) } else { String::new() };
+            let all = &runs[&(clients, pipelined)];
+            let (rate, p50, p99, cpu) = median(all);
+            let ratio = match runs.get(&(1, pipelined)) {
+                Some(one) if clients > 1 => format!(" ({:.1}x)", rate / median(one).0),
+                _ => String::new(),
+            };
+            let each = if rounds > 1 {
+                format!(" [{}]", all.iter().map(|r| format!("{:.0}", r.0)).collect::<Vec<_>>().join(", "))
+            } else {
+                String::new()
+            };
             let api = if pipelined { "pipelined" } else { "unary" };
             println!(
-                "| {clients} | {api} | {rate:.0}{ratio} | {} | {} | {:.1} µs |",
+                "| {clients} | {api} | {rate:.0}{ratio}{each} | {} | {} | {:.1} µs |",
                 us(p50),
                 us(p99),
                 cpu.as_secs_f64() * 1e6
             );
         }
     }
-    drop(cell);
 }
 
 fn rss_mib() -> f64 {
