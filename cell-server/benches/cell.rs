@@ -11,7 +11,7 @@
 //! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
 //! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`,
 //! `BENCH_API=unary|pipeline` (default both), `BENCH_ROUNDS` (default 3), `BENCH_RUST_LOG` (the
-//! replicas' log filter).
+//! replicas' log filter), `BENCH_REPLICA_ARGS` (more flags for the replicas).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -27,7 +27,7 @@ mod common;
 use bytes::Bytes;
 use cell_server::machine::CellMachine;
 use cell_server::state::{self, Op};
-use common::{find_leader, percentile, start_cell, us};
+use common::{find_leader, percentile, start_cell_with, us};
 use fuse_mount::client::PutPipeline;
 use proto::cell::cell_client::CellClient;
 use proto::cell::PutRequest;
@@ -208,7 +208,10 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
         Ok("pipeline") => vec![true],
         _ => vec![false, true],
     };
-    let cell = start_cell(dir, &fsync);
+    // More replica flags, to explore (`--snapshot-entries 1000000`, say); the default is none.
+    let extra = std::env::var("BENCH_REPLICA_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let cell = start_cell_with(dir, &fsync, &extra);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let leader = rt.block_on(find_leader(&cell.addrs));
     let pids: Vec<u32> = cell.children.iter().flatten().map(|c| c.id()).chain([std::process::id()]).collect();
