@@ -4,7 +4,7 @@
 //! - [`machine`]: the state machine as the Raft node's, with effects for the master.
 //! - [`master`]: the leader's in-memory duties: leases, blocked Acquires, events, invalidation.
 //! - [`chubby_service`]: the `chubby.v1.Chubby` client service; [`calls`]: its calls on one stream.
-//! - [`multiplex`]: many calls in flight on one gRPC stream, each a task of its own.
+//! - [`multiplex`]: many calls in flight on one gRPC stream, each answered under its id.
 //! - [`state`]: the cell's replicated state machine: namespace, sessions, locks, sequencers.
 //! - [`service`]: the `chubby.cell.Cell` gRPC service (status; operator put, get, list) with redirects.
 //! - [`replica`]: one replica process: Raft node, gRPC server, clean shutdown on SIGTERM.

@@ -1,24 +1,30 @@
 //! Many requests in flight on one gRPC stream ([`Multiplexed`]): the server side of
-//! `Cell.PutPipeline` and `Chubby.Calls`. Each request read from the stream runs as a task of
-//! its own and its answer is sent as soon as it is ready, in any order (answers carry the
-//! request's id).
+//! `Cell.PutPipeline` and `Chubby.Calls`. Requests read from the stream run concurrently and
+//! each answer is sent as soon as it is ready, in any order (answers carry the request's id).
 //!
-//! Tasks are not tied to the stream's reading: a client that stops reading answers neither
-//! stalls nor cuts short a request begun. What happens to unfinished requests when the client
-//! gives up depends on the stream's [`Rules`]: either they run to their end (puts: a write's
-//! pending invalidation must last until its entry is applied or known lost), or they are
-//! stopped as a reset unary call's handler is, when the client abandons one or the stream is
-//! dropped (session calls, whose writes run to their end inside the handler anyway).
+//! What happens to unfinished requests when the client gives up depends on the stream's
+//! [`Rules`]: either they run to their end (puts: a write's pending invalidation must last
+//! until its entry is applied or known lost), or they are stopped as a reset unary call's
+//! handler is, when the client abandons one or the stream is dropped (session calls, whose
+//! writes run to their end inside the handler anyway). Requests that may be stopped run as
+//! tasks of their own, so that a client that stops reading answers neither stalls nor cuts
+//! short one begun. The others are polled with the stream (cheaper: no task per request, and
+//! one wake answers all that are ready) and go on as tasks if the stream is dropped; a client
+//! that stops reading answers holds back only its own puts' answers and the end of their
+//! writes (their nodes stay uncacheable meanwhile: slower reads, never stale ones), and at
+//! most `max_busy` of them.
 //!
 //! The stream is read ahead only within limits (requests in flight, and bytes of them); past
 //! those it is not read until some are answered, so HTTP/2 flow control holds the client back.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, Stream};
+use futures_util::FutureExt;
 use tokio::task::AbortHandle;
 use tonic::{Status, Streaming};
 
@@ -58,8 +64,8 @@ struct Done<Res> {
 
 /// The answers of a stream of requests; see the module's comment. Ends when the client has
 /// closed its side and every request is answered, or at the first broken request message.
-pub struct Multiplexed<Req, Res> {
-    inbound: Option<Streaming<Req>>,
+pub struct Multiplexed<Req, Res, In = Streaming<Req>> {
+    inbound: Option<In>,
     start: Start<Req, Res>,
     rules: Rules<Req>,
     failed: fn(u64) -> Res,
@@ -68,17 +74,25 @@ pub struct Multiplexed<Req, Res> {
     running: HashMap<u64, AbortHandle>,
     inflight_bytes: usize,
     busy: usize,
+    /// Runs a request on as a task of its own (see `Drop`).
+    detach: fn(Answer<Res>),
 }
 
-impl<Req, Res> Multiplexed<Req, Res>
+fn detach<Res: Send + 'static>(request: Answer<Res>) {
+    tokio::spawn(request);
+}
+
+impl<Req, Res, In> Multiplexed<Req, Res, In>
 where
     Req: prost::Message + Send + 'static,
     Res: Send + 'static,
+    In: Stream<Item = Result<Req, Status>> + Unpin,
 {
-    /// `start` makes a request's future (run as a task of its own); `failed` answers a request
-    /// whose task failed or was stopped.
+    /// `start` makes a request's future (run as a task of its own if it may be stopped, else
+    /// polled with the stream); `failed` answers a request that failed (panicked) or was
+    /// stopped.
     pub fn new(
-        inbound: Streaming<Req>,
+        inbound: In,
         start: impl FnMut(Req) -> Pin<Box<dyn Future<Output = Res> + Send>> + Send + 'static,
         rules: Rules<Req>,
         failed: fn(u64) -> Res,
@@ -92,6 +106,7 @@ where
             running: HashMap::new(),
             inflight_bytes: 0,
             busy: 0,
+            detach: detach::<Res>,
         }
     }
 
@@ -106,14 +121,29 @@ where
             return;
         }
         let (size, waits) = (req.encoded_len(), (self.rules.waits)(&req));
-        let task = tokio::spawn((self.start)(req));
-        if self.rules.abandons.is_some() {
-            self.running.insert(id, task.abort_handle());
-        }
         self.inflight_bytes += size;
         if !waits {
             self.busy += 1;
         }
+        if self.rules.abandons.is_none() {
+            // Never stopped: polled here, with the stream, rather than as a task of its own
+            // (no spawn, and one wake of this stream answers every request ready). A request
+            // still running when the stream is dropped goes on as a task (see `Drop`).
+            let run = AssertUnwindSafe((self.start)(req)).catch_unwind();
+            self.inflight.push(Box::pin(async move {
+                let answer = match run.await {
+                    Ok(answer) => Some(answer),
+                    Err(_) => {
+                        tracing::error!(id, "a multiplexed request panicked");
+                        None
+                    }
+                };
+                Done { id, answer, stopped: false, size, waits }
+            }));
+            return;
+        }
+        let task = tokio::spawn((self.start)(req));
+        self.running.insert(id, task.abort_handle());
         self.inflight.push(Box::pin(async move {
             let (answer, stopped) = match task.await {
                 Ok(answer) => (Some(answer), false),
@@ -134,10 +164,11 @@ where
     }
 }
 
-impl<Req, Res> Stream for Multiplexed<Req, Res>
+impl<Req, Res, In> Stream for Multiplexed<Req, Res, In>
 where
     Req: prost::Message + Send + 'static,
     Res: Send + 'static,
+    In: Stream<Item = Result<Req, Status>> + Unpin,
 {
     type Item = Result<Res, Status>;
 
@@ -178,12 +209,128 @@ where
     }
 }
 
-impl<Req, Res> Drop for Multiplexed<Req, Res> {
+impl<Req, Res, In> Drop for Multiplexed<Req, Res, In> {
     /// The client is gone (the stream was reset or its connection closed): requests that may
     /// be stopped are, as a dropped connection's unary calls are.
     fn drop(&mut self) {
         for task in self.running.values() {
             task.abort();
         }
+        if self.rules.abandons.is_none() {
+            // Requests that run to their end do so without the stream.
+            for request in std::mem::take(&mut self.inflight) {
+                (self.detach)(request);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use proto::cell::{PipelinedPut, PipelinedPutResult, PutRequest};
+    use tokio::sync::{mpsc, oneshot};
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    use super::*;
+
+    type Inbound = UnboundedReceiverStream<Result<PipelinedPut, Status>>;
+
+    /// Go-aheads of begun requests, by id: each request waits for its own.
+    type GoAheads = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;
+
+    fn put(id: u64) -> PipelinedPut {
+        PipelinedPut { id, put: Some(PutRequest { key: format!("k{id}"), value: Default::default() }) }
+    }
+
+    struct Harness {
+        requests: mpsc::UnboundedSender<Result<PipelinedPut, Status>>,
+        answers: Multiplexed<PipelinedPut, PipelinedPutResult, Inbound>,
+        go: GoAheads,
+        /// Ids of the requests that ran to their end.
+        finished: mpsc::UnboundedReceiver<u64>,
+    }
+
+    fn go_ahead(go: &GoAheads, id: u64) {
+        let tx = go.lock().unwrap().remove(&id).expect("the request has begun");
+        tx.send(()).unwrap();
+    }
+
+    impl Harness {
+        /// A stream whose requests wait for their go-ahead, then report that they finished.
+        fn new(abandons: Option<fn(&PipelinedPut) -> bool>) -> Harness {
+            let (requests, rx) = mpsc::unbounded_channel();
+            let (finished_tx, finished) = mpsc::unbounded_channel();
+            let go = GoAheads::default();
+            let register = go.clone();
+            let start = move |p: PipelinedPut| -> Pin<Box<dyn Future<Output = PipelinedPutResult> + Send>> {
+                let (tx, wait) = oneshot::channel();
+                register.lock().unwrap().insert(p.id, tx);
+                let finished = finished_tx.clone();
+                Box::pin(async move {
+                    let _ = wait.await;
+                    let _ = finished.send(p.id);
+                    PipelinedPutResult { id: p.id, revision: p.id * 10, ..Default::default() }
+                })
+            };
+            let rules = Rules { id_of: |p: &PipelinedPut| p.id, abandons, waits: |_| false, max_busy: 16 };
+            let failed = |id| PipelinedPutResult { id, code: 13, ..Default::default() };
+            let answers = Multiplexed::new(UnboundedReceiverStream::new(rx), start, rules, failed);
+            Harness { requests, answers, go, finished }
+        }
+
+        fn go(&self, id: u64) {
+            go_ahead(&self.go, id);
+        }
+
+        /// Polls the answers briefly: the requests sent so far are read and begun.
+        async fn nothing_ready(&mut self) -> bool {
+            tokio::time::timeout(Duration::from_millis(50), self.answers.next()).await.is_err()
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_by_id_as_each_finishes() {
+        let mut h = Harness::new(None);
+        for id in [1, 2, 3] {
+            h.requests.send(Ok(put(id))).unwrap();
+        }
+        assert!(h.nothing_ready().await, "an answer before any request finished");
+        h.go(2);
+        let a = h.answers.next().await.unwrap().unwrap();
+        assert_eq!((a.id, a.revision), (2, 20));
+        h.go(3);
+        h.go(1);
+        let mut rest = vec![h.answers.next().await.unwrap().unwrap().id, h.answers.next().await.unwrap().unwrap().id];
+        rest.sort();
+        assert_eq!(rest, [1, 3]);
+        drop(h.requests);
+        assert!(h.answers.next().await.is_none(), "the stream ends once the client closed and all are answered");
+    }
+
+    #[tokio::test]
+    async fn requests_that_run_to_their_end_outlive_a_dropped_stream() {
+        let mut h = Harness::new(None);
+        h.requests.send(Ok(put(1))).unwrap();
+        assert!(h.nothing_ready().await);
+        drop(h.answers);
+        go_ahead(&h.go, 1);
+        let finished = tokio::time::timeout(Duration::from_secs(20), h.finished.recv()).await;
+        assert_eq!(finished.ok().flatten(), Some(1), "a begun request was cut short with its stream");
+    }
+
+    #[tokio::test]
+    async fn requests_that_may_be_stopped_stop_with_a_dropped_stream() {
+        let mut h = Harness::new(Some(|_| false));
+        h.requests.send(Ok(put(1))).unwrap();
+        assert!(h.nothing_ready().await);
+        drop(h.answers);
+        // The go-ahead went with the stopped request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(h.go.lock().unwrap().remove(&1).is_none_or(|tx| tx.send(()).is_err()));
+        assert!(h.finished.try_recv().is_err(), "a stoppable request went on after its stream was dropped");
     }
 }
