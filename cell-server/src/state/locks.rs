@@ -140,7 +140,7 @@ impl CellState {
             return Err(StateError::InvalidArgument(format!("lock-delay is at most {MAX_LOCK_DELAY_MS} ms")));
         }
         let holder = Holder { session, owner };
-        let lock = &self.nodes[&path].lock;
+        let lock = &self.nodes[path.as_str()].lock;
         if lock.holders.contains_key(&holder) {
             if lock.mode != mode {
                 return Err(StateError::InvalidArgument(format!(
@@ -168,7 +168,7 @@ impl CellState {
             return Err(StateError::LockBusy(path));
         }
         let holders: BTreeSet<SessionId> = lock.holders.keys().map(|h| h.session).collect();
-        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
+        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
         node.lock.waiters.push_back(Waiter { holder, mode, lock_delay_ms });
         if let Some(s) = self.sessions.get_mut(&session) {
             s.waiting.insert((path.clone(), owner));
@@ -180,7 +180,7 @@ impl CellState {
     pub(super) fn release(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
         self.lock_node(&path, instance)?;
         let holder = Holder { session, owner };
-        if !self.nodes[&path].lock.holders.contains_key(&holder) {
+        if !self.nodes[path.as_str()].lock.holders.contains_key(&holder) {
             return Err(StateError::NotHeld(path));
         }
         self.drop_hold(&path, holder, false);
@@ -304,7 +304,7 @@ impl CellState {
                 return;
             }
             let (_, path) = self.delays.remove_min().expect("first exists");
-            if let Some(n) = self.nodes.get_mut(&path).map(Arc::make_mut) {
+            if let Some(n) = self.nodes.get_mut(path.as_str()).map(Arc::make_mut) {
                 n.lock.delay_until_ms = 0;
             }
             self.grant_from_head(&path);
@@ -340,7 +340,7 @@ impl CellState {
     /// Whether a sequencer still names a current hold (Chubby's CheckSequencer).
     pub fn check_sequencer(&self, sequencer: &str) -> bool {
         let Some(seq) = Sequencer::parse(sequencer) else { return false };
-        self.nodes.get(&seq.path).is_some_and(|n| {
+        self.nodes.get(seq.path.as_str()).is_some_and(|n| {
             n.stat.instance == seq.instance
                 && n.stat.lock_generation == seq.lock_generation
                 && n.lock.mode == seq.mode

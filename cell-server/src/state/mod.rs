@@ -20,6 +20,7 @@ mod sessions;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,12 @@ pub enum Effect {
     },
 }
 
+/// A path as a key of the node map: paths of up to 24 bytes are kept inline, so the map's
+/// lookups compare them where the tree holds them instead of following a pointer per
+/// comparison to a string elsewhere in memory (apply's lookups were cache misses).
+/// Serialized as a string, as `String` is.
+type PathKey = CompactString;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CellState {
     /// Log time: the greatest `now_ms` applied so far (never moves backwards).
@@ -95,7 +102,7 @@ pub struct CellState {
     // apply goes on (see `CellState::snapshot_later`). Nodes sit behind an `Arc` (serialized
     // as the node itself): the tree's leaves stay small, so lookups touch less memory, and a
     // write while a snapshot shares a leaf copies pointers and the one node, not every node.
-    nodes: OrdMap<String, Arc<Node>>,
+    nodes: OrdMap<PathKey, Arc<Node>>,
     sessions: OrdMap<SessionId, Session>,
     /// Live sessions by the `open_id` that created them (see [`Op::CreateSession`]).
     opened: OrdMap<u64, SessionId>,
@@ -108,7 +115,7 @@ pub struct CellState {
 impl Default for CellState {
     fn default() -> CellState {
         let mut nodes = OrdMap::new();
-        nodes.insert("/".to_string(), Arc::new(CellState::root_node()));
+        nodes.insert(PathKey::from("/"), Arc::new(CellState::root_node()));
         CellState {
             clock_ms: 0,
             applied: 0,

@@ -128,7 +128,7 @@ impl CellState {
 
     pub(super) fn open(&mut self, session: SessionId, path: String, create: Option<Create>) -> Outcome {
         validate_path(&path, self.limits.max_depth)?;
-        let exists = self.nodes.contains_key(&path);
+        let exists = self.nodes.contains_key(path.as_str());
         let created = match (&create, exists) {
             (Some(c), true) if c.exclusive => return Err(StateError::Exists(path)),
             (None, false) => return Err(StateError::NotFound(path)),
@@ -141,7 +141,7 @@ impl CellState {
         };
         let (stat, rights) = self.open_existing(session, &path)?;
         if stat.ephemeral {
-            let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
+            let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
             *node.openers.entry(session).or_default() += 1;
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.open_ephemerals.insert(path);
@@ -192,7 +192,7 @@ impl CellState {
             mtime_ms: self.clock_ms,
             modified_index: self.applied,
         };
-        self.nodes.insert(path.to_string(), Arc::new(Node::new(stat, c.contents, acl)));
+        self.nodes.insert(path.into(), Arc::new(Node::new(stat, c.contents, acl)));
         self.nodes.get_mut(parent_path).map(Arc::make_mut).expect("checked above").children.insert(name);
         self.effects.push(Effect::NodeChanged { path: path.to_string(), change: Change::Created });
         Ok(())
@@ -206,7 +206,7 @@ impl CellState {
         if !node.stat.ephemeral {
             return Ok(Reply::Done);
         }
-        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
+        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
         if let Some(count) = node.openers.get_mut(&session) {
             *count -= 1;
             if *count == 0 {
@@ -257,7 +257,7 @@ impl CellState {
         }
         self.check_write_conditions(node, if_generation, sequencer.as_deref())?;
         let clock = self.clock_ms;
-        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
+        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
         node.stat.content_generation += 1;
         node.stat.checksum = xxh3_64(&contents);
         node.stat.length = contents.len() as u64;
@@ -329,7 +329,7 @@ impl CellState {
     /// empty), then looks at its parent the same way.
     pub(super) fn maybe_reap(&mut self, mut path: String) {
         loop {
-            let Some(n) = self.nodes.get(&path) else { return };
+            let Some(n) = self.nodes.get(path.as_str()) else { return };
             if path == "/" || !n.stat.ephemeral || !n.openers.is_empty() || !n.children.is_empty() {
                 return;
             }
@@ -353,7 +353,7 @@ impl CellState {
                 return Err(StateError::InvalidArgument(format!("{bad:?} is not a principal name")));
             }
         }
-        let node = self.nodes.get_mut(&path).map(Arc::make_mut).expect("checked above");
+        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
         node.acl = acl;
         node.stat.acl_generation += 1;
         node.stat.modified_index = self.applied;
@@ -371,7 +371,7 @@ impl CellState {
             return Err(StateError::TooLarge(contents.len() as u64));
         }
         // The common case, an existing file: its parents exist, so nothing else to look up.
-        if let Some(n) = self.nodes.get(&path) {
+        if let Some(n) = self.nodes.get(path.as_str()) {
             let instance = n.stat.instance;
             return self.set_contents(path, instance, contents, None, None);
         }
@@ -396,12 +396,15 @@ impl CellState {
             self.create_node(None, &d, Create { directory: true, ..Create::default() })?;
         }
         self.create_node(None, &path, Create { contents, ..Create::default() })?;
-        Ok(Reply::Stat(self.nodes[&path].stat.clone()))
+        Ok(Reply::Stat(self.nodes[path.as_str()].stat.clone()))
     }
 
     /// Nodes whose path starts with `prefix`, in path order.
-    pub fn nodes_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
-        self.nodes.range(prefix.to_string()..).take_while(move |(p, _)| p.starts_with(prefix)).map(|(p, n)| (p, &**n))
+    pub fn nodes_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a Node)> + 'a {
+        self.nodes
+            .range::<_, str>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .take_while(move |(p, _)| p.starts_with(prefix))
+            .map(|(p, n)| (p.as_str(), &**n))
     }
 
     /// A node, for reads.
@@ -418,7 +421,7 @@ impl CellState {
         Ok(dir
             .children
             .iter()
-            .filter_map(|name| self.nodes.get(&child_path(path, name)).map(|n| (name.clone(), n.stat.clone())))
+            .filter_map(|name| self.nodes.get(child_path(path, name).as_str()).map(|n| (name.clone(), n.stat.clone())))
             .collect())
     }
 }

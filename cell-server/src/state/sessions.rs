@@ -108,7 +108,7 @@ impl CellState {
         }
         // Reap before granting, so nobody is granted a node that goes in this same entry.
         for path in ephemerals {
-            if let Some(n) = self.nodes.get_mut(&path).map(Arc::make_mut) {
+            if let Some(n) = self.nodes.get_mut(path.as_str()).map(Arc::make_mut) {
                 n.openers.remove(&id);
             }
             self.maybe_reap(path);

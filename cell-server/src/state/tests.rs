@@ -488,14 +488,16 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
             return Err(format!("{path}: {} exclusive holders", l.holders.len()));
         }
         for h in l.holders.keys() {
-            let ok = st.sessions.get(&h.session).is_some_and(|s| s.held.contains(&(path.clone(), h.owner)));
+            let ok = st.sessions.get(&h.session).is_some_and(|s| s.held.contains(&(path.to_string(), h.owner)));
             if !ok {
                 return Err(format!("{path}: holder {h:?} not recorded in its session"));
             }
         }
         for w in &l.waiters {
-            let ok =
-                st.sessions.get(&w.holder.session).is_some_and(|s| s.waiting.contains(&(path.clone(), w.holder.owner)));
+            let ok = st
+                .sessions
+                .get(&w.holder.session)
+                .is_some_and(|s| s.waiting.contains(&(path.to_string(), w.holder.owner)));
             if !ok || l.holders.contains_key(&w.holder) {
                 return Err(format!("{path}: waiter {w:?} inconsistent"));
             }
@@ -505,7 +507,7 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
         }
         for name in &n.children {
             let child = if path == "/" { format!("/{name}") } else { format!("{path}/{name}") };
-            if !st.nodes.contains_key(&child) {
+            if !st.nodes.contains_key(child.as_str()) {
                 return Err(format!("{path}: child {name} missing"));
             }
         }
@@ -521,7 +523,7 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
     for (id, s) in &st.sessions {
         for (path, owner) in &s.held {
             let holder = Holder { session: *id, owner: *owner };
-            if !st.nodes.get(path).is_some_and(|n| n.lock.holders.contains_key(&holder)) {
+            if !st.nodes.get(path.as_str()).is_some_and(|n| n.lock.holders.contains_key(&holder)) {
                 return Err(format!("session {id} thinks it holds {path}"));
             }
         }
