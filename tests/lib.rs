@@ -67,6 +67,8 @@ pub struct TestCell {
     opts: CellOptions,
     peers: String,
     children: Vec<Option<Child>>,
+    /// Where each replica's log stood when it was last started.
+    log_starts: Vec<usize>,
 }
 
 impl TestCell {
@@ -76,7 +78,8 @@ impl TestCell {
         let addrs: Vec<String> = ports.iter().map(|p| format!("{}:{p}", opts.host)).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let children = (0..opts.replicas).map(|_| None).collect();
-        TestCell { dir: tempfile::tempdir().expect("temp dir"), addrs, opts, peers, children }
+        let log_starts = vec![0; opts.replicas];
+        TestCell { dir: tempfile::tempdir().expect("temp dir"), addrs, opts, peers, children, log_starts }
     }
 
     /// Creates the cell, starts every replica and waits until each listens. The ports were
@@ -100,7 +103,9 @@ impl TestCell {
         unreachable!("the loop returns or panics")
     }
 
-    /// Waits (bounded by `limit`) until every running replica accepts connections.
+    /// Waits (bounded by `limit`) until every replica says it serves. (Not by connecting to
+    /// its port: a port taken by another test's process accepts too, while the replica that
+    /// could not bind it is about to exit.)
     fn await_listening(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let mut pending: Vec<u64> = (1..=self.addrs.len() as u64).collect();
@@ -113,8 +118,7 @@ impl TestCell {
                 if !self.is_running(id) {
                     return Err(format!("replica {id} exited at start:\n{}", self.log(id)));
                 }
-                let addr: std::net::SocketAddr = self.addrs[(id - 1) as usize].parse().expect("socket address");
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if !self.log_since_start(id).contains("replica serving") {
                     still.push(id);
                 }
             }
@@ -139,6 +143,7 @@ impl TestCell {
             .append(true)
             .open(self.dir.path().join(format!("replica-{id}.log")))
             .expect("log file");
+        self.log_starts[i] = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let o = &self.opts;
         let child = Command::new(bin("cell-server"))
             .args(["--id", &id.to_string(), "--listen", &self.addrs[i], "--peers", &self.peers])
@@ -177,6 +182,12 @@ impl TestCell {
         std::fs::read_to_string(self.dir.path().join(format!("replica-{id}.log"))).unwrap_or_default()
     }
 
+    /// What replica `id` logged since it was last started.
+    fn log_since_start(&self, id: u64) -> String {
+        let log = self.log(id);
+        log.get(self.log_starts[(id - 1) as usize]..).unwrap_or_default().to_string()
+    }
+
     /// A client that knows every replica.
     pub fn client(&self, timeout: Duration) -> CellClient {
         CellClient::new(self.addrs.clone(), timeout).expect("client")
@@ -189,6 +200,18 @@ impl TestCell {
 
 impl Drop for TestCell {
     fn drop(&mut self) {
+        // A failing test shows what its replicas said last (their directory goes with them).
+        if std::thread::panicking() {
+            for id in 1..=self.addrs.len() as u64 {
+                let log = self.log(id);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let running = self.is_running(id);
+                eprintln!("--- replica {id} (running: {running}), its last log lines:");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for c in self.children.iter_mut().filter_map(Option::take) {
             let mut c = c;
             let _ = c.kill();
