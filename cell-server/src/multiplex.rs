@@ -2,30 +2,34 @@
 //! `Cell.PutPipeline` and `Chubby.Calls`. Requests read from the stream run concurrently and
 //! each answer is sent as soon as it is ready, in any order (answers carry the request's id).
 //!
-//! What happens to unfinished requests when the client gives up depends on the stream's
-//! [`Rules`]: either they run to their end (puts: a write's pending invalidation must last
-//! until its entry is applied or known lost), or they are stopped as a reset unary call's
-//! handler is, when the client abandons one or the stream is dropped (session calls, whose
-//! writes run to their end inside the handler anyway). Requests that may be stopped run as
-//! tasks of their own, so that a client that stops reading answers neither stalls nor cuts
-//! short one begun. The others are polled with the stream (cheaper: no task per request, and
-//! one wake answers all that are ready) and go on as tasks if the stream is dropped; a client
-//! that stops reading answers holds back only its own puts' answers and the end of their
-//! writes (their nodes stay uncacheable meanwhile: slower reads, never stale ones), and at
-//! most `max_busy` of them.
+//! One task per stream (its driver) reads the requests and runs them all: no task per
+//! request, and one wake answers every request ready. The driver runs apart from the answers'
+//! stream, which the server polls only while HTTP/2 flow control lets it send, so a client
+//! that stops reading answers (or a connection whose window other streams use up) neither
+//! stalls nor cuts short a request begun. What happens to unfinished requests when the client
+//! gives up depends on the stream's [`Rules`]: either they run to their end (puts: a write's
+//! pending invalidation must last until its entry is applied or known lost), or they are
+//! stopped where they are, as a reset unary call's handler is, when the client abandons one or
+//! the stream is dropped (session calls, whose writes run to their end inside the handler
+//! anyway).
 //!
-//! The stream is read ahead only within limits (requests in flight, and bytes of them); past
-//! those it is not read until some are answered, so HTTP/2 flow control holds the client back.
+//! The stream is read ahead only within limits (requests begun and not yet answered to the
+//! client, and bytes of them); past those it is not read until answers are taken, so HTTP/2
+//! flow control holds the client back.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::stream::{FuturesUnordered, Stream};
+use futures_util::future::{abortable, AbortHandle, Aborted};
+use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use futures_util::FutureExt;
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, Notify};
 use tonic::{Status, Streaming};
 
 /// Requests of one stream in flight at once, at most, waiting ones included.
@@ -56,57 +60,182 @@ type Start<Req, Res> = Box<dyn FnMut(Req) -> Pin<Box<dyn Future<Output = Res> + 
 struct Done<Res> {
     id: u64,
     answer: Option<Res>,
-    /// The task was stopped (abandoned), not failed.
+    /// The request was stopped (abandoned), not failed.
     stopped: bool,
+    load: Load,
+}
+
+/// What a request counts against the read-ahead limits until its answer is taken.
+#[derive(Clone, Copy)]
+struct Load {
     size: usize,
     waits: bool,
 }
 
-/// The answers of a stream of requests; see the module's comment. Ends when the client has
-/// closed its side and every request is answered, or at the first broken request message.
-pub struct Multiplexed<Req, Res, In = Streaming<Req>> {
-    inbound: Option<In>,
-    start: Start<Req, Res>,
-    rules: Rules<Req>,
-    failed: fn(u64) -> Res,
-    inflight: FuturesUnordered<Answer<Res>>,
-    /// Tasks that may be stopped, by request id (with `abandons`).
-    running: HashMap<u64, AbortHandle>,
-    inflight_bytes: usize,
-    busy: usize,
-    /// Runs a request on as a task of its own (see `Drop`).
-    detach: fn(Answer<Res>),
+/// Requests begun and not yet answered to the client (answers waiting to be taken included),
+/// shared by the stream and its driver.
+#[derive(Default)]
+struct Counts {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+    busy: AtomicUsize,
+    /// Told when an answer is taken, so a driver held back by the limits reads on.
+    freed: Notify,
 }
 
-fn detach<Res: Send + 'static>(request: Answer<Res>) {
-    tokio::spawn(request);
+impl Counts {
+    fn add(&self, l: Load) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.bytes.fetch_add(l.size, Ordering::SeqCst);
+        if !l.waits {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn remove(&self, l: Load) {
+        self.requests.fetch_sub(1, Ordering::SeqCst);
+        self.bytes.fetch_sub(l.size, Ordering::SeqCst);
+        if !l.waits {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.freed.notify_one();
+    }
+
+    fn may_read(&self, max_busy: usize) -> bool {
+        self.requests.load(Ordering::SeqCst) < MAX_IN_FLIGHT
+            && self.busy.load(Ordering::SeqCst) < max_busy
+            && self.bytes.load(Ordering::SeqCst) < MAX_IN_FLIGHT_BYTES
+    }
+}
+
+/// The answers of a stream of requests; see the module's comment. Ends when the client has
+/// closed its side and every request is answered, or after the first broken request message
+/// (once the requests begun are answered).
+pub struct Multiplexed<Req, Res, In = Streaming<Req>> {
+    answers: mpsc::UnboundedReceiver<Result<(Res, Load), Status>>,
+    counts: Arc<Counts>,
+    /// The driver, stopped with the stream if requests may be stopped.
+    driver: Option<tokio::task::AbortHandle>,
+    _types: PhantomData<fn(Req, In)>,
 }
 
 impl<Req, Res, In> Multiplexed<Req, Res, In>
 where
     Req: prost::Message + Send + 'static,
     Res: Send + 'static,
-    In: Stream<Item = Result<Req, Status>> + Unpin,
+    In: Stream<Item = Result<Req, Status>> + Unpin + Send + 'static,
 {
-    /// `start` makes a request's future (run as a task of its own if it may be stopped, else
-    /// polled with the stream); `failed` answers a request that failed (panicked) or was
-    /// stopped.
+    /// `start` makes a request's future; `failed` answers a request that failed (panicked).
+    /// Starts the stream's driver task (so it must be called on a Tokio runtime).
     pub fn new(
         inbound: In,
         start: impl FnMut(Req) -> Pin<Box<dyn Future<Output = Res> + Send>> + Send + 'static,
         rules: Rules<Req>,
         failed: fn(u64) -> Res,
     ) -> Self {
-        Multiplexed {
+        let (tx, answers) = mpsc::unbounded_channel();
+        let counts = Arc::new(Counts::default());
+        let stoppable = rules.abandons.is_some();
+        let driver = Driver {
             inbound: Some(inbound),
             start: Box::new(start),
             rules,
             failed,
             inflight: FuturesUnordered::new(),
             running: HashMap::new(),
-            inflight_bytes: 0,
-            busy: 0,
-            detach: detach::<Res>,
+            counts: counts.clone(),
+            answers: tx,
+        };
+        let task = tokio::spawn(driver.run());
+        Multiplexed { answers, counts, driver: stoppable.then(|| task.abort_handle()), _types: PhantomData }
+    }
+}
+
+impl<Req, Res, In> Stream for Multiplexed<Req, Res, In> {
+    type Item = Result<Res, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.answers.poll_recv(cx) {
+            Poll::Ready(Some(Ok((answer, load)))) => {
+                self.counts.remove(load);
+                Poll::Ready(Some(Ok(answer)))
+            }
+            Poll::Ready(Some(Err(s))) => Poll::Ready(Some(Err(s))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Req, Res, In> Drop for Multiplexed<Req, Res, In> {
+    /// The client is gone (the stream was reset or its connection closed): requests that may
+    /// be stopped are, as a dropped connection's unary calls are; the others run to their end.
+    fn drop(&mut self) {
+        if let Some(driver) = &self.driver {
+            driver.abort();
+        }
+    }
+}
+
+/// Reads a stream's requests and runs them, all on one task: no task per request, and one
+/// wake of the stream answers every request ready. It runs apart from the answers' stream,
+/// which the server polls only while HTTP/2 flow control lets it send, so a begun request
+/// always goes on to its end (or to its stop).
+struct Driver<Req, Res, In> {
+    inbound: Option<In>,
+    start: Start<Req, Res>,
+    rules: Rules<Req>,
+    failed: fn(u64) -> Res,
+    inflight: FuturesUnordered<Answer<Res>>,
+    /// Requests that may be stopped, by id (with `abandons`).
+    running: HashMap<u64, AbortHandle>,
+    counts: Arc<Counts>,
+    answers: mpsc::UnboundedSender<Result<(Res, Load), Status>>,
+}
+
+enum Event<Req, Res> {
+    Request(Option<Result<Req, Status>>),
+    Done(Done<Res>),
+    Freed,
+    ClientGone,
+}
+
+impl<Req, Res, In> Driver<Req, Res, In>
+where
+    Req: prost::Message + Send + 'static,
+    Res: Send + 'static,
+    In: Stream<Item = Result<Req, Status>> + Unpin + Send + 'static,
+{
+    async fn run(mut self) {
+        let counts = self.counts.clone();
+        loop {
+            let gone = self.answers.is_closed();
+            if gone {
+                // Nobody takes answers any more: read no more requests.
+                self.inbound = None;
+            }
+            if self.inbound.is_none() && self.inflight.is_empty() {
+                return;
+            }
+            let may_read = counts.may_read(self.rules.max_busy);
+            let reading = self.inbound.is_some() && may_read;
+            let held_back = self.inbound.is_some() && !may_read;
+            let event = tokio::select! {
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => Event::Done(done),
+                item = next_of(&mut self.inbound), if reading => Event::Request(item),
+                _ = counts.freed.notified(), if held_back => Event::Freed,
+                _ = self.answers.closed(), if !gone => Event::ClientGone,
+            };
+            match event {
+                Event::Request(Some(Ok(req))) => self.begin(req),
+                Event::Request(Some(Err(s))) => {
+                    self.inbound = None;
+                    let _ = self.answers.send(Err(s));
+                }
+                Event::Request(None) => self.inbound = None,
+                Event::Done(done) => self.answered(done),
+                Event::Freed | Event::ClientGone => {}
+            }
         }
     }
 
@@ -115,113 +244,52 @@ where
         if self.rules.abandons.is_some_and(|abandons| abandons(&req)) {
             // Stopped where it is, as hyper drops a reset call's handler; its answer (if it
             // still comes) goes nowhere the client waits.
-            if let Some(task) = self.running.remove(&id) {
-                task.abort();
+            if let Some(stop) = self.running.remove(&id) {
+                stop.abort();
             }
             return;
         }
-        let (size, waits) = (req.encoded_len(), (self.rules.waits)(&req));
-        self.inflight_bytes += size;
-        if !waits {
-            self.busy += 1;
+        let load = Load { size: req.encoded_len(), waits: (self.rules.waits)(&req) };
+        self.counts.add(load);
+        let (run, stop) = abortable(AssertUnwindSafe((self.start)(req)).catch_unwind());
+        if self.rules.abandons.is_some() {
+            self.running.insert(id, stop);
         }
-        if self.rules.abandons.is_none() {
-            // Never stopped: polled here, with the stream, rather than as a task of its own
-            // (no spawn, and one wake of this stream answers every request ready). A request
-            // still running when the stream is dropped goes on as a task (see `Drop`).
-            let run = AssertUnwindSafe((self.start)(req)).catch_unwind();
-            self.inflight.push(Box::pin(async move {
-                let answer = match run.await {
-                    Ok(answer) => Some(answer),
-                    Err(_) => {
-                        tracing::error!(id, "a multiplexed request panicked");
-                        None
-                    }
-                };
-                Done { id, answer, stopped: false, size, waits }
-            }));
-            return;
-        }
-        let task = tokio::spawn((self.start)(req));
-        self.running.insert(id, task.abort_handle());
         self.inflight.push(Box::pin(async move {
-            let (answer, stopped) = match task.await {
-                Ok(answer) => (Some(answer), false),
-                Err(e) if e.is_cancelled() => (None, true),
-                Err(e) => {
-                    tracing::error!(id, "a multiplexed request's task failed: {e}");
+            let (answer, stopped) = match run.await {
+                Ok(Ok(answer)) => (Some(answer), false),
+                Ok(Err(_)) => {
+                    tracing::error!(id, "a multiplexed request panicked");
                     (None, false)
                 }
+                Err(Aborted) => (None, true),
             };
-            Done { id, answer, stopped, size, waits }
+            Done { id, answer, stopped, load }
         }));
     }
 
-    fn may_read(&self) -> bool {
-        self.inflight.len() < MAX_IN_FLIGHT
-            && self.busy < self.rules.max_busy
-            && self.inflight_bytes < MAX_IN_FLIGHT_BYTES
-    }
-}
-
-impl<Req, Res, In> Stream for Multiplexed<Req, Res, In>
-where
-    Req: prost::Message + Send + 'static,
-    Res: Send + 'static,
-    In: Stream<Item = Result<Req, Status>> + Unpin,
-{
-    type Item = Result<Res, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            while this.may_read() {
-                let Some(inbound) = this.inbound.as_mut() else { break };
-                match Pin::new(inbound).poll_next(cx) {
-                    Poll::Ready(Some(Ok(req))) => this.begin(req),
-                    Poll::Ready(Some(Err(s))) => {
-                        this.inbound = None;
-                        return Poll::Ready(Some(Err(s)));
-                    }
-                    Poll::Ready(None) => this.inbound = None,
-                    Poll::Pending => break,
-                }
+    fn answered(&mut self, done: Done<Res>) {
+        self.running.remove(&done.id);
+        let answer = match done.answer {
+            Some(answer) => answer,
+            // Stopped because the client abandoned it: nobody waits for an answer.
+            None if done.stopped => return self.counts.remove(done.load),
+            None => (self.failed)(done.id),
+        };
+        if let Err(unsent) = self.answers.send(Ok((answer, done.load))) {
+            // The client is gone: the answer goes nowhere.
+            if let Ok((_, load)) = unsent.0 {
+                self.counts.remove(load);
             }
-            return match Pin::new(&mut this.inflight).poll_next(cx) {
-                Poll::Ready(Some(done)) => {
-                    this.inflight_bytes -= done.size;
-                    if !done.waits {
-                        this.busy -= 1;
-                    }
-                    this.running.remove(&done.id);
-                    match done.answer {
-                        Some(answer) => Poll::Ready(Some(Ok(answer))),
-                        // Stopped because the client abandoned it: nobody waits for an answer
-                        // (and a slot is free: read on).
-                        None if done.stopped => continue,
-                        None => Poll::Ready(Some(Ok((this.failed)(done.id)))),
-                    }
-                }
-                Poll::Ready(None) if this.inbound.is_none() => Poll::Ready(None),
-                _ => Poll::Pending,
-            };
         }
     }
 }
 
-impl<Req, Res, In> Drop for Multiplexed<Req, Res, In> {
-    /// The client is gone (the stream was reset or its connection closed): requests that may
-    /// be stopped are, as a dropped connection's unary calls are.
-    fn drop(&mut self) {
-        for task in self.running.values() {
-            task.abort();
-        }
-        if self.rules.abandons.is_none() {
-            // Requests that run to their end do so without the stream.
-            for request in std::mem::take(&mut self.inflight) {
-                (self.detach)(request);
-            }
-        }
+/// The next item of `s`, or never once it is gone.
+async fn next_of<S: Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -276,7 +344,7 @@ mod tests {
                     PipelinedPutResult { id: p.id, revision: p.id * 10, ..Default::default() }
                 })
             };
-            let rules = Rules { id_of: |p: &PipelinedPut| p.id, abandons, waits: |_| false, max_busy: 16 };
+            let rules = Rules { id_of: |p: &PipelinedPut| p.id, abandons, waits: |_| false, max_busy: 2 };
             let failed = |id| PipelinedPutResult { id, code: 13, ..Default::default() };
             let answers = Multiplexed::new(UnboundedReceiverStream::new(rx), start, rules, failed);
             Harness { requests, answers, go, finished }
@@ -302,6 +370,8 @@ mod tests {
         h.go(2);
         let a = h.answers.next().await.unwrap().unwrap();
         assert_eq!((a.id, a.revision), (2, 20));
+        // (At most 2 at once: the third begins once the second's answer is taken.)
+        assert!(begun(&h.go, 2).await);
         h.go(3);
         h.go(1);
         let mut rest = vec![h.answers.next().await.unwrap().unwrap().id, h.answers.next().await.unwrap().unwrap().id];
@@ -332,5 +402,49 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(h.go.lock().unwrap().remove(&1).is_none_or(|tx| tx.send(()).is_err()));
         assert!(h.finished.try_recv().is_err(), "a stoppable request went on after its stream was dropped");
+    }
+
+    /// Waits (bounded) until `n` requests have begun.
+    async fn begun(go: &GoAheads, n: usize) -> bool {
+        for _ in 0..2000 {
+            if go.lock().unwrap().len() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn requests_run_to_their_end_while_nobody_takes_answers() {
+        // The server polls the answers only while HTTP/2 flow control lets it send: requests
+        // must not depend on it.
+        let mut h = Harness::new(None);
+        h.requests.send(Ok(put(1))).unwrap();
+        assert!(begun(&h.go, 1).await, "a request was not begun without its answers being polled");
+        h.go(1);
+        let finished = tokio::time::timeout(Duration::from_secs(20), h.finished.recv()).await;
+        assert_eq!(finished.ok().flatten(), Some(1));
+        // Its answer waits for the client.
+        assert_eq!(h.answers.next().await.unwrap().unwrap().id, 1);
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_stops_at_the_limit_until_an_answer_is_taken() {
+        let mut h = Harness::new(None); // at most 2 busy
+        for id in 1..=3 {
+            h.requests.send(Ok(put(id))).unwrap();
+        }
+        assert!(begun(&h.go, 2).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(h.go.lock().unwrap().len(), 2, "read past the limit");
+        // Finished but not taken: still counts.
+        h.go(1);
+        assert_eq!(h.finished.recv().await, Some(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!h.go.lock().unwrap().contains_key(&3), "an answer not taken freed its slot");
+        assert_eq!(h.answers.next().await.unwrap().unwrap().id, 1);
+        assert!(begun(&h.go, 2).await, "taking an answer did not let the next request in");
+        assert!(h.go.lock().unwrap().contains_key(&3));
     }
 }
