@@ -4,6 +4,8 @@
 //! `--fsync always`:
 //! 1. lock acquire+release cycles per second through the master: one client alone on a lock,
 //!    and 8 and 16 clients contending for one lock (each cycle is two committed log entries);
+//!    then, for one client, the median of each call taken in turn: Acquire, Release, a
+//!    SetContents on the same session and an operator's Put (one commit each);
 //! 2. leader `kill -9` → first successful write, median of 5: the operator's Put and a
 //!    session's SetContents (the session resumes at the new master first);
 //! 3. idle sessions held by the master with KeepAlive: CPU of the leader process and resident
@@ -229,6 +231,44 @@ async fn idle_sessions(dir: &std::path::Path, n: usize, idle_secs: u64) {
     }
 }
 
+/// One client alone: the median of each call of a cycle, next to a write of the node's
+/// contents on the same session and an operator's put (each one commit), taken in turn.
+async fn one_client_calls(addrs: &[String], secs: f64) {
+    let mut admin = CellClient::new(addrs.to_vec(), Duration::from_secs(5)).unwrap();
+    let s = Session::open(addrs.to_vec(), opts()).await.unwrap();
+    let create = OpenOptions { create: true, ..Default::default() };
+    let (h, _) = s.open_node("/ls/local/bench-calls", create).await.unwrap();
+    let (mut acquire, mut release, mut write, mut put) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < stop {
+        let t = Instant::now();
+        s.acquire(&h, LockMode::LockExclusive, 1, None).await.unwrap();
+        acquire.push(t.elapsed());
+        let t = Instant::now();
+        s.release(&h, 1).await.unwrap();
+        release.push(t.elapsed());
+        let t = Instant::now();
+        s.set(&h, Bytes::from_static(b"x"), None, "").await.unwrap();
+        write.push(t.elapsed());
+        let t = Instant::now();
+        admin.put("bench-put", Bytes::from_static(b"x")).await.unwrap();
+        put.push(t.elapsed());
+    }
+    s.close().await.unwrap();
+    for v in [&mut acquire, &mut release, &mut write, &mut put] {
+        v.sort();
+    }
+    println!("\n| one client, median per call | Acquire | Release | SetContents | operator Put (unary) |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| in turn | {} | {} | {} | {} |",
+        us(percentile(&acquire, 0.5)),
+        us(percentile(&release, 0.5)),
+        us(percentile(&write, 0.5)),
+        us(percentile(&put, 0.5))
+    );
+}
+
 fn main() {
     let secs = env_u64("BENCH_SECS", 4) as f64;
     let n = env_u64("BENCH_SESSIONS", 100_000) as usize;
@@ -245,6 +285,15 @@ fn main() {
             let (rate, p50, p99) = lock_cycles(&cell.addrs, clients, secs);
             println!("| {clients} | {rate:.0} | {} | {} |", us(p50), us(p99));
         }
+        // On a single-threaded runtime of its own, as a client process's: a multi-threaded one
+        // adds its thread hand-offs to every call.
+        let addrs = cell.addrs.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(one_client_calls(&addrs, secs));
+        })
+        .join()
+        .unwrap();
     }
     if !skip("failover") {
         println!("\n| leader kill -9 → first successful write | median | runs (ms) |");
