@@ -48,7 +48,7 @@ impl CellMachine {
 }
 
 impl StateMachine for CellMachine {
-    fn apply(&mut self, index: Index, data: &[u8]) -> Bytes {
+    fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Bytes {
         let outcome = self.state.apply(index, data);
         if let Err(crate::state::StateError::InvalidArgument(why)) = &outcome {
             if why.starts_with("undecodable entry") {
@@ -59,7 +59,12 @@ impl StateMachine for CellMachine {
         if let Some(sink) = self.effects.as_ref().filter(|s| !effects.is_empty() && s.wanted.load(Ordering::SeqCst)) {
             let _ = sink.tx.send(effects);
         }
-        encode(&outcome)
+        // Only a proposer reads the outcome; a follower's would be encoded for nothing.
+        if answer {
+            encode(&outcome)
+        } else {
+            Bytes::new()
+        }
     }
 
     fn snapshot(&self) -> SnapshotEncoder {

@@ -41,8 +41,10 @@ use crate::types::{EntryKind, Index, Message, NodeId, Snapshot, Term};
 /// The replicated application. `apply` must be deterministic: it sees the same entries in the
 /// same order on every replica.
 pub trait StateMachine: Send + 'static {
-    /// Applies a committed entry; the result goes back to the proposer.
-    fn apply(&mut self, index: Index, data: &[u8]) -> Bytes;
+    /// Applies a committed entry; the result goes back to the proposer. `answer` says whether
+    /// a proposer on this replica waits for it (on a leader that proposed it): when false the
+    /// result is dropped, so the machine may skip encoding it and return empty bytes.
+    fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Bytes;
     /// The whole state as of the last applied index, for a snapshot: a function that encodes
     /// it, which the node calls on a background thread. This call itself runs on the Raft
     /// thread, which meanwhile sends no heartbeats, so it should only take a cheap copy of the
@@ -689,11 +691,13 @@ impl<SM: StateMachine> Driver<SM> {
         }
         let mut applied = None;
         for e in &rd.committed_entries {
+            let waiting = self.pending.remove(&e.index);
+            let answer = waiting.as_ref().is_some_and(|(term, _)| *term == e.term);
             let result = match e.kind {
-                EntryKind::Normal if !e.data.is_empty() => self.sm.apply(e.index, &e.data),
+                EntryKind::Normal if !e.data.is_empty() => self.sm.apply(e.index, &e.data, answer),
                 _ => Bytes::new(),
             };
-            if let Some((term, reply)) = self.pending.remove(&e.index) {
+            if let Some((term, reply)) = waiting {
                 let _ = reply.send(if term == e.term { Ok(result) } else { Err(NodeError::Dropped) });
             }
             applied = Some(e.index);

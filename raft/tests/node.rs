@@ -11,7 +11,7 @@ use raft::{DiskOptions, FsyncPolicy, Node, NodeError, NodeOptions, Role, StateMa
 struct Counter(u64);
 
 impl StateMachine for Counter {
-    fn apply(&mut self, index: u64, _data: &[u8]) -> Bytes {
+    fn apply(&mut self, index: u64, _data: &[u8], _answer: bool) -> Bytes {
         self.0 += 1;
         Bytes::from(index.to_string())
     }
@@ -146,8 +146,8 @@ struct FlakyEncoder {
 }
 
 impl StateMachine for FlakyEncoder {
-    fn apply(&mut self, index: u64, data: &[u8]) -> Bytes {
-        self.counter.apply(index, data)
+    fn apply(&mut self, index: u64, data: &[u8], answer: bool) -> Bytes {
+        self.counter.apply(index, data, answer)
     }
     fn snapshot(&self) -> raft::SnapshotEncoder {
         let (encode, panics_left) = (self.counter.snapshot(), self.panics_left.clone());

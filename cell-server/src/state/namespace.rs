@@ -93,6 +93,18 @@ fn child_path(dir: &str, name: &str) -> String {
     }
 }
 
+/// Replaces a file's contents as a write applied at log `index` and cell time `clock_ms`;
+/// returns its new stat.
+fn write_contents(node: &mut Node, contents: Bytes, clock_ms: u64, index: u64) -> Stat {
+    node.stat.content_generation += 1;
+    node.stat.checksum = xxh3_64(&contents);
+    node.stat.length = contents.len() as u64;
+    node.stat.mtime_ms = clock_ms;
+    node.stat.modified_index = index;
+    node.contents = contents;
+    node.stat.clone()
+}
+
 impl CellState {
     pub(super) fn root_node() -> Node {
         let stat = Stat { directory: true, content_generation: 1, ..Stat::default() };
@@ -248,23 +260,30 @@ impl CellState {
         if_generation: Option<u64>,
         sequencer: Option<String>,
     ) -> Outcome {
-        let node = self.node_at(&path, instance)?;
+        // Judged before the node is borrowed for writing (it reads other nodes), reported in
+        // its turn below.
+        let sequencer_valid = sequencer.as_deref().is_none_or(|seq| self.check_sequencer(seq));
+        // One lookup for the checks and the write: this is every write's path.
+        let node = match self.nodes.get_mut(path.as_str()) {
+            None => return Err(StateError::NotFound(path)),
+            Some(n) if n.stat.instance != instance => return Err(StateError::StaleHandle(path)),
+            Some(n) => n,
+        };
         if node.stat.directory {
             return Err(StateError::IsADirectory(path));
         }
         if contents.len() > MAX_CONTENTS {
             return Err(StateError::TooLarge(contents.len() as u64));
         }
-        self.check_write_conditions(node, if_generation, sequencer.as_deref())?;
-        let clock = self.clock_ms;
-        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
-        node.stat.content_generation += 1;
-        node.stat.checksum = xxh3_64(&contents);
-        node.stat.length = contents.len() as u64;
-        node.stat.mtime_ms = clock;
-        node.stat.modified_index = self.applied;
-        node.contents = contents;
-        let stat = node.stat.clone();
+        if !sequencer_valid {
+            return Err(StateError::StaleSequencer);
+        }
+        if let Some(expected) = if_generation {
+            if expected != node.stat.content_generation {
+                return Err(StateError::GenerationMismatch { expected, actual: node.stat.content_generation });
+            }
+        }
+        let stat = write_contents(Arc::make_mut(node), contents, self.clock_ms, self.applied);
         self.effects.push(Effect::NodeChanged { path, change: Change::ContentsModified });
         Ok(Reply::Stat(stat))
     }
@@ -371,9 +390,13 @@ impl CellState {
             return Err(StateError::TooLarge(contents.len() as u64));
         }
         // The common case, an existing file: its parents exist, so nothing else to look up.
-        if let Some(n) = self.nodes.get(path.as_str()) {
-            let instance = n.stat.instance;
-            return self.set_contents(path, instance, contents, None, None);
+        if let Some(node) = self.nodes.get_mut(path.as_str()) {
+            if node.stat.directory {
+                return Err(StateError::IsADirectory(path));
+            }
+            let stat = write_contents(Arc::make_mut(node), contents, self.clock_ms, self.applied);
+            self.effects.push(Effect::NodeChanged { path, change: Change::ContentsModified });
+            return Ok(Reply::Stat(stat));
         }
         let mut missing = Vec::new();
         let mut dir = split_parent(&path).0;
