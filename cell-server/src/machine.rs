@@ -2,7 +2,7 @@
 //! [`Outcome`](crate::state::Outcome)s out, and the [`Effect`]s of each entry handed to the
 //! master through an [`EffectSink`] (every replica produces them; only a master acts on them).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,11 +35,13 @@ pub fn effect_channel() -> (EffectSink, EffectSource) {
 pub struct CellMachine {
     state: CellState,
     effects: Option<EffectSink>,
+    /// The length of the last snapshot encoded: the next one's buffer starts a little larger.
+    last_snapshot_len: Arc<AtomicUsize>,
 }
 
 impl CellMachine {
     pub fn new(effects: Option<EffectSink>) -> CellMachine {
-        CellMachine { state: CellState::default(), effects }
+        CellMachine { state: CellState::default(), effects, last_snapshot_len: Arc::default() }
     }
 
     pub fn state(&self) -> &CellState {
@@ -68,7 +70,14 @@ impl StateMachine for CellMachine {
     }
 
     fn snapshot(&self) -> SnapshotEncoder {
-        Box::new(self.state.snapshot_later())
+        let encode = self.state.snapshot_later();
+        let last_len = self.last_snapshot_len.clone();
+        Box::new(move || {
+            let guess = last_len.load(Ordering::Relaxed);
+            let data = encode(guess + guess / 8);
+            last_len.store(data.len(), Ordering::Relaxed);
+            data
+        })
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

@@ -238,15 +238,24 @@ impl CellState {
 
     /// The whole state, for a Raft snapshot.
     pub fn snapshot(&self) -> Bytes {
-        encode(self)
+        self.snapshot_with_capacity(0)
+    }
+
+    /// The snapshot, encoded into a buffer of `capacity` bytes at first: given about the
+    /// encoding's size (say, the last snapshot's), a large state is written once, not copied
+    /// at every doubling of a growing buffer.
+    pub fn snapshot_with_capacity(&self, capacity: usize) -> Bytes {
+        // Serializing plain data into a Vec cannot fail.
+        Bytes::from(postcard::to_extend(self, Vec::with_capacity(capacity)).expect("postcard encodes plain data"))
     }
 
     /// A snapshot's encoding, to run later (on another thread) while this state goes on
     /// changing: what it encodes is a copy taken now, cheap because the collections share
-    /// their unchanged parts with this state (copy on write).
-    pub fn snapshot_later(&self) -> impl FnOnce() -> Bytes + Send + 'static {
+    /// their unchanged parts with this state (copy on write). The function takes the
+    /// capacity to start with (see [`CellState::snapshot_with_capacity`]).
+    pub fn snapshot_later(&self) -> impl FnOnce(usize) -> Bytes + Send + 'static {
         let copy = CellState { effects: Vec::new(), ..self.clone() };
-        move || copy.snapshot()
+        move |capacity| copy.snapshot_with_capacity(capacity)
     }
 
     pub fn restore(data: &[u8]) -> Result<CellState, String> {

@@ -578,7 +578,7 @@ proptest! {
             }
         }
         let data = match later {
-            Some(encode_copy) => encode_copy(),
+            Some(encode_copy) => encode_copy(1 << 10),
             None => a.snapshot(),
         };
         let mut b = CellState::restore(&data).expect("restore");
