@@ -19,6 +19,12 @@
 //!   does not also have to commit the file's growth: on ext4 that makes each `fdatasync`
 //!   markedly cheaper. The segment's unwritten rest reads as zeros, which replay takes as the
 //!   clean end of a segment; a segment is cut to its written length when the log rolls over.
+//! - **Zeros written ahead.** `fallocate` leaves the space *unwritten*: the first write to each
+//!   block converts it, and a sync after a conversion must commit the file system's journal
+//!   too (a second write and cache flush). A sync of a few kilobytes, the usual group commit
+//!   under load, enters a new block nearly every time, so [`Wal::write`] writes zeros
+//!   [`ZERO_AHEAD`] bytes ahead of the records in one go: one conversion per megabyte instead
+//!   of one per sync. Those zeros are the same clean end replay already expects.
 //! - **Compaction.** Once a snapshot covers index `s`, the oldest segments whose entries are all
 //!   at or below `s` are deleted (only a prefix: a later segment may depend on an earlier one's
 //!   truncation). Every new segment starts with the current hard state, so deleting old
@@ -40,6 +46,10 @@ use record::{Bad, Record};
 
 /// Segments roll over at this size unless configured otherwise.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
+
+/// How far past the last record [`Wal::write`] fills a preallocated segment with written
+/// zeros once the records reach what was filled before (see the module documentation).
+pub const ZERO_AHEAD: u64 = 1 << 20;
 
 /// Why the log cannot be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +93,12 @@ pub struct Wal {
     /// Shared with a thread that syncs it in the background (see [`Wal::sync_target`]).
     file: Arc<File>,
     file_len: u64,
+    /// The active segment's bytes below this offset were written (records, or zeros ahead of
+    /// them), so the file system holds them as written blocks.
+    filled: u64,
+    /// The active segment's size on disk: zeros are written ahead only within it, never
+    /// growing the file (where preallocation failed, this is just what was written).
+    allocated: u64,
     buf: BytesMut,
     /// Bytes written to the kernel but not yet synced.
     unsynced: bool,
@@ -167,11 +183,14 @@ impl Wal {
                     preallocate(&file, segment_size);
                     file.sync_all().map_err(io_err(&seg.path))?;
                 }
+                let allocated = file.metadata().map_err(io_err(&seg.path))?.len();
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
                     file: Arc::new(file),
                     file_len: valid_len,
+                    filled: valid_len,
+                    allocated,
                     segments,
                     buf: BytesMut::new(),
                     unsynced: false,
@@ -181,11 +200,14 @@ impl Wal {
             None => {
                 let path = segment_path(dir, 1);
                 let file = create_segment(dir, &path, segment_size)?;
+                let allocated = file.metadata().map_err(io_err(&path))?.len();
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
                     file: Arc::new(file),
                     file_len: 0,
+                    filled: 0,
+                    allocated,
                     segments: vec![Segment { seq: 1, path, max_index: 0 }],
                     buf: BytesMut::new(),
                     unsynced: false,
@@ -237,6 +259,27 @@ impl Wal {
         self.file_len += self.buf.len() as u64;
         self.buf.clear();
         self.unsynced = true;
+        if self.file_len >= self.filled {
+            self.fill_ahead()?;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros from the end of the records up to [`ZERO_AHEAD`] bytes on (within the
+    /// segment's allocated size), to the kernel only: the next sync makes them durable together
+    /// with the records, converting their blocks in one journal commit.
+    fn fill_ahead(&mut self) -> Result<(), WalError> {
+        use std::os::unix::fs::FileExt;
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let end = (self.file_len + ZERO_AHEAD).min(self.allocated);
+        let mut at = self.file_len;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            let path = &self.segments.last().expect("an active segment").path;
+            self.file.write_all_at(&ZEROS[..n], at).map_err(io_err(path))?;
+            at += n as u64;
+        }
+        self.filled = end.max(self.file_len);
         Ok(())
     }
 
@@ -271,7 +314,9 @@ impl Wal {
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = segment_path(&self.dir, seq);
         self.file = Arc::new(create_segment(&self.dir, &path, self.segment_size)?);
+        self.allocated = self.file.metadata().map_err(io_err(&path))?.len();
         self.file_len = 0;
+        self.filled = 0;
         self.segments.push(Segment { seq, path, max_index: 0 });
         // Every segment holds the hard state of its creation, so older segments can be deleted.
         // It goes after the records already buffered (whose hard state it already includes),

@@ -296,6 +296,60 @@ fn preallocated_segment_reopens_cleanly_and_appends_after_its_records() {
     assert!(rec.warnings.is_empty());
 }
 
+/// Where the file system reports a hole at or after `offset` (`SEEK_HOLE`).
+fn next_hole(file: &File, offset: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek reads integer arguments only; the descriptor is owned by `file`.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_HOLE) };
+    assert!(at >= 0, "SEEK_HOLE: {}", io::Error::last_os_error());
+    at as u64
+}
+
+/// Group commits of a few kilobytes fill a preallocated segment with written zeros a
+/// megabyte ahead of the records (so a sync seldom converts unwritten blocks), never write
+/// over a record, and never grow the segment.
+#[test]
+fn zeros_are_written_ahead_of_the_records_within_the_segment() {
+    const SEGMENT: u64 = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), SEGMENT, 0, 0).unwrap();
+    let path = only_segment(dir.path());
+    let file = File::open(&path).unwrap();
+    // Only where the file system keeps preallocated space as unwritten holes is there anything
+    // to see; elsewhere the records must still come back whole.
+    let shows_unwritten = fs::metadata(&path).unwrap().len() == SEGMENT && next_hole(&file, 0) == 0;
+    let big = |index: Index| Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; 900]) };
+    let mut index = 0;
+    // Where the written blocks end after each sync: they move a megabyte at a time, not a
+    // block at a time with the records.
+    let mut ends = std::collections::BTreeSet::new();
+    while wal.file_len < SEGMENT - 300_000 {
+        let group: Vec<Entry> = (index + 1..=index + 5).map(big).collect();
+        index += 5;
+        wal.append(&group, Some(HardState { term: 1, vote: 1, commit: index - 5 }));
+        wal.sync().unwrap();
+        if shows_unwritten {
+            let end = next_hole(&file, 0);
+            assert!(end >= wal.file_len, "written blocks end at {end}, before the records at {}", wal.file_len);
+            ends.insert(end);
+        }
+        assert_eq!(fs::metadata(&path).unwrap().len(), SEGMENT, "the segment keeps its size");
+    }
+    if shows_unwritten {
+        assert!(ends.len() as u64 <= SEGMENT / ZERO_AHEAD + 1, "written blocks ended at {ends:?}");
+    }
+    let len = wal.file_len as usize;
+    drop(wal);
+    records(&path, len);
+    let (_, rec) = Wal::open(dir.path(), SEGMENT, 0, 0).unwrap();
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+    assert_eq!(rec.entries.len() as u64, index);
+    assert!(rec.entries.iter().zip(1..).all(|(e, i)| *e == big(i)));
+    if !shows_unwritten {
+        eprintln!("this file system shows no unwritten space; only the records were checked");
+    }
+}
+
 /// Rolling over cuts the full segment to its records, so only the newest has a zero tail.
 #[test]
 fn a_rolled_segment_is_cut_to_its_records() {
