@@ -318,7 +318,8 @@ fn zeros_are_written_ahead_of_the_records_within_the_segment() {
     // Only where the file system keeps preallocated space as unwritten holes is there anything
     // to see; elsewhere the records must still come back whole.
     let shows_unwritten = fs::metadata(&path).unwrap().len() == SEGMENT && next_hole(&file, 0) == 0;
-    let big = |index: Index| Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; 900]) };
+    let big =
+        |index: Index| Entry { index, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8; 900]) };
     let mut index = 0;
     // Where the written blocks end after each sync: they move a megabyte at a time, not a
     // block at a time with the records.
