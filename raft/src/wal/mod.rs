@@ -24,7 +24,15 @@
 //!   too (a second write and cache flush). A sync of a few kilobytes, the usual group commit
 //!   under load, enters a new block nearly every time, so [`Wal::write`] writes zeros
 //!   [`ZERO_AHEAD`] bytes ahead of the records in one go: one conversion per megabyte instead
-//!   of one per sync. Those zeros are the same clean end replay already expects.
+//!   of one per sync. Those zeros are the same clean end replay already expects. Only on ext4
+//!   and XFS, whose unwritten extents this is about: on a copy-on-write file system (btrfs)
+//!   records written over zeros would each be copied elsewhere instead.
+//!   Records are then written over written zeros rather than into unwritten space, so the
+//!   torn-tail rule below relies on the device losing unsynced writes in whole pages (4 KiB),
+//!   as it did before for the page where each sync's records begin. A device that can tear a
+//!   page at a smaller sector, so that a later page of the same unsynced write survives, makes
+//!   replay stop with [`WalError::Corrupt`] naming the spot (a clear refusal, never a silent
+//!   truncation); the operator then drops that replica's log and lets it catch up.
 //! - **Compaction.** Once a snapshot covers index `s`, the oldest segments whose entries are all
 //!   at or below `s` are deleted (only a prefix: a later segment may depend on an earlier one's
 //!   truncation). Every new segment starts with the current hard state, so deleting old
@@ -99,6 +107,8 @@ pub struct Wal {
     /// The active segment's size on disk: zeros are written ahead only within it, never
     /// growing the file (where preallocation failed, this is just what was written).
     allocated: u64,
+    /// Whether the file system is one whose preallocated space zeros ahead help (ext4, XFS).
+    fills_ahead: bool,
     buf: BytesMut,
     /// Bytes written to the kernel but not yet synced.
     unsynced: bool,
@@ -184,6 +194,7 @@ impl Wal {
                     file.sync_all().map_err(io_err(&seg.path))?;
                 }
                 let allocated = file.metadata().map_err(io_err(&seg.path))?.len();
+                let fills_ahead = has_unwritten_extents(&file);
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
@@ -191,6 +202,7 @@ impl Wal {
                     file_len: valid_len,
                     filled: valid_len,
                     allocated,
+                    fills_ahead,
                     segments,
                     buf: BytesMut::new(),
                     unsynced: false,
@@ -201,6 +213,7 @@ impl Wal {
                 let path = segment_path(dir, 1);
                 let file = create_segment(dir, &path, segment_size)?;
                 let allocated = file.metadata().map_err(io_err(&path))?.len();
+                let fills_ahead = has_unwritten_extents(&file);
                 Wal {
                     dir: dir.to_path_buf(),
                     segment_size,
@@ -208,6 +221,7 @@ impl Wal {
                     file_len: 0,
                     filled: 0,
                     allocated,
+                    fills_ahead,
                     segments: vec![Segment { seq: 1, path, max_index: 0 }],
                     buf: BytesMut::new(),
                     unsynced: false,
@@ -259,7 +273,7 @@ impl Wal {
         self.file_len += self.buf.len() as u64;
         self.buf.clear();
         self.unsynced = true;
-        if self.file_len >= self.filled {
+        if self.fills_ahead && self.file_len >= self.filled {
             self.fill_ahead()?;
         }
         Ok(())
@@ -354,6 +368,21 @@ fn create_segment(dir: &Path, path: &Path, size: u64) -> Result<File, WalError> 
     file.sync_all().map_err(io_err(path))?;
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// Whether `file` is on ext4 or XFS, which keep preallocated space as unwritten extents
+/// converted on first write (see "Zeros written ahead" in the module documentation).
+fn has_unwritten_extents(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid, writable statfs; the descriptor is owned by `file`.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+        return false;
+    }
+    matches!(fs.f_type as i64, EXT4 | XFS)
 }
 
 /// Gives `file` its full `size` now (its unwritten part reads as zeros), so later syncs need
