@@ -225,15 +225,16 @@ impl DiskStorage {
         self.snaps.clone()
     }
 
-    /// Drops the log and WAL segments covered by `snap`, whose file is already durable. Does
-    /// nothing if a newer snapshot arrived meanwhile.
+    /// Drops the log and WAL segments covered by `snap`, whose file is already durable (the
+    /// segments' files are deleted on another thread). Does nothing if a newer snapshot
+    /// arrived meanwhile.
     pub fn compact_saved(&mut self, snap: Snapshot) -> Result<(), WalError> {
         if snap.meta.index <= self.mem.snapshot_meta().index {
             return Ok(());
         }
         let index = snap.meta.index;
         self.mem.compact(index, snap.meta.conf_state, snap.data).map_err(|e| other(&self.snaps, e))?;
-        self.wal.compact(index)?;
+        self.wal.compact_in_background(index)?;
         Ok(())
     }
 

@@ -113,6 +113,16 @@ pub struct Wal {
     /// Bytes written to the kernel but not yet synced.
     unsynced: bool,
     hard_state: HardState,
+    /// The thread deleting the segments of the last [`Wal::compact_in_background`].
+    deleting: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Wal {
+    /// Waits for a background deletion, so that whoever opens the directory next (a restart
+    /// in the same process) finds it settled.
+    fn drop(&mut self) {
+        self.finish_deletions();
+    }
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -207,6 +217,7 @@ impl Wal {
                     buf: BytesMut::new(),
                     unsynced: false,
                     hard_state,
+                    deleting: None,
                 }
             }
             None => {
@@ -226,6 +237,7 @@ impl Wal {
                     buf: BytesMut::new(),
                     unsynced: false,
                     hard_state,
+                    deleting: None,
                 }
             }
         };
@@ -342,7 +354,8 @@ impl Wal {
     /// Deletes the oldest segments whose entries a snapshot at `index` covers entirely.
     pub fn compact(&mut self, index: Index) -> Result<usize, WalError> {
         // What survives must be durable before what it replaces is deleted (the newest
-        // segment's hard state in particular).
+        // segment's hard state in particular); and segments go in order.
+        self.finish_deletions();
         self.sync()?;
         let mut dropped = 0;
         while self.segments.len() > 1 && self.segments[0].max_index <= index {
@@ -354,6 +367,51 @@ impl Wal {
             sync_dir(&self.dir)?;
         }
         Ok(dropped)
+    }
+
+    /// Drops the oldest segments whose entries a snapshot at `index` covers entirely, as
+    /// [`Wal::compact`] does, but deletes their files on another thread: the sync that must
+    /// come first, the deletions and the directory's sync can each wait long behind a busy
+    /// disk (a snapshot being written, say), and a leader's loop that waits sends no
+    /// heartbeats, so its followers would depose it. Segments are deleted in the order they
+    /// were dropped; a crash meanwhile leaves some on disk, which replay reads as it would a
+    /// log never compacted. Returns how many segments were dropped.
+    pub fn compact_in_background(&mut self, index: Index) -> Result<usize, WalError> {
+        // The newest segment's records (its opening hard state above all) reach the kernel
+        // here; the thread makes them durable before deleting what they replace.
+        self.write()?;
+        let count = self.segments[..self.segments.len() - 1].iter().take_while(|s| s.max_index <= index).count();
+        if count == 0 {
+            return Ok(0);
+        }
+        let paths: Vec<PathBuf> = self.segments.drain(..count).map(|s| s.path).collect();
+        let file = self.file.clone();
+        let dir = self.dir.clone();
+        self.finish_deletions();
+        let job = move || {
+            if let Err(e) = file.sync_data() {
+                tracing::error!(dir = %dir.display(), "syncing the log before deleting compacted segments: {e}");
+                return;
+            }
+            for path in &paths {
+                if let Err(e) = fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), "deleting a compacted WAL segment: {e}");
+                }
+            }
+            if let Err(e) = sync_dir(&dir) {
+                tracing::warn!("after deleting compacted WAL segments: {e}");
+            }
+        };
+        let handle = std::thread::Builder::new().name("wal-compact".into()).spawn(job).map_err(io_err(&self.dir))?;
+        self.deleting = Some(handle);
+        Ok(count)
+    }
+
+    /// Waits until the segments of the last [`Wal::compact_in_background`] are deleted.
+    pub fn finish_deletions(&mut self) {
+        if let Some(handle) = self.deleting.take() {
+            let _ = handle.join();
+        }
     }
 
     /// Number of segment files (for tests and status).

@@ -186,6 +186,37 @@ fn segments_roll_over_and_compaction_drops_covered_ones() {
     assert_eq!(rec.entries, (31..=40).map(|i| ent(i, 3)).collect::<Vec<_>>());
 }
 
+/// Compaction off the replica's loop drops the same segments as in it, its files are gone
+/// once the deletion is done, and compactions that overlap delete in order; appends go on
+/// meanwhile, and the log reopens whole.
+#[test]
+fn compaction_in_the_background_deletes_the_covered_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), 256, 0, 0).unwrap();
+    let hs = HardState { term: 3, vote: 2, commit: 40 };
+    let files = || fs::read_dir(dir.path()).unwrap().count();
+    for i in 1..=40 {
+        wal.append(&[ent(i, 3)], Some(HardState { commit: i, ..hs }));
+        wal.sync().unwrap();
+    }
+    let before = wal.segment_count();
+    let first = wal.compact_in_background(20).unwrap();
+    assert!(first > 0);
+    assert_eq!(wal.segment_count(), before - first, "dropped from the log at once");
+    for i in 41..=50 {
+        wal.append(&[ent(i, 3)], Some(HardState { commit: i, ..hs }));
+        wal.sync().unwrap();
+    }
+    let second = wal.compact_in_background(30).unwrap();
+    assert!(second > 0);
+    wal.finish_deletions();
+    assert_eq!(files(), wal.segment_count(), "every dropped segment's file is deleted");
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), 256, 30, 3).unwrap();
+    assert_eq!(rec.hard_state, HardState { commit: 50, ..hs });
+    assert_eq!(rec.entries, (31..=50).map(|i| ent(i, 3)).collect::<Vec<_>>());
+}
+
 #[test]
 fn compaction_keeps_a_segment_whose_truncation_later_ones_rely_on() {
     let dir = tempfile::tempdir().unwrap();
