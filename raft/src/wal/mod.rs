@@ -20,11 +20,11 @@
 //!   markedly cheaper. The segment's unwritten rest reads as zeros, which replay takes as the
 //!   clean end of a segment; a segment is cut to its written length when the log rolls over.
 //! - **Zeros written ahead.** `fallocate` leaves the space *unwritten*: the first write to each
-//!   block converts it, and a sync after a conversion must commit the file system's journal
-//!   too (a second write and cache flush). A sync of a few kilobytes, the usual group commit
-//!   under load, enters a new block nearly every time, so [`Wal::write`] writes zeros
-//!   [`ZERO_AHEAD`] bytes ahead of the records in one go: one conversion per megabyte instead
-//!   of one per sync. Those zeros are the same clean end replay already expects. Only on ext4
+//!   block converts it, and a sync after a conversion must also write the file's changed
+//!   extent metadata (a journal commit, or on ext4 without a journal the inode itself: a
+//!   second write, and its wait). A sync of a few kilobytes, the usual group commit under load,
+//!   enters a new block nearly every time, so [`Wal::write`] writes zeros [`ZERO_AHEAD`] bytes
+//!   ahead of the records in one go: one conversion per megabyte instead of one per sync. Those zeros are the same clean end replay already expects. Only on ext4
 //!   and XFS, whose unwritten extents this is about: on a copy-on-write file system (btrfs)
 //!   records written over zeros would each be copied elsewhere instead.
 //!   Records are then written over written zeros rather than into unwritten space, so the
@@ -293,7 +293,7 @@ impl Wal {
 
     /// Writes zeros from the end of the records up to [`ZERO_AHEAD`] bytes on (within the
     /// segment's allocated size), to the kernel only: the next sync makes them durable together
-    /// with the records, converting their blocks in one journal commit.
+    /// with the records, converting their blocks in one metadata update.
     fn fill_ahead(&mut self) -> Result<(), WalError> {
         use std::os::unix::fs::FileExt;
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
