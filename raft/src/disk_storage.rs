@@ -234,7 +234,7 @@ impl DiskStorage {
         }
         let index = snap.meta.index;
         self.mem.compact(index, snap.meta.conf_state, snap.data).map_err(|e| other(&self.snaps, e))?;
-        self.wal.compact_in_background(index)?;
+        self.wal.compact(index)?;
         Ok(())
     }
 

@@ -93,6 +93,20 @@ fn child_path(dir: &str, name: &str) -> String {
     }
 }
 
+/// Checks what a fenced or conditional write carries before it changes anything: the
+/// sequencer, judged beforehand by [`CellState::check_sequencer`], then the generation.
+fn check_write_conditions(node: &Node, if_generation: Option<u64>, sequencer_valid: bool) -> Result<(), StateError> {
+    if !sequencer_valid {
+        return Err(StateError::StaleSequencer);
+    }
+    if let Some(expected) = if_generation {
+        if expected != node.stat.content_generation {
+            return Err(StateError::GenerationMismatch { expected, actual: node.stat.content_generation });
+        }
+    }
+    Ok(())
+}
+
 /// Replaces a file's contents as a write applied at log `index` and cell time `clock_ms`;
 /// returns its new stat.
 fn write_contents(node: &mut Node, contents: Bytes, clock_ms: u64, index: u64) -> Stat {
@@ -232,26 +246,6 @@ impl CellState {
         Ok(Reply::Done)
     }
 
-    /// Checks what a fenced or conditional write carries before it changes anything.
-    fn check_write_conditions(
-        &self,
-        node: &Node,
-        if_generation: Option<u64>,
-        sequencer: Option<&str>,
-    ) -> Result<(), StateError> {
-        if let Some(seq) = sequencer {
-            if !self.check_sequencer(seq) {
-                return Err(StateError::StaleSequencer);
-            }
-        }
-        if let Some(expected) = if_generation {
-            if expected != node.stat.content_generation {
-                return Err(StateError::GenerationMismatch { expected, actual: node.stat.content_generation });
-            }
-        }
-        Ok(())
-    }
-
     pub(super) fn set_contents(
         &mut self,
         path: String,
@@ -275,14 +269,7 @@ impl CellState {
         if contents.len() > MAX_CONTENTS {
             return Err(StateError::TooLarge(contents.len() as u64));
         }
-        if !sequencer_valid {
-            return Err(StateError::StaleSequencer);
-        }
-        if let Some(expected) = if_generation {
-            if expected != node.stat.content_generation {
-                return Err(StateError::GenerationMismatch { expected, actual: node.stat.content_generation });
-            }
-        }
+        check_write_conditions(node, if_generation, sequencer_valid)?;
         let stat = write_contents(Arc::make_mut(node), contents, self.clock_ms, self.applied);
         self.effects.push(Effect::NodeChanged { path, change: Change::ContentsModified });
         Ok(Reply::Stat(stat))
@@ -302,7 +289,7 @@ impl CellState {
         if !node.children.is_empty() {
             return Err(StateError::NotEmpty(path));
         }
-        self.check_write_conditions(node, if_generation, sequencer.as_deref())?;
+        check_write_conditions(node, if_generation, sequencer.as_deref().is_none_or(|seq| self.check_sequencer(seq)))?;
         let parent = split_parent(&path).0.to_string();
         self.delete_node(&path);
         self.maybe_reap(parent);

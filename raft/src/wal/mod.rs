@@ -113,7 +113,7 @@ pub struct Wal {
     /// Bytes written to the kernel but not yet synced.
     unsynced: bool,
     hard_state: HardState,
-    /// The thread deleting the segments of the last [`Wal::compact_in_background`].
+    /// The thread deleting the segments of the last [`Wal::compact`].
     deleting: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -298,10 +298,10 @@ impl Wal {
         use std::os::unix::fs::FileExt;
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let end = (self.file_len + ZERO_AHEAD).min(self.allocated);
+        let path = &self.segments.last().expect("an active segment").path;
         let mut at = self.file_len;
         while at < end {
             let n = (end - at).min(ZEROS.len() as u64) as usize;
-            let path = &self.segments.last().expect("an active segment").path;
             self.file.write_all_at(&ZEROS[..n], at).map_err(io_err(path))?;
             at += n as u64;
         }
@@ -351,32 +351,15 @@ impl Wal {
         Ok(())
     }
 
-    /// Deletes the oldest segments whose entries a snapshot at `index` covers entirely.
+    /// Drops the oldest segments whose entries a snapshot at `index` covers entirely, and
+    /// deletes their files on another thread: the sync that must come first (what survives
+    /// must be durable before what it replaces goes, the newest segment's hard state above
+    /// all), the deletions and the directory's sync can each wait long behind a busy disk (a
+    /// snapshot being written, say), and a leader's loop that waits sends no heartbeats, so its
+    /// followers would depose it. Segments are deleted in the order they were dropped; a crash
+    /// meanwhile leaves some on disk, which replay reads as it would a log never compacted.
+    /// Returns how many segments were dropped.
     pub fn compact(&mut self, index: Index) -> Result<usize, WalError> {
-        // What survives must be durable before what it replaces is deleted (the newest
-        // segment's hard state in particular); and segments go in order.
-        self.finish_deletions();
-        self.sync()?;
-        let mut dropped = 0;
-        while self.segments.len() > 1 && self.segments[0].max_index <= index {
-            let seg = self.segments.remove(0);
-            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
-            dropped += 1;
-        }
-        if dropped > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(dropped)
-    }
-
-    /// Drops the oldest segments whose entries a snapshot at `index` covers entirely, as
-    /// [`Wal::compact`] does, but deletes their files on another thread: the sync that must
-    /// come first, the deletions and the directory's sync can each wait long behind a busy
-    /// disk (a snapshot being written, say), and a leader's loop that waits sends no
-    /// heartbeats, so its followers would depose it. Segments are deleted in the order they
-    /// were dropped; a crash meanwhile leaves some on disk, which replay reads as it would a
-    /// log never compacted. Returns how many segments were dropped.
-    pub fn compact_in_background(&mut self, index: Index) -> Result<usize, WalError> {
         // The newest segment's records (its opening hard state above all) reach the kernel
         // here; the thread makes them durable before deleting what they replace.
         self.write()?;
@@ -407,7 +390,7 @@ impl Wal {
         Ok(count)
     }
 
-    /// Waits until the segments of the last [`Wal::compact_in_background`] are deleted.
+    /// Waits until the segments of the last [`Wal::compact`] are deleted.
     pub fn finish_deletions(&mut self) {
         if let Some(handle) = self.deleting.take() {
             let _ = handle.join();

@@ -200,14 +200,14 @@ fn compaction_in_the_background_deletes_the_covered_segments() {
         wal.sync().unwrap();
     }
     let before = wal.segment_count();
-    let first = wal.compact_in_background(20).unwrap();
+    let first = wal.compact(20).unwrap();
     assert!(first > 0);
     assert_eq!(wal.segment_count(), before - first, "dropped from the log at once");
     for i in 41..=50 {
         wal.append(&[ent(i, 3)], Some(HardState { commit: i, ..hs }));
         wal.sync().unwrap();
     }
-    let second = wal.compact_in_background(30).unwrap();
+    let second = wal.compact(30).unwrap();
     assert!(second > 0);
     wal.finish_deletions();
     assert_eq!(files(), wal.segment_count(), "every dropped segment's file is deleted");
