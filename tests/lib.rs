@@ -150,6 +150,9 @@ impl TestCell {
             .args(["--fsync", o.fsync, "--snapshot-entries", &o.snapshot_entries.to_string()])
             .args(["--tick-ms", &o.tick_ms.to_string(), "--election-ticks", &o.election_ticks.to_string()])
             .args(["--session-lease-ms", &o.session_lease_ms.to_string()])
+            // Replica 3 serves on a pool of threads, the others on the default one thread:
+            // every test runs both kinds of runtime, and any of them may lead.
+            .args(["--io-threads", if id == 3 { "2" } else { "1" }])
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info,h2=warn,tower=warn")

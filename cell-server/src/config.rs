@@ -13,6 +13,7 @@
 //! heartbeat_ticks = 2
 //! snapshot_entries = 100000 # snapshot + compact the log after this many entries
 //! session_lease_ms = 12000  # a session's lease, extended by each KeepAlive
+//! io_threads = 1            # threads serving gRPC; 1: one event loop, no hand-offs
 //! ```
 
 use std::collections::BTreeMap;
@@ -62,6 +63,12 @@ pub struct ReplicaArgs {
     /// A client session's lease in milliseconds, extended by each KeepAlive (default 12000).
     #[arg(long)]
     pub session_lease_ms: Option<u64>,
+    /// Threads that serve gRPC, clients' calls and sessions (default 1: one event loop, so a
+    /// call passes between no threads but the Raft loop's). The Raft loop, its log syncs and
+    /// snapshots have threads of their own; raise this on a machine whose cores the one
+    /// thread keeps busy.
+    #[arg(long, value_name = "N")]
+    pub io_threads: Option<usize>,
 }
 
 /// The settings file; every key optional.
@@ -79,6 +86,7 @@ struct FileConfig {
     heartbeat_ticks: Option<u64>,
     snapshot_entries: Option<u64>,
     session_lease_ms: Option<u64>,
+    io_threads: Option<usize>,
 }
 
 /// A replica's complete, checked settings.
@@ -95,6 +103,7 @@ pub struct ReplicaConfig {
     pub heartbeat_ticks: u64,
     pub snapshot_entries: u64,
     pub session_lease: Duration,
+    pub io_threads: usize,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -161,6 +170,10 @@ impl ReplicaConfig {
                  ({longest_election_ms} ms = 2 × election_ticks × tick_ms)"
             ));
         }
+        let io_threads = args.io_threads.or(file.io_threads).unwrap_or(1);
+        if !(1..=1024).contains(&io_threads) {
+            return Err(format!("io_threads {io_threads} must be between 1 and 1024"));
+        }
         Ok(ReplicaConfig {
             id,
             listen,
@@ -173,6 +186,7 @@ impl ReplicaConfig {
             heartbeat_ticks,
             snapshot_entries,
             session_lease: Duration::from_millis(session_lease_ms),
+            io_threads,
         })
     }
 
@@ -215,6 +229,7 @@ mod tests {
         assert_eq!(c.peers.len(), 3);
         assert_eq!(c.fsync, FsyncPolicy::Always);
         assert_eq!(c.cell_name, "local");
+        assert_eq!(c.io_threads, 1);
     }
 
     #[test]
@@ -235,6 +250,9 @@ mod tests {
         let mut a = args("2=127.0.0.1:7002");
         a.session_lease_ms = Some(500);
         assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("twice the longest election timeout"));
+        let mut a = args("2=127.0.0.1:7002");
+        a.io_threads = Some(0);
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("io_threads 0 must be between 1 and 1024"));
     }
 
     #[test]
@@ -243,12 +261,12 @@ mod tests {
         let path = dir.path().join("cell.toml");
         std::fs::write(
             &path,
-            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = \"/d\"\nfsync = \"no\"\ntick_ms = 5\n",
+            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = \"/d\"\nfsync = \"no\"\ntick_ms = 5\nio_threads = 3\n",
         )
         .unwrap();
         let mut a = ReplicaArgs { config: Some(path.clone()), ..ReplicaArgs::default() };
         let c = ReplicaConfig::from_args(&a).unwrap();
-        assert_eq!((c.id, c.fsync, c.tick), (1, FsyncPolicy::No, Duration::from_millis(5)));
+        assert_eq!((c.id, c.fsync, c.tick, c.io_threads), (1, FsyncPolicy::No, Duration::from_millis(5), 3));
         a.id = Some(2);
         assert_eq!(ReplicaConfig::from_args(&a).unwrap().id, 2);
         std::fs::write(&path, "id = 1\nbogus = 3\n").unwrap();

@@ -35,13 +35,17 @@ pub fn effect_channel() -> (EffectSink, EffectSource) {
 pub struct CellMachine {
     state: CellState,
     effects: Option<EffectSink>,
+    /// Effects of the entries applied since the last `after_applying`, sent then in one batch:
+    /// the master's task is woken once per run of entries, and after their proposers, whose
+    /// answers are what a client waits for.
+    unsent: Vec<Effect>,
     /// The length of the last snapshot encoded: the next one's buffer starts a little larger.
     last_snapshot_len: Arc<AtomicUsize>,
 }
 
 impl CellMachine {
     pub fn new(effects: Option<EffectSink>) -> CellMachine {
-        CellMachine { state: CellState::default(), effects, last_snapshot_len: Arc::default() }
+        CellMachine { state: CellState::default(), effects, unsent: Vec::new(), last_snapshot_len: Arc::default() }
     }
 
     pub fn state(&self) -> &CellState {
@@ -58,14 +62,26 @@ impl StateMachine for CellMachine {
             }
         }
         let effects = self.state.take_effects();
-        if let Some(sink) = self.effects.as_ref().filter(|s| !effects.is_empty() && s.wanted.load(Ordering::SeqCst)) {
-            let _ = sink.tx.send(effects);
+        if !effects.is_empty() && self.effects.as_ref().is_some_and(|s| s.wanted.load(Ordering::SeqCst)) {
+            if self.unsent.is_empty() {
+                self.unsent = effects;
+            } else {
+                self.unsent.extend(effects);
+            }
         }
         // Only a proposer reads the outcome; a follower's would be encoded for nothing.
         if answer {
             encode(&outcome)
         } else {
             Bytes::new()
+        }
+    }
+
+    fn after_applying(&mut self) {
+        if let Some(sink) = &self.effects {
+            if !self.unsent.is_empty() {
+                let _ = sink.tx.send(std::mem::take(&mut self.unsent));
+            }
         }
     }
 
@@ -82,6 +98,7 @@ impl StateMachine for CellMachine {
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         self.state = CellState::restore(data)?;
+        self.unsent.clear();
         Ok(())
     }
 }

@@ -45,6 +45,10 @@ pub trait StateMachine: Send + 'static {
     /// a proposer on this replica waits for it (on a leader that proposed it): when false the
     /// result is dropped, so the machine may skip encoding it and return empty bytes.
     fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Bytes;
+    /// Called after a run of `apply` calls, once their proposers have been sent their
+    /// answers: the place to hand on, in one go, what the run produced for others (one wake-up
+    /// of whoever waits for it, after the proposers' own).
+    fn after_applying(&mut self) {}
     /// The whole state as of the last applied index, for a snapshot: a function that encodes
     /// it, which the node calls on a background thread. This call itself runs on the Raft
     /// thread, which meanwhile sends no heartbeats, so it should only take a cheap copy of the
@@ -701,6 +705,9 @@ impl<SM: StateMachine> Driver<SM> {
                 let _ = reply.send(if term == e.term { Ok(result) } else { Err(NodeError::Dropped) });
             }
             applied = Some(e.index);
+        }
+        if applied.is_some() {
+            self.sm.after_applying();
         }
         for rs in std::mem::take(&mut rd.read_states) {
             let ctx = rs.context.as_ref().try_into().map(u64::from_le_bytes).unwrap_or(0);
