@@ -200,6 +200,7 @@ impl ReplicaConfig {
             election_tick: self.election_ticks,
             heartbeat_tick: self.heartbeat_ticks,
             snapshot_entries: self.snapshot_entries,
+            slow_disk: Duration::ZERO,
         }
     }
 }

@@ -148,8 +148,8 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Whether a leader may write its entries now and sync them on another thread (policy
-    /// `always`; the others never wait for a sync anyway).
+    /// Whether entries may be written now and synced on another thread (policy `always`; the
+    /// others never wait for a sync anyway).
     pub fn can_defer_sync(&self) -> bool {
         self.fsync == FsyncPolicy::Always
     }
@@ -157,7 +157,8 @@ impl DiskStorage {
     /// Writes `entries` (and a hard state whose term and vote are already durable) to the
     /// kernel without syncing; returns the file whose sync makes them durable. For a leader,
     /// which may commit on its followers' copies while its own is being synced (Raft thesis
-    /// §10.2.1) and counts itself only once the sync is done.
+    /// §10.2.1) and counts itself only once the sync is done, and for a follower, which holds
+    /// back its acknowledgements until then.
     pub fn persist_deferred(
         &mut self,
         entries: &[Entry],

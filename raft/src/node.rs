@@ -14,6 +14,13 @@
 //! even holds its sync back for up to 2 ms, so commits cost two concurrent
 //! syncs on the group's disks instead of three.
 //!
+//! A follower does not wait for its sync either: the sync thread makes its entries durable
+//! while the loop goes on, and the acknowledgements that vouch for them are held until then
+//! (and dropped if the log lost those entries meanwhile). So the loop answers heartbeats while
+//! the disk is slow: on one shared disk a stall of a minimum election timeout, which this
+//! machine's disk has several times a minute under load, hit every replica at once and
+//! deposed healthy leaders.
+//!
 //! The loop runs on its own OS thread because fsync blocks, and it does its own peer I/O (see
 //! [`crate::transport`]) so a message costs no thread hand-off; async callers talk to it through
 //! [`NodeHandle`], whose every send also wakes the loop.
@@ -36,7 +43,7 @@ use crate::raw_node::{RawNode, Ready, Status};
 use crate::storage::Storage;
 use crate::transport::net::PeerNet;
 use crate::transport::{accept, server::PeerService, Transport, TransportEvent};
-use crate::types::{EntryKind, Index, Message, NodeId, Snapshot, Term};
+use crate::types::{EntryKind, Index, Message, MessageBody, NodeId, Snapshot, Term};
 
 /// The replicated application. `apply` must be deterministic: it sees the same entries in the
 /// same order on every replica.
@@ -72,6 +79,9 @@ pub struct NodeOptions {
     pub heartbeat_tick: u64,
     /// Take a snapshot and compact the log after this many applied entries.
     pub snapshot_entries: u64,
+    /// Fault injection for tests: every sync of the log on the sync thread waits this long
+    /// first, as on a stalling disk. Zero outside tests.
+    pub slow_disk: Duration,
 }
 
 /// Why a request was not carried out (or may not have been).
@@ -129,10 +139,12 @@ enum Input<SM> {
     Transport(TransportEvent),
     /// A peer link the listener accepted.
     PeerConn(std::net::TcpStream),
-    /// The background sync of a leader's log reached `index` (of `term`).
+    /// The background sync of the log reached `index` (of `term`): every write up to the
+    /// one numbered `seq` is durable.
     Synced {
         index: Index,
         term: Term,
+        seq: u64,
         result: Result<(), String>,
     },
     /// The background save of a snapshot finished.
@@ -355,6 +367,7 @@ impl<SM: StateMachine> Node<SM> {
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let handle = NodeHandle { tx, id: opts.id, leadership };
         let opts_id = opts.id;
+        let slow_disk = opts.slow_disk;
         let sync_failed = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             raw,
@@ -369,9 +382,12 @@ impl<SM: StateMachine> Node<SM> {
             leadership: leadership_tx,
             self_tx: handle.tx.clone(),
             saving_snapshot: false,
-            syncer: start_syncer(opts_id, handle.tx.clone(), sync_failed.clone())
+            syncer: start_syncer(opts_id, handle.tx.clone(), sync_failed.clone(), slow_disk)
                 .map_err(|e| format!("starting the sync thread: {e}"))?,
             held_sync: None,
+            sync_seq: 0,
+            synced_seq: 0,
+            held_acks: std::collections::VecDeque::new(),
             sync_failed,
             failed: None,
         };
@@ -414,8 +430,14 @@ struct Driver<SM> {
     /// For background work to report back to the loop.
     self_tx: Inbox<SM>,
     saving_snapshot: bool,
-    /// The thread that syncs a leader's log in the background.
+    /// The thread that syncs the log in the background.
     syncer: mpsc::Sender<SyncJob>,
+    /// Writes of the log left to the sync thread are numbered: the last one's number, and the
+    /// last one known durable (a sync on this thread makes every write durable).
+    sync_seq: u64,
+    synced_seq: u64,
+    /// A follower's acknowledgements waiting for the sync of the writes before them, oldest first.
+    held_acks: std::collections::VecDeque<HeldAck>,
     /// A leader's written but unsynced entries that its followers can commit alone, held back
     /// from the sync thread for up to [`LEADER_SYNC_DELAY`]: the newest job, and when the
     /// oldest entry it covers was written.
@@ -428,38 +450,76 @@ struct Driver<SM> {
     failed: Option<String>,
 }
 
-/// Make the log durable up to `index` (of `term`) by syncing `file`.
+/// Make the log durable up to `index` (of `term`), the write numbered `seq`, by syncing `file`.
 struct SyncJob {
     file: Arc<std::fs::File>,
     index: Index,
     term: Term,
+    seq: u64,
 }
 
-/// Starts the thread that syncs a leader's log while the loop goes on (Raft thesis §10.2.1:
-/// the leader may commit on its followers' copies while its own is being written). Jobs that
-/// queue up during a sync share the next one.
+/// A follower's acknowledgement of log entries, held until the background sync of every write
+/// before it is done.
+struct HeldAck {
+    /// The number of the last write when it was made.
+    after: u64,
+    /// The term of the acknowledged entry then: if the log no longer holds that entry when the
+    /// sync is done, the acknowledgement is dropped.
+    entry_term: Option<Term>,
+    message: Message,
+}
+
+/// Starts the thread that syncs the log while the loop goes on: a leader's (Raft thesis
+/// §10.2.1: the leader may commit on its followers' copies while its own is being written) and
+/// a follower's (its acknowledgements wait, its loop does not). Jobs that queue up during a
+/// sync share the next one: the highest-numbered, whose file is the newest (older segments
+/// were synced when the log rolled over), covers them all.
 fn start_syncer<SM: StateMachine>(
     id: NodeId,
     inbox: Inbox<SM>,
     failed_flag: Arc<AtomicBool>,
+    slow_disk: Duration,
 ) -> std::io::Result<mpsc::Sender<SyncJob>> {
     let (tx, rx) = mpsc::channel::<SyncJob>();
     std::thread::Builder::new().name(format!("sync-{id}")).spawn(move || {
         while let Ok(mut job) = rx.recv() {
             while let Ok(later) = rx.try_recv() {
-                job = later;
+                if later.seq > job.seq {
+                    job = later;
+                }
+            }
+            let began = Instant::now();
+            if !slow_disk.is_zero() {
+                std::thread::sleep(slow_disk);
             }
             let result = job.file.sync_data().map_err(|e| format!("syncing the log: {e}"));
+            warn_if_slow(id, "syncing the log (in the background)", began);
             let failed = result.is_err();
             if failed {
                 failed_flag.store(true, Ordering::SeqCst);
             }
-            if inbox.send(Input::Synced { index: job.index, term: job.term, result }).is_err() || failed {
+            let synced = Input::Synced { index: job.index, term: job.term, seq: job.seq, result };
+            if inbox.send(synced).is_err() || failed {
                 return;
             }
         }
     })?;
     Ok(tx)
+}
+
+/// Acknowledgements a follower holds at most while its log is synced (see `send_persisted`).
+const MAX_HELD_ACKS: usize = 1024;
+
+/// A step of the loop that took this long is logged: the loop answers no peer meanwhile, and
+/// a stall of a minimum election timeout (150 ms by default) on both followers deposes the
+/// leader (it no longer hears from a quorum).
+const SLOW: Duration = Duration::from_millis(100);
+
+fn warn_if_slow(id: NodeId, what: &str, began: Instant) {
+    let took = began.elapsed();
+    if took >= SLOW {
+        tracing::warn!(replica = id, ms = took.as_millis() as u64, "slow disk: {what} took {took:?}");
+    }
 }
 
 /// Inputs taken per loop turn at most, so a flood cannot starve ticks.
@@ -599,8 +659,12 @@ impl<SM: StateMachine> Driver<SM> {
             Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
             Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
             Input::PeerConn(stream) => self.transport.net.add_inbound(stream),
-            Input::Synced { index, term, result } => match result {
-                Ok(()) => self.raw.on_synced(index, term),
+            Input::Synced { index, term, seq, result } => match result {
+                Ok(()) => {
+                    self.synced_seq = self.synced_seq.max(seq);
+                    self.raw.on_synced(index, term);
+                    self.release_acks();
+                }
                 Err(e) => self.failed = Some(e),
             },
             Input::SnapshotSaved(result) => {
@@ -608,7 +672,10 @@ impl<SM: StateMachine> Driver<SM> {
                 match result {
                     Ok(snap) => {
                         let index = snap.meta.index;
-                        if let Err(e) = self.raw.storage_mut().compact_saved(snap) {
+                        let began = Instant::now();
+                        let compacted = self.raw.storage_mut().compact_saved(snap);
+                        warn_if_slow(self.opts.id, "compacting the log", began);
+                        if let Err(e) = compacted {
                             // Not fatal: the snapshot file is durable, the log is only longer.
                             tracing::error!(replica = self.opts.id, index, "compacting the log: {e}");
                         } else {
@@ -665,23 +732,36 @@ impl<SM: StateMachine> Driver<SM> {
                 .persist_deferred(&rd.entries, rd.hard_state)
                 .map_err(|e| format!("persisting: {e}"))?;
             let last = rd.entries.last().expect("deferred only with entries");
-            let since = self.held_sync.take().map_or_else(Instant::now, |(_, since)| since);
-            self.held_sync = Some((SyncJob { file, index: last.index, term: last.term }, since));
+            self.sync_seq += 1;
+            let job = SyncJob { file, index: last.index, term: last.term, seq: self.sync_seq };
+            if self.raw.role() == Role::Leader {
+                let since = self.held_sync.take().map_or_else(Instant::now, |(_, since)| since);
+                self.held_sync = Some((job, since));
+            } else {
+                self.syncer.send(job).map_err(|_| "the sync thread stopped".to_string())?;
+            }
         } else {
             // A former leader's log may hold entries it wrote but never synced. It acknowledges
             // nothing before that is fixed: the first message it answers from any other leader
             // or candidate has a higher term, and a term change syncs (`must_sync`), which
             // covers everything written before.
+            let began = Instant::now();
             self.raw
                 .storage_mut()
                 .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
                 .map_err(|e| format!("persisting: {e}"))?;
+            warn_if_slow(self.opts.id, "writing the log", began);
+            if self.raw.storage().can_defer_sync() && (rd.must_sync || rd.snapshot.is_some()) {
+                // That was a sync here: every write so far is durable.
+                self.synced_seq = self.sync_seq;
+            }
         }
         if self.sync_failed.load(Ordering::SeqCst) {
             return Err("syncing the log failed on the sync thread".into());
         }
+        self.release_acks();
         for m in std::mem::take(&mut rd.persisted_messages) {
-            self.transport.send(m);
+            self.send_persisted(m);
         }
         self.transport.net.flush();
         if let Some(snap) = &rd.snapshot {
@@ -750,20 +830,72 @@ impl<SM: StateMachine> Driver<SM> {
         Ok(())
     }
 
-    /// Whether this Ready's entries may be synced in the background: only a leader's (which
-    /// counts itself once the sync is done), with nothing else that must be durable first (no
-    /// snapshot, no new term or vote, no message that promises what is stored).
+    /// Whether this Ready's entries may be synced in the background, with nothing else that
+    /// must be durable first (no snapshot, no new term or vote): a leader's (which counts
+    /// itself once the sync is done) if it has no message that promises what is stored, and a
+    /// follower's, whose acknowledgements wait for the sync (`send_persisted`). The follower's
+    /// loop meanwhile goes on answering heartbeats, so a disk that stalls for longer than an
+    /// election timeout delays commits but does not depose the leader.
     fn defer_sync(&self, rd: &Ready) -> bool {
         let storage = self.raw.storage();
-        self.raw.role() == Role::Leader
-            && storage.can_defer_sync()
+        let role = match self.raw.role() {
+            Role::Leader => rd.persisted_messages.is_empty(),
+            Role::Follower => true,
+            Role::PreCandidate | Role::Candidate => false,
+        };
+        role && storage.can_defer_sync()
             && !rd.entries.is_empty()
             && rd.snapshot.is_none()
-            && rd.persisted_messages.is_empty()
             && rd.hard_state.is_none_or(|hs| {
                 let durable = storage.hard_state();
                 hs.term == durable.term && hs.vote == durable.vote
             })
+    }
+
+    /// Sends a message that waits for this Ready's writes. An acknowledgement of log entries
+    /// (an accepting AppendEntriesResponse) promises that they are durable: while a write of the
+    /// log is still being synced in the background it is held until every write so far is
+    /// (the entries it vouches for may have been written by any of them).
+    fn send_persisted(&mut self, m: Message) {
+        match m.body {
+            MessageBody::AppendEntriesResponse { reject: false, index, .. } if self.synced_seq < self.sync_seq => {
+                let entry_term = self.raw.term_at(index);
+                self.held_acks.push_back(HeldAck { after: self.sync_seq, entry_term, message: m });
+            }
+            _ => self.transport.send(m),
+        }
+        // Each acknowledges the log up to its index, so the newest say what the oldest did:
+        // through a long stall only the newest need be kept (dropping one is safe).
+        if self.held_acks.len() > MAX_HELD_ACKS {
+            self.held_acks.pop_front();
+        }
+    }
+
+    /// Sends the held acknowledgements whose writes are now durable, if they are still true:
+    /// sent in the term they were made in (a term change may have cut the log) and the log still
+    /// holds the entry they acknowledge (an entry of the same index and term is the same entry,
+    /// with the same log before it). Dropping one is always safe: the leader probes again.
+    fn release_acks(&mut self) {
+        if self.sync_failed.load(Ordering::SeqCst) {
+            return;
+        }
+        // An acknowledgement covers the log up to its index, so of those due to one leader only
+        // the newest still true is sent (a follower's loop answers every append it reads while
+        // a sync runs: many, where one says it all).
+        let mut newest: Vec<Message> = Vec::new();
+        while self.held_acks.front().is_some_and(|h| h.after <= self.synced_seq) {
+            let h = self.held_acks.pop_front().expect("checked above");
+            let MessageBody::AppendEntriesResponse { index, .. } = h.message.body else { continue };
+            if h.message.term == self.raw.term() && h.entry_term.is_some() && self.raw.term_at(index) == h.entry_term {
+                match newest.iter_mut().find(|m| m.to == h.message.to) {
+                    Some(m) => *m = h.message,
+                    None => newest.push(h.message),
+                }
+            }
+        }
+        for m in newest {
+            self.transport.send(m);
+        }
     }
 
     /// Every `snapshot_entries` applied entries: takes the state machine's copy here (it must

@@ -189,8 +189,9 @@ impl<S: Storage> RawNode<S> {
         r.confs.fold_to(r.log.applied);
     }
 
-    /// As [`RawNode::advance`], for a leader whose entries in `rd` were written but are still
-    /// being synced: it does not count itself for them until [`RawNode::on_synced`].
+    /// As [`RawNode::advance`], for entries in `rd` that were written but are still being
+    /// synced: a leader does not count itself for them until [`RawNode::on_synced`] (a
+    /// follower's acknowledgements wait for the sync in the application).
     pub fn advance_unsynced(&mut self, rd: &Ready) {
         let r = &mut self.raft;
         if let Some(e) = rd.entries.last() {

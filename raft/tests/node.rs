@@ -37,6 +37,7 @@ fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> NodeOptions {
         election_tick: 10,
         heartbeat_tick: 2,
         snapshot_entries,
+        slow_disk: Duration::ZERO,
     }
 }
 
@@ -94,6 +95,7 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
             election_tick: 50,
             heartbeat_tick: 2,
             snapshot_entries: 1000,
+            slow_disk: Duration::ZERO,
         };
         let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
         l.set_nonblocking(true).unwrap();
@@ -134,6 +136,94 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
     assert_eq!(answer, Ok(Err(NodeError::Unknown)), "the stranded proposal is answered once the leader steps down");
     assert_ne!(h.leadership().borrow().role, Some(Role::Leader));
     for n in nodes.into_iter().flatten() {
+        n.stop().unwrap();
+    }
+    drop(incoming);
+}
+
+/// A three-replica group on loopback, each replica's data in `dir/<id>` (fsync `always`),
+/// every sync of its log on the sync thread taking `slow_disk` longer. With the listeners'
+/// accept streams, which must live as long as the nodes.
+#[allow(clippy::type_complexity)]
+fn three_replicas(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    election_tick: u64,
+    slow_disk: Duration,
+) -> (Vec<Node<Counter>>, Vec<impl Send>) {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: BTreeMap<u64, String> =
+        listeners.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string())).collect();
+    let mut nodes = Vec::new();
+    let mut incoming = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let opts = NodeOptions {
+            id,
+            peers: peers.clone(),
+            data_dir: dir.join(id.to_string()),
+            disk: DiskOptions { fsync: FsyncPolicy::Always, ..DiskOptions::default() },
+            tick: Duration::from_millis(10),
+            election_tick,
+            heartbeat_tick: 2,
+            snapshot_entries: 1000,
+            slow_disk,
+        };
+        let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let _guard = rt.enter();
+        incoming.push(node.handle().split_listener(tokio::net::TcpListener::from_std(l).unwrap()));
+        nodes.push(node);
+    }
+    (nodes, incoming)
+}
+
+#[test]
+fn a_disk_slower_than_an_election_timeout_delays_commits_but_keeps_the_leader() {
+    // Every background sync takes 400 ms more, four times the minimum election timeout
+    // (10 ticks of 10 ms), on all three replicas at once, as a shared disk's stall does.
+    let stall = Duration::from_millis(400);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (nodes, incoming) = three_replicas(dir.path(), &rt, 10, stall);
+    let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
+    let (leader, term) = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                for h in &handles {
+                    let l = *h.leadership().borrow();
+                    if l.role == Some(Role::Leader) && h.propose(Bytes::from_static(b"first")).await.is_ok() {
+                        return (h.id(), l.term);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the group elects a leader that commits")
+    });
+    let h = handles[leader as usize - 1].clone();
+    for i in 0..5 {
+        let began = std::time::Instant::now();
+        let write = h.propose(Bytes::from(format!("w{i}")));
+        let answer = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), write).await });
+        assert!(matches!(answer, Ok(Ok(_))), "write {i}: {answer:?}");
+        // Nothing commits before a majority's syncs are done: the followers' acknowledgements
+        // wait for theirs (the leader's own is slow too).
+        assert!(
+            began.elapsed() >= stall,
+            "write {i} committed {:?} after it was proposed, before any sync",
+            began.elapsed()
+        );
+    }
+    // Two seconds of syncs slower than an election timeout, yet the followers' loops kept
+    // answering heartbeats: the same leader in the same term.
+    for other in &handles {
+        let l = *other.leadership().borrow();
+        assert_eq!((l.leader_id, l.term), (leader, term), "replica {} saw leadership change", other.id());
+    }
+    for n in nodes {
         n.stop().unwrap();
     }
     drop(incoming);
