@@ -880,20 +880,21 @@ impl<SM: StateMachine> Driver<SM> {
             return;
         }
         // An acknowledgement covers the log up to its index, so of those due to one leader only
-        // the newest still true is sent (a follower's loop answers every append it reads while
-        // a sync runs: many, where one says it all).
-        let mut newest: Vec<Message> = Vec::new();
+        // the one of the highest index still true is sent (a follower's loop answers every
+        // append it reads while a sync runs: many, where one says it all).
+        let mut best: Vec<(Index, Message)> = Vec::new();
         while self.held_acks.front().is_some_and(|h| h.after <= self.synced_seq) {
             let h = self.held_acks.pop_front().expect("checked above");
             let MessageBody::AppendEntriesResponse { index, .. } = h.message.body else { continue };
             if h.message.term == self.raw.term() && h.entry_term.is_some() && self.raw.term_at(index) == h.entry_term {
-                match newest.iter_mut().find(|m| m.to == h.message.to) {
-                    Some(m) => *m = h.message,
-                    None => newest.push(h.message),
+                match best.iter_mut().find(|(_, m)| m.to == h.message.to) {
+                    Some(b) if b.0 <= index => *b = (index, h.message),
+                    Some(_) => {}
+                    None => best.push((index, h.message)),
                 }
             }
         }
-        for m in newest {
+        for (_, m) in best {
             self.transport.send(m);
         }
     }
