@@ -76,33 +76,10 @@ fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
 fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let listeners: Vec<std::net::TcpListener> =
-        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let peers: BTreeMap<u64, String> =
-        listeners.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string())).collect();
-    let mut nodes = Vec::new();
-    let mut incoming = Vec::new();
-    for (i, l) in listeners.into_iter().enumerate() {
-        let id = i as u64 + 1;
-        let opts = NodeOptions {
-            id,
-            peers: peers.clone(),
-            data_dir: dir.path().join(id.to_string()),
-            disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
-            tick: Duration::from_millis(10),
-            // Half a second without a quorum before the leader steps down: the proposal below
-            // reaches it well before that.
-            election_tick: 50,
-            heartbeat_tick: 2,
-            snapshot_entries: 1000,
-            slow_disk: Duration::ZERO,
-        };
-        let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
-        l.set_nonblocking(true).unwrap();
-        let _guard = rt.enter();
-        incoming.push(node.handle().split_listener(tokio::net::TcpListener::from_std(l).unwrap()));
-        nodes.push(Some(node));
-    }
+    // Half a second without a quorum before the leader steps down: the proposal below reaches
+    // it well before that.
+    let (nodes, incoming) = three_replicas(dir.path(), &rt, FsyncPolicy::No, 50, Duration::ZERO);
+    let mut nodes: Vec<Option<Node<Counter>>> = nodes.into_iter().map(Some).collect();
     let handles: Vec<_> = nodes.iter().map(|n| n.as_ref().unwrap().handle()).collect();
     let leader = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -141,13 +118,14 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
     drop(incoming);
 }
 
-/// A three-replica group on loopback, each replica's data in `dir/<id>` (fsync `always`),
-/// every sync of its log on the sync thread taking `slow_disk` longer. With the listeners'
+/// A three-replica group on loopback, each replica's data in `dir/<id>`, every sync of its
+/// log on the sync thread taking `slow_disk` longer. With the listeners'
 /// accept streams, which must live as long as the nodes.
 #[allow(clippy::type_complexity)]
 fn three_replicas(
     dir: &std::path::Path,
     rt: &tokio::runtime::Runtime,
+    fsync: FsyncPolicy,
     election_tick: u64,
     slow_disk: Duration,
 ) -> (Vec<Node<Counter>>, Vec<impl Send>) {
@@ -163,7 +141,7 @@ fn three_replicas(
             id,
             peers: peers.clone(),
             data_dir: dir.join(id.to_string()),
-            disk: DiskOptions { fsync: FsyncPolicy::Always, ..DiskOptions::default() },
+            disk: DiskOptions { fsync, ..DiskOptions::default() },
             tick: Duration::from_millis(10),
             election_tick,
             heartbeat_tick: 2,
@@ -186,7 +164,7 @@ fn a_disk_slower_than_an_election_timeout_delays_commits_but_keeps_the_leader() 
     let stall = Duration::from_millis(400);
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (nodes, incoming) = three_replicas(dir.path(), &rt, 10, stall);
+    let (nodes, incoming) = three_replicas(dir.path(), &rt, FsyncPolicy::Always, 10, stall);
     let handles: Vec<_> = nodes.iter().map(|n| n.handle()).collect();
     let (leader, term) = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
