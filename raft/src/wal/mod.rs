@@ -18,7 +18,12 @@
 //! - **Preallocation.** A new segment is given its full size up front (`fallocate`), so a sync
 //!   does not also have to commit the file's growth: on ext4 that makes each `fdatasync`
 //!   markedly cheaper. The segment's unwritten rest reads as zeros, which replay takes as the
-//!   clean end of a segment; a segment is cut to its written length when the log rolls over.
+//!   clean end of a segment (of an older one too: segments keep their zero tail when the log
+//!   rolls over).
+//! - **Roll-over.** The next segment is created, preallocated and made durable on another
+//!   thread while the active one fills its second half (`segment.rs`); rolling over then only
+//!   syncs the segment being left. A crash may leave that ready segment behind holding nothing:
+//!   replay deletes trailing segments that hold only zeros.
 //! - **Zeros written ahead.** `fallocate` leaves the space *unwritten*: the first write to each
 //!   block converts it, and a sync after a conversion must also write the file's changed
 //!   extent metadata (a journal commit, or on ext4 without a journal the inode itself: a
@@ -39,6 +44,7 @@
 //!   segments never loses it.
 
 pub(crate) mod record;
+mod segment;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +57,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::types::{Entry, HardState, Index, Term};
 use record::{Bad, Record};
+use segment::{create_segment, has_unwritten_extents, holds_nothing, preallocate, segment_path, NextSegment};
 
 /// Segments roll over at this size unless configured otherwise.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 << 20;
@@ -115,6 +122,9 @@ pub struct Wal {
     hard_state: HardState,
     /// The thread deleting the segments of the last [`Wal::compact`].
     deleting: Option<std::thread::JoinHandle<()>>,
+    /// The segment to roll over to, made ready on another thread once the active one is half
+    /// full (see [`NextSegment`]).
+    next: Option<NextSegment>,
 }
 
 impl Drop for Wal {
@@ -122,11 +132,14 @@ impl Drop for Wal {
     /// in the same process) finds it settled.
     fn drop(&mut self) {
         self.finish_deletions();
+        // A segment made ready but never used holds nothing: it goes (replay would remove it).
+        if let Some(next) = self.next.take() {
+            let path = next.path.clone();
+            if next.take().is_ok() {
+                let _ = fs::remove_file(path);
+            }
+        }
     }
-}
-
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:020}.wal"))
 }
 
 /// Fsyncs a directory, so a file created or renamed in it survives a crash.
@@ -159,6 +172,18 @@ impl Wal {
             seqs.push(seq);
         }
         seqs.sort_unstable();
+        // A segment made ready ahead of need that the log never rolled over to holds nothing,
+        // and neither does one whose every write a crash lost: the log goes on in the segment
+        // before it, which is then the newest (so its torn tail, if any, is cut as one).
+        while seqs.len() > 1 {
+            let path = segment_path(dir, *seqs.last().expect("more than one"));
+            if !holds_nothing(&path)? {
+                break;
+            }
+            // Not synced: if the deletion is lost, the file is still all zeros next time.
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            seqs.pop();
+        }
 
         let mut replay = Replay { base: base_index, base_entry_term: None, out: Recovered::default() };
         let mut segments = Vec::new();
@@ -218,6 +243,7 @@ impl Wal {
                     unsynced: false,
                     hard_state,
                     deleting: None,
+                    next: None,
                 }
             }
             None => {
@@ -238,17 +264,19 @@ impl Wal {
                     unsynced: false,
                     hard_state,
                     deleting: None,
+                    next: None,
                 }
             }
         };
         use std::io::Seek;
         (&*wal.file).seek(io::SeekFrom::Start(wal.file_len)).map_err(io_err(dir))?;
         if wal.file_len == 0 && hard_state != HardState::default() {
-            // A crash right after a segment was created: give it its hard state now, so
+            // The newest segment's first write was torn: give it its hard state now, so
             // compaction can never delete the last record of it.
             record::encode(&mut wal.buf, &Record::HardState(hard_state));
             wal.sync()?;
         }
+        wal.prepare_next_if_due();
         Ok((wal, recovered))
     }
 
@@ -288,7 +316,20 @@ impl Wal {
         if self.fills_ahead && self.file_len >= self.filled {
             self.fill_ahead()?;
         }
+        self.prepare_next_if_due();
         Ok(())
+    }
+
+    /// Starts making the next segment ready once the active one is half full. If no thread
+    /// can be started for it, the roll-over creates it instead.
+    fn prepare_next_if_due(&mut self) {
+        if self.next.is_none() && self.file_len >= self.segment_size / 2 {
+            let seq = self.segments.last().expect("an active segment").seq + 1;
+            match NextSegment::start(&self.dir, seq, self.segment_size) {
+                Ok(next) => self.next = Some(next),
+                Err(e) => tracing::warn!("cannot make the next WAL segment ready in the background: {e}"),
+            }
+        }
     }
 
     /// Writes zeros from the end of the records up to [`ZERO_AHEAD`] bytes on (within the
@@ -332,15 +373,31 @@ impl Wal {
         self.unsynced || !self.buf.is_empty()
     }
 
+    /// Moves on to the next segment. The only wait here is a sync of the one being left: a sync
+    /// covers one file, so every record in it must be durable before any in the next is synced
+    /// (replay takes a bad record in a segment that is not the newest for corruption). The new
+    /// file was made ready on another thread; the old one keeps its zero tail, which replay
+    /// reads as its clean end.
     fn roll(&mut self) -> Result<(), WalError> {
-        // Older segments end at their last record: only the newest may have a zero tail.
-        self.file.set_len(self.file_len).map_err(io_err(&self.dir))?;
-        self.file.sync_all().map_err(io_err(&self.dir))?;
+        let old = &self.segments.last().expect("an active segment").path;
+        self.file.sync_data().map_err(io_err(old))?;
         self.unsynced = false;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = segment_path(&self.dir, seq);
-        self.file = Arc::new(create_segment(&self.dir, &path, self.segment_size)?);
-        self.allocated = self.file.metadata().map_err(io_err(&path))?.len();
+        // The next segment is made ready for the active one's successor, and segments are only
+        // ever added here, so it is this one.
+        let next = self.next.take().inspect(|n| debug_assert_eq!(n.seq, seq));
+        let file = match next.map(NextSegment::take) {
+            Some(Ok(file)) => file,
+            Some(Err(e)) => {
+                tracing::warn!("making the next WAL segment ready failed ({e}); creating it now");
+                create_segment(&self.dir, &path, self.segment_size)?
+            }
+            None => create_segment(&self.dir, &path, self.segment_size)?,
+        };
+        let allocated = file.metadata().map_err(io_err(&path))?.len();
+        self.file = Arc::new(file);
+        self.allocated = allocated;
         self.file_len = 0;
         self.filled = 0;
         self.segments.push(Segment { seq, path, max_index: 0 });
@@ -403,42 +460,6 @@ impl Wal {
     }
 }
 
-fn create_segment(dir: &Path, path: &Path, size: u64) -> Result<File, WalError> {
-    let file = OpenOptions::new().create(true).truncate(true).write(true).open(path).map_err(io_err(path))?;
-    preallocate(&file, size);
-    file.sync_all().map_err(io_err(path))?;
-    sync_dir(dir)?;
-    Ok(file)
-}
-
-/// Whether `file` is on ext4 or XFS, which keep preallocated space as unwritten extents
-/// converted on first write (see "Zeros written ahead" in the module documentation).
-fn has_unwritten_extents(file: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `fs` is a valid, writable statfs; the descriptor is owned by `file`.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
-        return false;
-    }
-    matches!(fs.f_type as i64, EXT4 | XFS)
-}
-
-/// Gives `file` its full `size` now (its unwritten part reads as zeros), so later syncs need
-/// not commit its growth. Where the file system cannot, the file just grows as it is written.
-fn preallocate(file: &File, size: u64) {
-    use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(size) else { return };
-    // SAFETY: `fallocate` only reads its integer arguments; the descriptor is open for writing
-    // and owned by `file`, which outlives the call.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if rc != 0 {
-        tracing::debug!("WAL segments are not preallocated: {}", io::Error::last_os_error());
-    }
-}
-
 /// Replays segments in order into a log that starts after `base`.
 struct Replay {
     base: Index,
@@ -468,9 +489,9 @@ impl Replay {
                 }
                 Err(bad) => {
                     if data[offset..].iter().all(|&b| b == 0) {
-                        // The preallocated, never written rest of a segment. (Older segments
-                        // are cut when the log rolls over; one that was not still replays, and
-                        // a hole in the log would show as a gap in the next segment.)
+                        // The preallocated, never written rest of a segment, older ones too
+                        // (they keep it when the log rolls over). Synced records lost to zeros
+                        // in an older segment would show as a gap in the next one.
                         break;
                     }
                     let why = match bad {

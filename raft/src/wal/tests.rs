@@ -159,8 +159,8 @@ fn corruption_in_an_older_segment_stops_recovery() {
     drop(wal);
     let first = segment_path(dir.path(), 1);
     let mut bytes = fs::read(&first).unwrap();
-    let n = bytes.len();
-    bytes[n - 1] ^= 1; // the end of an older segment is synced data, not a torn tail
+    let n = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[n] ^= 1; // the end of an older segment's records is synced data, not a torn tail
     fs::write(&first, &bytes).unwrap();
     assert!(matches!(Wal::open(dir.path(), 200, 0, 0), Err(WalError::Corrupt { .. })));
 }
@@ -194,7 +194,11 @@ fn compaction_in_the_background_deletes_the_covered_segments() {
     let dir = tempfile::tempdir().unwrap();
     let (mut wal, _) = Wal::open(dir.path(), 256, 0, 0).unwrap();
     let hs = HardState { term: 3, vote: 2, commit: 40 };
-    let files = || fs::read_dir(dir.path()).unwrap().count();
+    // The files on disk other than the next segment, which may be being made ready.
+    let files = |wal: &Wal| {
+        let next = wal.next.as_ref().map(|n| n.path.clone());
+        fs::read_dir(dir.path()).unwrap().filter(|e| Some(e.as_ref().unwrap().path()) != next).count()
+    };
     for i in 1..=40 {
         wal.append(&[ent(i, 3)], Some(HardState { commit: i, ..hs }));
         wal.sync().unwrap();
@@ -210,7 +214,7 @@ fn compaction_in_the_background_deletes_the_covered_segments() {
     let second = wal.compact(30).unwrap();
     assert!(second > 0);
     wal.finish_deletions();
-    assert_eq!(files(), wal.segment_count(), "every dropped segment's file is deleted");
+    assert_eq!(files(&wal), wal.segment_count(), "every dropped segment's file is deleted");
     drop(wal);
     let (_, rec) = Wal::open(dir.path(), 256, 30, 3).unwrap();
     assert_eq!(rec.hard_state, HardState { commit: 50, ..hs });
@@ -274,8 +278,9 @@ fn suffix_of_another_history_is_dropped_after_a_snapshot() {
     assert_eq!(rec.entries, (7..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
 }
 
-/// A crash right after a new segment was created leaves it empty; after reopening, compaction
-/// of every older segment must not lose the hard state (the vote).
+/// A crash right after a new segment was created leaves it empty. It holds nothing, so recovery
+/// removes it and the log goes on in the segment before; the hard state (the vote) survives
+/// that and a later compaction.
 #[test]
 fn hard_state_survives_an_empty_newest_segment_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
@@ -287,6 +292,35 @@ fn hard_state_survives_an_empty_newest_segment_and_compaction() {
     fs::File::create(segment_path(dir.path(), 2)).unwrap(); // the headless segment
     let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
     assert_eq!(rec.hard_state, hs);
+    assert!(!segment_path(dir.path(), 2).exists());
+    assert_eq!(wal.compact(3).unwrap(), 0, "the only segment is the active one");
+    wal.roll().unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.compact(3).unwrap(), 1);
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 3, 5).unwrap();
+    assert_eq!(rec.hard_state, hs, "the vote survived");
+}
+
+/// The first write to a new segment torn by a crash leaves it with no valid record. Recovery
+/// gives it the hard state again, so compaction of the segments before it keeps the vote.
+#[test]
+fn hard_state_survives_a_torn_first_write_in_the_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HardState { term: 5, vote: 3, commit: 3 };
+    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    wal.append(&[ent(1, 5), ent(2, 5), ent(3, 5)], Some(hs));
+    wal.sync().unwrap();
+    wal.roll().unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let second = segment_path(dir.path(), 2);
+    let mut bytes = fs::read(&second).unwrap();
+    bytes[..8].fill(0xa5); // the opening hard state record, torn
+    fs::write(&second, &bytes).unwrap();
+    let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    assert_eq!(rec.hard_state, hs);
+    assert_eq!(rec.warnings.len(), 1, "{:?}", rec.warnings);
     assert_eq!(wal.compact(3).unwrap(), 1);
     drop(wal);
     let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 3, 5).unwrap();
@@ -382,22 +416,104 @@ fn zeros_are_written_ahead_of_the_records_within_the_segment() {
     }
 }
 
-/// Rolling over cuts the full segment to its records, so only the newest has a zero tail.
+/// Waits (bounded) until the segment made ready in the background is created and durable.
+fn wait_for_ready_segment(wal: &Wal) -> PathBuf {
+    let next = wal.next.as_ref().expect("the next segment is being made ready");
+    for _ in 0..1000 {
+        if next.is_ready() {
+            assert!(next.path.exists(), "created");
+            return next.path.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{} was not created", next.path.display());
+}
+
+/// The next segment is created while the active one fills its second half, and the log rolls
+/// over into that very file; one made ready but never used is removed on close, and the whole
+/// log reads back.
 #[test]
-fn a_rolled_segment_is_cut_to_its_records() {
+fn the_log_rolls_over_into_a_segment_made_ready_beforehand() {
+    const SIZE: u64 = 64 << 10;
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), 4096, 0, 0).unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), SIZE, 0, 0).unwrap();
+    let big = |i: Index| Entry { index: i, term: 1, kind: EntryKind::Normal, data: Bytes::from(vec![7u8; 1000]) };
     let mut i = 1;
-    while wal.segment_count() < 2 {
-        wal.append(&[ent(i, 1)], None);
+    while wal.file_len < SIZE / 2 {
+        assert!(wal.next.is_none(), "nothing is prepared before the segment is half full");
+        wal.append(&[big(i)], None);
         wal.sync().unwrap();
         i += 1;
     }
-    let first = fs::read(segment_path(dir.path(), 1)).unwrap();
-    assert!(first.len() >= 4096 && first.last() != Some(&0), "ends with a record, not zeros");
+    let ready = wait_for_ready_segment(&wal);
+    assert_eq!(ready, segment_path(dir.path(), 2));
+    // Rolling over must create no file: it goes on even with the directory moved away.
+    let moved = dir.path().with_extension("moved");
+    fs::rename(dir.path(), &moved).unwrap();
+    while wal.segment_count() < 2 {
+        wal.append(&[big(i)], None);
+        wal.sync().unwrap_or_else(|e| panic!("rolling over tried the file system: {e}"));
+        i += 1;
+    }
+    fs::rename(&moved, dir.path()).unwrap();
+    while wal.file_len < SIZE / 2 {
+        wal.append(&[big(i)], None);
+        wal.sync().unwrap();
+        i += 1;
+    }
+    assert_eq!(wait_for_ready_segment(&wal), segment_path(dir.path(), 3));
     drop(wal);
-    let (_, rec) = Wal::open(dir.path(), 4096, 0, 0).unwrap();
-    assert_eq!(rec.entries.len() as u64, i - 1);
+    assert!(!segment_path(dir.path(), 3).exists(), "an unused prepared segment is removed on close");
+    let (_, rec) = Wal::open(dir.path(), SIZE, 0, 0).unwrap();
+    assert_eq!(rec.entries, (1..i).map(big).collect::<Vec<_>>());
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
+}
+
+/// A crash while the next segment is ready but unused leaves it on disk, all zeros, after the
+/// segment the log was writing, whose last write may be torn. Recovery removes the empty one
+/// and cuts the torn tail of the one before, which is then the newest (a torn record in an
+/// older segment would be corruption).
+#[test]
+fn a_crash_with_the_next_segment_ready_recovers_the_segment_before_it() {
+    const SIZE: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), SIZE, 0, 0).unwrap();
+    let hs = HardState { term: 2, vote: 1, commit: 0 };
+    let mut entries = Vec::new();
+    let mut i = 1;
+    while wal.file_len < SIZE / 2 {
+        let e = Entry { index: i, term: 2, kind: EntryKind::Normal, data: Bytes::from(vec![9u8; 500]) };
+        wal.append(std::slice::from_ref(&e), Some(HardState { commit: i - 1, ..hs }));
+        wal.sync().unwrap();
+        entries.push(e);
+        i += 1;
+    }
+    let ready = wait_for_ready_segment(&wal);
+    let synced_len = wal.file_len;
+    // One more write that the crash tears: its record is cut short on disk.
+    wal.append(&[ent(i, 2)], None);
+    wal.write().unwrap();
+    let torn_end = wal.file_len;
+    std::mem::forget(wal); // the crash: no orderly close
+    let active = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&active).unwrap();
+    bytes[(synced_len + (torn_end - synced_len) / 2) as usize..torn_end as usize].fill(0);
+    fs::write(&active, &bytes).unwrap();
+    assert!(ready.exists());
+
+    let (mut wal, rec) = Wal::open(dir.path(), SIZE, 0, 0).unwrap();
+    assert_eq!(rec.entries, entries, "every synced entry, and not the torn one");
+    assert_eq!(rec.hard_state, HardState { commit: i - 2, ..hs });
+    assert_eq!(rec.warnings.len(), 1, "the torn tail is reported: {:?}", rec.warnings);
+    assert!(!ready.exists(), "the empty segment is removed");
+    assert_eq!(wal.segment_count(), 1);
+    wal.append(&[ent(i, 3)], Some(HardState { term: 3, vote: 1, commit: i - 1 }));
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), SIZE, 0, 0).unwrap();
+    assert_eq!(rec.entries.len(), entries.len() + 1);
+    assert_eq!(rec.entries.last(), Some(&ent(i, 3)));
+    assert!(rec.warnings.is_empty(), "{:?}", rec.warnings);
 }
 
 /// After a power loss the kernel may have written some unsynced pages and not an earlier one:
