@@ -46,8 +46,10 @@ fn acknowledged_writes_survive_kill9_of_any_replica() {
     });
     eprintln!("crash test seed {seed} (replay with CHUBBY_CRASH_SEED={seed})");
     let mut rng = Rng(seed);
-    // Small snapshots so crashes also hit compaction, snapshot files and InstallSnapshot.
-    let mut cell = TestCell::start(CellOptions { snapshot_entries: 300, ..CellOptions::default() });
+    // Small snapshots and log segments, so crashes also hit compaction, snapshot files,
+    // InstallSnapshot and the log's roll-over to a new segment (with the next one made ready).
+    let mut cell =
+        TestCell::start(CellOptions { snapshot_entries: 300, wal_segment_kib: 16, ..CellOptions::default() });
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // The writer: sequential puts, each recorded once acknowledged, with its revision.
@@ -131,4 +133,12 @@ fn acknowledged_writes_survive_kill9_of_any_replica() {
     );
     assert!(leader_kills >= n / 3, "the leader was killed only {leader_kills} times");
     assert!(total >= n, "only {total} writes were acknowledged in {n} cycles: the cell made too little progress");
+    // The crashes hit a log that rolls over: each replica moved on to later segment files.
+    for id in 1..=cell.addrs.len() as u64 {
+        let newest = std::fs::read_dir(cell.data_dir(id).join("wal"))
+            .expect("the replica's log directory")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".wal")?.parse::<u64>().ok())
+            .max();
+        assert!(newest.is_some_and(|s| s > 2), "replica {id}'s log never rolled over past its second segment");
+    }
 }

@@ -41,6 +41,8 @@ pub struct CellOptions {
     pub tick_ms: u64,
     pub election_ticks: u64,
     pub session_lease_ms: u64,
+    /// The size of a log segment file (`--wal-segment-kib`).
+    pub wal_segment_kib: u64,
     /// The address every replica listens on (a loopback address, or one a test's network
     /// namespace can reach).
     pub host: String,
@@ -55,6 +57,7 @@ impl Default for CellOptions {
             tick_ms: 10,
             election_ticks: 15,
             session_lease_ms: 12_000,
+            wal_segment_kib: 64 << 10,
             host: "127.0.0.1".into(),
         }
     }
@@ -150,6 +153,7 @@ impl TestCell {
             .args(["--fsync", o.fsync, "--snapshot-entries", &o.snapshot_entries.to_string()])
             .args(["--tick-ms", &o.tick_ms.to_string(), "--election-ticks", &o.election_ticks.to_string()])
             .args(["--session-lease-ms", &o.session_lease_ms.to_string()])
+            .args(["--wal-segment-kib", &o.wal_segment_kib.to_string()])
             // Replica 3 serves on a pool of threads, the others on the default one thread:
             // every test runs both kinds of runtime, and any of them may lead.
             .args(["--io-threads", if id == 3 { "2" } else { "1" }])

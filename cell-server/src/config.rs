@@ -14,6 +14,7 @@
 //! snapshot_entries = 100000 # snapshot + compact the log after this many entries
 //! session_lease_ms = 12000  # a session's lease, extended by each KeepAlive
 //! io_threads = 1            # threads serving gRPC; 1: one event loop, no hand-offs
+//! wal_segment_kib = 65536   # the log rolls over to a new segment file at this size
 //! ```
 
 use std::collections::BTreeMap;
@@ -69,6 +70,10 @@ pub struct ReplicaArgs {
     /// thread keeps busy.
     #[arg(long, value_name = "N")]
     pub io_threads: Option<usize>,
+    /// Size of a log segment file in KiB (default 65536, 64 MiB; at least 4): the log rolls
+    /// over to a new file at this size, and compaction deletes whole files.
+    #[arg(long, value_name = "KIB")]
+    pub wal_segment_kib: Option<u64>,
 }
 
 /// The settings file; every key optional.
@@ -87,6 +92,7 @@ struct FileConfig {
     snapshot_entries: Option<u64>,
     session_lease_ms: Option<u64>,
     io_threads: Option<usize>,
+    wal_segment_kib: Option<u64>,
 }
 
 /// A replica's complete, checked settings.
@@ -104,6 +110,7 @@ pub struct ReplicaConfig {
     pub snapshot_entries: u64,
     pub session_lease: Duration,
     pub io_threads: usize,
+    pub wal_segment_size: u64,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -174,6 +181,11 @@ impl ReplicaConfig {
         if !(1..=1024).contains(&io_threads) {
             return Err(format!("io_threads {io_threads} must be between 1 and 1024"));
         }
+        let wal_segment_kib =
+            args.wal_segment_kib.or(file.wal_segment_kib).unwrap_or(raft::wal::DEFAULT_SEGMENT_SIZE >> 10);
+        if !(4..=(4 << 20)).contains(&wal_segment_kib) {
+            return Err(format!("wal_segment_kib {wal_segment_kib} must be between 4 and 4194304 (4 GiB)"));
+        }
         Ok(ReplicaConfig {
             id,
             listen,
@@ -187,6 +199,7 @@ impl ReplicaConfig {
             snapshot_entries,
             session_lease: Duration::from_millis(session_lease_ms),
             io_threads,
+            wal_segment_size: wal_segment_kib << 10,
         })
     }
 
@@ -195,7 +208,7 @@ impl ReplicaConfig {
             id: self.id,
             peers: self.peers.clone(),
             data_dir: self.data_dir.clone(),
-            disk: DiskOptions { fsync: self.fsync, ..DiskOptions::default() },
+            disk: DiskOptions { fsync: self.fsync, segment_size: self.wal_segment_size },
             tick: self.tick,
             election_tick: self.election_ticks,
             heartbeat_tick: self.heartbeat_ticks,
@@ -231,6 +244,7 @@ mod tests {
         assert_eq!(c.fsync, FsyncPolicy::Always);
         assert_eq!(c.cell_name, "local");
         assert_eq!(c.io_threads, 1);
+        assert_eq!(c.wal_segment_size, 64 << 20);
     }
 
     #[test]
@@ -254,6 +268,9 @@ mod tests {
         let mut a = args("2=127.0.0.1:7002");
         a.io_threads = Some(0);
         assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("io_threads 0 must be between 1 and 1024"));
+        let mut a = args("2=127.0.0.1:7002");
+        a.wal_segment_kib = Some(3);
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("wal_segment_kib 3 must be between 4"));
     }
 
     #[test]
@@ -262,12 +279,13 @@ mod tests {
         let path = dir.path().join("cell.toml");
         std::fs::write(
             &path,
-            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = \"/d\"\nfsync = \"no\"\ntick_ms = 5\nio_threads = 3\n",
+            "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = \"/d\"\nfsync = \"no\"\ntick_ms = 5\nio_threads = 3\nwal_segment_kib = 16\n",
         )
         .unwrap();
         let mut a = ReplicaArgs { config: Some(path.clone()), ..ReplicaArgs::default() };
         let c = ReplicaConfig::from_args(&a).unwrap();
         assert_eq!((c.id, c.fsync, c.tick, c.io_threads), (1, FsyncPolicy::No, Duration::from_millis(5), 3));
+        assert_eq!(c.wal_segment_size, 16 << 10);
         a.id = Some(2);
         assert_eq!(ReplicaConfig::from_args(&a).unwrap().id, 2);
         std::fs::write(&path, "id = 1\nbogus = 3\n").unwrap();
