@@ -173,6 +173,13 @@ impl DiskStorage {
         Ok(self.wal.sync_target())
     }
 
+    /// Starts writing what [`DiskStorage::persist_deferred`] wrote to the device without waiting
+    /// (see [`Wal::start_writeback`]): for a replica that has just handed its sync to another
+    /// thread.
+    pub fn start_writeback(&mut self) {
+        self.wal.start_writeback();
+    }
+
     /// Buffers entries and the hard state in the WAL and makes them readable from memory.
     fn stage(&mut self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
         self.wal.append(entries, hard_state);

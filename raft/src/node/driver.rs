@@ -312,6 +312,12 @@ impl<SM: StateMachine> Driver<SM> {
                 self.held_sync = Some((job, since));
             } else {
                 self.syncer.send(job).map_err(|_| "the sync thread stopped".to_string())?;
+                // While the sync thread wakes up (tens of µs on a VM whose idle CPU halts), the
+                // device already gets the data; the sync then mostly waits for the cache flush.
+                // Not on a leader, which holds its sync back to cover several writes at once.
+                let began = Instant::now();
+                self.raw.storage_mut().start_writeback();
+                warn_if_slow(self.opts.id, "starting the log's write-back", began);
             }
         } else {
             // A former leader's log may hold entries it wrote but never synced. It acknowledges
