@@ -278,28 +278,40 @@ fn suffix_of_another_history_is_dropped_after_a_snapshot() {
     assert_eq!(rec.entries, (7..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
 }
 
+/// The hard state of the tests below: a vote that compaction must never lose.
+const VOTED: HardState = HardState { term: 5, vote: 3, commit: 3 };
+
+/// A log of entries 1..=3 and [`VOTED`], synced.
+fn voted_log(dir: &Path) -> Wal {
+    let (mut wal, _) = Wal::open(dir, DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
+    wal.append(&[ent(1, 5), ent(2, 5), ent(3, 5)], Some(VOTED));
+    wal.sync().unwrap();
+    wal
+}
+
+/// Reopened on top of a snapshot at 3 (the compacted entries), the log still holds the vote.
+fn assert_vote_survives(dir: &Path) {
+    let (_, rec) = Wal::open(dir, DEFAULT_SEGMENT_SIZE, 3, 5).unwrap();
+    assert_eq!(rec.hard_state, VOTED, "the vote survived");
+}
+
 /// A crash right after a new segment was created leaves it empty. It holds nothing, so recovery
 /// removes it and the log goes on in the segment before; the hard state (the vote) survives
 /// that and a later compaction.
 #[test]
 fn hard_state_survives_an_empty_newest_segment_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let hs = HardState { term: 5, vote: 3, commit: 3 };
-    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
-    wal.append(&[ent(1, 5), ent(2, 5), ent(3, 5)], Some(hs));
-    wal.sync().unwrap();
-    drop(wal);
+    drop(voted_log(dir.path()));
     fs::File::create(segment_path(dir.path(), 2)).unwrap(); // the headless segment
     let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
-    assert_eq!(rec.hard_state, hs);
+    assert_eq!(rec.hard_state, VOTED);
     assert!(!segment_path(dir.path(), 2).exists());
     assert_eq!(wal.compact(3).unwrap(), 0, "the only segment is the active one");
     wal.roll().unwrap();
     wal.sync().unwrap();
     assert_eq!(wal.compact(3).unwrap(), 1);
     drop(wal);
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 3, 5).unwrap();
-    assert_eq!(rec.hard_state, hs, "the vote survived");
+    assert_vote_survives(dir.path());
 }
 
 /// The first write to a new segment torn by a crash leaves it with no valid record. Recovery
@@ -307,10 +319,7 @@ fn hard_state_survives_an_empty_newest_segment_and_compaction() {
 #[test]
 fn hard_state_survives_a_torn_first_write_in_the_newest_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let hs = HardState { term: 5, vote: 3, commit: 3 };
-    let (mut wal, _) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
-    wal.append(&[ent(1, 5), ent(2, 5), ent(3, 5)], Some(hs));
-    wal.sync().unwrap();
+    let mut wal = voted_log(dir.path());
     wal.roll().unwrap();
     wal.sync().unwrap();
     drop(wal);
@@ -319,12 +328,11 @@ fn hard_state_survives_a_torn_first_write_in_the_newest_segment() {
     bytes[..8].fill(0xa5); // the opening hard state record, torn
     fs::write(&second, &bytes).unwrap();
     let (mut wal, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 0, 0).unwrap();
-    assert_eq!(rec.hard_state, hs);
+    assert_eq!(rec.hard_state, VOTED);
     assert_eq!(rec.warnings.len(), 1, "{:?}", rec.warnings);
     assert_eq!(wal.compact(3).unwrap(), 1);
     drop(wal);
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 3, 5).unwrap();
-    assert_eq!(rec.hard_state, hs, "the vote survived");
+    assert_vote_survives(dir.path());
 }
 
 #[test]
