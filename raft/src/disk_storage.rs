@@ -4,9 +4,7 @@
 //! Layout of a data directory: `wal/` (segments, see [`crate::wal`]) and `snap/` (see
 //! [`crate::snapshot_store`]).
 
-use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +13,7 @@ use crate::error::StorageError;
 use crate::snapshot_store::SnapshotStore;
 use crate::storage::{bootstrap_log, MemStorage, Storage};
 use crate::types::{ConfState, Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
-use crate::wal::{Recovered, Wal, WalError};
+use crate::wal::{Recovered, SyncTarget, Wal, WalError};
 
 /// When the log is made durable. Raft's promises (a vote is never forgotten, an acknowledged
 /// entry is on a majority) hold across power loss only with `Always`.
@@ -163,7 +161,7 @@ impl DiskStorage {
         &mut self,
         entries: &[Entry],
         hard_state: Option<HardState>,
-    ) -> Result<Arc<File>, WalError> {
+    ) -> Result<SyncTarget, WalError> {
         debug_assert!(hard_state.is_none_or(|hs| {
             let old = self.mem.hard_state();
             hs.term == old.term && hs.vote == old.vote
@@ -252,6 +250,11 @@ impl DiskStorage {
 
     pub fn hard_state(&self) -> HardState {
         self.mem.hard_state()
+    }
+
+    /// Why the log takes no more writes, if a write or sync of it failed on any thread.
+    pub fn log_failure(&self) -> Option<&str> {
+        self.wal.failure()
     }
 
     pub fn wal_segments(&self) -> usize {

@@ -29,6 +29,7 @@
 mod confchange;
 mod config;
 pub mod disk_storage;
+pub mod diskio;
 mod election;
 mod error;
 mod inflights;

@@ -7,12 +7,13 @@
 //! fails its checksum is skipped with a warning and the next older one is used (the WAL then
 //! tells whether the log still reaches back far enough).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::diskio;
 use crate::types::{ConfState, Index, NodeId, Snapshot, SnapshotMeta, Term};
 use crate::wal::{sync_dir, WalError};
 
@@ -86,15 +87,15 @@ impl SnapshotStore {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(&name);
         {
-            let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp).map_err(io_err(&tmp))?;
+            let f = diskio::create(&tmp, false).map_err(io_err(&tmp))?;
             let head = encode_head(&snap.meta, snap.data.len());
             let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &snap.data);
-            f.write_all(&head).map_err(io_err(&tmp))?;
-            f.write_all(&snap.data).map_err(io_err(&tmp))?;
-            f.write_all(&crc.to_le_bytes()).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
+            diskio::write_all(&f, &tmp, &head).map_err(io_err(&tmp))?;
+            diskio::write_all(&f, &tmp, &snap.data).map_err(io_err(&tmp))?;
+            diskio::write_all(&f, &tmp, &crc.to_le_bytes()).map_err(io_err(&tmp))?;
+            diskio::sync_all(&f, &tmp).map_err(io_err(&tmp))?;
         }
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        diskio::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
         for (_, _, old) in self.list()?.into_iter().skip(KEEP) {
             match fs::remove_file(&old) {

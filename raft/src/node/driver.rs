@@ -2,8 +2,7 @@
 //! into the core, and handles one [`Ready`] (see the module documentation of `node`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,10 +48,6 @@ pub(super) struct Driver<SM> {
     /// from the sync thread for up to [`LEADER_SYNC_DELAY`]: the newest job, and when the
     /// oldest entry it covers was written.
     pub(super) held_sync: Option<(SyncJob, Instant)>,
-    /// Set by the sync thread before it reports a failed sync. The kernel reports a writeback
-    /// error to one sync only, so a sync on this thread may succeed after the other failed:
-    /// nothing may be acknowledged once this is set.
-    pub(super) sync_failed: Arc<AtomicBool>,
     /// Set when background work failed in a way that must stop the replica.
     pub(super) failed: Option<String>,
 }
@@ -81,8 +76,7 @@ impl<SM: StateMachine> Driver<SM> {
         self_tx: Inbox<SM>,
         leadership: watch::Sender<Leadership>,
     ) -> Result<Driver<SM>, String> {
-        let sync_failed = Arc::new(AtomicBool::new(false));
-        let syncer = start_syncer(opts.id, self_tx.clone(), sync_failed.clone(), opts.slow_disk)
+        let syncer = start_syncer(opts.id, self_tx.clone(), opts.slow_disk)
             .map_err(|e| format!("starting the sync thread: {e}"))?;
         Ok(Driver {
             raw,
@@ -102,7 +96,6 @@ impl<SM: StateMachine> Driver<SM> {
             sync_seq: 0,
             synced_seq: 0,
             held_acks: VecDeque::new(),
-            sync_failed,
             failed: None,
         })
     }
@@ -144,6 +137,12 @@ impl<SM: StateMachine> Driver<SM> {
             }
             if let Some(e) = self.failed.take() {
                 return Err(e);
+            }
+            // A write or sync of the log failed, on this thread or another (the sync thread, or
+            // compaction's): the kernel reports such an error to one sync only, so a later sync
+            // here could succeed without the lost pages. Nothing more is acknowledged.
+            if let Some(why) = self.raw.storage().log_failure() {
+                return Err(format!("the log failed: {why}"));
             }
             let raw = &mut self.raw;
             self.transport.net.process(&mut |m| raw.step(m));
@@ -299,14 +298,14 @@ impl<SM: StateMachine> Driver<SM> {
         self.transport.net.flush();
         let deferred = self.defer_sync(&rd);
         if deferred {
-            let file = self
+            let target = self
                 .raw
                 .storage_mut()
                 .persist_deferred(&rd.entries, rd.hard_state)
                 .map_err(|e| format!("persisting: {e}"))?;
             let last = rd.entries.last().expect("deferred only with entries");
             self.sync_seq += 1;
-            let job = SyncJob { file, index: last.index, term: last.term, seq: self.sync_seq };
+            let job = SyncJob { target, index: last.index, term: last.term, seq: self.sync_seq };
             if self.raw.role() == Role::Leader {
                 let since = self.held_sync.take().map_or_else(Instant::now, |(_, since)| since);
                 self.held_sync = Some((job, since));
@@ -335,8 +334,8 @@ impl<SM: StateMachine> Driver<SM> {
                 self.synced_seq = self.sync_seq;
             }
         }
-        if self.sync_failed.load(Ordering::SeqCst) {
-            return Err("syncing the log failed on the sync thread".into());
+        if let Some(why) = self.raw.storage().log_failure() {
+            return Err(format!("the log failed: {why}"));
         }
         self.release_acks();
         for m in std::mem::take(&mut rd.persisted_messages) {

@@ -2,8 +2,7 @@
 //! a leader's own copy (held back briefly while its followers can commit alone), and a
 //! follower's acknowledgements (held until the writes they vouch for are durable).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::driver::{warn_if_slow, Driver};
@@ -11,10 +10,11 @@ use super::{Inbox, Input, StateMachine};
 use crate::raft::Role;
 use crate::raw_node::Ready;
 use crate::types::{Index, Message, MessageBody, NodeId, Term};
+use crate::wal::SyncTarget;
 
-/// Make the log durable up to `index` (of `term`), the write numbered `seq`, by syncing `file`.
+/// Make the log durable up to `index` (of `term`), the write numbered `seq`, by syncing `target`.
 pub(super) struct SyncJob {
-    pub(super) file: Arc<std::fs::File>,
+    pub(super) target: SyncTarget,
     pub(super) index: Index,
     pub(super) term: Term,
     pub(super) seq: u64,
@@ -39,7 +39,6 @@ pub(super) struct HeldAck {
 pub(super) fn start_syncer<SM: StateMachine>(
     id: NodeId,
     inbox: Inbox<SM>,
-    failed_flag: Arc<AtomicBool>,
     slow_disk: Duration,
 ) -> std::io::Result<mpsc::Sender<SyncJob>> {
     let (tx, rx) = mpsc::channel::<SyncJob>();
@@ -54,12 +53,11 @@ pub(super) fn start_syncer<SM: StateMachine>(
             if !slow_disk.is_zero() {
                 std::thread::sleep(slow_disk);
             }
-            let result = job.file.sync_data().map_err(|e| format!("syncing the log: {e}"));
+            // A failure is the log's for good: the target records it before this returns, so
+            // the loop acknowledges nothing more even if a later sync of its own succeeds.
+            let result = job.target.sync().map_err(|e| format!("syncing the log: {e}"));
             warn_if_slow(id, "syncing the log (in the background)", began);
             let failed = result.is_err();
-            if failed {
-                failed_flag.store(true, Ordering::SeqCst);
-            }
             let synced = Input::Synced { index: job.index, term: job.term, seq: job.seq, result };
             if inbox.send(synced).is_err() || failed {
                 return;
@@ -142,7 +140,7 @@ impl<SM: StateMachine> Driver<SM> {
     /// holds the entry they acknowledge (an entry of the same index and term is the same entry,
     /// with the same log before it). Dropping one is always safe: the leader probes again.
     pub(super) fn release_acks(&mut self) {
-        if self.sync_failed.load(Ordering::SeqCst) {
+        if self.raw.storage().log_failure().is_some() {
             return;
         }
         // An acknowledgement covers the log up to its index, so of those due to one leader only

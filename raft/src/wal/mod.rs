@@ -10,11 +10,19 @@
 //!   log from `i` on (a follower's conflicting suffix, §5.3), so replay truncates the same way.
 //!   The end of the newest segment may be torn by a crash: an invalid record there with nothing
 //!   valid after it is cut off with a warning. So is one followed by valid records when a whole
-//!   page between them reads as zeros: after a power loss, unsynced pages of the preallocated
-//!   file can be lost out of order, and since a sync covers the whole file, nothing from such a
-//!   page on was ever durable. An invalid record anywhere else, or followed by a valid one with
-//!   no zero page between, is corruption of synced data: [`WalError::Corrupt`] stops the
-//!   replica, never a silent loss.
+//!   page between them reads as zeros, or when it is itself zeros up to the end of its sector:
+//!   after a power loss, unsynced pages of the preallocated file can be lost out of order (the
+//!   page where the last sync ended keeps its synced version, zeros after the synced records),
+//!   and since a sync covers the whole file, nothing from such a page on was ever durable. An
+//!   invalid record anywhere else, or followed by a valid one with neither sign of lost pages
+//!   between, is corruption of synced data: [`WalError::Corrupt`] stops the replica, never a
+//!   silent loss.
+//! - **Opening** syncs the newest segment and the directory before anything is appended: after
+//!   a crash of the process the replayed records may be in the page cache only, and the
+//!   replica may acknowledge them as soon as it runs. A newest segment without a hard-state
+//!   record (its opening write torn) is given one.
+//! - **Failure.** A failed write or sync, on any thread, fails the log for good
+//!   ([`WalError::Failed`]); the replica's loop stops on it.
 //! - **Preallocation.** A new segment is given its full size up front (`fallocate`), so a sync
 //!   does not also have to commit the file's growth: on ext4 that makes each `fdatasync`
 //!   markedly cheaper. The segment's unwritten rest reads as zeros, which replay takes as the
@@ -37,26 +45,31 @@
 //!   as it did before for the page where each sync's records begin. A device that can tear a
 //!   page at a smaller sector, so that a later page of the same unsynced write survives, makes
 //!   replay stop with [`WalError::Corrupt`] naming the spot (a clear refusal, never a silent
-//!   truncation); the operator then drops that replica's log and lets it catch up.
+//!   truncation); the operator then replaces that replica with a new member.
 //! - **Compaction.** Once a snapshot covers index `s`, the oldest segments whose entries are all
 //!   at or below `s` are deleted (only a prefix: a later segment may depend on an earlier one's
 //!   truncation). Every new segment starts with the current hard state, so deleting old
 //!   segments never loses it.
 
+#[cfg(test)]
+mod fault_tests;
 pub(crate) mod record;
+mod replay;
 mod segment;
 #[cfg(test)]
 mod tests;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
+use crate::diskio;
 use crate::types::{Entry, HardState, Index, Term};
-use record::{Bad, Record};
+use record::Record;
+use replay::{Replay, Replayed};
 use segment::{create_segment, has_unwritten_extents, holds_nothing, preallocate, segment_path, NextSegment};
 
 /// Segments roll over at this size unless configured otherwise.
@@ -71,9 +84,17 @@ pub const ZERO_AHEAD: u64 = 1 << 20;
 pub enum WalError {
     #[error("WAL I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    /// Synced data does not check out. The replica stops: an operator must decide (restore
-    /// this replica from a peer by wiping its data directory).
-    #[error("WAL corrupt in {path} at byte {offset}: {why}; refusing to start (wipe this replica's data directory to resync it from its peers)")]
+    /// An earlier write or sync of the log failed. After a failed sync the kernel may have
+    /// dropped the pages it was to write while reads still show them, and it reports the error
+    /// to one sync only, so no later sync can vouch for anything written before: the log takes
+    /// nothing more (as etcd and PostgreSQL treat it), and the replica must restart and replay.
+    #[error("the log failed earlier and takes no more writes: {0}")]
+    Failed(String),
+    /// Synced data does not check out. The replica stops: an operator must decide. Wiping the
+    /// data directory is not the cure: a replica that comes back with no log and no vote may
+    /// vote a second time in a term it already voted in, and help elect a leader that lacks
+    /// entries it had acknowledged. The replica is replaced instead, as a new member.
+    #[error("WAL corrupt in {path} at byte {offset}: {why}; refusing to start. Do not wipe this data directory and restart (a replica that forgets its vote can vote twice in a term): replace the replica with a new member, as the README's \"Replacing a damaged replica\" says")]
     Corrupt { path: PathBuf, offset: u64, why: String },
 }
 
@@ -128,6 +149,33 @@ pub struct Wal {
     /// The active segment's records below this offset were handed to write-back early
     /// ([`Wal::start_writeback`]).
     written_back: u64,
+    /// Set by the first failed write or sync, on any thread (see [`WalError::Failed`]).
+    failure: Arc<OnceLock<String>>,
+}
+
+/// The active segment's file, to be synced on another thread ([`Wal::sync_target`]).
+#[derive(Clone)]
+pub struct SyncTarget {
+    file: Arc<File>,
+    path: Arc<Path>,
+    failure: Arc<OnceLock<String>>,
+}
+
+impl SyncTarget {
+    /// Makes everything written to the file so far durable. A failure is the whole log's, for
+    /// good (see [`WalError::Failed`]).
+    pub fn sync(&self) -> Result<(), WalError> {
+        if let Some(why) = self.failure.get() {
+            return Err(WalError::Failed(why.clone()));
+        }
+        diskio::sync_data(&self.file, &self.path).map_err(|e| record_failure(&self.failure, io_err(&self.path)(e)))
+    }
+}
+
+/// Records `e` as the log's failure (the first one stays) and returns it.
+fn record_failure(failure: &OnceLock<String>, e: WalError) -> WalError {
+    let _ = failure.set(e.to_string());
+    e
 }
 
 impl Drop for Wal {
@@ -147,7 +195,7 @@ impl Drop for Wal {
 
 /// Fsyncs a directory, so a file created or renamed in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    diskio::sync_dir(dir).map_err(io_err(dir))
 }
 
 impl Wal {
@@ -190,16 +238,14 @@ impl Wal {
 
         let mut replay = Replay { base: base_index, base_entry_term: None, out: Recovered::default() };
         let mut segments = Vec::new();
-        let mut valid_len = 0;
-        let mut torn = false;
+        let mut newest = Replayed::default();
         for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
             let last = i + 1 == seqs.len();
-            let (max_index, len, torn_here) = replay.segment(&path, last)?;
-            valid_len = len;
-            torn = torn_here;
-            segments.push(Segment { seq, path, max_index });
+            newest = replay.segment(&path, last)?;
+            segments.push(Segment { seq, path, max_index: newest.max_index });
         }
+        let (valid_len, torn) = (newest.valid_len, newest.torn);
         // Entries after the snapshot belong to it only if the log's entry at the snapshot's
         // index is the snapshot's own. Otherwise a snapshot from the leader was saved but the
         // crash came before its reset marker: the old suffix was being discarded.
@@ -229,8 +275,13 @@ impl Wal {
                     // no stale bytes may outlive a shorter rewrite), then preallocate again.
                     file.set_len(valid_len).map_err(io_err(&seg.path))?;
                     preallocate(&file, segment_size);
-                    file.sync_all().map_err(io_err(&seg.path))?;
                 }
+                // After a crash of the process (not of the machine) the newest segment may hold
+                // records only the page cache has: replayed, they are this replica's log, and it
+                // may acknowledge them from now on, so they must be durable first. Its directory
+                // entry too (the crash may have come between its creation and the sync of it).
+                diskio::sync_all(&file, &seg.path).map_err(io_err(&seg.path))?;
+                sync_dir(dir)?;
                 let allocated = file.metadata().map_err(io_err(&seg.path))?.len();
                 let fills_ahead = has_unwritten_extents(&file);
                 Wal {
@@ -248,6 +299,7 @@ impl Wal {
                     deleting: None,
                     next: None,
                     written_back: valid_len,
+                    failure: Arc::default(),
                 }
             }
             None => {
@@ -270,14 +322,17 @@ impl Wal {
                     deleting: None,
                     next: None,
                     written_back: 0,
+                    failure: Arc::default(),
                 }
             }
         };
         use std::io::Seek;
         (&*wal.file).seek(io::SeekFrom::Start(wal.file_len)).map_err(io_err(dir))?;
-        if wal.file_len == 0 && hard_state != HardState::default() {
-            // The newest segment's first write was torn: give it its hard state now, so
-            // compaction can never delete the last record of it.
+        if !newest.has_hard_state && hard_state != HardState::default() {
+            // The write that opened the newest segment was torn before its hard state (which
+            // follows the records buffered with it), or the segment's first write was lost
+            // altogether: give the segment its hard state now, so that compaction, which may
+            // delete every older segment, can never delete the last record of it.
             record::encode(&mut wal.buf, &Record::HardState(hard_state));
             wal.sync()?;
         }
@@ -313,8 +368,9 @@ impl Wal {
         if self.file_len >= self.segment_size {
             self.roll()?;
         }
+        self.check()?;
         let path = &self.segments.last().expect("an active segment").path;
-        (&*self.file).write_all(&self.buf).map_err(io_err(path))?;
+        diskio::write_all(&self.file, path, &self.buf).map_err(|e| record_failure(&self.failure, io_err(path)(e)))?;
         self.file_len += self.buf.len() as u64;
         self.buf.clear();
         self.unsynced = true;
@@ -366,14 +422,14 @@ impl Wal {
     /// segment's allocated size), to the kernel only: the next sync makes them durable together
     /// with the records, converting their blocks in one metadata update.
     fn fill_ahead(&mut self) -> Result<(), WalError> {
-        use std::os::unix::fs::FileExt;
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let end = (self.file_len + ZERO_AHEAD).min(self.allocated);
         let path = &self.segments.last().expect("an active segment").path;
         let mut at = self.file_len;
         while at < end {
             let n = (end - at).min(ZEROS.len() as u64) as usize;
-            self.file.write_all_at(&ZEROS[..n], at).map_err(io_err(path))?;
+            diskio::write_all_at(&self.file, path, &ZEROS[..n], at)
+                .map_err(|e| record_failure(&self.failure, io_err(path)(e)))?;
             at += n as u64;
         }
         self.filled = end.max(self.file_len);
@@ -383,9 +439,9 @@ impl Wal {
     /// Makes everything written so far durable (one `fdatasync` for all of it).
     pub fn sync(&mut self) -> Result<(), WalError> {
         self.write()?;
+        self.check()?;
         if self.unsynced {
-            let path = &self.segments.last().expect("an active segment").path;
-            self.file.sync_data().map_err(io_err(path))?;
+            self.sync_target().sync()?;
             self.unsynced = false;
         }
         Ok(())
@@ -394,8 +450,21 @@ impl Wal {
     /// The file that holds everything written so far (after [`Wal::write`]): syncing it makes
     /// that durable, as [`Wal::sync`] would, but on whatever thread the caller likes. Older
     /// segments are synced when the log rolls over, so this one file is enough.
-    pub fn sync_target(&self) -> Arc<File> {
-        self.file.clone()
+    pub fn sync_target(&self) -> SyncTarget {
+        let path = &self.segments.last().expect("an active segment").path;
+        SyncTarget { file: self.file.clone(), path: Arc::from(path.as_path()), failure: self.failure.clone() }
+    }
+
+    /// Why the log takes no more writes, if a write or sync failed (see [`WalError::Failed`]).
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    fn check(&self) -> Result<(), WalError> {
+        match self.failure.get() {
+            Some(why) => Err(WalError::Failed(why.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Whether some written records are not yet durable.
@@ -409,8 +478,7 @@ impl Wal {
     /// file was made ready on another thread; the old one keeps its zero tail, which replay
     /// reads as its clean end.
     fn roll(&mut self) -> Result<(), WalError> {
-        let old = &self.segments.last().expect("an active segment").path;
-        self.file.sync_data().map_err(io_err(old))?;
+        self.sync_target().sync()?;
         self.unsynced = false;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = segment_path(&self.dir, seq);
@@ -456,11 +524,14 @@ impl Wal {
             return Ok(0);
         }
         let paths: Vec<PathBuf> = self.segments.drain(..count).map(|s| s.path).collect();
-        let file = self.file.clone();
+        let target = self.sync_target();
         let dir = self.dir.clone();
         self.finish_deletions();
         let job = move || {
-            if let Err(e) = file.sync_data() {
+            // A failure here is the log's (the replica's loop sees it and stops): the error is
+            // reported to this sync alone, and the loop's next sync of the same file would
+            // succeed without the lost pages.
+            if let Err(e) = target.sync() {
                 tracing::error!(dir = %dir.display(), "syncing the log before deleting compacted segments: {e}");
                 return;
             }
@@ -489,133 +560,4 @@ impl Wal {
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
-}
-
-/// Replays segments in order into a log that starts after `base`.
-struct Replay {
-    base: Index,
-    /// Term of the last entry written at exactly `base`, if the log still has one.
-    base_entry_term: Option<Term>,
-    out: Recovered,
-}
-
-impl Replay {
-    /// Replays one segment; returns its largest entry index, the length of its valid prefix, and
-    /// whether a torn record follows that prefix (rather than the end or preallocated zeros).
-    fn segment(&mut self, path: &Path, last: bool) -> Result<(Index, u64, bool), WalError> {
-        let mut raw = Vec::new();
-        File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(io_err(path))?;
-        let data = Bytes::from(raw);
-        let mut offset = 0usize;
-        let mut max_index = 0;
-        let mut torn = false;
-        while offset < data.len() {
-            match record::decode(&data.slice(offset..)) {
-                Ok((rec, n)) => {
-                    if let Record::Entry(e) = &rec {
-                        max_index = max_index.max(e.index);
-                    }
-                    self.apply(rec, path, offset)?;
-                    offset += n;
-                }
-                Err(bad) => {
-                    if data[offset..].iter().all(|&b| b == 0) {
-                        // The preallocated, never written rest of a segment, older ones too
-                        // (they keep it when the log rolls over). Synced records lost to zeros
-                        // in an older segment would show as a gap in the next one.
-                        break;
-                    }
-                    let why = match bad {
-                        Bad::Short => "record cut short".to_string(),
-                        Bad::Corrupt(why) => why.to_string(),
-                    };
-                    if !last {
-                        return Err(corrupt(path, offset, format!("{why} in a segment that is not the newest")));
-                    }
-                    // Only up to the last non-zero byte: a preallocated zero tail holds no record.
-                    let end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-                    let next = next_valid_record(&data.slice(..end), offset + 1);
-                    // Valid records after the bad one mean corruption of synced data, unless a
-                    // whole page between them reads as zeros: a page of the preallocated file
-                    // that never reached the disk. Write-back after a power loss can lose pages
-                    // out of order, but only of writes no sync covered; and a sync covers the
-                    // whole file, so nothing from that page on was ever durable or acknowledged.
-                    if let Some(next) = next.filter(|&n| !has_zero_page(&data[offset..n], offset)) {
-                        return Err(corrupt(path, offset, format!("{why}, followed by a valid record at byte {next}")));
-                    }
-                    let lost =
-                        if next.is_some() { ", with a page of zeros: writes lost in a power failure" } else { "" };
-                    let msg = format!(
-                        "WAL {}: torn tail at byte {offset} ({why}{lost}); dropping {} unsynced bytes",
-                        path.display(),
-                        data.len() - offset
-                    );
-                    tracing::warn!("{msg}");
-                    self.out.warnings.push(msg);
-                    torn = true;
-                    break;
-                }
-            }
-        }
-        Ok((max_index, offset as u64, torn))
-    }
-
-    fn apply(&mut self, rec: Record, path: &Path, offset: usize) -> Result<(), WalError> {
-        let entries = &mut self.out.entries;
-        match rec {
-            Record::HardState(hs) => self.out.hard_state = hs,
-            Record::Reset { index, term } => {
-                if index > self.base {
-                    return Err(corrupt(
-                        path,
-                        offset,
-                        format!(
-                            "the log was reset to a snapshot at {index}, but the newest valid snapshot is at {}",
-                            self.base
-                        ),
-                    ));
-                }
-                entries.clear();
-                if index == self.base {
-                    self.base_entry_term = Some(term);
-                }
-            }
-            Record::Entry(e) => {
-                if e.index <= self.base {
-                    // A write this far back replaced everything after it; the snapshot holds
-                    // what was there.
-                    entries.clear();
-                    self.base_entry_term = (e.index == self.base).then_some(e.term);
-                    return Ok(());
-                }
-                let last = self.base + entries.len() as u64;
-                if e.index > last + 1 {
-                    return Err(corrupt(path, offset, format!("entry {} follows {last}: a gap in the log", e.index)));
-                }
-                entries.truncate((e.index - self.base - 1) as usize);
-                entries.push(e);
-            }
-        }
-        Ok(())
-    }
-}
-
-fn corrupt(path: &Path, offset: usize, why: String) -> WalError {
-    WalError::Corrupt { path: path.to_path_buf(), offset: offset as u64, why }
-}
-
-/// The page size of write-back: a power loss loses unsynced writes in whole pages.
-const PAGE: usize = 4096;
-
-/// Whether `region`, which starts at byte `start` of its file, holds a whole page-aligned page
-/// of zeros.
-fn has_zero_page(region: &[u8], start: usize) -> bool {
-    let first = start.div_ceil(PAGE) * PAGE - start;
-    region.get(first..).is_some_and(|r| r.chunks_exact(PAGE).any(|page| page.iter().all(|&b| b == 0)))
-}
-
-/// The first offset at or after `from` where a valid record starts, if any. Used to tell a torn
-/// tail (nothing valid after the bad record) from corruption in the middle of synced data.
-fn next_valid_record(data: &Bytes, from: usize) -> Option<usize> {
-    (from..data.len().saturating_sub(record::HEADER_LEN)).find(|&p| record::decode(&data.slice(p..)).is_ok())
 }

@@ -1,7 +1,7 @@
 //! Segment files: their names, their creation (preallocated and durable), and the next one made
 //! ready on another thread while the log fills the current one.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -24,9 +24,9 @@ pub(super) fn create_segment(dir: &Path, path: &Path, size: u64) -> Result<File,
         }
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
-    let file = OpenOptions::new().create_new(true).write(true).open(path).map_err(io_err(path))?;
+    let file = crate::diskio::create(path, true).map_err(io_err(path))?;
     preallocate(&file, size);
-    file.sync_all().map_err(io_err(path))?;
+    crate::diskio::sync_all(&file, path).map_err(io_err(path))?;
     sync_dir(dir)?;
     Ok(file)
 }
