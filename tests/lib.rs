@@ -109,7 +109,7 @@ impl TestCell {
     /// Waits (bounded by `limit`) until every replica says it serves. (Not by connecting to
     /// its port: a port taken by another test's process accepts too, while the replica that
     /// could not bind it is about to exit.)
-    fn await_listening(&mut self, limit: Duration) -> Result<(), String> {
+    pub fn await_listening(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
         let mut pending: Vec<u64> = (1..=self.addrs.len() as u64).collect();
         while !pending.is_empty() {
@@ -179,6 +179,17 @@ impl TestCell {
     /// SIGTERM to replica `id`; waits (at most 10 s) for it to exit and returns its status.
     pub fn terminate(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         terminate(self.children[(id - 1) as usize].take()?)
+    }
+
+    /// Waits (at most `limit`) for replica `id` to exit on its own; its status, or `None` if
+    /// it still runs.
+    pub fn exit_within(&mut self, id: u64, limit: Duration) -> Option<std::process::ExitStatus> {
+        let i = (id - 1) as usize;
+        let status = exit_within(self.children[i].as_mut()?, limit);
+        if status.is_some() {
+            self.children[i] = None;
+        }
+        status
     }
 
     pub fn is_running(&mut self, id: u64) -> bool {

@@ -56,7 +56,14 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let died = node.died();
     tokio::select! {
+        why = died => {
+            // Logged with its cause (the path and the errno of a failed write or sync) by the
+            // loop; the process exits non-zero so that a supervisor restarts it.
+            let _ = tokio::task::spawn_blocking(move || node.stop()).await;
+            return Err(anyhow::anyhow!("replica {} stopped: its Raft loop failed: {why}", cfg.id));
+        }
         _ = term.recv() => tracing::info!(replica = cfg.id, "SIGTERM: stopping"),
         _ = int.recv() => tracing::info!(replica = cfg.id, "SIGINT: stopping"),
         res = server => {

@@ -330,6 +330,8 @@ impl<SM: StateMachine> NodeHandle<SM> {
 pub struct Node<SM> {
     handle: NodeHandle<SM>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Why the loop stopped on its own, once it has (see [`Node::died`]).
+    died: watch::Receiver<Option<String>>,
 }
 
 impl<SM: StateMachine> Node<SM> {
@@ -375,11 +377,36 @@ impl<SM: StateMachine> Node<SM> {
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let handle = NodeHandle { tx, id: opts.id, leadership };
         let driver = Driver::new(raw, sm, transport, opts, handle.tx.clone(), leadership_tx)?;
+        let (died_tx, died) = watch::channel(None);
+        let id = handle.id;
         let thread = std::thread::Builder::new()
-            .name(format!("raft-{}", handle.id))
-            .spawn(move || driver.run(rx))
+            .name(format!("raft-{id}"))
+            .spawn(move || {
+                let result = driver.run(rx);
+                if let Err(e) = &result {
+                    tracing::error!(replica = id, "the Raft loop stopped: {e}");
+                    died_tx.send_replace(Some(e.clone()));
+                }
+                result
+            })
             .map_err(|e| e.to_string())?;
-        Ok(Node { handle, thread: Some(thread) })
+        Ok(Node { handle, thread: Some(thread), died })
+    }
+
+    /// Resolves with the error the loop died of, if it stops on its own (a failed write or
+    /// sync of the log, say). A replica whose loop is dead answers nothing and acknowledges
+    /// nothing: its process should exit with the cause, so its supervisor sees it and restarts
+    /// it, rather than stay up as a silent member the cell counts on in vain.
+    pub fn died(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut died = self.died.clone();
+        async move {
+            let why = died.wait_for(Option::is_some).await.ok().and_then(|why| why.clone());
+            match why {
+                Some(why) => why,
+                // The loop's thread ended without an error (a stop asked for): never resolves.
+                None => std::future::pending().await,
+            }
+        }
     }
 
     pub fn handle(&self) -> NodeHandle<SM> {
