@@ -40,3 +40,8 @@ fn far_behind_follower_catches_up_by_snapshot() {
 fn removed_leader_steps_down_and_hands_over() {
     scenario("remove_leader");
 }
+
+#[test]
+fn new_member_installs_a_snapshot_that_predates_it_then_appends() {
+    scenario("snapshot_predates_member");
+}

@@ -253,8 +253,16 @@ impl Cluster {
     // ---- the application loop ------------------------------------------------------------
 
     /// Runs one Ready of node `id` the way a replica does: send the leader's messages, persist,
-    /// send the rest, apply, advance.
+    /// send the rest, apply, advance. With probability `faults.crash_mid_ready` the node
+    /// crashes part-way through persisting instead.
     pub fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
+        self.process_ready_crashing(id, None)
+    }
+
+    /// As [`Cluster::process_ready`]; `crash_after: Some(w)` crashes the node once the first
+    /// `w` writes of its Ready are on disk (the snapshot, if any, is the first write, then one
+    /// per entry), `None` lets `faults.crash_mid_ready` decide.
+    pub fn process_ready_crashing(&mut self, id: NodeId, crash_after: Option<usize>) -> Result<(), Violation> {
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         let Some(raw) = node.raw.as_mut() else { return Ok(()) };
         if !raw.has_ready() {
@@ -267,16 +275,23 @@ impl Cluster {
         }
         self.route(rd.messages.clone());
 
-        let crash = self.faults.crash_mid_ready > 0.0 && self.rng.chance(self.faults.crash_mid_ready);
-        let keep = if crash { self.rng.below(rd.entries.len() as u64 + 1) as usize } else { rd.entries.len() };
+        // The writes happen in Ready order, the snapshot before the entries that follow it; a
+        // crash keeps a prefix of them, never entries without the snapshot they extend.
+        let snap_writes = usize::from(rd.snapshot.is_some());
+        let writes = snap_writes + rd.entries.len();
+        let crash_after = crash_after.map(|w| w.min(writes)).or_else(|| {
+            let crash = self.faults.crash_mid_ready > 0.0 && self.rng.chance(self.faults.crash_mid_ready);
+            crash.then(|| self.rng.below(writes as u64 + 1) as usize)
+        });
+        let crash = crash_after.is_some();
+        let done = crash_after.unwrap_or(writes);
+        let keep = done - snap_writes.min(done);
         let node = self.nodes.get_mut(&id).expect("present");
         let raw = node.raw.as_mut().expect("up");
-        if !crash {
-            if let Some(snap) = &rd.snapshot {
-                raw.storage_mut().apply_snapshot(snap.clone()).map_err(|e| format!("node {id}: {e}"))?;
-                node.sm = StateMachine::restore(&snap.data);
-                self.checker.on_snapshot_restore(id, snap.meta.index, node.sm.chain)?;
-            }
+        if let Some(snap) = rd.snapshot.as_ref().filter(|_| done > 0) {
+            raw.storage_mut().apply_snapshot(snap.clone()).map_err(|e| format!("node {id}: {e}"))?;
+            node.sm = StateMachine::restore(&snap.data);
+            self.checker.on_snapshot_restore(id, snap.meta.index, node.sm.chain)?;
         }
         let entries = &rd.entries[..keep];
         if let Some(first) = entries.first() {
@@ -285,7 +300,10 @@ impl Cluster {
             self.checker.on_persist(id, entries, prev_term)?;
         }
         if crash {
-            self.note(|| format!("{id} crashed while persisting ({keep} of {} entries written)", rd.entries.len()));
+            let snap = if done > 0 && snap_writes == 1 { "snapshot and " } else { "" };
+            self.note(|| {
+                format!("{id} crashed while persisting ({snap}{keep} of {} entries written)", rd.entries.len())
+            });
             self.crash(id);
             return Ok(());
         }

@@ -121,6 +121,13 @@ fn run_command(cluster: &mut Option<Cluster>, command: &str) -> String {
                 out.push(format!("VIOLATION: {v}"));
             }
         }
+        // `crash-in-ready N W`: run node N's Ready, but crash once the first W of its writes
+        // are on disk (a snapshot is the first write, then one per entry).
+        "crash-in-ready" => {
+            if let Err(v) = c.process_ready_crashing(n(0), Some(count(1) as usize)) {
+                out.push(format!("VIOLATION: {v}"));
+            }
+        }
         "isolate" => c.isolate(n(0)),
         "heal" => c.heal(),
         "partition" => {
@@ -156,7 +163,13 @@ fn run_command(cluster: &mut Option<Cluster>, command: &str) -> String {
     }
     let events: Vec<String> = std::mem::take(&mut c.events)
         .into_iter()
-        .filter(|e| verbose || e.contains(" is ") || e.starts_with("dropped") || e.contains("restarted"))
+        .filter(|e| {
+            verbose
+                || e.contains(" is ")
+                || e.starts_with("dropped")
+                || e.contains("restarted")
+                || e.contains("crashed")
+        })
         .collect();
     out.splice(0..0, events);
     if ["stabilize", "status", "restart", "run"].contains(&cmd) {
