@@ -92,6 +92,14 @@ impl DiskFaults {
         lock(&self.state).space_left = Some(bytes);
     }
 
+    /// Injects nothing more: pending failures and the byte budget are dropped.
+    pub fn heal(&self) {
+        let mut st = lock(&self.state);
+        st.fail_write_at = None;
+        st.fail_sync_at = None;
+        st.space_left = None;
+    }
+
     /// Writes and syncs seen so far.
     pub fn calls(&self) -> (u64, u64) {
         let st = lock(&self.state);
@@ -208,8 +216,22 @@ impl DiskFaults {
         st.durable.insert(to.to_path_buf(), data);
     }
 
+    /// The page cache of `path` was dropped: reads now show what the disk holds, which for a
+    /// file whose pages a failed sync lost is its durable copy.
+    fn cache_dropped(&self, path: &Path) {
+        let mut st = lock(&self.state);
+        if st.lost.remove(path) {
+            if let Some(disk) = st.durable.get(path).cloned().flatten() {
+                let _ = std::fs::write(path, disk);
+            }
+        }
+    }
+
+    /// A new file at `path` (created, or truncated to nothing): none of it is durable yet.
     fn created(&self, path: &Path) {
-        lock(&self.state).durable.entry(path.to_path_buf()).or_insert(None);
+        let mut st = lock(&self.state);
+        st.durable.insert(path.to_path_buf(), None);
+        st.lost.remove(path);
     }
 }
 
@@ -322,6 +344,26 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()?;
     if let Some(f) = &faults {
         f.after_sync(dir);
+    }
+    Ok(())
+}
+
+/// Makes what a killed process left of `path` durable, then drops the file's pages from the
+/// page cache, so that what is read next comes from the device. After a failed sync the kernel
+/// marks the pages it could not write clean while keeping them in the cache: a later read, by
+/// a restarted replica too, sees data the disk does not hold, and a later sync does not write
+/// it. Dropping the clean pages makes the replay see what the disk has.
+pub(crate) fn sync_and_drop_cache(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    sync_data(file, path)?;
+    // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is owned by
+    // `file`, which outlives the call.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    if let Some(f) = faults_for(path) {
+        f.cache_dropped(path);
     }
     Ok(())
 }

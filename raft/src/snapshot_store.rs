@@ -53,6 +53,10 @@ impl SnapshotStore {
                 fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
+        // A save interrupted between its rename and the directory's sync leaves a snapshot that
+        // is visible but not durable; the replica is about to build on it (drop the log it
+        // covers, append after it), so it is made durable first.
+        sync_dir(dir)?;
         Ok(SnapshotStore { dir: dir.to_path_buf() })
     }
 

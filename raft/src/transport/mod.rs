@@ -7,7 +7,12 @@
 //!   reported unreachable (Raft tolerates loss); other peers are not affected. Lost links are
 //!   redialled with backoff, so replicas may start in any order.
 //! - **Snapshots** go over gRPC (`RaftPeer.InstallSnapshot`) in 1 MiB chunks, on a task of
-//!   their own ([`server`] puts them back together and hands the core one message).
+//!   their own ([`server`] puts them back together and hands the core one message). A transfer
+//!   has a deadline that grows with its size, and its connection sends HTTP/2 keepalive pings:
+//!   the leader sends the follower nothing else until the transfer reports back, so a peer that
+//!   dies or is cut off mid-transfer must end it as failed (the leader then probes and sends
+//!   again), not stall that follower for good. The receiver likewise gives up on a transfer
+//!   whose next chunk does not come in time.
 //! - The listener tells the two apart by a connection's first bytes ([`accept`]).
 
 pub mod accept;
@@ -28,6 +33,16 @@ use crate::types::{Message, MessageBody, NodeId, Snapshot};
 use net::PeerNet;
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// A snapshot transfer may take this long, plus the time its bytes take at
+/// [`SNAPSHOT_MIN_RATE`]: the slowest link a cell is expected to run on.
+const SNAPSHOT_BASE_DEADLINE: Duration = Duration::from_secs(10);
+const SNAPSHOT_MIN_RATE: u64 = 2 << 20;
+
+/// How long a transfer of `len` bytes may take before it is given up as failed.
+fn snapshot_deadline(len: usize) -> Duration {
+    SNAPSHOT_BASE_DEADLINE + Duration::from_secs_f64(len as f64 / SNAPSHOT_MIN_RATE as f64)
+}
 /// Largest gRPC message either side accepts.
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 
@@ -71,7 +86,8 @@ impl Transport {
         let events = self.events.clone();
         let (from, to, term) = (m.from, m.to, m.term);
         self.runtime.spawn(async move {
-            let ok = match send_snapshot(&addr, from, to, term, snapshot).await {
+            let deadline = snapshot_deadline(snapshot.data.len());
+            let ok = match send_snapshot(&addr, from, to, term, snapshot, deadline).await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(replica = from, to, "snapshot transfer failed: {e}");
@@ -87,6 +103,11 @@ async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport
     let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        // A peer that vanishes without closing the connection (power off, a partition) is
+        // found out in seconds, not at the transfer's deadline.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect()
         .await?;
     Ok(RaftPeerClient::new(channel)
@@ -94,8 +115,24 @@ async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport
         .max_encoding_message_size(MAX_MESSAGE_SIZE))
 }
 
-/// Streams `snap` to `addr` in chunks; returns whether the follower accepted it.
-async fn send_snapshot(addr: &str, from: NodeId, to: NodeId, term: u64, snap: Snapshot) -> Result<bool, String> {
+/// Streams `snap` to `addr` in chunks; returns whether the follower accepted it, or an error
+/// if it failed or did not finish within `deadline`.
+async fn send_snapshot(
+    addr: &str,
+    from: NodeId,
+    to: NodeId,
+    term: u64,
+    snap: Snapshot,
+    deadline: Duration,
+) -> Result<bool, String> {
+    let transfer = transfer_snapshot(addr, from, to, term, snap);
+    match tokio::time::timeout(deadline, transfer).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {deadline:?}")),
+    }
+}
+
+async fn transfer_snapshot(addr: &str, from: NodeId, to: NodeId, term: u64, snap: Snapshot) -> Result<bool, String> {
     let mut client = connect(addr).await.map_err(|e| e.to_string())?;
     let meta = codec::meta_to_pb(&snap.meta);
     let data = snap.data;
@@ -119,4 +156,40 @@ async fn send_snapshot(addr: &str, from: NodeId, to: NodeId, term: u64, snap: Sn
     }
     let ack = client.install_snapshot(tokio_stream::iter(chunks)).await.map_err(|e| e.to_string())?;
     Ok(ack.into_inner().accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::SnapshotMeta;
+
+    /// A peer that takes the connection and then never reads or answers (a process stopped
+    /// mid-transfer, a host gone behind a partition that drops packets): the transfer ends as
+    /// failed at its deadline, so the leader sends again instead of waiting for good.
+    #[test]
+    fn a_transfer_to_a_peer_that_never_answers_fails_at_its_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Bound, never accepted: the kernel completes connections into the backlog.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let snap = Snapshot { meta: SnapshotMeta::default(), data: bytes::Bytes::from(vec![7u8; 3 << 20]) };
+        let began = std::time::Instant::now();
+        let result = rt.block_on(async {
+            // The outer bound only keeps a broken build from hanging the test run.
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                send_snapshot(&addr, 1, 2, 3, snap, Duration::from_millis(500)),
+            )
+            .await
+        });
+        let result = result.unwrap_or_else(|_| panic!("the transfer still ran after {:?}", began.elapsed()));
+        assert!(result.as_ref().is_err_and(|e| e.contains("no answer within")), "{result:?}");
+        drop(silent);
+    }
+
+    #[test]
+    fn the_deadline_grows_with_the_snapshot() {
+        assert_eq!(snapshot_deadline(0), SNAPSHOT_BASE_DEADLINE);
+        assert_eq!(snapshot_deadline(1 << 30), SNAPSHOT_BASE_DEADLINE + Duration::from_secs(512));
+    }
 }

@@ -12,6 +12,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{codec, MAX_MESSAGE_SIZE};
 use crate::types::{Message, MessageBody, NodeId, Snapshot};
 
+/// How long the receiver waits for the next chunk of a transfer before giving it up.
+const CHUNK_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest snapshot a follower accepts.
 const MAX_SNAPSHOT: u64 = 16 << 30;
 
@@ -45,7 +48,13 @@ impl RaftPeer for PeerService {
         let mut stream = request.into_inner();
         let mut head: Option<(NodeId, u64, pb::SnapshotMeta)> = None;
         let mut data = BytesMut::new();
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            // A sender that stops mid-transfer (it died, or lost the network without a reset)
+            // must not pin a half-received snapshot here for good.
+            let next = tokio::time::timeout(CHUNK_IDLE_LIMIT, stream.message())
+                .await
+                .map_err(|_| Status::deadline_exceeded(format!("no chunk for {CHUNK_IDLE_LIMIT:?}")))?;
+            let Some(chunk) = next? else { break };
             if chunk.to != self.id {
                 return Err(Status::invalid_argument("snapshot for another replica"));
             }

@@ -248,3 +248,28 @@ fn the_vote_survives_a_roll_whose_hard_state_was_torn() {
     assert_eq!(rec.hard_state.vote, 3, "the vote survived");
     assert_eq!(rec.hard_state.term, 5);
 }
+
+/// After a failed sync the kernel keeps the pages it could not write in the page cache, clean:
+/// a replica restarted after it (the loop stops on the failure) must replay what the disk holds,
+/// not those pages, or it would acknowledge entries that a power loss then takes.
+#[test]
+fn a_restart_after_a_failed_sync_replays_what_the_disk_holds() {
+    let f = Faulty::new();
+    let (mut wal, _) = Wal::open(&f.wal(), SIZE, 0, 0).unwrap();
+    let hs = HardState { term: 3, vote: 2, commit: 0 };
+    let synced: Vec<Entry> = (1..=2).map(|i| ent(i, 3, 700)).collect();
+    wal.append(&synced, Some(hs));
+    wal.sync().unwrap();
+    wal.append(&(3..=8).map(|i| ent(i, 3, 700)).collect::<Vec<_>>(), None);
+    f.faults.fail_sync(1, libc::EIO);
+    assert!(wal.sync().is_err());
+    drop(wal); // the replica stops; its supervisor starts it again
+
+    let (wal, rec) = Wal::open(&f.wal(), SIZE, 0, 0).unwrap();
+    assert_eq!(rec.entries, synced, "only what reached the disk is replayed");
+    drop(wal);
+    f.faults.power_loss(7);
+    let (_, rec) = Wal::open(&f.wal(), SIZE, 0, 0).unwrap();
+    assert_eq!(rec.entries, synced);
+    assert_eq!(rec.hard_state, hs);
+}

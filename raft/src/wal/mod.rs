@@ -62,7 +62,7 @@ mod tests;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::BytesMut;
 
@@ -151,6 +151,8 @@ pub struct Wal {
     written_back: u64,
     /// Set by the first failed write or sync, on any thread (see [`WalError::Failed`]).
     failure: Arc<OnceLock<String>>,
+    /// Held by each sync of the log, whatever its thread (see [`SyncTarget::sync`]).
+    syncing: Arc<Mutex<()>>,
 }
 
 /// The active segment's file, to be synced on another thread ([`Wal::sync_target`]).
@@ -159,12 +161,19 @@ pub struct SyncTarget {
     file: Arc<File>,
     path: Arc<Path>,
     failure: Arc<OnceLock<String>>,
+    syncing: Arc<Mutex<()>>,
 }
 
 impl SyncTarget {
     /// Makes everything written to the file so far durable. A failure is the whole log's, for
     /// good (see [`WalError::Failed`]).
+    ///
+    /// Syncs of the log never overlap: two syncs of one open file share its error state, so
+    /// when a write-back error comes during both, the kernel reports it to one of them and the
+    /// other succeeds. The lock makes the one that comes second see the failure the first
+    /// recorded, rather than vouch for pages the disk never got.
     pub fn sync(&self) -> Result<(), WalError> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(why) = self.failure.get() {
             return Err(WalError::Failed(why.clone()));
         }
@@ -300,6 +309,7 @@ impl Wal {
                     next: None,
                     written_back: valid_len,
                     failure: Arc::default(),
+                    syncing: Arc::default(),
                 }
             }
             None => {
@@ -323,6 +333,7 @@ impl Wal {
                     next: None,
                     written_back: 0,
                     failure: Arc::default(),
+                    syncing: Arc::default(),
                 }
             }
         };
@@ -452,7 +463,12 @@ impl Wal {
     /// segments are synced when the log rolls over, so this one file is enough.
     pub fn sync_target(&self) -> SyncTarget {
         let path = &self.segments.last().expect("an active segment").path;
-        SyncTarget { file: self.file.clone(), path: Arc::from(path.as_path()), failure: self.failure.clone() }
+        SyncTarget {
+            file: self.file.clone(),
+            path: Arc::from(path.as_path()),
+            failure: self.failure.clone(),
+            syncing: self.syncing.clone(),
+        }
     }
 
     /// Why the log takes no more writes, if a write or sync failed (see [`WalError::Failed`]).

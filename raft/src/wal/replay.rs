@@ -38,7 +38,12 @@ impl Replay {
     /// Replays one segment.
     pub(super) fn segment(&mut self, path: &Path, last: bool) -> Result<Replayed, WalError> {
         let mut raw = Vec::new();
-        File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(io_err(path))?;
+        let mut file = File::options().read(true).write(true).open(path).map_err(io_err(path))?;
+        // Read what the disk holds, not what the page cache may hold without it (see
+        // `diskio::sync_and_drop_cache`): after `kill -9` the newest segment's unsynced
+        // records are made durable first, after a failed sync its lost pages are read as lost.
+        diskio::sync_and_drop_cache(&file, path).map_err(io_err(path))?;
+        file.read_to_end(&mut raw).map_err(io_err(path))?;
         let data = Bytes::from(raw);
         let mut offset = 0usize;
         let mut max_index = 0;
