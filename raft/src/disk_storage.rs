@@ -82,11 +82,12 @@ impl DiskStorage {
     /// Opens the data directory `dir`: the newest valid snapshot, then the WAL replayed on top.
     pub fn open(dir: &Path, opts: &DiskOptions) -> Result<DiskStorage, WalError> {
         let snaps = SnapshotStore::open(&dir.join("snap"))?;
-        // The directory's own entries (`wal/`, `snap/`), created on the first start.
-        crate::wal::sync_dir(dir)?;
         let snapshot = snaps.load_latest()?.unwrap_or_default();
         let (wal, Recovered { hard_state, entries, warnings }) =
             Wal::open(&dir.join("wal"), opts.segment_size, snapshot.meta.index, snapshot.meta.term)?;
+        // The directory's own entries (`wal/`, `snap/`), created on the first start, before
+        // anything is written into them.
+        crate::wal::sync_dir(dir)?;
         let mut hard_state = hard_state;
         hard_state.term = hard_state.term.max(snapshot.meta.term);
         Ok(DiskStorage {

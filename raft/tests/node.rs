@@ -266,3 +266,46 @@ fn a_snapshot_encoder_that_panics_does_not_stop_later_snapshots() {
     );
     node.stop().unwrap();
 }
+
+/// Panics on the entry `boom`, as a state machine with a bug would.
+struct Fragile;
+
+impl StateMachine for Fragile {
+    fn apply(&mut self, _index: u64, data: &[u8], _answer: bool) -> Bytes {
+        assert_ne!(data, b"boom", "the state machine cannot apply this");
+        Bytes::new()
+    }
+    fn snapshot(&self) -> raft::SnapshotEncoder {
+        Box::new(Bytes::new)
+    }
+    fn restore(&mut self, _data: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A loop that dies, of an error or a panic, says so through `died` (the replica's process
+/// then exits with the cause, rather than stay up answering nothing).
+#[test]
+fn a_loop_that_panics_reports_its_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let node = Node::start(lone_replica(dir.path(), 1000), Fragile, rt.handle().clone()).unwrap();
+    let handle = node.handle();
+    let died = node.died();
+    let why = rt.block_on(async {
+        // Once the lone replica has elected itself.
+        let mut applied = Err(NodeError::Stopped);
+        for _ in 0..500 {
+            applied = handle.propose(Bytes::from_static(b"fine")).await;
+            if applied.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        applied.expect("applied");
+        let _ = handle.propose(Bytes::from_static(b"boom")).await;
+        tokio::time::timeout(Duration::from_secs(30), died).await.expect("died resolves")
+    });
+    assert!(why.contains("panicked") && why.contains("cannot apply"), "{why}");
+    assert!(node.stop().is_err());
+}

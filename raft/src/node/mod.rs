@@ -382,7 +382,16 @@ impl<SM: StateMachine> Node<SM> {
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
-                let result = driver.run(rx);
+                // A panic is a death too: it must reach `died`, not only end the thread.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run(rx)));
+                let result = run.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(format!("the Raft loop panicked: {what}"))
+                });
                 if let Err(e) = &result {
                     tracing::error!(replica = id, "the Raft loop stopped: {e}");
                     died_tx.send_replace(Some(e.clone()));

@@ -104,9 +104,10 @@ async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         // A peer that vanishes without closing the connection (power off, a partition) is
-        // found out in seconds, not at the transfer's deadline.
+        // found out in seconds, not at the transfer's deadline. The answer to a ping may
+        // queue behind the data in flight on a slow link, hence the long wait for it.
         .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect()
         .await?;

@@ -273,3 +273,25 @@ fn a_restart_after_a_failed_sync_replays_what_the_disk_holds() {
     assert_eq!(rec.entries, synced);
     assert_eq!(rec.hard_state, hs);
 }
+
+/// A leader's snapshot saved, and the crash before the log's reset marker was: replay drops
+/// the old suffix the snapshot replaces, and records that, so the entries appended after the
+/// snapshot survive the next restart rather than go with that suffix.
+#[test]
+fn entries_after_a_snapshot_whose_reset_marker_was_lost_survive_the_next_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), SIZE, 0, 0).unwrap();
+    wal.append(&(1..=5).map(|i| ent(i, 1, 50)).collect::<Vec<_>>(), Some(HardState { term: 1, vote: 1, commit: 3 }));
+    wal.sync().unwrap();
+    drop(wal);
+    // The snapshot at 4 of term 2 is durable; its reset marker never made it.
+    let (mut wal, rec) = Wal::open(dir.path(), SIZE, 4, 2).unwrap();
+    assert!(rec.entries.is_empty(), "the old suffix is not the snapshot's");
+    let after = vec![ent(5, 2, 50), ent(6, 2, 50)];
+    wal.append(&after, Some(HardState { term: 2, vote: 0, commit: 6 }));
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), SIZE, 4, 2).unwrap();
+    assert_eq!(rec.entries, after);
+    assert_eq!(rec.hard_state.commit, 6);
+}

@@ -41,11 +41,11 @@
 //!   and XFS, whose unwritten extents this is about: on a copy-on-write file system (btrfs)
 //!   records written over zeros would each be copied elsewhere instead.
 //!   Records are then written over written zeros rather than into unwritten space, so the
-//!   torn-tail rule below relies on the device losing unsynced writes in whole pages (4 KiB),
-//!   as it did before for the page where each sync's records begin. A device that can tear a
-//!   page at a smaller sector, so that a later page of the same unsynced write survives, makes
-//!   replay stop with [`WalError::Corrupt`] naming the spot (a clear refusal, never a silent
-//!   truncation); the operator then replaces that replica with a new member.
+//!   torn-tail rule relies on what a device loses of unsynced writes showing as zeros: whole
+//!   pages, or the sectors from where the last sync ended (see Recovery). A lost sector in the
+//!   middle of a record with valid records after it and no such sign makes replay stop with
+//!   [`WalError::Corrupt`] naming the spot (a clear refusal, never a silent truncation); the
+//!   operator then replaces that replica with a new member.
 //! - **Compaction.** Once a snapshot covers index `s`, the oldest segments whose entries are all
 //!   at or below `s` are deleted (only a prefix: a later segment may depend on an earlier one's
 //!   truncation). Every new segment starts with the current hard state, so deleting old
@@ -257,8 +257,11 @@ impl Wal {
         let (valid_len, torn) = (newest.valid_len, newest.torn);
         // Entries after the snapshot belong to it only if the log's entry at the snapshot's
         // index is the snapshot's own. Otherwise a snapshot from the leader was saved but the
-        // crash came before its reset marker: the old suffix was being discarded.
-        if replay.base_entry_term.is_some_and(|t| t != base_term) {
+        // crash came before its reset marker: the old suffix was being discarded. The marker
+        // is written now (below), or the next replay would discard again, together with the
+        // old suffix, every entry appended after the snapshot from here on.
+        let missing_reset = replay.base_entry_term.is_some_and(|t| t != base_term);
+        if missing_reset {
             replay.out.entries.clear();
         }
         let hard_state = replay.out.hard_state;
@@ -339,6 +342,10 @@ impl Wal {
         };
         use std::io::Seek;
         (&*wal.file).seek(io::SeekFrom::Start(wal.file_len)).map_err(io_err(dir))?;
+        if missing_reset {
+            record::encode(&mut wal.buf, &Record::Reset { index: base_index, term: base_term });
+            wal.sync()?;
+        }
         if !newest.has_hard_state && hard_state != HardState::default() {
             // The write that opened the newest segment was torn before its hard state (which
             // follows the records buffered with it), or the segment's first write was lost

@@ -157,11 +157,11 @@ const PAGE: usize = diskio::PAGE;
 /// The unit a device writes atomically: a power loss keeps or loses each whole.
 const SECTOR: usize = 512;
 
-/// Whether `region`, which starts at byte `start` of its file, begins with zeros up to the end
-/// of the sector `start` lies in (a whole sector when `start` is a sector's first byte), and
-/// reaches that far.
+/// Whether `region`, which starts at byte `start` of its file, begins with a record header of
+/// zeros (a length of 0, which no written record has) and zeros on up to the end of the sector
+/// `start` lies in (a whole sector when `start` is a sector's first byte).
 fn zeros_to_sector_end(region: &[u8], start: usize) -> bool {
-    let len = (start / SECTOR + 1) * SECTOR - start;
+    let len = ((start / SECTOR + 1) * SECTOR - start).max(record::HEADER_LEN);
     region.get(..len).is_some_and(|r| r.iter().all(|&b| b == 0))
 }
 
@@ -176,4 +176,24 @@ fn has_zero_page(region: &[u8], start: usize) -> bool {
 /// tail (nothing valid after the bad record) from corruption in the middle of synced data.
 fn next_valid_record(data: &Bytes, from: usize) -> Option<usize> {
     (from..data.len().saturating_sub(record::HEADER_LEN)).find(|&p| record::decode(&data.slice(p..)).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zeros to the end of a sector mark a lost write only when they cover a whole record
+    /// header: a record starting a byte before a sector's end whose length's low byte is 0 is
+    /// not a lost sector (a bit flip elsewhere in it is corruption, refused).
+    #[test]
+    fn zeros_to_a_sector_end_must_cover_a_record_header() {
+        let mut region = vec![0u8; 1024];
+        region[1] = 1; // a length of 256: its low byte is 0
+        assert!(!zeros_to_sector_end(&region, 511), "one zero byte is no lost sector");
+        assert!(zeros_to_sector_end(&region[2..], 513), "zeros from 513 to 1024 are");
+        region[1] = 0;
+        assert!(zeros_to_sector_end(&region, 511), "a zero header running past the sector's end");
+        region[300] = 9;
+        assert!(!zeros_to_sector_end(&region[100..], 100), "not zeros to the end of the sector");
+    }
 }
