@@ -446,6 +446,9 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     let shell: u32 =
         lines_of(holder.stdout.take().unwrap()).recv_timeout(Duration::from_secs(30)).unwrap().parse().unwrap();
     pids.0.push(shell);
+    // A node whose lock is held is not removed (exit 9), so no second holder gets in.
+    assert_eq!(chubby(&["rm", "/ls/local/svc/web/lock"]).0, 9, "rm of a held lock's node");
+    assert_eq!(chubby(&["lock", "--timeout", "0", "/ls/local/svc/web/lock", "--", "true"]).0, 4, "still held");
     let (code, json) = chubby(&["--json", "status"]);
     assert_eq!(code, 0);
     assert_eq!(json.matches("\"lag\":").count(), 3, "{json}");
@@ -453,6 +456,16 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     pids.kill(shell);
     pids.kill(holder.id());
     let _ = holder.wait();
+    // Its holder gone (a killed `chubby lock` closes its session: no lock-delay), it can go.
+    let mut removed = 9;
+    for _ in 0..100 {
+        removed = chubby(&["rm", "/ls/local/svc/web/lock"]).0;
+        if removed != 9 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(removed, 0);
 }
 
 #[test]

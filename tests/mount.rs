@@ -179,6 +179,10 @@ fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
     let mut holder = flock(&["-x"], &on_a, "sleep 60", &mut groups);
     await_held(&cell, "/ls/local/job");
     assert_eq!(xattr(&on_b, "user.chubby.sequencer").map(|s| s.starts_with("seq1:")), Some(true));
+    // Removing a file another host holds a lock on is refused: a file re-created at its name
+    // would hand a second holder the lock.
+    assert_eq!(errno_of(fs::remove_file(&on_b)), libc::EBUSY, "rm of a held lock's file");
+    assert!(on_a.exists() && on_b.exists());
 
     // Busy for the other host: at once with -n, after its timeout with -w.
     let busy = flock(&["-n"], &on_b, "true", &mut groups).wait().expect("flock -n");
@@ -234,6 +238,16 @@ fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
     assert_eq!(excl.code(), Some(1), "a writer waits for the reader");
     groups.kill(reader.id());
     let _ = reader.wait();
+    // No holder left (a closed file releases its lock at once): the file can go.
+    let mut removed = fs::remove_file(&on_b);
+    for _ in 0..100 {
+        match &removed {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(100)),
+            _ => break,
+        }
+        removed = fs::remove_file(&on_b);
+    }
+    removed.expect("rm once the lock is free");
 }
 
 /// The sessions in the cell's state, as its master reports them.

@@ -58,6 +58,7 @@ pub fn status_of_state(e: StateError) -> Status {
         | StateError::GenerationMismatch { .. }
         | StateError::LockBusy(_)
         | StateError::NotHeld(_)
+        | StateError::LockHeld(_)
         | StateError::Forgotten(_) => Code::FailedPrecondition,
         StateError::WaitEnded { .. } => Code::Aborted,
     };

@@ -41,6 +41,10 @@ pub enum StateError {
     WaitEnded { path: String, reason: String },
     #[error("request {0} was already answered and forgotten")]
     Forgotten(u64),
+    /// A node whose lock is held or waited for is not deleted: its holders would lose the lock
+    /// without being told, and a new node at its name would hand a second holder the lock.
+    #[error("{0}: its lock is held or waited for; release it (or cancel the wait) before deleting the node")]
+    LockHeld(String),
 }
 
 impl StateError {
@@ -64,6 +68,7 @@ impl StateError {
             StateError::LimitExceeded(_) => "LimitExceeded",
             StateError::WaitEnded { .. } => "WaitEnded",
             StateError::Forgotten(_) => "Forgotten",
+            StateError::LockHeld(_) => "LockHeld",
         }
     }
 }

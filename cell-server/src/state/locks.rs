@@ -303,9 +303,14 @@ impl CellState {
             if *until > self.clock_ms {
                 return;
             }
-            let (_, path) = self.delays.remove_min().expect("first exists");
-            if let Some(n) = self.nodes.get_mut(path.as_str()).map(Arc::make_mut) {
-                n.lock.delay_until_ms = 0;
+            let (until, path) = self.delays.remove_min().expect("first exists");
+            match self.nodes.get_mut(path.as_str()).map(Arc::make_mut) {
+                Some(n) => n.lock.delay_until_ms = 0,
+                None => {
+                    if self.name_delays.get(path.as_str()) == Some(&until) {
+                        self.name_delays.remove(path.as_str());
+                    }
+                }
             }
             self.grant_from_head(&path);
         }

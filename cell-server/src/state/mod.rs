@@ -106,8 +106,14 @@ pub struct CellState {
     sessions: OrdMap<SessionId, Session>,
     /// Live sessions by the `open_id` that created them (see [`Op::CreateSession`]).
     opened: OrdMap<u64, SessionId>,
-    /// Running lock-delays: (end, path).
+    /// Running lock-delays: (end, path). The path's node may be gone: the delay then belongs
+    /// to the name (see `name_delays`).
     delays: OrdSet<(u64, String)>,
+    /// The running lock-delays of names whose node was deleted (or reaped) during its delay,
+    /// by path: a node created there inherits it. Derived from `delays` and `nodes` (the
+    /// entries of `delays` with no node), so it is not in snapshots but rebuilt on restore.
+    #[serde(skip)]
+    name_delays: OrdMap<PathKey, u64>,
     #[serde(skip)]
     effects: Vec<Effect>,
 }
@@ -127,6 +133,7 @@ impl Default for CellState {
             sessions: OrdMap::new(),
             opened: OrdMap::new(),
             delays: OrdSet::new(),
+            name_delays: OrdMap::new(),
             effects: Vec::new(),
         }
     }
@@ -259,7 +266,15 @@ impl CellState {
     }
 
     pub fn restore(data: &[u8]) -> Result<CellState, String> {
-        postcard::from_bytes(data).map_err(|e| format!("cell snapshot does not decode: {e}"))
+        let mut state: CellState =
+            postcard::from_bytes(data).map_err(|e| format!("cell snapshot does not decode: {e}"))?;
+        state.name_delays = state
+            .delays
+            .iter()
+            .filter(|(_, path)| !state.nodes.contains_key(path.as_str()))
+            .map(|(until, path)| (PathKey::from(path.as_str()), *until))
+            .collect();
+        Ok(state)
     }
 }
 

@@ -218,7 +218,12 @@ impl CellState {
             mtime_ms: self.clock_ms,
             modified_index: self.applied,
         };
-        self.nodes.insert(path.into(), Arc::new(Node::new(stat, c.contents, acl)));
+        let mut node = Node::new(stat, c.contents, acl);
+        if let Some(until) = self.name_delays.remove(path) {
+            // Still in `delays`: it ends for this node as it would have for the old one.
+            node.lock.delay_until_ms = until;
+        }
+        self.nodes.insert(path.into(), Arc::new(node));
         self.nodes.get_mut(parent_path).map(Arc::make_mut).expect("checked above").children.insert(name);
         self.effects.push(Effect::NodeChanged { path: path.to_string(), change: Change::Created });
         Ok(())
@@ -290,6 +295,12 @@ impl CellState {
             return Err(StateError::NotEmpty(path));
         }
         check_write_conditions(node, if_generation, sequencer.as_deref().is_none_or(|seq| self.check_sequencer(seq)))?;
+        // Its holders would lose the lock untold while a new node at the name is free to take:
+        // two holders at once. A lock-delay running does not stop the deletion: the name keeps
+        // it (`delete_node`).
+        if !node.lock.holders.is_empty() || !node.lock.waiters.is_empty() {
+            return Err(StateError::LockHeld(path));
+        }
         let parent = split_parent(&path).0.to_string();
         self.delete_node(&path);
         self.maybe_reap(parent);
@@ -321,7 +332,13 @@ impl CellState {
                 s.open_ephemerals.remove(path);
             }
         }
-        if node.lock.delay_until_ms > 0 {
+        // A lock-delay still running belongs to the name, not the node (an ephemeral lock
+        // file reaped when its holder's session expired, say): a node created at this path
+        // before it ends inherits what is left of it, so a partitioned old holder's last acts
+        // still drain before anyone else is granted the lock.
+        if node.lock.delay_until_ms > self.clock_ms {
+            self.name_delays.insert(path.into(), node.lock.delay_until_ms);
+        } else if node.lock.delay_until_ms > 0 {
             self.delays.remove(&(node.lock.delay_until_ms, path.to_string()));
         }
         let (parent, name) = split_parent(path);

@@ -7,7 +7,7 @@
 //! `open NAME PATH [create] [dir] [ephemeral] [excl] [text=T]`, `close NAME PATH`,
 //! `set NAME PATH TEXT|@SIZE [if=N] [fence=NAME:OWNER@PATH]`, `rm NAME PATH [if=N] [fence=…]`,
 //! `acquire NAME[:OWNER] PATH x|s [try] [delay=MS]`, `release …`, `cancel …`,
-//! `acl NAME PATH r=A,B w=A a=A`, `retry NAME`, `check NAME[:OWNER] PATH`, `checkseq SEQ`,
+//! `acl NAME PATH r=A,B w=A a=A`, `retry NAME [back=K]` (the K-th last call, 1 by default), `check NAME[:OWNER] PATH`, `checkseq SEQ`,
 //! `lock PATH`, `clock`, `put PATH TEXT` (operator write),
 //! `stat PATH`, `ls PATH`.
 
@@ -24,7 +24,8 @@ struct Driver {
     ids: BTreeMap<String, SessionId>,
     names: BTreeMap<SessionId, String>,
     next_seq: BTreeMap<SessionId, u64>,
-    last: BTreeMap<SessionId, Entry>,
+    /// Each session's calls, oldest first, for `retry`.
+    history: BTreeMap<SessionId, Vec<Entry>>,
     /// Last sequencer granted to `NAME:OWNER PATH`.
     sequencers: BTreeMap<String, String>,
 }
@@ -65,7 +66,7 @@ impl Driver {
             ids: BTreeMap::new(),
             names: BTreeMap::new(),
             next_seq: BTreeMap::new(),
-            last: BTreeMap::new(),
+            history: BTreeMap::new(),
             sequencers: BTreeMap::new(),
         }
     }
@@ -97,7 +98,7 @@ impl Driver {
         });
         let entry = Entry { now_ms: self.now, request, op };
         if let Some(s) = session {
-            self.last.insert(s, entry.clone());
+            self.history.entry(s).or_default().push(entry.clone());
         }
         self.run(entry)
     }
@@ -194,7 +195,9 @@ impl Driver {
             "endsession" => self.submit(Some(self.id(arg(0))), Op::CloseSession),
             "retry" => {
                 let s = self.id(arg(0));
-                let entry = self.last.get(&s).expect("a call to retry").clone();
+                let back: usize = opt(args, "back").map_or(1, |b| b.parse().expect("a count"));
+                let calls = self.history.get(&s).expect("a call to retry");
+                let entry = calls[calls.len() - back].clone();
                 let entry = Entry { now_ms: self.now, ..entry };
                 self.run(entry)
             }
@@ -319,6 +322,16 @@ fn readers_share_and_a_queued_writer_is_not_starved() {
 #[test]
 fn cancel_removes_a_waiter_and_may_unblock_the_queue() {
     transcript("cancel");
+}
+
+#[test]
+fn a_node_whose_lock_is_held_or_waited_for_is_not_deleted() {
+    transcript("delete_locked");
+}
+
+#[test]
+fn lock_delay_belongs_to_the_name_and_outlives_the_node() {
+    transcript("lock_delay_name");
 }
 
 #[test]

@@ -41,6 +41,8 @@ fn errno_of_reason(reason: &str) -> Errno {
         "InvalidArgument" => libc::EINVAL,
         "LockBusy" => libc::EWOULDBLOCK,
         "NotHeld" => libc::ENOLCK,
+        // `rm` of a file whose lock another holds or waits for.
+        "LockHeld" => libc::EBUSY,
         "LimitExceeded" => libc::ENOSPC,
         // The node was deleted or re-created since it was opened (NFS's "stale file handle").
         "StaleHandle" => libc::ESTALE,

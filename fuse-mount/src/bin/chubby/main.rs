@@ -27,6 +27,7 @@ const EXIT_TIMEOUT: u8 = 5;
 const EXIT_SESSION_LOST: u8 = 6;
 const EXIT_STALE_SEQUENCER: u8 = 7;
 const EXIT_GENERATION_MISMATCH: u8 = 8;
+const EXIT_LOCK_HELD: u8 = 9;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,7 +36,7 @@ const EXIT_GENERATION_MISMATCH: u8 = 8;
     about = "Talk to a Chubby cell",
     after_help = "Exit codes: 0 ok (lock: the command's status), 1 cell unreachable or call refused, \
                   2 bad usage, 3 not found, 4 lock busy, 5 timed out waiting for a lock, 6 session lost, \
-                  7 stale sequencer, 8 generation mismatch."
+                  7 stale sequencer, 8 generation mismatch, 9 node not removed: its lock is held or waited for."
 )]
 struct Cli {
     /// The cell: any subset of its replicas as HOST:PORT[,HOST:PORT…] (as `cell-server local`
@@ -228,6 +229,7 @@ fn exit_for(e: &ClientError) -> u8 {
         (_, Some("LockBusy")) => EXIT_BUSY,
         (_, Some("StaleSequencer")) => EXIT_STALE_SEQUENCER,
         (_, Some("GenerationMismatch")) => EXIT_GENERATION_MISMATCH,
+        (_, Some("LockHeld")) => EXIT_LOCK_HELD,
         (ClientError::Rpc(s), _) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
         _ => EXIT_FAILURE,
     }
