@@ -86,7 +86,7 @@ impl Replay {
                     // after a power loss can lose pages out of order, but only of writes no sync
                     // covered; and a sync covers the whole file, so nothing from there on was
                     // ever durable or acknowledged.
-                    let lost_here = |n: usize| zeros_to_sector_end(&data[offset..n], offset);
+                    let lost_here = |n: usize| lost_first_sector(&data[offset..n], offset);
                     if let Some(next) = next.filter(|&n| !lost_here(n) && !has_zero_page(&data[offset..n], offset)) {
                         return Err(corrupt(path, offset, format!("{why}, followed by a valid record at byte {next}")));
                     }
@@ -157,12 +157,31 @@ const PAGE: usize = diskio::PAGE;
 /// The unit a device writes atomically: a power loss keeps or loses each whole.
 const SECTOR: usize = 512;
 
-/// Whether `region`, which starts at byte `start` of its file, begins with a record header of
-/// zeros (a length of 0, which no written record has) and zeros on up to the end of the sector
-/// `start` lies in (a whole sector when `start` is a sector's first byte).
-fn zeros_to_sector_end(region: &[u8], start: usize) -> bool {
-    let len = ((start / SECTOR + 1) * SECTOR - start).max(record::HEADER_LEN);
-    region.get(..len).is_some_and(|r| r.iter().all(|&b| b == 0))
+/// Whether the bad record at byte `start`, with the next valid record right after `region`
+/// (which runs from `start` to it), shows the loss of the sector it begins in: that sector kept
+/// its synced version, zeros from the end of the synced records, while the later sectors of the
+/// same unsynced write reached the disk. So: zeros from `start` to the sector's end, and either
+/// they cover the record's whole length field (no written record has a length of 0), or, where
+/// the header runs on into the next sector, the record is whole but for those zeros: its true
+/// length reaches exactly the next valid record, and its checksum holds.
+fn lost_first_sector(region: &[u8], start: usize) -> bool {
+    let to_sector_end = (start / SECTOR + 1) * SECTOR - start;
+    let Some(head) = region.get(..to_sector_end) else { return false };
+    if !head.iter().all(|&b| b == 0) {
+        return false;
+    }
+    if to_sector_end >= 4 {
+        return true;
+    }
+    let Some(len) = region.len().checked_sub(record::HEADER_LEN).and_then(|l| u32::try_from(l).ok()) else {
+        return false;
+    };
+    let len_bytes = len.to_le_bytes();
+    if region[to_sector_end..4] != len_bytes[to_sector_end..] {
+        return false;
+    }
+    let crc = u32::from_le_bytes(region[4..8].try_into().expect("4 bytes"));
+    crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &region[record::HEADER_LEN..]) == crc
 }
 
 /// Whether `region`, which starts at byte `start` of its file, holds a whole page-aligned page
@@ -182,18 +201,37 @@ fn next_valid_record(data: &Bytes, from: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// Zeros to the end of a sector mark a lost write only when they cover a whole record
-    /// header: a record starting a byte before a sector's end whose length's low byte is 0 is
-    /// not a lost sector (a bit flip elsewhere in it is corruption, refused).
+    fn record(len: usize) -> Vec<u8> {
+        let mut buf = bytes::BytesMut::new();
+        let e = crate::types::Entry {
+            index: 7,
+            term: 3,
+            kind: crate::types::EntryKind::Normal,
+            data: bytes::Bytes::from(vec![5u8; len]),
+        };
+        record::encode(&mut buf, &Record::Entry(e));
+        buf.to_vec()
+    }
+
+    /// Zeros from a bad record's start to its sector's end mark a lost sector when they cover
+    /// its length field, or when the rest of the record checks out with its true length.
     #[test]
-    fn zeros_to_a_sector_end_must_cover_a_record_header() {
-        let mut region = vec![0u8; 1024];
-        region[1] = 1; // a length of 256: its low byte is 0
-        assert!(!zeros_to_sector_end(&region, 511), "one zero byte is no lost sector");
-        assert!(zeros_to_sector_end(&region[2..], 513), "zeros from 513 to 1024 are");
-        region[1] = 0;
-        assert!(zeros_to_sector_end(&region, 511), "a zero header running past the sector's end");
-        region[300] = 9;
-        assert!(!zeros_to_sector_end(&region[100..], 100), "not zeros to the end of the sector");
+    fn a_lost_first_sector_is_told_from_corruption() {
+        // The whole length field zero, up to the sector's end.
+        let mut r = record(600);
+        r[..12].fill(0);
+        assert!(lost_first_sector(&r, 500), "12 zero bytes to the end of the sector");
+        assert!(!lost_first_sector(&r, 490), "zeros short of the sector's end");
+        // The header straddles the sector's end: 1..=3 bytes lost, the rest intact.
+        for lost in 1..4 {
+            let mut r = record(1024 - 18); // a length of 1024, whose low byte is 0
+            assert_eq!(r[0], 0, "the length's low byte is 0");
+            r[..lost].fill(0);
+            assert!(lost_first_sector(&r, 512 - lost), "{lost} bytes lost, the record intact");
+            let mut flipped = r.clone();
+            flipped[700] ^= 4;
+            assert!(!lost_first_sector(&flipped, 512 - lost), "{lost} bytes zero, and a bit flip later");
+            assert!(!lost_first_sector(&r[..r.len() - 1], 512 - lost), "not reaching the next record");
+        }
     }
 }

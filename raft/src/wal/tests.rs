@@ -271,12 +271,12 @@ fn suffix_of_another_history_is_dropped_after_a_snapshot() {
     wal.append(&(1..=10).map(|i| ent(i, 1)).collect::<Vec<_>>(), Some(HardState { term: 1, vote: 1, commit: 4 }));
     wal.sync().unwrap();
     drop(wal);
-    // Snapshot at 6 from a term-2 leader: entry 6 of term 1 is not its history.
-    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 6, 2).unwrap();
-    assert!(rec.entries.is_empty(), "{:?}", rec.entries);
     // Snapshot at 6 of our own history: the suffix stays.
     let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 6, 1).unwrap();
     assert_eq!(rec.entries, (7..=10).map(|i| ent(i, 1)).collect::<Vec<_>>());
+    // Snapshot at 6 from a term-2 leader: entry 6 of term 1 is not its history.
+    let (_, rec) = Wal::open(dir.path(), DEFAULT_SEGMENT_SIZE, 6, 2).unwrap();
+    assert!(rec.entries.is_empty(), "{:?}", rec.entries);
 }
 
 /// The hard state of the tests below: a vote that compaction must never lose.
