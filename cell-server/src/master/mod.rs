@@ -12,6 +12,7 @@
 
 mod cache;
 mod leases;
+mod own_proposals;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -332,9 +333,16 @@ impl Master {
         }
     }
 
+    /// Proposes the session's expiry, again until it is done while this master is in office
+    /// (see `own_proposals`).
     pub async fn propose_expiry(&self, session: SessionId) {
-        let entry = Entry { now_ms: now_ms(), request: None, op: Op::ExpireSession { session } };
-        let _ = self.node.propose(encode(&entry)).await;
+        let epoch = self.lock().epoch;
+        let propose = || async {
+            let entry = Entry { now_ms: now_ms(), request: None, op: Op::ExpireSession { session } };
+            self.node.propose(encode(&entry)).await.map(|_| ())
+        };
+        let in_office = || epoch.is_some() && self.lock().epoch == epoch;
+        own_proposals::until_done(propose, in_office, &format!("expiring session {session}")).await;
     }
 
     /// Proposes a Tick when a lock-delay ends, so the waiters it holds back are granted. The
@@ -342,22 +350,17 @@ impl Master {
     fn arm_lock_delay(self: &Arc<Self>, until_ms: u64) {
         let m = self.clone();
         tokio::spawn(async move {
-            for _ in 0..1000 {
-                let wait = until_ms.saturating_sub(now_ms());
-                tokio::time::sleep(Duration::from_millis(wait + 1)).await;
-                if m.lock().epoch.is_none() {
-                    return;
-                }
+            let epoch = m.lock().epoch;
+            let tick = || async {
                 let entry = Entry { now_ms: now_ms(), request: None, op: Op::Tick };
-                if m.node.propose(encode(&entry)).await.is_err() {
-                    return;
-                }
-                let pending = m.node.stale_read(move |s| s.state().lock_delays().any(|(t, _)| t <= until_ms)).await;
-                if !matches!(pending, Ok(true)) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+                m.node.propose(encode(&entry)).await.is_ok()
+            };
+            let pending = || async {
+                let running = m.node.stale_read(move |s| s.state().lock_delays().any(|(t, _)| t <= until_ms)).await;
+                !matches!(running, Ok(false))
+            };
+            let in_office = || epoch.is_some() && m.lock().epoch == epoch;
+            own_proposals::end_lock_delay(until_ms, now_ms, tick, pending, in_office).await;
         });
     }
 
