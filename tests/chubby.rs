@@ -379,6 +379,31 @@ fn a_write_waits_for_cachers_to_ack_or_lose_their_session() {
     });
 }
 
+/// A write held back by a cacher that never acknowledges its invalidation waits up to a
+/// lease: a client whose call deadline is shorter still gets the write's answer, never a
+/// timeout for a write that then commits.
+#[test]
+fn a_write_held_back_for_a_lease_is_answered_past_a_shorter_call_deadline() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: 3000, ..CellOptions::default() });
+    runtime().block_on(async {
+        let leader = wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let master = cell.addrs[(leader - 1) as usize].clone();
+        let short = SessionOptions { timeout: Duration::from_secs(1), ..opts() };
+        let w = Session::open(cell.addrs.clone(), short).await.unwrap();
+        let create = OpenOptions { create: true, contents: "v1".into(), ..OpenOptions::default() };
+        let (h, _) = w.open_node("/ls/local/slow", create).await.unwrap();
+        let (_tx, _inbound, _silent) = silent_cacher(&master, "/ls/local/slow").await;
+        let started = Instant::now();
+        let written = w.set(&h, "v2".into(), None, "").await;
+        let took = started.elapsed();
+        assert!(written.is_ok(), "the write is answered, not timed out after 1 s: {written:?} after {took:?}");
+        assert_eq!(&w.get(&h).await.unwrap().0[..], b"v2");
+        // Deleting waits for cachers too.
+        let (_tx2, _inbound2, _silent2) = silent_cacher(&master, "/ls/local/slow").await;
+        assert!(w.delete(&h, None, "").await.is_ok(), "the delete is answered, not timed out");
+    });
+}
+
 #[test]
 fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     let cell = TestCell::start(CellOptions::default());

@@ -40,7 +40,7 @@ impl Session {
             change_acl: acl.change_acl,
             if_acl_generation,
         };
-        Ok(self.call(self.deadline(), rpc!(SetAcl, req)).await?.stat.unwrap_or_default())
+        Ok(self.call(self.change_deadline(), rpc!(SetAcl, req)).await?.stat.unwrap_or_default())
     }
 
     /// Changes the node's ACL names with `change` (read, changed, written back only if no

@@ -156,12 +156,18 @@ struct Inner {
     cache: Mutex<Cache>,
     /// The end of the local lease (conservative: before the master's).
     lease_end: Mutex<Instant>,
+    /// The cell's session lease: how long the master may hold a write back while it waits for
+    /// a cacher's acknowledgement (see [`Session::change_deadline`]).
+    lease: Duration,
     seq: Mutex<Sequence>,
     events: broadcast::Sender<Event>,
     state: watch::Sender<SessionState>,
     closed: watch::Sender<bool>,
     hook: Mutex<Option<InvalidationHook>>,
 }
+
+/// Time beyond the cell's lease a change is given (see [`Session::change_deadline`]).
+const CHANGE_MARGIN: Duration = Duration::from_secs(2);
 
 /// An open session; cloning shares it.
 #[derive(Clone)]
@@ -406,6 +412,7 @@ impl Session {
         })?;
         let id = stream.2.session;
         let token = stream.2.session_token.clone();
+        let lease = Duration::from_millis(stream.2.lease_ms);
         let cache = Mutex::new(Cache::new(opts.cache));
         let inner = Arc::new(Inner {
             given,
@@ -418,13 +425,13 @@ impl Session {
             channels,
             cache,
             lease_end: Mutex::new(sent),
+            lease,
             seq: Mutex::new(Sequence { next: 1, outstanding: BTreeSet::new() }),
             events: broadcast::channel(1024).0,
             state: watch::channel(SessionState::Alive).0,
             closed: watch::channel(false).0,
             hook: Mutex::new(None),
         });
-        let lease = Duration::from_millis(stream.2.lease_ms);
         inner.granted(stream::local_lease_end(sent, lease));
         tokio::spawn(keep_session(inner.clone(), stream, sent));
         Ok(Session { inner, holders: Arc::new(()) })
@@ -576,6 +583,15 @@ impl Session {
         Some(Instant::now() + self.inner.opts.timeout)
     }
 
+    /// The deadline of a call that changes a node others may cache (SetContents, Delete,
+    /// SetAcl). The master holds such a write back until every cacher has acknowledged its
+    /// invalidation or lost its lease, up to a whole lease; a deadline shorter than that would
+    /// report a failure for a write that then commits. So it is at least the lease and a
+    /// margin for the commit after the wait.
+    pub(crate) fn change_deadline(&self) -> Option<Instant> {
+        Some(Instant::now() + self.inner.opts.timeout.max(self.inner.lease + CHANGE_MARGIN))
+    }
+
     /// Opens a node. A plain open (no create, no events) of a node this session has cached
     /// is answered from the cache.
     pub async fn open_node(&self, path: &str, o: OpenOptions) -> Result<(Handle, NodeStat), ClientError> {
@@ -717,7 +733,7 @@ impl Session {
             sequencer: sequencer.to_string(),
             write_through: ticket.is_some(),
         };
-        let r = self.call(self.deadline(), rpc!(SetContents, req)).await;
+        let r = self.call(self.change_deadline(), rpc!(SetContents, req)).await;
         if let Some(ticket) = ticket {
             let fill = match &r {
                 Ok(r) if r.cacheable => Some(Fill {
@@ -745,7 +761,7 @@ impl Session {
             if_generation,
             sequencer: sequencer.to_string(),
         };
-        self.call(self.deadline(), rpc!(Delete, req)).await.map(|_| ())
+        self.call(self.change_deadline(), rpc!(Delete, req)).await.map(|_| ())
     }
 
     pub async fn read_dir(&self, handle: &Handle) -> Result<Vec<DirEntry>, ClientError> {
