@@ -160,17 +160,19 @@ const SECTOR: usize = 512;
 /// Whether the bad record at byte `start`, with the next valid record right after `region`
 /// (which runs from `start` to it), shows the loss of the sector it begins in: that sector kept
 /// its synced version, zeros from the end of the synced records, while the later sectors of the
-/// same unsynced write reached the disk. So: zeros from `start` to the sector's end, and either
-/// they cover the record's whole length field (no written record has a length of 0), or, where
-/// the header runs on into the next sector, the record is whole but for those zeros: its true
-/// length reaches exactly the next valid record, and its checksum holds.
+/// same unsynced write reached the disk. So: zeros from `start` to at least the sector's end, and
+/// either they cover the record's whole length field (no written record has a length of 0), or,
+/// where they stop inside it (the next sector kept), the record is whole but for those zeros:
+/// its true length reaches exactly the next valid record, and its checksum holds.
 fn lost_first_sector(region: &[u8], start: usize) -> bool {
     let to_sector_end = (start / SECTOR + 1) * SECTOR - start;
-    let Some(head) = region.get(..to_sector_end) else { return false };
-    if !head.iter().all(|&b| b == 0) {
+    let zeros = region.iter().take_while(|&&b| b == 0).count();
+    if zeros < to_sector_end || region.len() < record::HEADER_LEN {
         return false;
     }
-    if to_sector_end >= 4 {
+    // The zeros run on to or past the sector's end (a whole lost page runs past it). If they
+    // cover the length field, that alone tells: no written record has a length of 0.
+    if zeros >= 4 {
         return true;
     }
     let Some(len) = region.len().checked_sub(record::HEADER_LEN).and_then(|l| u32::try_from(l).ok()) else {
@@ -222,16 +224,27 @@ mod tests {
         r[..12].fill(0);
         assert!(lost_first_sector(&r, 500), "12 zero bytes to the end of the sector");
         assert!(!lost_first_sector(&r, 490), "zeros short of the sector's end");
+        // A whole page lost from a record starting a byte before a sector's end: the zeros run
+        // past the sector's end, over the length field.
+        let mut r = record(5000);
+        r[..3000].fill(0);
+        assert!(lost_first_sector(&r, 511), "a lost page from the record's start on");
         // The header straddles the sector's end: 1..=3 bytes lost, the rest intact.
+        let synced = record(1024 - 18); // a length of 1024: bytes 00 04 00 00
         for lost in 1..4 {
-            let mut r = record(1024 - 18); // a length of 1024, whose low byte is 0
-            assert_eq!(r[0], 0, "the length's low byte is 0");
+            let mut r = synced.clone();
             r[..lost].fill(0);
             assert!(lost_first_sector(&r, 512 - lost), "{lost} bytes lost, the record intact");
-            let mut flipped = r.clone();
+            // A synced record with a bit flip later, starting as near the sector's end: its
+            // own zero low byte is no lost sector.
+            let mut flipped = synced.clone();
             flipped[700] ^= 4;
-            assert!(!lost_first_sector(&flipped, 512 - lost), "{lost} bytes zero, and a bit flip later");
-            assert!(!lost_first_sector(&r[..r.len() - 1], 512 - lost), "not reaching the next record");
+            assert!(!lost_first_sector(&flipped, 512 - lost), "a bit flip, {lost} bytes before a sector's end");
         }
+        // Only the length's low byte is zero, lost or not: the rest must check out.
+        let mut flipped = synced.clone();
+        flipped[700] ^= 4;
+        assert!(!lost_first_sector(&flipped, 511));
+        assert!(!lost_first_sector(&synced[..synced.len() - 1], 511), "not reaching the next record");
     }
 }
