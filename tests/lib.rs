@@ -46,6 +46,8 @@ pub struct CellOptions {
     /// The address every replica listens on (a loopback address, or one a test's network
     /// namespace can reach).
     pub host: String,
+    /// Extra environment of every replica process (a test's `LD_PRELOAD` of libfaketime, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for CellOptions {
@@ -59,6 +61,7 @@ impl Default for CellOptions {
             session_lease_ms: 12_000,
             wal_segment_kib: 64 << 10,
             host: "127.0.0.1".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -160,6 +163,7 @@ impl TestCell {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info,h2=warn,tower=warn")
+            .envs(o.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

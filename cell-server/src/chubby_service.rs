@@ -20,7 +20,6 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::machine::CellMachine;
 use crate::master::{session_lost, Master, WriteGuard};
-use crate::service::now_ms;
 use crate::state::handle::{sign, verify, verify_session_token, HandleBody};
 use crate::state::{self, Create, Entry, Holder, Op, Reply, Rights, StateError};
 
@@ -165,7 +164,7 @@ impl ChubbyService {
     }
 
     async fn call_with(&self, request: state::RequestId, op: Op, guard: Option<&WriteGuard>) -> Result<Reply, Status> {
-        let entry = Entry { now_ms: now_ms(), request: Some(request), op };
+        let entry = Entry { now_ms: self.master.log_now_ms(), request: Some(request), op };
         let proposed = match guard {
             Some(g) => self.master.propose_guarded(entry, g).await,
             None => self.master.propose(entry).await,
@@ -590,7 +589,7 @@ impl Master {
         self.serving()?;
         if o.resume_session == 0 {
             let entry = Entry {
-                now_ms: now_ms(),
+                now_ms: self.log_now_ms(),
                 request: None,
                 op: Op::CreateSession { principal: o.principal, open_id: o.open_id },
             };

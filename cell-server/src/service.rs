@@ -103,7 +103,8 @@ impl CellService {
         // master takes office the call waits for it).
         self.master.await_serving().await?;
         let pending = self.master.begin_write(&path).await?;
-        let entry = Entry { now_ms: now_ms(), request: None, op: Op::AdminPut { path, contents: value } };
+        let entry =
+            Entry { now_ms: self.master.log_now_ms(), request: None, op: Op::AdminPut { path, contents: value } };
         match self.master.propose_guarded(entry, &pending).await.map_err(|e| self.status_of(e))? {
             Ok(Reply::Stat(stat)) => Ok(stat.modified_index),
             Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),

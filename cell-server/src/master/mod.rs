@@ -12,6 +12,7 @@
 
 mod cache;
 mod leases;
+mod log_clock;
 mod own_proposals;
 
 use std::collections::{HashMap, HashSet};
@@ -30,6 +31,7 @@ use crate::state::{decode, encode, split_parent, Change, Effect, Entry, Op, Outc
 
 pub use cache::CacheTable;
 pub use leases::LeaseTable;
+pub use log_clock::LogClock;
 
 /// Event kinds a handle may ask for (`OpenRequest.event_mask`).
 pub const EVENT_CONTENTS: u32 = 1;
@@ -78,6 +80,8 @@ struct Inner {
     /// Sessions that have not resumed since this master took office: they may hold cached
     /// data the old master would have invalidated.
     unflushed: HashSet<SessionId>,
+    /// The time this master stamps on entries, set when it takes office.
+    clock: Option<LogClock>,
 }
 
 pub struct Master {
@@ -121,6 +125,12 @@ impl Master {
         let m = master.clone();
         tokio::spawn(async move { m.expire_leases().await });
         master
+    }
+
+    /// The log time to stamp on an entry now (see [`LogClock`]); the wall clock only before
+    /// this replica first takes office, when no entry of its can commit anyway.
+    pub fn log_now_ms(&self) -> u64 {
+        self.lock().clock.map_or_else(now_ms, |c| c.now_ms())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -259,9 +269,20 @@ impl Master {
         // them once the epoch is set below. (Set before the proposal goes to the Raft loop, so
         // the loop sees it for that entry and all later ones.)
         self.effects_wanted.store(true, std::sync::atomic::Ordering::SeqCst);
-        let has_key = self.node.stale_read(|m| !m.state().key().is_empty()).await.unwrap_or(false);
+        let read_clock = |m: &CellMachine| {
+            let st = m.state();
+            (st.clock_ms(), st.lock_delays().next().is_some())
+        };
+        let Ok((has_key, (log_ms, delays))) =
+            self.node.stale_read(move |m| (!m.state().key().is_empty(), read_clock(m))).await
+        else {
+            return;
+        };
         let op = if has_key { Op::Tick } else { Op::InitCell { key: random_key().into(), limits: Default::default() } };
-        let entry = Entry { now_ms: now_ms(), request: None, op };
+        // Stamped by the log's clock as far as this replica has applied it; the clock is set
+        // for good below, once everything committed before is applied.
+        let stamp = LogClock::take_office(log_ms, now_ms(), delays, Instant::now()).now_ms();
+        let entry = Entry { now_ms: stamp, request: None, op };
         if let Err(e) = self.node.propose(encode(&entry)).await {
             tracing::info!(term, error = %e, "could not take office");
             return;
@@ -272,10 +293,10 @@ impl Master {
                 let st = m.state();
                 let sessions: Vec<SessionId> = st.sessions().map(|(id, _)| *id).collect();
                 let delays: Vec<u64> = st.lock_delays().map(|(t, _)| t).collect();
-                (bytes::Bytes::copy_from_slice(st.key()), sessions, delays)
+                (bytes::Bytes::copy_from_slice(st.key()), sessions, delays, st.clock_ms())
             })
             .await;
-        let Ok((key, sessions, delays)) = snapshot else { return };
+        let Ok((key, sessions, delays, log_ms)) = snapshot else { return };
         if self.node.leadership().borrow().term != term || self.node.leadership().borrow().role != Some(Role::Leader) {
             return;
         }
@@ -289,6 +310,7 @@ impl Master {
             g.unflushed = sessions.iter().copied().collect();
             g.key = key;
             g.cell_name = self.cfg.cell_name.clone();
+            g.clock = Some(LogClock::take_office(log_ms, now_ms(), !delays.is_empty(), Instant::now()));
             g.epoch = Some(term);
             self.office.send_replace(Some(term));
         }
@@ -338,7 +360,7 @@ impl Master {
     pub async fn propose_expiry(&self, session: SessionId) {
         let epoch = self.lock().epoch;
         let propose = || async {
-            let entry = Entry { now_ms: now_ms(), request: None, op: Op::ExpireSession { session } };
+            let entry = Entry { now_ms: self.log_now_ms(), request: None, op: Op::ExpireSession { session } };
             self.node.propose(encode(&entry)).await.map(|_| ())
         };
         let in_office = || epoch.is_some() && self.lock().epoch == epoch;
@@ -352,7 +374,7 @@ impl Master {
         tokio::spawn(async move {
             let epoch = m.lock().epoch;
             let tick = || async {
-                let entry = Entry { now_ms: now_ms(), request: None, op: Op::Tick };
+                let entry = Entry { now_ms: m.log_now_ms(), request: None, op: Op::Tick };
                 m.node.propose(encode(&entry)).await.is_ok()
             };
             let pending = || async {
@@ -360,7 +382,7 @@ impl Master {
                 !matches!(running, Ok(false))
             };
             let in_office = || epoch.is_some() && m.lock().epoch == epoch;
-            own_proposals::end_lock_delay(until_ms, now_ms, tick, pending, in_office).await;
+            own_proposals::end_lock_delay(until_ms, || m.log_now_ms(), tick, pending, in_office).await;
         });
     }
 
