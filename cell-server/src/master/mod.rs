@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cache;
+mod lease_cap;
 mod leases;
 mod log_clock;
 mod own_proposals;
@@ -30,6 +31,7 @@ use crate::service::now_ms;
 use crate::state::{decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, SessionId, StateError};
 
 pub use cache::CacheTable;
+pub use lease_cap::follower_lease;
 pub use leases::LeaseTable;
 pub use log_clock::LogClock;
 
@@ -48,6 +50,9 @@ type GrantTx = oneshot::Sender<Result<String, StateError>>;
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
     pub lease: Duration,
+    /// The least time a follower that answered this master refuses to vote for another (see
+    /// `lease_cap::follower_lease`): how long a confirmation of leadership justifies grants.
+    pub follower_lease: Duration,
     /// Every replica's address, for redirects.
     pub peers: std::collections::BTreeMap<raft::NodeId, String>,
     /// Events and invalidations name nodes as clients do: `/ls/<cell>/…`.
@@ -82,6 +87,8 @@ struct Inner {
     unflushed: HashSet<SessionId>,
     /// The time this master stamps on entries, set when it takes office.
     clock: Option<LogClock>,
+    /// When the latest round that confirmed this master's leadership began (see `lease_cap`).
+    confirmed: Option<Instant>,
 }
 
 pub struct Master {
@@ -283,6 +290,8 @@ impl Master {
         // for good below, once everything committed before is applied.
         let stamp = LogClock::take_office(log_ms, now_ms(), delays, Instant::now()).now_ms();
         let entry = Entry { now_ms: stamp, request: None, op };
+        // Its commit confirms this leadership as of now (a quorum acknowledged it).
+        let issued = Instant::now();
         if let Err(e) = self.node.propose(encode(&entry)).await {
             tracing::info!(term, error = %e, "could not take office");
             return;
@@ -311,13 +320,40 @@ impl Master {
             g.key = key;
             g.cell_name = self.cfg.cell_name.clone();
             g.clock = Some(LogClock::take_office(log_ms, now_ms(), !delays.is_empty(), Instant::now()));
+            g.confirmed = Some(issued);
             g.epoch = Some(term);
             self.office.send_replace(Some(term));
         }
+        let m = self.clone();
+        tokio::spawn(async move { m.confirm_leadership(term).await });
         for until in delays {
             self.arm_lock_delay(until);
         }
         tracing::info!(term, sessions = sessions.len(), "master serving");
+    }
+
+    /// Confirms this master's leadership with a ReadIndex round every few ticks while it is in
+    /// office: the grants it makes are capped by the latest confirmation (see `lease_cap`).
+    async fn confirm_leadership(self: Arc<Self>, term: u64) {
+        let every = lease_cap::confirm_interval(self.cfg.follower_lease).max(Duration::from_millis(1));
+        loop {
+            tokio::time::sleep(every).await;
+            if self.lock().epoch != Some(term) {
+                return;
+            }
+            let issued = Instant::now();
+            if self.node.read(|_| ()).await.is_ok() {
+                let mut g = self.lock();
+                if g.epoch == Some(term) {
+                    g.confirmed = g.confirmed.max(Some(issued));
+                }
+            }
+        }
+    }
+
+    /// The lease this master may grant now (see `lease_cap`).
+    fn lease_to_grant(&self, g: &Inner, now: Instant) -> Duration {
+        lease_cap::lease_cap(g.confirmed, now, self.cfg.follower_lease, self.cfg.lease)
     }
 
     fn leave_office(&self) {
@@ -455,19 +491,16 @@ impl Master {
         let mut g = self.lock();
         let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
         g.streams.insert(session, tx.clone());
-        g.leases.extend(session, Instant::now() + self.cfg.lease);
+        let now = Instant::now();
+        g.leases.extend(session, now + self.cfg.lease);
+        let lease = self.lease_to_grant(&g, now);
         let failover = g.unflushed.remove(&session) && resumed;
         if resumed {
             g.cache.flushed(session);
         }
         let session_token = crate::state::handle::session_token(&g.key, session);
-        let grant = LeaseGrant {
-            session,
-            lease_ms: self.cfg.lease.as_millis() as u64,
-            epoch,
-            session_token,
-            lost_sessions: Vec::new(),
-        };
+        let grant =
+            LeaseGrant { session, lease_ms: lease.as_millis() as u64, epoch, session_token, lost_sessions: Vec::new() };
         // Queued on the stream under the lock, so nothing can come between the two.
         let _ = tx.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Lease(grant.clone())) }));
         if failover {
@@ -493,7 +526,9 @@ impl Master {
         }
         let now = Instant::now();
         let until = now + self.cfg.lease;
-        let mut shortest = self.cfg.lease;
+        // What the client is told is capped by this master's confirmed leadership; its own
+        // deadlines (when it would expire a session) stay a full lease away.
+        let mut shortest = self.lease_to_grant(&g, now);
         let mut lost_sessions = Vec::new();
         for &s in std::iter::once(&session).chain(more) {
             match g.leases.deadline(s) {
