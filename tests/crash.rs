@@ -4,7 +4,7 @@
 //! order, on every replica.
 //!
 //! `CHUBBY_CRASH_CYCLES` sets the number of cycles (20 by default, as in CI; `CHUBBY_LONG=1`
-//! makes it 100). `CHUBBY_CRASH_SEED` replays a run's choice of victims and pauses.
+//! makes it 1,000, with the writer paced). `CHUBBY_CRASH_SEED` replays a run's choice of victims and pauses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +33,7 @@ fn cycles() -> usize {
         return n.parse().expect("CHUBBY_CRASH_CYCLES is a number");
     }
     if std::env::var("CHUBBY_LONG").is_ok_and(|v| v == "1") {
-        100
+        1000
     } else {
         20
     }
@@ -55,6 +55,10 @@ fn acknowledged_writes_survive_kill9_of_any_replica() {
     // The writer: sequential puts, each recorded once acknowledged, with its revision.
     let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    // A long run paces its writer, so the writes checked after every cycle stay a few hundred
+    // thousand rather than grow to millions.
+    let n = cycles();
+    let pause = if n > 100 { Duration::from_millis(5) } else { Duration::ZERO };
     let writer = {
         let (acked, stop, addrs) = (acked.clone(), stop.clone(), cell.addrs.clone());
         std::thread::spawn(move || {
@@ -69,12 +73,12 @@ fn acknowledged_writes_survive_kill9_of_any_replica() {
                     Ok(rev) => acked.lock().unwrap().push((seq, rev)),
                     Err(_) => failures += 1, // outcome unknown: not acknowledged, not checked
                 }
+                std::thread::sleep(pause);
             }
             failures
         })
     };
 
-    let n = cycles();
     let mut leader_kills = 0;
     for cycle in 0..n {
         std::thread::sleep(Duration::from_millis(150 + rng.below(250)));
@@ -102,8 +106,11 @@ fn acknowledged_writes_survive_kill9_of_any_replica() {
         for addr in cell.addrs.clone() {
             let mut c = cell.client(Duration::from_secs(5));
             let list = rt
-                .block_on(c.at(&addr, |mut rpc| async move {
-                    rpc.list(ListRequest { prefix: "w/".into(), stale: true }).await
+                .block_on(c.at(&addr, |rpc| async move {
+                    // Every acknowledged write, in one answer: past tonic's 4 MiB default in long runs.
+                    rpc.max_decoding_message_size(256 << 20)
+                        .list(ListRequest { prefix: "w/".into(), stale: true })
+                        .await
                 }))
                 .unwrap_or_else(|e| panic!("cycle {cycle}: listing {addr}: {e}"));
             let have: std::collections::HashMap<String, (Bytes, u64)> =

@@ -411,11 +411,7 @@ impl Chubby for ChubbyService {
         };
         let (session, path, instance) = (h.session, h.path.clone(), h.instance);
         let look = move |st: &state::CellState| {
-            st.session(session).ok_or(StateError::NoSession(session))?;
-            match st.node(&path) {
-                Some(n) if n.stat.instance == instance => Ok((n.contents.clone(), n.stat.clone())),
-                _ => Err(StateError::StaleHandle(path)),
-            }
+            st.node_of_handle(session, &path, instance).map(|n| (n.contents.clone(), n.stat.clone()))
         };
         if req.stale_ok {
             let (contents, s) = self
@@ -448,10 +444,7 @@ impl Chubby for ChubbyService {
         let (session, path, instance) = (h.session, h.path.clone(), h.instance);
         let token = self.master.register_cacher(session, &h.path);
         let r = self
-            .read(move |st| match st.node(&path) {
-                Some(n) if n.stat.instance == instance => Ok((n.stat.clone(), n.acl.clone())),
-                _ => Err(StateError::StaleHandle(path)),
-            })
+            .read(move |st| st.node_of_handle(session, &path, instance).map(|n| (n.stat.clone(), n.acl.clone())))
             .await;
         let cacheable = self.master.settle_cacher(session, &h.path, token, &r, |(s, _)| !s.ephemeral);
         let (s, acl) = r?;
@@ -463,7 +456,12 @@ impl Chubby for ChubbyService {
         self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::READ)?;
-        let entries = self.read(move |st| st.read_dir(&h.path)).await?;
+        let entries = self
+            .read(move |st| {
+                st.node_of_handle(h.session, &h.path, h.instance)?;
+                st.read_dir(&h.path)
+            })
+            .await?;
         Ok(Response::new(ReadDirResponse {
             entries: entries.into_iter().map(|(name, s)| DirEntry { name, stat: Some(stat(&s)) }).collect(),
         }))
@@ -521,14 +519,22 @@ impl Chubby for ChubbyService {
         let req = req.into_inner();
         if req.holders {
             let h = self.handle(req.handle.as_ref(), Rights::READ)?;
-            let path = h.path;
-            let holders = self.read(move |st| Ok(st.holder_sequencers(&path))).await?;
+            let holders = self
+                .read(move |st| {
+                    st.node_of_handle(h.session, &h.path, h.instance)?;
+                    Ok(st.holder_sequencers(&h.path))
+                })
+                .await?;
             return Ok(Response::new(GetSequencerResponse { sequencer: String::new(), holders }));
         }
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
         let holder = Holder { session: h.session, owner: req.owner };
-        let path = h.path;
-        let sequencer = self.read(move |st| st.sequencer_of(&path, holder).ok_or(StateError::NotHeld(path))).await?;
+        let sequencer = self
+            .read(move |st| {
+                st.node_of_handle(h.session, &h.path, h.instance)?;
+                st.sequencer_of(&h.path, holder).ok_or(StateError::NotHeld(h.path))
+            })
+            .await?;
         Ok(Response::new(GetSequencerResponse { sequencer, holders: Vec::new() }))
     }
 

@@ -439,6 +439,17 @@ impl CellState {
         self.nodes.get(path).map(|n| &**n)
     }
 
+    /// The node a handle of `session` on (`path`, `instance`) names, for a read through it: the
+    /// session must still be alive (a handle is its session's capability, and ends with it) and
+    /// the node the same instance, not one created at the path since.
+    pub fn node_of_handle(&self, session: SessionId, path: &str, instance: u64) -> Result<&Node, StateError> {
+        self.sessions.get(&session).ok_or(StateError::NoSession(session))?;
+        match self.node(path) {
+            Some(n) if n.stat.instance == instance => Ok(n),
+            _ => Err(StateError::StaleHandle(path.to_string())),
+        }
+    }
+
     /// The children of a directory with their metadata, in name order.
     pub fn read_dir(&self, path: &str) -> Result<Vec<(String, Stat)>, StateError> {
         let dir = self.nodes.get(path).ok_or_else(|| StateError::NotFound(path.to_string()))?;

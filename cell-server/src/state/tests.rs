@@ -228,6 +228,21 @@ impl Driver {
                 }
                 Err(e) => format!("error: {e}\n"),
             },
+            // Reads through a handle of NAME (its instance as opened, or `instance=N`).
+            "hstat" | "hls" => {
+                let session = self.id(arg(0));
+                let path = arg(1);
+                let instance = self.instance(path, args);
+                match (cmd, self.state.node_of_handle(session, path, instance)) {
+                    (_, Err(e)) => format!("error {}: {e}\n", e.reason()),
+                    ("hstat", Ok(n)) => format!("{}\n", describe_stat(&n.stat)),
+                    _ => {
+                        let entries = self.state.read_dir(path).expect("a directory");
+                        let n: Vec<_> = entries.iter().map(|(n, _)| n.as_str()).collect();
+                        format!("[{}]\n", n.join(" "))
+                    }
+                }
+            }
             _ => self.node_command(line, cmd, args),
         }
     }
@@ -322,6 +337,11 @@ fn readers_share_and_a_queued_writer_is_not_starved() {
 #[test]
 fn cancel_removes_a_waiter_and_may_unblock_the_queue() {
     transcript("cancel");
+}
+
+#[test]
+fn reads_through_a_handle_end_with_its_session_and_its_node_instance() {
+    transcript("handles");
 }
 
 #[test]
