@@ -185,6 +185,7 @@ impl CellState {
         }
         self.drop_hold(&path, holder, false);
         self.grant_from_head(&path);
+        self.maybe_reap(path);
         Ok(Reply::Done)
     }
 
@@ -198,6 +199,7 @@ impl CellState {
         }
         if self.remove_waiter(&path, holder, "cancelled") {
             self.grant_from_head(&path);
+            self.maybe_reap(path);
         }
         Ok(Reply::Done)
     }

@@ -353,7 +353,11 @@ impl CellState {
     pub(super) fn maybe_reap(&mut self, mut path: String) {
         loop {
             let Some(n) = self.nodes.get(path.as_str()) else { return };
-            if path == "/" || !n.stat.ephemeral || !n.openers.is_empty() || !n.children.is_empty() {
+            // An ephemeral node whose lock is held or waited for stays until that ends (the
+            // release, cancel or session end that ends it reaps it): its holders would lose the
+            // lock untold, as for Delete.
+            let locked = !n.lock.holders.is_empty() || !n.lock.waiters.is_empty();
+            if path == "/" || !n.stat.ephemeral || !n.openers.is_empty() || !n.children.is_empty() || locked {
                 return;
             }
             self.delete_node(&path);

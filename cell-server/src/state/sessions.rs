@@ -116,6 +116,7 @@ impl CellState {
         // A queued writer leaving the head may let the readers behind it in, as a release may.
         for (path, _) in waiting.iter().chain(&held) {
             self.grant_from_head(path);
+            self.maybe_reap(path.clone());
         }
         if let Some(s) = self.sessions.remove(&id) {
             if self.opened.get(&s.open_id) == Some(&id) {

@@ -535,6 +535,9 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
                 return Err(format!("{path}: waiter {w:?} inconsistent"));
             }
         }
+        if l.delay_until_ms > 0 && !st.delays.contains(&(l.delay_until_ms, path.to_string())) {
+            return Err(format!("{path}: a lock-delay until {} not among the running ones", l.delay_until_ms));
+        }
         if !l.waiters.is_empty() && l.delay_until_ms == 0 && l.waiters.front().is_some_and(|w| l.compatible(w.mode)) {
             return Err(format!("{path}: the head of the queue could be granted but waits"));
         }
@@ -544,8 +547,24 @@ fn check_invariants(st: &CellState) -> Result<(), String> {
                 return Err(format!("{path}: child {name} missing"));
             }
         }
-        if n.stat.ephemeral && n.openers.is_empty() && n.children.is_empty() {
-            return Err(format!("{path}: unopened ephemeral node not reaped"));
+        let locked = !n.lock.holders.is_empty() || !n.lock.waiters.is_empty();
+        if n.stat.ephemeral && n.openers.is_empty() && n.children.is_empty() && !locked {
+            return Err(format!("{path}: unopened, unlocked ephemeral node not reaped"));
+        }
+    }
+    // Each running lock-delay is its node's, or, with no node at the path, its name's.
+    for (until, path) in &st.delays {
+        let ok = match st.nodes.get(path.as_str()) {
+            Some(n) => n.lock.delay_until_ms == *until,
+            None => st.name_delays.get(path.as_str()) == Some(until),
+        };
+        if !ok {
+            return Err(format!("{path}: running lock-delay until {until} is neither its node's nor its name's"));
+        }
+    }
+    for (path, until) in &st.name_delays {
+        if st.nodes.contains_key(path) || !st.delays.contains(&(*until, path.to_string())) {
+            return Err(format!("{path}: name lock-delay until {until} inconsistent"));
         }
     }
     for (open_id, id) in &st.opened {
@@ -620,5 +639,7 @@ proptest! {
             prop_assert_eq!(b.take_effects(), effects);
         }
         prop_assert_eq!(encode(&a), encode(&b));
+        // Not in the encoding: derived on restore, it must come out the same.
+        prop_assert_eq!(&a.name_delays, &b.name_delays);
     }
 }
