@@ -284,6 +284,66 @@ fn watchers_get_events_for_contents_children_and_locks() {
     });
 }
 
+/// `chubby watch` across a master failover: the failover shows as a gap (`master-failover`
+/// or `events-lost`, read again), and every change after it is printed: the session's
+/// subscriptions are registered again at the new master.
+#[test]
+fn chubby_watch_goes_on_printing_changes_after_a_master_failover() {
+    let mut cell = TestCell::start(CellOptions::default());
+    let leader =
+        runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let addrs = cell.cell_arg();
+    let chubby = |args: &[&str]| {
+        let out = Command::new(bin("chubby")).env("CHUBBY_CELL", &addrs).args(args).output().unwrap();
+        out.status.code().unwrap_or(-1)
+    };
+    assert_eq!(chubby(&["put", "/ls/local/watched", "v0"]), 0);
+    let mut watch = Command::new(bin("chubby"))
+        .env("CHUBBY_CELL", cell.cell_arg())
+        .args(["watch", "/ls/local/watched"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Pids(vec![watch.id()]);
+    let lines = lines_of(watch.stdout.take().unwrap());
+    // Waits (bounded) for a line that starts with one of `kinds`; the lines seen on the way.
+    let expect = |kinds: &[&str], what: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+                let hit = kinds.iter().any(|k| line.starts_with(k));
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!("no {what} from chubby watch within 30 s; it printed {seen:?}");
+    };
+    // The watch is registered once a change shows.
+    let mut printed = false;
+    for i in 0..50 {
+        assert_eq!(chubby(&["put", "/ls/local/watched", &format!("before-{i}")]), 0);
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            assert!(line.starts_with("modified /ls/local/watched"), "{line}");
+            printed = true;
+            break;
+        }
+    }
+    assert!(printed, "chubby watch printed a change before the failover");
+
+    cell.kill(leader);
+    cell.start_replica(leader);
+    expect(&["master-failover", "events-lost"], "gap line after the failover");
+    // Changes after the failover are printed.
+    assert_eq!(chubby(&["put", "/ls/local/watched", "after"]), 0);
+    expect(&["modified /ls/local/watched"], "change after the failover");
+    pids.kill(watch.id());
+    let _ = watch.wait();
+}
+
 /// A raw session stream that never acks invalidations, with the handle of one node it read.
 async fn silent_cacher(
     master: &str,
@@ -881,6 +941,7 @@ async fn raw_session(
         principal: "raw".into(),
         session_token: resume.map(|g| g.session_token.clone()).unwrap_or_default(),
         open_id: 0,
+        resubscribe: Vec::new(),
     };
     tx.send(SessionRequest { kind: Some(session_request::Kind::Open(open)) }).await.unwrap();
     let mut inbound = c.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();

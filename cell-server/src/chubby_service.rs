@@ -21,7 +21,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::machine::CellMachine;
 use crate::master::{session_lost, Master, WriteGuard};
 use crate::state::handle::{sign, verify, verify_session_token, HandleBody};
-use crate::state::{self, Create, Entry, Holder, Op, Reply, Rights, StateError};
+use crate::state::{self, Create, Holder, Op, Reply, Rights, StateError};
 
 /// Metadata key with the state machine's reason for a refusal.
 pub const ERROR_METADATA: &str = "chubby-error";
@@ -164,10 +164,9 @@ impl ChubbyService {
     }
 
     async fn call_with(&self, request: state::RequestId, op: Op, guard: Option<&WriteGuard>) -> Result<Reply, Status> {
-        let entry = Entry { now_ms: self.master.log_now_ms(), request: Some(request), op };
         let proposed = match guard {
-            Some(g) => self.master.propose_guarded(entry, g).await,
-            None => self.master.propose(entry).await,
+            Some(g) => self.master.propose_guarded(Some(request), op, g).await,
+            None => self.master.propose_op(Some(request), op).await,
         };
         match proposed {
             Ok(Ok(r)) => Ok(r),
@@ -594,12 +593,8 @@ impl Master {
     pub async fn open_session(&self, o: OpenSession, tx: &crate::master::StreamTx) -> Result<LeaseGrant, Status> {
         self.serving()?;
         if o.resume_session == 0 {
-            let entry = Entry {
-                now_ms: self.log_now_ms(),
-                request: None,
-                op: Op::CreateSession { principal: o.principal, open_id: o.open_id },
-            };
-            let id = match self.propose(entry).await.map_err(|e| self.node_error(e))? {
+            let op = Op::CreateSession { principal: o.principal, open_id: o.open_id };
+            let id = match self.propose_op(None, op).await.map_err(|e| self.node_error(e))? {
                 Ok(Reply::Session { id }) => id,
                 Ok(other) => return Err(unexpected(other)),
                 Err(e) => return Err(status_of_state(e)),
@@ -615,6 +610,16 @@ impl Master {
             .map_err(|e| self.node_error(e))?;
         if !alive {
             return Err(session_lost(id));
+        }
+        // The session's subscriptions, by the handles it opened them with: only what a valid
+        // handle of this very session names (a forged or foreign one is ignored).
+        let key = self.key();
+        for sub in &o.resubscribe {
+            let token = sub.handle.as_ref().map(|h| h.token.as_ref()).unwrap_or_default();
+            match crate::state::handle::verify(&key, token) {
+                Ok(body) if body.session == id => self.subscribe(id, &body.path, sub.event_mask),
+                _ => tracing::warn!(session = id, "a resumed session named a subscription by a handle not its own"),
+            }
         }
         self.attach(id, tx, true)
     }

@@ -28,12 +28,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     let handle = node.handle();
     let master = Master::start(
         handle.clone(),
-        MasterConfig {
-            lease: cfg.session_lease,
-            follower_lease: crate::master::follower_lease(cfg.tick, cfg.election_ticks),
-            peers: cfg.peers.clone(),
-            cell_name: cfg.cell_name.clone(),
-        },
+        MasterConfig { lease: cfg.session_lease, peers: cfg.peers.clone(), cell_name: cfg.cell_name.clone() },
         effects_rx,
     );
     let service = CellService::new(

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::machine::CellMachine;
 use crate::master::Master;
 use crate::multiplex::{Multiplexed, Rules};
-use crate::state::{validate_path, Entry, Op, Reply, StateError};
+use crate::state::{validate_path, Op, Reply, StateError};
 
 /// The service of one replica.
 #[derive(Clone)]
@@ -103,9 +103,8 @@ impl CellService {
         // master takes office the call waits for it).
         self.master.await_serving().await?;
         let pending = self.master.begin_write(&path).await?;
-        let entry =
-            Entry { now_ms: self.master.log_now_ms(), request: None, op: Op::AdminPut { path, contents: value } };
-        match self.master.propose_guarded(entry, &pending).await.map_err(|e| self.status_of(e))? {
+        let op = Op::AdminPut { path, contents: value };
+        match self.master.propose_guarded(None, op, &pending).await.map_err(|e| self.status_of(e))? {
             Ok(Reply::Stat(stat)) => Ok(stat.modified_index),
             Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
             Err(e) => Err(crate::chubby_service::status_of_state(e)),

@@ -28,10 +28,11 @@ use tonic::Status;
 use crate::chubby_service::ERROR_METADATA;
 use crate::machine::{CellMachine, EffectSource};
 use crate::service::now_ms;
-use crate::state::{decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, SessionId, StateError};
+use crate::state::{
+    decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, RequestId, SessionId, StateError,
+};
 
 pub use cache::CacheTable;
-pub use lease_cap::follower_lease;
 pub use leases::LeaseTable;
 pub use log_clock::LogClock;
 
@@ -50,9 +51,6 @@ type GrantTx = oneshot::Sender<Result<String, StateError>>;
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
     pub lease: Duration,
-    /// The least time a follower that answered this master refuses to vote for another (see
-    /// `lease_cap::follower_lease`): how long a confirmation of leadership justifies grants.
-    pub follower_lease: Duration,
     /// Every replica's address, for redirects.
     pub peers: std::collections::BTreeMap<raft::NodeId, String>,
     /// Events and invalidations name nodes as clients do: `/ls/<cell>/…`.
@@ -89,6 +87,9 @@ struct Inner {
     clock: Option<LogClock>,
     /// When the latest round that confirmed this master's leadership began (see `lease_cap`).
     confirmed: Option<Instant>,
+    /// Sessions an event could not be sent to (their stream's queue was full): they are told
+    /// so, with an `events_lost` event, as soon as their stream takes one.
+    events_lost: HashSet<SessionId>,
 }
 
 pub struct Master {
@@ -108,6 +109,11 @@ const AWAIT_MASTER: Duration = Duration::from_secs(1);
 
 fn event(path: String, kind: proto::chubby::event::Kind) -> SessionResponse {
     SessionResponse { kind: Some(session_response::Kind::Event(Event { path, kind: Some(kind) })) }
+}
+
+/// The event that tells a session some of its events were lost.
+fn events_lost() -> SessionResponse {
+    event(String::new(), proto::chubby::event::Kind::EventsLost(true))
 }
 
 impl Master {
@@ -134,10 +140,25 @@ impl Master {
         master
     }
 
-    /// The log time to stamp on an entry now (see [`LogClock`]); the wall clock only before
-    /// this replica first takes office, when no entry of its can commit anyway.
-    pub fn log_now_ms(&self) -> u64 {
-        self.lock().clock.map_or_else(now_ms, |c| c.now_ms())
+    /// The log time to stamp on an entry now (see [`LogClock`]) and the term this master
+    /// serves in; none while it does not serve (an entry it stamped could otherwise commit in
+    /// a later term of its own, before that term's clock is set).
+    fn stamp(&self) -> Option<(u64, u64)> {
+        let g = self.lock();
+        Some((g.clock?.now_ms(), g.epoch?))
+    }
+
+    /// Proposes `op` (of the session call `request`, if any) stamped with this master's log
+    /// clock, in the term it serves in: if that term is over, it is dropped, never applied in a
+    /// later one (whose master may have decided otherwise: given a fresh lease, say).
+    pub async fn propose_op(&self, request: Option<RequestId>, op: Op) -> Result<Outcome, NodeError> {
+        let (now_ms, epoch) = self.stamp().ok_or(NodeError::NotLeader { leader: 0 })?;
+        self.propose_at(Entry { now_ms, request, op }, epoch).await
+    }
+
+    /// As [`Master::propose_op`], only in term `epoch`.
+    async fn propose_at(&self, entry: Entry, epoch: u64) -> Result<Outcome, NodeError> {
+        self.decode_outcome(self.node.propose_in_term(encode(&entry), epoch).await?)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -286,13 +307,12 @@ impl Master {
             return;
         };
         let op = if has_key { Op::Tick } else { Op::InitCell { key: random_key().into(), limits: Default::default() } };
-        // Stamped by the log's clock as far as this replica has applied it; the clock is set
-        // for good below, once everything committed before is applied.
-        let stamp = LogClock::take_office(log_ms, now_ms(), delays, Instant::now()).now_ms();
-        let entry = Entry { now_ms: stamp, request: None, op };
-        // Its commit confirms this leadership as of now (a quorum acknowledged it).
-        let issued = Instant::now();
-        if let Err(e) = self.node.propose(encode(&entry)).await {
+        // Stamped with the log's time as far as this replica has applied it, never the wall
+        // clock: entries committed but not yet applied here may start a lock-delay this read
+        // cannot see. The clock is set for good below, once everything before is applied.
+        let _ = delays;
+        let entry = Entry { now_ms: log_ms, request: None, op };
+        if let Err(e) = self.node.propose_in_term(encode(&entry), term).await {
             tracing::info!(term, error = %e, "could not take office");
             return;
         }
@@ -306,12 +326,24 @@ impl Master {
             })
             .await;
         let Ok((key, sessions, delays, log_ms)) = snapshot else { return };
-        if self.node.leadership().borrow().term != term || self.node.leadership().borrow().role != Some(Role::Leader) {
+        // A round that confirms this leadership, begun now: the leases granted from here on are
+        // capped by it (see `lease_cap`).
+        let issued = Instant::now();
+        if self.node.read(|_| ()).await.is_err() {
             return;
         }
         {
             let mut g = self.lock();
-            let until = Instant::now() + self.cfg.lease;
+            // Checked under the lock `leave_office` takes: either it ran before (and this gives
+            // up) or it runs after and undoes what follows.
+            let l = *self.node.leadership().borrow();
+            if l.term != term || l.role != Some(Role::Leader) {
+                return;
+            }
+            // Every lease a former master granted ends within the grant window past the start
+            // of its last confirmed round, which came before this term began: a full lease
+            // from now and the window cover them all (see `lease_cap`).
+            let until = Instant::now() + self.cfg.lease + lease_cap::GRANT_WINDOW;
             g.leases = LeaseTable::default();
             for &s in &sessions {
                 g.leases.extend(s, until);
@@ -335,9 +367,8 @@ impl Master {
     /// Confirms this master's leadership with a ReadIndex round every few ticks while it is in
     /// office: the grants it makes are capped by the latest confirmation (see `lease_cap`).
     async fn confirm_leadership(self: Arc<Self>, term: u64) {
-        let every = lease_cap::confirm_interval(self.cfg.follower_lease).max(Duration::from_millis(1));
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(lease_cap::CONFIRM_EVERY).await;
             if self.lock().epoch != Some(term) {
                 return;
             }
@@ -353,7 +384,7 @@ impl Master {
 
     /// The lease this master may grant now (see `lease_cap`).
     fn lease_to_grant(&self, g: &Inner, now: Instant) -> Duration {
-        lease_cap::lease_cap(g.confirmed, now, self.cfg.follower_lease, self.cfg.lease)
+        lease_cap::lease_cap(g.confirmed, now, self.cfg.lease)
     }
 
     fn leave_office(&self) {
@@ -376,30 +407,33 @@ impl Master {
         let mut tick = tokio::time::interval(EXPIRY_SCAN);
         loop {
             tick.tick().await;
-            let expired = {
+            let (expired, epoch) = {
                 let mut g = self.lock();
-                if g.epoch.is_none() {
-                    continue;
-                }
-                g.leases.take_expired(Instant::now())
+                let Some(epoch) = g.epoch else { continue };
+                (g.leases.take_expired(Instant::now()), epoch)
             };
             for session in expired {
                 tracing::info!(session, "session lease expired");
                 let m = self.clone();
-                tokio::spawn(async move { m.propose_expiry(session).await });
+                tokio::spawn(async move { m.propose_expiry(session, epoch).await });
             }
         }
     }
 
-    /// Proposes the session's expiry, again until it is done while this master is in office
-    /// (see `own_proposals`).
-    pub async fn propose_expiry(&self, session: SessionId) {
-        let epoch = self.lock().epoch;
+    /// Proposes the session's expiry, decided in term `epoch` by that term's leases, again
+    /// until it is done while this master is in that term (see `own_proposals`); never in a
+    /// later term, whose master gives every session a fresh lease.
+    pub async fn propose_expiry(&self, session: SessionId, epoch: u64) {
         let propose = || async {
-            let entry = Entry { now_ms: self.log_now_ms(), request: None, op: Op::ExpireSession { session } };
-            self.node.propose(encode(&entry)).await.map(|_| ())
+            match self.stamp() {
+                Some((now_ms, e)) if e == epoch => {
+                    let entry = Entry { now_ms, request: None, op: Op::ExpireSession { session } };
+                    self.propose_at(entry, epoch).await.map(|_| ())
+                }
+                _ => Err(NodeError::Dropped),
+            }
         };
-        let in_office = || epoch.is_some() && self.lock().epoch == epoch;
+        let in_office = || self.lock().epoch == Some(epoch);
         own_proposals::until_done(propose, in_office, &format!("expiring session {session}")).await;
     }
 
@@ -409,16 +443,14 @@ impl Master {
         let m = self.clone();
         tokio::spawn(async move {
             let epoch = m.lock().epoch;
-            let tick = || async {
-                let entry = Entry { now_ms: m.log_now_ms(), request: None, op: Op::Tick };
-                m.node.propose(encode(&entry)).await.is_ok()
-            };
+            let tick = || async { m.propose_op(None, Op::Tick).await.is_ok() };
             let pending = || async {
                 let running = m.node.stale_read(move |s| s.state().lock_delays().any(|(t, _)| t <= until_ms)).await;
                 !matches!(running, Ok(false))
             };
             let in_office = || epoch.is_some() && m.lock().epoch == epoch;
-            own_proposals::end_lock_delay(until_ms, || m.log_now_ms(), tick, pending, in_office).await;
+            let log_now = || m.stamp().map_or(0, |(now, _)| now);
+            own_proposals::end_lock_delay(until_ms, log_now, tick, pending, in_office).await;
         });
     }
 
@@ -491,6 +523,8 @@ impl Master {
         let mut g = self.lock();
         let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
         g.streams.insert(session, tx.clone());
+        // A resumed session's client reports the gap of its stream's break itself.
+        g.events_lost.remove(&session);
         let now = Instant::now();
         g.leases.extend(session, now + self.cfg.lease);
         let lease = self.lease_to_grant(&g, now);
@@ -499,8 +533,14 @@ impl Master {
             g.cache.flushed(session);
         }
         let session_token = crate::state::handle::session_token(&g.key, session);
-        let grant =
-            LeaseGrant { session, lease_ms: lease.as_millis() as u64, epoch, session_token, lost_sessions: Vec::new() };
+        let grant = LeaseGrant {
+            session,
+            lease_ms: lease.as_millis() as u64,
+            epoch,
+            session_token,
+            lost_sessions: Vec::new(),
+            full_lease_ms: self.cfg.lease.as_millis() as u64,
+        };
         // Queued on the stream under the lock, so nothing can come between the two.
         let _ = tx.try_send(Ok(SessionResponse { kind: Some(session_response::Kind::Lease(grant.clone())) }));
         if failover {
@@ -538,8 +578,18 @@ impl Master {
                 None => lost_sessions.push(s),
             }
         }
+        if g.events_lost.contains(&session) && tx.try_send(Ok(events_lost())).is_ok() {
+            g.events_lost.remove(&session);
+        }
         let session_token = crate::state::handle::session_token(&g.key, session);
-        Ok(LeaseGrant { session, lease_ms: shortest.as_millis() as u64, epoch, session_token, lost_sessions })
+        Ok(LeaseGrant {
+            session,
+            lease_ms: shortest.as_millis() as u64,
+            epoch,
+            session_token,
+            lost_sessions,
+            full_lease_ms: self.cfg.lease.as_millis() as u64,
+        })
     }
 
     /// A stream ended: forget it for the sessions it carried (their leases keep running).
@@ -638,7 +688,7 @@ impl Master {
                 Err(_) => {
                     tracing::warn!(session, path, "no invalidation ack within the session's lease: expiring it");
                     self.lock().cache.give_up(id);
-                    self.propose_expiry(session).await;
+                    self.propose_expiry(session, epoch).await;
                 }
             }
         }
@@ -649,14 +699,20 @@ impl Master {
     }
 
     /// Proposes `op` for a session call and decodes the answer.
-    pub async fn propose(&self, entry: Entry) -> Result<Outcome, NodeError> {
-        self.decode_outcome(self.node.propose(encode(&entry)).await?)
-    }
-
     /// Proposes a write whose caches `guard` invalidated: only in the term that did so (a new
     /// term's master has sessions of its own to invalidate first).
-    pub async fn propose_guarded(&self, entry: Entry, guard: &WriteGuard) -> Result<Outcome, NodeError> {
-        self.decode_outcome(self.node.propose_in_term(encode(&entry), guard.epoch).await?)
+    pub async fn propose_guarded(
+        &self,
+        request: Option<RequestId>,
+        op: Op,
+        guard: &WriteGuard,
+    ) -> Result<Outcome, NodeError> {
+        match self.stamp() {
+            Some((now_ms, epoch)) if epoch == guard.epoch => {
+                self.propose_at(Entry { now_ms, request, op }, epoch).await
+            }
+            _ => Err(NodeError::Dropped),
+        }
     }
 
     fn decode_outcome(&self, out: bytes::Bytes) -> Result<Outcome, NodeError> {
@@ -694,14 +750,24 @@ pub fn session_lost(session: SessionId) -> Status {
 impl Inner {
     /// Sends an event about `path` to the sessions subscribed to `kind_mask` (restricted to
     /// `only` if given).
-    fn notify(&self, path: &str, mask: u32, only: Option<&HashSet<SessionId>>, kind: proto::chubby::event::Kind) {
+    fn notify(&mut self, path: &str, mask: u32, only: Option<&HashSet<SessionId>>, kind: proto::chubby::event::Kind) {
         let Some(subs) = self.subscriptions.get(path) else { return };
-        for (session, m) in subs {
-            if m & mask == 0 || only.is_some_and(|o| !o.contains(session)) {
-                continue;
+        let targets: Vec<SessionId> = subs
+            .iter()
+            .filter(|(session, m)| *m & mask != 0 && only.is_none_or(|o| o.contains(session)))
+            .map(|(session, _)| *session)
+            .collect();
+        for session in &targets {
+            let Some(tx) = self.streams.get(session) else { continue };
+            // An event that cannot go out is never dropped silently: its session learns of the
+            // gap, before any later event (see `events_lost`).
+            if self.events_lost.contains(session) && tx.try_send(Ok(events_lost())).is_ok() {
+                self.events_lost.remove(session);
             }
-            if let Some(tx) = self.streams.get(session) {
-                let _ = tx.try_send(Ok(event(full_path(&self.cell_name, path), kind.clone())));
+            if self.events_lost.contains(session)
+                || tx.try_send(Ok(event(full_path(&self.cell_name, path), kind.clone()))).is_err()
+            {
+                self.events_lost.insert(*session);
             }
         }
     }
@@ -709,6 +775,7 @@ impl Inner {
     fn forget_session(&mut self, session: SessionId, expired: bool) {
         self.leases.remove(session);
         self.unflushed.remove(&session);
+        self.events_lost.remove(&session);
         if let Some(tx) = self.streams.remove(&session) {
             let why = if expired { "expired" } else { "closed" };
             let _ = tx.try_send(Err(Status::not_found(format!("session {session} {why}"))));

@@ -156,9 +156,13 @@ struct Inner {
     cache: Mutex<Cache>,
     /// The end of the local lease (conservative: before the master's).
     lease_end: Mutex<Instant>,
-    /// The cell's session lease: how long the master may hold a write back while it waits for
-    /// a cacher's acknowledgement (see [`Session::change_deadline`]).
+    /// The cell's session lease (not the first grant's, which may be capped): how long the
+    /// master may hold a write back while it waits for a cacher's acknowledgement (see
+    /// [`Session::change_deadline`]).
     lease: Duration,
+    /// Event subscriptions, by path: the handle they were opened with and the event mask, sent
+    /// again when the session resumes (a new master does not know them).
+    subscriptions: Mutex<HashMap<String, (Handle, u32)>>,
     seq: Mutex<Sequence>,
     events: broadcast::Sender<Event>,
     state: watch::Sender<SessionState>,
@@ -384,6 +388,12 @@ impl Inner {
         self.invalidated(Invalidated::All).await;
     }
 
+    /// The session's subscriptions, to register again where it resumes.
+    fn subscriptions(&self) -> Vec<Subscription> {
+        let subs = self.subscriptions.lock().expect("subscriptions");
+        subs.values().map(|(h, mask)| Subscription { handle: Some(h.clone()), event_mask: *mask }).collect()
+    }
+
     /// A lease was granted; locally it lasts until `until`.
     fn granted(&self, until: Instant) {
         *self.lease_end.lock().expect("lease") = until;
@@ -412,7 +422,7 @@ impl Session {
         })?;
         let id = stream.2.session;
         let token = stream.2.session_token.clone();
-        let lease = Duration::from_millis(stream.2.lease_ms);
+        let lease = Duration::from_millis(stream.2.full_lease_ms.max(stream.2.lease_ms));
         let cache = Mutex::new(Cache::new(opts.cache));
         let inner = Arc::new(Inner {
             given,
@@ -426,13 +436,14 @@ impl Session {
             cache,
             lease_end: Mutex::new(sent),
             lease,
+            subscriptions: Mutex::new(HashMap::new()),
             seq: Mutex::new(Sequence { next: 1, outstanding: BTreeSet::new() }),
             events: broadcast::channel(1024).0,
             state: watch::channel(SessionState::Alive).0,
             closed: watch::channel(false).0,
             hook: Mutex::new(None),
         });
-        inner.granted(stream::local_lease_end(sent, lease));
+        inner.granted(stream::local_lease_end(sent, Duration::from_millis(stream.2.lease_ms)));
         tokio::spawn(keep_session(inner.clone(), stream, sent));
         Ok(Session { inner, holders: Arc::new(()) })
     }
@@ -627,6 +638,11 @@ impl Session {
         };
         let (handle, stat) = (r.handle.unwrap_or_default(), r.stat.unwrap_or_default());
         cache.remember_handle(&handle, path, stat.instance_number);
+        if o.events != 0 {
+            let mut subs = self.inner.subscriptions.lock().expect("subscriptions");
+            let mask = subs.get(path).map_or(0, |(_, m)| *m) | o.events;
+            subs.insert(path.to_string(), (handle.clone(), mask));
+        }
         let fill = (plain && r.cacheable).then(|| Fill { stat, contents: None, handle: Some(handle.clone()) });
         cache.end_read(ticket, fill);
         Ok((handle, stat))
@@ -635,6 +651,7 @@ impl Session {
     pub async fn close_node(&self, handle: &Handle) -> Result<(), ClientError> {
         let f = self.next_request();
         self.inner.cache().forget_handle(handle);
+        self.inner.subscriptions.lock().expect("subscriptions").retain(|_, (h, _)| h != handle);
         let req = CloseRequest { request: Some(f.request), handle: Some(handle.clone()) };
         self.call(self.deadline(), rpc!(Close, req)).await.map(|_| ())
     }

@@ -180,6 +180,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             principal: inner.opts.principal.clone(),
             session_token: inner.token.clone(),
             open_id: 0,
+            resubscribe: inner.subscriptions(),
         };
         let resumed = connect_stream(&addrs, &inner.channels, hint, &open, give_up).await;
         match resumed {
@@ -194,6 +195,10 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
                 lease_from = sent;
                 inner.granted(local_lease_end(lease_from, lease));
                 inner.state.send_replace(SessionState::Alive);
+                // Events sent while the stream was down are gone: say so, so a watcher reads
+                // again what it watches (the subscriptions themselves were registered again).
+                let lost = proto::chubby::event::Kind::EventsLost(true);
+                let _ = inner.events.send(Event { path: String::new(), kind: Some(lost) });
             }
             Err(e) => {
                 tracing::warn!(session = inner.id, error = %e, "session lost");

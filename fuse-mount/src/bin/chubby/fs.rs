@@ -220,9 +220,9 @@ pub async fn watch(s: &Session, path: &str, json: bool) -> Result<(), ClientErro
         let e = tokio::select! {
             e = events.recv() => match e {
                 Ok(e) => e,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!("chubby: {n} events were dropped (too slow a reader)");
-                    continue;
+                // Too slow a reader: a gap like any other, reported as one.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    fuse_mount::proto::chubby::Event { path: String::new(), kind: Some(event::Kind::EventsLost(true)) }
                 }
                 Err(_) => return Ok(()),
             },
@@ -242,6 +242,8 @@ pub async fn watch(s: &Session, path: &str, json: bool) -> Result<(), ClientErro
             Some(event::Kind::LockAcquired(_)) => ("lock-acquired", String::new()),
             Some(event::Kind::ConflictingLock(_)) => ("conflicting-lock", String::new()),
             Some(event::Kind::MasterFailover(_)) => ("master-failover", String::new()),
+            // Some events may be missing: what is watched must be read again.
+            Some(event::Kind::EventsLost(_)) => ("events-lost", String::new()),
             None => continue,
         };
         if json {
