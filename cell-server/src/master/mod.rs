@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cache;
+mod events;
 mod lease_cap;
 mod leases;
 mod log_clock;
@@ -20,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use proto::chubby::{session_response, Event, LeaseGrant, SessionResponse};
+use proto::chubby::{session_response, LeaseGrant, SessionResponse};
 use raft::{NodeError, NodeHandle, Role};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
@@ -33,6 +34,7 @@ use crate::state::{
 };
 
 pub use cache::CacheTable;
+use events::{event, events_lost};
 pub use leases::LeaseTable;
 pub use log_clock::LogClock;
 
@@ -106,15 +108,6 @@ pub struct Master {
 /// office) before it is told to retry: a little over the longest election on a LAN, so a
 /// client is redirected the moment the election ends instead of polling through it.
 const AWAIT_MASTER: Duration = Duration::from_secs(1);
-
-fn event(path: String, kind: proto::chubby::event::Kind) -> SessionResponse {
-    SessionResponse { kind: Some(session_response::Kind::Event(Event { path, kind: Some(kind) })) }
-}
-
-/// The event that tells a session some of its events were lost.
-fn events_lost() -> SessionResponse {
-    event(String::new(), proto::chubby::event::Kind::EventsLost(true))
-}
 
 impl Master {
     /// Starts the master's tasks; `effects` is the state machine's effect channel.
@@ -748,30 +741,6 @@ pub fn session_lost(session: SessionId) -> Status {
 }
 
 impl Inner {
-    /// Sends an event about `path` to the sessions subscribed to `kind_mask` (restricted to
-    /// `only` if given).
-    fn notify(&mut self, path: &str, mask: u32, only: Option<&HashSet<SessionId>>, kind: proto::chubby::event::Kind) {
-        let Some(subs) = self.subscriptions.get(path) else { return };
-        let targets: Vec<SessionId> = subs
-            .iter()
-            .filter(|(session, m)| *m & mask != 0 && only.is_none_or(|o| o.contains(session)))
-            .map(|(session, _)| *session)
-            .collect();
-        for session in &targets {
-            let Some(tx) = self.streams.get(session) else { continue };
-            // An event that cannot go out is never dropped silently: its session learns of the
-            // gap, before any later event (see `events_lost`).
-            if self.events_lost.contains(session) && tx.try_send(Ok(events_lost())).is_ok() {
-                self.events_lost.remove(session);
-            }
-            if self.events_lost.contains(session)
-                || tx.try_send(Ok(event(full_path(&self.cell_name, path), kind.clone()))).is_err()
-            {
-                self.events_lost.insert(*session);
-            }
-        }
-    }
-
     fn forget_session(&mut self, session: SessionId, expired: bool) {
         self.leases.remove(session);
         self.unflushed.remove(&session);
