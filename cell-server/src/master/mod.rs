@@ -612,7 +612,7 @@ impl Master {
         path: &str,
     ) -> oneshot::Receiver<Result<String, StateError>> {
         let (tx, rx) = oneshot::channel();
-        self.lock().waiters.entry((session, owner, path.to_string())).or_default().push(tx);
+        self.lock().add_waiter((session, owner, path.to_string()), tx);
         rx
     }
 
@@ -741,6 +741,15 @@ pub fn session_lost(session: SessionId) -> Status {
 }
 
 impl Inner {
+    /// Registers a blocked Acquire's answer channel. Those of earlier attempts whose caller has
+    /// gone (a retried Acquire: its first attempt timed out) are dropped, so retries while a
+    /// lock stays held do not pile up.
+    fn add_waiter(&mut self, key: (SessionId, Owner, String), tx: GrantTx) {
+        let txs = self.waiters.entry(key).or_default();
+        txs.retain(|t| !t.is_closed());
+        txs.push(tx);
+    }
+
     fn forget_session(&mut self, session: SessionId, expired: bool) {
         self.leases.remove(session);
         self.unflushed.remove(&session);
@@ -770,5 +779,26 @@ fn random_key() -> Vec<u8> {
             let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
             (0..4u64).flat_map(|i| xxhash_rust::xxh3::xxh3_64_with_seed(seed.as_bytes(), i).to_le_bytes()).collect()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blocked Acquire retried again and again while the lock stays held keeps one entry per
+    /// caller still waiting, not one per attempt.
+    #[test]
+    fn retried_blocked_acquires_do_not_pile_up() {
+        let mut g = Inner::default();
+        let key = (3, 1, "/lock".to_string());
+        for _ in 0..100 {
+            let (tx, rx) = oneshot::channel();
+            g.add_waiter(key.clone(), tx);
+            drop(rx); // this attempt's caller gave up
+        }
+        let (tx, _waiting) = oneshot::channel();
+        g.add_waiter(key.clone(), tx);
+        assert_eq!(g.waiters[&key].len(), 1, "only the caller still waiting");
     }
 }
