@@ -48,6 +48,12 @@ pub struct CellOptions {
     pub host: String,
     /// Extra environment of every replica process (a test's `LD_PRELOAD` of libfaketime, say).
     pub env: Vec<(String, String)>,
+    /// Election timeouts of particular replicas (replica `i + 1` takes entry `i`), overriding
+    /// `election_ticks`.
+    pub election_ticks_of: Vec<u64>,
+    /// Replicas reach each other through [`Link`]s the test can block (see
+    /// [`TestCell::partition`]); clients still reach every replica directly.
+    pub peer_links: bool,
 }
 
 impl Default for CellOptions {
@@ -62,6 +68,8 @@ impl Default for CellOptions {
             wal_segment_kib: 64 << 10,
             host: "127.0.0.1".into(),
             env: Vec::new(),
+            election_ticks_of: Vec::new(),
+            peer_links: false,
         }
     }
 }
@@ -72,6 +80,11 @@ pub struct TestCell {
     pub addrs: Vec<String>,
     opts: CellOptions,
     peers: String,
+    /// With `peer_links`: each replica's own `--peers`, its peers behind links, and the links
+    /// (`links[i][j]`: replica `i + 1` to replica `j + 1`) with the runtime that runs them.
+    own_peers: Vec<String>,
+    links: Vec<Vec<Option<Link>>>,
+    _link_runtime: Option<tokio::runtime::Runtime>,
     children: Vec<Option<Child>>,
     /// Where each replica's log stood when it was last started.
     log_starts: Vec<usize>,
@@ -85,7 +98,32 @@ impl TestCell {
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let children = (0..opts.replicas).map(|_| None).collect();
         let log_starts = vec![0; opts.replicas];
-        TestCell { dir: tempfile::tempdir().expect("temp dir"), addrs, opts, peers, children, log_starts }
+        let (mut own_peers, mut links, mut link_runtime) = (Vec::new(), Vec::new(), None);
+        if opts.peer_links {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+            for i in 0..addrs.len() {
+                let row: Vec<Option<Link>> =
+                    (0..addrs.len()).map(|j| (i != j).then(|| Link::start(&rt, addrs[j].clone()))).collect();
+                let list = (0..addrs.len())
+                    .map(|j| format!("{}={}", j + 1, row[j].as_ref().map_or(addrs[j].as_str(), |l| l.addr.as_str())))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                own_peers.push(list);
+                links.push(row);
+            }
+            link_runtime = Some(rt);
+        }
+        TestCell {
+            dir: tempfile::tempdir().expect("temp dir"),
+            addrs,
+            opts,
+            peers,
+            own_peers,
+            links,
+            _link_runtime: link_runtime,
+            children,
+            log_starts,
+        }
     }
 
     /// Creates the cell, starts every replica and waits until each listens. The ports were
@@ -152,9 +190,11 @@ impl TestCell {
         self.log_starts[i] = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let o = &self.opts;
         let child = Command::new(bin("cell-server"))
-            .args(["--id", &id.to_string(), "--listen", &self.addrs[i], "--peers", &self.peers])
+            .args(["--id", &id.to_string(), "--listen", &self.addrs[i]])
+            .args(["--peers", self.own_peers.get(i).unwrap_or(&self.peers)])
             .args(["--fsync", o.fsync, "--snapshot-entries", &o.snapshot_entries.to_string()])
-            .args(["--tick-ms", &o.tick_ms.to_string(), "--election-ticks", &o.election_ticks.to_string()])
+            .args(["--tick-ms", &o.tick_ms.to_string()])
+            .args(["--election-ticks", &o.election_ticks_of.get(i).copied().unwrap_or(o.election_ticks).to_string()])
             .args(["--session-lease-ms", &o.session_lease_ms.to_string()])
             .args(["--wal-segment-kib", &o.wal_segment_kib.to_string()])
             // Replica 3 serves on a pool of threads, the others on the default one thread:
@@ -170,6 +210,28 @@ impl TestCell {
             .spawn()
             .expect("start cell-server");
         self.children[i] = Some(child);
+    }
+
+    /// Cuts replica `id` off from the other replicas (needs `peer_links`): nothing passes
+    /// between them and nothing is reset, as in a network partition. Clients still reach it.
+    pub fn partition(&self, id: u64) {
+        let i = (id - 1) as usize;
+        for (a, row) in self.links.iter().enumerate() {
+            for (b, link) in row.iter().enumerate() {
+                if a == i || b == i {
+                    if let Some(l) = link {
+                        l.block();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends every partition: the links' connections are closed, so the replicas redial.
+    pub fn heal(&self) {
+        for link in self.links.iter().flatten().flatten() {
+            link.heal();
+        }
     }
 
     /// `kill -9` of replica `id`.
@@ -238,6 +300,83 @@ impl Drop for TestCell {
             let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// A TCP forwarder from one replica to another that a test can block (a partition: nothing
+/// passes, nothing is reset) and heal (its connections are closed, so both ends redial).
+pub struct Link {
+    pub addr: String,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Link {
+    fn start(rt: &tokio::runtime::Runtime, target: String) -> Link {
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind link");
+        let addr = listener.local_addr().expect("link addr").to_string();
+        let blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let (b, c) = (blocked.clone(), conns.clone());
+        rt.spawn(async move {
+            while let Ok((from, _)) = listener.accept().await {
+                let (blocked, target) = (b.clone(), target.clone());
+                let task = tokio::spawn(async move {
+                    // A connection made during a partition hangs, as a SYN would go unanswered.
+                    held(&blocked).await;
+                    let Ok(to) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let _ = (from.set_nodelay(true), to.set_nodelay(true));
+                    let (fr, fw) = from.into_split();
+                    let (tr, tw) = to.into_split();
+                    tokio::select! {
+                        _ = pump(fr, tw, blocked.clone()) => {}
+                        _ = pump(tr, fw, blocked.clone()) => {}
+                    }
+                });
+                c.lock().expect("links").push(task.abort_handle());
+            }
+        });
+        Link { addr, blocked, conns }
+    }
+
+    fn block(&self) {
+        self.blocked.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.blocked.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().expect("links").drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// Waits while the link is blocked (bounded by the test, which heals it or drops the cell and
+/// with it the runtime).
+async fn held(blocked: &std::sync::atomic::AtomicBool) {
+    while blocked.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies one direction of a link; while it is blocked nothing is read or written.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        held(&blocked).await;
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        held(&blocked).await;
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }
