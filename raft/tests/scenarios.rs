@@ -45,3 +45,8 @@ fn removed_leader_steps_down_and_hands_over() {
 fn new_member_installs_a_snapshot_that_predates_it_then_appends() {
     scenario("snapshot_predates_member");
 }
+
+#[test]
+fn stale_leader_of_an_older_term_may_lack_entries_committed_later() {
+    scenario("stale_leader_of_older_term");
+}

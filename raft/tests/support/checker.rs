@@ -3,7 +3,8 @@
 //! - election safety: at most one leader per term;
 //! - one vote per term: a node's persisted vote never changes within a term;
 //! - log matching: an (index, term) pair names one entry, whose predecessor has one term;
-//! - leader completeness: a new leader's log holds every entry applied anywhere;
+//! - leader completeness: a new leader of term T holds every entry committed in a term < T
+//!   (a stale leader of an older term may lack entries committed in later terms);
 //! - state machine safety: no two nodes apply different entries at one index, each node
 //!   applies every index once and in order, and a snapshot matches what was applied.
 
@@ -21,6 +22,9 @@ pub struct Checker {
     entries: HashMap<(Index, Term), (u64, Term)>,
     /// index -> (term, entry hash, state machine chain after it)
     pub applied: BTreeMap<Index, (Term, u64, u64)>,
+    /// index -> lowest term any node was in when it applied the entry: an upper bound on the
+    /// term in which the entry was committed (a node applies only after learning the commit).
+    commit_terms: BTreeMap<Index, Term>,
 }
 
 pub type Violation = String;
@@ -40,6 +44,10 @@ impl Checker {
         }
         self.leaders.insert(term, id);
         for (&index, &(t, _, _)) in &self.applied {
+            // Raft only promises entries committed in earlier terms to this leader.
+            if self.commit_terms[&index] >= term {
+                continue;
+            }
             if !has_entry(index, t) {
                 return Err(format!(
                     "leader completeness: leader {id} of term {term} lacks applied entry {index} (term {t})"
@@ -82,10 +90,20 @@ impl Checker {
         Ok(())
     }
 
-    pub fn on_apply(&mut self, id: NodeId, prev_applied: Index, e: &Entry, chain: u64) -> Result<(), Violation> {
+    /// `id`, now in term `term`, applied `e`.
+    pub fn on_apply(
+        &mut self,
+        id: NodeId,
+        term: Term,
+        prev_applied: Index,
+        e: &Entry,
+        chain: u64,
+    ) -> Result<(), Violation> {
         if e.index != prev_applied + 1 {
             return Err(format!("apply order: node {id} applied {} after {prev_applied}", e.index));
         }
+        let commit_term = self.commit_terms.entry(e.index).or_insert(term);
+        *commit_term = (*commit_term).min(term);
         let seen = (e.term, entry_hash(e), chain);
         match self.applied.get(&e.index) {
             Some(&known) if known != seen => Err(format!(

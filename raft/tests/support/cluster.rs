@@ -314,10 +314,11 @@ impl Cluster {
         self.route(rd.persisted_messages.clone());
 
         let node = self.nodes.get_mut(&id).expect("present");
+        let term = node.raw.as_ref().expect("up").term();
         for e in &rd.committed_entries {
             let prev = node.sm.applied;
             node.sm.apply(e);
-            self.checker.on_apply(id, prev, e, node.sm.chain)?;
+            self.checker.on_apply(id, term, prev, e, node.sm.chain)?;
             if let Some(pid) = payload_id(e) {
                 if self.pending.get(&pid) == Some(&(id, e.index, e.term)) {
                     self.pending.remove(&pid);
