@@ -309,43 +309,33 @@ pub(crate) fn write_all_at(file: &File, path: &Path, buf: &[u8], offset: u64) ->
     file.write_all_at(buf, offset)
 }
 
-/// `file.sync_data()`, where `file` is `path`.
-pub(crate) fn sync_data(file: &File, path: &Path) -> io::Result<()> {
+/// Runs `sync`, a sync of `path`, between the fault layer's hooks: an injected failure instead
+/// of it, and after it the note of what is now durable.
+fn hooked_sync(path: &Path, sync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
     let faults = faults_for(path);
     if let Some(f) = &faults {
         f.before_sync(path)?;
     }
-    file.sync_data()?;
+    sync()?;
     if let Some(f) = &faults {
         f.after_sync(path);
     }
     Ok(())
+}
+
+/// `file.sync_data()`, where `file` is `path`.
+pub(crate) fn sync_data(file: &File, path: &Path) -> io::Result<()> {
+    hooked_sync(path, || file.sync_data())
 }
 
 /// `file.sync_all()`, where `file` is `path`.
 pub(crate) fn sync_all(file: &File, path: &Path) -> io::Result<()> {
-    let faults = faults_for(path);
-    if let Some(f) = &faults {
-        f.before_sync(path)?;
-    }
-    file.sync_all()?;
-    if let Some(f) = &faults {
-        f.after_sync(path);
-    }
-    Ok(())
+    hooked_sync(path, || file.sync_all())
 }
 
 /// Syncs directory `dir`, so that entries created, renamed or removed in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    let faults = faults_for(dir);
-    if let Some(f) = &faults {
-        f.before_sync(dir)?;
-    }
-    File::open(dir)?.sync_all()?;
-    if let Some(f) = &faults {
-        f.after_sync(dir);
-    }
-    Ok(())
+    hooked_sync(dir, || File::open(dir)?.sync_all())
 }
 
 /// Makes what a killed process left of `path` durable, then drops the file's pages from the
