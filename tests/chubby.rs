@@ -281,7 +281,25 @@ fn watchers_get_events_for_contents_children_and_locks() {
         assert!(got.is_ok(), "missing events; saw {seen:?}");
         a.release(&ha, 1).await.unwrap();
         tokio::time::timeout(Duration::from_secs(20), waiter).await.unwrap().unwrap().unwrap();
+
+        // The master's per-session tables shrink as the sessions' use does: a Close ends the
+        // handle's subscription, and an ended session leaves nothing behind.
+        let client = cell.client(Duration::from_secs(5));
+        assert_eq!(master_status(&client).await.subscriptions, 2, "a watches the directory and the file");
+        a.close_node(&ha).await.unwrap();
+        assert_eq!(master_status(&client).await.subscriptions, 1, "Close ends the file's subscription");
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        let st = master_status(&client).await;
+        let tables = (st.subscriptions, st.cache_registrations, st.lock_waiters, st.remembered_answers);
+        assert_eq!(tables, (0, 0, 0, 0), "(subscriptions, cache registrations, lock waiters, answers) left");
     });
+}
+
+/// The status of the replica that is the master.
+async fn master_status(client: &fuse_mount::client::CellClient) -> fuse_mount::proto::cell::StatusResponse {
+    let all = e2e_tests::statuses(client).await;
+    all.into_iter().filter_map(|(_, r)| r.ok()).find(|s| s.role == "leader").expect("a master")
 }
 
 /// `chubby watch` across a master failover: the failover shows as a gap (`master-failover`

@@ -357,9 +357,10 @@ impl Chubby for ChubbyService {
                 other => return Err(unexpected(other)),
             },
         };
-        self.master.subscribe(session, &path, req.event_mask);
+        let handle = self.make_handle(session, &path, &s, rights);
+        self.master.subscribe(session, &path, req.event_mask, &handle.token);
         Ok(Response::new(OpenResponse {
-            handle: Some(self.make_handle(session, &path, &s, rights)),
+            handle: Some(handle),
             stat: Some(stat(&s)),
             cacheable,
         }))
@@ -369,6 +370,8 @@ impl Chubby for ChubbyService {
         self.master.check_epoch(req.metadata()).await?;
         let req = req.into_inner();
         let h = self.handle(req.handle.as_ref(), Rights::NONE)?;
+        let token = req.handle.as_ref().map(|h| h.token.as_ref()).unwrap_or_default();
+        self.master.handle_closed(h.session, &h.path, token);
         if h.ephemeral {
             let request = self.request_id(req.request.as_ref(), h.session)?;
             self.call(request, Op::Close { path: h.path, instance: h.instance }).await?;
@@ -617,7 +620,7 @@ impl Master {
         for sub in &o.resubscribe {
             let token = sub.handle.as_ref().map(|h| h.token.as_ref()).unwrap_or_default();
             match crate::state::handle::verify(&key, token) {
-                Ok(body) if body.session == id => self.subscribe(id, &body.path, sub.event_mask),
+                Ok(body) if body.session == id => self.subscribe(id, &body.path, sub.event_mask, token),
                 _ => tracing::warn!(session = id, "a resumed session named a subscription by a handle not its own"),
             }
         }

@@ -150,7 +150,15 @@ impl CellService {
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let st = self.node.status().await.map_err(|e| self.status_of(e))?;
-        let sessions = self.node.stale_read(|m: &CellMachine| m.state().sessions().count() as u64).await.unwrap_or(0);
+        let (sessions, remembered_answers) = self
+            .node
+            .stale_read(|m: &CellMachine| {
+                let st = m.state();
+                (st.sessions().count() as u64, st.sessions().map(|(_, s)| s.replies.len() as u64).sum())
+            })
+            .await
+            .unwrap_or((0, 0));
+        let (subscriptions, cache_registrations, lock_waiters) = self.master.table_sizes();
         let r = &st.raft;
         let addr = |id: NodeId| self.peers.get(&id).cloned().unwrap_or_default();
         Ok(Response::new(StatusResponse {
@@ -187,6 +195,10 @@ impl Cell for CellService {
             members: self.peers.iter().map(|(&id, a)| Member { id, address: a.clone() }).collect(),
             sessions,
             leased_sessions: self.master.session_count() as u64,
+            subscriptions: subscriptions as u64,
+            cache_registrations: cache_registrations as u64,
+            lock_waiters: lock_waiters as u64,
+            remembered_answers,
         }))
     }
 

@@ -78,8 +78,7 @@ struct Inner {
     leases: LeaseTable,
     streams: HashMap<SessionId, StreamTx>,
     waiters: HashMap<(SessionId, Owner, String), Vec<GrantTx>>,
-    subscriptions: HashMap<String, HashMap<SessionId, u32>>,
-    subscribed: HashMap<SessionId, HashSet<String>>,
+    subs: events::Subscriptions,
     cache: CacheTable,
     cell_name: String,
     /// Sessions that have not resumed since this master took office: they may hold cached
@@ -490,13 +489,7 @@ impl Master {
                             Change::Deleted => {
                                 g.notify(&path, EVENT_CONTENTS, None, Kind::ContentsModified(true));
                                 g.notify(parent, EVENT_CHILDREN, None, Kind::ChildRemoved(name.to_string()));
-                                if let Some(subs) = g.subscriptions.remove(&path) {
-                                    for s in subs.keys() {
-                                        if let Some(set) = g.subscribed.get_mut(s) {
-                                            set.remove(&path);
-                                        }
-                                    }
-                                }
+                                g.subs.node_deleted(&path);
                             }
                         }
                     }
@@ -595,13 +588,15 @@ impl Master {
         }
     }
 
-    pub fn subscribe(&self, session: SessionId, path: &str, mask: u32) {
-        if mask == 0 {
-            return;
-        }
-        let mut g = self.lock();
-        *g.subscriptions.entry(path.to_string()).or_default().entry(session).or_default() |= mask;
-        g.subscribed.entry(session).or_default().insert(path.to_string());
+    /// Subscribes `session` to events of `mask` on `path`, for as long as the handle `token`
+    /// is open (see [`events::Subscriptions`]).
+    pub fn subscribe(&self, session: SessionId, path: &str, mask: u32, token: &[u8]) {
+        self.lock().subs.subscribe(session, path, mask, token);
+    }
+
+    /// The handle `token` of `session` on `path` was closed.
+    pub fn handle_closed(&self, session: SessionId, path: &str, token: &[u8]) {
+        self.lock().subs.closed(session, path, token);
     }
 
     /// Registers a call that waits for a queued Acquire to be granted.
@@ -622,7 +617,10 @@ impl Master {
 
     /// Called before a read that may be cached; `None` while a write to the node is pending.
     pub fn register_cacher(&self, session: SessionId, path: &str) -> Option<u64> {
-        self.lock().cache.register(session, path)
+        let mut g = self.lock();
+        let g = &mut *g;
+        let cell = &g.cell_name;
+        g.cache.register(session, path, |p| full_path(cell, p), g.streams.get(&session))
     }
 
     /// After a read registered with `token`: whether its answer may be cached (the read
@@ -716,6 +714,13 @@ impl Master {
     pub fn session_count(&self) -> usize {
         self.lock().leases.len()
     }
+
+    /// The sizes of the master's per-session tables: subscriptions, cache registrations and
+    /// blocked Acquire calls.
+    pub fn table_sizes(&self) -> (usize, usize, usize) {
+        let g = self.lock();
+        (g.subs.len(), g.cache.len(), g.waiters.values().map(Vec::len).sum())
+    }
 }
 
 /// Ends a pending write's "uncacheable" mark (if the master is still in the term that set it).
@@ -759,11 +764,7 @@ impl Inner {
             let _ = tx.try_send(Err(Status::not_found(format!("session {session} {why}"))));
         }
         self.waiters.retain(|(s, _, _), _| *s != session);
-        for path in self.subscribed.remove(&session).unwrap_or_default() {
-            if let Some(subs) = self.subscriptions.get_mut(&path) {
-                subs.remove(&session);
-            }
-        }
+        self.subs.session_ended(session);
         self.cache.forget_session(session);
     }
 }

@@ -298,6 +298,8 @@ async fn status(client: CellClient, json: bool) -> u8 {
                     "last_index": s.last_index, "snapshot_index": s.snapshot_index,
                     "voters": s.voters, "fsync": s.fsync, "cell": s.cell_name,
                     "lag": lag(s), "sessions": s.sessions, "leased_sessions": s.leased_sessions,
+                    "subscriptions": s.subscriptions, "cache_registrations": s.cache_registrations,
+                    "lock_waiters": s.lock_waiters, "remembered_answers": s.remembered_answers,
                 }),
                 Err(e) => json!({ "address": addr, "error": e }),
             })
