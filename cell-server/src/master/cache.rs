@@ -100,7 +100,7 @@ impl CacheTable {
     }
 
     /// Registrations held, for the status report.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.cachers.values().map(HashMap::len).sum()
     }
 
@@ -256,7 +256,7 @@ mod tests {
                 t.register(7, &p, |p| format!("/ls/c{p}"), Some(&tx));
             }
         }
-        assert_eq!(t.len(), MAX_CACHED_PER_SESSION);
+        assert_eq!(t.count(), MAX_CACHED_PER_SESSION);
         let Some(session_response::Kind::Invalidation(inv)) = rx.try_recv().unwrap().unwrap().kind else {
             panic!("an invalidation")
         };
@@ -271,7 +271,7 @@ mod tests {
         t.end_write("/n1");
         t.ack(inv.invalidation_id, &HashSet::from([7]));
         t.forget_session(7);
-        assert_eq!(t.len(), 0);
+        assert_eq!(t.count(), 0);
         assert!(t.cachers.is_empty() && t.by_session.is_empty());
     }
 }

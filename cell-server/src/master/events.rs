@@ -85,7 +85,7 @@ impl Subscriptions {
     }
 
     /// Subscriptions held, for the status report.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.by_node.values().map(HashMap::len).sum()
     }
 }
@@ -167,7 +167,7 @@ mod tests {
         assert!(!s.by_node["/f"].contains_key(&7));
         assert!(!s.by_session.contains_key(&7), "nothing is kept for the session");
         s.node_deleted("/f");
-        assert_eq!(s.len(), 0);
+        assert_eq!(s.count(), 0);
         assert!(s.by_node.is_empty() && s.by_session.is_empty());
     }
 }

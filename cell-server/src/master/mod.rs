@@ -719,7 +719,7 @@ impl Master {
     /// blocked Acquire calls.
     pub fn table_sizes(&self) -> (usize, usize, usize) {
         let g = self.lock();
-        (g.subs.len(), g.cache.len(), g.waiters.values().map(Vec::len).sum())
+        (g.subs.count(), g.cache.count(), g.waiters.values().map(Vec::len).sum())
     }
 }
 
