@@ -186,8 +186,9 @@ impl ChubbyService {
         }
     }
 
-    fn make_handle(&self, session: u64, path: &str, s: &state::Stat, rights: Rights) -> Handle {
-        let body = HandleBody { session, path: path.to_string(), instance: s.instance, rights, ephemeral: s.ephemeral };
+    fn make_handle(&self, session: u64, path: &str, s: &state::Stat, rights: Rights, handle: u64) -> Handle {
+        let body =
+            HandleBody { session, path: path.to_string(), instance: s.instance, rights, ephemeral: s.ephemeral, handle };
         Handle { token: sign(&self.master.key(), &body), rights: u32::from(rights.0) }
     }
 
@@ -350,14 +351,15 @@ impl Chubby for ChubbyService {
         } else {
             None
         };
-        let (s, rights, cacheable) = match existing {
-            Some(((s, rights), cacheable)) if !s.ephemeral => (s, rights, cacheable),
+        let (s, rights, cacheable, id) = match existing {
+            Some(((s, rights), cacheable)) if !s.ephemeral => (s, rights, cacheable, 0),
             _ => match self.call(request, Op::Open { path: path.clone(), create }).await? {
-                Reply::Opened { stat, rights, .. } => (stat, rights, false),
+                Reply::Opened { stat, rights, .. } => (stat, rights, false, 0),
+                Reply::OpenedEphemeral { stat, rights, handle, .. } => (stat, rights, false, handle),
                 other => return Err(unexpected(other)),
             },
         };
-        let handle = self.make_handle(session, &path, &s, rights);
+        let handle = self.make_handle(session, &path, &s, rights, id);
         self.master.subscribe(session, &path, req.event_mask, &handle.token);
         Ok(Response::new(OpenResponse {
             handle: Some(handle),
@@ -374,7 +376,12 @@ impl Chubby for ChubbyService {
         self.master.handle_closed(h.session, &h.path, token);
         if h.ephemeral {
             let request = self.request_id(req.request.as_ref(), h.session)?;
-            self.call(request, Op::Close { path: h.path, instance: h.instance }).await?;
+            // A handle signed before handles had ids (0) closes one of the session's handles.
+            let op = match h.handle {
+                0 => Op::Close { path: h.path, instance: h.instance },
+                id => Op::CloseHandle { path: h.path, instance: h.instance, handle: id },
+            };
+            self.call(request, op).await?;
         }
         Ok(Response::new(CloseResponse {}))
     }

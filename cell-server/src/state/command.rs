@@ -162,6 +162,8 @@ pub enum Op {
         path: String,
         create: Option<Create>,
     },
+    /// Close of a handle from before handles to ephemeral nodes had ids: closes one of the
+    /// session's handles to the node. (Logs written before [`Op::CloseHandle`] hold these.)
     Close {
         path: String,
         instance: u64,
@@ -219,6 +221,13 @@ pub enum Op {
         acl: Acl,
         if_acl_generation: u64,
     },
+    /// Close of the handle to an ephemeral node that the Open answered with id `handle`
+    /// ([`Reply::OpenedEphemeral`]); a second Close of it does nothing.
+    CloseHandle {
+        path: String,
+        instance: u64,
+        handle: u64,
+    },
 }
 
 impl Op {
@@ -267,6 +276,14 @@ pub enum Reply {
     },
     /// The Acquire waits in the lock's FIFO queue; the grant comes later as an effect.
     Queued,
+    /// An Open of an ephemeral node: as `Opened`, with the id of the handle, which keeps the
+    /// node alive until it is closed (by that id) or the session ends.
+    OpenedEphemeral {
+        stat: Stat,
+        rights: Rights,
+        created: bool,
+        handle: u64,
+    },
 }
 
 /// What `apply` answers the proposer.

@@ -20,6 +20,21 @@ pub struct HandleBody {
     pub instance: u64,
     pub rights: Rights,
     pub ephemeral: bool,
+    /// The id of a handle to an ephemeral node (see [`Reply::OpenedEphemeral`]); 0 for other
+    /// nodes, whose handles need no log entry.
+    ///
+    /// [`Reply::OpenedEphemeral`]: super::Reply::OpenedEphemeral
+    pub handle: u64,
+}
+
+/// A handle's body as signed before handles had ids: still accepted, with id 0.
+#[derive(Deserialize)]
+struct LegacyBody {
+    session: SessionId,
+    path: String,
+    instance: u64,
+    rights: Rights,
+    ephemeral: bool,
 }
 
 fn mac(key: &[u8]) -> Hmac<Sha256> {
@@ -67,7 +82,12 @@ pub fn verify(key: &[u8], token: &[u8]) -> Result<HandleBody, StateError> {
     let mut m = mac(key);
     m.update(encoded);
     m.verify_truncated_left(tag).map_err(|_| forged())?;
-    postcard::from_bytes(encoded).map_err(|_| forged())
+    if let Ok(body) = postcard::from_bytes(encoded) {
+        return Ok(body);
+    }
+    let LegacyBody { session, path, instance, rights, ephemeral } =
+        postcard::from_bytes(encoded).map_err(|_| forged())?;
+    Ok(HandleBody { session, path, instance, rights, ephemeral, handle: 0 })
 }
 
 #[cfg(test)]
@@ -77,7 +97,8 @@ mod tests {
     #[test]
     fn forged_and_altered_handles_are_refused() {
         let key = [7u8; 32];
-        let body = HandleBody { session: 3, path: "/a".into(), instance: 9, rights: Rights::READ, ephemeral: false };
+        let body =
+            HandleBody { session: 3, path: "/a".into(), instance: 9, rights: Rights::READ, ephemeral: true, handle: 12 };
         let token = sign(&key, &body);
         assert_eq!(verify(&key, &token), Ok(body.clone()));
         assert!(verify(&[8u8; 32], &token).is_err(), "another cell's key");
@@ -96,5 +117,19 @@ mod tests {
         assert!(verify_session_token(&key, 4, &st).is_err(), "another session's token");
         assert!(verify_session_token(&[8u8; 32], 3, &st).is_err());
         assert!(verify_session_token(&key, 3, &st[..15]).is_err());
+    }
+
+    /// A handle signed before handles had ids still works after an upgrade, as id 0.
+    #[test]
+    fn a_handle_without_an_id_is_read_as_id_zero() {
+        #[derive(Serialize)]
+        struct Old<'a>(SessionId, &'a str, u64, Rights, bool);
+        let key = [7u8; 32];
+        let encoded = crate::state::command::encode(&Old(3, "/e", 9, Rights::READ, true));
+        let mut m = mac(&key);
+        m.update(&encoded);
+        let token = [&encoded[..], &m.finalize().into_bytes()[..TAG]].concat();
+        let body = HandleBody { session: 3, path: "/e".into(), instance: 9, rights: Rights::READ, ephemeral: true, handle: 0 };
+        assert_eq!(verify(&key, &token), Ok(body));
     }
 }

@@ -13,6 +13,7 @@
 pub mod command;
 pub mod error;
 pub mod handle;
+mod legacy;
 mod locks;
 mod namespace;
 mod sessions;
@@ -30,7 +31,13 @@ pub use command::{
 pub use error::StateError;
 pub use locks::{Holder, Sequencer, DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
 pub use namespace::{split_parent, validate_path, Node, MAX_CONTENTS, MAX_NAME};
-pub use sessions::{Session, MAX_REMEMBERED};
+pub use sessions::{Answer, Session, ANSWER_KEEP_MS, MAX_ANSWER_BYTES};
+
+/// A snapshot starts with this and the format's number. Snapshots of format 1 (before
+/// handles to ephemeral nodes had ids and answers their time) have neither, and are read
+/// by [`legacy`].
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CHUBCELL";
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// The latest log time accepted (the year 3000): stamps beyond it are taken as this.
 pub const MAX_CLOCK_MS: u64 = 32_503_680_000_000;
@@ -98,6 +105,8 @@ pub struct CellState {
     limits: Limits,
     next_instance: u64,
     next_session: SessionId,
+    /// The id of the last handle opened on an ephemeral node.
+    next_handle: u64,
     // Persistent (copy-on-write) collections: a snapshot is a cheap clone, encoded while
     // apply goes on (see `CellState::snapshot_later`). Nodes sit behind an `Arc` (serialized
     // as the node itself): the tree's leaves stay small, so lookups touch less memory, and a
@@ -129,6 +138,7 @@ impl Default for CellState {
             limits: Limits::default(),
             next_instance: 0,
             next_session: 0,
+            next_handle: 0,
             nodes,
             sessions: OrdMap::new(),
             opened: OrdMap::new(),
@@ -165,7 +175,8 @@ impl CellState {
             return Err(StateError::NoSession(req.session));
         };
         s.forget_below(req.first_incomplete);
-        if let Some(first) = s.replies.get(&req.sequence).cloned() {
+        if let Some(first) = s.replies.get(&req.sequence) {
+            let first = first.outcome.clone();
             return self.replay(req.session, &entry.op, first);
         }
         if req.sequence < s.low_water {
@@ -173,7 +184,7 @@ impl CellState {
         }
         let outcome = self.apply_op(req.session, entry.op);
         if let Some(s) = self.sessions.get_mut(&req.session) {
-            s.remember(req.sequence, outcome.clone());
+            s.remember(req.sequence, outcome.clone(), self.clock_ms);
         }
         outcome
     }
@@ -193,7 +204,8 @@ impl CellState {
             Op::ExpireSession { session } => self.end_session(session, true),
             Op::CloseSession => self.end_session(session, false),
             Op::Open { path, create } => self.open(session, path, create),
-            Op::Close { path, instance } => self.close(session, path, instance),
+            Op::Close { path, instance } => self.close(session, path, instance, None),
+            Op::CloseHandle { path, instance, handle } => self.close(session, path, instance, Some(handle)),
             Op::SetContents { path, instance, contents, if_generation, sequencer } => {
                 self.set_contents(path, instance, contents, if_generation, sequencer)
             }
@@ -252,8 +264,11 @@ impl CellState {
     /// encoding's size (say, the last snapshot's), a large state is written once, not copied
     /// at every doubling of a growing buffer.
     pub fn snapshot_with_capacity(&self, capacity: usize) -> Bytes {
+        let mut out = Vec::with_capacity(capacity.max(SNAPSHOT_MAGIC.len() + 1));
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.push(SNAPSHOT_FORMAT);
         // Serializing plain data into a Vec cannot fail.
-        Bytes::from(postcard::to_extend(self, Vec::with_capacity(capacity)).expect("postcard encodes plain data"))
+        Bytes::from(postcard::to_extend(self, out).expect("postcard encodes plain data"))
     }
 
     /// A snapshot's encoding, to run later (on another thread) while this state goes on
@@ -266,8 +281,19 @@ impl CellState {
     }
 
     pub fn restore(data: &[u8]) -> Result<CellState, String> {
-        let mut state: CellState =
-            postcard::from_bytes(data).map_err(|e| format!("cell snapshot does not decode: {e}"))?;
+        let mut state = match data.strip_prefix(SNAPSHOT_MAGIC) {
+            Some([SNAPSHOT_FORMAT, body @ ..]) => {
+                postcard::from_bytes(body).map_err(|e| format!("cell snapshot does not decode: {e}"))?
+            }
+            Some([format, ..]) => {
+                return Err(format!(
+                    "cell snapshot of format {format}: this cell-server reads formats 1 to {SNAPSHOT_FORMAT} \
+                     (a newer cell-server wrote it)"
+                ))
+            }
+            Some([]) => return Err("cell snapshot cut short after its header".into()),
+            None => legacy::restore_format_1(data)?,
+        };
         state.name_delays = state
             .delays
             .iter()

@@ -28,7 +28,7 @@ pub struct Node {
     pub acl: Acl,
     /// Names of the children (directories only).
     pub children: imbl::OrdSet<String>,
-    /// Sessions holding an ephemeral node open, with their open count.
+    /// Sessions holding an ephemeral node open, with their count of open handles to it.
     pub openers: BTreeMap<SessionId, u32>,
     pub lock: Lock,
 }
@@ -166,14 +166,19 @@ impl CellState {
             (_, true) => false,
         };
         let (stat, rights) = self.open_existing(session, &path)?;
-        if stat.ephemeral {
-            let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
-            *node.openers.entry(session).or_default() += 1;
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.open_ephemerals.insert(path);
-            }
+        if !stat.ephemeral {
+            return Ok(Reply::Opened { stat, rights, created });
         }
-        Ok(Reply::Opened { stat, rights, created })
+        // A handle to an ephemeral node keeps it alive: it gets an id, so that its Close is
+        // counted once however often it is sent.
+        self.next_handle += 1;
+        let handle = self.next_handle;
+        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
+        *node.openers.entry(session).or_default() += 1;
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.ephemeral_handles.insert(handle, path);
+        }
+        Ok(Reply::OpenedEphemeral { stat, rights, created, handle })
     }
 
     /// Creates a node under an existing directory; `principal` must be a writer of it (`None`:
@@ -229,22 +234,32 @@ impl CellState {
         Ok(())
     }
 
-    pub(super) fn close(&mut self, session: SessionId, path: String, instance: u64) -> Outcome {
-        let Ok(node) = self.node_at(&path, instance) else {
-            // Closing a handle to a node that is gone already is done.
-            return Ok(Reply::Done);
-        };
-        if !node.stat.ephemeral {
+    /// Closes the handle `handle` (`None`: a handle without an id, so any one of the
+    /// session's handles to the node). Closing a handle closed already, or one to a node gone
+    /// since, is done.
+    pub(super) fn close(&mut self, session: SessionId, path: String, instance: u64, handle: Option<u64>) -> Outcome {
+        if self.node_at(&path, instance).is_err() {
             return Ok(Reply::Done);
         }
+        let Some(s) = self.sessions.get_mut(&session) else { return Ok(Reply::Done) };
+        let id = match handle {
+            Some(id) => id,
+            None => match s.ephemeral_handles.iter().find(|(_, p)| **p == path) {
+                Some((id, _)) => *id,
+                None => return Ok(Reply::Done),
+            },
+        };
+        // The session's handles to a node are dropped when the node goes, so one still
+        // listed is a handle to this very instance.
+        if s.ephemeral_handles.get(&id) != Some(&path) {
+            return Ok(Reply::Done);
+        }
+        s.ephemeral_handles.remove(&id);
         let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
         if let Some(count) = node.openers.get_mut(&session) {
             *count -= 1;
             if *count == 0 {
                 node.openers.remove(&session);
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.open_ephemerals.remove(&path);
-                }
                 self.maybe_reap(path);
             }
         }
@@ -329,7 +344,7 @@ impl CellState {
         }
         for session in node.openers.keys() {
             if let Some(s) = self.sessions.get_mut(session) {
-                s.open_ephemerals.remove(path);
+                s.ephemeral_handles.retain(|_, p| p != path);
             }
         }
         // A lock-delay still running belongs to the name, not the node (an ephemeral lock

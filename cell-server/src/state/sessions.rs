@@ -3,7 +3,13 @@
 //! [`Op::ExpireSession`](super::Op::ExpireSession) when one runs out.
 //!
 //! Each session also remembers its recent answers by request sequence number, so a call retried
-//! after a lost reply or a failover is applied once and answered the same way.
+//! after a lost reply or a failover is applied once and answered the same way. An answer is
+//! kept until the client says it has it (`first_incomplete` passes it), or for
+//! [`ANSWER_KEEP_MS`] of log time, the longest a client goes on retrying a call. A session's
+//! answers are also bounded by bytes ([`MAX_ANSWER_BYTES`]), far above what the calls a client
+//! may have in flight at once are answered with. Answers are forgotten oldest first, as a
+//! prefix: every sequence number below `low_water` is forgotten, every one above it that has
+//! no answer was never applied.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -15,9 +21,23 @@ use super::error::StateError;
 use super::locks::Holder;
 use super::{CellState, Effect};
 
-/// Answers remembered per session beyond the client's `first_incomplete` mark; a client with
-/// more calls in flight than this may see an older retry refused as `Forgotten`.
-pub const MAX_REMEMBERED: usize = 128;
+/// How long (in log time) an answer is kept for a retry: longer than any client goes on
+/// retrying a call, which is its deadline for a change: the session lease (at most 10 minutes,
+/// see `config.rs`) and a margin, or its call timeout if longer. A client in jeopardy retries
+/// within that deadline too.
+pub const ANSWER_KEEP_MS: u64 = 15 * 60 * 1000;
+
+/// The most bytes of answers one session keeps. The calls a client may have in flight at once
+/// (1,024 on one stream) are answered with a few hundred bytes each; only answers naming
+/// very long paths come near this.
+pub const MAX_ANSWER_BYTES: u64 = 4 << 20;
+
+/// An answer kept for a retry, with the log time it was given at.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub at_ms: u64,
+    pub outcome: Outcome,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Session {
@@ -27,29 +47,60 @@ pub struct Session {
     pub created_ms: u64,
     /// Sequence numbers below this were answered and forgotten.
     pub low_water: u64,
-    pub replies: BTreeMap<u64, Outcome>,
+    pub replies: BTreeMap<u64, Answer>,
+    /// What `replies` take, by [`answer_bytes`].
+    pub reply_bytes: u64,
     /// Locks held: (path, owner).
     pub held: BTreeSet<(String, Owner)>,
     /// Acquires queued: (path, owner).
     pub waiting: BTreeSet<(String, Owner)>,
-    /// Ephemeral nodes this session has open.
-    pub open_ephemerals: BTreeSet<String>,
+    /// The handles this session has open on ephemeral nodes (they keep the node alive), by
+    /// id, with the node's path.
+    pub ephemeral_handles: BTreeMap<u64, String>,
+}
+
+/// About the memory an answer takes: its strings and a fixed part.
+pub(super) fn answer_bytes(o: &Outcome) -> u64 {
+    let text = match o {
+        Ok(Reply::Granted { sequencer }) => sequencer.len(),
+        Ok(_) => 0,
+        Err(e) => e.to_string().len(),
+    };
+    (text + 96) as u64
 }
 
 impl Session {
     pub(super) fn forget_below(&mut self, first_incomplete: u64) {
         if first_incomplete > self.low_water {
             self.low_water = first_incomplete;
-            self.replies = self.replies.split_off(&first_incomplete);
+            let kept = self.replies.split_off(&first_incomplete);
+            for gone in std::mem::replace(&mut self.replies, kept).values() {
+                self.reply_bytes -= answer_bytes(&gone.outcome);
+            }
         }
     }
 
-    pub(super) fn remember(&mut self, sequence: u64, outcome: Outcome) {
-        self.replies.insert(sequence, outcome);
-        while self.replies.len() > MAX_REMEMBERED {
-            let (oldest, _) = self.replies.pop_first().expect("not empty");
-            self.low_water = self.low_water.max(oldest + 1);
+    /// Keeps the answer to `sequence`, given at log time `now_ms`, and forgets the oldest
+    /// answers past their time or beyond the byte bound.
+    pub(super) fn remember(&mut self, sequence: u64, outcome: Outcome, now_ms: u64) {
+        self.reply_bytes += answer_bytes(&outcome);
+        if let Some(old) = self.replies.insert(sequence, Answer { at_ms: now_ms, outcome }) {
+            self.reply_bytes -= answer_bytes(&old.outcome);
         }
+        while let Some(mut oldest) = self.replies.first_entry() {
+            let expired = oldest.get().at_ms.saturating_add(ANSWER_KEEP_MS) < now_ms;
+            if !expired && self.reply_bytes <= MAX_ANSWER_BYTES {
+                break;
+            }
+            self.low_water = self.low_water.max(*oldest.key() + 1);
+            self.reply_bytes -= answer_bytes(&oldest.get_mut().outcome);
+            oldest.remove();
+        }
+    }
+
+    /// The distinct nodes this session has ephemeral handles on.
+    pub(super) fn ephemeral_paths(&self) -> BTreeSet<String> {
+        self.ephemeral_handles.values().cloned().collect()
     }
 }
 
@@ -78,9 +129,10 @@ impl CellState {
             created_ms: self.clock_ms,
             low_water: 0,
             replies: BTreeMap::new(),
+            reply_bytes: 0,
             held: BTreeSet::new(),
             waiting: BTreeSet::new(),
-            open_ephemerals: BTreeSet::new(),
+            ephemeral_handles: BTreeMap::new(),
         };
         self.sessions.insert(id, session);
         if open_id != 0 {
@@ -97,7 +149,7 @@ impl CellState {
         };
         let waiting: Vec<_> = session.waiting.iter().cloned().collect();
         let held: Vec<_> = session.held.iter().cloned().collect();
-        let ephemerals: Vec<_> = session.open_ephemerals.iter().cloned().collect();
+        let ephemerals = session.ephemeral_paths();
         let reason = if expired { "session expired" } else { "session closed" };
         // Waiters first, so the releases below cannot grant to this session.
         for (path, owner) in &waiting {
@@ -148,5 +200,48 @@ impl CellState {
 
     pub fn sessions(&self) -> impl Iterator<Item = (&SessionId, &Session)> {
         self.sessions.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session {
+            principal: "p".into(),
+            open_id: 0,
+            created_ms: 0,
+            low_water: 0,
+            replies: BTreeMap::new(),
+            reply_bytes: 0,
+            held: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            ephemeral_handles: BTreeMap::new(),
+        }
+    }
+
+    /// A window of calls in flight keeps every answer, however many; answers beyond the byte
+    /// bound go oldest first, as a prefix (the low-water mark moves past them).
+    #[test]
+    fn answers_are_bounded_by_bytes_oldest_first() {
+        let mut s = session();
+        let granted = || Ok(Reply::Granted { sequencer: format!("seq1:1:1:1:x:1:1:/{}", "n".repeat(200)) });
+        for seq in 1..=4096 {
+            s.remember(seq, granted(), 0);
+        }
+        assert_eq!((s.replies.len(), s.low_water), (4096, 0), "4,096 answers of long paths are all kept");
+        let big = || Err(StateError::InvalidArgument("x".repeat(64 << 10)));
+        let mut seq = 4096;
+        while s.low_water == 0 {
+            seq += 1;
+            s.remember(seq, big(), 0);
+            assert!(seq < 10_000, "the byte bound never applies");
+        }
+        assert!(s.reply_bytes <= MAX_ANSWER_BYTES && s.reply_bytes > MAX_ANSWER_BYTES - (65 << 10));
+        assert_eq!(s.replies.keys().next(), Some(&s.low_water), "what is kept starts at the low-water mark");
+        assert_eq!(s.reply_bytes, s.replies.values().map(|a| answer_bytes(&a.outcome)).sum::<u64>());
+        s.forget_below(seq + 1);
+        assert_eq!((s.replies.len(), s.reply_bytes), (0, 0));
     }
 }
