@@ -362,6 +362,66 @@ fn chubby_watch_goes_on_printing_changes_after_a_master_failover() {
     let _ = watch.wait();
 }
 
+/// `chubby watch` across a cut of its session stream with no failover (a network blip): an
+/// event lost with the stream shows as a gap line (`events-lost`), never as silence, and every
+/// change after it is printed.
+#[test]
+fn chubby_watch_reports_a_gap_when_its_stream_is_cut() {
+    let cell = TestCell::start(CellOptions::default());
+    let rt = runtime();
+    let leader = rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    // The watch reaches the master through a proxy that can lose what it carries.
+    let proxy = rt.block_on(Proxy::start(cell.addrs[(leader - 1) as usize].clone()));
+    let chubby = |args: &[&str]| {
+        let out = Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
+        out.status.code().unwrap_or(-1)
+    };
+    assert_eq!(chubby(&["put", "/ls/local/watched", "v0"]), 0);
+    let mut watch = Command::new(bin("chubby"))
+        .env("CHUBBY_CELL", &proxy.addr)
+        .args(["watch", "/ls/local/watched"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Pids(vec![watch.id()]);
+    let lines = lines_of(watch.stdout.take().unwrap());
+    let mut printed = false;
+    for i in 0..50 {
+        assert_eq!(chubby(&["put", "/ls/local/watched", &format!("before-{i}")]), 0);
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            assert!(line.starts_with("modified /ls/local/watched"), "{line}");
+            printed = true;
+            break;
+        }
+    }
+    assert!(printed, "chubby watch printed a change before the cut");
+    while lines.recv_timeout(Duration::from_millis(300)).is_ok() {}
+
+    // A change whose event is held in the proxy, then lost with the connection.
+    proxy.hold_answers();
+    assert_eq!(chubby(&["put", "/ls/local/watched", "during"]), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.cut_and_release();
+    let first = lines.recv_timeout(Duration::from_secs(30)).expect("a line after the cut");
+    assert!(first.starts_with("events-lost"), "the lost event shows as a gap first, not as silence: {first:?}");
+    // Changes after the gap are printed.
+    let mut seen = Vec::new();
+    for i in 0..50 {
+        assert_eq!(chubby(&["put", "/ls/local/watched", &format!("after-{i}")]), 0);
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            seen.push(line);
+            break;
+        }
+    }
+    assert!(
+        seen.first().is_some_and(|l| l.starts_with("modified /ls/local/watched")),
+        "a change after the cut is printed: {seen:?}"
+    );
+    pids.kill(watch.id());
+    let _ = watch.wait();
+}
+
 /// A raw session stream that never acks invalidations, with the handle of one node it read.
 async fn silent_cacher(
     master: &str,
