@@ -2,25 +2,11 @@
 //! whatever the replicas' wall clocks do. The replicas run under libfaketime (Debian's
 //! `libfaketime`), whose offset a test steps by rewriting a file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, TestCell};
-
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-/// Environment that runs a replica under libfaketime with the offset in `file`, re-read on
-/// every call, the monotonic clock left alone (as an NTP step leaves it).
-fn faketime_env(file: &Path) -> Vec<(String, String)> {
-    assert!(Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: apt-get install libfaketime");
-    vec![
-        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
-        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
-        ("FAKETIME_NO_CACHE".into(), "1".into()),
-        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ]
-}
+use e2e_tests::{bin, faketime_env, lines_of, wait_converged, CellOptions, Pids, TestCell};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")

@@ -11,22 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use e2e_tests::{wait_converged, CellOptions, TestCell};
+use e2e_tests::{wait_converged, CellOptions, Rng, TestCell};
 use proto::cell::ListRequest;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn cycles() -> usize {
     if let Ok(n) = std::env::var("CHUBBY_CRASH_CYCLES") {
@@ -41,11 +27,8 @@ fn cycles() -> usize {
 
 #[test]
 fn acknowledged_writes_survive_kill9_of_any_replica() {
-    let seed = std::env::var("CHUBBY_CRASH_SEED").map(|s| s.parse().expect("seed is a number")).unwrap_or_else(|_| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let (seed, mut rng) = Rng::from_env("CHUBBY_CRASH_SEED");
     eprintln!("crash test seed {seed} (replay with CHUBBY_CRASH_SEED={seed})");
-    let mut rng = Rng(seed);
     // Small snapshots and log segments, so crashes also hit compaction, snapshot files,
     // InstallSnapshot and the log's roll-over to a new segment (with the next one made ready).
     let mut cell =

@@ -32,6 +32,45 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Environment that runs a replica under libfaketime with the offset in `file`, re-read on
+/// every call, the monotonic clock left alone (as an NTP step leaves it).
+pub fn faketime_env(file: &Path) -> Vec<(String, String)> {
+    assert!(Path::new(LIBFAKETIME).exists(), "{LIBFAKETIME} is missing: apt-get install libfaketime");
+    vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
+/// A small xorshift generator for a test's random choices, replayable from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the environment variable `var` if set, else from the clock; returns the
+    /// seed too, for the test to print.
+    pub fn from_env(var: &str) -> (u64, Rng) {
+        let seed = std::env::var(var).map(|s| s.parse().expect("the seed is a number")).unwrap_or_else(|_| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        (seed, Rng(seed))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
 /// Settings of a test cell's replicas.
 #[derive(Clone, Debug)]
 pub struct CellOptions {
