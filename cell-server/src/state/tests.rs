@@ -437,6 +437,11 @@ fn retried_calls_are_applied_once() {
 }
 
 #[test]
+fn log_time_never_moves_back_and_repeated_master_entries_change_nothing() {
+    transcript("clock");
+}
+
+#[test]
 fn answers_are_kept_by_time_and_bytes_not_by_a_count() {
     transcript("answers");
 }
