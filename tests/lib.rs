@@ -46,6 +46,8 @@ pub fn faketime_env(file: &Path) -> Vec<(String, String)> {
     ]
 }
 
+pub mod linearizability;
+
 /// A small xorshift generator for a test's random choices, replayable from its seed.
 pub struct Rng(u64);
 
@@ -57,6 +59,10 @@ impl Rng {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
         });
         (seed, Rng(seed))
+    }
+
+    pub fn from_seed(seed: u64) -> Rng {
+        Rng(seed | 1)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -271,6 +277,11 @@ impl TestCell {
         for link in self.links.iter().flatten().flatten() {
             link.heal();
         }
+    }
+
+    /// The process id of replica `id`, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children[(id - 1) as usize].as_ref().map(Child::id)
     }
 
     /// `kill -9` of replica `id`.

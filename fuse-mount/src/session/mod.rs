@@ -490,12 +490,12 @@ impl Session {
         self.inner.epoch.load(Ordering::Acquire)
     }
 
-    /// Alive / jeopardy / lost, as it changes.
     /// Whether the session is lost (its handles and locks are gone for good).
     pub fn is_lost(&self) -> bool {
         self.inner.state() == SessionState::Lost
     }
 
+    /// Alive / jeopardy / lost, as it changes.
     pub fn state(&self) -> watch::Receiver<SessionState> {
         self.inner.state.subscribe()
     }
