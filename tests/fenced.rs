@@ -277,12 +277,18 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
         match w[0] {
             "holder" => {
                 if let Some(other) = granted.insert(num(2), num(1)) {
-                    panic!("(seed {seed}) lock generation {} granted to two holders: shells {other} and {}", w[2], w[1]);
+                    panic!(
+                        "(seed {seed}) lock generation {} granted to two holders: shells {other} and {}",
+                        w[2], w[1]
+                    );
                 }
             }
             "acked" => {
                 acked += 1;
-                assert!(lines.contains(&(num(1), num(2))), "(seed {seed}) acknowledged write {line:?} is not in the log");
+                assert!(
+                    lines.contains(&(num(1), num(2))),
+                    "(seed {seed}) acknowledged write {line:?} is not in the log"
+                );
             }
             "refused" if num(3) == 7 => stale += 1,
             _ => {}

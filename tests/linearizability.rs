@@ -62,7 +62,21 @@ pub fn check<M: Model>(model: &M, ops: &[Op<M::Input, M::Output>]) -> Result<(),
     // lifted out of it (call and return) when linearized and put back when undone.
     let m = events.len();
     let nil = usize::MAX;
-    let mut next: Vec<usize> = (0..=m).map(|i| if i == m { if m > 0 { 0 } else { nil } } else if i + 1 < m { i + 1 } else { nil }).collect();
+    let mut next: Vec<usize> = (0..=m)
+        .map(|i| {
+            if i == m {
+                if m > 0 {
+                    0
+                } else {
+                    nil
+                }
+            } else if i + 1 < m {
+                i + 1
+            } else {
+                nil
+            }
+        })
+        .collect();
     let mut prev: Vec<usize> = (0..=m).map(|i| if i == 0 { m } else { i - 1 }).collect();
     let (mut call_at, mut ret_at) = (vec![0; n], vec![0; n]);
     for (idx, (_, _, e)) in events.iter().enumerate() {
@@ -196,7 +210,9 @@ mod tests {
     const REGISTER: Register = Register { initial: (0, 1) };
 
     /// Operations from (client, call ms, return ms or none, input, output).
-    fn history(spec: &[(usize, u64, Option<u64>, RegisterInput, RegisterOutput)]) -> Vec<Op<RegisterInput, RegisterOutput>> {
+    fn history(
+        spec: &[(usize, u64, Option<u64>, RegisterInput, RegisterOutput)],
+    ) -> Vec<Op<RegisterInput, RegisterOutput>> {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         spec.iter()
@@ -236,10 +252,8 @@ mod tests {
             (1, 7, Some(8), Read, Value { value: 7, generation: 2 }),
         ]);
         assert!(check(&REGISTER, &late).is_ok());
-        let never = history(&[
-            (0, 0, None, Write(7), Mismatch),
-            (1, 5, Some(6), Read, Value { value: 0, generation: 1 }),
-        ]);
+        let never =
+            history(&[(0, 0, None, Write(7), Mismatch), (1, 5, Some(6), Read, Value { value: 0, generation: 1 })]);
         assert!(check(&REGISTER, &never).is_ok());
         // But once seen it cannot be unseen.
         let flicker = history(&[

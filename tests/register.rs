@@ -141,9 +141,8 @@ fn register_operations_stay_linearizable_under_faults() {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let history: History = Arc::default();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| rt.spawn(client(id, seed, cell.addrs.clone(), stop.clone(), history.clone())))
-        .collect();
+    let clients: Vec<_> =
+        (0..CLIENTS).map(|id| rt.spawn(client(id, seed, cell.addrs.clone(), stop.clone(), history.clone()))).collect();
 
     let leader = |cell: &TestCell| -> u64 {
         for _ in 0..100 {

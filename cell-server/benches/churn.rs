@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{find_leader, rss_of, start_cell_with};
 use fuse_mount::client::PutPipeline;
+use fuse_mount::session::{OpenOptions, Session, SessionOptions};
 use proto::cell::cell_client::CellClient;
 use proto::cell::StatusRequest;
-use fuse_mount::session::{OpenOptions, Session, SessionOptions};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -187,8 +187,14 @@ impl ChubbyService {
     }
 
     fn make_handle(&self, session: u64, path: &str, s: &state::Stat, rights: Rights, handle: u64) -> Handle {
-        let body =
-            HandleBody { session, path: path.to_string(), instance: s.instance, rights, ephemeral: s.ephemeral, handle };
+        let body = HandleBody {
+            session,
+            path: path.to_string(),
+            instance: s.instance,
+            rights,
+            ephemeral: s.ephemeral,
+            handle,
+        };
         Handle { token: sign(&self.master.key(), &body), rights: u32::from(rights.0) }
     }
 
@@ -361,11 +367,7 @@ impl Chubby for ChubbyService {
         };
         let handle = self.make_handle(session, &path, &s, rights, id);
         self.master.subscribe(session, &path, req.event_mask, &handle.token);
-        Ok(Response::new(OpenResponse {
-            handle: Some(handle),
-            stat: Some(stat(&s)),
-            cacheable,
-        }))
+        Ok(Response::new(OpenResponse { handle: Some(handle), stat: Some(stat(&s)), cacheable }))
     }
 
     async fn close(&self, req: Request<CloseRequest>) -> Result<Response<CloseResponse>, Status> {

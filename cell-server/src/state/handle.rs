@@ -97,8 +97,14 @@ mod tests {
     #[test]
     fn forged_and_altered_handles_are_refused() {
         let key = [7u8; 32];
-        let body =
-            HandleBody { session: 3, path: "/a".into(), instance: 9, rights: Rights::READ, ephemeral: true, handle: 12 };
+        let body = HandleBody {
+            session: 3,
+            path: "/a".into(),
+            instance: 9,
+            rights: Rights::READ,
+            ephemeral: true,
+            handle: 12,
+        };
         let token = sign(&key, &body);
         assert_eq!(verify(&key, &token), Ok(body.clone()));
         assert!(verify(&[8u8; 32], &token).is_err(), "another cell's key");
@@ -129,7 +135,8 @@ mod tests {
         let mut m = mac(&key);
         m.update(&encoded);
         let token = [&encoded[..], &m.finalize().into_bytes()[..TAG]].concat();
-        let body = HandleBody { session: 3, path: "/e".into(), instance: 9, rights: Rights::READ, ephemeral: true, handle: 0 };
+        let body =
+            HandleBody { session: 3, path: "/e".into(), instance: 9, rights: Rights::READ, ephemeral: true, handle: 0 };
         assert_eq!(verify(&key, &token), Ok(body));
     }
 }

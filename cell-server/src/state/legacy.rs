@@ -63,7 +63,8 @@ pub(super) fn restore_format_1(data: &[u8]) -> Result<CellState, String> {
             }
         }
         let reply_bytes = s.replies.values().map(answer_bytes).sum();
-        let replies = s.replies.into_iter().map(|(seq, outcome)| (seq, Answer { at_ms: old.clock_ms, outcome })).collect();
+        let replies =
+            s.replies.into_iter().map(|(seq, outcome)| (seq, Answer { at_ms: old.clock_ms, outcome })).collect();
         let session = Session {
             principal: s.principal,
             open_id: s.open_id,
