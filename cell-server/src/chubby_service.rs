@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use proto::chubby::chubby_server::{Chubby, ChubbyServer};
+use proto::chubby::chubby_server::Chubby;
 use proto::chubby::*;
 use raft::NodeError;
 use tokio::sync::mpsc;
@@ -99,10 +99,6 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> 
 impl ChubbyService {
     pub fn new(master: Arc<Master>, cell_name: String) -> ChubbyService {
         ChubbyService { master, cell_name }
-    }
-
-    pub fn into_server(self) -> ChubbyServer<ChubbyService> {
-        ChubbyServer::new(self)
     }
 
     fn node_error(&self, e: NodeError) -> Status {

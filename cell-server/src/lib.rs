@@ -9,6 +9,7 @@
 //! - [`service`]: the `chubby.cell.Cell` gRPC service (status; operator put, get, list) with redirects.
 //! - [`replica`]: one replica process: Raft node, gRPC server, clean shutdown on SIGTERM.
 //! - [`local`]: `cell-server local`, a whole cell of replica processes on loopback.
+//! - [`wire`]: the Chubby service as served over gRPC, refusals made safe for their header.
 
 pub mod calls;
 pub mod chubby_service;
@@ -20,6 +21,7 @@ pub mod multiplex;
 pub mod replica;
 pub mod service;
 pub mod state;
+pub mod wire;
 
 pub use proto;
 pub use raft;

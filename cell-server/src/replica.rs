@@ -49,7 +49,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(handle.peer_service().into_server())
             .add_service(service.into_server())
-            .add_service(chubby.into_server())
+            .add_service(crate::wire::WireChubby(chubby).into_server())
             .serve_with_incoming(incoming),
     );
     tracing::info!(replica = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), fsync = %cfg.fsync, "replica serving");

@@ -177,7 +177,7 @@ impl CellState {
         s.forget_below(req.first_incomplete);
         if let Some(first) = s.replies.get(&req.sequence) {
             let first = first.outcome.clone();
-            return self.replay(req.session, &entry.op, first);
+            return self.replay(req.session, req.sequence, &entry.op, first);
         }
         if req.sequence < s.low_water {
             return Err(StateError::Forgotten(req.sequence));

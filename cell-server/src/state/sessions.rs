@@ -104,6 +104,27 @@ impl Session {
     }
 }
 
+/// Whether `reply` is an answer `op` gives.
+fn answers(op: &Op, reply: &Reply) -> bool {
+    match op {
+        Op::Open { .. } => matches!(reply, Reply::Opened { .. } | Reply::OpenedEphemeral { .. }),
+        Op::SetContents { .. } | Op::SetAcl { .. } | Op::SetAclIf { .. } | Op::AdminPut { .. } => {
+            matches!(reply, Reply::Stat(_))
+        }
+        Op::Acquire { .. } => matches!(reply, Reply::Granted { .. } | Reply::Queued),
+        Op::Cancel { .. } => matches!(reply, Reply::Granted { .. } | Reply::Done),
+        Op::CreateSession { .. } => matches!(reply, Reply::Session { .. }),
+        Op::InitCell { .. }
+        | Op::Tick
+        | Op::ExpireSession { .. }
+        | Op::CloseSession
+        | Op::Close { .. }
+        | Op::CloseHandle { .. }
+        | Op::Delete { .. }
+        | Op::Release { .. } => matches!(reply, Reply::Done),
+    }
+}
+
 impl CellState {
     pub(super) fn create_session(&mut self, principal: String, open_id: u64) -> Outcome {
         // The same open again (its first answer was lost): the session it created.
@@ -182,7 +203,17 @@ impl CellState {
     /// The answer to a retried call. An Acquire that was granted or queued is answered with
     /// the lock's state now (granted since, released since, its wait ended); everything else
     /// as the first time.
-    pub(super) fn replay(&self, session: SessionId, op: &Op, first: Outcome) -> Outcome {
+    pub(super) fn replay(&self, session: SessionId, sequence: u64, op: &Op, first: Outcome) -> Outcome {
+        // A sequence number names one call; a client that sends another call under it gets
+        // an error, not the first call's answer, which its kind of call does not give.
+        if let Ok(reply) = &first {
+            if !answers(op, reply) {
+                return Err(StateError::InvalidArgument(format!(
+                    "request {sequence} of session {session} was another kind of call; a sequence number is used \
+                     for one call only"
+                )));
+            }
+        }
         let (Op::Acquire { path, owner, .. }, Ok(_)) = (op, &first) else { return first };
         let holder = Holder { session, owner: *owner };
         if let Some(sequencer) = self.sequencer_of(path, holder) {

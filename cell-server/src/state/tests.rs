@@ -13,7 +13,8 @@
 //! `lock PATH`, `clock`, `put PATH TEXT` (operator write),
 //! `hold NAME` (the session's next call is slow: it takes the next sequence number, and the
 //! session's later calls say it is not answered yet, until `arrive NAME CMD …` applies CMD
-//! with that number), `repeat N CMD …` (CMD N times; the last output),
+//! with that number), `reuse NAME CMD …` (CMD under the sequence number of the session's last
+//! call), `repeat N CMD …` (CMD N times; the last output),
 //! `stat PATH`, `ls PATH`.
 
 use std::collections::BTreeMap;
@@ -216,6 +217,12 @@ impl Driver {
             "arrive" => {
                 let s = self.id(arg(0));
                 self.arriving = Some(*self.held.get(&s).expect("a held call"));
+                self.command(&words[2..].join(" "))
+            }
+            "reuse" => {
+                let s = self.id(arg(0));
+                let last = self.history.get(&s).and_then(|h| h.last()).and_then(|e| e.request).expect("a call");
+                self.arriving = Some(last.sequence);
                 self.command(&words[2..].join(" "))
             }
             "repeat" => {
