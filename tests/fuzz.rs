@@ -485,6 +485,10 @@ fn bad_input_gets_clear_errors_and_forged_credentials_change_nothing() {
     rt.block_on(async {
         let client = cell.client(Duration::from_secs(5));
         let mut c = cell.client(Duration::from_secs(5));
+        // The operator's Put refuses a bad key naming it as it was, '%' and all.
+        let bad = "50%off/../%zz%25";
+        let refusal = c.put(bad, Bytes::from_static(b"x")).await.expect_err("a key with .. is refused");
+        assert!(refusal.to_string().contains(bad), "the refusal names the key: {refusal}");
         let rev = c.put("after-fuzz", Bytes::from_static(b"ok")).await.expect("the cell still takes writes");
         wait_converged(&client, rev, Duration::from_secs(30)).await.unwrap();
         let first = state_at(&cell, &cell.addrs[0]).await;

@@ -205,7 +205,8 @@ impl Cell for CellService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let this = self.clone();
         let put = crate::chubby_service::to_the_end(async move { this.put_one(req.into_inner()).await });
-        put.await.map(|revision| Response::new(PutResponse { revision }))
+        // The refusal may name the key, which may hold '%' (see `wire::header_safe`).
+        put.await.map(|revision| Response::new(PutResponse { revision })).map_err(crate::wire::header_safe)
     }
 
     type PutPipelineStream = Multiplexed<PipelinedPut, PipelinedPutResult>;
