@@ -1,8 +1,9 @@
 //! Reads, writes and compare-and-sets of a few nodes by several clients of the session library
 //! (their caches on), while replicas are killed, paused, partitioned and have their clocks
-//! stepped; the recorded history of each node must be linearizable (see
-//! `e2e_tests::linearizability`): every read returns the value and generation of the latest
-//! write ordered before it, a compare-and-set succeeds exactly when its generation is current.
+//! stepped, and the master hands leadership over on SIGTERM; the recorded history of each node
+//! must be linearizable (see `e2e_tests::linearizability`): every read returns the value and
+//! generation of the latest write ordered before it, a compare-and-set succeeds exactly when
+//! its generation is current.
 //!
 //! `CHUBBY_REGISTER_SECS` sets how long clients run (15 s by default, as in CI;
 //! `CHUBBY_LONG=1`: 300 s); `CHUBBY_REGISTER_SEED` replays a run's choice of faults. A failure
@@ -161,7 +162,7 @@ fn register_operations_stay_linearizable_under_faults() {
         std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
         let l = leader(&cell);
         let other = 1 + (l + rng.below(2)) % 3;
-        let fault = match rng.below(5) {
+        let fault = match rng.below(6) {
             0 => {
                 cell.kill(l);
                 std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
@@ -193,10 +194,17 @@ fn register_operations_stay_linearizable_under_faults() {
                 cell.start_replica(other);
                 "kill follower"
             }
-            _ => {
+            4 => {
                 let step = ["+0", "+2h", "-10m", "+1d", "-1h"][rng.below(5) as usize];
                 std::fs::write(&offset, format!("{step}\n")).unwrap();
                 "clock step"
+            }
+            _ => {
+                // SIGTERM: the master hands leadership over, then exits; it comes back.
+                let status = cell.terminate(l);
+                assert!(status.is_some_and(|s| s.success()), "replica {l} exited after SIGTERM: {status:?}");
+                cell.start_replica(l);
+                "hand over and restart the master"
             }
         };
         *faults.entry(fault).or_default() += 1;
