@@ -422,6 +422,28 @@ fn chubby_watch_reports_a_gap_when_its_stream_is_cut() {
     let _ = watch.wait();
 }
 
+/// A master paused (SIGSTOP) for longer than a lease sends its clients nothing and does not
+/// break their streams: a client learns of it only when its lease ends, then must find the new
+/// master before that one expires the session, though the paused replica, tried first, hangs.
+#[test]
+fn a_session_outlives_its_master_paused_past_the_lease() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: 2000, ..CellOptions::default() });
+    runtime().block_on(async {
+        let leader = wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)).await.unwrap();
+        let s = Session::open(cell.addrs.clone(), opts()).await.unwrap();
+        let create = OpenOptions { create: true, ..OpenOptions::default() };
+        let (h, _) = s.open_node("/ls/local/idle", create).await.unwrap();
+        let pid = cell.pid(leader).expect("the master runs") as libc::pid_t;
+        // SAFETY: SIGSTOP and SIGCONT of a replica this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        assert!(!s.is_lost(), "the session was expired while its client looked for the new master");
+        s.set(&h, "still here".into(), None, "").await.expect("the session works at the new master");
+        s.close().await.unwrap();
+    });
+}
+
 /// A raw session stream that never acks invalidations, with the handle of one node it read.
 async fn silent_cacher(
     master: &str,

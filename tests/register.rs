@@ -20,7 +20,11 @@ use e2e_tests::linearizability::{check, Op, Register, RegisterInput, RegisterOut
 use e2e_tests::{bin, faketime_env, wait_converged, CellOptions, Rng, TestCell};
 use fuse_mount::session::{OpenOptions, Session, SessionOptions};
 
+/// Keys in use at a time.
 const KEYS: u64 = 3;
+/// Clients move on to fresh keys every window, so that no key's history grows past what the
+/// checker handles quickly (its memory grows with the operations of one key).
+const WINDOW: Duration = Duration::from_secs(15);
 const CLIENTS: u64 = 4;
 
 fn duration() -> Duration {
@@ -32,13 +36,19 @@ fn duration() -> Duration {
 
 type History = Arc<Mutex<Vec<(u64, Op<RegisterInput, RegisterOutput>)>>>;
 
+/// Keys of all windows of a run of `run`: window `w` uses keys `w * KEYS ..`.
+fn key_count(run: Duration) -> u64 {
+    KEYS * (run.as_secs() / WINDOW.as_secs() + 1)
+}
+
 fn key_path(k: u64) -> String {
     format!("/ls/local/reg/k{k}")
 }
 
 /// One client: a session (opened again if lost), random operations on random keys until
 /// `stop`, each recorded with its call and return times.
-async fn client(id: u64, seed: u64, addrs: Vec<String>, stop: Arc<AtomicBool>, history: History) {
+async fn client(id: u64, seed: u64, addrs: Vec<String>, keys: u64, stop: Arc<AtomicBool>, history: History) {
+    let start = Instant::now();
     let mut rng = Rng::from_seed(seed ^ (id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let opts = SessionOptions {
         principal: "register".into(),
@@ -46,39 +56,37 @@ async fn client(id: u64, seed: u64, addrs: Vec<String>, stop: Arc<AtomicBool>, h
         grace: Duration::from_secs(30),
         cache: true,
     };
-    let mut generation_seen = [1u64; KEYS as usize];
+    let mut generation_seen: BTreeMap<u64, u64> = BTreeMap::new();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let Ok(session) = Session::open(addrs.clone(), opts.clone()).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let mut handles = Vec::new();
-        for k in 0..KEYS {
-            match session.open_node(&key_path(k), OpenOptions::default()).await {
-                Ok((h, _)) => handles.push(h),
-                Err(_) => break,
-            }
-        }
-        if handles.len() < KEYS as usize {
-            continue;
-        }
+        let mut handles = BTreeMap::new();
         while !stop.load(Ordering::Relaxed) && !session.is_lost() {
-            let k = rng.below(KEYS);
-            let h = &handles[k as usize];
+            let window = (start.elapsed().as_secs() / WINDOW.as_secs()).min(keys / KEYS - 1);
+            let k = window * KEYS + rng.below(KEYS);
+            if !handles.contains_key(&k) {
+                match session.open_node(&key_path(k), OpenOptions::default()).await {
+                    Ok((h, _)) => handles.insert(k, h),
+                    Err(_) => continue,
+                };
+            }
+            let h = &handles[&k];
             n += 1;
             let value = id * 1_000_000_000 + n;
             let input = match rng.below(4) {
                 0 | 1 => RegisterInput::Read,
                 2 => RegisterInput::Write(value),
-                _ => RegisterInput::Cas { if_generation: generation_seen[k as usize], value },
+                _ => RegisterInput::Cas { if_generation: generation_seen.get(&k).copied().unwrap_or(1), value },
             };
             let call = Instant::now();
             let output = match &input {
                 RegisterInput::Read => match session.get(h).await {
                     Ok((contents, stat)) => {
                         let value = std::str::from_utf8(&contents).unwrap().parse().unwrap();
-                        generation_seen[k as usize] = stat.content_generation;
+                        generation_seen.insert(k, stat.content_generation);
                         Some(RegisterOutput::Value { value, generation: stat.content_generation })
                     }
                     // A read that failed constrains nothing.
@@ -91,7 +99,7 @@ async fn client(id: u64, seed: u64, addrs: Vec<String>, stop: Arc<AtomicBool>, h
                     };
                     match session.set(h, Bytes::from(v.to_string()), if_generation, "").await {
                         Ok(stat) => {
-                            generation_seen[k as usize] = stat.content_generation;
+                            generation_seen.insert(k, stat.content_generation);
                             Some(RegisterOutput::Written { generation: stat.content_generation })
                         }
                         Err(e) if e.reason() == Some("GenerationMismatch") => Some(RegisterOutput::Mismatch),
@@ -124,7 +132,9 @@ fn register_operations_stay_linearizable_under_faults() {
     rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
     let chubby = |args: &[&str]| Command::new(bin("chubby")).args(["--cell", &cell.cell_arg()]).args(args).status();
     assert!(chubby(&["mkdir", "/ls/local/reg"]).unwrap().success());
-    for k in 0..KEYS {
+    let run = duration();
+    let keys = key_count(run);
+    for k in 0..keys {
         assert!(chubby(&["put", &key_path(k), "0"]).unwrap().success(), "creating {}", key_path(k));
     }
 
@@ -132,7 +142,7 @@ fn register_operations_stay_linearizable_under_faults() {
     let initial: Vec<(u64, u64)> = rt.block_on(async {
         let s = Session::open(cell.addrs.clone(), SessionOptions::default()).await.unwrap();
         let mut initial = Vec::new();
-        for k in 0..KEYS {
+        for k in 0..keys {
             let (h, _) = s.open_node(&key_path(k), OpenOptions::default()).await.unwrap();
             let (contents, stat) = s.get(&h).await.unwrap();
             initial.push((std::str::from_utf8(&contents).unwrap().parse().unwrap(), stat.content_generation));
@@ -142,8 +152,9 @@ fn register_operations_stay_linearizable_under_faults() {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let history: History = Arc::default();
-    let clients: Vec<_> =
-        (0..CLIENTS).map(|id| rt.spawn(client(id, seed, cell.addrs.clone(), stop.clone(), history.clone()))).collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| rt.spawn(client(id, seed, cell.addrs.clone(), keys, stop.clone(), history.clone())))
+        .collect();
 
     let leader = |cell: &TestCell| -> u64 {
         for _ in 0..100 {
@@ -157,7 +168,6 @@ fn register_operations_stay_linearizable_under_faults() {
     };
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let start = Instant::now();
-    let run = duration();
     while start.elapsed() < run {
         std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
         let l = leader(&cell);
@@ -247,7 +257,7 @@ fn register_operations_stay_linearizable_under_faults() {
     }
     eprintln!(
         "{:?} of operations (seed {seed}), faults {faults:?}: {total} operations ({known} with a known outcome) \
-         on {KEYS} keys by {CLIENTS} clients, linearizable",
+         on {keys} keys ({KEYS} at a time) by {CLIENTS} clients, linearizable",
         run
     );
     assert!(known > 100, "too few operations completed to say anything: {known}");

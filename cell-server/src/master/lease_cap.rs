@@ -15,6 +15,12 @@
 //!   it voted in the new term (after voting it answers the old leader only with the new term).
 //!   So its first deadlines come after every lease the old master granted has ended.
 //!
+//! A client learns that its master is gone only when its lease ends without a grant (a paused
+//! or cut-off master sends nothing), then looks for the new master, possibly waiting on a
+//! replica that hangs first. So a new master adds [`resume_allowance`] (half a lease) to its
+//! first deadlines: a live client resumes before its session is expired. The client library
+//! gives each replica a quarter of the lease in that search.
+//!
 //! Neither rule relies on followers refusing votes for a while (a restarted follower, or a
 //! leader transfer, does not), nor on the replicas' timing settings agreeing: the window is the
 //! same constant everywhere.
@@ -26,6 +32,12 @@ use std::time::{Duration, Instant};
 /// disk stalls of a few hundred milliseconds included, so an ordinary master always grants in
 /// full; short against a lease (seconds).
 pub const GRANT_WINDOW: Duration = Duration::from_millis(500);
+
+/// What a new master adds to the first deadlines of a session whose lease is `lease`, past
+/// `lease + GRANT_WINDOW`, for its client to find it (see the module's notes).
+pub fn resume_allowance(lease: Duration) -> Duration {
+    lease / 2
+}
 
 /// How often a master confirms its leadership.
 pub const CONFIRM_EVERY: Duration = Duration::from_millis(100);

@@ -334,8 +334,10 @@ impl Master {
             }
             // Every lease a former master granted ends within the grant window past the start
             // of its last confirmed round, which came before this term began: a full lease
-            // from now and the window cover them all (see `lease_cap`).
-            let until = Instant::now() + self.cfg.lease + lease_cap::GRANT_WINDOW;
+            // from now and the window cover them all; the allowance gives the clients time to
+            // find this master once their leases have ended (see `lease_cap`).
+            let lease = self.cfg.lease;
+            let until = Instant::now() + lease + lease_cap::GRANT_WINDOW + lease_cap::resume_allowance(lease);
             g.leases = LeaseTable::default();
             for &s in &sessions {
                 g.leases.extend(s, until);

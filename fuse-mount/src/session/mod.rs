@@ -416,10 +416,12 @@ impl Session {
         // retried gets the session it created, not a second one.
         let open =
             OpenSession { principal: opts.principal.clone(), open_id: random_open_id(), ..OpenSession::default() };
-        let (addr, stream) = connect_stream(&addrs, &channels, None, &open, deadline).await.map_err(|e| match e {
-            ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },
-            e => e,
-        })?;
+        let (addr, stream) = connect_stream(&addrs, &channels, None, &open, deadline, stream::ATTEMPT_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },
+                e => e,
+            })?;
         let id = stream.2.session;
         let token = stream.2.session_token.clone();
         let lease = Duration::from_millis(stream.2.full_lease_ms.max(stream.2.lease_ms));

@@ -19,16 +19,27 @@ use crate::client::ClientError;
 /// Longest wait for one replica to open a session stream.
 pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The wait for one replica when resuming a session whose lease is `lease`: a quarter of it
+/// (at most [`ATTEMPT_TIMEOUT`]), so that a replica that hangs (a paused old master, a cut
+/// link that sent no reset) costs the search for the new master less than the time a new
+/// master gives a session to resume past its lease (half a lease, see the cell's
+/// `lease_cap::resume_allowance`).
+pub(super) fn resume_attempt_timeout(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_millis(100), ATTEMPT_TIMEOUT)
+}
+
 pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionResponse>, LeaseGrant);
 
 /// Opens a session stream at whichever replica is the master, following redirects until
-/// `deadline`, with `open` (`resume_session` 0 for a new session).
+/// `deadline`, with `open` (`resume_session` 0 for a new session), giving each replica at most
+/// `per_attempt`.
 pub(super) async fn connect_stream(
     inner_addrs: &[String],
     channels: &Mutex<HashMap<String, Arc<Link>>>,
     hint: Option<String>,
     open: &OpenSession,
     deadline: Instant,
+    per_attempt: Duration,
 ) -> Result<(String, Stream), ClientError> {
     let mut turn = 0usize;
     let mut hint = hint;
@@ -71,7 +82,7 @@ pub(super) async fn connect_stream(
             }
         };
         // One replica that hangs (a cut link that sent no reset) must not use up the deadline.
-        let left = deadline.saturating_duration_since(Instant::now()).min(ATTEMPT_TIMEOUT);
+        let left = deadline.saturating_duration_since(Instant::now()).min(per_attempt);
         match tokio::time::timeout(left, attempt).await {
             Err(_) => {
                 channels.lock().expect("channels").remove(&addr);
@@ -182,7 +193,8 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             open_id: 0,
             resubscribe: inner.subscriptions(),
         };
-        let resumed = connect_stream(&addrs, &inner.channels, hint, &open, give_up).await;
+        let per_attempt = resume_attempt_timeout(inner.lease);
+        let resumed = connect_stream(&addrs, &inner.channels, hint, &open, give_up, per_attempt).await;
         match resumed {
             Ok((addr, (t, i, g))) => {
                 *inner.master.lock().expect("master") = Some(addr);
