@@ -67,13 +67,13 @@ async fn client(id: u64, seed: u64, addrs: Vec<String>, keys: u64, stop: Arc<Ato
         while !stop.load(Ordering::Relaxed) && !session.is_lost() {
             let window = (start.elapsed().as_secs() / WINDOW.as_secs()).min(keys / KEYS - 1);
             let k = window * KEYS + rng.below(KEYS);
-            if !handles.contains_key(&k) {
-                match session.open_node(&key_path(k), OpenOptions::default()).await {
-                    Ok((h, _)) => handles.insert(k, h),
+            let h = match handles.get(&k) {
+                Some(h) => h,
+                None => match session.open_node(&key_path(k), OpenOptions::default()).await {
+                    Ok((h, _)) => handles.entry(k).or_insert(h),
                     Err(_) => continue,
-                };
-            }
-            let h = &handles[&k];
+                },
+            };
             n += 1;
             let value = id * 1_000_000_000 + n;
             let input = match rng.below(4) {
