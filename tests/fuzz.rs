@@ -1,7 +1,7 @@
 //! Bad input at every door of a replica: random and adversarial messages for every method of
 //! the Chubby service (unary, on the multiplexed `Calls` stream, and on the session stream) and
-//! garbage on the port (peer frames and HTTP/2). A replica must never fail: every bad call gets
-//! an error that says what is wrong, and
+//! of the operator's Cell service, and garbage on the port (peer frames and HTTP/2). A replica
+//! must never fail: every bad call gets an error that says what is wrong, and
 //! - with forged credentials (a random or altered handle, session token or session id) nothing
 //!   changes at all: the namespace and the sessions are as before;
 //! - with the credentials of a real session and random everything else, whatever the calls
@@ -450,6 +450,20 @@ fn bad_input_gets_clear_errors_and_forged_credentials_change_nothing() {
             let kind = g.kind();
             let what = short(format!("call {i} with real credentials (seed {seed}): {kind:?}"));
             if let Err(s) = unary(&mut c, kind, false).await {
+                assert_clear(&s, &what);
+            }
+        }
+        // The operator's Cell service, which needs no credentials: random keys and values.
+        let mut admin = proto::cell::cell_client::CellClient::connect(format!("http://{master}")).await.unwrap();
+        for i in 0..n / 10 {
+            let key = g.string();
+            let what = short(format!("cell call {i} (seed {seed}) on key {key:?}"));
+            let answer = match g.rng.below(3) {
+                0 => admin.put(proto::cell::PutRequest { key, value: g.bytes() }).await.map(|_| ()),
+                1 => admin.get(proto::cell::GetRequest { key, stale: g.rng.below(2) == 0 }).await.map(|_| ()),
+                _ => admin.list(ListRequest { prefix: key, stale: g.rng.below(2) == 0 }).await.map(|_| ()),
+            };
+            if let Err(s) = answer {
                 assert_clear(&s, &what);
             }
         }
