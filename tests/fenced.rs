@@ -172,16 +172,6 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
         })
         .collect();
 
-    let leader = |cell: &TestCell| -> u64 {
-        for _ in 0..100 {
-            let all = rt.block_on(cell.client(Duration::from_secs(1)).status_all());
-            if let Some(l) = all.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|s| s.leader_id).find(|&l| l != 0) {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("no leader for 10 s");
-    };
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let mut rm_codes = BTreeSet::new();
     let n = cycles();
@@ -214,7 +204,7 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
                 }
             }
             1 | 2 => {
-                let l = leader(&cell);
+                let l = cell.leader(&rt);
                 let victim = if fault == 1 { l } else { 1 + (l + rng.below(2)) % 3 };
                 cell.kill(victim);
                 std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
@@ -222,7 +212,7 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
                 *faults.entry(if fault == 1 { "kill master" } else { "kill follower" }).or_default() += 1;
             }
             3 => {
-                let l = leader(&cell);
+                let l = cell.leader(&rt);
                 cell.partition(l);
                 std::thread::sleep(Duration::from_millis(1000 + rng.below(2000)));
                 cell.heal();

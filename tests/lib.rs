@@ -279,6 +279,19 @@ impl TestCell {
         }
     }
 
+    /// The replica the others name as leader, asked of every replica on `rt` until one does
+    /// (at most 10 s).
+    pub fn leader(&self, rt: &tokio::runtime::Runtime) -> u64 {
+        for _ in 0..100 {
+            let all = rt.block_on(self.client(Duration::from_secs(1)).status_all());
+            if let Some(l) = all.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|s| s.leader_id).find(|&l| l != 0) {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no leader for 10 s");
+    }
+
     /// The process id of replica `id`, if it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.children[(id - 1) as usize].as_ref().map(Child::id)

@@ -156,21 +156,11 @@ fn register_operations_stay_linearizable_under_faults() {
         .map(|id| rt.spawn(client(id, seed, cell.addrs.clone(), keys, stop.clone(), history.clone())))
         .collect();
 
-    let leader = |cell: &TestCell| -> u64 {
-        for _ in 0..100 {
-            let all = rt.block_on(cell.client(Duration::from_secs(1)).status_all());
-            if let Some(l) = all.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|s| s.leader_id).find(|&l| l != 0) {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("no leader for 10 s");
-    };
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let start = Instant::now();
     while start.elapsed() < run {
         std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
-        let l = leader(&cell);
+        let l = cell.leader(&rt);
         let other = 1 + (l + rng.below(2)) % 3;
         let fault = match rng.below(6) {
             0 => {
