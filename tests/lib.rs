@@ -605,6 +605,7 @@ impl Proxy {
                 let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (hold, mut cuts) = (h.clone(), c.subscribe());
                 let born = *cuts.borrow_and_update();
+                let cut_seen = cuts.clone();
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
@@ -620,13 +621,19 @@ impl Proxy {
                             while hold.load(Ordering::Acquire) {
                                 tokio::time::sleep(Duration::from_millis(2)).await;
                             }
+                            // A cut loses what was held: the release that comes with it is
+                            // for new connections only, and this task may see it first.
+                            if *cut_seen.borrow() != born {
+                                return Ok(());
+                            }
                             cw.write_all(&buf[..n]).await?;
                         }
                     };
                     tokio::select! {
+                        biased;
+                        _ = cuts.wait_for(|n| *n != born) => {}
                         _ = up => {}
                         _ = down => {}
-                        _ = cuts.wait_for(|n| *n != born) => {}
                     }
                 });
             }
