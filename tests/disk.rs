@@ -1,38 +1,10 @@
 //! Disk faults on a real replica: its data directory on a small tmpfs that fills up. Needs
 //! root (`mount -t tmpfs`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e_tests::{wait_converged, CellOptions, TestCell};
-
-/// A tmpfs mounted for a test, unmounted (lazily, whatever still has files open on it) when
-/// dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs: run it as root");
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status();
-        assert!(st.as_ref().is_ok_and(|s| s.success()), "mount -t tmpfs on {}: {st:?}", dir.display());
-        Tmpfs(dir.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let st = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status();
-        assert!(st.as_ref().is_ok_and(|s| s.success()), "remount {}: {st:?}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use e2e_tests::{wait_converged, CellOptions, TestCell, Tmpfs};
 
 /// A replica whose disk fills up stops acknowledging and exits non-zero, saying why (the path
 /// and the errno), rather than stay up as a silent member its cell counts on in vain; the other
@@ -75,7 +47,7 @@ fn a_replica_whose_disk_fills_exits_with_the_cause_and_rejoins_after_space_is_fr
     }
 
     // Space freed, replica 3 restarted: it catches up with every write.
-    tmpfs.resize("64m");
+    tmpfs.resize("64m").unwrap();
     cell.start_replica(3);
     let began = Instant::now();
     rt.block_on(wait_converged(&client, last, Duration::from_secs(30)))

@@ -1,19 +1,22 @@
-//! Events under faults: watchers subscribed to a node while a writer changes it and the master
-//! is killed, paused, partitioned and hands leadership over. An event may be lost only as an
-//! explicit gap (`events_lost` or `master_failover`, after which the client reads again),
-//! never silently: once the faults stop, every watcher must get one event per change, or a gap.
-//! Nor may a watcher get more events than there were changes.
+//! Events under faults: watchers subscribed to a node (one of them in a network namespace the
+//! nemesis cuts off) while a writer changes it and the master is killed, paused, partitioned
+//! (both ways and one way, or by a flapping link), restarted with a skewed clock, and hands
+//! leadership over. An event may be lost only as an explicit gap (`events_lost` or
+//! `master_failover`, after which the client reads again), never silently: once the faults
+//! stop, every watcher must get one event per change, or a gap. Nor may a watcher get more
+//! events than there were changes.
 //!
 //! `CHUBBY_EVENTS_SECS` sets how long the faults go on (12 s by default, as in CI;
-//! `CHUBBY_LONG=1`: 300 s); `CHUBBY_EVENTS_SEED` replays a run's choice of faults.
+//! `CHUBBY_LONG=1`: 300 s); `CHUBBY_EVENTS_SEED` replays a run's choice of faults and
+//! `CHUBBY_FAULTS` narrows them.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e_tests::{wait_converged, CellOptions, Rng, TestCell};
+use e2e_tests::nemesis::{Fault, Nemesis};
+use e2e_tests::{wait_converged, CellOptions};
 use fuse_mount::proto::chubby::event::Kind;
 use fuse_mount::session::{OpenOptions, Session, SessionOptions, SessionState};
 
@@ -40,56 +43,96 @@ fn opts() -> SessionOptions {
     }
 }
 
-/// What a watcher has seen: change events of the node, and gaps.
+/// What a watcher has seen: change events of the node, and gaps; and whether its session is
+/// alive.
 #[derive(Default)]
 struct Seen {
     changes: AtomicU64,
     gaps: AtomicU64,
+    alive: AtomicBool,
+}
+
+/// One watcher: a session subscribed to the node's changes, counting what it gets until `stop`.
+/// Says on `ready` once subscribed.
+async fn watcher(addrs: Vec<String>, seen: Arc<Seen>, ready: std::sync::mpsc::Sender<()>, stop: Arc<AtomicBool>) {
+    let s = Session::open(addrs, opts()).await.unwrap();
+    let mut events = s.events();
+    s.open_node(PATH, OpenOptions { events: CONTENTS, ..OpenOptions::default() }).await.unwrap();
+    ready.send(()).unwrap();
+    let mut state = s.state();
+    while !stop.load(Ordering::Relaxed) {
+        seen.alive.store(*state.borrow_and_update() == SessionState::Alive, Ordering::SeqCst);
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => match e.kind {
+                    Some(Kind::ContentsModified(_)) if e.path == PATH => {
+                        seen.changes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Some(Kind::EventsLost(_) | Kind::MasterFailover(_)) => {
+                        seen.gaps.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    seen.gaps.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(_) => return,
+            },
+            _ = state.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let _ = s.close().await;
 }
 
 #[test]
 fn every_change_is_delivered_or_reported_as_a_gap() {
-    let (seed, mut rng) = Rng::from_env("CHUBBY_EVENTS_SEED");
-    eprintln!("events test seed {seed} (replay with CHUBBY_EVENTS_SEED={seed})");
-    let mut cell = TestCell::start(CellOptions { session_lease_ms: 2000, peer_links: true, ..CellOptions::default() });
+    let faults = [
+        Fault::KillMaster,
+        Fault::PauseMaster,
+        Fault::PartitionMaster,
+        Fault::OneWayFromMaster,
+        Fault::OneWayToMaster,
+        Fault::FlappingLink,
+        Fault::HandOver,
+        Fault::SkewedClock,
+        Fault::CutClients,
+    ];
+    let mut nemesis = Nemesis::new("CHUBBY_EVENTS_SEED", &faults);
+    let seed = nemesis.seed;
+    let mut cell = nemesis.start_cell(CellOptions { session_lease_ms: 2000, ..CellOptions::default() });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let client = cell.client(Duration::from_secs(5));
     rt.block_on(wait_converged(&client, 0, Duration::from_secs(30))).unwrap();
 
-    let (writer, handle, watchers) = rt.block_on(async {
+    let (writer, handle) = rt.block_on(async {
         let writer = Session::open(cell.addrs.clone(), opts()).await.unwrap();
         let create = OpenOptions { create: true, contents: "0".into(), ..OpenOptions::default() };
         let (handle, _) = writer.open_node(PATH, create).await.unwrap();
-        let mut watchers = Vec::new();
-        for _ in 0..WATCHERS {
-            let s = Session::open(cell.addrs.clone(), opts()).await.unwrap();
-            let seen = Arc::new(Seen::default());
-            let mut events = s.events();
-            s.open_node(PATH, OpenOptions { events: CONTENTS, ..OpenOptions::default() }).await.unwrap();
-            let counts = seen.clone();
-            tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(e) => match e.kind {
-                            Some(Kind::ContentsModified(_)) if e.path == PATH => {
-                                counts.changes.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Some(Kind::EventsLost(_) | Kind::MasterFailover(_)) => {
-                                counts.gaps.fetch_add(1, Ordering::SeqCst);
-                            }
-                            _ => {}
-                        },
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            counts.gaps.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(_) => return,
-                    }
-                }
-            });
-            watchers.push((s, seen));
-        }
-        (writer, handle, watchers)
+        (writer, handle)
     });
+    // The last watcher runs in the namespace the nemesis cuts off from the cell.
+    let stop_watching = Arc::new(AtomicBool::new(false));
+    let (ready, subscribed) = std::sync::mpsc::channel();
+    let ns = nemesis.client_netns().expect("the client namespace");
+    let watchers: Vec<(Arc<Seen>, std::thread::JoinHandle<()>)> = (0..WATCHERS)
+        .map(|i| {
+            let seen = Arc::new(Seen::default());
+            let (addrs, counts, ready, stop) = (cell.addrs.clone(), seen.clone(), ready.clone(), stop_watching.clone());
+            let thread = if i + 1 < WATCHERS {
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                    rt.block_on(watcher(addrs, counts, ready, stop))
+                })
+            } else {
+                ns.run_inside(move || watcher(addrs, counts, ready, stop))
+            };
+            (seen, thread)
+        })
+        .collect();
+    for _ in 0..WATCHERS {
+        subscribed.recv_timeout(Duration::from_secs(30)).expect("every watcher subscribed");
+    }
 
     // The writer changes the node without pause; each change's outcome is known or not.
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,40 +153,10 @@ fn every_change_is_delivered_or_reported_as_a_gap() {
         }
     });
 
-    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let start = Instant::now();
     while start.elapsed() < duration() {
-        std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
-        let l = cell.leader(&rt);
-        let fault = match rng.below(4) {
-            0 => {
-                cell.kill(l);
-                std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
-                cell.start_replica(l);
-                "kill master"
-            }
-            1 => {
-                let pid = cell.pid(l).expect("a running master");
-                // SAFETY: SIGSTOP and SIGCONT of a replica this test started.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-                std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-                "pause master"
-            }
-            2 => {
-                cell.partition(l);
-                std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
-                cell.heal();
-                "partition master"
-            }
-            _ => {
-                let status = cell.terminate(l);
-                assert!(status.is_some_and(|s| s.success()), "replica {l} exited after SIGTERM: {status:?}");
-                cell.start_replica(l);
-                "hand over and restart the master"
-            }
-        };
-        *faults.entry(fault).or_default() += 1;
+        let line = nemesis.step(&mut cell, &rt);
+        eprintln!("{line}");
     }
     stop.store(true, Ordering::Relaxed);
     rt.block_on(writing).unwrap();
@@ -151,27 +164,28 @@ fn every_change_is_delivered_or_reported_as_a_gap() {
     // Quiet: every session alive at the master, events of the faulty period delivered.
     rt.block_on(async {
         wait_converged(&client, 0, Duration::from_secs(30)).await.unwrap();
-        for (s, _) in &watchers {
-            let mut state = s.state();
-            let alive = tokio::time::timeout(Duration::from_secs(30), state.wait_for(|st| *st == SessionState::Alive));
-            let now = *s.state().borrow();
-            assert!(alive.await.is_ok(), "a watcher's session is alive again (seed {seed}); it is {now:?}");
+        for (i, (seen, _)) in watchers.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !seen.alive.load(Ordering::SeqCst) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(seen.alive.load(Ordering::SeqCst), "watcher {i}'s session is alive again (seed {seed})");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     let committed_most = acked.load(Ordering::SeqCst) + unknown.load(Ordering::SeqCst);
-    for (i, (_, seen)) in watchers.iter().enumerate() {
+    for (i, (seen, _)) in watchers.iter().enumerate() {
         let changes = seen.changes.load(Ordering::SeqCst);
         assert!(changes <= committed_most, "watcher {i} got {changes} events for at most {committed_most} changes");
     }
     let marks: Vec<(u64, u64)> =
-        watchers.iter().map(|(_, s)| (s.changes.load(Ordering::SeqCst), s.gaps.load(Ordering::SeqCst))).collect();
+        watchers.iter().map(|(s, _)| (s.changes.load(Ordering::SeqCst), s.gaps.load(Ordering::SeqCst))).collect();
     rt.block_on(async {
         for n in 0..QUIET_WRITES {
             writer.set(&handle, Bytes::from(format!("quiet-{n}")), None, "").await.expect("a write with no fault");
         }
         let deadline = Instant::now() + Duration::from_secs(15);
-        for (i, (_, seen)) in watchers.iter().enumerate() {
+        for (i, (seen, _)) in watchers.iter().enumerate() {
             let (c0, g0) = marks[i];
             while Instant::now() < deadline
                 && seen.changes.load(Ordering::SeqCst) < c0 + QUIET_WRITES
@@ -183,19 +197,26 @@ fn every_change_is_delivered_or_reported_as_a_gap() {
             let (changes, gaps) = (seen.changes.load(Ordering::SeqCst) - c0, seen.gaps.load(Ordering::SeqCst) - g0);
             assert!(
                 gaps > 0 || changes == QUIET_WRITES,
-                "watcher {i} (seed {seed}) got {changes} events for {QUIET_WRITES} changes, and no gap"
+                "watcher {i} (seed {seed}) got {changes} events for {QUIET_WRITES} changes, and no gap; \
+                 replay the faults with CHUBBY_EVENTS_SEED={seed} cargo test --release -p e2e-tests --test events\n{}",
+                nemesis.schedule()
             );
         }
     });
     eprintln!(
-        "{:?} of faults (seed {seed}): {faults:?}; {} changes acknowledged, {} of unknown outcome; \
+        "{:?} of faults (seed {seed}): {:?}; {} changes acknowledged, {} of unknown outcome; \
          events and gaps per watcher: {:?}",
         duration(),
+        nemesis.counts(),
         acked.load(Ordering::SeqCst),
         unknown.load(Ordering::SeqCst),
         watchers
             .iter()
-            .map(|(_, s)| (s.changes.load(Ordering::SeqCst), s.gaps.load(Ordering::SeqCst)))
+            .map(|(s, _)| (s.changes.load(Ordering::SeqCst), s.gaps.load(Ordering::SeqCst)))
             .collect::<Vec<_>>()
     );
+    stop_watching.store(true, Ordering::Relaxed);
+    for (_, thread) in watchers {
+        thread.join().unwrap();
+    }
 }

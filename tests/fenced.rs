@@ -1,8 +1,8 @@
 //! Lock safety under faults, checked as a user of the lock relies on it: holders append lines
 //! to a file, each write fenced with the sequencer of their lock, while the test pauses a
-//! holder past its lease (SIGSTOP, its command running on), kills replicas with SIGKILL (the
-//! master included), cuts the master off from the other replicas, steps every replica's wall
-//! clock, and tries to delete the held lock file.
+//! holder past its lease (SIGSTOP, its command running on) and tries to delete the held lock
+//! file, and the nemesis (`e2e_tests::nemesis`) injects every fault but a full disk: one holder
+//! runs in the network namespace it cuts off from the cell.
 //!
 //! What must hold: no lock generation is granted twice (never two holders); the file's lines
 //! come generation after generation, each generation's lines in order with none missing in
@@ -12,7 +12,9 @@
 //! stale.
 //!
 //! `CHUBBY_FENCE_CYCLES` sets the number of fault cycles (8 by default, as in CI;
-//! `CHUBBY_LONG=1` makes it 300); `CHUBBY_FENCE_SEED` replays a run's choice of faults.
+//! `CHUBBY_LONG=1` makes it 300); `CHUBBY_FENCE_SEED` replays a run's choice of faults and
+//! `CHUBBY_FAULTS` narrows the cell's. A failure keeps a history file: the fault schedule,
+//! what the holders printed, and the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -20,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e_tests::{bin, faketime_env, lines_of, CellOptions, Pids, Rng, TestCell};
+use e2e_tests::nemesis::{Fault, Nemesis};
+use e2e_tests::{bin, lines_of, CellOptions, Pids, Rng};
 
 const LOCK: &str = "/ls/local/fence/lock";
 const LOG: &str = "/ls/local/fence/log";
@@ -95,17 +98,12 @@ fn check_log(log: &str) -> Result<Vec<(u64, u64)>, String> {
 
 #[test]
 fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
-    let (seed, mut rng) = Rng::from_env("CHUBBY_FENCE_SEED");
-    eprintln!("fenced test seed {seed} (replay with CHUBBY_FENCE_SEED={seed})");
-    let clock_dir = tempfile::tempdir().unwrap();
-    let offset = clock_dir.path().join("faketime");
-    std::fs::write(&offset, "+0\n").unwrap();
-    let mut cell = TestCell::start(CellOptions {
-        session_lease_ms: LEASE_MS,
-        peer_links: true,
-        env: faketime_env(&offset),
-        ..CellOptions::default()
-    });
+    let faults: Vec<Fault> = Fault::ALL.iter().copied().filter(|f| *f != Fault::DiskFull).collect();
+    let mut nemesis = Nemesis::new("CHUBBY_FENCE_SEED", &faults);
+    let seed = nemesis.seed;
+    // The holders' own faults (pauses, deletions) are chosen apart from the cell's.
+    let mut rng = Rng::from_seed(seed ^ 0x5eed);
+    let mut cell = nemesis.start_cell(CellOptions { session_lease_ms: LEASE_MS, ..CellOptions::default() });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(e2e_tests::wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
     let cell_arg = cell.cell_arg();
@@ -126,10 +124,20 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
         .map(|i| {
             let (stop, printed, slots) = (stop.clone(), printed.clone(), slots.clone());
             let (cell_arg, path) = (cell_arg.clone(), path.clone());
+            let netns = nemesis.client_netns().map(|ns| ns.name.clone());
             std::thread::spawn(move || {
                 let mut pids = Pids::default();
                 while !stop.load(Ordering::Relaxed) {
-                    let mut child = Command::new(bin("chubby"))
+                    // Holder 0 runs in the namespace the nemesis cuts off from the cell.
+                    let mut command = match &netns {
+                        Some(ns) if i == 0 => {
+                            let mut c = Command::new("nsenter");
+                            c.arg(format!("--net=/run/netns/{ns}")).arg(bin("chubby"));
+                            c
+                        }
+                        _ => Command::new(bin("chubby")),
+                    };
+                    let mut child = command
                         .env("CHUBBY_CELL", &cell_arg)
                         .env("PATH", &path)
                         .args(["lock", "--lock-delay", LOCK_DELAY, LOCK, "--", "sh", "-c", SCRIPT])
@@ -176,11 +184,11 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
     let mut rm_codes = BTreeSet::new();
     let n = cycles();
     for cycle in 0..n {
-        std::thread::sleep(Duration::from_millis(800 + rng.below(1200)));
         // The first cycle pauses a holder, so even a short run sees a stale sequencer.
-        let fault = if cycle == 0 { 0 } else { rng.below(6) };
+        let fault = if cycle == 0 { 0 } else { rng.below(4) };
         match fault {
             0 => {
+                std::thread::sleep(Duration::from_millis(800 + rng.below(1200)));
                 // Pause the `chubby lock` of a holder that has just been granted the lock, for
                 // longer than its lease and lock-delay: its command goes on writing with a
                 // sequencer that goes stale when the next holder is granted the lock.
@@ -200,40 +208,28 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
                     std::thread::sleep(Duration::from_millis(2 * LEASE_MS + 4000));
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-                    *faults.entry("pause").or_default() += 1;
+                    *faults.entry("pause holder").or_default() += 1;
                 }
             }
-            1 | 2 => {
-                let l = cell.leader(&rt);
-                let victim = if fault == 1 { l } else { 1 + (l + rng.below(2)) % 3 };
-                cell.kill(victim);
-                std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
-                cell.start_replica(victim);
-                *faults.entry(if fault == 1 { "kill master" } else { "kill follower" }).or_default() += 1;
-            }
-            3 => {
-                let l = cell.leader(&rt);
-                cell.partition(l);
-                std::thread::sleep(Duration::from_millis(1000 + rng.below(2000)));
-                cell.heal();
-                *faults.entry("partition master").or_default() += 1;
-            }
-            4 => {
-                let step = ["+0", "+2h", "-10m", "+1d", "-1h"][rng.below(5) as usize];
-                std::fs::write(&offset, format!("{step}\n")).unwrap();
-                *faults.entry("clock step").or_default() += 1;
-            }
-            _ => {
+            1 => {
+                std::thread::sleep(Duration::from_millis(800 + rng.below(1200)));
                 // Refused while the lock is held or waited for (9); gone or free otherwise.
                 let (code, _) = chubby(&["rm", LOCK]);
                 assert!([0, 1, 3, 9].contains(&code), "chubby rm of the lock file exited {code}");
                 rm_codes.insert(code);
                 *faults.entry("rm lock file").or_default() += 1;
             }
+            _ => {
+                let line = nemesis.step(&mut cell, &rt);
+                eprintln!("cycle {cycle}: {line}");
+            }
         }
         let (code, log) = chubby(&["get", LOG]);
         if code == 0 {
-            let lines = check_log(&log).unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed}): {e}\n{log}"));
+            let lines = check_log(&log).unwrap_or_else(|e| {
+                let kept = keep_history(seed, &printed.lock().unwrap(), &nemesis, &log);
+                panic!("cycle {cycle} (seed {seed}): {e}; {kept}")
+            });
             eprintln!("cycle {cycle}: fault {fault}; {} lines from {} holders", lines.len(), {
                 lines.iter().map(|l| l.0).collect::<BTreeSet<_>>().len()
             });
@@ -256,9 +252,10 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
         }
     }
     let log = log.expect("the log reads back");
-    let lines: BTreeSet<(u64, u64)> =
-        check_log(&log).unwrap_or_else(|e| panic!("(seed {seed}): {e}\n{log}")).into_iter().collect();
     let printed = printed.lock().unwrap();
+    let kept = || keep_history(seed, &printed, &nemesis, &log);
+    let lines: BTreeSet<(u64, u64)> =
+        check_log(&log).unwrap_or_else(|e| panic!("(seed {seed}): {e}; {}", kept())).into_iter().collect();
     let mut granted = BTreeMap::new();
     let (mut acked, mut stale) = (0, 0);
     for (_, line) in printed.iter() {
@@ -268,8 +265,10 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
             "holder" => {
                 if let Some(other) = granted.insert(num(2), num(1)) {
                     panic!(
-                        "(seed {seed}) lock generation {} granted to two holders: shells {other} and {}",
-                        w[2], w[1]
+                        "(seed {seed}) lock generation {} granted to two holders: shells {other} and {}; {}",
+                        w[2],
+                        w[1],
+                        kept()
                     );
                 }
             }
@@ -277,7 +276,8 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
                 acked += 1;
                 assert!(
                     lines.contains(&(num(1), num(2))),
-                    "(seed {seed}) acknowledged write {line:?} is not in the log"
+                    "(seed {seed}) acknowledged write {line:?} is not in the log; {}",
+                    kept()
                 );
             }
             "refused" if num(3) == 7 => stale += 1,
@@ -285,12 +285,30 @@ fn fenced_appends_stay_ordered_under_pauses_kills_partitions_and_clock_steps() {
         }
     }
     eprintln!(
-        "{n} cycles (seed {seed}), faults {faults:?}, rm exit codes {rm_codes:?}: {} grants, {acked} acknowledged \
+        "{n} cycles (seed {seed}), holder faults {faults:?}, cell faults {:?}, rm exit codes {rm_codes:?}: {} grants, {acked} acknowledged \
          writes, {stale} refused as stale, {} lines",
+        nemesis.counts(),
         granted.len(),
         lines.len()
     );
-    if faults.contains_key("pause") {
+    if faults.contains_key("pause holder") {
         assert!(stale > 0, "a paused holder's writes after its lock passed on were refused as stale");
     }
+}
+
+/// Keeps what the holders printed (with times), the cell's fault schedule and the log in a
+/// file; says where, and how to replay the faults.
+fn keep_history(seed: u64, printed: &[(Instant, String)], nemesis: &Nemesis, log: &str) -> String {
+    let path = std::env::temp_dir().join(format!("fenced-history-{seed}.txt"));
+    let t0 = nemesis.started();
+    let mut text = format!("{}\nwhat the holders printed (seconds on the schedule's clock):\n", nemesis.schedule());
+    for (t, line) in printed {
+        text.push_str(&format!("{:>9.3} {line}\n", t.duration_since(t0).as_secs_f64()));
+    }
+    text.push_str(&format!("\nthe log:\n{log}\n"));
+    std::fs::write(&path, text).expect("history file");
+    format!(
+        "history in {}; replay the faults with CHUBBY_FENCE_SEED={seed} cargo test --release -p e2e-tests --test fenced",
+        path.display()
+    )
 }

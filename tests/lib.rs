@@ -47,6 +47,7 @@ pub fn faketime_env(file: &Path) -> Vec<(String, String)> {
 }
 
 pub mod linearizability;
+pub mod nemesis;
 
 /// A small xorshift generator for a test's random choices, replayable from its seed.
 pub struct Rng(u64);
@@ -133,6 +134,8 @@ pub struct TestCell {
     children: Vec<Option<Child>>,
     /// Where each replica's log stood when it was last started.
     log_starts: Vec<usize>,
+    /// The environment a replica starts with in place of `opts.env`, where set.
+    env_of: Vec<Option<Vec<(String, String)>>>,
 }
 
 impl TestCell {
@@ -142,6 +145,7 @@ impl TestCell {
         let addrs: Vec<String> = ports.iter().map(|p| format!("{}:{p}", opts.host)).collect();
         let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
         let children = (0..opts.replicas).map(|_| None).collect();
+        let env_of = vec![None; opts.replicas];
         let log_starts = vec![0; opts.replicas];
         let (mut own_peers, mut links, mut link_runtime) = (Vec::new(), Vec::new(), None);
         if opts.peer_links {
@@ -168,6 +172,7 @@ impl TestCell {
             _link_runtime: link_runtime,
             children,
             log_starts,
+            env_of,
         }
     }
 
@@ -248,7 +253,7 @@ impl TestCell {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .env("RUST_LOG", "info,h2=warn,tower=warn")
-            .envs(o.env.iter().map(|(k, v)| (k, v)))
+            .envs(self.env_of[i].as_ref().unwrap_or(&o.env).iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -270,6 +275,21 @@ impl TestCell {
                 }
             }
         }
+    }
+
+    /// Starts or stops losing what replica `from` sends to replica `to` (needs `peer_links`).
+    /// Replicas send on connections they dial, one per peer, so this is one way: `to`'s
+    /// messages still reach `from`. Nothing is reset: a connection stalls, as TCP does on a
+    /// link that loses every packet, and goes on where it stopped once unblocked.
+    pub fn set_link(&self, from: u64, to: u64, blocked: bool) {
+        let link = self.links[(from - 1) as usize][(to - 1) as usize].as_ref().expect("peer_links, from != to");
+        link.blocked.store(blocked, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Starts replica `id` with `env` in place of the cell's environment from now on (`None`:
+    /// the cell's again).
+    pub fn set_replica_env(&mut self, id: u64, env: Option<Vec<(String, String)>>) {
+        self.env_of[(id - 1) as usize] = env;
     }
 
     /// Ends every partition: the links' connections are closed, so the replicas redial.
@@ -563,6 +583,31 @@ impl Netns {
         c
     }
 
+    /// Runs `f`'s future on a thread of its own inside the namespace: a network namespace
+    /// belongs to a thread, and every socket the future's single-threaded runtime opens is
+    /// opened there.
+    pub fn run_inside<F, Fut>(&self, f: F) -> std::thread::JoinHandle<Fut::Output>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future,
+        Fut::Output: Send + 'static,
+    {
+        let path = std::ffi::CString::new(format!("/run/netns/{}", self.name)).expect("name");
+        std::thread::spawn(move || {
+            // SAFETY: open and setns with a valid C string; the descriptor is closed after.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                assert!(fd >= 0, "open {path:?}: {}", std::io::Error::last_os_error());
+                let r = libc::setns(fd, libc::CLONE_NEWNET);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                assert_eq!(r, 0, "setns {path:?}: {err}");
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(f())
+        })
+    }
+
     /// Cuts the namespace off: its packets to the host end are dropped, silently for the
     /// other side (no reset, no FIN), as when a cable is pulled.
     pub fn cut(&self) -> Result<(), String> {
@@ -578,6 +623,45 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth pair.
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A tmpfs mounted for a test, unmounted (lazily, whatever still has files open on it) when
+/// dropped. Needs root.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs: run it as root");
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status();
+        assert!(st.as_ref().is_ok_and(|s| s.success()), "mount -t tmpfs on {}: {st:?}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Sets the size (`64m`, or a number of bytes); a tmpfs cannot shrink below what it holds.
+    pub fn resize(&self, size: &str) -> Result<(), String> {
+        let st = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status();
+        match st {
+            Ok(s) if s.success() => Ok(()),
+            other => Err(format!("remount {} with size {size}: {other:?}", self.0.display())),
+        }
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: statvfs of a mounted directory into a zeroed struct it fills.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs {}", self.0.display());
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 

@@ -1,13 +1,14 @@
 //! Reads, writes and compare-and-sets of a few nodes by several clients of the session library
-//! (their caches on), while replicas are killed, paused, partitioned and have their clocks
-//! stepped, and the master hands leadership over on SIGTERM; the recorded history of each node
-//! must be linearizable (see `e2e_tests::linearizability`): every read returns the value and
+//! (their caches on), half of them in a network namespace the nemesis cuts off from the cell,
+//! under every fault of [`e2e_tests::nemesis`]; the recorded history of each node must be
+//! linearizable (see `e2e_tests::linearizability`): every read returns the value and
 //! generation of the latest write ordered before it, a compare-and-set succeeds exactly when
 //! its generation is current.
 //!
 //! `CHUBBY_REGISTER_SECS` sets how long clients run (15 s by default, as in CI;
-//! `CHUBBY_LONG=1`: 300 s); `CHUBBY_REGISTER_SEED` replays a run's choice of faults. A failure
-//! prints the seed and the path of the history it kept.
+//! `CHUBBY_LONG=1`: 300 s); `CHUBBY_REGISTER_SEED` replays a run's choice of faults and
+//! `CHUBBY_FAULTS` narrows them. A failure prints the seed, the fault schedule and the path of
+//! the history it kept.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use e2e_tests::linearizability::{check, Op, Register, RegisterInput, RegisterOutput};
-use e2e_tests::{bin, faketime_env, wait_converged, CellOptions, Rng, TestCell};
+use e2e_tests::nemesis::{Fault, Nemesis};
+use e2e_tests::{bin, wait_converged, CellOptions, Rng};
 use fuse_mount::session::{OpenOptions, Session, SessionOptions};
 
 /// Keys in use at a time.
@@ -117,17 +119,9 @@ async fn client(id: u64, seed: u64, addrs: Vec<String>, keys: u64, stop: Arc<Ato
 
 #[test]
 fn register_operations_stay_linearizable_under_faults() {
-    let (seed, mut rng) = Rng::from_env("CHUBBY_REGISTER_SEED");
-    eprintln!("register test seed {seed} (replay with CHUBBY_REGISTER_SEED={seed})");
-    let clock_dir = tempfile::tempdir().unwrap();
-    let offset = clock_dir.path().join("faketime");
-    std::fs::write(&offset, "+0\n").unwrap();
-    let mut cell = TestCell::start(CellOptions {
-        session_lease_ms: 2000,
-        peer_links: true,
-        env: faketime_env(&offset),
-        ..CellOptions::default()
-    });
+    let mut nemesis = Nemesis::new("CHUBBY_REGISTER_SEED", Fault::ALL);
+    let seed = nemesis.seed;
+    let mut cell = nemesis.start_cell(CellOptions { session_lease_ms: 2000, ..CellOptions::default() });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
     let chubby = |args: &[&str]| Command::new(bin("chubby")).args(["--cell", &cell.cell_arg()]).args(args).status();
@@ -152,66 +146,30 @@ fn register_operations_stay_linearizable_under_faults() {
     });
     let stop = Arc::new(AtomicBool::new(false));
     let history: History = Arc::default();
+    // Half the clients run on this host's network, half in a namespace the nemesis cuts off.
+    let ns = nemesis.client_netns().expect("the client namespace");
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| rt.spawn(client(id, seed, cell.addrs.clone(), keys, stop.clone(), history.clone())))
+        .map(|id| {
+            let (addrs, stop, history) = (cell.addrs.clone(), stop.clone(), history.clone());
+            if id < CLIENTS / 2 {
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                    rt.block_on(client(id, seed, addrs, keys, stop, history))
+                })
+            } else {
+                ns.run_inside(move || client(id, seed, addrs, keys, stop, history))
+            }
+        })
         .collect();
 
-    let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     let start = Instant::now();
     while start.elapsed() < run {
-        std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
-        let l = cell.leader(&rt);
-        let other = 1 + (l + rng.below(2)) % 3;
-        let fault = match rng.below(6) {
-            0 => {
-                cell.kill(l);
-                std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
-                cell.start_replica(l);
-                "kill master"
-            }
-            1 => {
-                let victim = if rng.below(2) == 0 { l } else { other };
-                let pid = cell.pid(victim).expect("a running replica");
-                // SAFETY: SIGSTOP and SIGCONT of a replica this test started.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
-                std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-                if victim == l {
-                    "pause master"
-                } else {
-                    "pause follower"
-                }
-            }
-            2 => {
-                cell.partition(l);
-                std::thread::sleep(Duration::from_millis(500 + rng.below(2500)));
-                cell.heal();
-                "partition master"
-            }
-            3 => {
-                cell.kill(other);
-                std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
-                cell.start_replica(other);
-                "kill follower"
-            }
-            4 => {
-                let step = ["+0", "+2h", "-10m", "+1d", "-1h"][rng.below(5) as usize];
-                std::fs::write(&offset, format!("{step}\n")).unwrap();
-                "clock step"
-            }
-            _ => {
-                // SIGTERM: the master hands leadership over, then exits; it comes back.
-                let status = cell.terminate(l);
-                assert!(status.is_some_and(|s| s.success()), "replica {l} exited after SIGTERM: {status:?}");
-                cell.start_replica(l);
-                "hand over and restart the master"
-            }
-        };
-        *faults.entry(fault).or_default() += 1;
+        let line = nemesis.step(&mut cell, &rt);
+        eprintln!("{line}");
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
-        rt.block_on(c).unwrap();
+        c.join().unwrap();
     }
 
     let history = std::mem::take(&mut *history.lock().unwrap());
@@ -234,21 +192,24 @@ fn register_operations_stay_linearizable_under_faults() {
                     })
                 })
                 .collect();
-            std::fs::write(&kept, text).unwrap();
+            std::fs::write(&kept, format!("{}\n{text}", nemesis.schedule())).unwrap();
             panic!(
                 "(seed {seed}) key {k}: not linearizable ({} of {} operations ordered, stuck at operation {}); \
-                 history in {}",
+                 history and fault schedule in {}; replay the faults with \
+                 CHUBBY_REGISTER_SEED={seed} cargo test --release -p e2e-tests --test register\n{}",
                 v.linearized,
                 ops.len(),
                 v.stuck_at,
-                kept.display()
+                kept.display(),
+                nemesis.schedule()
             );
         }
     }
     eprintln!(
-        "{:?} of operations (seed {seed}), faults {faults:?}: {total} operations ({known} with a known outcome) \
+        "{:?} of operations (seed {seed}), faults {:?}: {total} operations ({known} with a known outcome) \
          on {keys} keys ({KEYS} at a time) by {CLIENTS} clients, linearizable",
-        run
+        run,
+        nemesis.counts()
     );
     assert!(known > 100, "too few operations completed to say anything: {known}");
 }
