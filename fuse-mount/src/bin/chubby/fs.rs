@@ -71,10 +71,17 @@ pub async fn put(
         println!("OK (generation {}, index {})", stat.content_generation, stat.modified_index);
     }
     if ephemeral {
-        // The node lives as long as this session holds it open.
+        // The node lives as long as this session holds it open: once the session is lost the
+        // node is gone, and a script relying on it must hear so (exit 6), not wait on.
         eprintln!("holding the ephemeral node {path}; Ctrl-C or SIGTERM removes it");
         let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        let mut state = s.state();
+        let lost = state.wait_for(|st| *st == fuse_mount::session::SessionState::Lost);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = lost => return Err(ClientError::SessionLost(s.id())),
+        }
     }
     Ok(())
 }

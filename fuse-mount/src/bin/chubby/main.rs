@@ -67,7 +67,8 @@ enum Cmd {
         /// Write only if the file is at this content generation (0: only if it does not exist).
         #[arg(long, value_name = "N")]
         if_generation: Option<u64>,
-        /// Create an ephemeral file and hold it (this command stays) until Ctrl-C or SIGTERM.
+        /// Create an ephemeral file and hold it (this command stays) until Ctrl-C or SIGTERM;
+        /// exit 6 if the session is lost first (the file is gone then).
         #[arg(long)]
         ephemeral: bool,
         /// Fence the write: refused (exit 7) unless SEQ is still a current lock sequencer.
