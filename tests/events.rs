@@ -8,7 +8,8 @@
 //!
 //! `CHUBBY_EVENTS_SECS` sets how long the faults go on (12 s by default, as in CI;
 //! `CHUBBY_LONG=1`: 300 s); `CHUBBY_EVENTS_SEED` replays a run's choice of faults and
-//! `CHUBBY_FAULTS` narrows them.
+//! `CHUBBY_FAULTS` narrows them. A failure keeps a history file: the fault schedule, every
+//! change with its times, and what each watcher got when.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,7 +51,12 @@ struct Seen {
     changes: AtomicU64,
     gaps: AtomicU64,
     alive: AtomicBool,
+    /// Every change event and gap, with the time it came (for the history of a failure).
+    log: std::sync::Mutex<Vec<(Instant, &'static str)>>,
 }
+
+/// A change the writer made: its value, when it began, when it was acknowledged (if it was).
+type Change = (u64, Instant, Option<Instant>);
 
 /// One watcher: a session subscribed to the node's changes, counting what it gets until `stop`.
 /// Says on `ready` once subscribed.
@@ -67,14 +73,17 @@ async fn watcher(addrs: Vec<String>, seen: Arc<Seen>, ready: std::sync::mpsc::Se
                 Ok(e) => match e.kind {
                     Some(Kind::ContentsModified(_)) if e.path == PATH => {
                         seen.changes.fetch_add(1, Ordering::SeqCst);
+                        seen.log.lock().unwrap().push((Instant::now(), "change"));
                     }
                     Some(Kind::EventsLost(_) | Kind::MasterFailover(_)) => {
                         seen.gaps.fetch_add(1, Ordering::SeqCst);
+                        seen.log.lock().unwrap().push((Instant::now(), "gap"));
                     }
                     _ => {}
                 },
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     seen.gaps.fetch_add(1, Ordering::SeqCst);
+                    seen.log.lock().unwrap().push((Instant::now(), "gap (lagged)"));
                 }
                 Err(_) => return,
             },
@@ -137,16 +146,20 @@ fn every_change_is_delivered_or_reported_as_a_gap() {
     // The writer changes the node without pause; each change's outcome is known or not.
     let stop = Arc::new(AtomicBool::new(false));
     let (acked, unknown) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let changes: Arc<std::sync::Mutex<Vec<Change>>> = Arc::default();
     let writing = rt.spawn({
         let (writer, handle, stop) = (writer.clone(), handle.clone(), stop.clone());
-        let (acked, unknown) = (acked.clone(), unknown.clone());
+        let (acked, unknown, changes) = (acked.clone(), unknown.clone(), changes.clone());
         async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                match writer.set(&handle, Bytes::from(n.to_string()), None, "").await {
-                    Ok(_) => acked.fetch_add(1, Ordering::SeqCst),
-                    Err(_) => unknown.fetch_add(1, Ordering::SeqCst),
+                let began = Instant::now();
+                let ok = writer.set(&handle, Bytes::from(n.to_string()), None, "").await.is_ok();
+                changes.lock().unwrap().push((n, began, ok.then(Instant::now)));
+                match ok {
+                    true => acked.fetch_add(1, Ordering::SeqCst),
+                    false => unknown.fetch_add(1, Ordering::SeqCst),
                 };
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -173,10 +186,32 @@ fn every_change_is_delivered_or_reported_as_a_gap() {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
+    let keep = || {
+        let path = std::env::temp_dir().join(format!("events-history-{seed}.txt"));
+        let t0 = nemesis.started();
+        let at = |t: Instant| format!("{:.3}", t.duration_since(t0).as_secs_f64());
+        let mut text = format!("{}\nchanges (value, began, acknowledged):\n", nemesis.schedule());
+        for (n, began, acked) in changes.lock().unwrap().iter() {
+            text.push_str(&format!("{n} {} {:?}\n", at(*began), acked.map(at)));
+        }
+        for (i, (seen, _)) in watchers.iter().enumerate() {
+            text.push_str(&format!("watcher {i}:\n"));
+            for (t, what) in seen.log.lock().unwrap().iter() {
+                text.push_str(&format!("{} {what}\n", at(*t)));
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+        format!(
+            "history in {}; replay the faults with CHUBBY_EVENTS_SEED={seed} cargo test --release -p e2e-tests --test events",
+            path.display()
+        )
+    };
     let committed_most = acked.load(Ordering::SeqCst) + unknown.load(Ordering::SeqCst);
     for (i, (seen, _)) in watchers.iter().enumerate() {
         let changes = seen.changes.load(Ordering::SeqCst);
-        assert!(changes <= committed_most, "watcher {i} got {changes} events for at most {committed_most} changes");
+        if changes > committed_most {
+            panic!("(seed {seed}) watcher {i} got {changes} events for at most {committed_most} changes; {}", keep());
+        }
     }
     let marks: Vec<(u64, u64)> =
         watchers.iter().map(|(s, _)| (s.changes.load(Ordering::SeqCst), s.gaps.load(Ordering::SeqCst))).collect();
@@ -195,12 +230,13 @@ fn every_change_is_delivered_or_reported_as_a_gap() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             let (changes, gaps) = (seen.changes.load(Ordering::SeqCst) - c0, seen.gaps.load(Ordering::SeqCst) - g0);
-            assert!(
-                gaps > 0 || changes == QUIET_WRITES,
-                "watcher {i} (seed {seed}) got {changes} events for {QUIET_WRITES} changes, and no gap; \
-                 replay the faults with CHUBBY_EVENTS_SEED={seed} cargo test --release -p e2e-tests --test events\n{}",
-                nemesis.schedule()
-            );
+            if gaps == 0 && changes != QUIET_WRITES {
+                panic!(
+                    "watcher {i} (seed {seed}) got {changes} events for {QUIET_WRITES} changes, and no gap; {}\n{}",
+                    keep(),
+                    nemesis.schedule()
+                );
+            }
         }
     });
     eprintln!(
