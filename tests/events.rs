@@ -59,39 +59,61 @@ struct Seen {
 type Change = (u64, Instant, Option<Instant>);
 
 /// One watcher: a session subscribed to the node's changes, counting what it gets until `stop`.
-/// Says on `ready` once subscribed.
+/// Says on `ready` once first subscribed. A session lost (cut off past its lease) is a gap, as
+/// for any client: it opens a new one and subscribes again.
 async fn watcher(addrs: Vec<String>, seen: Arc<Seen>, ready: std::sync::mpsc::Sender<()>, stop: Arc<AtomicBool>) {
-    let s = Session::open(addrs, opts()).await.unwrap();
-    let mut events = s.events();
-    s.open_node(PATH, OpenOptions { events: CONTENTS, ..OpenOptions::default() }).await.unwrap();
-    ready.send(()).unwrap();
-    let mut state = s.state();
+    let mut first = true;
     while !stop.load(Ordering::Relaxed) {
-        seen.alive.store(*state.borrow_and_update() == SessionState::Alive, Ordering::SeqCst);
-        tokio::select! {
-            e = events.recv() => match e {
-                Ok(e) => match e.kind {
-                    Some(Kind::ContentsModified(_)) if e.path == PATH => {
-                        seen.changes.fetch_add(1, Ordering::SeqCst);
-                        seen.log.lock().unwrap().push((Instant::now(), "change"));
-                    }
-                    Some(Kind::EventsLost(_) | Kind::MasterFailover(_)) => {
-                        seen.gaps.fetch_add(1, Ordering::SeqCst);
-                        seen.log.lock().unwrap().push((Instant::now(), "gap"));
-                    }
-                    _ => {}
-                },
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    seen.gaps.fetch_add(1, Ordering::SeqCst);
-                    seen.log.lock().unwrap().push((Instant::now(), "gap (lagged)"));
-                }
-                Err(_) => return,
-            },
-            _ = state.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        let Ok(s) = Session::open(addrs.clone(), opts()).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut events = s.events();
+        let watch = OpenOptions { events: CONTENTS, ..OpenOptions::default() };
+        if s.open_node(PATH, watch).await.is_err() {
+            let _ = s.close().await;
+            continue;
         }
+        if first {
+            ready.send(()).unwrap();
+            first = false;
+        } else {
+            // Whatever changed while no session watched is unknown: a gap.
+            seen.gaps.fetch_add(1, Ordering::SeqCst);
+            seen.log.lock().unwrap().push((Instant::now(), "gap (new session)"));
+        }
+        let mut state = s.state();
+        while !stop.load(Ordering::Relaxed) {
+            let now = *state.borrow_and_update();
+            seen.alive.store(now == SessionState::Alive, Ordering::SeqCst);
+            if now == SessionState::Lost {
+                break;
+            }
+            tokio::select! {
+                e = events.recv() => match e {
+                    Ok(e) => match e.kind {
+                        Some(Kind::ContentsModified(_)) if e.path == PATH => {
+                            seen.changes.fetch_add(1, Ordering::SeqCst);
+                            seen.log.lock().unwrap().push((Instant::now(), "change"));
+                        }
+                        Some(Kind::EventsLost(_) | Kind::MasterFailover(_)) => {
+                            seen.gaps.fetch_add(1, Ordering::SeqCst);
+                            seen.log.lock().unwrap().push((Instant::now(), "gap"));
+                        }
+                        _ => {}
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        seen.gaps.fetch_add(1, Ordering::SeqCst);
+                        seen.log.lock().unwrap().push((Instant::now(), "gap (lagged)"));
+                    }
+                    Err(_) => break,
+                },
+                _ = state.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        let _ = s.close().await;
     }
-    let _ = s.close().await;
 }
 
 #[test]
