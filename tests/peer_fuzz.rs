@@ -10,10 +10,11 @@
 //!   (A hello naming a peer replaces that peer's older link, as it must when the peer restarts;
 //!   so until peers authenticate, a forger can cut a link for as long as the redial takes, and
 //!   cost an election.)
-//! - **Forged at the current or a later term** (votes, pre-votes, TimeoutNow, empty appends
-//!   and heartbeats with absurd commits, responses with absurd indexes): a peer is trusted
-//!   until peers authenticate (mutual TLS), so such a message may cost an election; but no
-//!   replica may crash, and the cell must take writes again afterwards.
+//! - **Forged at the current or a later term**, of the kinds any member sends (votes,
+//!   pre-votes, TimeoutNow, answers with absurd indexes): a peer is trusted until peers
+//!   authenticate (mutual TLS), so such a message may cost an election; but no replica may
+//!   crash, and the cell must take writes again afterwards. (It found that a leader took an
+//!   acknowledgement past its own log as a follower's match, and stopped replicating to it.)
 //!
 //! `CHUBBY_PEER_FUZZ_SEED` replays a run; `CHUBBY_LONG=1` sends 20× as many messages.
 
@@ -67,10 +68,18 @@ fn bytes(rng: &mut Rng) -> Bytes {
     (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>().into()
 }
 
-/// A message body of any kind. `harmless_entries` keeps appends empty: forged entries at the
-/// current term would be a Byzantine peer's, which Raft does not claim to survive.
-fn body(rng: &mut Rng, index: u64, harmless_entries: bool) -> Body {
-    match rng.below(9) {
+/// A message body of any kind, or (`followers_only`) of the kinds any member may send. A forged
+/// leader's message at the current term (an append, a heartbeat, a read index) is a Byzantine
+/// peer's, which Raft does not claim to survive: its commit index alone can commit a deposed
+/// leader's entries on a follower.
+fn body(rng: &mut Rng, index: u64, followers_only: bool) -> Body {
+    let kind = loop {
+        let k = rng.below(9);
+        if !(followers_only && [2, 4, 8].contains(&k)) {
+            break k;
+        }
+    };
+    match kind {
         0 => Body::RequestVote(pb::RequestVote {
             pre_vote: rng.below(2) == 0,
             last_log_index: number(rng, index),
@@ -82,8 +91,7 @@ fn body(rng: &mut Rng, index: u64, harmless_entries: bool) -> Body {
             reject: rng.below(2) == 0,
         }),
         2 => {
-            let n = if harmless_entries { 0 } else { rng.below(4) };
-            let entries = (0..n)
+            let entries = (0..rng.below(4))
                 .map(|_| pb::Entry {
                     term: number(rng, 3),
                     index: number(rng, index),

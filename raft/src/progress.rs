@@ -98,7 +98,7 @@ impl Progress {
         if self.next_idx == 0 || self.next_idx - 1 != rejected {
             return false;
         }
-        self.next_idx = rejected.min(match_hint + 1).max(self.matched + 1);
+        self.next_idx = rejected.min(match_hint.saturating_add(1)).max(self.matched + 1);
         self.probe_sent = false;
         true
     }

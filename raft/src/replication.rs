@@ -211,6 +211,19 @@ impl<S: Storage> Raft<S> {
             }
             return;
         }
+        // A correct follower acknowledges only entries this leader sent it. Taking a larger
+        // index as its match would put the next entry to send past the log, and replication
+        // to that follower would stop.
+        if index > self.log.last_index() {
+            tracing::warn!(
+                replica = self.id,
+                from,
+                index,
+                last = self.log.last_index(),
+                "acknowledgement past the log ignored"
+            );
+            return;
+        }
         let first_index = self.log.first_index();
         let Some(pr) = self.prs.progress.get_mut(&from) else { return };
         pr.recent_active = true;
