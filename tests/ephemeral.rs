@@ -165,8 +165,13 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
     // The observer lists the directory without pause.
     let stop_listing = Arc::new(AtomicBool::new(false));
     let listings: Arc<Mutex<Vec<Listing>>> = Arc::default();
+    // A listing that gets no answer for 8 s is reported as a stall, and the observer opens a
+    // new session, as a monitoring tool would: the property checked here is the nodes', and a
+    // stall must not leave the run without the listings it needs.
+    let stalls = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let observer = rt.spawn({
-        let (addrs, stop, listings) = (cell.addrs.clone(), stop_listing.clone(), listings.clone());
+        let (addrs, stop, listings, stalls) =
+            (cell.addrs.clone(), stop_listing.clone(), listings.clone(), stalls.clone());
         async move {
             let opts = SessionOptions {
                 principal: "observer".into(),
@@ -174,17 +179,40 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
                 grace: Duration::from_secs(60),
                 cache: true,
             };
-            let s = Session::open(addrs, opts).await.unwrap();
-            let (dir, _) = s.open_node(DIR, OpenOptions::default()).await.unwrap();
             while !stop.load(Ordering::Relaxed) {
-                let asked = Instant::now();
-                if let Ok(entries) = s.read_dir(&dir).await {
-                    let names = entries.into_iter().map(|e| e.name).collect();
-                    listings.lock().unwrap().push((asked, Instant::now(), names));
+                let Ok(s) = Session::open(addrs.clone(), opts.clone()).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let Ok((dir, _)) = s.open_node(DIR, OpenOptions::default()).await else {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), s.close()).await;
+                    continue;
+                };
+                let mut last_answer = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    match tokio::time::timeout(Duration::from_secs(8), s.read_dir(&dir)).await {
+                        Ok(Ok(entries)) => {
+                            let names = entries.into_iter().map(|e| e.name).collect();
+                            listings.lock().unwrap().push((asked, Instant::now(), names));
+                            last_answer = Instant::now();
+                        }
+                        Ok(Err(e)) => eprintln!("observer: listing failed: {e} (session {:?})", *s.state().borrow()),
+                        Err(_) => {
+                            eprintln!("observer: a listing got no answer in 8 s (session {:?})", *s.state().borrow())
+                        }
+                    }
+                    if last_answer.elapsed() > Duration::from_secs(8) {
+                        eprintln!("observer: STALL: no listing for 8 s (session {:?}); opening a new session", {
+                            *s.state().borrow()
+                        });
+                        stalls.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.close()).await;
             }
-            let _ = s.close().await;
         }
     });
 
@@ -234,7 +262,7 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
         o.join().unwrap();
     }
     // Every node goes once its owner has.
-    std::thread::sleep(REAP_BOUND);
+    std::thread::sleep(REAP_BOUND + Duration::from_secs(1));
     stop_listing.store(true, Ordering::Relaxed);
     rt.block_on(observer).unwrap();
 
@@ -267,6 +295,10 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
         );
     };
     let last = listings.last().unwrap_or_else(|| fail("no listing at all".into()));
+    let all_gone = lives.values().filter_map(|l| l.exited).map(|(t, _)| t).max().map(|t| t + REAP_BOUND);
+    if all_gone.is_some_and(|t| last.0 < t) {
+        fail(format!("no listing made {REAP_BOUND:?} after the last owner exited"));
+    }
     if !last.2.is_empty() {
         fail(format!("nodes left {REAP_BOUND:?} after their owners: {:?}", last.2));
     }
@@ -311,10 +343,11 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
     let lost = lives.values().filter(|l| l.exited.is_some_and(|(_, c)| c == 6)).count();
     eprintln!(
         "{:?} (seed {seed}), faults {:?}, {pauses} owner pauses: {created} ephemeral nodes created, {lost} owners \
-         told their session was lost, {} listings ({checked} sightings) consistent",
+         told their session was lost, {} listings ({checked} sightings) consistent; observer stalls: {}",
         duration(),
         nemesis.counts(),
-        listings.len()
+        listings.len(),
+        stalls.load(Ordering::SeqCst)
     );
     assert!(created > 10, "too few nodes created to say anything: {created}");
 }
