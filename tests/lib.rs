@@ -126,9 +126,12 @@ pub struct TestCell {
     pub addrs: Vec<String>,
     opts: CellOptions,
     peers: String,
-    /// With `peer_links`: each replica's own `--peers`, its peers behind links, and the links
+    /// With `peer_links`: each replica's `--peer-via`, its peers behind links, and the links
     /// (`links[i][j]`: replica `i + 1` to replica `j + 1`) with the runtime that runs them.
-    own_peers: Vec<String>,
+    /// Only the replicas' own traffic goes through a link: `--peers` keeps the real addresses,
+    /// so a client that a replica redirects reaches the master directly, as it would across
+    /// a real partition between replicas.
+    peer_via: Vec<String>,
     links: Vec<Vec<Option<Link>>>,
     _link_runtime: Option<tokio::runtime::Runtime>,
     children: Vec<Option<Child>>,
@@ -147,17 +150,17 @@ impl TestCell {
         let children = (0..opts.replicas).map(|_| None).collect();
         let env_of = vec![None; opts.replicas];
         let log_starts = vec![0; opts.replicas];
-        let (mut own_peers, mut links, mut link_runtime) = (Vec::new(), Vec::new(), None);
+        let (mut peer_via, mut links, mut link_runtime) = (Vec::new(), Vec::new(), None);
         if opts.peer_links {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
             for i in 0..addrs.len() {
                 let row: Vec<Option<Link>> =
                     (0..addrs.len()).map(|j| (i != j).then(|| Link::start(&rt, addrs[j].clone()))).collect();
                 let list = (0..addrs.len())
-                    .map(|j| format!("{}={}", j + 1, row[j].as_ref().map_or(addrs[j].as_str(), |l| l.addr.as_str())))
+                    .filter_map(|j| row[j].as_ref().map(|l| format!("{}={}", j + 1, l.addr)))
                     .collect::<Vec<_>>()
                     .join(",");
-                own_peers.push(list);
+                peer_via.push(list);
                 links.push(row);
             }
             link_runtime = Some(rt);
@@ -167,7 +170,7 @@ impl TestCell {
             addrs,
             opts,
             peers,
-            own_peers,
+            peer_via,
             links,
             _link_runtime: link_runtime,
             children,
@@ -239,9 +242,13 @@ impl TestCell {
             .expect("log file");
         self.log_starts[i] = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let o = &self.opts;
-        let child = Command::new(bin("cell-server"))
+        let mut command = Command::new(bin("cell-server"));
+        if let Some(via) = self.peer_via.get(i) {
+            command.args(["--peer-via", via]);
+        }
+        let child = command
             .args(["--id", &id.to_string(), "--listen", &self.addrs[i]])
-            .args(["--peers", self.own_peers.get(i).unwrap_or(&self.peers)])
+            .args(["--peers", &self.peers])
             .args(["--fsync", o.fsync, "--snapshot-entries", &o.snapshot_entries.to_string()])
             .args(["--tick-ms", &o.tick_ms.to_string()])
             .args(["--election-ticks", &o.election_ticks_of.get(i).copied().unwrap_or(o.election_ticks).to_string()])

@@ -137,3 +137,30 @@ fn a_master_cut_off_from_the_cell_grants_no_lease_past_its_successors_expiry() {
         believed_until - granted_at
     );
 }
+
+/// A client that knows only a follower is sent to the master's own address (`--peers`), not
+/// to the route the follower takes to it (`--peer-via`, here the test's link). So a partition
+/// between that follower and the master, which leaves the master a majority, does not touch
+/// the client: its session lives on through a cut of more than twice its lease.
+#[test]
+fn a_client_sent_on_by_a_follower_is_not_cut_off_by_a_partition_between_replicas() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: 2000, peer_links: true, ..CellOptions::default() });
+    let rt = runtime();
+    let leader = rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let follower = if leader == 1 { 2 } else { 1 };
+    let opts =
+        SessionOptions { principal: "client".into(), timeout: Duration::from_secs(5), ..SessionOptions::default() };
+    let s = rt.block_on(Session::open(vec![cell.addrs[(follower - 1) as usize].clone()], opts)).unwrap();
+    let dir = OpenOptions { create: true, directory: true, ..OpenOptions::default() };
+    let (h, _) = rt.block_on(s.open_node("/ls/local/d", dir)).unwrap();
+
+    cell.set_link(follower, leader, true);
+    cell.set_link(leader, follower, true);
+    std::thread::sleep(Duration::from_secs(5));
+    let state = *s.state().borrow();
+    let listed = rt.block_on(s.read_dir(&h));
+    cell.heal();
+    assert_eq!(state, fuse_mount::session::SessionState::Alive, "the client's session through the cut");
+    assert!(listed.is_ok(), "a read after the cut: {listed:?}");
+    rt.block_on(s.close()).unwrap();
+}

@@ -39,6 +39,11 @@ pub struct ReplicaArgs {
     /// Every replica of the cell: ID=HOST:PORT,...
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peers: Option<String>,
+    /// Reach some peers through other addresses (a tunnel, a proxy): ID=HOST:PORT,... This
+    /// replica dials these for its peer links and snapshot transfers; clients it redirects
+    /// are still sent to the peer's address in --peers.
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peer_via: Option<String>,
     /// Where this replica keeps its log and snapshots.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -83,6 +88,7 @@ struct FileConfig {
     id: Option<NodeId>,
     listen: Option<String>,
     peers: Option<String>,
+    peer_via: Option<String>,
     data_dir: Option<PathBuf>,
     fsync: Option<String>,
     cell_name: Option<String>,
@@ -100,7 +106,11 @@ struct FileConfig {
 pub struct ReplicaConfig {
     pub id: NodeId,
     pub listen: String,
+    /// Where clients reach each replica (and, unless `peer_via` says otherwise, where this
+    /// replica dials it).
     pub peers: BTreeMap<NodeId, String>,
+    /// Peers this replica dials at another address.
+    pub peer_via: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub cell_name: String,
@@ -147,6 +157,13 @@ impl ReplicaConfig {
         let peers = parse_peers(args.peers.as_deref().or(file.peers.as_deref()).ok_or("--peers is required")?)?;
         let own = peers.get(&id).ok_or_else(|| format!("--id {id} is not one of the ids in --peers"))?;
         let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| own.clone());
+        let peer_via = match args.peer_via.as_deref().or(file.peer_via.as_deref()) {
+            Some(v) => parse_peers(v).map_err(|e| format!("--peer-via: {e}"))?,
+            None => BTreeMap::new(),
+        };
+        if let Some(bad) = peer_via.keys().find(|p| !peers.contains_key(p) || **p == id) {
+            return Err(format!("--peer-via names {bad}, which is not another replica in --peers"));
+        }
         let data_dir = args.data_dir.clone().or(file.data_dir).ok_or("--data-dir is required")?;
         let fsync = args.fsync.as_deref().or(file.fsync.as_deref()).unwrap_or("always").parse::<FsyncPolicy>()?;
         let cell_name = args.cell_name.clone().or(file.cell_name).unwrap_or_else(|| "local".to_string());
@@ -190,6 +207,7 @@ impl ReplicaConfig {
             id,
             listen,
             peers,
+            peer_via,
             data_dir,
             fsync,
             cell_name,
@@ -206,7 +224,7 @@ impl ReplicaConfig {
     pub fn node_options(&self) -> NodeOptions {
         NodeOptions {
             id: self.id,
-            peers: self.peers.clone(),
+            peers: self.peers.iter().map(|(id, a)| (*id, self.peer_via.get(id).unwrap_or(a).clone())).collect(),
             data_dir: self.data_dir.clone(),
             disk: DiskOptions { fsync: self.fsync, segment_size: self.wal_segment_size },
             tick: self.tick,
@@ -271,6 +289,25 @@ mod tests {
         let mut a = args("2=127.0.0.1:7002");
         a.wal_segment_kib = Some(3);
         assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("wal_segment_kib 3 must be between 4"));
+    }
+
+    #[test]
+    fn peers_dialled_through_another_address_keep_their_own_for_clients() {
+        let mut a = args("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003");
+        a.peer_via = Some("3=127.0.0.1:9003".into());
+        let c = ReplicaConfig::from_args(&a).unwrap();
+        assert_eq!(c.peers[&3], "127.0.0.1:7003", "clients are sent here");
+        let dial = c.node_options().peers;
+        assert_eq!((dial[&1].as_str(), dial[&3].as_str()), ("127.0.0.1:7001", "127.0.0.1:9003"));
+        for (via, want) in [
+            ("4=127.0.0.1:1", "not another replica"),
+            ("2=127.0.0.1:1", "not another replica"),
+            ("3=x", "not HOST:PORT"),
+        ] {
+            a.peer_via = Some(via.into());
+            let err = ReplicaConfig::from_args(&a).unwrap_err();
+            assert!(err.contains(want), "{via:?}: {err}");
+        }
     }
 
     #[test]
