@@ -11,6 +11,8 @@
 //!   that;
 //! - an owner paused past its lease finds its session lost once resumed (exit 6), never holds on;
 //! - a node that left a listing never comes back; every node is gone soon after its owner.
+//! - an owner stopped with SIGTERM after its session was lost (paused past its lease, the
+//!   signal waiting) says so too, rather than claim it held its node to the end.
 //!
 //! `CHUBBY_EPHEMERAL_SECS` sets how long the faults go on (12 s by default, as in CI;
 //! `CHUBBY_LONG=1`: 300 s); `CHUBBY_EPHEMERAL_SEED` replays a run's choice of faults and
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_tests::nemesis::{Fault, Nemesis};
-use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, Rng};
+use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, Rng, TestCell};
 use fuse_mount::session::{OpenOptions, Session, SessionOptions};
 
 const DIR: &str = "/ls/local/eph";
@@ -350,4 +352,55 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
         stalls.load(Ordering::SeqCst)
     );
     assert!(created > 10, "too few nodes created to say anything: {created}");
+}
+
+/// An owner paused past its lease has lost its node; a SIGTERM waiting when it resumes must
+/// not turn that into a clean exit: the close finds the session gone, and the owner exits 6.
+#[test]
+fn an_owner_stopped_after_its_session_was_lost_says_so() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: LEASE_MS, ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let chubby =
+        |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
+    assert!(chubby(&["mkdir", "/ls/local/held"]).status.success());
+    let mut owner = Command::new(bin("chubby"))
+        .env("CHUBBY_CELL", cell.cell_arg())
+        .args(["put", "--ephemeral", "/ls/local/held/n", "up"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Pids::default();
+    pids.0.push(owner.id());
+    let lines = lines_of(owner.stdout.take().unwrap());
+    let said = lines.recv_timeout(Duration::from_secs(30)).expect("the owner says it created the node");
+    assert!(said.starts_with("OK"), "{said}");
+    let listed = || String::from_utf8(chubby(&["ls", "/ls/local/held"]).stdout).unwrap();
+    assert_eq!(listed().trim(), "n");
+
+    let pid = owner.id() as libc::pid_t;
+    // SAFETY: signals to the owner this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // Bounded: the master expires the session a lease after its last KeepAlive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listed().contains('n') && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = !listed().contains('n');
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, libc::SIGCONT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = None;
+    while status.is_none() && Instant::now() < deadline {
+        status = owner.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids.kill(owner.id());
+    let _ = owner.wait();
+    assert!(gone, "the node of an owner paused past its lease was still listed after 30 s");
+    let status = status.expect("the owner exits after SIGTERM");
+    assert_eq!(status.code(), Some(6), "exit 6: the session (and its node) was lost");
 }

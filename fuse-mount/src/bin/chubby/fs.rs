@@ -6,7 +6,7 @@ use std::io::Write;
 use bytes::Bytes;
 use fuse_mount::client::ClientError;
 use fuse_mount::proto::chubby::{event, NodeAcl, NodeStat};
-use fuse_mount::session::{principal_list, OpenOptions, Session};
+use fuse_mount::session::{principal_list, OpenOptions, Session, SessionState};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -76,14 +76,42 @@ pub async fn put(
         eprintln!("holding the ephemeral node {path}; Ctrl-C or SIGTERM removes it");
         let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
         let mut state = s.state();
-        let lost = state.wait_for(|st| *st == fuse_mount::session::SessionState::Lost);
+        let lost = state.wait_for(|st| *st == SessionState::Lost);
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = lost => return Err(ClientError::SessionLost(s.id())),
         }
+        settle_lease(s).await?;
     }
     Ok(())
+}
+
+/// How long a holder stopped past its lease waits to learn whether its session lived.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Before an ephemeral node's holder exits on a signal: if its local lease ran out before the
+/// signal (the process was paused, or cut off), the master may have expired the session and
+/// its node while the command still claimed to hold it. The close cannot tell (closing a
+/// session already gone is a close done), so this waits until the session either resumes,
+/// which proves the master kept it, or is found lost.
+async fn settle_lease(s: &Session) -> Result<(), ClientError> {
+    if std::time::Instant::now() < s.lease_end() {
+        return Ok(());
+    }
+    let mut state = s.state();
+    let settled = state.wait_for(|st| {
+        *st == SessionState::Lost || (*st == SessionState::Alive && std::time::Instant::now() < s.lease_end())
+    });
+    let alive = tokio::time::timeout(SETTLE, settled).await.map(|r| r.is_ok_and(|st| *st == SessionState::Alive));
+    match alive {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ClientError::SessionLost(s.id())),
+        Err(_) => Err(ClientError::Timeout {
+            timeout: SETTLE,
+            last: "the session's lease ran out before the signal, and whether the master kept it is unknown".into(),
+        }),
+    }
 }
 
 pub async fn ls(s: &Session, path: &str, json: bool) -> Result<(), ClientError> {

@@ -68,7 +68,8 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         if_generation: Option<u64>,
         /// Create an ephemeral file and hold it (this command stays) until Ctrl-C or SIGTERM;
-        /// exit 6 if the session is lost first (the file is gone then).
+        /// exit 6 if the session is lost first (the file is gone then), also when a pause or
+        /// cut that outlasted the lease is found only after the signal.
         #[arg(long)]
         ephemeral: bool,
         /// Fence the write: refused (exit 7) unless SEQ is still a current lock sequencer.
