@@ -354,19 +354,11 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
     assert!(created > 10, "too few nodes created to say anything: {created}");
 }
 
-/// An owner paused past its lease has lost its node; a SIGTERM waiting when it resumes must
-/// not turn that into a clean exit: the close finds the session gone, and the owner exits 6.
-#[test]
-fn an_owner_stopped_after_its_session_was_lost_says_so() {
-    let cell = TestCell::start(CellOptions { session_lease_ms: LEASE_MS, ..CellOptions::default() });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
-    let chubby =
-        |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
-    assert!(chubby(&["mkdir", "/ls/local/held"]).status.success());
+/// Starts `chubby put --ephemeral PATH` and waits until it says it holds the node.
+fn hold(cell: &TestCell, path: &str) -> (std::process::Child, Pids) {
     let mut owner = Command::new(bin("chubby"))
         .env("CHUBBY_CELL", cell.cell_arg())
-        .args(["put", "--ephemeral", "/ls/local/held/n", "up"])
+        .args(["put", "--ephemeral", path, "up"])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
@@ -376,18 +368,13 @@ fn an_owner_stopped_after_its_session_was_lost_says_so() {
     let lines = lines_of(owner.stdout.take().unwrap());
     let said = lines.recv_timeout(Duration::from_secs(30)).expect("the owner says it created the node");
     assert!(said.starts_with("OK"), "{said}");
-    let listed = || String::from_utf8(chubby(&["ls", "/ls/local/held"]).stdout).unwrap();
-    assert_eq!(listed().trim(), "n");
+    (owner, pids)
+}
 
+/// Sends SIGTERM to a stopped owner and resumes it; its exit status (bounded wait).
+fn terminate_stopped(owner: &mut std::process::Child, pids: &mut Pids) -> Option<std::process::ExitStatus> {
     let pid = owner.id() as libc::pid_t;
     // SAFETY: signals to the owner this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    // Bounded: the master expires the session a lease after its last KeepAlive.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while listed().contains('n') && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let gone = !listed().contains('n');
     unsafe {
         libc::kill(pid, libc::SIGTERM);
         libc::kill(pid, libc::SIGCONT);
@@ -400,7 +387,70 @@ fn an_owner_stopped_after_its_session_was_lost_says_so() {
     }
     pids.kill(owner.id());
     let _ = owner.wait();
-    assert!(gone, "the node of an owner paused past its lease was still listed after 30 s");
+    status
+}
+
+/// An owner paused past its lease has lost its node; a SIGTERM waiting when it resumes must
+/// not turn that into a clean exit: the close finds the session gone, and the owner exits 6.
+#[test]
+fn an_owner_stopped_after_its_session_was_lost_says_so() {
+    let cell = TestCell::start(CellOptions { session_lease_ms: LEASE_MS, ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let chubby =
+        |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
+    assert!(chubby(&["mkdir", "/ls/local/held"]).status.success());
+    let (mut owner, mut pids) = hold(&cell, "/ls/local/held/n");
+    // A listing that failed says nothing about the node.
+    let listing = || {
+        let out = chubby(&["ls", "/ls/local/held"]);
+        out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+    };
+    assert_eq!(listing().expect("ls").trim(), "n");
+
+    // SAFETY: a signal to the owner this test started.
+    unsafe { libc::kill(owner.id() as libc::pid_t, libc::SIGSTOP) };
+    // Bounded: the master expires the session a lease after its last KeepAlive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let gone = || listing().is_some_and(|l| !l.contains('n'));
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let was_gone = gone();
+    let status = terminate_stopped(&mut owner, &mut pids);
+    assert!(was_gone, "the node of an owner paused past its lease was still listed after 30 s");
+    let status = status.expect("the owner exits after SIGTERM");
+    assert_eq!(status.code(), Some(6), "exit 6: the session (and its node) was lost");
+}
+
+/// The master expires a session whose lease ran out there by a log entry, which takes a
+/// moment to commit (here 1.5 s: a slow disk). A client that gets back to the master in that
+/// moment must be told its session is lost, not granted a new lease just before its session,
+/// locks and nodes end: here the owner of an ephemeral node, resumed with SIGTERM waiting,
+/// would then exit 0 as though it had held its node to the end.
+#[test]
+fn a_session_the_master_is_expiring_is_not_resumed() {
+    let cell =
+        TestCell::start(CellOptions { session_lease_ms: LEASE_MS, slow_sync_ms: 1500, ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let leader =
+        rt.block_on(wait_converged(&cell.client(Duration::from_secs(30)), 0, Duration::from_secs(60))).unwrap();
+    let mkdir =
+        Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(["mkdir", "/ls/local/held"]).output();
+    let mkdir = mkdir.unwrap();
+    assert!(mkdir.status.success(), "{}", String::from_utf8_lossy(&mkdir.stderr));
+    let (mut owner, mut pids) = hold(&cell, "/ls/local/held/n");
+
+    // SAFETY: a signal to the owner this test started.
+    unsafe { libc::kill(owner.id() as libc::pid_t, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expiring = || cell.log(leader).contains("session lease expired");
+    while !expiring() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let was_expiring = expiring();
+    let status = terminate_stopped(&mut owner, &mut pids);
+    assert!(was_expiring, "the master did not expire the paused owner's session within 30 s");
     let status = status.expect("the owner exits after SIGTERM");
     assert_eq!(status.code(), Some(6), "exit 6: the session (and its node) was lost");
 }

@@ -100,6 +100,9 @@ pub struct CellOptions {
     /// Replicas reach each other through [`Link`]s the test can block (see
     /// [`TestCell::partition`]); clients still reach every replica directly.
     pub peer_links: bool,
+    /// Every log sync takes this much longer (`--slow-sync-ms`): an entry stays uncommitted
+    /// that long.
+    pub slow_sync_ms: u64,
 }
 
 impl Default for CellOptions {
@@ -116,6 +119,7 @@ impl Default for CellOptions {
             env: Vec::new(),
             election_ticks_of: Vec::new(),
             peer_links: false,
+            slow_sync_ms: 0,
         }
     }
 }
@@ -245,6 +249,9 @@ impl TestCell {
         let mut command = Command::new(bin("cell-server"));
         if let Some(via) = self.peer_via.get(i) {
             command.args(["--peer-via", via]);
+        }
+        if self.opts.slow_sync_ms > 0 {
+            command.args(["--slow-sync-ms", &self.opts.slow_sync_ms.to_string()]);
         }
         let child = command
             .args(["--id", &id.to_string(), "--listen", &self.addrs[i]])

@@ -75,6 +75,10 @@ pub struct ReplicaArgs {
     /// thread keeps busy.
     #[arg(long, value_name = "N")]
     pub io_threads: Option<usize>,
+    /// Fault injection for tests: every log sync takes this many milliseconds longer, so an
+    /// entry stays uncommitted that long (a slow disk). Not for production.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub slow_sync_ms: Option<u64>,
     /// Size of a log segment file in KiB (default 65536, 64 MiB; at least 4): the log rolls
     /// over to a new file at this size, and compaction deletes whole files.
     #[arg(long, value_name = "KIB")]
@@ -121,6 +125,7 @@ pub struct ReplicaConfig {
     pub session_lease: Duration,
     pub io_threads: usize,
     pub wal_segment_size: u64,
+    pub slow_sync: Duration,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -218,6 +223,7 @@ impl ReplicaConfig {
             session_lease: Duration::from_millis(session_lease_ms),
             io_threads,
             wal_segment_size: wal_segment_kib << 10,
+            slow_sync: Duration::from_millis(args.slow_sync_ms.unwrap_or(0).min(60_000)),
         })
     }
 
@@ -231,7 +237,7 @@ impl ReplicaConfig {
             election_tick: self.election_ticks,
             heartbeat_tick: self.heartbeat_ticks,
             snapshot_entries: self.snapshot_entries,
-            slow_disk: Duration::ZERO,
+            slow_disk: self.slow_sync,
         }
     }
 }

@@ -510,6 +510,12 @@ impl Master {
     pub fn attach(&self, session: SessionId, tx: &StreamTx, resumed: bool) -> Result<LeaseGrant, Status> {
         let mut g = self.lock();
         let epoch = g.epoch.ok_or_else(|| Status::unavailable("master stopped serving; retry"))?;
+        // A session whose lease ran out here is being expired (its ExpireSession may not have
+        // committed yet, so the state still lists it): it must not come back to life with a
+        // fresh lease only to be ended a moment later, its client believing in its locks.
+        if resumed && g.leases.deadline(session).is_none() {
+            return Err(session_lost(session));
+        }
         g.streams.insert(session, tx.clone());
         // A resumed session's client reports the gap of its stream's break itself.
         g.events_lost.remove(&session);
