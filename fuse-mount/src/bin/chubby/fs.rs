@@ -96,6 +96,9 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 /// session already gone is a close done), so this waits until the session either resumes,
 /// which proves the master kept it, or is found lost.
 async fn settle_lease(s: &Session) -> Result<(), ClientError> {
+    if s.is_lost() {
+        return Err(ClientError::SessionLost(s.id()));
+    }
     if std::time::Instant::now() < s.lease_end() {
         return Ok(());
     }
