@@ -12,7 +12,8 @@
 //! - an owner paused past its lease finds its session lost once resumed (exit 6), never holds on;
 //! - a node that left a listing never comes back; every node is gone soon after its owner.
 //! - an owner stopped with SIGTERM after its session was lost (paused past its lease, the
-//!   signal waiting) says so too, rather than claim it held its node to the end.
+//!   signal waiting) says so too, rather than claim it held its node to the end; so does one
+//!   resumed while the master's expiry of its session is still being committed (a slow disk).
 //!
 //! `CHUBBY_EPHEMERAL_SECS` sets how long the faults go on (12 s by default, as in CI;
 //! `CHUBBY_LONG=1`: 300 s); `CHUBBY_EPHEMERAL_SEED` replays a run's choice of faults and
