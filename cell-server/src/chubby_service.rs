@@ -23,8 +23,7 @@ use crate::master::{session_lost, Master, WriteGuard};
 use crate::state::handle::{sign, verify, verify_session_token, HandleBody};
 use crate::state::{self, Create, Holder, Op, Reply, Rights, StateError};
 
-/// Metadata key with the state machine's reason for a refusal.
-pub const ERROR_METADATA: &str = "chubby-error";
+use proto::ERROR_METADATA;
 
 #[derive(Clone)]
 pub struct ChubbyService {

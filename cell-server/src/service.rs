@@ -130,7 +130,7 @@ impl CellService {
                 message: s.message().to_string(),
                 reason: s
                     .metadata()
-                    .get(crate::chubby_service::ERROR_METADATA)
+                    .get(proto::ERROR_METADATA)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_string(),
@@ -283,9 +283,4 @@ fn key_path(key: &str) -> String {
     } else {
         format!("/{key}")
     }
-}
-
-/// The leader's clock, stamped on each entry it proposes (the log carries the clock).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -19,6 +19,9 @@ pub mod cell {
     tonic::include_proto!("chubby.cell");
 }
 
+/// The metadata key that carries the cell's reason for a refusal (`LockBusy`, `NoSession`, …).
+pub const ERROR_METADATA: &str = "chubby-error";
+
 /// The metadata key that carries the leader's address in a not-the-leader answer.
 pub const LEADER_METADATA: &str = "chubby-leader";
 

@@ -39,6 +39,12 @@ impl LogClock {
     }
 }
 
+/// The leader's wall clock in milliseconds, stamped on each entry it proposes (the log carries
+/// the clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -26,12 +26,12 @@ use raft::{NodeError, NodeHandle, Role};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
-use crate::chubby_service::ERROR_METADATA;
 use crate::machine::{CellMachine, EffectSource};
-use crate::service::now_ms;
 use crate::state::{
     decode, encode, split_parent, Change, Effect, Entry, Op, Outcome, Owner, RequestId, SessionId, StateError,
 };
+use log_clock::now_ms;
+use proto::ERROR_METADATA;
 
 pub use cache::CacheTable;
 use events::{event, events_lost};

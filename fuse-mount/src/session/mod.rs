@@ -71,8 +71,7 @@ mod acl;
 /// then redirects it; the pauses only cover the moments before replicas notice a dead master.)
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
-/// The `chubby-error` metadata key: the cell's reason for a refusal.
-pub const ERROR_METADATA: &str = "chubby-error";
+pub use proto::ERROR_METADATA;
 
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
