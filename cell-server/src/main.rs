@@ -7,8 +7,9 @@ use cell_server::config::{ReplicaArgs, ReplicaConfig};
 use cell_server::local::{self, LocalArgs};
 use cell_server::replica;
 
-/// glibc's malloc spent about a tenth of a loaded replica's CPU (perf, 64 writers); mimalloc's
-/// per-thread free lists cost a fraction of that.
+/// A loaded replica makes many small allocations on several threads (gRPC frames, entries,
+/// answers): mimalloc's per-thread free lists cost less CPU for them than glibc's malloc (the
+/// README has the measurement).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -35,9 +36,8 @@ enum Cmd {
 
 /// The async runtime, with `threads` threads. One thread is an event loop of its own
 /// (tokio's current-thread runtime): a task another task wakes runs next on the same thread,
-/// where a pool of several also wakes an idle thread to share the work, at each hand-off. On
-/// two cores that cost more than the second thread gained (cell bench, 64 writers: 22.7 against
-/// 25.8 µs of CPU per write; one writer: the same).
+/// where a pool of several also wakes an idle thread to share the work at each hand-off, which
+/// costs CPU a small machine may not win back (the README has the measurement).
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let built = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -17,9 +17,8 @@
 //! A follower does not wait for its sync either: the sync thread makes its entries durable
 //! while the loop goes on, and the acknowledgements that vouch for them are held until then
 //! (and dropped if the log lost those entries meanwhile). So the loop answers heartbeats while
-//! the disk is slow: on one shared disk a stall of a minimum election timeout, which this
-//! machine's disk has several times a minute under load, hit every replica at once and
-//! deposed healthy leaders.
+//! the disk is slow: a disk stall longer than an election timeout, on a disk the replicas
+//! share, delays commits without deposing a healthy leader.
 //!
 //! The loop runs on its own OS thread because fsync blocks, and it does its own peer I/O (see
 //! [`crate::transport`]) so a message costs no thread hand-off; async callers talk to it through

@@ -1,5 +1,5 @@
 //! Conversions between the core's [`Message`] and the wire's `proto::raft::RaftMessage`.
-//! Snapshots travel separately, in chunks (see `transport::snapshot`).
+//! Snapshots travel separately, in chunks over gRPC (see `send_snapshot` in `transport`).
 
 use proto::raft as pb;
 use proto::raft::raft_message::Body;
