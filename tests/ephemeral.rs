@@ -372,6 +372,18 @@ fn hold(cell: &TestCell, path: &str) -> (std::process::Child, Pids) {
     (owner, pids)
 }
 
+/// Stops the owner (SIGSTOP) and checks `done` every `every` until it holds, for at most 30 s
+/// (the master expires a session a lease after its last KeepAlive); whether it came to hold.
+fn pause_until(owner: &std::process::Child, every: Duration, done: impl Fn() -> bool) -> bool {
+    // SAFETY: a signal to the owner this test started.
+    unsafe { libc::kill(owner.id() as libc::pid_t, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(every);
+    }
+    done()
+}
+
 /// Sends SIGTERM to a stopped owner and resumes it; its exit status (bounded wait).
 fn terminate_stopped(owner: &mut std::process::Child, pids: &mut Pids) -> Option<std::process::ExitStatus> {
     let pid = owner.id() as libc::pid_t;
@@ -409,15 +421,7 @@ fn an_owner_stopped_after_its_session_was_lost_says_so() {
     };
     assert_eq!(listing().expect("ls").trim(), "n");
 
-    // SAFETY: a signal to the owner this test started.
-    unsafe { libc::kill(owner.id() as libc::pid_t, libc::SIGSTOP) };
-    // Bounded: the master expires the session a lease after its last KeepAlive.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let gone = || listing().is_some_and(|l| !l.contains('n'));
-    while !gone() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let was_gone = gone();
+    let was_gone = pause_until(&owner, Duration::from_millis(100), || listing().is_some_and(|l| !l.contains('n')));
     let status = terminate_stopped(&mut owner, &mut pids);
     assert!(was_gone, "the node of an owner paused past its lease was still listed after 30 s");
     let status = status.expect("the owner exits after SIGTERM");
@@ -442,14 +446,8 @@ fn a_session_the_master_is_expiring_is_not_resumed() {
     assert!(mkdir.status.success(), "{}", String::from_utf8_lossy(&mkdir.stderr));
     let (mut owner, mut pids) = hold(&cell, "/ls/local/held/n");
 
-    // SAFETY: a signal to the owner this test started.
-    unsafe { libc::kill(owner.id() as libc::pid_t, libc::SIGSTOP) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let expiring = || cell.log(leader).contains("session lease expired");
-    while !expiring() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let was_expiring = expiring();
+    let was_expiring =
+        pause_until(&owner, Duration::from_millis(10), || cell.log(leader).contains("session lease expired"));
     let status = terminate_stopped(&mut owner, &mut pids);
     assert!(was_expiring, "the master did not expire the paused owner's session within 30 s");
     let status = status.expect("the owner exits after SIGTERM");
