@@ -87,7 +87,7 @@ fn acls_set_from_the_cli_decide_what_each_user_of_a_host_may_do() {
 
 #[test]
 fn an_acl_change_never_undoes_another_made_since_it_read_the_acl() {
-    use fuse_mount::session::{OpenOptions, Session, SessionOptions};
+    use fuse_mount::client::{OpenOptions, Session, SessionOptions};
     let cell = TestCell::start(CellOptions::default());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -105,7 +105,7 @@ fn an_acl_change_never_undoes_another_made_since_it_read_the_acl() {
         b.update_acl(&hb, |acl| acl.writers = vec!["ops".into(), "deploy".into()]).await.unwrap();
         read.readers = vec!["ops".into()];
         let stale = a.set_acl(&ha, read, Some(stat.acl_generation)).await.unwrap_err();
-        assert_eq!(stale.reason(), Some("GenerationMismatch"), "{stale}");
+        assert_eq!(stale.reason(), Some(fuse_mount::proto::Refusal::GenerationMismatch), "{stale}");
 
         // update_acl reads afresh: both changes stand.
         let (acl, _) = a.update_acl(&ha, |acl| acl.readers = vec!["ops".into()]).await.unwrap();

@@ -163,9 +163,9 @@ fn pipelined_puts_are_each_applied_and_answered() {
     // A value over the contents limit and a path that is not one are refused at once, each
     // with its reason, as a unary put's would be; the stream goes on.
     let big = rt.block_on(pipe.put("big", Bytes::from(vec![0u8; (256 << 10) + 1]))).unwrap_err();
-    assert_eq!(big.reason(), Some("TooLarge"), "{big}");
+    assert_eq!(big.reason(), Some(fuse_mount::proto::Refusal::TooLarge), "{big}");
     let bad = rt.block_on(pipe.put("a//b", Bytes::from_static(b"x"))).unwrap_err();
-    assert_eq!(bad.reason(), Some("InvalidArgument"), "{bad}");
+    assert_eq!(bad.reason(), Some(fuse_mount::proto::Refusal::InvalidArgument), "{bad}");
     assert!(!rt.block_on(client.get("big", false)).unwrap().found, "nothing was written");
     rt.block_on(pipe.put("p/0", Bytes::from_static(b"again"))).expect("the pipeline still serves");
 

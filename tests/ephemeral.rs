@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use e2e_tests::nemesis::{Fault, Nemesis};
 use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, Rng, TestCell};
-use fuse_mount::session::{OpenOptions, Session, SessionOptions};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 
 const DIR: &str = "/ls/local/eph";
 const LEASE_MS: u64 = 2000;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use e2e_tests::nemesis::{Fault, Nemesis};
 use e2e_tests::{wait_converged, CellOptions};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions, SessionState};
 use fuse_mount::proto::chubby::event::Kind;
-use fuse_mount::session::{OpenOptions, Session, SessionOptions, SessionState};
 
 const PATH: &str = "/ls/local/watched";
 const WATCHERS: usize = 3;

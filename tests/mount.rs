@@ -467,8 +467,8 @@ fn reads_through_the_kernel_cache_stay_linearizable_across_another_clients_write
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let opts = fuse_mount::session::SessionOptions { cache: false, ..Default::default() };
-                let s = fuse_mount::session::Session::open(addrs, opts).await.expect("session");
+                let opts = fuse_mount::client::SessionOptions { cache: false, ..Default::default() };
+                let s = fuse_mount::client::Session::open(addrs, opts).await.expect("session");
                 let (h, _) = s.open_node("/ls/local/counter", Default::default()).await.expect("open");
                 // Paced so that the mount's session caches the node between writes (a read while
                 // a write is pending is not cacheable) and the kernel gets to keep attributes.

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use e2e_tests::{wait_converged, CellOptions, TestCell};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::*;
-use fuse_mount::session::{OpenOptions, Session, SessionOptions};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
@@ -160,7 +160,7 @@ fn a_client_sent_on_by_a_follower_is_not_cut_off_by_a_partition_between_replicas
     let state = *s.state().borrow();
     let listed = rt.block_on(s.read_dir(&h));
     cell.heal();
-    assert_eq!(state, fuse_mount::session::SessionState::Alive, "the client's session through the cut");
+    assert_eq!(state, fuse_mount::client::SessionState::Alive, "the client's session through the cut");
     assert!(listed.is_ok(), "a read after the cut: {listed:?}");
     rt.block_on(s.close()).unwrap();
 }

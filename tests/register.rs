@@ -20,7 +20,7 @@ use bytes::Bytes;
 use e2e_tests::linearizability::{check, Op, Register, RegisterInput, RegisterOutput};
 use e2e_tests::nemesis::{Fault, Nemesis};
 use e2e_tests::{bin, wait_converged, CellOptions, Rng};
-use fuse_mount::session::{OpenOptions, Session, SessionOptions};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 
 /// Keys in use at a time.
 const KEYS: u64 = 3;
@@ -104,7 +104,9 @@ async fn client(id: u64, seed: u64, addrs: Vec<String>, keys: u64, stop: Arc<Ato
                             generation_seen.insert(k, stat.content_generation);
                             Some(RegisterOutput::Written { generation: stat.content_generation })
                         }
-                        Err(e) if e.reason() == Some("GenerationMismatch") => Some(RegisterOutput::Mismatch),
+                        Err(e) if e.reason() == Some(fuse_mount::proto::Refusal::GenerationMismatch) => {
+                            Some(RegisterOutput::Mismatch)
+                        }
                         // Timed out, session lost, master gone: applied or not, unknown.
                         Err(_) => None,
                     }

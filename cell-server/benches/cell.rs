@@ -450,7 +450,7 @@ fn main() {
 
 /// A log entry of the operator's write, as `chubby.cell.Cell/Put` proposes it.
 fn admin_put(path: &str, value: &[u8]) -> Bytes {
-    state::encode(&state::Entry {
+    state::encode(&state::Command {
         now_ms: 0,
         request: None,
         op: Op::AdminPut { path: path.to_string(), contents: Bytes::copy_from_slice(value) },

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{find_leader, rss_of, start_cell_with};
 use fuse_mount::client::PutPipeline;
-use fuse_mount::session::{OpenOptions, Session, SessionOptions};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 use proto::cell::cell_client::CellClient;
 use proto::cell::StatusRequest;
 

@@ -1,7 +1,7 @@
 //! Figures for the client issue; prints tables, asserts nothing.
 //!
 //! `cargo bench -p cell-server --bench client` measures, on a 3-replica loopback cell with
-//! `--fsync always`, through the client library (`fuse_mount::session`):
+//! `--fsync always`, through the client library (`fuse_mount::client`):
 //! 1. `get` of a node the session has cached against one it must ask the master for
 //!    (a linearizable read: ReadIndex at the master);
 //! 2. cache invalidation: the latency of a write to a node cached by 0, 1, 100 and 1,000 other
@@ -17,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{find_leader, percentile, start_cell_with, us};
-use fuse_mount::session::{OpenOptions, Session, SessionOptions, SessionState};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions, SessionState};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

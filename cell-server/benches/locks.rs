@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{cpu_time, find_leader, percentile, rss_of, start_cell_with, us};
 use fuse_mount::client::CellClient;
-use fuse_mount::session::{OpenOptions, Session, SessionOptions};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::{session_request, session_response, KeepAlive, LockMode, OpenSession, SessionRequest};
 use tokio::sync::mpsc;

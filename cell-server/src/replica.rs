@@ -7,10 +7,10 @@ use raft::{Node, NodeHandle, Role};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::chubby_service::ChubbyService;
 use crate::config::ReplicaConfig;
 use crate::machine::CellMachine;
 use crate::master::{Master, MasterConfig};
+use crate::service::chubby::ChubbyService;
 use crate::service::CellService;
 
 /// HTTP/2 streams one connection may have open at a replica at once: calls, session streams,
@@ -49,7 +49,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(handle.peer_service().into_server())
             .add_service(service.into_server())
-            .add_service(crate::wire::WireChubby(chubby).into_server())
+            .add_service(crate::service::wire::WireChubby(chubby).into_server())
             .serve_with_incoming(incoming),
     );
     tracing::info!(replica = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), fsync = %cfg.fsync, "replica serving");

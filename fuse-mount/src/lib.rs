@@ -1,11 +1,11 @@
-//! Client side of the cell: [`client`] (the operator API: finding the leader through any
-//! replica, redirects, deadlines) and [`session`] (a Chubby session: KeepAlive, jeopardy,
-//! resumption after failover, exactly-once calls), both sending many calls in flight on one
-//! stream through [`multiplex`]; [`fs`] is the FUSE daemon's file system.
+//! Client side of the cell.
+//!
+//! - [`client`]: the client library: a Chubby session, the operator API and how to find a
+//!   cell. It needs no FUSE: `default-features = false` builds it alone.
+//! - [`fs`]: the FUSE daemon's file system (the default `fuse` feature).
 
 pub mod client;
+#[cfg(feature = "fuse")]
 pub mod fs;
-pub mod multiplex;
-pub mod session;
 
 pub use proto;

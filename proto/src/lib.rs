@@ -3,6 +3,11 @@
 //! - [`raft`]: messages between replicas (the transport converts to and from the core's types).
 //! - [`chubby`]: the client service the master serves (Chubby §2.6).
 //! - [`cell`]: cell status and administration, served by every replica.
+//! - [`Refusal`]: why the cell refused a call, by the name both sides use.
+
+mod refusal;
+
+pub use refusal::Refusal;
 
 /// Peer-to-peer Raft messages and the `RaftPeer` service.
 pub mod raft {

@@ -127,7 +127,7 @@ mod tests {
     use super::*;
     use proto::chubby::event::Kind;
 
-    fn kind(r: Result<SessionResponse, tonic::Status>) -> Option<Kind> {
+    fn kind(r: Result<SessionResponse, crate::master::MasterError>) -> Option<Kind> {
         match r.ok()?.kind? {
             session_response::Kind::Event(e) => e.kind,
             _ => None,

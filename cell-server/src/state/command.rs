@@ -1,4 +1,4 @@
-//! What goes into the log (an [`Entry`] per proposal) and what `apply` answers ([`Outcome`]).
+//! What goes into the log (a [`Command`] per proposal) and what `apply` answers ([`Outcome`]).
 //! Encoded with postcard; every replica decodes the same bytes the same way.
 
 use bytes::Bytes;
@@ -123,9 +123,9 @@ pub struct Create {
     pub contents: Bytes,
 }
 
-/// One log entry of the cell.
+/// One command of the cell, as its log entry carries it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Command {
     /// The leader's clock when it proposed the entry, in ms since the Unix epoch. The log carries
     /// the clock: lock-delay is measured with these stamps, never with a replica's own clock.
     pub now_ms: u64,

@@ -1,6 +1,7 @@
 //! Why the state machine refused an operation. Refusals change nothing. They are data (cached
 //! for retried calls, sent to the proposer); the gRPC service maps them to statuses in one place.
 
+use proto::Refusal;
 use serde::{Deserialize, Serialize};
 
 use super::command::SessionId;
@@ -49,26 +50,26 @@ pub enum StateError {
 
 impl StateError {
     /// The refusal's name, as clients see it in the `chubby-error` metadata key.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Refusal {
         match self {
-            StateError::InvalidArgument(_) => "InvalidArgument",
-            StateError::NotFound(_) => "NotFound",
-            StateError::Exists(_) => "Exists",
-            StateError::TooLarge(_) => "TooLarge",
-            StateError::PermissionDenied(_) => "PermissionDenied",
-            StateError::NotEmpty(_) => "NotEmpty",
-            StateError::NotADirectory(_) => "NotADirectory",
-            StateError::IsADirectory(_) => "IsADirectory",
-            StateError::GenerationMismatch { .. } => "GenerationMismatch",
-            StateError::StaleSequencer => "StaleSequencer",
-            StateError::StaleHandle(_) => "StaleHandle",
-            StateError::NoSession(_) => "NoSession",
-            StateError::LockBusy(_) => "LockBusy",
-            StateError::NotHeld(_) => "NotHeld",
-            StateError::LimitExceeded(_) => "LimitExceeded",
-            StateError::WaitEnded { .. } => "WaitEnded",
-            StateError::Forgotten(_) => "Forgotten",
-            StateError::LockHeld(_) => "LockHeld",
+            StateError::InvalidArgument(_) => Refusal::InvalidArgument,
+            StateError::NotFound(_) => Refusal::NotFound,
+            StateError::Exists(_) => Refusal::Exists,
+            StateError::TooLarge(_) => Refusal::TooLarge,
+            StateError::PermissionDenied(_) => Refusal::PermissionDenied,
+            StateError::NotEmpty(_) => Refusal::NotEmpty,
+            StateError::NotADirectory(_) => Refusal::NotADirectory,
+            StateError::IsADirectory(_) => Refusal::IsADirectory,
+            StateError::GenerationMismatch { .. } => Refusal::GenerationMismatch,
+            StateError::StaleSequencer => Refusal::StaleSequencer,
+            StateError::StaleHandle(_) => Refusal::StaleHandle,
+            StateError::NoSession(_) => Refusal::NoSession,
+            StateError::LockBusy(_) => Refusal::LockBusy,
+            StateError::NotHeld(_) => Refusal::NotHeld,
+            StateError::LimitExceeded(_) => Refusal::LimitExceeded,
+            StateError::WaitEnded { .. } => Refusal::WaitEnded,
+            StateError::Forgotten(_) => Refusal::Forgotten,
+            StateError::LockHeld(_) => Refusal::LockHeld,
         }
     }
 }

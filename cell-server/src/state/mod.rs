@@ -3,7 +3,7 @@
 //! and per-session answers for exactly-once retries.
 //!
 //! Pure and deterministic: [`CellState::apply`] depends only on the entries applied, the clock
-//! included (it comes with each entry, see [`Entry::now_ms`]). What the master must act on
+//! included (it comes with each entry, see [`Command::now_ms`]). What the master must act on
 //! (grants to blocked Acquires, events, lock-delays to end) comes out as [`Effect`]s.
 //!
 //! - [`command`]: log entries and answers; [`error`]: refusals.
@@ -26,7 +26,8 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    decode, encode, Acl, Create, Entry, Limits, LockMode, Op, Outcome, Owner, Reply, RequestId, Rights, SessionId, Stat,
+    decode, encode, Acl, Command, Create, Limits, LockMode, Op, Outcome, Owner, Reply, RequestId, Rights, SessionId,
+    Stat,
 };
 pub use error::StateError;
 pub use locks::{Holder, Sequencer, DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
@@ -153,11 +154,11 @@ impl CellState {
     /// Applies the entry at `index`; undecodable bytes change nothing but the applied index.
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Outcome {
         self.applied = index;
-        let entry: Entry = decode(data)?;
+        let entry: Command = decode(data)?;
         self.apply_entry(entry)
     }
 
-    pub fn apply_entry(&mut self, entry: Entry) -> Outcome {
+    pub fn apply_entry(&mut self, entry: Command) -> Outcome {
         // A wild stamp cannot push log time past MAX_CLOCK_MS (so deadlines never overflow).
         self.clock_ms = self.clock_ms.max(entry.now_ms.min(MAX_CLOCK_MS));
         self.end_lock_delays();

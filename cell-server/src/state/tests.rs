@@ -31,7 +31,7 @@ struct Driver {
     names: BTreeMap<SessionId, String>,
     next_seq: BTreeMap<SessionId, u64>,
     /// Each session's calls, oldest first, for `retry`.
-    history: BTreeMap<SessionId, Vec<Entry>>,
+    history: BTreeMap<SessionId, Vec<Command>>,
     /// Last sequencer granted to `NAME:OWNER PATH`.
     sequencers: BTreeMap<String, String>,
     /// Ids of the handles to ephemeral nodes each session opened and has not closed, by path.
@@ -63,7 +63,7 @@ fn names(list: Option<&str>) -> Vec<String> {
 impl Driver {
     fn new() -> Driver {
         let mut state = CellState::default();
-        let init = Entry {
+        let init = Command {
             now_ms: 0,
             request: None,
             op: Op::InitCell {
@@ -117,14 +117,14 @@ impl Driver {
             let first_incomplete = self.held.get(&s).copied().unwrap_or(sequence);
             RequestId { session: s, sequence, first_incomplete }
         });
-        let entry = Entry { now_ms: self.now, request, op };
+        let entry = Command { now_ms: self.now, request, op };
         if let Some(s) = session {
             self.history.entry(s).or_default().push(entry.clone());
         }
         self.run(entry)
     }
 
-    fn run(&mut self, entry: Entry) -> String {
+    fn run(&mut self, entry: Command) -> String {
         let index = self.state.applied() + 1;
         let outcome = self.state.apply(index, &encode(&entry));
         let mut out = self.describe(&outcome);
@@ -247,7 +247,7 @@ impl Driver {
                 let back: usize = opt(args, "back").map_or(1, |b| b.parse().expect("a count"));
                 let calls = self.history.get(&s).expect("a call to retry");
                 let entry = calls[calls.len() - back].clone();
-                let entry = Entry { now_ms: self.now, ..entry };
+                let entry = Command { now_ms: self.now, ..entry };
                 self.run(entry)
             }
             "check" => {
@@ -502,11 +502,11 @@ fn step() -> impl Strategy<Value = Step> {
 struct Builder {
     now: u64,
     seq: BTreeMap<SessionId, u64>,
-    last: BTreeMap<SessionId, Entry>,
+    last: BTreeMap<SessionId, Command>,
 }
 
 impl Builder {
-    fn entry(&mut self, state: &CellState, step: &Step) -> Entry {
+    fn entry(&mut self, state: &CellState, step: &Step) -> Command {
         let instance = |p: usize| state.node(PATHS[p]).map(|n| n.stat.instance).unwrap_or(0);
         let path = |p: usize| PATHS[p].to_string();
         // Mostly live sessions (by position), so calls do more than fail with NoSession.
@@ -578,7 +578,7 @@ impl Builder {
             }
             Step::Retry(s) => {
                 if let Some(e) = self.last.get(&s) {
-                    return Entry { now_ms: self.now, ..e.clone() };
+                    return Command { now_ms: self.now, ..e.clone() };
                 }
                 (None, Op::Tick)
             }
@@ -588,7 +588,7 @@ impl Builder {
             *seq += 1;
             RequestId { session: s, sequence: *seq, first_incomplete: seq.saturating_sub(2) }
         });
-        let entry = Entry { now_ms: self.now, request, op };
+        let entry = Command { now_ms: self.now, request, op };
         if let Some(s) = session {
             self.last.insert(s, entry.clone());
         }
@@ -695,7 +695,7 @@ proptest! {
     #[test]
     fn snapshot_midway_then_replay_equals_the_whole_log(steps in prop::collection::vec(step(), 1..120), cut in 0usize..120) {
         let mut a = CellState::default();
-        let init = Entry { now_ms: 0, request: None, op: Op::InitCell { key: Bytes::from_static(&[9; 32]), limits: Limits::default() } };
+        let init = Command { now_ms: 0, request: None, op: Op::InitCell { key: Bytes::from_static(&[9; 32]), limits: Limits::default() } };
         a.apply(1, &encode(&init)).expect("init");
         let cut = cut.min(steps.len());
         let mut later = None;

@@ -1,6 +1,7 @@
 //! The one place where the cell's refusals become errno values (DESIGN.md, Errors).
 
 use fuser::Errno;
+use proto::Refusal;
 use tonic::Code;
 
 use crate::client::ClientError;
@@ -15,6 +16,8 @@ pub fn errno_of(e: &ClientError) -> Errno {
         ClientError::Io(io) => io.raw_os_error().map(Errno::from_i32).unwrap_or(Errno::EIO),
         ClientError::Rpc(s) => match e.reason() {
             Some(reason) => errno_of_reason(reason),
+            // A refusal this build does not know (from a newer cell): no guess from its code.
+            None if s.metadata().contains_key(proto::ERROR_METADATA) => Errno::EIO,
             None => match s.code() {
                 Code::InvalidArgument | Code::OutOfRange => Errno::EINVAL,
                 Code::NotFound => Errno::ENOENT,
@@ -28,29 +31,31 @@ pub fn errno_of(e: &ClientError) -> Errno {
     }
 }
 
-/// The state machine's refusal names (`chubby-error` metadata) as errno values.
-fn errno_of_reason(reason: &str) -> Errno {
+/// The cell's refusals as errno values.
+fn errno_of_reason(reason: Refusal) -> Errno {
     let code = match reason {
-        "NotFound" => libc::ENOENT,
-        "Exists" => libc::EEXIST,
-        "TooLarge" => libc::EFBIG,
-        "PermissionDenied" => libc::EACCES,
-        "NotEmpty" => libc::ENOTEMPTY,
-        "NotADirectory" => libc::ENOTDIR,
-        "IsADirectory" => libc::EISDIR,
-        "InvalidArgument" => libc::EINVAL,
-        "LockBusy" => libc::EWOULDBLOCK,
-        "NotHeld" => libc::ENOLCK,
+        Refusal::NotFound => libc::ENOENT,
+        Refusal::Exists => libc::EEXIST,
+        Refusal::TooLarge => libc::EFBIG,
+        Refusal::PermissionDenied => libc::EACCES,
+        Refusal::NotEmpty => libc::ENOTEMPTY,
+        Refusal::NotADirectory => libc::ENOTDIR,
+        Refusal::IsADirectory => libc::EISDIR,
+        Refusal::InvalidArgument => libc::EINVAL,
+        Refusal::LockBusy => libc::EWOULDBLOCK,
+        Refusal::NotHeld => libc::ENOLCK,
         // `rm` of a file whose lock another holds or waits for.
-        "LockHeld" => libc::EBUSY,
-        "LimitExceeded" => libc::ENOSPC,
+        Refusal::LockHeld => libc::EBUSY,
+        Refusal::LimitExceeded => libc::ENOSPC,
         // The node was deleted or re-created since it was opened (NFS's "stale file handle").
-        "StaleHandle" => libc::ESTALE,
+        Refusal::StaleHandle => libc::ESTALE,
         // A fenced write whose sequencer is no longer current, or a CAS that lost its race.
-        "StaleSequencer" | "GenerationMismatch" => libc::EPERM,
+        Refusal::StaleSequencer | Refusal::GenerationMismatch => libc::EPERM,
         // A queued Acquire ended without a grant (the node was deleted, the session ended).
-        "WaitEnded" => libc::EINTR,
-        _ => libc::EIO,
+        Refusal::WaitEnded => libc::EINTR,
+        Refusal::NoSession => libc::EIO,
+        // Handled by the session (a retry, a resumption) before it reaches a file-system call.
+        Refusal::Forgotten | Refusal::StaleEpoch => libc::EIO,
     };
     Errno::from_i32(code)
 }
@@ -62,7 +67,7 @@ mod tests {
 
     fn refusal(code: Code, reason: &'static str) -> ClientError {
         let mut s = Status::new(code, "refused");
-        s.metadata_mut().insert(crate::session::ERROR_METADATA, reason.parse().unwrap());
+        s.metadata_mut().insert(proto::ERROR_METADATA, reason.parse().unwrap());
         ClientError::Rpc(Box::new(s))
     }
 
@@ -75,5 +80,7 @@ mod tests {
         assert_eq!(errno_of(&refusal(Code::FailedPrecondition, "LockBusy")), Errno::from_i32(libc::EWOULDBLOCK));
         assert_eq!(errno_of(&ClientError::SessionLost(7)), Errno::EIO);
         assert_eq!(errno_of(&ClientError::Rpc(Box::new(Status::invalid_argument("bad")))), Errno::EINVAL);
+        // A refusal named by a newer cell is not guessed from its code.
+        assert_eq!(errno_of(&refusal(Code::NotFound, "SomethingNew")), Errno::EIO);
     }
 }

@@ -9,7 +9,7 @@ use fuser::FileType;
 use proto::chubby::Handle;
 
 use super::inodes::NodeRef;
-use crate::session::Session;
+use crate::client::Session;
 
 /// The cell's contents limit (`EFBIG` above).
 pub const MAX_CONTENTS: u64 = 256 * 1024;

@@ -43,7 +43,7 @@ impl NodeRef {
     }
 }
 
-struct Entry {
+struct Inode {
     node: NodeRef,
     /// Lookups the kernel holds (`forget` gives them back).
     nlookup: u64,
@@ -53,7 +53,7 @@ struct Entry {
 }
 
 pub struct Inodes {
-    by_ino: HashMap<u64, Entry>,
+    by_ino: HashMap<u64, Inode>,
     by_node: HashMap<NodeRef, u64>,
     /// Where a node's number is looked for first.
     home: fn(&NodeRef) -> u64,
@@ -130,7 +130,7 @@ impl Inodes {
             Some(ino) => ino,
             None => {
                 let ino = self.free_number(node);
-                self.by_ino.insert(ino, Entry { node: node.clone(), nlookup: 0, known: false });
+                self.by_ino.insert(ino, Inode { node: node.clone(), nlookup: 0, known: false });
                 self.by_node.insert(node.clone(), ino);
                 ino
             }

@@ -1,6 +1,7 @@
 //! The lock operations of the file system (`flock`, `fcntl`; see [`super::locks`] for the
 //! rules), as calls on the cells.
 
+use proto::Refusal;
 use std::time::Duration;
 
 use fuser::Errno;
@@ -10,7 +11,7 @@ use super::inodes::NodeRef;
 use super::locks::{holder_of, interrupted, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
-use crate::session::Session;
+use crate::client::Session;
 
 /// How often a blocked lock call looks at its caller's pending signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -130,7 +131,7 @@ impl FsInner {
             return self.unlock_in_its_session(node, owner, sid).await;
         }
         let r = match session.release(handle, owner).await {
-            Err(e) if e.reason() == Some("NotHeld") => Ok(()),
+            Err(e) if e.reason() == Some(Refusal::NotHeld) => Ok(()),
             r => r,
         };
         match r {

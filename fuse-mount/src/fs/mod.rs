@@ -21,7 +21,6 @@
 //! kernel's page cache can show a reader a page half old, half new when it is invalidated
 //! during the read, so it is not used).
 
-mod cell;
 mod errno;
 mod files;
 mod inodes;
@@ -29,6 +28,7 @@ mod kernel;
 mod lock_ops;
 mod locks;
 mod ops;
+mod user_sessions;
 mod xattr;
 
 use std::ffi::OsStr;
@@ -43,11 +43,11 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-pub use cell::MountedCell;
 pub use errno::errno_of;
 pub use inodes::Owner;
 use locks::whole_file;
 use ops::FsInner;
+pub use user_sessions::MountedCell;
 
 pub struct ChubbyFs {
     inner: Arc<FsInner>,

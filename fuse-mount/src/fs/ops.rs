@@ -11,14 +11,14 @@ use fuser::{Errno, FileAttr, FileType};
 use proto::chubby::{Handle, NodeStat};
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::cell::MountedCell;
 use super::errno::errno_of;
 use super::files::{OpenDir, OpenFile, MAX_CONTENTS};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
 use super::kernel::{Before, KernelCache};
 use super::locks::HeldLocks;
+use super::user_sessions::MountedCell;
 use crate::client::ClientError;
-use crate::session::{Invalidated, OpenOptions, Session};
+use crate::client::{Invalidated, OpenOptions, Session};
 
 pub(super) fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -8,7 +8,7 @@ use proto::chubby::NodeAcl;
 
 use super::inodes::ROOT;
 use super::ops::{errno, FsInner};
-use crate::session::{principal_list, OpenOptions};
+use crate::client::{principal_list, OpenOptions};
 
 /// The extended attributes every node has.
 const XATTRS: [&str; 11] = [

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use fuse_mount::client::parse_cell;
+use fuse_mount::client::SessionOptions;
 use fuse_mount::fs::{ChubbyFs, MountedCell, Owner};
-use fuse_mount::session::SessionOptions;
 
 /// A long-running daemon of many small allocations (gRPC frames, cache entries): mimalloc costs
 /// less CPU per call than glibc's malloc, as measured on the replica.

@@ -4,8 +4,8 @@
 //! go at once) and every process runs its CMD.
 
 use fuse_mount::client::ClientError;
+use fuse_mount::client::{OpenOptions, Session};
 use fuse_mount::proto::chubby::event;
-use fuse_mount::session::{OpenOptions, Session};
 
 use crate::lock::run_command;
 

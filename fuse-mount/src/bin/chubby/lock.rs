@@ -5,8 +5,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use fuse_mount::client::ClientError;
+use fuse_mount::client::{OpenOptions, Session, SessionOptions, SessionState};
 use fuse_mount::proto::chubby::LockMode;
-use fuse_mount::session::{OpenOptions, Session, SessionOptions, SessionState};
+use fuse_mount::proto::Refusal;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{EXIT_BUSY, EXIT_FAILURE, EXIT_SESSION_LOST, EXIT_TIMEOUT, EXIT_USAGE};
@@ -64,7 +65,7 @@ pub async fn lock(addrs: Vec<String>, opts: SessionOptions, job: LockJob) -> u8 
     };
     let sequencer = match acquired {
         Ok(s) => s,
-        Err(e) if e.reason() == Some("LockBusy") => {
+        Err(e) if e.reason() == Some(Refusal::LockBusy) => {
             let _ = session.close().await;
             eprintln!("chubby: {path}: lock is busy");
             return EXIT_BUSY;

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fuse_mount::client::{parse_cell, CellClient, ClientError};
-use fuse_mount::session::{Session, SessionOptions};
+use fuse_mount::client::{Session, SessionOptions};
+use fuse_mount::proto::Refusal;
 use serde_json::json;
 
 mod barrier;
-mod fs;
 mod lock;
+mod namespace;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -227,11 +228,11 @@ fn main() -> ExitCode {
 fn exit_for(e: &ClientError) -> u8 {
     match (e, e.reason()) {
         (ClientError::SessionLost(_), _) => EXIT_SESSION_LOST,
-        (_, Some("NotFound")) => EXIT_NOT_FOUND,
-        (_, Some("LockBusy")) => EXIT_BUSY,
-        (_, Some("StaleSequencer")) => EXIT_STALE_SEQUENCER,
-        (_, Some("GenerationMismatch")) => EXIT_GENERATION_MISMATCH,
-        (_, Some("LockHeld")) => EXIT_LOCK_HELD,
+        (_, Some(Refusal::NotFound)) => EXIT_NOT_FOUND,
+        (_, Some(Refusal::LockBusy)) => EXIT_BUSY,
+        (_, Some(Refusal::StaleSequencer)) => EXIT_STALE_SEQUENCER,
+        (_, Some(Refusal::GenerationMismatch)) => EXIT_GENERATION_MISMATCH,
+        (_, Some(Refusal::LockHeld)) => EXIT_LOCK_HELD,
         (ClientError::Rpc(s), _) if s.code() == tonic::Code::InvalidArgument => EXIT_USAGE,
         _ => EXIT_FAILURE,
     }
@@ -248,27 +249,27 @@ async fn namespace(addrs: Vec<String>, opts: SessionOptions, cmd: Cmd, json: boo
     };
     let seq = |s: Option<String>| s.unwrap_or_default();
     let (what, result) = match cmd {
-        Cmd::Get { path, stale } => (path.clone(), fs::get(&session, &path, stale, json).await.map(|_| 0)),
+        Cmd::Get { path, stale } => (path.clone(), namespace::get(&session, &path, stale, json).await.map(|_| 0)),
         Cmd::Put { path, value, if_generation, ephemeral, sequencer } => {
-            let r = fs::put(&session, &path, value, if_generation, ephemeral, &seq(sequencer), json).await;
+            let r = namespace::put(&session, &path, value, if_generation, ephemeral, &seq(sequencer), json).await;
             (path, r.map(|_| 0))
         }
-        Cmd::Ls { path } => (path.clone(), fs::ls(&session, &path, json).await.map(|_| 0)),
-        Cmd::Mkdir { path, parents } => (path.clone(), fs::mkdir(&session, &path, parents).await.map(|_| 0)),
+        Cmd::Ls { path } => (path.clone(), namespace::ls(&session, &path, json).await.map(|_| 0)),
+        Cmd::Mkdir { path, parents } => (path.clone(), namespace::mkdir(&session, &path, parents).await.map(|_| 0)),
         Cmd::Rm { path, if_generation, sequencer } => {
-            (path.clone(), fs::rm(&session, &path, if_generation, &seq(sequencer)).await.map(|_| 0))
+            (path.clone(), namespace::rm(&session, &path, if_generation, &seq(sequencer)).await.map(|_| 0))
         }
-        Cmd::Stat { path } => (path.clone(), fs::stat(&session, &path, json).await.map(|_| 0)),
+        Cmd::Stat { path } => (path.clone(), namespace::stat(&session, &path, json).await.map(|_| 0)),
         Cmd::Acl { path, readers, writers, change_acl } => {
-            let change = fs::AclChange { readers, writers, change_acl };
-            (path.clone(), fs::acl(&session, &path, change, json).await.map(|_| 0))
+            let change = namespace::AclChange { readers, writers, change_acl };
+            (path.clone(), namespace::acl(&session, &path, change, json).await.map(|_| 0))
         }
-        Cmd::Sequencer { path } => (path.clone(), fs::sequencer(&session, &path, json).await),
+        Cmd::Sequencer { path } => (path.clone(), namespace::sequencer(&session, &path, json).await),
         Cmd::CheckSequencer { sequencer } => {
-            let r = fs::check_sequencer(&session, &sequencer, json).await;
+            let r = namespace::check_sequencer(&session, &sequencer, json).await;
             (sequencer, r.map(|valid| if valid { 0 } else { EXIT_STALE_SEQUENCER }))
         }
-        Cmd::Watch { path } => (path.clone(), fs::watch(&session, &path, json).await.map(|_| 0)),
+        Cmd::Watch { path } => (path.clone(), namespace::watch(&session, &path, json).await.map(|_| 0)),
         Cmd::Barrier { path, n, command } => (path.clone(), barrier::barrier(&session, &path, n, &command).await),
         Cmd::Status | Cmd::Lock { .. } | Cmd::Elect { .. } => unreachable!("handled in main"),
     };

@@ -16,7 +16,7 @@ use proto::chubby::*;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::chubby_service::ChubbyService;
+use crate::service::chubby::ChubbyService;
 
 /// A refusal whose message survives the `grpc-message` header.
 pub fn header_safe(s: Status) -> Status {

@@ -35,7 +35,7 @@ pub enum Lost {
     Unanswered(String),
 }
 
-pub struct Multiplexer<Req, Res> {
+pub struct CallMux<Req, Res> {
     requests: mpsc::UnboundedSender<Req>,
     waiting: Arc<Mutex<Waiting<Res>>>,
     next_id: AtomicU64,
@@ -53,7 +53,7 @@ struct Waiting<Res> {
     closed: Option<String>,
 }
 
-impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
+impl<Req: Send + 'static, Res: Answer> CallMux<Req, Res> {
     /// Serves callers on a stream whose requests go to `requests` and whose answers come
     /// from `answers` (a task reads them until the stream ends). With `abandon`, a caller that
     /// stops waiting for its answer sends that request for its id.
@@ -80,7 +80,7 @@ impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
             close(&w, why);
         })
         .abort_handle();
-        Multiplexer { requests, waiting, next_id: AtomicU64::new(1), abandon, reader }
+        CallMux { requests, waiting, next_id: AtomicU64::new(1), abandon, reader }
     }
 
     /// Ends the stream here: every caller still waiting hears that it will get no answer, no
@@ -106,11 +106,11 @@ impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
             lock(&self.waiting).by_id.remove(&id);
             return Err(Lost::NotSent("the stream is closed".into()));
         }
-        // Whoever gives up waiting (a deadline, a dropped future) takes its entry out, and
+        // Whoever gives up waiting (a deadline, a dropped future) takes its place out, and
         // tells the server.
-        let mut entry = Entry { mux: self, id: Some(id) };
+        let mut guard = WaitGuard { mux: self, id: Some(id) };
         let answer = answer.await;
-        entry.id = None;
+        guard.id = None;
         answer.map_err(|_| Lost::Unanswered(self.closed().unwrap_or_else(|| "the stream ended".into())))
     }
 
@@ -120,7 +120,7 @@ impl<Req: Send + 'static, Res: Answer> Multiplexer<Req, Res> {
     }
 }
 
-impl<Req, Res> Drop for Multiplexer<Req, Res> {
+impl<Req, Res> Drop for CallMux<Req, Res> {
     /// Nobody can wait for an answer any more: the stream is reset, not left open.
     fn drop(&mut self) {
         self.reader.abort();
@@ -128,12 +128,12 @@ impl<Req, Res> Drop for Multiplexer<Req, Res> {
 }
 
 /// A caller's place in the waiting map, removed when the caller stops waiting unanswered.
-struct Entry<'a, Req, Res> {
-    mux: &'a Multiplexer<Req, Res>,
+struct WaitGuard<'a, Req, Res> {
+    mux: &'a CallMux<Req, Res>,
     id: Option<u64>,
 }
 
-impl<Req, Res> Drop for Entry<'_, Req, Res> {
+impl<Req, Res> Drop for WaitGuard<'_, Req, Res> {
     fn drop(&mut self) {
         let Some(id) = self.id else { return };
         let mut w = lock(&self.mux.waiting);

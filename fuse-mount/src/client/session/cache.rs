@@ -23,7 +23,7 @@ use proto::chubby::{Handle, NodeStat};
 const MAX_NODES: usize = 16_384;
 
 #[derive(Default)]
-struct Entry {
+struct CachedNode {
     stat: Option<NodeStat>,
     contents: Option<Bytes>,
     handle: Option<Handle>,
@@ -51,7 +51,7 @@ pub(super) struct Cache {
     enabled: bool,
     /// The end of the local lease: the cache answers only before it.
     valid_until: Option<Instant>,
-    nodes: HashMap<String, Entry>,
+    nodes: HashMap<String, CachedNode>,
     flights: HashMap<String, Flight>,
     /// Which node (path and instance) each open handle names (handles are opaque to the
     /// client). A handle of a deleted node must not read a node made again at its path.
@@ -113,7 +113,7 @@ impl Cache {
     }
 
     /// The entry of `path` if it is of `instance`.
-    fn entry(&self, path: &str, instance: u64) -> Option<&Entry> {
+    fn entry(&self, path: &str, instance: u64) -> Option<&CachedNode> {
         self.nodes.get(path).filter(|e| e.stat.is_some_and(|s| s.instance_number == instance))
     }
 
@@ -188,7 +188,7 @@ impl Cache {
         let e = self.nodes.entry(ticket.path).or_default();
         // A different instance (the node was deleted and made again) replaces everything.
         if e.stat.as_ref().is_some_and(|s| s.instance_number != fill.stat.instance_number) {
-            *e = Entry::default();
+            *e = CachedNode::default();
         }
         if e.stat.as_ref().is_some_and(|s| s.content_generation != fill.stat.content_generation) {
             e.contents = None;

@@ -1,6 +1,7 @@
 //! The session's stream to the master: opening or resuming it (following redirects), and
 //! keeping it: KeepAlives, leases, events, invalidation acks, jeopardy and resumption.
 
+use proto::Refusal;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
-use super::{leader_hint, reason, retryable, Inner, Invalidated, Link, SessionState, MAX_BACKOFF};
+use super::links::Link;
+use super::retry::{leader_hint, reason, retryable, MAX_BACKOFF};
+use super::{Inner, Invalidated, SessionState};
 use crate::client::ClientError;
 
 /// Longest wait for one replica to open a session stream.
@@ -89,7 +92,9 @@ pub(super) async fn connect_stream(
                 last = format!("{addr}: no answer");
             }
             Ok(Ok(stream)) => return Ok((addr, stream)),
-            Ok(Err(s)) if reason(&s) == Some("NoSession") => return Err(ClientError::SessionLost(open.resume_session)),
+            Ok(Err(s)) if reason(&s) == Some(Refusal::NoSession) => {
+                return Err(ClientError::SessionLost(open.resume_session))
+            }
             Ok(Err(s)) if !retryable(&s) => return Err(ClientError::Rpc(Box::new(s))),
             Ok(Err(s)) => {
                 if let Some(h) = leader_hint(&s).filter(|h| *h != addr) {
@@ -184,7 +189,7 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
         let hint = inner.master.lock().expect("master").take();
         let sent = Instant::now();
         // The cell may have moved: a DNS name is looked up again.
-        let addrs = crate::client::resolve(&inner.given).await;
+        let addrs = crate::client::discovery::resolve(&inner.given).await;
         *inner.addrs.lock().expect("addrs") = addrs.clone();
         let open = OpenSession {
             resume_session: inner.id,

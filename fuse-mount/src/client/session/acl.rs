@@ -2,6 +2,7 @@
 //! undoing a change made meanwhile.
 
 use proto::chubby::{Handle, NodeAcl, NodeStat, SetAclRequest};
+use proto::Refusal;
 use tonic::Status;
 
 use super::Session;
@@ -56,7 +57,7 @@ impl Session {
             change(&mut acl);
             match self.set_acl(handle, acl.clone(), Some(stat.acl_generation)).await {
                 Ok(stat) => return Ok((acl, stat)),
-                Err(e) if e.reason() == Some("GenerationMismatch") && tries < 5 => tries += 1,
+                Err(e) if e.reason() == Some(Refusal::GenerationMismatch) && tries < 5 => tries += 1,
                 Err(e) => return Err(e),
             }
         }

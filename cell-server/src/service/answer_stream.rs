@@ -1,4 +1,4 @@
-//! Many requests in flight on one gRPC stream ([`Multiplexed`]): the server side of
+//! Many requests in flight on one gRPC stream ([`AnswerStream`]): the server side of
 //! `Cell.PutPipeline` and `Chubby.Calls`. Requests read from the stream run concurrently and
 //! each answer is sent as soon as it is ready, in any order (answers carry the request's id).
 //!
@@ -111,7 +111,7 @@ impl Counts {
 /// The answers of a stream of requests; see the module's comment. Ends when the client has
 /// closed its side and every request is answered, or after the first broken request message
 /// (once the requests begun are answered).
-pub struct Multiplexed<Req, Res, In = Streaming<Req>> {
+pub struct AnswerStream<Req, Res, In = Streaming<Req>> {
     answers: mpsc::UnboundedReceiver<Result<(Res, Load), Status>>,
     counts: Arc<Counts>,
     /// The driver, stopped with the stream if requests may be stopped.
@@ -119,7 +119,7 @@ pub struct Multiplexed<Req, Res, In = Streaming<Req>> {
     _types: PhantomData<fn(Req, In)>,
 }
 
-impl<Req, Res, In> Multiplexed<Req, Res, In>
+impl<Req, Res, In> AnswerStream<Req, Res, In>
 where
     Req: prost::Message + Send + 'static,
     Res: Send + 'static,
@@ -147,11 +147,11 @@ where
             answers: tx,
         };
         let task = tokio::spawn(driver.run());
-        Multiplexed { answers, counts, driver: stoppable.then(|| task.abort_handle()), _types: PhantomData }
+        AnswerStream { answers, counts, driver: stoppable.then(|| task.abort_handle()), _types: PhantomData }
     }
 }
 
-impl<Req, Res, In> Stream for Multiplexed<Req, Res, In> {
+impl<Req, Res, In> Stream for AnswerStream<Req, Res, In> {
     type Item = Result<Res, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -167,7 +167,7 @@ impl<Req, Res, In> Stream for Multiplexed<Req, Res, In> {
     }
 }
 
-impl<Req, Res, In> Drop for Multiplexed<Req, Res, In> {
+impl<Req, Res, In> Drop for AnswerStream<Req, Res, In> {
     /// The client is gone (the stream was reset or its connection closed): requests that may
     /// be stopped are, as a dropped connection's unary calls are; the others run to their end.
     fn drop(&mut self) {
@@ -316,7 +316,7 @@ mod tests {
 
     struct Harness {
         requests: mpsc::UnboundedSender<Result<PipelinedPut, Status>>,
-        answers: Multiplexed<PipelinedPut, PipelinedPutResult, Inbound>,
+        answers: AnswerStream<PipelinedPut, PipelinedPutResult, Inbound>,
         go: GoAheads,
         /// Ids of the requests that ran to their end.
         finished: mpsc::UnboundedReceiver<u64>,
@@ -346,7 +346,7 @@ mod tests {
             };
             let rules = Rules { id_of: |p: &PipelinedPut| p.id, abandons, waits: |_| false, max_busy: 2 };
             let failed = |id| PipelinedPutResult { id, code: 13, ..Default::default() };
-            let answers = Multiplexed::new(UnboundedReceiverStream::new(rx), start, rules, failed);
+            let answers = AnswerStream::new(UnboundedReceiverStream::new(rx), start, rules, failed);
             Harness { requests, answers, go, finished }
         }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::client::ClientError;
-use crate::session::{principal_of, InvalidationHook, Session, SessionOptions, SessionState};
+use crate::client::{principal_of, InvalidationHook, Session, SessionOptions, SessionState};
 
 pub struct MountedCell {
     pub name: String,

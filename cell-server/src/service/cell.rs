@@ -1,7 +1,7 @@
 //! The `chubby.cell.Cell` gRPC service. Every replica answers `Status` and stale reads itself;
 //! writes and linearizable reads need the leader, so other replicas answer
 //! `FAILED_PRECONDITION` with the leader's address in the [`proto::LEADER_METADATA`] key (or
-//! `UNAVAILABLE` while no leader is known). Node errors become gRPC statuses here, in one place.
+//! `UNAVAILABLE` while no leader is known), as `service::status` maps them.
 
 // gRPC's Status is the error of every call here; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
@@ -14,12 +14,13 @@ use std::sync::Arc;
 use proto::cell::cell_server::{Cell, CellServer};
 use proto::cell::*;
 use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
-use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::answer_stream::{AnswerStream, Rules};
+use super::status::{status_of, status_of_replica, status_of_state, Caller};
+use super::wire::header_safe;
 use crate::machine::CellMachine;
-use crate::master::Master;
-use crate::multiplex::{Multiplexed, Rules};
+use crate::master::{Master, MasterError};
 use crate::state::{validate_path, Op, Reply, StateError};
 
 /// The service of one replica.
@@ -51,26 +52,14 @@ impl CellService {
         CellServer::new(self)
     }
 
-    /// Maps a node error to the status a client acts on.
-    pub fn status_of(&self, e: NodeError) -> Status {
-        match e {
-            NodeError::NotLeader { leader } => match self.peers.get(&leader) {
-                Some(addr) if leader != 0 => {
-                    let mut s = Status::failed_precondition(format!(
-                        "not the leader; the leader is replica {leader} at {addr}"
-                    ));
-                    if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
-                        s.metadata_mut().insert(proto::LEADER_METADATA, v);
-                    }
-                    s
-                }
-                _ => Status::unavailable("no leader elected yet; retry shortly"),
-            },
-            NodeError::Dropped => Status::aborted("write lost to a leader change and not applied; retry"),
-            NodeError::Unknown => Status::unknown("leader changed; the write may or may not have been applied"),
-            NodeError::Stopped => Status::unavailable("replica is shutting down"),
-            NodeError::Raft(e) => Status::unavailable(e.to_string()),
-        }
+    /// The status an operator's client acts on for a master's error.
+    fn fail(&self, e: MasterError) -> Status {
+        status_of(&self.master, Caller::Cell, e)
+    }
+
+    /// The status for a Raft node's error on a read.
+    fn status_of(&self, e: NodeError) -> Status {
+        status_of_replica(&self.master, Caller::Cell, e)
     }
 }
 
@@ -91,9 +80,9 @@ impl CellService {
     async fn put_one(&self, req: PutRequest) -> Result<u64, Status> {
         let path = key_path(&req.key);
         if req.value.len() > crate::state::MAX_CONTENTS {
-            return Err(crate::chubby_service::status_of_state(StateError::TooLarge(req.value.len() as u64)));
+            return Err(status_of_state(StateError::TooLarge(req.value.len() as u64)));
         }
-        validate_path(&path, u32::MAX).map_err(crate::chubby_service::status_of_state)?;
+        validate_path(&path, u32::MAX).map_err(status_of_state)?;
         self.put_applied(path, req.value).await
     }
 
@@ -101,13 +90,11 @@ impl CellService {
         // Cached copies are invalidated first, as for a session's write; so only a serving
         // master takes the write (a follower redirects; during an election or while the
         // master takes office the call waits for it).
-        self.master.await_serving().await?;
-        let pending = self.master.begin_write(&path).await?;
-        let op = Op::AdminPut { path, contents: value };
-        match self.master.propose_guarded(None, op, &pending).await.map_err(|e| self.status_of(e))? {
-            Ok(Reply::Stat(stat)) => Ok(stat.modified_index),
-            Ok(other) => Err(Status::internal(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(crate::chubby_service::status_of_state(e)),
+        self.master.await_serving().await.map_err(|e| self.fail(e))?;
+        let op = Op::AdminPut { path: path.clone(), contents: value };
+        match self.master.write(None, &path, op, None).await.map_err(|e| self.fail(e))? {
+            (Reply::Stat(stat), _) => Ok(stat.modified_index),
+            (other, _) => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
 
@@ -203,13 +190,17 @@ impl Cell for CellService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        // Run to its end even if the client goes away: a put that waits for a master to take
+        // office is still made once one has.
         let this = self.clone();
-        let put = crate::chubby_service::to_the_end(async move { this.put_one(req.into_inner()).await });
+        let put = tokio::spawn(async move { this.put_one(req.into_inner()).await })
+            .await
+            .unwrap_or_else(|e| Err(Status::internal(format!("the write's task failed: {e}"))));
         // The refusal may name the key, which may hold '%' (see `wire::header_safe`).
-        put.await.map(|revision| Response::new(PutResponse { revision })).map_err(crate::wire::header_safe)
+        put.map(|revision| Response::new(PutResponse { revision })).map_err(header_safe)
     }
 
-    type PutPipelineStream = Multiplexed<PipelinedPut, PipelinedPutResult>;
+    type PutPipelineStream = AnswerStream<PipelinedPut, PipelinedPutResult>;
 
     async fn put_pipeline(
         &self,
@@ -225,7 +216,7 @@ impl Cell for CellService {
             message: "the put's task failed; it may or may not have been applied".into(),
             ..Default::default()
         };
-        Ok(Response::new(Multiplexed::new(
+        Ok(Response::new(AnswerStream::new(
             req.into_inner(),
             start,
             Rules { id_of: |p: &PipelinedPut| p.id, abandons: None, waits: |_| false, max_busy: PIPELINE_DEPTH },

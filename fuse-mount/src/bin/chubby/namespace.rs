@@ -5,8 +5,8 @@ use std::io::Write;
 
 use bytes::Bytes;
 use fuse_mount::client::ClientError;
+use fuse_mount::client::{principal_list, OpenOptions, Session, SessionState};
 use fuse_mount::proto::chubby::{event, NodeAcl, NodeStat};
-use fuse_mount::session::{principal_list, OpenOptions, Session, SessionState};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -267,7 +267,7 @@ pub async fn watch(s: &Session, path: &str, json: bool) -> Result<(), ClientErro
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = state.changed() => {
-                if *state.borrow() == fuse_mount::session::SessionState::Lost {
+                if *state.borrow() == fuse_mount::client::SessionState::Lost {
                     return Err(ClientError::SessionLost(s.id()));
                 }
                 continue;

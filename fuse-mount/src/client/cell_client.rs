@@ -13,104 +13,9 @@ use proto::cell::*;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
-use crate::multiplex::{Lost, Multiplexer};
-
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("no replica address given (use --cell ADDR[,ADDR…] or CHUBBY_CELL)")]
-    NoAddress,
-    #[error("bad replica address {0:?}")]
-    BadAddress(String),
-    #[error("cell file {0}")]
-    CellFile(String),
-    /// The deadline passed without any replica answering definitively.
-    #[error("no answer from the cell within {timeout:?} (last problem: {last})")]
-    Timeout { timeout: Duration, last: String },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// The session expired at the master or could not reach one within its grace period.
-    #[error("session {0} lost: its locks and handles are gone")]
-    SessionLost(u64),
-    /// The cell answered with an error that retrying will not fix.
-    #[error("{}", .0.message())]
-    Rpc(Box<Status>),
-}
-
-impl ClientError {
-    /// The cell's reason for a refusal (its `chubby-error` metadata), if it gave one.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            ClientError::Rpc(s) => s.metadata().get(crate::session::ERROR_METADATA).and_then(|v| v.to_str().ok()),
-            _ => None,
-        }
-    }
-}
-
-/// Splits a cell argument: `ADDR,ADDR,…`, optionally prefixed with the cell's name
-/// (`local=ADDR,…`, as `chubby-mount` takes it); or `@FILE`, a file with the same list
-/// (separated by commas, blanks or new lines; `#` starts a comment). An address is
-/// `HOST:PORT`; a host name that resolves to several addresses names several replicas
-/// (see [`resolve`]).
-pub fn parse_cell(s: &str) -> Result<Vec<String>, ClientError> {
-    if let Some(file) = s.strip_prefix('@') {
-        let text = std::fs::read_to_string(file).map_err(|e| ClientError::CellFile(format!("{file}: {e}")))?;
-        let list: Vec<&str> = text
-            .lines()
-            .map(|l| l.split_once('#').map_or(l, |(before, _)| before))
-            .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))
-            .filter(|a| !a.is_empty())
-            .collect();
-        if list.is_empty() {
-            return Err(ClientError::CellFile(format!("{file}: no replica address in it")));
-        }
-        return parse_cell(&list.join(","));
-    }
-    let s = s.split_once('=').map_or(s, |(_, rest)| rest);
-    let addrs: Vec<String> = s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
-    if addrs.is_empty() {
-        return Err(ClientError::NoAddress);
-    }
-    for a in &addrs {
-        if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(ClientError::BadAddress(a.clone()));
-        }
-    }
-    Ok(addrs)
-}
-
-/// Expands host names into every address DNS gives for them (a cell may be published as one
-/// name with an address per replica, as Chubby cells were), keeping the order and dropping
-/// repeats. A name that does not resolve now is kept as it is: the connection attempt will
-/// report it, and the next resolution may succeed.
-pub async fn resolve(addrs: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for a in addrs {
-        if a.parse::<std::net::SocketAddr>().is_ok() {
-            if !out.contains(a) {
-                out.push(a.clone());
-            }
-            continue;
-        }
-        match tokio::net::lookup_host(a.as_str()).await {
-            Ok(found) => {
-                for sa in found {
-                    let s = sa.to_string();
-                    if !out.contains(&s) {
-                        out.push(s);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::debug!(addr = %a, error = %e, "could not resolve");
-                if !out.contains(a) {
-                    out.push(a.clone());
-                }
-            }
-        }
-    }
-    out
-}
+use super::call_mux::{CallMux, Lost};
+use super::discovery::resolve;
+use super::ClientError;
 
 /// A connection to a cell; see the module documentation.
 pub struct CellClient {
@@ -213,7 +118,7 @@ impl CellClient {
                     tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
                     // Short: replicas hold calls during an election, so this only spans the
                     // moments before they notice a dead leader.
-                    backoff = (backoff * 2).min(crate::session::MAX_BACKOFF);
+                    backoff = (backoff * 2).min(super::session::MAX_BACKOFF);
                 }
             }
         }
@@ -281,7 +186,7 @@ impl CellClient {
 /// put at a replica that does not lead fails with `FAILED_PRECONDITION` carrying the leader's
 /// address in [`proto::LEADER_METADATA`], as a unary call's does, and the caller opens a
 /// pipeline there.
-pub struct PutPipeline(Multiplexer<PipelinedPut, PipelinedPutResult>);
+pub struct PutPipeline(CallMux<PipelinedPut, PipelinedPutResult>);
 
 impl PutPipeline {
     /// Opens the stream on `channel` (a connection to the replica).
@@ -292,7 +197,7 @@ impl PutPipeline {
             .await
             .map_err(|s| ClientError::Rpc(Box::new(s)))?
             .into_inner();
-        Ok(PutPipeline(Multiplexer::new(requests, answers, None)))
+        Ok(PutPipeline(CallMux::new(requests, answers, None)))
     }
 
     /// Writes `value` under `key`; returns the write's revision (its log index).
@@ -310,8 +215,7 @@ impl PutPipeline {
             return Ok(answer.revision);
         }
         let mut status = Status::new(Code::from_i32(answer.code), answer.message);
-        for (key, value) in [(proto::LEADER_METADATA, &answer.leader), (crate::session::ERROR_METADATA, &answer.reason)]
-        {
+        for (key, value) in [(proto::LEADER_METADATA, &answer.leader), (proto::ERROR_METADATA, &answer.reason)] {
             if let (false, Ok(v)) = (value.is_empty(), tonic::metadata::MetadataValue::try_from(value.as_str())) {
                 status.metadata_mut().insert(key, v);
             }
@@ -344,39 +248,4 @@ async fn ask_status(addrs: Vec<String>, timeout: Duration) -> Vec<(String, Resul
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cell_argument_forms() {
-        assert_eq!(parse_cell("127.0.0.1:7001, 127.0.0.1:7002").unwrap(), vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
-        assert_eq!(parse_cell("local=h:1,h:2").unwrap(), vec!["h:1", "h:2"]);
-        assert!(matches!(parse_cell(""), Err(ClientError::NoAddress)));
-        assert!(matches!(parse_cell("nohost"), Err(ClientError::BadAddress(_))));
-    }
-
-    #[test]
-    fn a_cell_file_lists_the_replicas() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("cell");
-        std::fs::write(&f, "# the local cell\n127.0.0.1:7001, 127.0.0.1:7002\n\n127.0.0.1:7003  # third\n").unwrap();
-        let arg = format!("@{}", f.display());
-        assert_eq!(parse_cell(&arg).unwrap(), vec!["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]);
-        std::fs::write(&f, "# nothing\n").unwrap();
-        assert!(matches!(parse_cell(&arg), Err(ClientError::CellFile(_))));
-        assert!(matches!(parse_cell("@/nonexistent/cell"), Err(ClientError::CellFile(_))));
-    }
-
-    #[tokio::test]
-    async fn host_names_expand_to_every_address() {
-        let got = resolve(&["localhost:7001".into(), "127.0.0.1:7002".into(), "127.0.0.1:7002".into()]).await;
-        assert!(got.contains(&"127.0.0.1:7001".to_string()), "{got:?}");
-        assert_eq!(got.iter().filter(|a| *a == "127.0.0.1:7002").count(), 1, "repeats dropped: {got:?}");
-        assert!(got.iter().all(|a| a.parse::<std::net::SocketAddr>().is_ok()), "{got:?}");
-        let kept = resolve(&["no-such-host.invalid:7001".into()]).await;
-        assert_eq!(kept, vec!["no-such-host.invalid:7001"]);
-    }
 }

@@ -1,4 +1,4 @@
-//! `Chubby.Calls`: a session's unary calls multiplexed on one stream ([`Multiplexed`]). Each
+//! `Chubby.Calls`: a session's unary calls multiplexed on one stream ([`AnswerStream`]). Each
 //! call goes to the same handler as its unary form, with its epoch as that call's
 //! `chubby-epoch` metadata, so it is checked and answered exactly alike; its answer or refusal
 //! (code, message, metadata) goes back with its id.
@@ -13,11 +13,11 @@ use proto::chubby::chubby_server::Chubby;
 use proto::chubby::{call, call_result, Call, CallResult};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::chubby_service::ChubbyService;
-use crate::multiplex::{Multiplexed, Rules};
+use crate::service::answer_stream::{AnswerStream, Rules};
+use crate::service::chubby::ChubbyService;
 
 /// The answers of a `Calls` stream.
-pub type CallAnswers = Multiplexed<Call, CallResult>;
+pub type CallAnswers = AnswerStream<Call, CallResult>;
 
 pub fn serve(service: ChubbyService, inbound: Streaming<Call>) -> CallAnswers {
     let start = move |c: Call| -> Pin<Box<dyn Future<Output = CallResult> + Send>> {
@@ -34,7 +34,7 @@ pub fn serve(service: ChubbyService, inbound: Streaming<Call>) -> CallAnswers {
         waits: |c: &Call| matches!(c.kind, Some(call::Kind::Acquire(_))),
         max_busy: MAX_BUSY,
     };
-    Multiplexed::new(inbound, start, rules, failed)
+    AnswerStream::new(inbound, start, rules, failed)
 }
 
 /// Calls of one stream that do not wait for a lock, in flight at once, at most.

@@ -1,0 +1,179 @@
+//! A write's protocol at the master (Chubby §2.5): every session that may cache the node is
+//! sent an invalidation and acks it (or loses its lease) before the write is proposed; the node
+//! stays uncacheable until the write's entry is applied or known lost; then a write-through
+//! writer is counted among the node's cachers. A read whose answer may be cached registers its
+//! session as a cacher before it reads, so a write that begins meanwhile invalidates it.
+
+use std::sync::Arc;
+
+use raft::NodeError;
+
+use super::{full_path, Inner, Master, MasterError};
+use crate::machine::CellMachine;
+use crate::state::{CellState, Command, Op, Outcome, Reply, RequestId, SessionId, Stat, StateError};
+
+const CHANGED_WHILE_INVALIDATING: &str = "the master changed while invalidating caches; retry";
+
+impl Master {
+    /// Runs a write to `path` to its end, even if its caller goes away (a dropped handler would
+    /// end the node's uncacheable mark before the entry's fate is known, and a read in between
+    /// could be cached and outlive the write uninvalidated). Returns the state machine's answer
+    /// and whether the writer may cache what it wrote: only a `write_through` writer, of a
+    /// permanent node that still holds its write.
+    pub async fn write(
+        self: &Arc<Self>,
+        request: Option<RequestId>,
+        path: &str,
+        op: Op,
+        write_through: Option<SessionId>,
+    ) -> Result<(Reply, bool), MasterError> {
+        let (m, path) = (self.clone(), path.to_string());
+        let write = async move {
+            let guard = m.begin_write(&path, write_through).await?;
+            let reply = m.propose_guarded(request, op, &guard).await??;
+            drop(guard);
+            let cacheable = match (&reply, write_through) {
+                (Reply::Stat(s), Some(writer)) if !s.ephemeral => m.cache_written(writer, &path, s).await,
+                _ => false,
+            };
+            Ok((reply, cacheable))
+        };
+        tokio::spawn(write).await.unwrap_or_else(|e| Err(MasterError::TaskFailed(e.to_string())))
+    }
+
+    /// A linearizable read whose answer `session` may cache if `cacheable` says its node may be
+    /// cached at all and no write began while it ran.
+    pub async fn cached_read<R: Send + 'static>(
+        &self,
+        session: SessionId,
+        path: &str,
+        read: impl FnOnce(&CellState) -> Result<R, StateError> + Send + 'static,
+        cacheable: impl FnOnce(&R) -> bool,
+    ) -> Result<(R, bool), MasterError> {
+        let token = self.register_cacher(session, path);
+        let r = self.read(read).await;
+        let cacheable = self.settle_cacher(session, path, token, &r, cacheable);
+        Ok((r?, cacheable))
+    }
+
+    /// After a write-through write (its pending mark gone): counts the writer among the
+    /// node's cachers if the node still holds what it wrote. Registering first and then
+    /// looking at the state (this master's applied state holds every write answered before)
+    /// covers both sides: a write that began before the registration is still pending (no
+    /// registration) or already visible in the state (a later modified index); one that begins
+    /// after it invalidates the writer like any cacher.
+    async fn cache_written(&self, session: SessionId, path: &str, written: &Stat) -> bool {
+        let token = self.register_cacher(session, path);
+        let p = path.to_string();
+        let now = self
+            .node
+            .stale_read(move |m: &CellMachine| m.state().node(&p).map(|n| (n.stat.instance, n.stat.modified_index)))
+            .await
+            .map_err(MasterError::from);
+        // The last change to contents or ACL is still this write (a SetAcl moves the index on
+        // but not the content generation).
+        let same = |n: &Option<(u64, u64)>| *n == Some((written.instance, written.modified_index));
+        self.settle_cacher(session, path, token, &now, same)
+    }
+
+    fn register_cacher(&self, session: SessionId, path: &str) -> Option<u64> {
+        let mut g = self.lock();
+        let g = &mut *g;
+        let cell = &g.cell_name;
+        g.cache.register(session, path, |p| full_path(cell, p), g.streams.get(&session))
+    }
+
+    /// After a read registered with `token`: whether its answer may be cached (the read
+    /// succeeded, `cacheable` says its node may be cached at all, and no write took the
+    /// registration away while it ran). A successful read of a node that may not be cached
+    /// (an ephemeral one) withdraws the registration, so writes to it do not wait on this
+    /// session. A failed read keeps it: the session may still cache the node from before.
+    fn settle_cacher<T>(
+        &self,
+        session: SessionId,
+        path: &str,
+        token: Option<u64>,
+        read: &Result<T, MasterError>,
+        cacheable: impl FnOnce(&T) -> bool,
+    ) -> bool {
+        let (Some(token), Ok(answer)) = (token, read) else { return false };
+        let mut g = self.lock();
+        if cacheable(answer) {
+            g.cache.still(session, path, token)
+        } else {
+            g.cache.unregister(session, path, token);
+            false
+        }
+    }
+
+    /// Chubby's cache invalidation before a write to `path` commits: every session that may
+    /// cache it is sent an invalidation and the write waits for its ack or the end of its
+    /// lease (a session that lets its lease run out without acking is expired, so a cache
+    /// that missed the invalidation can no longer be trusted by its client). The node is
+    /// uncacheable until the returned guard drops.
+    /// A `writer` session that dropped its own copy of the node (write-through) needs no
+    /// invalidation.
+    async fn begin_write(self: &Arc<Self>, path: &str, writer: Option<SessionId>) -> Result<WriteGuard, MasterError> {
+        let (epoch, waits) = {
+            let mut g = self.lock();
+            let epoch = g.epoch.ok_or(MasterError::OfficeEnded("master stopped serving; retry"))?;
+            let Inner { cache, streams, leases, unflushed, cell_name, .. } = &mut *g;
+            (epoch, cache.begin_write(path, &full_path(cell_name, path), writer, unflushed, streams, leases))
+        };
+        let guard = WriteGuard { master: self.clone(), path: path.to_string(), epoch };
+        for (session, id, deadline, rx) in waits {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(())) => {}
+                // The channel closed: the session ended (it needs no ack), or this master left
+                // office (its invalidations are void; the write must start over).
+                Ok(Err(_)) => {
+                    if self.lock().epoch != Some(epoch) {
+                        return Err(MasterError::OfficeEnded(CHANGED_WHILE_INVALIDATING));
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(session, path, "no invalidation ack within the session's lease: expiring it");
+                    self.lock().cache.give_up(id);
+                    self.propose_expiry(session, epoch).await;
+                }
+            }
+        }
+        if self.lock().epoch != Some(epoch) {
+            return Err(MasterError::OfficeEnded(CHANGED_WHILE_INVALIDATING));
+        }
+        Ok(guard)
+    }
+
+    /// Proposes a write whose caches `guard` invalidated: only in the term that did so (a new
+    /// term's master has sessions of its own to invalidate first).
+    async fn propose_guarded(
+        &self,
+        request: Option<RequestId>,
+        op: Op,
+        guard: &WriteGuard,
+    ) -> Result<Outcome, NodeError> {
+        match self.stamp() {
+            Some((now_ms, epoch)) if epoch == guard.epoch => {
+                self.propose_at(Command { now_ms, request, op }, epoch).await
+            }
+            _ => Err(NodeError::Dropped),
+        }
+    }
+}
+
+/// Ends a pending write's "uncacheable" mark (if the master is still in the term that set it).
+struct WriteGuard {
+    master: Arc<Master>,
+    path: String,
+    epoch: u64,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        let mut g = self.master.lock();
+        if g.epoch == Some(self.epoch) {
+            g.cache.end_write(&self.path);
+        }
+    }
+}

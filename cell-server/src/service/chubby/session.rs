@@ -1,0 +1,58 @@
+//! The session stream (Chubby §2.8): a client opens or resumes its sessions on it, sends their
+//! KeepAlives and acks invalidations; the master answers with lease grants, events and
+//! invalidations, and ends the stream with the error that ended it.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use proto::chubby::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Status, Streaming};
+
+use super::ChubbyService;
+use crate::master::MasterError;
+
+pub type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
+
+impl ChubbyService {
+    pub(super) async fn serve_session(&self, mut inbound: Streaming<SessionRequest>) -> Result<SessionStream, Status> {
+        self.master.await_serving().await.map_err(|e| self.fail(e))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let master = self.master.clone();
+        tokio::spawn(async move {
+            let mut mine = HashSet::new();
+            while let Ok(Some(msg)) = inbound.message().await {
+                let reply = match msg.kind {
+                    // The master sends the grant itself (and a failover event after it).
+                    Some(session_request::Kind::Open(o)) => match master.open_session(o, &tx).await {
+                        Ok(grant) => {
+                            mine.insert(grant.session);
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Some(session_request::Kind::KeepAlive(k))
+                        if mine.contains(&k.session) && k.more_sessions.iter().all(|s| mine.contains(s)) =>
+                    {
+                        master.keep_alive(k.session, &k.more_sessions, &tx)
+                    }
+                    Some(session_request::Kind::KeepAlive(k)) => Err(MasterError::NotOpenedHere(k.session)),
+                    Some(session_request::Kind::InvalidationAck(a)) => {
+                        master.ack_invalidation(a.invalidation_id, &mine);
+                        continue;
+                    }
+                    None => continue,
+                };
+                let msg = reply.map(|g| SessionResponse { kind: Some(session_response::Kind::Lease(g)) });
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            master.detach(&mine, &tx);
+        });
+        let this = self.clone();
+        Ok(Box::pin(ReceiverStream::new(rx).map(move |msg| msg.map_err(|e| this.fail(e)))))
+    }
+}
