@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use raft::{DiskOptions, FsyncPolicy, NodeId, NodeOptions};
+use raft::{DiskOptions, FsyncPolicy, ReplicaId, ReplicaOptions};
 use serde::Deserialize;
 
 /// Flags of one replica (all optional here: a `--config` file may supply them).
@@ -32,7 +32,7 @@ pub struct ReplicaArgs {
     pub config: Option<PathBuf>,
     /// This replica's id (one of the ids in --peers).
     #[arg(long)]
-    pub id: Option<NodeId>,
+    pub id: Option<ReplicaId>,
     /// Address to serve peers and clients on (default: this replica's address in --peers).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
@@ -89,7 +89,7 @@ pub struct ReplicaArgs {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    id: Option<NodeId>,
+    id: Option<ReplicaId>,
     listen: Option<String>,
     peers: Option<String>,
     peer_via: Option<String>,
@@ -108,13 +108,13 @@ struct FileConfig {
 /// A replica's complete, checked settings.
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
-    pub id: NodeId,
+    pub id: ReplicaId,
     pub listen: String,
     /// Where clients reach each replica (and, unless `peer_via` says otherwise, where this
     /// replica dials it).
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<ReplicaId, String>,
     /// Peers this replica dials at another address.
-    pub peer_via: BTreeMap<NodeId, String>,
+    pub peer_via: BTreeMap<ReplicaId, String>,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub cell_name: String,
@@ -129,11 +129,11 @@ pub struct ReplicaConfig {
 }
 
 /// Parses `1=host:port,2=host:port`.
-pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, String> {
+pub fn parse_peers(s: &str) -> Result<BTreeMap<ReplicaId, String>, String> {
     let mut peers = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part.split_once('=').ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
-        let id: NodeId = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+        let id: ReplicaId = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
         if id == 0 {
             return Err("peer ids start at 1".into());
         }
@@ -204,7 +204,7 @@ impl ReplicaConfig {
             return Err(format!("io_threads {io_threads} must be between 1 and 1024"));
         }
         let wal_segment_kib =
-            args.wal_segment_kib.or(file.wal_segment_kib).unwrap_or(raft::wal::DEFAULT_SEGMENT_SIZE >> 10);
+            args.wal_segment_kib.or(file.wal_segment_kib).unwrap_or(raft::storage::wal::DEFAULT_SEGMENT_SIZE >> 10);
         if !(4..=(4 << 20)).contains(&wal_segment_kib) {
             return Err(format!("wal_segment_kib {wal_segment_kib} must be between 4 and 4194304 (4 GiB)"));
         }
@@ -227,8 +227,8 @@ impl ReplicaConfig {
         })
     }
 
-    pub fn node_options(&self) -> NodeOptions {
-        NodeOptions {
+    pub fn node_options(&self) -> ReplicaOptions {
+        ReplicaOptions {
             id: self.id,
             peers: self.peers.iter().map(|(id, a)| (*id, self.peer_via.get(id).unwrap_or(a).clone())).collect(),
             data_dir: self.data_dir.clone(),

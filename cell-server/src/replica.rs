@@ -1,9 +1,9 @@
-//! One replica process: the Raft [`Node`] with the cell's state machine, its master, a gRPC
+//! One replica process: the Raft [`Replica`] with the cell's state machine, its master, a gRPC
 //! server with the peer, cell and Chubby services, and shutdown on SIGTERM/SIGINT that hands leadership over first.
 
 use std::time::Duration;
 
-use raft::{Node, NodeHandle, Role};
+use raft::{Replica, ReplicaHandle, Role};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -23,7 +23,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let (effects_tx, effects_rx) = crate::machine::effect_channel();
     let machine = CellMachine::new(Some(effects_tx));
-    let node = Node::start(cfg.node_options(), machine, tokio::runtime::Handle::current())
+    let node = Replica::start(cfg.node_options(), machine, tokio::runtime::Handle::current())
         .map_err(|e| anyhow::anyhow!("replica {} cannot start: {e}", cfg.id))?;
     let handle = node.handle();
     let master = Master::start(
@@ -82,7 +82,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
 
 /// If this replica leads, hands leadership to the most caught-up follower and waits (at most
 /// about a second) until it has, so clients see a quick handover instead of an election timeout.
-pub async fn step_down(node: &NodeHandle<CellMachine>) {
+pub async fn step_down(node: &ReplicaHandle<CellMachine>) {
     let Ok(st) = node.status().await else { return };
     if st.raft.role != Role::Leader {
         return;

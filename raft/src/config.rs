@@ -1,13 +1,13 @@
 //! Settings of one Raft node.
 
 use crate::error::Error;
-use crate::types::{Index, NodeId};
+use crate::types::{Index, ReplicaId};
 
 /// Settings of one node. Timeouts are in ticks: the application decides how long a tick is.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This node's id, non-zero and unique in the group.
-    pub id: NodeId,
+    pub id: ReplicaId,
     /// A follower that hears nothing for a randomized time in
     /// `[election_tick, 2 * election_tick)` campaigns (§5.2).
     pub election_tick: u64,
@@ -31,7 +31,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults that suit a replica ticking every 10 ms: election after 100–200 ms of silence.
-    pub fn new(id: NodeId) -> Config {
+    pub fn new(id: ReplicaId) -> Config {
         Config {
             id,
             election_tick: 10,

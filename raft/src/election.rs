@@ -4,7 +4,7 @@ use crate::error::Error;
 use crate::quorum::VoteResult;
 use crate::raft::{Raft, Role};
 use crate::storage::Storage;
-use crate::types::{Message, MessageBody, NodeId};
+use crate::types::{Message, MessageBody, ReplicaId};
 
 impl<S: Storage> Raft<S> {
     /// Starts an election now. `transfer` skips pre-vote and overrides the voters' leader
@@ -36,7 +36,7 @@ impl<S: Storage> Raft<S> {
             return;
         }
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self.prs.voters.iter().copied().filter(|&id| id != self.id).collect();
+        let voters: Vec<ReplicaId> = self.prs.voters.iter().copied().filter(|&id| id != self.id).collect();
         tracing::debug!(replica = self.id, term, pre_vote, "campaigning");
         for to in voters {
             let body = MessageBody::RequestVote { pre_vote, last_log_index, last_log_term, leader_transfer: transfer };
@@ -45,7 +45,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Counts an answer to our (pre-)vote request.
-    pub(crate) fn poll(&mut self, from: NodeId, granted: bool) {
+    pub(crate) fn poll(&mut self, from: ReplicaId, granted: bool) {
         self.prs.record_vote(from, granted);
         match self.prs.vote_result() {
             VoteResult::Won => {
@@ -84,7 +84,7 @@ impl<S: Storage> Raft<S> {
 
     /// Hands leadership to `to`: bring it up to date, then tell it to campaign at once.
     /// Proposals are refused until the transfer ends (it is abandoned after an election timeout).
-    pub(crate) fn transfer_leader(&mut self, to: NodeId) -> Result<(), Error> {
+    pub(crate) fn transfer_leader(&mut self, to: ReplicaId) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Err(Error::NotLeader { leader: self.leader_id });
         }

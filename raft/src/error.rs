@@ -1,16 +1,16 @@
 //! Errors of the core and of [`crate::Storage`].
 
-use crate::types::{Index, NodeId};
+use crate::types::{Index, ReplicaId};
 
 /// Why the core refused a request. None of these change any state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// Only the leader accepts proposals; `leader` is the last known leader, or 0.
     #[error("not the leader (leader hint: {leader})")]
-    NotLeader { leader: NodeId },
+    NotLeader { leader: ReplicaId },
     /// The leader is handing leadership over and takes no proposals meanwhile (thesis §3.10).
     #[error("leadership transfer to {to} in progress")]
-    TransferInProgress { to: NodeId },
+    TransferInProgress { to: ReplicaId },
     /// A previous membership change has not been applied yet.
     #[error("a membership change is already pending (entry {pending})")]
     ConfChangePending { pending: Index },

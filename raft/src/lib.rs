@@ -11,12 +11,17 @@
 //!   messages to send, committed entries to apply and read states; after persisting them the
 //!   application calls [`RawNode::advance`].
 //!
-//! The log lives behind the [`Storage`] trait (the crate ships [`MemStorage`] for tests and
-//! simulation, and [`DiskStorage`]: a segmented write-ahead log ([`wal`]) plus snapshot files
-//! ([`snapshot_store`])).
+//! The core is the files at this level: `raft.rs` steps messages, `election.rs`,
+//! `replication.rs`, `read_only.rs` (ReadIndex) and `confchange.rs` hold its rules,
+//! `raft_log.rs`/`unstable.rs` its log, `tracker.rs`/`progress.rs`/`inflights.rs` its view of
+//! each peer, `quorum.rs` majorities, `raw_node.rs` the [`Ready`] interface.
 //!
-//! The I/O shell around the core: [`Node`] runs a replica (core + disk + gRPC [`transport`] +
-//! the application's [`StateMachine`]) on its own thread, with group commit.
+//! The I/O shell around it, in folders:
+//! - [`storage`]: the [`Storage`] trait the core reads the log from, [`MemStorage`] for tests
+//!   and simulation, and [`DiskStorage`]: a segmented write-ahead log plus snapshot files;
+//! - [`transport`]: messages between replicas over TCP, and snapshot transfers;
+//! - [`replica`]: [`Replica`] runs one replica (core + disk + transport + the application's
+//!   [`StateMachine`]) on its own thread, with group commit.
 //!
 //! [`transcript`] runs text transcripts (command, `----`, expected output) for scenario tests.
 //!
@@ -28,39 +33,37 @@
 
 mod confchange;
 mod config;
-pub mod disk_storage;
-pub mod diskio;
 mod election;
 mod error;
 mod inflights;
-pub mod node;
 mod progress;
 mod quorum;
 mod raft;
 mod raft_log;
 mod raw_node;
 mod read_only;
+pub mod replica;
 mod replication;
 mod rng;
-pub mod snapshot_store;
-mod storage;
+pub mod storage;
 mod tracker;
 pub mod transcript;
 pub mod transport;
 mod types;
 mod unstable;
-pub mod wal;
 
 pub use config::Config;
-pub use disk_storage::{DiskOptions, DiskStorage, FsyncPolicy};
 pub use error::{Error, StorageError};
-pub use node::{Leadership, Node, NodeError, NodeHandle, NodeOptions, NodeStatus, SnapshotEncoder, StateMachine};
 pub use progress::{Progress, ProgressState};
 pub use raft::{Role, SoftState};
 pub use raw_node::{RawNode, Ready, Status};
 pub use read_only::ReadState;
+pub use replica::{
+    Leadership, Replica, ReplicaError, ReplicaHandle, ReplicaOptions, ReplicaStatus, SnapshotEncoder, StateMachine,
+};
+pub use storage::disk::{DiskOptions, DiskStorage, FsyncPolicy};
 pub use storage::{bootstrap_log, MemStorage, Storage};
 pub use types::{
-    ConfChange, ConfState, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, Snapshot, SnapshotMeta,
+    ConfChange, ConfState, Entry, EntryKind, HardState, Index, Message, MessageBody, ReplicaId, Snapshot, SnapshotMeta,
     Term,
 };

@@ -12,7 +12,7 @@ use crate::read_only::{ReadOnly, ReadState};
 use crate::rng::Rng;
 use crate::storage::Storage;
 use crate::tracker::ProgressTracker;
-use crate::types::{Entry, EntryKind, Index, Message, MessageBody, NodeId, Term};
+use crate::types::{Entry, EntryKind, Index, Message, MessageBody, ReplicaId, Term};
 
 /// A node's role (§5.1, plus the pre-vote phase of thesis §9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum Role {
 /// Volatile state worth reporting to the application when it changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SoftState {
-    pub leader_id: NodeId,
+    pub leader_id: ReplicaId,
     pub role: Role,
 }
 
@@ -34,11 +34,11 @@ pub struct SoftState {
 const MAX_COMMITTED_SIZE_PER_READY: usize = 64 << 20;
 
 pub(crate) struct Raft<S> {
-    pub(crate) id: NodeId,
+    pub(crate) id: ReplicaId,
     pub(crate) term: Term,
-    pub(crate) vote: NodeId,
+    pub(crate) vote: ReplicaId,
     pub(crate) role: Role,
-    pub(crate) leader_id: NodeId,
+    pub(crate) leader_id: ReplicaId,
     pub(crate) log: RaftLog<S>,
     pub(crate) prs: ProgressTracker,
     pub(crate) confs: ConfigHistory,
@@ -50,7 +50,7 @@ pub(crate) struct Raft<S> {
     pub(crate) read_states: Vec<ReadState>,
     pub(crate) read_only: ReadOnly,
     /// ReadIndex requests that arrived before the leader committed an entry of its term.
-    pub(crate) pending_read_index: Vec<(NodeId, Bytes)>,
+    pub(crate) pending_read_index: Vec<(ReplicaId, Bytes)>,
     pub(crate) election_elapsed: u64,
     pub(crate) heartbeat_elapsed: u64,
     pub(crate) randomized_election_timeout: u64,
@@ -60,7 +60,7 @@ pub(crate) struct Raft<S> {
     pub(crate) pre_vote: bool,
     pub(crate) check_quorum: bool,
     /// The node leadership is being handed to, or 0.
-    pub(crate) lead_transferee: NodeId,
+    pub(crate) lead_transferee: ReplicaId,
     /// The leader appended entries (or learned of a commit) and owes followers an
     /// AppendEntries; sent once per Ready so many proposals share one message.
     pub(crate) pending_bcast: bool,
@@ -120,7 +120,7 @@ impl<S: Storage> Raft<S> {
     /// Queues a message. A leader's messages may go out before its own Ready is persisted (its
     /// term is already on disk and it counts itself for commitment only once persisted); all
     /// others wait until the Ready is persisted.
-    pub(crate) fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
+    pub(crate) fn send(&mut self, to: ReplicaId, term: Term, body: MessageBody) {
         let m = Message { from: self.id, to, term, body };
         if self.role == Role::Leader {
             self.msgs.push(m);
@@ -148,7 +148,7 @@ impl<S: Storage> Raft<S> {
         self.pending_bcast = false;
     }
 
-    pub(crate) fn become_follower(&mut self, term: Term, leader_id: NodeId) {
+    pub(crate) fn become_follower(&mut self, term: Term, leader_id: ReplicaId) {
         self.reset(term);
         self.leader_id = leader_id;
         self.role = Role::Follower;

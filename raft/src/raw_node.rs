@@ -11,7 +11,7 @@ use crate::progress::Progress;
 use crate::raft::{Raft, Role, SoftState};
 use crate::read_only::ReadState;
 use crate::storage::Storage;
-use crate::types::{ConfChange, ConfState, Entry, HardState, Index, Message, NodeId, Snapshot, Term};
+use crate::types::{ConfChange, ConfState, Entry, HardState, Index, Message, ReplicaId, Snapshot, Term};
 
 /// Everything the application must do after the core changed. In this order:
 ///
@@ -38,19 +38,19 @@ pub struct Ready {
 /// A snapshot of the node's state for `status` commands and tests.
 #[derive(Clone, Debug)]
 pub struct Status {
-    pub id: NodeId,
+    pub id: ReplicaId,
     pub term: Term,
-    pub vote: NodeId,
+    pub vote: ReplicaId,
     pub role: Role,
-    pub leader_id: NodeId,
+    pub leader_id: ReplicaId,
     pub commit: Index,
     pub applied: Index,
     pub last_index: Index,
     pub persisted: Index,
     pub conf_state: ConfState,
     /// The leader's view of every member; empty on other nodes.
-    pub progress: BTreeMap<NodeId, Progress>,
-    pub lead_transferee: NodeId,
+    pub progress: BTreeMap<ReplicaId, Progress>,
+    pub lead_transferee: ReplicaId,
 }
 
 /// A Raft node driven by the application. See the crate documentation.
@@ -103,17 +103,17 @@ impl<S: Storage> RawNode<S> {
     }
 
     /// Hands leadership to `to` (the leader only).
-    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), Error> {
+    pub fn transfer_leader(&mut self, to: ReplicaId) -> Result<(), Error> {
         self.raft.transfer_leader(to)
     }
 
     /// The transport reports the outcome of sending a snapshot to `to`.
-    pub fn report_snapshot(&mut self, to: NodeId, success: bool) {
+    pub fn report_snapshot(&mut self, to: ReplicaId, success: bool) {
         self.raft.report_snapshot(to, success);
     }
 
     /// The transport could not deliver to `to`.
-    pub fn report_unreachable(&mut self, to: NodeId) {
+    pub fn report_unreachable(&mut self, to: ReplicaId) {
         self.raft.report_unreachable(to);
     }
 
@@ -238,7 +238,7 @@ impl<S: Storage> RawNode<S> {
         self.raft.log.committed
     }
 
-    pub fn leader_id(&self) -> NodeId {
+    pub fn leader_id(&self) -> ReplicaId {
         self.raft.leader_id
     }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::raft::{Raft, Role};
 use crate::storage::Storage;
-use crate::types::{Index, MessageBody, NodeId};
+use crate::types::{Index, MessageBody, ReplicaId};
 
 /// A read that may be served once the state machine has applied `index`. `context` is the
 /// caller's request id, echoed back.
@@ -22,9 +22,9 @@ pub struct ReadState {
 #[derive(Debug)]
 pub(crate) struct ReadRequest {
     context: Bytes,
-    from: NodeId,
+    from: ReplicaId,
     index: Index,
-    acks: BTreeSet<NodeId>,
+    acks: BTreeSet<ReplicaId>,
 }
 
 /// Reads waiting for their heartbeat round, oldest first. An acknowledgement for a later round
@@ -36,7 +36,7 @@ pub(crate) struct ReadOnly {
 
 impl ReadOnly {
     /// False when a request with that context is already waiting.
-    fn add(&mut self, index: Index, from: NodeId, context: Bytes, self_id: NodeId) -> bool {
+    fn add(&mut self, index: Index, from: ReplicaId, context: Bytes, self_id: ReplicaId) -> bool {
         if self.queue.iter().any(|r| r.context == context) {
             return false;
         }
@@ -44,7 +44,7 @@ impl ReadOnly {
         true
     }
 
-    fn recv_ack(&mut self, from: NodeId, context: &Bytes) -> Option<&BTreeSet<NodeId>> {
+    fn recv_ack(&mut self, from: ReplicaId, context: &Bytes) -> Option<&BTreeSet<ReplicaId>> {
         let req = self.queue.iter_mut().find(|r| r.context == context)?;
         req.acks.insert(from);
         Some(&req.acks)
@@ -80,7 +80,7 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    pub(crate) fn leader_read_index(&mut self, from: NodeId, context: Bytes) {
+    pub(crate) fn leader_read_index(&mut self, from: ReplicaId, context: Bytes) {
         if from != self.id && !self.prs.is_member(from) {
             return;
         }
@@ -100,7 +100,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    pub(crate) fn handle_read_ack(&mut self, from: NodeId, context: Bytes) {
+    pub(crate) fn handle_read_ack(&mut self, from: ReplicaId, context: Bytes) {
         let Some(acks) = self.read_only.recv_ack(from, &context) else { return };
         if !self.prs.has_quorum(acks) {
             return;
@@ -110,7 +110,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn respond_read(&mut self, from: NodeId, context: Bytes, index: Index) {
+    fn respond_read(&mut self, from: ReplicaId, context: Bytes, index: Index) {
         if from == self.id {
             self.read_states.push(ReadState { index, context });
         } else {

@@ -5,10 +5,10 @@ use crate::error::StorageError;
 use crate::progress::ProgressState;
 use crate::raft::{Raft, Role};
 use crate::storage::Storage;
-use crate::types::{Message, MessageBody, NodeId};
+use crate::types::{Message, MessageBody, ReplicaId};
 
 impl<S: Storage> Raft<S> {
-    fn peers(&self) -> Vec<NodeId> {
+    fn peers(&self) -> Vec<ReplicaId> {
         self.prs.progress.keys().copied().filter(|&id| id != self.id).collect()
     }
 
@@ -22,7 +22,7 @@ impl<S: Storage> Raft<S> {
     /// Sends `to` the entries it lacks: one probe in [`ProgressState::Probe`], as many batches
     /// as the inflight window allows in [`ProgressState::Replicate`], a snapshot when the entries
     /// it needs are compacted. An empty append is sent only if `send_if_empty`.
-    pub(crate) fn send_append(&mut self, to: NodeId, mut send_if_empty: bool) {
+    pub(crate) fn send_append(&mut self, to: ReplicaId, mut send_if_empty: bool) {
         loop {
             let Some(pr) = self.prs.progress.get(&to) else { return };
             if pr.is_paused() {
@@ -75,7 +75,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn send_snapshot(&mut self, to: NodeId) {
+    fn send_snapshot(&mut self, to: ReplicaId) {
         let snapshot = match self.log.snapshot() {
             Ok(s) if !s.is_empty() => s,
             Ok(_) | Err(StorageError::SnapshotTemporarilyUnavailable) => return,
@@ -252,7 +252,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, read_context: bytes::Bytes) {
+    pub(crate) fn handle_heartbeat_response(&mut self, from: ReplicaId, read_context: bytes::Bytes) {
         let last = self.log.last_index();
         let Some(pr) = self.prs.progress.get_mut(&from) else { return };
         pr.recent_active = true;
@@ -270,7 +270,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The transport reports whether a snapshot reached `to`.
-    pub(crate) fn report_snapshot(&mut self, to: NodeId, success: bool) {
+    pub(crate) fn report_snapshot(&mut self, to: ReplicaId, success: bool) {
         if self.role != Role::Leader {
             return;
         }
@@ -287,7 +287,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// The transport could not reach `to`: stop streaming optimistically.
-    pub(crate) fn report_unreachable(&mut self, to: NodeId) {
+    pub(crate) fn report_unreachable(&mut self, to: ReplicaId) {
         if self.role != Role::Leader {
             return;
         }

@@ -5,14 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::progress::Progress;
 use crate::quorum::{self, VoteResult};
-use crate::types::{ConfState, Index, NodeId};
+use crate::types::{ConfState, Index, ReplicaId};
 
 pub(crate) struct ProgressTracker {
-    pub(crate) voters: BTreeSet<NodeId>,
-    pub(crate) learners: BTreeSet<NodeId>,
+    pub(crate) voters: BTreeSet<ReplicaId>,
+    pub(crate) learners: BTreeSet<ReplicaId>,
     /// One entry per member (voters and learners), including this node.
-    pub(crate) progress: BTreeMap<NodeId, Progress>,
-    votes: BTreeMap<NodeId, bool>,
+    pub(crate) progress: BTreeMap<ReplicaId, Progress>,
+    votes: BTreeMap<ReplicaId, bool>,
     max_inflight: usize,
 }
 
@@ -33,7 +33,7 @@ impl ProgressTracker {
         self.learners = conf.learners.iter().copied().filter(|id| !self.voters.contains(id)).collect();
         let (voters, learners) = (&self.voters, &self.learners);
         self.progress.retain(|id, _| voters.contains(id) || learners.contains(id));
-        let members: Vec<(NodeId, bool)> =
+        let members: Vec<(ReplicaId, bool)> =
             voters.iter().map(|&id| (id, false)).chain(learners.iter().map(|&id| (id, true))).collect();
         for (id, learner) in members {
             let cap = self.max_inflight;
@@ -46,16 +46,16 @@ impl ProgressTracker {
         ConfState { voters: self.voters.iter().copied().collect(), learners: self.learners.iter().copied().collect() }
     }
 
-    pub(crate) fn is_voter(&self, id: NodeId) -> bool {
+    pub(crate) fn is_voter(&self, id: ReplicaId) -> bool {
         self.voters.contains(&id)
     }
 
-    pub(crate) fn is_member(&self, id: NodeId) -> bool {
+    pub(crate) fn is_member(&self, id: ReplicaId) -> bool {
         self.voters.contains(&id) || self.learners.contains(&id)
     }
 
     /// Resets every member's progress (a new term): nothing is known about followers' logs.
-    pub(crate) fn reset_progress(&mut self, self_id: NodeId, last_index: Index, persisted: Index) {
+    pub(crate) fn reset_progress(&mut self, self_id: ReplicaId, last_index: Index, persisted: Index) {
         let cap = self.max_inflight;
         for (&id, pr) in self.progress.iter_mut() {
             *pr = Progress::new(last_index + 1, cap, pr.is_learner);
@@ -77,7 +77,7 @@ impl ProgressTracker {
     }
 
     /// Records `id`'s answer; a voter's first answer in a campaign is the one that counts.
-    pub(crate) fn record_vote(&mut self, id: NodeId, granted: bool) {
+    pub(crate) fn record_vote(&mut self, id: ReplicaId, granted: bool) {
         self.votes.entry(id).or_insert(granted);
     }
 
@@ -94,7 +94,7 @@ impl ProgressTracker {
     }
 
     /// Check-quorum: has a majority of voters (this node counts) been heard from lately?
-    pub(crate) fn quorum_active(&self, self_id: NodeId) -> bool {
+    pub(crate) fn quorum_active(&self, self_id: ReplicaId) -> bool {
         let active = self
             .voters
             .iter()
@@ -103,7 +103,7 @@ impl ProgressTracker {
         active >= quorum::majority(self.voters.len())
     }
 
-    pub(crate) fn reset_recent_active(&mut self, self_id: NodeId) {
+    pub(crate) fn reset_recent_active(&mut self, self_id: ReplicaId) {
         for (&id, pr) in self.progress.iter_mut() {
             pr.recent_active = id == self_id;
         }
@@ -111,7 +111,7 @@ impl ProgressTracker {
 
     /// Whether the voters other than `self_id` that take entries as they come (Replicate)
     /// are a majority on their own: then entries commit without this node's copy.
-    pub(crate) fn followers_form_quorum(&self, self_id: NodeId) -> bool {
+    pub(crate) fn followers_form_quorum(&self, self_id: ReplicaId) -> bool {
         let streaming = self
             .voters
             .iter()
@@ -124,7 +124,7 @@ impl ProgressTracker {
     }
 
     /// Whether the voters in `acks` form a majority.
-    pub(crate) fn has_quorum(&self, acks: &BTreeSet<NodeId>) -> bool {
+    pub(crate) fn has_quorum(&self, acks: &BTreeSet<ReplicaId>) -> bool {
         let n = self.voters.iter().filter(|id| acks.contains(id)).count();
         n >= quorum::majority(self.voters.len())
     }
@@ -134,7 +134,7 @@ impl ProgressTracker {
 mod tests {
     use super::*;
 
-    fn tracker(voters: &[NodeId], learners: &[NodeId], replicating: &[NodeId]) -> ProgressTracker {
+    fn tracker(voters: &[ReplicaId], learners: &[ReplicaId], replicating: &[ReplicaId]) -> ProgressTracker {
         let mut t = ProgressTracker::new(16);
         t.set_conf(&ConfState { voters: voters.to_vec(), learners: learners.to_vec() }, 1);
         for id in replicating {

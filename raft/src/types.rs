@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 /// A replica's id within the group; 0 means "none".
-pub type NodeId = u64;
+pub type ReplicaId = u64;
 /// A Raft term (§5.1).
 pub type Term = u64;
 /// A log index; the first real entry has index 1, index 0 is the empty log's sentinel.
@@ -41,15 +41,15 @@ impl Entry {
 pub struct HardState {
     pub term: Term,
     /// Candidate voted for in `term`, or 0.
-    pub vote: NodeId,
+    pub vote: ReplicaId,
     pub commit: Index,
 }
 
 /// The group's membership: voters decide elections and commitment; learners only replicate.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ConfState {
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
+    pub voters: Vec<ReplicaId>,
+    pub learners: Vec<ReplicaId>,
 }
 
 /// What a snapshot covers: the state after applying every entry up to `index`.
@@ -77,12 +77,12 @@ impl Snapshot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfChange {
     /// Add a learner, which receives the log but neither votes nor counts for commitment.
-    AddLearner(NodeId),
+    AddLearner(ReplicaId),
     /// Make a node a voter. The node must already be a learner that has caught up with the
     /// leader's commit index, so a fresh node never stalls commitment while it copies the log.
-    AddVoter(NodeId),
+    AddVoter(ReplicaId),
     /// Remove a voter or learner. A removed leader steps down once the change is applied.
-    RemoveNode(NodeId),
+    RemoveNode(ReplicaId),
 }
 
 impl ConfChange {
@@ -113,7 +113,7 @@ impl ConfChange {
         }
     }
 
-    pub fn node_id(&self) -> NodeId {
+    pub fn node_id(&self) -> ReplicaId {
         match *self {
             ConfChange::AddLearner(id) | ConfChange::AddVoter(id) | ConfChange::RemoveNode(id) => id,
         }
@@ -124,8 +124,8 @@ impl ConfChange {
 /// (the term the candidate would campaign in) and granted pre-vote responses (that same term).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub from: NodeId,
-    pub to: NodeId,
+    pub from: ReplicaId,
+    pub to: ReplicaId,
     pub term: Term,
     pub body: MessageBody,
 }

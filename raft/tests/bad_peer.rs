@@ -4,7 +4,7 @@
 //! stopped for good ("cannot read log to replicate").
 
 use bytes::Bytes;
-use raft::{Config, MemStorage, Message, MessageBody, NodeId, RawNode, Role};
+use raft::{Config, MemStorage, Message, MessageBody, RawNode, ReplicaId, Role};
 
 struct Group {
     nodes: Vec<RawNode<MemStorage>>,
@@ -18,7 +18,7 @@ impl Group {
         Group { nodes }
     }
 
-    fn node(&mut self, id: NodeId) -> &mut RawNode<MemStorage> {
+    fn node(&mut self, id: ReplicaId) -> &mut RawNode<MemStorage> {
         &mut self.nodes[id as usize - 1]
     }
 

@@ -2,13 +2,13 @@
 //! §10.2.1) commits on its followers' copies, and never counts its own unsynced copy.
 
 use bytes::Bytes;
-use raft::{Config, Index, MemStorage, Message, NodeId, RawNode, Role, Term};
+use raft::{Config, Index, MemStorage, Message, RawNode, ReplicaId, Role, Term};
 
 struct Group {
     nodes: Vec<RawNode<MemStorage>>,
     /// Messages in flight.
     wire: Vec<Message>,
-    /// Node 1's entries written but not yet synced, as (index, term) of the last one.
+    /// Replica 1's entries written but not yet synced, as (index, term) of the last one.
     unsynced: Option<(Index, Term)>,
 }
 
@@ -20,16 +20,16 @@ impl Group {
         Group { nodes, wire: Vec::new(), unsynced: None }
     }
 
-    fn node(&mut self, id: NodeId) -> &mut RawNode<MemStorage> {
+    fn node(&mut self, id: ReplicaId) -> &mut RawNode<MemStorage> {
         &mut self.nodes[id as usize - 1]
     }
 
     /// Handles Readies and delivers messages (except to or from `cut`) until all is quiet.
-    fn settle(&mut self, cut: Option<NodeId>) {
+    fn settle(&mut self, cut: Option<ReplicaId>) {
         for _ in 0..100 {
             let mut busy = false;
             for i in 0..self.nodes.len() {
-                let id = i as NodeId + 1;
+                let id = i as ReplicaId + 1;
                 let raw = &mut self.nodes[i];
                 if !raw.has_ready() {
                     continue;
@@ -77,7 +77,7 @@ impl Group {
         self.settle(None);
     }
 
-    fn commit(&mut self, id: NodeId) -> Index {
+    fn commit(&mut self, id: ReplicaId) -> Index {
         self.node(id).status().commit
     }
 }

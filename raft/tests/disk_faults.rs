@@ -2,7 +2,7 @@
 //! crash points: random follower-like histories (appends, conflicting suffixes, votes, syncs,
 //! compactions, installed snapshots, failed writes and syncs) interrupted by `kill -9` or by a
 //! power loss that drops any subset of the unsynced pages and directory changes
-//! ([`raft::diskio::DiskFaults`]). After each, the storage must open, and:
+//! ([`raft::storage::diskio::DiskFaults`]). After each, the storage must open, and:
 //! - no acknowledged entry is lost (acknowledged: synced, or replayed after a restart, which a
 //!   replica treats as its log), unless a later write replaced it;
 //! - no vote is forgotten: the term never goes back, and a vote in the acknowledged term stays;
@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use bytes::Bytes;
-use raft::diskio::DiskFaults;
+use raft::storage::diskio::DiskFaults;
 use raft::{
     ConfState, DiskOptions, DiskStorage, Entry, EntryKind, FsyncPolicy, HardState, Index, Snapshot, Storage, Term,
 };

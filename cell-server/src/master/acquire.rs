@@ -19,7 +19,7 @@ impl Master {
                 let rx = self.wait_for_grant(holder.session, holder.owner, path);
                 let p = path.to_string();
                 let now = self
-                    .node
+                    .replica
                     .stale_read(move |m: &CellMachine| {
                         (m.state().sequencer_of(&p, holder), m.state().is_waiting(&p, holder))
                     })

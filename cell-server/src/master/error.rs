@@ -1,7 +1,7 @@
 //! Why the master did not do what it was asked. The services turn each into the gRPC status a
 //! client acts on, in one place (`service::status`).
 
-use raft::{NodeError, NodeId};
+use raft::{ReplicaError, ReplicaId};
 
 use crate::state::{SessionId, StateError};
 
@@ -13,10 +13,10 @@ pub enum MasterError {
     /// The Raft node could not settle a proposal or read (not the leader, lost to a leader
     /// change, fate unknown, stopping).
     #[error(transparent)]
-    Replica(#[from] NodeError),
+    Replica(#[from] ReplicaError),
     /// This replica is not the serving master; `leader` is the Raft leader (0: none known).
     #[error("not the master (leader: {leader})")]
-    NotMaster { leader: NodeId },
+    NotMaster { leader: ReplicaId },
     /// This replica leads but has not finished taking office.
     #[error("master is taking office; retry shortly")]
     TakingOffice,
@@ -32,7 +32,7 @@ pub enum MasterError {
     /// A call made under an older master's epoch: its session has not resumed at this master
     /// since the failover. `master` is this replica, where it should resume.
     #[error("stale epoch {theirs}: the master changed (epoch {ours}); resume the session here before calling")]
-    StaleEpoch { ours: u64, theirs: u64, master: NodeId },
+    StaleEpoch { ours: u64, theirs: u64, master: ReplicaId },
     /// The session expired or was closed (as a refusal: `NoSession`).
     #[error("session {0} expired or was closed")]
     SessionLost(SessionId),

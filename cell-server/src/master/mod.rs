@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proto::chubby::SessionResponse;
-use raft::{NodeError, NodeHandle};
+use raft::{ReplicaError, ReplicaHandle};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::machine::{CellMachine, EffectSource};
@@ -64,7 +64,7 @@ type GrantTx = oneshot::Sender<Result<String, StateError>>;
 pub struct MasterConfig {
     pub lease: Duration,
     /// Every replica's address, for redirects.
-    pub peers: std::collections::BTreeMap<raft::NodeId, String>,
+    pub peers: std::collections::BTreeMap<raft::ReplicaId, String>,
     /// Events and invalidations name nodes as clients do: `/ls/<cell>/…`.
     pub cell_name: String,
 }
@@ -104,7 +104,7 @@ struct Inner {
 }
 
 pub struct Master {
-    node: NodeHandle<CellMachine>,
+    replica: ReplicaHandle<CellMachine>,
     cfg: MasterConfig,
     inner: Mutex<Inner>,
     /// The epoch while serving, `None` otherwise: wakes calls waiting for a master.
@@ -120,10 +120,10 @@ const AWAIT_MASTER: Duration = Duration::from_secs(1);
 
 impl Master {
     /// Starts the master's tasks; `effects` is the state machine's effect channel.
-    pub fn start(node: NodeHandle<CellMachine>, cfg: MasterConfig, effects: EffectSource) -> Arc<Master> {
+    pub fn start(replica: ReplicaHandle<CellMachine>, cfg: MasterConfig, effects: EffectSource) -> Arc<Master> {
         let EffectSource { rx: mut effects, wanted: effects_wanted } = effects;
         let master = Arc::new(Master {
-            node,
+            replica,
             cfg,
             inner: Mutex::new(Inner::default()),
             office: tokio::sync::watch::channel(None).0,
@@ -153,14 +153,14 @@ impl Master {
     /// Proposes `op` (of the session call `request`, if any) stamped with this master's log
     /// clock, in the term it serves in: if that term is over, it is dropped, never applied in a
     /// later one (whose master may have decided otherwise: given a fresh lease, say).
-    async fn propose_op(&self, request: Option<RequestId>, op: Op) -> Result<Outcome, NodeError> {
-        let (now_ms, epoch) = self.stamp().ok_or(NodeError::NotLeader { leader: 0 })?;
+    async fn propose_op(&self, request: Option<RequestId>, op: Op) -> Result<Outcome, ReplicaError> {
+        let (now_ms, epoch) = self.stamp().ok_or(ReplicaError::NotLeader { leader: 0 })?;
         self.propose_at(Command { now_ms, request, op }, epoch).await
     }
 
     /// As [`Master::propose_op`], only in term `epoch`.
-    async fn propose_at(&self, entry: Command, epoch: u64) -> Result<Outcome, NodeError> {
-        self.decode_outcome(self.node.propose_in_term(encode(&entry), epoch).await?)
+    async fn propose_at(&self, entry: Command, epoch: u64) -> Result<Outcome, ReplicaError> {
+        self.decode_outcome(self.replica.propose_in_term(encode(&entry), epoch).await?)
     }
 
     /// Proposes the session call `request`'s `op` and returns the state machine's answer.
@@ -173,7 +173,7 @@ impl Master {
         &self,
         f: impl FnOnce(&CellState) -> Result<R, StateError> + Send + 'static,
     ) -> Result<R, MasterError> {
-        Ok(self.node.read(move |m: &CellMachine| f(m.state())).await??)
+        Ok(self.replica.read(move |m: &CellMachine| f(m.state())).await??)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -184,15 +184,15 @@ impl Master {
         self.cfg.lease
     }
 
-    pub fn node(&self) -> &NodeHandle<CellMachine> {
-        &self.node
+    pub fn replica(&self) -> &ReplicaHandle<CellMachine> {
+        &self.replica
     }
 
     pub fn key(&self) -> bytes::Bytes {
         self.lock().key.clone()
     }
 
-    fn decode_outcome(&self, out: bytes::Bytes) -> Result<Outcome, NodeError> {
+    fn decode_outcome(&self, out: bytes::Bytes) -> Result<Outcome, ReplicaError> {
         Ok(decode::<Outcome>(&out).unwrap_or_else(|e| Err(StateError::InvalidArgument(e.to_string()))))
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft::{NodeId, Role};
+use raft::{ReplicaId, Role};
 
 use super::{lease_cap, log_clock::now_ms, random_key, Inner, LeaseTable, LogClock, Master, MasterError, AWAIT_MASTER};
 use crate::machine::CellMachine;
@@ -17,7 +17,7 @@ impl Master {
         if let Some(epoch) = self.lock().epoch {
             return Ok(epoch);
         }
-        let l = *self.node.leadership().borrow();
+        let l = *self.replica.leadership().borrow();
         Err(match l.role {
             Some(Role::Leader) => MasterError::TakingOffice,
             _ => MasterError::NotMaster { leader: l.leader_id },
@@ -39,7 +39,7 @@ impl Master {
         if theirs > epoch {
             return Err(MasterError::NewerEpoch { ours: epoch, theirs });
         }
-        Err(MasterError::StaleEpoch { ours: epoch, theirs, master: self.node.id() })
+        Err(MasterError::StaleEpoch { ours: epoch, theirs, master: self.replica.id() })
     }
 
     /// As [`Master::serving`], but while no master is known (an election) or this replica is
@@ -51,7 +51,7 @@ impl Master {
             return Ok(epoch);
         }
         let deadline = tokio::time::Instant::now() + AWAIT_MASTER;
-        let mut leadership = self.node.leadership();
+        let mut leadership = self.replica.leadership();
         let mut office = self.office.subscribe();
         loop {
             match self.serving() {
@@ -78,12 +78,12 @@ impl Master {
     }
 
     /// The client address of replica `id`, if it is a known replica (0 is none).
-    pub(crate) fn address_of(&self, id: NodeId) -> Option<&str> {
+    pub(crate) fn address_of(&self, id: ReplicaId) -> Option<&str> {
         self.cfg.peers.get(&id).filter(|_| id != 0).map(String::as_str)
     }
 
     pub(super) async fn follow_leadership(self: Arc<Self>) {
-        let mut watch = self.node.leadership();
+        let mut watch = self.replica.leadership();
         loop {
             let l = *watch.borrow_and_update();
             if l.role == Some(Role::Leader) {
@@ -110,7 +110,7 @@ impl Master {
             (st.clock_ms(), st.lock_delays().next().is_some())
         };
         let Ok((has_key, (log_ms, delays))) =
-            self.node.stale_read(move |m| (!m.state().key().is_empty(), read_clock(m))).await
+            self.replica.stale_read(move |m| (!m.state().key().is_empty(), read_clock(m))).await
         else {
             return;
         };
@@ -120,12 +120,12 @@ impl Master {
         // cannot see. The clock is set for good below, once everything before is applied.
         let _ = delays;
         let entry = Command { now_ms: log_ms, request: None, op };
-        if let Err(e) = self.node.propose_in_term(encode(&entry), term).await {
+        if let Err(e) = self.replica.propose_in_term(encode(&entry), term).await {
             tracing::info!(term, error = %e, "could not take office");
             return;
         }
         let snapshot = self
-            .node
+            .replica
             .stale_read(|m| {
                 let st = m.state();
                 let sessions: Vec<SessionId> = st.sessions().map(|(id, _)| *id).collect();
@@ -137,14 +137,14 @@ impl Master {
         // A round that confirms this leadership, begun now: the leases granted from here on are
         // capped by it (see `lease_cap`).
         let issued = Instant::now();
-        if self.node.read(|_| ()).await.is_err() {
+        if self.replica.read(|_| ()).await.is_err() {
             return;
         }
         {
             let mut g = self.lock();
             // Checked under the lock `leave_office` takes: either it ran before (and this gives
             // up) or it runs after and undoes what follows.
-            let l = *self.node.leadership().borrow();
+            let l = *self.replica.leadership().borrow();
             if l.term != term || l.role != Some(Role::Leader) {
                 return;
             }
@@ -183,7 +183,7 @@ impl Master {
                 return;
             }
             let issued = Instant::now();
-            if self.node.read(|_| ()).await.is_ok() {
+            if self.replica.read(|_| ()).await.is_ok() {
                 let mut g = self.lock();
                 if g.epoch == Some(term) {
                     g.confirmed = g.confirmed.max(Some(issued));

@@ -26,7 +26,7 @@ impl Master {
         }
         let id = o.resume_session;
         verify_session_token(&self.key(), id, &o.session_token)?;
-        let alive = self.node.read(move |m: &CellMachine| m.state().session(id).is_some()).await?;
+        let alive = self.replica.read(move |m: &CellMachine| m.state().session(id).is_some()).await?;
         if !alive {
             return Err(MasterError::SessionLost(id));
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use raft::NodeError;
+use raft::ReplicaError;
 
 use super::{own_proposals, Master, EXPIRY_SCAN};
 use crate::state::{Command, Op, SessionId};
@@ -37,7 +37,7 @@ impl Master {
                     let entry = Command { now_ms, request: None, op: Op::ExpireSession { session } };
                     self.propose_at(entry, epoch).await.map(|_| ())
                 }
-                _ => Err(NodeError::Dropped),
+                _ => Err(ReplicaError::Dropped),
             }
         };
         let in_office = || self.lock().epoch == Some(epoch);
@@ -52,7 +52,7 @@ impl Master {
             let epoch = m.lock().epoch;
             let tick = || async { m.propose_op(None, Op::Tick).await.is_ok() };
             let pending = || async {
-                let running = m.node.stale_read(move |s| s.state().lock_delays().any(|(t, _)| t <= until_ms)).await;
+                let running = m.replica.stale_read(move |s| s.state().lock_delays().any(|(t, _)| t <= until_ms)).await;
                 !matches!(running, Ok(false))
             };
             let in_office = || epoch.is_some() && m.lock().epoch == epoch;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use raft::NodeError;
+use raft::ReplicaError;
 
 use super::{full_path, Inner, Master, MasterError};
 use crate::machine::CellMachine;
@@ -66,7 +66,7 @@ impl Master {
         let token = self.register_cacher(session, path);
         let p = path.to_string();
         let now = self
-            .node
+            .replica
             .stale_read(move |m: &CellMachine| m.state().node(&p).map(|n| (n.stat.instance, n.stat.modified_index)))
             .await
             .map_err(MasterError::from);
@@ -152,12 +152,12 @@ impl Master {
         request: Option<RequestId>,
         op: Op,
         guard: &WriteGuard,
-    ) -> Result<Outcome, NodeError> {
+    ) -> Result<Outcome, ReplicaError> {
         match self.stamp() {
             Some((now_ms, epoch)) if epoch == guard.epoch => {
                 self.propose_at(Command { now_ms, request, op }, epoch).await
             }
-            _ => Err(NodeError::Dropped),
+            _ => Err(ReplicaError::Dropped),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use proto::cell::cell_server::{Cell, CellServer};
 use proto::cell::*;
-use raft::{NodeError, NodeHandle, NodeId, ProgressState, Role};
+use raft::{ProgressState, ReplicaError, ReplicaHandle, ReplicaId, Role};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::answer_stream::{AnswerStream, Rules};
@@ -26,9 +26,9 @@ use crate::state::{validate_path, Op, Reply, StateError};
 /// The service of one replica.
 #[derive(Clone)]
 pub struct CellService {
-    node: NodeHandle<CellMachine>,
+    replica: ReplicaHandle<CellMachine>,
     master: Arc<Master>,
-    peers: Arc<BTreeMap<NodeId, String>>,
+    peers: Arc<BTreeMap<ReplicaId, String>>,
     cell_name: Arc<str>,
     fsync: Arc<str>,
 }
@@ -39,13 +39,13 @@ const PIPELINE_DEPTH: usize = 1024;
 
 impl CellService {
     pub fn new(
-        node: NodeHandle<CellMachine>,
+        replica: ReplicaHandle<CellMachine>,
         master: Arc<Master>,
-        peers: BTreeMap<NodeId, String>,
+        peers: BTreeMap<ReplicaId, String>,
         cell_name: String,
         fsync: String,
     ) -> Self {
-        CellService { node, master, peers: Arc::new(peers), cell_name: cell_name.into(), fsync: fsync.into() }
+        CellService { replica, master, peers: Arc::new(peers), cell_name: cell_name.into(), fsync: fsync.into() }
     }
 
     pub fn into_server(self) -> CellServer<CellService> {
@@ -57,8 +57,8 @@ impl CellService {
         status_of(&self.master, Caller::Cell, e)
     }
 
-    /// The status for a Raft node's error on a read.
-    fn status_of(&self, e: NodeError) -> Status {
+    /// The status for a Raft replica's error on a read.
+    fn status_of(&self, e: ReplicaError) -> Status {
         status_of_replica(&self.master, Caller::Cell, e)
     }
 }
@@ -136,9 +136,9 @@ impl CellService {
 #[tonic::async_trait]
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let st = self.node.status().await.map_err(|e| self.status_of(e))?;
+        let st = self.replica.status().await.map_err(|e| self.status_of(e))?;
         let (sessions, remembered_answers) = self
-            .node
+            .replica
             .stale_read(|m: &CellMachine| {
                 let st = m.state();
                 (st.sessions().count() as u64, st.sessions().map(|(_, s)| s.replies.len() as u64).sum())
@@ -147,7 +147,7 @@ impl Cell for CellService {
             .unwrap_or((0, 0));
         let (subscriptions, cache_registrations, lock_waiters) = self.master.table_sizes();
         let r = &st.raft;
-        let addr = |id: NodeId| self.peers.get(&id).cloned().unwrap_or_default();
+        let addr = |id: ReplicaId| self.peers.get(&id).cloned().unwrap_or_default();
         Ok(Response::new(StatusResponse {
             id: r.id,
             address: addr(r.id),
@@ -240,7 +240,7 @@ impl Cell for CellService {
                 None => GetResponse { applied_index: applied, ..GetResponse::default() },
             }
         };
-        let resp = if req.stale { self.node.stale_read(read).await } else { self.node.read(read).await };
+        let resp = if req.stale { self.replica.stale_read(read).await } else { self.replica.read(read).await };
         resp.map(Response::new).map_err(|e| self.status_of(e))
     }
 
@@ -262,7 +262,7 @@ impl Cell for CellService {
                 applied_index: st.applied(),
             }
         };
-        let resp = if req.stale { self.node.stale_read(read).await } else { self.node.read(read).await };
+        let resp = if req.stale { self.replica.stale_read(read).await } else { self.replica.read(read).await };
         resp.map(Response::new).map_err(|e| self.status_of(e))
     }
 }

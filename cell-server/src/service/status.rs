@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 use crate::master::{Master, MasterError};
 use crate::state::StateError;
 use proto::{Refusal, ERROR_METADATA};
-use raft::{NodeError, NodeId};
+use raft::{ReplicaError, ReplicaId};
 
 /// Which service's call failed: they differ only in a replica error whose outcome is unknown.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,24 +71,24 @@ pub fn status_of(master: &Master, caller: Caller, e: MasterError) -> Status {
 
 /// Maps a Raft node's error: the master's words for a Chubby call, the leader's for the
 /// operator's.
-pub fn status_of_replica(master: &Master, caller: Caller, e: NodeError) -> Status {
+pub fn status_of_replica(master: &Master, caller: Caller, e: ReplicaError) -> Status {
     let (chubby, word) = (caller == Caller::Chubby, if caller == Caller::Chubby { "master" } else { "leader" });
     match e {
-        NodeError::NotLeader { leader } => redirect(master, leader, word),
-        NodeError::Dropped if chubby => Status::aborted("lost to a master change and not applied; retry"),
-        NodeError::Dropped => Status::aborted("write lost to a leader change and not applied; retry"),
-        NodeError::Unknown if chubby => Status::unavailable(
+        ReplicaError::NotLeader { leader } => redirect(master, leader, word),
+        ReplicaError::Dropped if chubby => Status::aborted("lost to a master change and not applied; retry"),
+        ReplicaError::Dropped => Status::aborted("write lost to a leader change and not applied; retry"),
+        ReplicaError::Unknown if chubby => Status::unavailable(
             "master changed; the call may or may not have been applied; retry it with the same request id",
         ),
-        NodeError::Unknown => Status::unknown("leader changed; the write may or may not have been applied"),
-        NodeError::Stopped => Status::unavailable("replica is shutting down"),
-        NodeError::Raft(e) => Status::unavailable(e.to_string()),
+        ReplicaError::Unknown => Status::unknown("leader changed; the write may or may not have been applied"),
+        ReplicaError::Stopped => Status::unavailable("replica is shutting down"),
+        ReplicaError::Raft(e) => Status::unavailable(e.to_string()),
     }
 }
 
 /// The status that sends a client to `leader`'s address (`chubby-leader`), or asks it to
 /// retry while none is known.
-fn redirect(master: &Master, leader: NodeId, word: &str) -> Status {
+fn redirect(master: &Master, leader: ReplicaId, word: &str) -> Status {
     match master.address_of(leader) {
         Some(addr) => {
             let mut s =

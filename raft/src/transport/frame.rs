@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use prost::Message as _;
 use proto::raft as pb;
 
-use crate::types::NodeId;
+use crate::types::ReplicaId;
 
 /// The first bytes of every peer connection; the listener uses them to tell peer links from
 /// gRPC connections (whose HTTP/2 preface starts with `PRI`).
@@ -23,8 +23,8 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Who is on the other end of a peer connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
-    pub from: NodeId,
-    pub to: NodeId,
+    pub from: ReplicaId,
+    pub to: ReplicaId,
 }
 
 impl Hello {

@@ -29,7 +29,7 @@ use proto::raft as pb;
 use proto::raft::raft_peer_client::RaftPeerClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::types::{Message, MessageBody, NodeId, Snapshot};
+use crate::types::{Message, MessageBody, ReplicaId, Snapshot};
 use net::PeerNet;
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -50,9 +50,9 @@ pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 #[derive(Debug)]
 pub enum TransportEvent {
     /// Messages to this peer were dropped.
-    Unreachable(NodeId),
+    Unreachable(ReplicaId),
     /// A snapshot transfer to this peer finished.
-    SnapshotDone { to: NodeId, ok: bool },
+    SnapshotDone { to: ReplicaId, ok: bool },
 }
 
 pub type EventSink = Arc<dyn Fn(TransportEvent) + Send + Sync>;
@@ -61,7 +61,7 @@ pub type EventSink = Arc<dyn Fn(TransportEvent) + Send + Sync>;
 /// through `net`), and snapshot transfers started on `runtime` that report back through `events`.
 pub(crate) struct Transport {
     pub(crate) net: PeerNet,
-    peers: BTreeMap<NodeId, String>,
+    peers: BTreeMap<ReplicaId, String>,
     events: EventSink,
     runtime: tokio::runtime::Handle,
 }
@@ -69,7 +69,7 @@ pub(crate) struct Transport {
 impl Transport {
     pub(crate) fn new(
         net: PeerNet,
-        peers: BTreeMap<NodeId, String>,
+        peers: BTreeMap<ReplicaId, String>,
         events: EventSink,
         runtime: tokio::runtime::Handle,
     ) -> Transport {
@@ -120,8 +120,8 @@ async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport
 /// if it failed or did not finish within `deadline`.
 async fn send_snapshot(
     addr: &str,
-    from: NodeId,
-    to: NodeId,
+    from: ReplicaId,
+    to: ReplicaId,
     term: u64,
     snap: Snapshot,
     deadline: Duration,
@@ -133,7 +133,13 @@ async fn send_snapshot(
     }
 }
 
-async fn transfer_snapshot(addr: &str, from: NodeId, to: NodeId, term: u64, snap: Snapshot) -> Result<bool, String> {
+async fn transfer_snapshot(
+    addr: &str,
+    from: ReplicaId,
+    to: ReplicaId,
+    term: u64,
+    snap: Snapshot,
+) -> Result<bool, String> {
     let mut client = connect(addr).await.map_err(|e| e.to_string())?;
     let meta = codec::meta_to_pb(&snap.meta);
     let data = snap.data;

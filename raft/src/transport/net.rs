@@ -27,7 +27,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{codec, frame};
-use crate::types::{Message, NodeId};
+use crate::types::{Message, ReplicaId};
 
 /// The token of the input queue's waker.
 pub(crate) const WAKE: Token = Token(0);
@@ -50,14 +50,14 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct PeerNet {
-    id: NodeId,
+    id: ReplicaId,
     poll: Poll,
     events: Events,
-    links: BTreeMap<NodeId, Link>,
+    links: BTreeMap<ReplicaId, Link>,
     inbound: HashMap<Token, Inbound>,
     next_inbound: usize,
     /// Peers whose messages were dropped since the last [`PeerNet::take_unreachable`].
-    unreachable: BTreeSet<NodeId>,
+    unreachable: BTreeSet<ReplicaId>,
     /// Incoming connections that stopped reading at the per-turn limit with data left.
     unfinished: Vec<Token>,
     /// Where reads land before they join a connection's buffer.
@@ -100,7 +100,7 @@ struct Inbound {
     /// When it was accepted (for the hello deadline).
     since: Instant,
     buf: BytesMut,
-    from: Option<NodeId>,
+    from: Option<ReplicaId>,
 }
 
 /// What became of a connection after reading from it.
@@ -113,7 +113,7 @@ enum ReadEnd {
 impl PeerNet {
     /// Links to every peer in `peers` except `id`; they are dialled at the first
     /// [`PeerNet::maintain`]. The returned waker wakes [`PeerNet::poll`].
-    pub(crate) fn new(id: NodeId, peers: &BTreeMap<NodeId, String>) -> io::Result<(PeerNet, Waker)> {
+    pub(crate) fn new(id: ReplicaId, peers: &BTreeMap<ReplicaId, String>) -> io::Result<(PeerNet, Waker)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKE)?;
         let now = Instant::now();
@@ -202,14 +202,15 @@ impl PeerNet {
 
     /// Writes queued messages to every peer, as far as each socket takes them.
     pub(crate) fn flush(&mut self) {
-        let ids: Vec<NodeId> = self.links.iter().filter(|(_, l)| l.written < l.out.len()).map(|(&id, _)| id).collect();
+        let ids: Vec<ReplicaId> =
+            self.links.iter().filter(|(_, l)| l.written < l.out.len()).map(|(&id, _)| id).collect();
         for id in ids {
             self.flush_link(id);
         }
     }
 
     /// Peers whose messages were dropped since the last call.
-    pub(crate) fn take_unreachable(&mut self) -> BTreeSet<NodeId> {
+    pub(crate) fn take_unreachable(&mut self) -> BTreeSet<ReplicaId> {
         std::mem::take(&mut self.unreachable)
     }
 
@@ -225,7 +226,7 @@ impl PeerNet {
         for token in silent {
             self.close_inbound(token, "no hello in time".into());
         }
-        let ids: Vec<NodeId> = self.links.keys().copied().collect();
+        let ids: Vec<ReplicaId> = self.links.keys().copied().collect();
         for id in ids {
             let link = self.links.get_mut(&id).expect("listed above");
             match &link.state {
@@ -269,7 +270,7 @@ impl PeerNet {
     }
 
     /// Starts connecting to `id`: at once for an IP address, after a lookup for a host name.
-    fn dial(&mut self, id: NodeId, now: Instant) {
+    fn dial(&mut self, id: ReplicaId, now: Instant) {
         let name = self.links[&id].addr.clone();
         if let Ok(addr) = name.parse::<SocketAddr>() {
             return self.connect(id, addr, now);
@@ -291,7 +292,7 @@ impl PeerNet {
         }
     }
 
-    fn connect(&mut self, id: NodeId, addr: SocketAddr, now: Instant) {
+    fn connect(&mut self, id: ReplicaId, addr: SocketAddr, now: Instant) {
         let link = self.links.get_mut(&id).expect("dialled links exist");
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
@@ -305,7 +306,7 @@ impl PeerNet {
         link.state = LinkState::Connecting { stream, since: now };
     }
 
-    fn link_of(&self, token: Token) -> Option<NodeId> {
+    fn link_of(&self, token: Token) -> Option<ReplicaId> {
         self.links.iter().find(|(_, l)| l.token == token).map(|(&id, _)| id)
     }
 
@@ -358,7 +359,7 @@ impl PeerNet {
     }
 
     /// Peers never write on a link we dialled: EOF is a close, data a protocol error.
-    fn check_closed(&mut self, id: NodeId) {
+    fn check_closed(&mut self, id: ReplicaId) {
         let LinkState::Up { stream, .. } = &mut self.links.get_mut(&id).expect("links exist").state else { return };
         let mut scratch = [0u8; 64];
         match stream.read(&mut scratch) {
@@ -369,7 +370,7 @@ impl PeerNet {
         }
     }
 
-    fn flush_link(&mut self, id: NodeId) {
+    fn flush_link(&mut self, id: ReplicaId) {
         let link = self.links.get_mut(&id).expect("flushed links exist");
         let LinkState::Up { stream, .. } = &mut link.state else { return };
         while link.written < link.out.len() {
@@ -391,7 +392,7 @@ impl PeerNet {
     }
 
     /// Drops a link's connection and queue; it is redialled after the backoff.
-    fn link_down(&mut self, id: NodeId, why: String) {
+    fn link_down(&mut self, id: ReplicaId, why: String) {
         let link = self.links.get_mut(&id).expect("links exist");
         let was_up = matches!(link.state, LinkState::Up { .. });
         // The backoff starts over only after a link that stayed up: a peer that accepts and
@@ -484,8 +485,8 @@ fn set_liveness_options(stream: &TcpStream) {
 
 /// Reads what `conn` has (up to the per-turn limit) and delivers every whole message.
 fn read_messages(
-    id: NodeId,
-    links: &BTreeMap<NodeId, Link>,
+    id: ReplicaId,
+    links: &BTreeMap<ReplicaId, Link>,
     conn: &mut Inbound,
     scratch: &mut [u8],
     deliver: &mut impl FnMut(Message),
@@ -512,8 +513,8 @@ fn read_messages(
 
 /// Delivers every whole message at the front of `conn.buf` (after checking the hello).
 fn deliver_whole(
-    id: NodeId,
-    links: &BTreeMap<NodeId, Link>,
+    id: ReplicaId,
+    links: &BTreeMap<ReplicaId, Link>,
     conn: &mut Inbound,
     deliver: &mut impl FnMut(Message),
 ) -> Result<(), String> {
@@ -549,7 +550,7 @@ mod tests {
     use super::*;
     use crate::types::MessageBody;
 
-    fn heartbeat(from: NodeId, to: NodeId, commit: u64) -> Message {
+    fn heartbeat(from: ReplicaId, to: ReplicaId, commit: u64) -> Message {
         Message { from, to, term: 1, body: MessageBody::Heartbeat { commit, read_context: bytes::Bytes::new() } }
     }
 
@@ -574,7 +575,7 @@ mod tests {
         l2.set_nonblocking(true).unwrap();
         // Peer 3's address has nothing listening.
         let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let peers: BTreeMap<NodeId, String> =
+        let peers: BTreeMap<ReplicaId, String> =
             [(1, "127.0.0.1:1".to_string()), (2, l2.local_addr().unwrap().to_string()), (3, dead.to_string())]
                 .into_iter()
                 .collect();
@@ -614,7 +615,7 @@ mod tests {
         let l2 = TcpListener::bind((ip, 0)).unwrap();
         l2.set_nonblocking(true).unwrap();
         let name = format!("localhost:{}", l2.local_addr().unwrap().port());
-        let peers: BTreeMap<NodeId, String> = [(1, "127.0.0.1:1".to_string()), (2, name)].into_iter().collect();
+        let peers: BTreeMap<ReplicaId, String> = [(1, "127.0.0.1:1".to_string()), (2, name)].into_iter().collect();
         let (mut n1, _w1) = PeerNet::new(1, &peers).unwrap();
         let (mut n2, _w2) = PeerNet::new(2, &peers).unwrap();
         let mut got = Vec::new();
@@ -632,7 +633,7 @@ mod tests {
 
     /// Replica 2 of a two-replica group, with a listener whose connections a test hands it.
     fn replica_two_listening() -> (PeerNet, impl Sized, TcpListener) {
-        let peers: BTreeMap<NodeId, String> =
+        let peers: BTreeMap<ReplicaId, String> =
             [(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())].into_iter().collect();
         let (n2, waker) = PeerNet::new(2, &peers).unwrap();
         (n2, waker, TcpListener::bind("127.0.0.1:0").unwrap())

@@ -10,7 +10,7 @@ use proto::raft::raft_peer_server::{RaftPeer, RaftPeerServer};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{codec, MAX_MESSAGE_SIZE};
-use crate::types::{Message, MessageBody, NodeId, Snapshot};
+use crate::types::{Message, MessageBody, ReplicaId, Snapshot};
 
 /// How long the receiver waits for the next chunk of a transfer before giving it up.
 const CHUNK_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -22,12 +22,12 @@ pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 
 /// The `RaftPeer` service of node `id`.
 pub struct PeerService {
-    id: NodeId,
+    id: ReplicaId,
     deliver: Deliver,
 }
 
 impl PeerService {
-    pub fn new(id: NodeId, deliver: Deliver) -> PeerService {
+    pub fn new(id: ReplicaId, deliver: Deliver) -> PeerService {
         PeerService { id, deliver }
     }
 
@@ -46,7 +46,7 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotAck>, Status> {
         let mut stream = request.into_inner();
-        let mut head: Option<(NodeId, u64, pb::SnapshotMeta)> = None;
+        let mut head: Option<(ReplicaId, u64, pb::SnapshotMeta)> = None;
         let mut data = BytesMut::new();
         loop {
             // A sender that stops mid-transfer (it died, or lost the network without a reset)

@@ -10,14 +10,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use raft::{Entry, HardState, Index, NodeId, Term};
+use raft::{Entry, HardState, Index, ReplicaId, Term};
 
 use super::state_machine::entry_hash;
 
 #[derive(Default)]
 pub struct Checker {
-    leaders: BTreeMap<Term, NodeId>,
-    votes: HashMap<(NodeId, Term), NodeId>,
+    leaders: BTreeMap<Term, ReplicaId>,
+    votes: HashMap<(ReplicaId, Term), ReplicaId>,
     /// (index, term) -> (entry hash, previous entry's term)
     entries: HashMap<(Index, Term), (u64, Term)>,
     /// index -> (term, entry hash, state machine chain after it)
@@ -32,7 +32,7 @@ pub type Violation = String;
 impl Checker {
     pub fn on_leader(
         &mut self,
-        id: NodeId,
+        id: ReplicaId,
         term: Term,
         has_entry: impl Fn(Index, Term) -> bool,
     ) -> Result<(), Violation> {
@@ -57,7 +57,7 @@ impl Checker {
         Ok(())
     }
 
-    pub fn on_hard_state(&mut self, id: NodeId, hs: &HardState) -> Result<(), Violation> {
+    pub fn on_hard_state(&mut self, id: ReplicaId, hs: &HardState) -> Result<(), Violation> {
         if hs.vote == 0 {
             return Ok(());
         }
@@ -70,7 +70,7 @@ impl Checker {
     }
 
     /// `entries` were persisted by `id` right after an entry of term `prev_term`.
-    pub fn on_persist(&mut self, id: NodeId, entries: &[Entry], mut prev_term: Term) -> Result<(), Violation> {
+    pub fn on_persist(&mut self, id: ReplicaId, entries: &[Entry], mut prev_term: Term) -> Result<(), Violation> {
         for e in entries {
             let seen = (entry_hash(e), prev_term);
             match self.entries.get(&(e.index, e.term)) {
@@ -93,7 +93,7 @@ impl Checker {
     /// `id`, now in term `term`, applied `e`.
     pub fn on_apply(
         &mut self,
-        id: NodeId,
+        id: ReplicaId,
         term: Term,
         prev_applied: Index,
         e: &Entry,
@@ -118,7 +118,7 @@ impl Checker {
         }
     }
 
-    pub fn on_snapshot_restore(&mut self, id: NodeId, index: Index, chain: u64) -> Result<(), Violation> {
+    pub fn on_snapshot_restore(&mut self, id: ReplicaId, index: Index, chain: u64) -> Result<(), Violation> {
         match self.applied.get(&index) {
             Some(&(_, _, known)) if known != chain => Err(format!(
                 "state machine safety: node {id} restored a snapshot at {index} that differs from the applied state"

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use raft::{
-    ConfChange, Config, Entry, EntryKind, Index, MemStorage, Message, MessageBody, NodeId, RawNode, Role, Storage, Term,
+    ConfChange, Config, Entry, EntryKind, Index, MemStorage, Message, MessageBody, RawNode, ReplicaId, Role, Storage,
+    Term,
 };
 
 use super::checker::{Checker, Violation};
@@ -49,7 +50,7 @@ pub struct Faults {
 }
 
 pub struct SimNode {
-    pub id: NodeId,
+    pub id: ReplicaId,
     /// `None` while crashed.
     pub raw: Option<RawNode<MemStorage>>,
     /// What survives a crash (valid while crashed).
@@ -63,10 +64,10 @@ pub struct Envelope {
 }
 
 pub struct Cluster {
-    pub nodes: BTreeMap<NodeId, SimNode>,
+    pub nodes: BTreeMap<ReplicaId, SimNode>,
     pub net: Vec<Envelope>,
     /// Directed links that drop everything.
-    pub blocked: BTreeSet<(NodeId, NodeId)>,
+    pub blocked: BTreeSet<(ReplicaId, ReplicaId)>,
     pub checker: Checker,
     pub now: u64,
     pub rng: SimRng,
@@ -74,13 +75,13 @@ pub struct Cluster {
     pub cfg: NodeCfg,
     pub seed: u64,
     /// Proposals not yet acknowledged: payload id -> (proposer, index, term).
-    pub pending: HashMap<u64, (NodeId, Index, Term)>,
+    pub pending: HashMap<u64, (ReplicaId, Index, Term)>,
     /// Proposals the proposer applied, i.e. a client got a success reply: payload id -> index.
     pub acked: BTreeMap<u64, Index>,
     pub next_payload: u64,
     pub payload_size: usize,
     /// Outstanding reads: context -> (node, the highest index applied anywhere when asked).
-    pub reads: HashMap<Bytes, (NodeId, Index)>,
+    pub reads: HashMap<Bytes, (ReplicaId, Index)>,
     pub reads_done: u64,
     /// Human-readable events, collected when `record` is set.
     pub record: bool,
@@ -90,7 +91,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(voters: &[NodeId], cfg: NodeCfg, seed: u64) -> Cluster {
+    pub fn new(voters: &[ReplicaId], cfg: NodeCfg, seed: u64) -> Cluster {
         let mut c = Cluster {
             nodes: BTreeMap::new(),
             net: Vec::new(),
@@ -118,7 +119,7 @@ impl Cluster {
         c
     }
 
-    fn config(&self, id: NodeId, applied: Index) -> Config {
+    fn config(&self, id: ReplicaId, applied: Index) -> Config {
         Config {
             id,
             election_tick: self.cfg.election_tick,
@@ -132,13 +133,13 @@ impl Cluster {
         }
     }
 
-    fn start_node(&mut self, id: NodeId, disk: MemStorage) {
+    fn start_node(&mut self, id: ReplicaId, disk: MemStorage) {
         let raw = RawNode::new(&self.config(id, 0), disk.clone()).expect("valid config");
         self.nodes.insert(id, SimNode { id, raw: Some(raw), disk, sm: StateMachine::default() });
     }
 
     /// Starts a new, empty node that will learn the log once the leader adds it.
-    pub fn add_node(&mut self, id: NodeId) {
+    pub fn add_node(&mut self, id: ReplicaId) {
         self.start_node(id, MemStorage::default());
     }
 
@@ -148,20 +149,20 @@ impl Cluster {
         }
     }
 
-    pub fn is_up(&self, id: NodeId) -> bool {
+    pub fn is_up(&self, id: ReplicaId) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.raw.is_some())
     }
 
-    pub fn raw(&mut self, id: NodeId) -> Option<&mut RawNode<MemStorage>> {
+    pub fn raw(&mut self, id: ReplicaId) -> Option<&mut RawNode<MemStorage>> {
         self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut())
     }
 
-    pub fn up_ids(&self) -> Vec<NodeId> {
+    pub fn up_ids(&self) -> Vec<ReplicaId> {
         self.nodes.values().filter(|n| n.raw.is_some()).map(|n| n.id).collect()
     }
 
     /// The live leader with the highest term, if any.
-    pub fn leader(&self) -> Option<NodeId> {
+    pub fn leader(&self) -> Option<ReplicaId> {
         self.nodes
             .values()
             .filter_map(|n| n.raw.as_ref().map(|r| (n.id, r)))
@@ -219,19 +220,19 @@ impl Cluster {
         }
     }
 
-    pub fn cut(&mut self, from: NodeId, to: NodeId) {
+    pub fn cut(&mut self, from: ReplicaId, to: ReplicaId) {
         self.blocked.insert((from, to));
     }
 
-    pub fn isolate(&mut self, id: NodeId) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+    pub fn isolate(&mut self, id: ReplicaId) {
+        let ids: Vec<ReplicaId> = self.nodes.keys().copied().collect();
         for other in ids.into_iter().filter(|&o| o != id) {
             self.cut(id, other);
             self.cut(other, id);
         }
     }
 
-    pub fn partition(&mut self, groups: &[Vec<NodeId>]) {
+    pub fn partition(&mut self, groups: &[Vec<ReplicaId>]) {
         self.blocked.clear();
         for (i, a) in groups.iter().enumerate() {
             for (j, b) in groups.iter().enumerate() {
@@ -255,14 +256,14 @@ impl Cluster {
     /// Runs one Ready of node `id` the way a replica does: send the leader's messages, persist,
     /// send the rest, apply, advance. With probability `faults.crash_mid_ready` the node
     /// crashes part-way through persisting instead.
-    pub fn process_ready(&mut self, id: NodeId) -> Result<(), Violation> {
+    pub fn process_ready(&mut self, id: ReplicaId) -> Result<(), Violation> {
         self.process_ready_crashing(id, None)
     }
 
     /// As [`Cluster::process_ready`]; `crash_after: Some(w)` crashes the node once the first
     /// `w` writes of its Ready are on disk (the snapshot, if any, is the first write, then one
     /// per entry), `None` lets `faults.crash_mid_ready` decide.
-    pub fn process_ready_crashing(&mut self, id: NodeId, crash_after: Option<usize>) -> Result<(), Violation> {
+    pub fn process_ready_crashing(&mut self, id: ReplicaId, crash_after: Option<usize>) -> Result<(), Violation> {
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         let Some(raw) = node.raw.as_mut() else { return Ok(()) };
         if !raw.has_ready() {
@@ -362,7 +363,7 @@ impl Cluster {
     // ---- client and operator actions ------------------------------------------------------
 
     /// Proposes a fresh payload at `id`; returns its id if the node accepted it.
-    pub fn propose(&mut self, id: NodeId) -> Option<u64> {
+    pub fn propose(&mut self, id: ReplicaId) -> Option<u64> {
         let pid = self.next_payload;
         let data = payload(pid, self.payload_size);
         let raw = self.raw(id)?;
@@ -373,21 +374,21 @@ impl Cluster {
         Some(pid)
     }
 
-    pub fn propose_data(&mut self, id: NodeId, data: Bytes) -> Result<Index, raft::Error> {
+    pub fn propose_data(&mut self, id: ReplicaId, data: Bytes) -> Result<Index, raft::Error> {
         match self.raw(id) {
             Some(r) => r.propose(data),
             None => Err(raft::Error::NotLeader { leader: 0 }),
         }
     }
 
-    pub fn propose_conf_change(&mut self, id: NodeId, cc: ConfChange) -> Result<Index, raft::Error> {
+    pub fn propose_conf_change(&mut self, id: ReplicaId, cc: ConfChange) -> Result<Index, raft::Error> {
         match self.raw(id) {
             Some(r) => r.propose_conf_change(cc),
             None => Err(raft::Error::NotLeader { leader: 0 }),
         }
     }
 
-    pub fn read_index(&mut self, id: NodeId) -> bool {
+    pub fn read_index(&mut self, id: ReplicaId) -> bool {
         let ctx = Bytes::from(format!("read-{}-{}", id, self.next_payload));
         self.next_payload += 1;
         let floor = self.checker.max_applied();
@@ -399,14 +400,14 @@ impl Cluster {
         false
     }
 
-    pub fn tick(&mut self, id: NodeId) {
+    pub fn tick(&mut self, id: ReplicaId) {
         if let Some(r) = self.raw(id) {
             r.tick();
         }
     }
 
     /// The node stops; everything not on its disk is lost.
-    pub fn crash(&mut self, id: NodeId) {
+    pub fn crash(&mut self, id: ReplicaId) {
         let Some(node) = self.nodes.get_mut(&id) else { return };
         if let Some(raw) = node.raw.take() {
             node.disk = raw.storage().clone();
@@ -416,7 +417,7 @@ impl Cluster {
     }
 
     /// The node starts again from its disk: latest snapshot plus the log after it.
-    pub fn restart(&mut self, id: NodeId) -> Result<(), Violation> {
+    pub fn restart(&mut self, id: ReplicaId) -> Result<(), Violation> {
         let cfg_applied;
         {
             let Some(node) = self.nodes.get(&id) else { return Ok(()) };
@@ -439,7 +440,7 @@ impl Cluster {
     }
 
     /// The node snapshots its state machine and drops the log it covers.
-    pub fn compact(&mut self, id: NodeId) -> Result<bool, Violation> {
+    pub fn compact(&mut self, id: ReplicaId) -> Result<bool, Violation> {
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(false) };
         let Some(raw) = node.raw.as_mut() else { return Ok(false) };
         let index = node.sm.applied;
@@ -452,14 +453,14 @@ impl Cluster {
         Ok(true)
     }
 
-    pub fn has_ready(&self, id: NodeId) -> bool {
+    pub fn has_ready(&self, id: ReplicaId) -> bool {
         self.nodes.get(&id).and_then(|n| n.raw.as_ref()).is_some_and(|r| r.has_ready())
     }
 
     /// Delivers everything and runs every Ready until nothing moves (bounded).
     pub fn stabilize(&mut self) -> Result<(), Violation> {
         for _ in 0..100_000 {
-            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            let ids: Vec<ReplicaId> = self.nodes.keys().copied().collect();
             let mut moved = false;
             for id in ids {
                 if self.has_ready(id) {

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use raft::{ConfChange, NodeId, Role};
+use raft::{ConfChange, ReplicaId, Role};
 
 use super::cluster::{Cluster, Faults, NodeCfg};
 use super::rng::SimRng;
@@ -93,7 +93,7 @@ pub fn run(opts: &SimOptions) -> Result<SimStats, String> {
 
 fn run_inner(opts: &SimOptions) -> Result<SimStats, String> {
     let mut rng = SimRng::new(opts.seed);
-    let voters: Vec<NodeId> = (1..=opts.nodes).collect();
+    let voters: Vec<ReplicaId> = (1..=opts.nodes).collect();
     // Vary batching and the pipelining window by seed, so flow control is exercised too.
     let cfg = NodeCfg {
         max_size_per_msg: [64, 256, 4096][rng.below(3) as usize],
@@ -203,10 +203,10 @@ fn act(
     c: &mut Cluster,
     rng: &mut SimRng,
     action: Action,
-    next_id: &mut NodeId,
+    next_id: &mut ReplicaId,
     stats: &mut SimStats,
 ) -> Result<(), String> {
-    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+    let ids: Vec<ReplicaId> = c.nodes.keys().copied().collect();
     let up = c.up_ids();
     match action {
         Action::Deliver => {
@@ -220,7 +220,7 @@ fn act(
             }
         }
         Action::Ready => {
-            let ready: Vec<NodeId> = up.iter().copied().filter(|&id| c.has_ready(id)).collect();
+            let ready: Vec<ReplicaId> = up.iter().copied().filter(|&id| c.has_ready(id)).collect();
             if let Some(&id) = rng.pick(&ready) {
                 c.process_ready(id)?;
             }
@@ -257,7 +257,7 @@ fn act(
             }
         }
         Action::Restart => {
-            let down: Vec<NodeId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
+            let down: Vec<ReplicaId> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
             if let Some(&id) = rng.pick(&down) {
                 c.restart(id)?;
             }
@@ -272,7 +272,7 @@ fn act(
                     }
                 }
                 1 => {
-                    let (a, b): (Vec<NodeId>, Vec<NodeId>) = ids.iter().partition(|_| rng.chance(0.5));
+                    let (a, b): (Vec<ReplicaId>, Vec<ReplicaId>) = ids.iter().partition(|_| rng.chance(0.5));
                     c.note(|| format!("partition {a:?} / {b:?}"));
                     c.partition(&[a, b]);
                 }

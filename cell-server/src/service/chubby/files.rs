@@ -75,7 +75,7 @@ impl ChubbyService {
         let h = if req.stale_ok {
             // Any replica answers a stale read from its own state: the cell key that verifies
             // handles is replicated with everything else.
-            let key = self.master.node().stale_read(|m: &CellMachine| m.state().key().to_vec()).await;
+            let key = self.master.replica().stale_read(|m: &CellMachine| m.state().key().to_vec()).await;
             let key = key.map_err(|e| self.fail(e.into()))?;
             let token = req.handle.as_ref().map(|h| h.token.as_ref()).unwrap_or_default();
             let body = verify(&key, token).map_err(status_of_state)?;
@@ -93,7 +93,7 @@ impl ChubbyService {
         if req.stale_ok {
             let (contents, s) = self
                 .master
-                .node()
+                .replica()
                 .stale_read(move |m: &CellMachine| look(m.state()))
                 .await
                 .map_err(|e| self.fail(e.into()))?

@@ -9,23 +9,23 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::sync::{start_syncer, HeldAck, SyncJob, LEADER_SYNC_DELAY};
-use super::{Inbox, Input, Leadership, NodeError, NodeOptions, NodeStatus, ReadFn, StateMachine};
-use crate::disk_storage::DiskStorage;
+use super::{Inbox, Input, Leadership, ReadFn, ReplicaError, ReplicaOptions, ReplicaStatus, StateMachine};
 use crate::error::Error;
 use crate::raft::Role;
 use crate::raw_node::{RawNode, Ready};
+use crate::storage::disk::DiskStorage;
 use crate::storage::Storage;
 use crate::transport::{Transport, TransportEvent};
-use crate::types::{EntryKind, Index, NodeId, Snapshot, Term};
+use crate::types::{EntryKind, Index, ReplicaId, Snapshot, Term};
 
 /// The loop's state, owned by its thread.
 pub(super) struct Driver<SM> {
     pub(super) raw: RawNode<DiskStorage>,
     pub(super) sm: SM,
     pub(super) transport: Transport,
-    pub(super) opts: NodeOptions,
+    pub(super) opts: ReplicaOptions,
     /// Proposals waiting for their entry to be applied: index -> (term, reply).
-    pub(super) pending: HashMap<Index, (Term, oneshot::Sender<Result<Bytes, NodeError>>)>,
+    pub(super) pending: HashMap<Index, (Term, oneshot::Sender<Result<Bytes, ReplicaError>>)>,
     /// ReadIndex requests waiting for leadership to be confirmed, by context.
     pub(super) pending_reads: HashMap<u64, ReadFn<SM>>,
     /// Confirmed reads waiting for the state machine to reach their index.
@@ -57,7 +57,7 @@ pub(super) struct Driver<SM> {
 /// leader (it no longer hears from a quorum).
 const SLOW: Duration = Duration::from_millis(100);
 
-pub(super) fn warn_if_slow(id: NodeId, what: &str, began: Instant) {
+pub(super) fn warn_if_slow(id: ReplicaId, what: &str, began: Instant) {
     let took = began.elapsed();
     if took >= SLOW {
         tracing::warn!(replica = id, ms = took.as_millis() as u64, "slow disk: {what} took {took:?}");
@@ -72,7 +72,7 @@ impl<SM: StateMachine> Driver<SM> {
         raw: RawNode<DiskStorage>,
         sm: SM,
         transport: Transport,
-        opts: NodeOptions,
+        opts: ReplicaOptions,
         self_tx: Inbox<SM>,
         leadership: watch::Sender<Leadership>,
     ) -> Result<Driver<SM>, String> {
@@ -172,7 +172,7 @@ impl<SM: StateMachine> Driver<SM> {
     fn shutdown(mut self) -> Result<(), String> {
         self.raw.storage_mut().sync().map_err(|e| e.to_string())?;
         for (_, (_, reply)) in self.pending.drain() {
-            let _ = reply.send(Err(NodeError::Stopped));
+            let _ = reply.send(Err(ReplicaError::Stopped));
         }
         Ok(())
     }
@@ -182,26 +182,26 @@ impl<SM: StateMachine> Driver<SM> {
         match input {
             Input::Step(m) => self.raw.step(m),
             Input::Propose { term: Some(t), reply, .. } if t != self.raw.term() => {
-                let _ = reply.send(Err(NodeError::Dropped));
+                let _ = reply.send(Err(ReplicaError::Dropped));
             }
             Input::Propose { data, reply, .. } => match self.raw.propose(data) {
                 Ok(index) => {
                     // An older proposal at this index was cut from the log when this node lost
                     // and regained leadership: it can no longer commit.
                     if let Some((_, old)) = self.pending.insert(index, (self.raw.term(), reply)) {
-                        let _ = old.send(Err(NodeError::Dropped));
+                        let _ = old.send(Err(ReplicaError::Dropped));
                     }
                 }
                 Err(e) => {
                     let _ = reply.send(Err(match e {
-                        Error::NotLeader { leader } => NodeError::NotLeader { leader },
-                        e => NodeError::Raft(e),
+                        Error::NotLeader { leader } => ReplicaError::NotLeader { leader },
+                        e => ReplicaError::Raft(e),
                     }));
                 }
             },
             Input::Read { run } => {
                 if self.raw.role() != Role::Leader {
-                    run(Err(NodeError::NotLeader { leader: self.raw.leader_id() }));
+                    run(Err(ReplicaError::NotLeader { leader: self.raw.leader_id() }));
                 } else {
                     self.next_read += 1;
                     let ctx = self.next_read;
@@ -209,14 +209,14 @@ impl<SM: StateMachine> Driver<SM> {
                         Ok(()) => {
                             self.pending_reads.insert(ctx, run);
                         }
-                        Err(e) => run(Err(NodeError::Raft(e))),
+                        Err(e) => run(Err(ReplicaError::Raft(e))),
                     }
                 }
             }
             Input::StaleRead { run } => run(Ok(&self.sm)),
             Input::Status { reply } => {
                 let s = self.raw.storage();
-                let _ = reply.send(NodeStatus {
+                let _ = reply.send(ReplicaStatus {
                     raft: self.raw.status(),
                     snapshot_index: s.snapshot_meta().index,
                     first_index: s.first_index(),
@@ -275,7 +275,7 @@ impl<SM: StateMachine> Driver<SM> {
             });
             if self.was_leader && !leader {
                 for (_, run) in self.pending_reads.drain() {
-                    run(Err(NodeError::NotLeader { leader: ss.leader_id }));
+                    run(Err(ReplicaError::NotLeader { leader: ss.leader_id }));
                 }
                 // A proposal not known to be committed may still commit through the next
                 // leader, or be overwritten by it; which, this replica may learn only when (if
@@ -285,7 +285,7 @@ impl<SM: StateMachine> Driver<SM> {
                 let undecided: Vec<Index> = self.pending.keys().copied().filter(|&i| i > committed).collect();
                 for i in undecided {
                     if let Some((_, reply)) = self.pending.remove(&i) {
-                        let _ = reply.send(Err(NodeError::Unknown));
+                        let _ = reply.send(Err(ReplicaError::Unknown));
                     }
                 }
             }
@@ -347,7 +347,7 @@ impl<SM: StateMachine> Driver<SM> {
             let covered: Vec<Index> = self.pending.keys().copied().filter(|&i| i <= snap.meta.index).collect();
             for i in covered {
                 if let Some((_, reply)) = self.pending.remove(&i) {
-                    let _ = reply.send(Err(NodeError::Unknown));
+                    let _ = reply.send(Err(ReplicaError::Unknown));
                 }
             }
         }
@@ -360,7 +360,7 @@ impl<SM: StateMachine> Driver<SM> {
                 _ => Bytes::new(),
             };
             if let Some((term, reply)) = waiting {
-                let _ = reply.send(if term == e.term { Ok(result) } else { Err(NodeError::Dropped) });
+                let _ = reply.send(if term == e.term { Ok(result) } else { Err(ReplicaError::Dropped) });
             }
             applied = Some(e.index);
         }

@@ -5,7 +5,7 @@ use std::fs;
 use bytes::Bytes;
 
 use super::*;
-use crate::diskio::PAGE;
+use crate::storage::diskio::PAGE;
 use crate::types::EntryKind;
 
 fn ent(index: Index, term: Term) -> Entry {

@@ -1,10 +1,10 @@
-//! The replica shell ([`raft::Node`]) on its own: a one-replica group on a real disk.
+//! The replica shell ([`raft::Replica`]) on its own: a one-replica group on a real disk.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use raft::{DiskOptions, FsyncPolicy, Node, NodeError, NodeOptions, Role, StateMachine};
+use raft::{DiskOptions, FsyncPolicy, Replica, ReplicaError, ReplicaOptions, Role, StateMachine};
 
 /// Counts applied entries and answers each with its index.
 #[derive(Default)]
@@ -26,9 +26,9 @@ impl StateMachine for Counter {
 }
 
 /// A one-replica group's settings, on a free loopback port, its data in `dir`.
-fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> NodeOptions {
+fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> ReplicaOptions {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    NodeOptions {
+    ReplicaOptions {
         id: 1,
         peers: BTreeMap::from([(1, format!("127.0.0.1:{port}"))]),
         data_dir: dir.to_path_buf(),
@@ -45,7 +45,7 @@ fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> NodeOptions {
 fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node = Node::start(lone_replica(dir.path(), 1000), Counter::default(), rt.handle().clone()).unwrap();
+    let node = Replica::start(lone_replica(dir.path(), 1000), Counter::default(), rt.handle().clone()).unwrap();
     let handle = node.handle();
     rt.block_on(async {
         let mut watch = handle.leadership();
@@ -63,10 +63,10 @@ fn a_proposal_bound_to_a_term_lands_only_in_that_term() {
         handle.propose_in_term(Bytes::from_static(b"now"), term).await.expect("proposed in its own term");
         assert_eq!(
             handle.propose_in_term(Bytes::from_static(b"old"), term - 1).await,
-            Err(NodeError::Dropped),
+            Err(ReplicaError::Dropped),
             "an entry bound to an earlier term is refused"
         );
-        assert_eq!(handle.propose_in_term(Bytes::from_static(b"later"), term + 1).await, Err(NodeError::Dropped));
+        assert_eq!(handle.propose_in_term(Bytes::from_static(b"later"), term + 1).await, Err(ReplicaError::Dropped));
         handle.propose(Bytes::from_static(b"any")).await.expect("an unbound proposal lands");
     });
     node.stop().unwrap();
@@ -79,7 +79,7 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
     // Half a second without a quorum before the leader steps down: the proposal below reaches
     // it well before that.
     let (nodes, incoming) = three_replicas(dir.path(), &rt, FsyncPolicy::No, 50, Duration::ZERO);
-    let mut nodes: Vec<Option<Node<Counter>>> = nodes.into_iter().map(Some).collect();
+    let mut nodes: Vec<Option<Replica<Counter>>> = nodes.into_iter().map(Some).collect();
     let handles: Vec<_> = nodes.iter().map(|n| n.as_ref().unwrap().handle()).collect();
     let leader = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -110,7 +110,7 @@ fn a_leader_that_steps_down_tells_its_waiting_proposers_the_outcome_is_unknown()
     let answer = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(20), h.propose(Bytes::from_static(b"stranded"))).await
     });
-    assert_eq!(answer, Ok(Err(NodeError::Unknown)), "the stranded proposal is answered once the leader steps down");
+    assert_eq!(answer, Ok(Err(ReplicaError::Unknown)), "the stranded proposal is answered once the leader steps down");
     assert_ne!(h.leadership().borrow().role, Some(Role::Leader));
     for n in nodes.into_iter().flatten() {
         n.stop().unwrap();
@@ -128,7 +128,7 @@ fn three_replicas(
     fsync: FsyncPolicy,
     election_tick: u64,
     slow_disk: Duration,
-) -> (Vec<Node<Counter>>, Vec<impl Send>) {
+) -> (Vec<Replica<Counter>>, Vec<impl Send>) {
     let listeners: Vec<std::net::TcpListener> =
         (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let peers: BTreeMap<u64, String> =
@@ -137,7 +137,7 @@ fn three_replicas(
     let mut incoming = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
-        let opts = NodeOptions {
+        let opts = ReplicaOptions {
             id,
             peers: peers.clone(),
             data_dir: dir.join(id.to_string()),
@@ -148,7 +148,7 @@ fn three_replicas(
             snapshot_entries: 1000,
             slow_disk,
         };
-        let node = Node::start(opts, Counter::default(), rt.handle().clone()).unwrap();
+        let node = Replica::start(opts, Counter::default(), rt.handle().clone()).unwrap();
         l.set_nonblocking(true).unwrap();
         let _guard = rt.enter();
         incoming.push(node.handle().split_listener(tokio::net::TcpListener::from_std(l).unwrap()));
@@ -239,14 +239,14 @@ fn a_snapshot_encoder_that_panics_does_not_stop_later_snapshots() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let panics_left = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
     let sm = FlakyEncoder { counter: Counter::default(), panics_left: panics_left.clone() };
-    let node = Node::start(lone_replica(dir.path(), 20), sm, rt.handle().clone()).unwrap();
+    let node = Replica::start(lone_replica(dir.path(), 20), sm, rt.handle().clone()).unwrap();
     let handle = node.handle();
     let snapshot_index = rt.block_on(async {
         // Proposals at 10 ms intervals for up to 20 s (the panic hook's backtrace may take a
         // while on the snapshot thread); a snapshot is due every 20 entries.
         for _ in 0..2000 {
             match handle.propose(Bytes::from_static(b"x")).await {
-                Ok(_) | Err(NodeError::NotLeader { .. }) => {}
+                Ok(_) | Err(ReplicaError::NotLeader { .. }) => {}
                 Err(e) => panic!("{e:?}"),
             }
             let index = handle.status().await.unwrap().snapshot_index;
@@ -289,12 +289,12 @@ impl StateMachine for Fragile {
 fn a_loop_that_panics_reports_its_death() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let node = Node::start(lone_replica(dir.path(), 1000), Fragile, rt.handle().clone()).unwrap();
+    let node = Replica::start(lone_replica(dir.path(), 1000), Fragile, rt.handle().clone()).unwrap();
     let handle = node.handle();
     let died = node.died();
     let why = rt.block_on(async {
         // Once the lone replica has elected itself.
-        let mut applied = Err(NodeError::Stopped);
+        let mut applied = Err(ReplicaError::Stopped);
         for _ in 0..500 {
             applied = handle.propose(Bytes::from_static(b"fine")).await;
             if applied.is_ok() {

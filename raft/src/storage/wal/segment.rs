@@ -24,9 +24,9 @@ pub(super) fn create_segment(dir: &Path, path: &Path, size: u64) -> Result<File,
         }
         std::fs::remove_file(path).map_err(io_err(path))?;
     }
-    let file = crate::diskio::create(path, true).map_err(io_err(path))?;
+    let file = crate::storage::diskio::create(path, true).map_err(io_err(path))?;
     preallocate(&file, size);
-    crate::diskio::sync_all(&file, path).map_err(io_err(path))?;
+    crate::storage::diskio::sync_all(&file, path).map_err(io_err(path))?;
     sync_dir(dir)?;
     Ok(file)
 }

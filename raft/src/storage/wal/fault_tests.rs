@@ -1,4 +1,4 @@
-//! The log under injected disk faults and simulated power loss ([`crate::diskio::DiskFaults`]):
+//! The log under injected disk faults and simulated power loss ([`crate::storage::diskio::DiskFaults`]):
 //! a failed sync anywhere fails the log, replay syncs what a killed process left in the page
 //! cache, a torn write at a sector boundary is a torn tail, and the vote survives a torn roll.
 
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::diskio::DiskFaults;
-use crate::diskio::PAGE;
+use crate::storage::diskio::DiskFaults;
+use crate::storage::diskio::PAGE;
 use crate::types::EntryKind;
 
 /// Small segments: the power-loss model reads a file whole at every sync.

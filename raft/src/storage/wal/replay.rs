@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::record::{self, Bad, Record};
 use super::{io_err, Recovered, WalError};
-use crate::diskio;
+use crate::storage::diskio;
 use crate::types::{Index, Term};
 
 /// Replays segments in order into a log that starts after `base`.

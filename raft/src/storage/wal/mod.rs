@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::BytesMut;
 
-use crate::diskio;
+use crate::storage::diskio;
 use crate::types::{Entry, HardState, Index, Term};
 use record::Record;
 use replay::{Replay, Replayed};

@@ -9,8 +9,8 @@ use super::driver::{warn_if_slow, Driver};
 use super::{Inbox, Input, StateMachine};
 use crate::raft::Role;
 use crate::raw_node::Ready;
-use crate::types::{Index, Message, MessageBody, NodeId, Term};
-use crate::wal::SyncTarget;
+use crate::storage::wal::SyncTarget;
+use crate::types::{Index, Message, MessageBody, ReplicaId, Term};
 
 /// Make the log durable up to `index` (of `term`), the write numbered `seq`, by syncing `target`.
 pub(super) struct SyncJob {
@@ -37,7 +37,7 @@ pub(super) struct HeldAck {
 /// sync share the next one: the highest-numbered, whose file is the newest (older segments
 /// were synced when the log rolled over), covers them all.
 pub(super) fn start_syncer<SM: StateMachine>(
-    id: NodeId,
+    id: ReplicaId,
     inbox: Inbox<SM>,
     slow_disk: Duration,
 ) -> std::io::Result<mpsc::Sender<SyncJob>> {

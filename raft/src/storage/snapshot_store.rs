@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::diskio;
-use crate::types::{ConfState, Index, NodeId, Snapshot, SnapshotMeta, Term};
-use crate::wal::{sync_dir, WalError};
+use crate::storage::diskio;
+use crate::storage::wal::{sync_dir, WalError};
+use crate::types::{ConfState, Index, ReplicaId, Snapshot, SnapshotMeta, Term};
 
 const MAGIC: &[u8; 8] = b"CHBSNAP1";
 /// Snapshots kept after a new one is saved.
@@ -142,7 +142,7 @@ fn read_file(path: &Path) -> Result<Snapshot, String> {
     }
     let index = r.u64()?;
     let term = r.u64()?;
-    let mut lists: [Vec<NodeId>; 2] = Default::default();
+    let mut lists: [Vec<ReplicaId>; 2] = Default::default();
     for list in &mut lists {
         let n = r.u32()? as usize;
         if n > 1024 {

@@ -1,4 +1,4 @@
-//! [`Node`]: a running replica — the core, its [`DiskStorage`], its peer links ([`crate::transport`]) and the
+//! [`Replica`]: a running replica — the core, its [`DiskStorage`], its peer links ([`crate::transport`]) and the
 //! application's [`StateMachine`], driven by one thread.
 //!
 //! The loop waits for input (proposals, reads, transport events), peer messages on its own
@@ -22,9 +22,9 @@
 //!
 //! The loop runs on its own OS thread because fsync blocks, and it does its own peer I/O (see
 //! [`crate::transport`]) so a message costs no thread hand-off; async callers talk to it through
-//! [`NodeHandle`], whose every send also wakes the loop.
+//! [`ReplicaHandle`], whose every send also wakes the loop.
 //!
-//! Here: the API ([`Node`], [`NodeHandle`], [`StateMachine`]) and the loop's input queue;
+//! Here: the API ([`Replica`], [`ReplicaHandle`], [`StateMachine`]) and the loop's input queue;
 //! `driver.rs`: the loop and its handling of a [`Ready`](crate::Ready); `sync.rs`: the sync
 //! thread, and the rules for what waits for it.
 
@@ -42,14 +42,14 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
-use crate::disk_storage::{DiskOptions, DiskStorage};
 use crate::error::Error;
 use crate::raft::Role;
 use crate::raw_node::{RawNode, Status};
+use crate::storage::disk::{DiskOptions, DiskStorage};
 use crate::storage::Storage;
 use crate::transport::net::PeerNet;
 use crate::transport::{accept, server::PeerService, Transport, TransportEvent};
-use crate::types::{Index, Message, NodeId, Snapshot, Term};
+use crate::types::{Index, Message, ReplicaId, Snapshot, Term};
 use driver::Driver;
 
 /// The replicated application. `apply` must be deterministic: it sees the same entries in the
@@ -74,10 +74,10 @@ pub trait StateMachine: Send + 'static {
 
 /// Settings of a replica.
 #[derive(Clone, Debug)]
-pub struct NodeOptions {
-    pub id: NodeId,
+pub struct ReplicaOptions {
+    pub id: ReplicaId,
     /// Every voter of the group, this one included, as `host:port`.
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<ReplicaId, String>,
     pub data_dir: PathBuf,
     pub disk: DiskOptions,
     /// Length of one logical tick.
@@ -93,9 +93,9 @@ pub struct NodeOptions {
 
 /// Why a request was not carried out (or may not have been).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
+pub enum ReplicaError {
     #[error("not the leader (leader: {leader})")]
-    NotLeader { leader: NodeId },
+    NotLeader { leader: ReplicaId },
     /// Another entry took this proposal's place in the log: it was not applied and never will be.
     #[error("proposal dropped by a leader change; it was not applied")]
     Dropped,
@@ -111,7 +111,7 @@ pub enum NodeError {
 
 /// A replica's state for `status` commands.
 #[derive(Clone, Debug)]
-pub struct NodeStatus {
+pub struct ReplicaStatus {
     pub raft: Status,
     pub snapshot_index: Index,
     pub first_index: Index,
@@ -121,15 +121,15 @@ pub struct NodeStatus {
 /// Encodes a copy of a state machine's state, on the snapshot thread; see [`StateMachine::snapshot`].
 pub type SnapshotEncoder = Box<dyn FnOnce() -> Bytes + Send>;
 
-type ReadFn<SM> = Box<dyn FnOnce(Result<&SM, NodeError>) + Send>;
+type ReadFn<SM> = Box<dyn FnOnce(Result<&SM, ReplicaError>) + Send>;
 
 enum Input<SM> {
     Step(Message),
     Propose {
         data: Bytes,
-        /// Only in this term (see [`NodeHandle::propose_in_term`]).
+        /// Only in this term (see [`ReplicaHandle::propose_in_term`]).
         term: Option<Term>,
-        reply: oneshot::Sender<Result<Bytes, NodeError>>,
+        reply: oneshot::Sender<Result<Bytes, ReplicaError>>,
     },
     Read {
         run: ReadFn<SM>,
@@ -138,10 +138,10 @@ enum Input<SM> {
         run: ReadFn<SM>,
     },
     Status {
-        reply: oneshot::Sender<NodeStatus>,
+        reply: oneshot::Sender<ReplicaStatus>,
     },
     TransferLeader {
-        to: NodeId,
+        to: ReplicaId,
     },
     Transport(TransportEvent),
     /// A peer link the listener accepted.
@@ -163,7 +163,7 @@ enum Input<SM> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Leadership {
     pub role: Option<Role>,
-    pub leader_id: NodeId,
+    pub leader_id: ReplicaId,
     pub term: Term,
 }
 
@@ -188,8 +188,8 @@ impl<SM> Inbox<SM> {
         Inbox { tx, waker: Arc::new(waker), asleep: Arc::new(AtomicBool::new(false)) }
     }
 
-    fn send(&self, input: Input<SM>) -> Result<(), NodeError> {
-        self.tx.send(input).map_err(|_| NodeError::Stopped)?;
+    fn send(&self, input: Input<SM>) -> Result<(), ReplicaError> {
+        self.tx.send(input).map_err(|_| ReplicaError::Stopped)?;
         // Pairs with the fence in `going_to_sleep`: either the loop's look at the queue sees
         // this input, or this sees the flag it set before looking.
         fence(Ordering::SeqCst);
@@ -222,21 +222,21 @@ impl<SM> Inbox<SM> {
     }
 }
 
-/// A cheap, cloneable way in to a running [`Node`].
-pub struct NodeHandle<SM> {
+/// A cheap, cloneable way in to a running [`Replica`].
+pub struct ReplicaHandle<SM> {
     tx: Inbox<SM>,
-    id: NodeId,
+    id: ReplicaId,
     leadership: watch::Receiver<Leadership>,
 }
 
-impl<SM> Clone for NodeHandle<SM> {
+impl<SM> Clone for ReplicaHandle<SM> {
     fn clone(&self) -> Self {
-        NodeHandle { tx: self.tx.clone(), id: self.id, leadership: self.leadership.clone() }
+        ReplicaHandle { tx: self.tx.clone(), id: self.id, leadership: self.leadership.clone() }
     }
 }
 
-impl<SM: StateMachine> NodeHandle<SM> {
-    pub fn id(&self) -> NodeId {
+impl<SM: StateMachine> ReplicaHandle<SM> {
+    pub fn id(&self) -> ReplicaId {
         self.id
     }
 
@@ -247,56 +247,56 @@ impl<SM: StateMachine> NodeHandle<SM> {
     }
 
     /// Replicates `data` and returns what the state machine answered once it was applied.
-    pub async fn propose(&self, data: Bytes) -> Result<Bytes, NodeError> {
+    pub async fn propose(&self, data: Bytes) -> Result<Bytes, ReplicaError> {
         self.propose_with(data, None).await
     }
 
-    /// As [`NodeHandle::propose`], but only if this node is still leader in `term`: checked
+    /// As [`ReplicaHandle::propose`], but only if this node is still leader in `term`: checked
     /// where the entry is appended, so an entry prepared under one leadership (say, after
     /// steps that only that leadership's bookkeeping justified) never lands in a later one.
-    /// Otherwise [`NodeError::Dropped`].
-    pub async fn propose_in_term(&self, data: Bytes, term: Term) -> Result<Bytes, NodeError> {
+    /// Otherwise [`ReplicaError::Dropped`].
+    pub async fn propose_in_term(&self, data: Bytes, term: Term) -> Result<Bytes, ReplicaError> {
         self.propose_with(data, Some(term)).await
     }
 
-    async fn propose_with(&self, data: Bytes, term: Option<Term>) -> Result<Bytes, NodeError> {
+    async fn propose_with(&self, data: Bytes, term: Option<Term>) -> Result<Bytes, ReplicaError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::Propose { data, term, reply })?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 
     /// Runs `f` on the state machine at a linearizable point (ReadIndex, thesis §6.4): it sees
     /// every write acknowledged before the call started. Leader only.
-    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&SM) -> R + Send + 'static) -> Result<R, NodeError> {
+    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&SM) -> R + Send + 'static) -> Result<R, ReplicaError> {
         let (reply, rx) = oneshot::channel();
         let run: ReadFn<SM> = Box::new(move |sm| {
             let _ = reply.send(sm.map(f));
         });
         self.tx.send(Input::Read { run })?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 
     /// Runs `f` on this replica's state as applied now, without asking anyone: may be stale.
     pub async fn stale_read<R: Send + 'static>(
         &self,
         f: impl FnOnce(&SM) -> R + Send + 'static,
-    ) -> Result<R, NodeError> {
+    ) -> Result<R, ReplicaError> {
         let (reply, rx) = oneshot::channel();
         let run: ReadFn<SM> = Box::new(move |sm| {
             let _ = reply.send(sm.map(f));
         });
         self.tx.send(Input::StaleRead { run })?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        rx.await.map_err(|_| ReplicaError::Stopped)?
     }
 
-    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+    pub async fn status(&self) -> Result<ReplicaStatus, ReplicaError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Input::Status { reply })?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        rx.await.map_err(|_| ReplicaError::Stopped)
     }
 
     /// Asks the leader to hand leadership to `to`.
-    pub fn transfer_leader(&self, to: NodeId) {
+    pub fn transfer_leader(&self, to: ReplicaId) {
         let _ = self.tx.send(Input::TransferLeader { to });
     }
 
@@ -325,21 +325,21 @@ impl<SM: StateMachine> NodeHandle<SM> {
 }
 
 /// A running replica; see the module documentation. Dropping it does not stop it: call
-/// [`Node::stop`].
-pub struct Node<SM> {
-    handle: NodeHandle<SM>,
+/// [`Replica::stop`].
+pub struct Replica<SM> {
+    handle: ReplicaHandle<SM>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-    /// Why the loop stopped on its own, once it has (see [`Node::died`]).
+    /// Why the loop stopped on its own, once it has (see [`Replica::died`]).
     died: watch::Receiver<Option<String>>,
 }
 
-impl<SM: StateMachine> Node<SM> {
+impl<SM: StateMachine> Replica<SM> {
     /// Opens the data directory (bootstrapping a new group of `opts.peers` if it is empty),
     /// restores `sm` from the latest snapshot and starts the loop. Peer tasks run on `runtime`.
-    pub fn start(opts: NodeOptions, mut sm: SM, runtime: tokio::runtime::Handle) -> Result<Node<SM>, String> {
+    pub fn start(opts: ReplicaOptions, mut sm: SM, runtime: tokio::runtime::Handle) -> Result<Replica<SM>, String> {
         let mut storage = DiskStorage::open(&opts.data_dir, &opts.disk).map_err(|e| e.to_string())?;
         if storage.is_empty() {
-            let voters: Vec<NodeId> = opts.peers.keys().copied().collect();
+            let voters: Vec<ReplicaId> = opts.peers.keys().copied().collect();
             storage.bootstrap(&voters).map_err(|e| e.to_string())?;
             tracing::info!(replica = opts.id, ?voters, "bootstrapped a new group");
         }
@@ -374,7 +374,7 @@ impl<SM: StateMachine> Node<SM> {
             runtime,
         );
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
-        let handle = NodeHandle { tx, id: opts.id, leadership };
+        let handle = ReplicaHandle { tx, id: opts.id, leadership };
         let driver = Driver::new(raw, sm, transport, opts, handle.tx.clone(), leadership_tx)?;
         let (died_tx, died) = watch::channel(None);
         let id = handle.id;
@@ -398,7 +398,7 @@ impl<SM: StateMachine> Node<SM> {
                 result
             })
             .map_err(|e| e.to_string())?;
-        Ok(Node { handle, thread: Some(thread), died })
+        Ok(Replica { handle, thread: Some(thread), died })
     }
 
     /// Resolves with the error the loop died of, if it stops on its own (a failed write or
@@ -417,7 +417,7 @@ impl<SM: StateMachine> Node<SM> {
         }
     }
 
-    pub fn handle(&self) -> NodeHandle<SM> {
+    pub fn handle(&self) -> ReplicaHandle<SM> {
         self.handle.clone()
     }
 

@@ -1,8 +1,8 @@
 //! [`DiskStorage`]: the replica's durable [`Storage`] — the latest snapshot file plus the WAL
 //! after it, mirrored in memory for the core's reads.
 //!
-//! Layout of a data directory: `wal/` (segments, see [`crate::wal`]) and `snap/` (see
-//! [`crate::snapshot_store`]).
+//! Layout of a data directory: `wal/` (segments, see [`crate::storage::wal`]) and `snap/` (see
+//! [`crate::storage::snapshot_store`]).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::snapshot_store::SnapshotStore;
+use crate::storage::snapshot_store::SnapshotStore;
+use crate::storage::wal::{Recovered, SyncTarget, Wal, WalError};
 use crate::storage::{bootstrap_log, MemStorage, Storage};
-use crate::types::{ConfState, Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term};
-use crate::wal::{Recovered, SyncTarget, Wal, WalError};
+use crate::types::{ConfState, Entry, HardState, Index, ReplicaId, Snapshot, SnapshotMeta, Term};
 
 /// When the log is made durable. Raft's promises (a vote is never forgotten, an acknowledged
 /// entry is on a majority) hold across power loss only with `Always`.
@@ -63,7 +63,7 @@ pub struct DiskOptions {
 
 impl Default for DiskOptions {
     fn default() -> DiskOptions {
-        DiskOptions { fsync: FsyncPolicy::Always, segment_size: crate::wal::DEFAULT_SEGMENT_SIZE }
+        DiskOptions { fsync: FsyncPolicy::Always, segment_size: crate::storage::wal::DEFAULT_SEGMENT_SIZE }
     }
 }
 
@@ -87,7 +87,7 @@ impl DiskStorage {
             Wal::open(&dir.join("wal"), opts.segment_size, snapshot.meta.index, snapshot.meta.term)?;
         // The directory's own entries (`wal/`, `snap/`), created on the first start, before
         // anything is written into them.
-        crate::wal::sync_dir(dir)?;
+        crate::storage::wal::sync_dir(dir)?;
         let mut hard_state = hard_state;
         hard_state.term = hard_state.term.max(snapshot.meta.term);
         Ok(DiskStorage {
@@ -106,7 +106,7 @@ impl DiskStorage {
     }
 
     /// Writes the initial membership of a new group (see [`bootstrap_log`]) into an empty log.
-    pub fn bootstrap(&mut self, voters: &[NodeId]) -> Result<(), WalError> {
+    pub fn bootstrap(&mut self, voters: &[ReplicaId]) -> Result<(), WalError> {
         let (entries, hs) = bootstrap_log(voters);
         self.wal.append(&entries, Some(hs));
         self.wal.sync()?;
