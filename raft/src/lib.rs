@@ -59,7 +59,8 @@ pub use raft::{Role, SoftState};
 pub use raw_node::{RawNode, Ready, Status};
 pub use read_only::ReadState;
 pub use replica::{
-    Leadership, Replica, ReplicaError, ReplicaHandle, ReplicaOptions, ReplicaStatus, SnapshotEncoder, StateMachine,
+    Fault, Leadership, Replica, ReplicaError, ReplicaHandle, ReplicaOptions, ReplicaStatus, SnapshotEncoder,
+    StateMachine,
 };
 pub use storage::disk::{DiskOptions, DiskStorage, FsyncPolicy};
 pub use storage::{bootstrap_log, MemStorage, Storage};

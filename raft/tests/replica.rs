@@ -306,6 +306,7 @@ fn a_loop_that_panics_reports_its_death() {
         let _ = handle.propose(Bytes::from_static(b"boom")).await;
         tokio::time::timeout(Duration::from_secs(30), died).await.expect("died resolves")
     });
+    let why = why.to_string();
     assert!(why.contains("panicked") && why.contains("cannot apply"), "{why}");
     assert!(node.stop().is_err());
 }

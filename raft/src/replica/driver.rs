@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::fault::Fault;
 use super::sync::{start_syncer, HeldAck, SyncJob, LEADER_SYNC_DELAY};
 use super::{Inbox, Input, Leadership, ReadFn, ReplicaError, ReplicaOptions, ReplicaStatus, StateMachine};
 use crate::error::Error;
@@ -49,7 +50,7 @@ pub(super) struct Driver<SM> {
     /// oldest entry it covers was written.
     pub(super) held_sync: Option<(SyncJob, Instant)>,
     /// Set when background work failed in a way that must stop the replica.
-    pub(super) failed: Option<String>,
+    pub(super) failed: Option<Fault>,
 }
 
 /// A step of the loop that took this long is logged: the loop answers no peer meanwhile, and
@@ -75,9 +76,9 @@ impl<SM: StateMachine> Driver<SM> {
         opts: ReplicaOptions,
         self_tx: Inbox<SM>,
         leadership: watch::Sender<Leadership>,
-    ) -> Result<Driver<SM>, String> {
-        let syncer = start_syncer(opts.id, self_tx.clone(), opts.slow_disk)
-            .map_err(|e| format!("starting the sync thread: {e}"))?;
+    ) -> Result<Driver<SM>, Fault> {
+        let syncer =
+            start_syncer(opts.id, self_tx.clone(), opts.slow_disk).map_err(Fault::os("starting the sync thread"))?;
         Ok(Driver {
             raw,
             sm,
@@ -100,7 +101,7 @@ impl<SM: StateMachine> Driver<SM> {
         })
     }
 
-    pub(super) fn run(mut self, rx: mpsc::Receiver<Input<SM>>) -> Result<(), String> {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Input<SM>>) -> Result<(), Fault> {
         let mut next_tick = Instant::now() + self.opts.tick;
         self.transport.net.maintain(Instant::now());
         // Work left over from the last turn (a full batch, a connection not read to the end):
@@ -119,7 +120,7 @@ impl<SM: StateMachine> Driver<SM> {
                     wait = Duration::ZERO;
                 }
             }
-            self.transport.net.poll(wait).map_err(|e| format!("polling peer links: {e}"))?;
+            self.transport.net.poll(wait).map_err(Fault::os("polling peer links"))?;
             self.self_tx.awake();
             let mut stop = false;
             more = true;
@@ -142,7 +143,7 @@ impl<SM: StateMachine> Driver<SM> {
             // compaction's): the kernel reports such an error to one sync only, so a later sync
             // here could succeed without the lost pages. Nothing more is acknowledged.
             if let Some(why) = self.raw.storage().log_failure() {
-                return Err(format!("the log failed: {why}"));
+                return Err(Fault::LogFailed(why.to_string()));
             }
             let raw = &mut self.raw;
             self.transport.net.process(&mut |m| raw.step(m));
@@ -157,7 +158,7 @@ impl<SM: StateMachine> Driver<SM> {
                     next_tick = Instant::now() + self.opts.tick; // fell behind: do not burst ticks
                 }
                 self.transport.net.maintain(Instant::now());
-                self.raw.storage_mut().sync_if_due().map_err(|e| e.to_string())?;
+                self.raw.storage_mut().sync_if_due().map_err(Fault::log("syncing the log"))?;
             }
             if self.raw.has_ready() {
                 self.handle_ready()?;
@@ -169,8 +170,8 @@ impl<SM: StateMachine> Driver<SM> {
         }
     }
 
-    fn shutdown(mut self) -> Result<(), String> {
-        self.raw.storage_mut().sync().map_err(|e| e.to_string())?;
+    fn shutdown(mut self) -> Result<(), Fault> {
+        self.raw.storage_mut().sync().map_err(Fault::log("syncing the log at shutdown"))?;
         for (_, (_, reply)) in self.pending.drain() {
             let _ = reply.send(Err(ReplicaError::Stopped));
         }
@@ -254,7 +255,7 @@ impl<SM: StateMachine> Driver<SM> {
                             tracing::info!(replica = self.opts.id, index, "snapshot saved, log compacted");
                         }
                     }
-                    Err(e) => tracing::error!(replica = self.opts.id, "saving a snapshot failed: {e}"),
+                    Err(e) => tracing::error!(replica = self.opts.id, "no snapshot saved: {e}"),
                 }
             }
             Input::Stop => return true,
@@ -262,7 +263,7 @@ impl<SM: StateMachine> Driver<SM> {
         false
     }
 
-    fn handle_ready(&mut self) -> Result<(), String> {
+    fn handle_ready(&mut self) -> Result<(), Fault> {
         let mut rd: Ready = self.raw.ready();
         if let Some(ss) = &rd.soft_state {
             tracing::info!(replica = self.opts.id, role = ?ss.role, leader = ss.leader_id, term = self.raw.term(), "role changed");
@@ -302,7 +303,7 @@ impl<SM: StateMachine> Driver<SM> {
                 .raw
                 .storage_mut()
                 .persist_deferred(&rd.entries, rd.hard_state)
-                .map_err(|e| format!("persisting: {e}"))?;
+                .map_err(Fault::log("persisting"))?;
             let last = rd.entries.last().expect("deferred only with entries");
             self.sync_seq += 1;
             let job = SyncJob { target, index: last.index, term: last.term, seq: self.sync_seq };
@@ -310,7 +311,7 @@ impl<SM: StateMachine> Driver<SM> {
                 let since = self.held_sync.take().map_or_else(Instant::now, |(_, since)| since);
                 self.held_sync = Some((job, since));
             } else {
-                self.syncer.send(job).map_err(|_| "the sync thread stopped".to_string())?;
+                self.syncer.send(job).map_err(|_| Fault::SyncThreadStopped)?;
                 // While the sync thread wakes up (tens of µs on a VM whose idle CPU halts), the
                 // device already gets the data; the sync then mostly waits for the cache flush.
                 // Not on a leader, which holds its sync back to cover several writes at once.
@@ -327,7 +328,7 @@ impl<SM: StateMachine> Driver<SM> {
             self.raw
                 .storage_mut()
                 .persist(rd.snapshot.as_ref(), &rd.entries, rd.hard_state, rd.must_sync)
-                .map_err(|e| format!("persisting: {e}"))?;
+                .map_err(Fault::log("persisting"))?;
             warn_if_slow(self.opts.id, "writing the log", began);
             if self.raw.storage().can_defer_sync() && (rd.must_sync || rd.snapshot.is_some()) {
                 // That was a sync here: every write so far is durable.
@@ -335,7 +336,7 @@ impl<SM: StateMachine> Driver<SM> {
             }
         }
         if let Some(why) = self.raw.storage().log_failure() {
-            return Err(format!("the log failed: {why}"));
+            return Err(Fault::LogFailed(why.to_string()));
         }
         self.release_acks();
         for m in std::mem::take(&mut rd.persisted_messages) {
@@ -343,7 +344,7 @@ impl<SM: StateMachine> Driver<SM> {
         }
         self.transport.net.flush();
         if let Some(snap) = &rd.snapshot {
-            self.sm.restore(&snap.data).map_err(|e| format!("restoring snapshot {}: {e}", snap.meta.index))?;
+            self.sm.restore(&snap.data).map_err(|reason| Fault::Restore { index: snap.meta.index, reason })?;
             let covered: Vec<Index> = self.pending.keys().copied().filter(|&i| i <= snap.meta.index).collect();
             for i in covered {
                 if let Some((_, reply)) = self.pending.remove(&i) {
@@ -397,14 +398,17 @@ impl<SM: StateMachine> Driver<SM> {
     /// be consistent with `applied`), and encodes and writes it on a background thread, so a
     /// large state's encoding, write and fsync never stall heartbeats (a stall of an election
     /// timeout would depose the leader); the log is compacted when the file is durable.
-    fn maybe_snapshot(&mut self, applied: Index) -> Result<(), String> {
+    fn maybe_snapshot(&mut self, applied: Index) -> Result<(), Fault> {
         let snap_index = self.raw.storage().snapshot_meta().index;
         if self.saving_snapshot || applied < snap_index + self.opts.snapshot_entries {
             return Ok(());
         }
         let Some(conf) = self.raw.conf_state_at(applied) else { return Ok(()) };
-        let meta =
-            self.raw.storage().snapshot_meta_at(applied, conf).map_err(|e| format!("snapshot at {applied}: {e}"))?;
+        let meta = self
+            .raw
+            .storage()
+            .snapshot_meta_at(applied, conf)
+            .map_err(|source| Fault::Storage { doing: format!("snapshot at {applied}"), source })?;
         let encode = self.sm.snapshot();
         let files = self.raw.storage().snapshot_files();
         let tx = self.self_tx.clone();
@@ -416,12 +420,12 @@ impl<SM: StateMachine> Driver<SM> {
                 // (`saving_snapshot` stays set) and the log would grow without end.
                 let saved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let snap = Snapshot { meta, data: encode() };
-                    files.save(&snap).map(|()| snap).map_err(|e| e.to_string())
+                    files.save(&snap).map(|()| snap).map_err(Fault::log("saving a snapshot"))
                 }));
-                let result = saved.unwrap_or_else(|_| Err("the state machine's snapshot encoder panicked".into()));
+                let result = saved.unwrap_or_else(|_| Err(Fault::EncoderPanicked));
                 let _ = tx.send(Input::SnapshotSaved(result));
             })
-            .map_err(|e| format!("starting the snapshot thread: {e}"))?;
+            .map_err(Fault::os("starting the snapshot thread"))?;
         Ok(())
     }
 }

@@ -29,6 +29,7 @@
 //! thread, and the rules for what waits for it.
 
 mod driver;
+mod fault;
 mod sync;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ use crate::transport::net::PeerNet;
 use crate::transport::{accept, server::PeerService, Transport, TransportEvent};
 use crate::types::{Index, Message, ReplicaId, Snapshot, Term};
 use driver::Driver;
+pub use fault::Fault;
 
 /// The replicated application. `apply` must be deterministic: it sees the same entries in the
 /// same order on every replica.
@@ -152,10 +154,10 @@ enum Input<SM> {
         index: Index,
         term: Term,
         seq: u64,
-        result: Result<(), String>,
+        result: Result<(), Fault>,
     },
     /// The background save of a snapshot finished.
-    SnapshotSaved(Result<Snapshot, String>),
+    SnapshotSaved(Result<Snapshot, Fault>),
     Stop,
 }
 
@@ -328,24 +330,27 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
 /// [`Replica::stop`].
 pub struct Replica<SM> {
     handle: ReplicaHandle<SM>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), Fault>>>,
     /// Why the loop stopped on its own, once it has (see [`Replica::died`]).
-    died: watch::Receiver<Option<String>>,
+    died: watch::Receiver<Option<Arc<Fault>>>,
 }
 
 impl<SM: StateMachine> Replica<SM> {
     /// Opens the data directory (bootstrapping a new group of `opts.peers` if it is empty),
     /// restores `sm` from the latest snapshot and starts the loop. Peer tasks run on `runtime`.
-    pub fn start(opts: ReplicaOptions, mut sm: SM, runtime: tokio::runtime::Handle) -> Result<Replica<SM>, String> {
-        let mut storage = DiskStorage::open(&opts.data_dir, &opts.disk).map_err(|e| e.to_string())?;
+    pub fn start(opts: ReplicaOptions, mut sm: SM, runtime: tokio::runtime::Handle) -> Result<Replica<SM>, Fault> {
+        let mut storage =
+            DiskStorage::open(&opts.data_dir, &opts.disk).map_err(Fault::log("opening the data directory"))?;
         if storage.is_empty() {
             let voters: Vec<ReplicaId> = opts.peers.keys().copied().collect();
-            storage.bootstrap(&voters).map_err(|e| e.to_string())?;
+            storage.bootstrap(&voters).map_err(Fault::log("bootstrapping a new group"))?;
             tracing::info!(replica = opts.id, ?voters, "bootstrapped a new group");
         }
-        let snap = storage.snapshot().map_err(|e| e.to_string())?;
+        let snap = storage
+            .snapshot()
+            .map_err(|source| Fault::Storage { doing: "reading the latest snapshot".into(), source })?;
         if !snap.is_empty() {
-            sm.restore(&snap.data).map_err(|e| format!("restoring snapshot {}: {e}", snap.meta.index))?;
+            sm.restore(&snap.data).map_err(|reason| Fault::Restore { index: snap.meta.index, reason })?;
         }
         let mut config = Config::new(opts.id);
         config.election_tick = opts.election_tick;
@@ -359,9 +364,9 @@ impl<SM: StateMachine> Replica<SM> {
             term = storage.hard_state().term,
             "log recovered"
         );
-        let raw = RawNode::new(&config, storage).map_err(|e| e.to_string())?;
+        let raw = RawNode::new(&config, storage)?;
 
-        let (net, waker) = PeerNet::new(opts.id, &opts.peers).map_err(|e| format!("peer links: {e}"))?;
+        let (net, waker) = PeerNet::new(opts.id, &opts.peers).map_err(Fault::os("peer links"))?;
         let (tx, rx) = mpsc::channel();
         let tx = Inbox::new(tx, waker);
         let events_tx = tx.clone();
@@ -389,15 +394,19 @@ impl<SM: StateMachine> Replica<SM> {
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
-                    Err(format!("the Raft loop panicked: {what}"))
+                    Err(Fault::Panicked(what))
                 });
-                if let Err(e) = &result {
-                    tracing::error!(replica = id, "the Raft loop stopped: {e}");
-                    died_tx.send_replace(Some(e.clone()));
+                match result {
+                    Err(e) => {
+                        tracing::error!(replica = id, "the Raft loop stopped: {e}");
+                        let e = Arc::new(e);
+                        died_tx.send_replace(Some(e.clone()));
+                        Err(Fault::Died(e))
+                    }
+                    Ok(()) => Ok(()),
                 }
-                result
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(Fault::os("starting the Raft thread"))?;
         Ok(Replica { handle, thread: Some(thread), died })
     }
 
@@ -405,7 +414,7 @@ impl<SM: StateMachine> Replica<SM> {
     /// sync of the log, say). A replica whose loop is dead answers nothing and acknowledges
     /// nothing: its process should exit with the cause, so its supervisor sees it and restarts
     /// it, rather than stay up as a silent member the cell counts on in vain.
-    pub fn died(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+    pub fn died(&self) -> impl std::future::Future<Output = Arc<Fault>> + Send + 'static {
         let mut died = self.died.clone();
         async move {
             let why = died.wait_for(Option::is_some).await.ok().and_then(|why| why.clone());
@@ -422,11 +431,11 @@ impl<SM: StateMachine> Replica<SM> {
     }
 
     /// Stops the loop after syncing the log; returns the loop's error if it died of one.
-    pub fn stop(mut self) -> Result<(), String> {
+    pub fn stop(mut self) -> Result<(), Fault> {
         let _ = self.handle.tx.send(Input::Stop);
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err("raft thread panicked".into()),
+            Some(Err(_)) => Err(Fault::Panicked("the Raft thread ended by a panic".into())),
             None => Ok(()),
         }
     }

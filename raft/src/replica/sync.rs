@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::driver::{warn_if_slow, Driver};
+use super::fault::Fault;
 use super::{Inbox, Input, StateMachine};
 use crate::raft::Role;
 use crate::raw_node::Ready;
@@ -55,7 +56,7 @@ pub(super) fn start_syncer<SM: StateMachine>(
             }
             // A failure is the log's for good: the target records it before this returns, so
             // the loop acknowledges nothing more even if a later sync of its own succeeds.
-            let result = job.target.sync().map_err(|e| format!("syncing the log: {e}"));
+            let result = job.target.sync().map_err(Fault::log("syncing the log"));
             warn_if_slow(id, "syncing the log (in the background)", began);
             let failed = result.is_err();
             let synced = Input::Synced { index: job.index, term: job.term, seq: job.seq, result };
@@ -82,14 +83,14 @@ impl<SM: StateMachine> Driver<SM> {
     /// Hands the held sync job to the sync thread once [`LEADER_SYNC_DELAY`] has passed, or
     /// at once when the followers in step no longer form a majority (or this node no longer
     /// leads): then the leader's own copy is needed to commit.
-    pub(super) fn release_held_sync(&mut self) -> Result<(), String> {
+    pub(super) fn release_held_sync(&mut self) -> Result<(), Fault> {
         let due = match &self.held_sync {
             None => return Ok(()),
             Some((_, since)) => since.elapsed() >= LEADER_SYNC_DELAY || !self.raw.followers_form_quorum(),
         };
         if due {
             let (job, _) = self.held_sync.take().expect("checked above");
-            self.syncer.send(job).map_err(|_| "the sync thread stopped".to_string())?;
+            self.syncer.send(job).map_err(|_| Fault::SyncThreadStopped)?;
         }
         Ok(())
     }

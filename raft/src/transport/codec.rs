@@ -4,6 +4,7 @@
 use proto::raft as pb;
 use proto::raft::raft_message::Body;
 
+use super::LinkError;
 use crate::types::{ConfState, Entry, EntryKind, Message, MessageBody, SnapshotMeta};
 
 pub(crate) fn entry_to_pb(e: &Entry) -> pb::Entry {
@@ -18,11 +19,11 @@ pub(crate) fn entry_to_pb(e: &Entry) -> pb::Entry {
     }
 }
 
-fn entry_from_pb(e: pb::Entry) -> Result<Entry, String> {
+fn entry_from_pb(e: pb::Entry) -> Result<Entry, LinkError> {
     let kind = match pb::EntryKind::try_from(e.kind) {
         Ok(pb::EntryKind::EntryNormal) => EntryKind::Normal,
         Ok(pb::EntryKind::EntryConfChange) => EntryKind::ConfChange,
-        Err(_) => return Err(format!("unknown entry kind {}", e.kind)),
+        Err(_) => return Err(LinkError::UnknownEntryKind(e.kind)),
     };
     Ok(Entry { term: e.term, index: e.index, kind, data: e.data })
 }
@@ -92,8 +93,8 @@ pub(crate) fn to_pb(m: &Message) -> Option<pb::RaftMessage> {
 }
 
 /// Decodes a message from a peer; malformed input is an error, never a panic.
-pub(crate) fn from_pb(m: pb::RaftMessage) -> Result<Message, String> {
-    let body = match m.body.ok_or("message without a body")? {
+pub(crate) fn from_pb(m: pb::RaftMessage) -> Result<Message, LinkError> {
+    let body = match m.body.ok_or(LinkError::NoBody)? {
         Body::RequestVote(v) => MessageBody::RequestVote {
             pre_vote: v.pre_vote,
             last_log_index: v.last_log_index,
@@ -102,20 +103,17 @@ pub(crate) fn from_pb(m: pb::RaftMessage) -> Result<Message, String> {
         },
         Body::RequestVoteResponse(v) => MessageBody::RequestVoteResponse { pre_vote: v.pre_vote, reject: v.reject },
         Body::AppendEntries(a) => {
-            // The core trusts that entries follow `prev` one by one with terms that never go
-            // down; a peer that says otherwise is refused here, before it reaches the log.
-            let mut expect = (a.prev_log_index.checked_add(1).ok_or("prev_log_index overflows")?, a.prev_log_term);
+            let mut expect = (a.prev_log_index.checked_add(1).ok_or(LinkError::IndexOverflow)?, a.prev_log_term);
             for e in &a.entries {
                 if e.index != expect.0 || e.term < expect.1 {
-                    return Err(format!(
-                        "AppendEntries entry {} (term {}) does not follow {} (term {})",
-                        e.index,
-                        e.term,
-                        expect.0 - 1,
-                        expect.1
-                    ));
+                    return Err(LinkError::EntriesOutOfOrder {
+                        index: e.index,
+                        term: e.term,
+                        prev: expect.0 - 1,
+                        prev_term: expect.1,
+                    });
                 }
-                expect = (e.index.checked_add(1).ok_or("entry index overflows")?, e.term);
+                expect = (e.index.checked_add(1).ok_or(LinkError::IndexOverflow)?, e.term);
             }
             MessageBody::AppendEntries {
                 prev_log_index: a.prev_log_index,

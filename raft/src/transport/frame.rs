@@ -10,6 +10,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use prost::Message as _;
 use proto::raft as pb;
 
+use super::LinkError;
 use crate::types::ReplicaId;
 
 /// The first bytes of every peer connection; the listener uses them to tell peer links from
@@ -36,16 +37,16 @@ impl Hello {
     }
 
     /// Takes a hello off the front of `buf`: `Ok(None)` if more bytes are needed.
-    pub fn decode(buf: &mut BytesMut) -> Result<Option<Hello>, String> {
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Hello>, LinkError> {
         let have = buf.len().min(MAGIC.len());
         if buf[..have] != MAGIC[..have] {
-            return Err("not a Raft peer connection (bad magic)".into());
+            return Err(LinkError::BadMagic);
         }
         if buf.len() < HELLO_LEN {
             return Ok(None);
         }
         if buf[MAGIC.len()] != VERSION {
-            return Err(format!("peer speaks version {}, this replica {VERSION}", buf[MAGIC.len()]));
+            return Err(LinkError::Version { theirs: buf[MAGIC.len()], ours: VERSION });
         }
         buf.advance(MAGIC.len() + 1);
         Ok(Some(Hello { from: buf.get_u64_le(), to: buf.get_u64_le() }))
@@ -63,13 +64,13 @@ pub fn encode(m: &pb::RaftMessage, out: &mut Vec<u8>) {
 /// Takes one framed message off the front of `buf`: `Ok(None)` if it has not all arrived.
 /// A frame over [`MAX_FRAME`] or one that does not decode is an error: the connection is
 /// dropped, since nothing after it can be trusted to be aligned.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<pb::RaftMessage>, String> {
+pub fn decode(buf: &mut BytesMut) -> Result<Option<pb::RaftMessage>, LinkError> {
     if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > MAX_FRAME {
-        return Err(format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit"));
+        return Err(LinkError::FrameTooLarge { len, max: MAX_FRAME });
     }
     if buf.len() < 4 + len {
         buf.reserve(4 + len - buf.len());
@@ -77,7 +78,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<pb::RaftMessage>, String> {
     }
     buf.advance(4);
     let body = buf.split_to(len).freeze();
-    pb::RaftMessage::decode(body).map(Some).map_err(|e| format!("frame does not decode: {e}"))
+    Ok(Some(pb::RaftMessage::decode(body)?))
 }
 
 #[cfg(test)]
@@ -137,7 +138,7 @@ mod tests {
         let mut wire = Vec::new();
         Hello { from: 3, to: 1 }.encode(&mut wire);
         wire[MAGIC.len()] = 9;
-        assert!(Hello::decode(&mut BytesMut::from(&wire[..])).unwrap_err().contains("version 9"));
+        assert!(matches!(Hello::decode(&mut BytesMut::from(&wire[..])), Err(LinkError::Version { theirs: 9, .. })));
     }
 
     #[test]

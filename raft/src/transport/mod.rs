@@ -17,6 +17,7 @@
 
 pub mod accept;
 mod codec;
+mod error;
 mod frame;
 pub(crate) mod net;
 pub mod server;
@@ -30,6 +31,7 @@ use proto::raft::raft_peer_client::RaftPeerClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{Message, MessageBody, ReplicaId, Snapshot};
+pub use error::{LinkError, SnapshotSendError};
 use net::PeerNet;
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -125,11 +127,11 @@ async fn send_snapshot(
     term: u64,
     snap: Snapshot,
     deadline: Duration,
-) -> Result<bool, String> {
+) -> Result<bool, SnapshotSendError> {
     let transfer = transfer_snapshot(addr, from, to, term, snap);
     match tokio::time::timeout(deadline, transfer).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no answer within {deadline:?}")),
+        Err(_) => Err(SnapshotSendError::Timeout(deadline)),
     }
 }
 
@@ -139,8 +141,8 @@ async fn transfer_snapshot(
     to: ReplicaId,
     term: u64,
     snap: Snapshot,
-) -> Result<bool, String> {
-    let mut client = connect(addr).await.map_err(|e| e.to_string())?;
+) -> Result<bool, SnapshotSendError> {
+    let mut client = connect(addr).await?;
     let meta = codec::meta_to_pb(&snap.meta);
     let data = snap.data;
     let mut chunks = Vec::new();
@@ -161,7 +163,7 @@ async fn transfer_snapshot(
         }
         offset = end;
     }
-    let ack = client.install_snapshot(tokio_stream::iter(chunks)).await.map_err(|e| e.to_string())?;
+    let ack = client.install_snapshot(tokio_stream::iter(chunks)).await?;
     Ok(ack.into_inner().accepted)
 }
 
@@ -190,7 +192,7 @@ mod tests {
             .await
         });
         let result = result.unwrap_or_else(|_| panic!("the transfer still ran after {:?}", began.elapsed()));
-        assert!(result.as_ref().is_err_and(|e| e.contains("no answer within")), "{result:?}");
+        assert!(matches!(result, Err(SnapshotSendError::Timeout(_))), "{result:?}");
         drop(silent);
     }
 

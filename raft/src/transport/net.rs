@@ -26,7 +26,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{codec, frame};
+use super::{codec, frame, LinkError};
 use crate::types::{Message, ReplicaId};
 
 /// The token of the input queue's waker.
@@ -107,7 +107,7 @@ struct Inbound {
 enum ReadEnd {
     Open,
     MoreLeft,
-    Closed(String),
+    Closed(LinkError),
 }
 
 impl PeerNet {
@@ -224,7 +224,7 @@ impl PeerNet {
             .map(|(&t, _)| t)
             .collect();
         for token in silent {
-            self.close_inbound(token, "no hello in time".into());
+            self.close_inbound(token, LinkError::NoHello);
         }
         let ids: Vec<ReplicaId> = self.links.keys().copied().collect();
         for id in ids {
@@ -440,11 +440,11 @@ impl PeerNet {
         let older: Vec<Token> =
             self.inbound.iter().filter(|(&t, c)| t < token && c.from == Some(from)).map(|(&t, _)| t).collect();
         for t in older {
-            self.close_inbound(t, "replaced by a newer link from the same peer".into());
+            self.close_inbound(t, LinkError::Replaced);
         }
     }
 
-    fn close_inbound(&mut self, token: Token, why: String) {
+    fn close_inbound(&mut self, token: Token, why: LinkError) {
         let Some(mut conn) = self.inbound.remove(&token) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.unfinished.retain(|&t| t != token);
@@ -497,11 +497,11 @@ fn read_messages(
             return ReadEnd::MoreLeft;
         }
         let n = match conn.stream.read(scratch) {
-            Ok(0) => return ReadEnd::Closed("closed by the peer".into()),
+            Ok(0) => return ReadEnd::Closed(LinkError::ClosedByPeer),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Open,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return ReadEnd::Closed(e.to_string()),
+            Err(e) => return ReadEnd::Closed(LinkError::Io(e)),
         };
         conn.buf.extend_from_slice(&scratch[..n]);
         read += n;
@@ -517,16 +517,16 @@ fn deliver_whole(
     links: &BTreeMap<ReplicaId, Link>,
     conn: &mut Inbound,
     deliver: &mut impl FnMut(Message),
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let from = match conn.from {
         Some(from) => from,
         None => {
             let Some(hello) = frame::Hello::decode(&mut conn.buf)? else { return Ok(()) };
             if hello.to != id {
-                return Err(format!("peer {} dialled replica {} but reached replica {id}", hello.from, hello.to));
+                return Err(LinkError::WrongReplica { from: hello.from, to: hello.to, me: id });
             }
             if !links.contains_key(&hello.from) {
-                return Err(format!("replica {} is not a peer of this cell", hello.from));
+                return Err(LinkError::NotAPeer(hello.from));
             }
             conn.from = Some(hello.from);
             hello.from
@@ -535,7 +535,7 @@ fn deliver_whole(
     while let Some(wire) = frame::decode(&mut conn.buf)? {
         let m = codec::from_pb(wire)?;
         if m.from != from || m.to != id {
-            return Err(format!("message from {} to {} on the link from {from}", m.from, m.to));
+            return Err(LinkError::Misaddressed { from: m.from, to: m.to, link: from });
         }
         deliver(m);
     }
