@@ -107,16 +107,7 @@ fn chubby_watch_goes_on_printing_changes_after_a_master_failover() {
         panic!("no {what} from chubby watch within 30 s; it printed {seen:?}");
     };
     // The watch is registered once a change shows.
-    let mut printed = false;
-    for i in 0..50 {
-        assert_eq!(chubby(&["put", "/ls/local/watched", &format!("before-{i}")]), 0);
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
-            assert!(line.starts_with("modified /ls/local/watched"), "{line}");
-            printed = true;
-            break;
-        }
-    }
-    assert!(printed, "chubby watch printed a change before the failover");
+    assert!(prints_a_change(&chubby, &lines), "chubby watch printed a change before the failover");
 
     cell.kill(leader);
     cell.start_replica(leader);
@@ -152,16 +143,7 @@ fn chubby_watch_reports_a_gap_when_its_stream_is_cut() {
         .unwrap();
     let mut pids = Pids(vec![watch.id()]);
     let lines = lines_of(watch.stdout.take().unwrap());
-    let mut printed = false;
-    for i in 0..50 {
-        assert_eq!(chubby(&["put", "/ls/local/watched", &format!("before-{i}")]), 0);
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
-            assert!(line.starts_with("modified /ls/local/watched"), "{line}");
-            printed = true;
-            break;
-        }
-    }
-    assert!(printed, "chubby watch printed a change before the cut");
+    assert!(prints_a_change(&chubby, &lines), "chubby watch printed a change before the cut");
     // Every earlier put's event printed (on a loaded machine they come late), so the next line
     // is about the cut.
     while lines.recv_timeout(Duration::from_millis(1500)).is_ok() {}
@@ -188,4 +170,17 @@ fn chubby_watch_reports_a_gap_when_its_stream_is_cut() {
     );
     pids.kill(watch.id());
     let _ = watch.wait();
+}
+
+/// Writes `/ls/local/watched` again and again (at most 50 times) until `chubby watch` prints
+/// a change: whether it did, which also says its watch is registered.
+fn prints_a_change(chubby: &impl Fn(&[&str]) -> i32, lines: &std::sync::mpsc::Receiver<String>) -> bool {
+    for i in 0..50 {
+        assert_eq!(chubby(&["put", "/ls/local/watched", &format!("before-{i}")]), 0);
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            assert!(line.starts_with("modified /ls/local/watched"), "{line}");
+            return true;
+        }
+    }
+    false
 }

@@ -59,6 +59,23 @@ pub struct Session {
     pub ephemeral_handles: BTreeMap<u64, String>,
 }
 
+impl Session {
+    /// A session just opened: nothing answered, held or waited for yet.
+    pub fn new(principal: String, open_id: u64, created_ms: u64) -> Session {
+        Session {
+            principal,
+            open_id,
+            created_ms,
+            low_water: 0,
+            replies: BTreeMap::new(),
+            reply_bytes: 0,
+            held: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            ephemeral_handles: BTreeMap::new(),
+        }
+    }
+}
+
 /// About the memory an answer takes: its strings and a fixed part.
 pub(super) fn answer_bytes(o: &Outcome) -> u64 {
     let text = match o {
@@ -144,17 +161,7 @@ impl CellState {
         }
         self.next_session += 1;
         let id = self.next_session;
-        let session = Session {
-            principal,
-            open_id,
-            created_ms: self.clock_ms,
-            low_water: 0,
-            replies: BTreeMap::new(),
-            reply_bytes: 0,
-            held: BTreeSet::new(),
-            waiting: BTreeSet::new(),
-            ephemeral_handles: BTreeMap::new(),
-        };
+        let session = Session::new(principal, open_id, self.clock_ms);
         self.sessions.insert(id, session);
         if open_id != 0 {
             self.opened.insert(open_id, id);
@@ -239,17 +246,7 @@ mod tests {
     use super::*;
 
     fn session() -> Session {
-        Session {
-            principal: "p".into(),
-            open_id: 0,
-            created_ms: 0,
-            low_water: 0,
-            replies: BTreeMap::new(),
-            reply_bytes: 0,
-            held: BTreeSet::new(),
-            waiting: BTreeSet::new(),
-            ephemeral_handles: BTreeMap::new(),
-        }
+        Session::new("p".into(), 0, 0)
     }
 
     /// A window of calls in flight keeps every answer, however many; answers beyond the byte

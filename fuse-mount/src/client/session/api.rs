@@ -203,24 +203,24 @@ impl Session {
     /// sequencer.
     pub async fn acquire(
         &self,
-        handle: &Handle,
+        h: &Handle,
         mode: LockMode,
         owner: u64,
-        lock_delay: Option<Duration>,
+        delay: Option<Duration>,
     ) -> Result<String, ClientError> {
-        let (_f, req) = self.acquire_request(handle, mode, owner, lock_delay);
+        let (_f, req) = self.acquire_request(h, mode, owner, delay);
         Ok(self.call(None, rpc!(Acquire, req)).await?.sequencer)
     }
 
     /// Takes the lock if it is free now; `LockBusy` otherwise.
     pub async fn try_acquire(
         &self,
-        handle: &Handle,
+        h: &Handle,
         mode: LockMode,
         owner: u64,
-        lock_delay: Option<Duration>,
+        delay: Option<Duration>,
     ) -> Result<String, ClientError> {
-        let (_f, req) = self.acquire_request(handle, mode, owner, lock_delay);
+        let (_f, req) = self.acquire_request(h, mode, owner, delay);
         Ok(self.call(self.deadline(), rpc!(TryAcquire, req)).await?.sequencer)
     }
 
