@@ -82,15 +82,8 @@ fn chubby_watch_goes_on_printing_changes_after_a_master_failover() {
         out.status.code().unwrap_or(-1)
     };
     assert_eq!(chubby(&["put", "/ls/local/watched", "v0"]), 0);
-    let mut watch = Command::new(bin("chubby"))
-        .env("CHUBBY_CELL", cell.cell_arg())
-        .args(["watch", "/ls/local/watched"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut watch, lines) = watch_watched(&cell.cell_arg());
     let mut pids = Pids(vec![watch.id()]);
-    let lines = lines_of(watch.stdout.take().unwrap());
     // Waits (bounded) for a line that starts with one of `kinds`; the lines seen on the way.
     let expect = |kinds: &[&str], what: &str| -> Vec<String> {
         let mut seen = Vec::new();
@@ -134,15 +127,8 @@ fn chubby_watch_reports_a_gap_when_its_stream_is_cut() {
         out.status.code().unwrap_or(-1)
     };
     assert_eq!(chubby(&["put", "/ls/local/watched", "v0"]), 0);
-    let mut watch = Command::new(bin("chubby"))
-        .env("CHUBBY_CELL", &proxy.addr)
-        .args(["watch", "/ls/local/watched"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut watch, lines) = watch_watched(&proxy.addr);
     let mut pids = Pids(vec![watch.id()]);
-    let lines = lines_of(watch.stdout.take().unwrap());
     assert!(prints_a_change(&chubby, &lines), "chubby watch printed a change before the cut");
     // Every earlier put's event printed (on a loaded machine they come late), so the next line
     // is about the cut.
@@ -183,4 +169,17 @@ fn prints_a_change(chubby: &impl Fn(&[&str]) -> i32, lines: &std::sync::mpsc::Re
         }
     }
     false
+}
+
+/// `chubby watch /ls/local/watched` at the cell `addrs`, and its output lines.
+fn watch_watched(addrs: &str) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut watch = Command::new(bin("chubby"))
+        .env("CHUBBY_CELL", addrs)
+        .args(["watch", "/ls/local/watched"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(watch.stdout.take().unwrap());
+    (watch, lines)
 }

@@ -11,6 +11,9 @@ use super::cache::Fill;
 use super::retry::InFlight;
 use super::{ClientError, Invalidated, OpenOptions, Session};
 
+/// A lock's sequencer, once granted.
+type Locked = Result<String, ClientError>;
+
 impl Session {
     /// Opens a node. A plain open (no create, no events) of a node this session has cached
     /// is answered from the cache.
@@ -201,27 +204,23 @@ impl Session {
 
     /// Waits for the lock (as long as the session lives, across failovers) and returns its
     /// sequencer.
-    pub async fn acquire(
-        &self,
-        h: &Handle,
-        mode: LockMode,
-        owner: u64,
-        delay: Option<Duration>,
-    ) -> Result<String, ClientError> {
-        let (_f, req) = self.acquire_request(h, mode, owner, delay);
-        Ok(self.call(None, rpc!(Acquire, req)).await?.sequencer)
+    pub async fn acquire(&self, h: &Handle, mode: LockMode, owner: u64, delay: Option<Duration>) -> Locked {
+        self.lock(h, mode, owner, delay, false).await
     }
 
     /// Takes the lock if it is free now; `LockBusy` otherwise.
-    pub async fn try_acquire(
-        &self,
-        h: &Handle,
-        mode: LockMode,
-        owner: u64,
-        delay: Option<Duration>,
-    ) -> Result<String, ClientError> {
+    pub async fn try_acquire(&self, h: &Handle, mode: LockMode, owner: u64, delay: Option<Duration>) -> Locked {
+        self.lock(h, mode, owner, delay, true).await
+    }
+
+    /// A blocking Acquire waits as long as the session lives; a TryAcquire has a deadline.
+    async fn lock(&self, h: &Handle, mode: LockMode, owner: u64, delay: Option<Duration>, try_only: bool) -> Locked {
         let (_f, req) = self.acquire_request(h, mode, owner, delay);
-        Ok(self.call(self.deadline(), rpc!(TryAcquire, req)).await?.sequencer)
+        let granted = match try_only {
+            false => self.call(None, rpc!(Acquire, req)).await?,
+            true => self.call(self.deadline(), rpc!(TryAcquire, req)).await?,
+        };
+        Ok(granted.sequencer)
     }
 
     fn acquire_request(
