@@ -50,3 +50,23 @@ fn new_member_installs_a_snapshot_that_predates_it_then_appends() {
 fn stale_leader_of_an_older_term_may_lack_entries_committed_later() {
     scenario("stale_leader_of_older_term");
 }
+
+#[test]
+fn a_leader_cut_off_from_a_majority_steps_down_on_its_own() {
+    scenario("checkquorum_step_down");
+}
+
+#[test]
+fn leadership_transfer_catches_the_target_up_then_hands_over() {
+    scenario("leader_transfer");
+}
+
+#[test]
+fn read_index_serves_confirmed_reads_and_waits_without_a_quorum() {
+    scenario("read_index");
+}
+
+#[test]
+fn a_learner_gets_the_log_but_counts_only_once_promoted() {
+    scenario("learner");
+}

@@ -328,6 +328,7 @@ impl Cluster {
             }
         }
         for rs in &rd.read_states {
+            self.note(|| format!("{id} serves read{} at index {}", ctx(&rs.context), rs.index));
             if let Some((asker, floor)) = self.reads.remove(&rs.context) {
                 if asker != id {
                     return Err(format!("read index: node {id} got node {asker}'s read state"));

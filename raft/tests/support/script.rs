@@ -169,6 +169,7 @@ fn run_command(cluster: &mut Option<Cluster>, command: &str) -> String {
                 || e.starts_with("dropped")
                 || e.contains("restarted")
                 || e.contains("crashed")
+                || e.contains("serves read")
         })
         .collect();
     out.splice(0..0, events);
