@@ -218,7 +218,7 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     let cell = start_cell_with(dir, &fsync, &extra);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let leader = rt.block_on(find_leader(&cell.addrs));
-    let pids: Vec<u32> = cell.children.iter().flatten().map(|c| c.id()).chain([std::process::id()]).collect();
+    let pids: Vec<u32> = cell.pids().into_iter().chain([std::process::id()]).collect();
     let cpu = || pids.iter().map(|&p| common::cpu_time(p)).sum::<Duration>();
     // (clients, pipelined) -> its rounds.
     let mut runs: BTreeMap<(usize, bool), Vec<Round>> = BTreeMap::new();

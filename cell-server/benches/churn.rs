@@ -125,7 +125,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let leader = find_leader(&cell.addrs).await;
-        let pid = cell.pid(cell.id_of(&leader));
+        let pid = cell.pid(cell.id_of(&leader)).expect("the leader runs");
         println!("master memory under churn: {nodes} nodes; RSS in MiB; tables at the master");
         println!(
             "{:<44} {:>9} {:>9} {:>11} {:>13} {:>8} {:>9}",

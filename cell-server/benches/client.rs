@@ -119,7 +119,7 @@ async fn resume(dir: &std::path::Path) {
         .expect("the session resumes");
         times.push(resumed);
         let _ = s.close().await;
-        cell.start(id);
+        cell.start_replica(id);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     times.sort();

@@ -133,7 +133,7 @@ async fn failover(dir: &std::path::Path) {
         put_times.push(put_time);
         set_times.push(set_time);
         let _ = s.close().await;
-        cell.start(id);
+        cell.start_replica(id);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     put_times.sort();
@@ -152,7 +152,7 @@ async fn failover(dir: &std::path::Path) {
 async fn idle_sessions(dir: &std::path::Path, n: usize, idle_secs: u64) {
     let cell = start_cell_with(dir, "always", &[]);
     let leader = find_leader(&cell.addrs).await;
-    let pid = cell.pid(cell.id_of(&leader));
+    let pid = cell.pid(cell.id_of(&leader)).expect("the leader runs");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss0, cpu0, t0) = (rss_of(pid), cpu_time(pid), Instant::now());
     tokio::time::sleep(Duration::from_secs(idle_secs.min(10))).await;
