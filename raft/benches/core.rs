@@ -8,72 +8,32 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft::{Config, MemStorage, Message, RawNode, Role, Storage};
+use raft::{Role, Storage};
+use support::group::Group;
 
 /// A 3-node group on a perfect in-memory network, with no checker and no hashing: only the
-/// core and MemStorage.
-struct Group {
-    nodes: Vec<RawNode<MemStorage>>,
-    net: Vec<Message>,
-    applied: u64,
+/// core and MemStorage; replica 1 leads.
+fn group() -> Group {
+    let mut g = Group::new(3);
+    g.node(1).campaign();
+    g.settle(None);
+    assert_eq!(g.node(1).role(), Role::Leader);
+    g
 }
 
-impl Group {
-    fn new() -> Group {
-        let nodes = (1..=3u64)
-            .map(|id| RawNode::new(&Config::new(id), MemStorage::new_with_voters(&[1, 2, 3])).unwrap())
-            .collect();
-        let mut g = Group { nodes, net: Vec::new(), applied: 0 };
-        g.nodes[0].campaign();
-        g.settle();
-        assert_eq!(g.nodes[0].role(), Role::Leader);
-        g
-    }
-
-    fn settle(&mut self) {
-        loop {
-            let mut moved = false;
-            for i in 0..self.nodes.len() {
-                let node = &mut self.nodes[i];
-                if !node.has_ready() {
-                    continue;
-                }
-                moved = true;
-                let rd = node.ready();
-                self.net.extend(rd.messages.iter().cloned());
-                if let Some(hs) = rd.hard_state {
-                    node.storage_mut().set_hard_state(hs);
-                }
-                node.storage_mut().append(&rd.entries).unwrap();
-                self.net.extend(rd.persisted_messages.iter().cloned());
-                if i == 0 {
-                    self.applied += rd.committed_entries.len() as u64;
-                }
-                node.advance(&rd);
-            }
-            if self.net.is_empty() && !moved {
-                return;
-            }
-            for m in std::mem::take(&mut self.net) {
-                let to = (m.to - 1) as usize;
-                self.nodes[to].step(m);
-            }
-        }
-    }
-
-    fn compact(&mut self) {
-        for node in &mut self.nodes {
-            let applied = node.status().applied;
-            if applied > node.storage().first_index() + 100_000 {
-                let conf = node.conf_state_at(applied).unwrap();
-                node.storage_mut().compact(applied, conf, Bytes::new()).unwrap();
-            }
+/// Compacts every replica's log once it holds more than 100,000 applied entries.
+fn compact(g: &mut Group) {
+    for node in &mut g.nodes {
+        let applied = node.status().applied;
+        if applied > node.storage().first_index() + 100_000 {
+            let conf = node.conf_state_at(applied).unwrap();
+            node.storage_mut().compact(applied, conf, Bytes::new()).unwrap();
         }
     }
 }
 
 fn core_throughput(batch: usize, batches_per_round: usize, payload: usize) -> f64 {
-    let mut g = Group::new();
+    let mut g = group();
     let data = Bytes::from(vec![7u8; payload]);
     let start = Instant::now();
     let before = g.applied;
@@ -84,10 +44,10 @@ fn core_throughput(batch: usize, batches_per_round: usize, payload: usize) -> f6
                 g.nodes[0].propose(data.clone()).unwrap();
             }
         }
-        g.settle();
+        g.settle(None);
         rounds += 1;
         if rounds.is_multiple_of(64) {
-            g.compact();
+            compact(&mut g);
         }
     }
     (g.applied - before) as f64 / start.elapsed().as_secs_f64()

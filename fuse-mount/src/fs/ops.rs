@@ -36,8 +36,8 @@ const WRITE: u32 = 2;
 /// writing or truncating the write right, as a local file's mode would decide at open (so
 /// `echo > file` fails there, not at a close whose error the shell ignores). `check_read`
 /// is false for a create, which may make a file its creator cannot read (as a local create
-/// may): its reads are refused by the cell then. A handle with no rights given comes from a
-/// master too old to say them: the cell alone decides, at each call.
+/// may): its reads are refused by the cell then. A handle whose rights are not given (0: its
+/// master does not report them) leaves the decision to the cell, at each call.
 fn allows(handle: &Handle, flags: i32, check_read: bool) -> Result<(), Errno> {
     if handle.rights == 0 {
         return Ok(());
@@ -216,7 +216,7 @@ impl FsInner {
         }
         let node = self.node(ino)?;
         let (_, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
-        let told = handle.rights != 0; // else a master too old to say: the calls will tell
+        let told = handle.rights != 0; // 0: not reported, the calls will tell
         let denied = (told && mask & libc::R_OK != 0 && handle.rights & READ == 0)
             || (told && mask & libc::W_OK != 0 && handle.rights & WRITE == 0)
             || (mask & libc::X_OK != 0 && !stat.is_directory);

@@ -312,8 +312,8 @@ impl<SM: StateMachine> Driver<SM> {
                 self.held_sync = Some((job, since));
             } else {
                 self.syncer.send(job).map_err(|_| Fault::SyncThreadStopped)?;
-                // While the sync thread wakes up (tens of µs on a VM whose idle CPU halts), the
-                // device already gets the data; the sync then mostly waits for the cache flush.
+                // While the sync thread wakes up, the device already gets the data; the sync
+                // then mostly waits for the cache flush.
                 // Not on a leader, which holds its sync back to cover several writes at once.
                 let began = Instant::now();
                 self.raw.storage_mut().start_writeback();

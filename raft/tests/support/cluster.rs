@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use raft::{
-    ConfChange, Config, Entry, EntryKind, Index, MemStorage, Message, MessageBody, RawNode, ReplicaId, Role, Storage,
-    Term,
+    ConfChange, Config, Entry, EntryKind, Index, MemStorage, Message, MessageBody, RawNode, Ready, ReplicaId, Role,
+    SoftState, Storage, Term,
 };
 
 use super::checker::{Checker, Violation};
+use super::ready::{handle_ready, ReadyApp};
 use super::rng::SimRng;
 use super::state_machine::{payload, payload_id, StateMachine};
 
@@ -264,87 +265,10 @@ impl Cluster {
     /// `w` writes of its Ready are on disk (the snapshot, if any, is the first write, then one
     /// per entry), `None` lets `faults.crash_mid_ready` decide.
     pub fn process_ready_crashing(&mut self, id: ReplicaId, crash_after: Option<usize>) -> Result<(), Violation> {
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
-        let Some(raw) = node.raw.as_mut() else { return Ok(()) };
-        if !raw.has_ready() {
+        if !self.has_ready(id) {
             return Ok(());
         }
-        let rd = raw.ready();
-        if let Some(ss) = rd.soft_state {
-            let term = raw.term();
-            self.note(|| format!("{id} is {:?} (term {term}, leader {})", ss.role, ss.leader_id));
-        }
-        self.route(rd.messages.clone());
-
-        // The writes happen in Ready order, the snapshot before the entries that follow it; a
-        // crash keeps a prefix of them, never entries without the snapshot they extend.
-        let snap_writes = usize::from(rd.snapshot.is_some());
-        let writes = snap_writes + rd.entries.len();
-        let crash_after = crash_after.map(|w| w.min(writes)).or_else(|| {
-            let crash = self.faults.crash_mid_ready > 0.0 && self.rng.chance(self.faults.crash_mid_ready);
-            crash.then(|| self.rng.below(writes as u64 + 1) as usize)
-        });
-        let crash = crash_after.is_some();
-        let done = crash_after.unwrap_or(writes);
-        let keep = done - snap_writes.min(done);
-        let node = self.nodes.get_mut(&id).expect("present");
-        let raw = node.raw.as_mut().expect("up");
-        if let Some(snap) = rd.snapshot.as_ref().filter(|_| done > 0) {
-            raw.storage_mut().apply_snapshot(snap.clone()).map_err(|e| format!("node {id}: {e}"))?;
-            node.sm = StateMachine::restore(&snap.data);
-            self.checker.on_snapshot_restore(id, snap.meta.index, node.sm.chain)?;
-        }
-        let entries = &rd.entries[..keep];
-        if let Some(first) = entries.first() {
-            let prev_term = raw.storage().term(first.index - 1).unwrap_or(Term::MAX);
-            raw.storage_mut().append(entries).map_err(|e| format!("node {id}: {e}"))?;
-            self.checker.on_persist(id, entries, prev_term)?;
-        }
-        if crash {
-            let snap = if done > 0 && snap_writes == 1 { "snapshot and " } else { "" };
-            self.note(|| {
-                format!("{id} crashed while persisting ({snap}{keep} of {} entries written)", rd.entries.len())
-            });
-            self.crash(id);
-            return Ok(());
-        }
-        if let Some(hs) = rd.hard_state {
-            raw.storage_mut().set_hard_state(hs);
-            self.checker.on_hard_state(id, &hs)?;
-        }
-        self.route(rd.persisted_messages.clone());
-
-        let node = self.nodes.get_mut(&id).expect("present");
-        let term = node.raw.as_ref().expect("up").term();
-        for e in &rd.committed_entries {
-            let prev = node.sm.applied;
-            node.sm.apply(e);
-            self.checker.on_apply(id, term, prev, e, node.sm.chain)?;
-            if let Some(pid) = payload_id(e) {
-                if self.pending.get(&pid) == Some(&(id, e.index, e.term)) {
-                    self.pending.remove(&pid);
-                    self.acked.insert(pid, e.index);
-                }
-            }
-        }
-        for rs in &rd.read_states {
-            self.note(|| format!("{id} serves read{} at index {}", ctx(&rs.context), rs.index));
-            if let Some((asker, floor)) = self.reads.remove(&rs.context) {
-                if asker != id {
-                    return Err(format!("read index: node {id} got node {asker}'s read state"));
-                }
-                if rs.index < floor {
-                    return Err(format!(
-                        "linearizability: read index {} at node {id} is below index {floor} applied before the read",
-                        rs.index
-                    ));
-                }
-                self.reads_done += 1;
-            }
-        }
-        let node = self.nodes.get_mut(&id).expect("present");
-        node.raw.as_mut().expect("up").advance(&rd);
-        Ok(())
+        handle_ready(&mut SimReady { cluster: self, crash_after }, id).map(|_| ())
     }
 
     /// Election safety and leader completeness for every node that is leader now.
@@ -479,6 +403,99 @@ impl Cluster {
             }
         }
         Err("stabilize: the cluster did not quiesce".into())
+    }
+}
+
+/// The simulator's way through a Ready: messages into the faulty network, writes that a crash
+/// may cut short, and the checker told of every write and every applied entry.
+struct SimReady<'a> {
+    cluster: &'a mut Cluster,
+    crash_after: Option<usize>,
+}
+
+impl ReadyApp for SimReady<'_> {
+    fn raw(&mut self, id: ReplicaId) -> &mut RawNode<MemStorage> {
+        self.cluster.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()).expect("up")
+    }
+
+    fn role_changed(&mut self, id: ReplicaId, ss: SoftState, term: Term) {
+        self.cluster.note(|| format!("{id} is {:?} (term {term}, leader {})", ss.role, ss.leader_id));
+    }
+
+    fn send(&mut self, _id: ReplicaId, msgs: Vec<Message>) {
+        self.cluster.route(msgs);
+    }
+
+    fn persist(&mut self, id: ReplicaId, rd: &Ready) -> Result<bool, Violation> {
+        let c = &mut *self.cluster;
+        // The writes happen in Ready order, the snapshot before the entries that follow it; a
+        // crash keeps a prefix of them, never entries without the snapshot they extend.
+        let snap_writes = usize::from(rd.snapshot.is_some());
+        let writes = snap_writes + rd.entries.len();
+        let crash_after = self.crash_after.map(|w| w.min(writes)).or_else(|| {
+            let crash = c.faults.crash_mid_ready > 0.0 && c.rng.chance(c.faults.crash_mid_ready);
+            crash.then(|| c.rng.below(writes as u64 + 1) as usize)
+        });
+        let crash = crash_after.is_some();
+        let done = crash_after.unwrap_or(writes);
+        let keep = done - snap_writes.min(done);
+        let node = c.nodes.get_mut(&id).expect("present");
+        let raw = node.raw.as_mut().expect("up");
+        if let Some(snap) = rd.snapshot.as_ref().filter(|_| done > 0) {
+            raw.storage_mut().apply_snapshot(snap.clone()).map_err(|e| format!("node {id}: {e}"))?;
+            node.sm = StateMachine::restore(&snap.data);
+            c.checker.on_snapshot_restore(id, snap.meta.index, node.sm.chain)?;
+        }
+        let entries = &rd.entries[..keep];
+        if let Some(first) = entries.first() {
+            let prev_term = raw.storage().term(first.index - 1).unwrap_or(Term::MAX);
+            raw.storage_mut().append(entries).map_err(|e| format!("node {id}: {e}"))?;
+            c.checker.on_persist(id, entries, prev_term)?;
+        }
+        if crash {
+            let snap = if done > 0 && snap_writes == 1 { "snapshot and " } else { "" };
+            c.note(|| format!("{id} crashed while persisting ({snap}{keep} of {} entries written)", rd.entries.len()));
+            c.crash(id);
+            return Ok(false);
+        }
+        if let Some(hs) = rd.hard_state {
+            raw.storage_mut().set_hard_state(hs);
+            c.checker.on_hard_state(id, &hs)?;
+        }
+        Ok(true)
+    }
+
+    fn apply(&mut self, id: ReplicaId, rd: &Ready) -> Result<(), Violation> {
+        let c = &mut *self.cluster;
+        let node = c.nodes.get_mut(&id).expect("present");
+        let term = node.raw.as_ref().expect("up").term();
+        for e in &rd.committed_entries {
+            let prev = node.sm.applied;
+            node.sm.apply(e);
+            c.checker.on_apply(id, term, prev, e, node.sm.chain)?;
+            if let Some(pid) = payload_id(e) {
+                if c.pending.get(&pid) == Some(&(id, e.index, e.term)) {
+                    c.pending.remove(&pid);
+                    c.acked.insert(pid, e.index);
+                }
+            }
+        }
+        for rs in &rd.read_states {
+            c.note(|| format!("{id} serves read{} at index {}", ctx(&rs.context), rs.index));
+            if let Some((asker, floor)) = c.reads.remove(&rs.context) {
+                if asker != id {
+                    return Err(format!("read index: node {id} got node {asker}'s read state"));
+                }
+                if rs.index < floor {
+                    return Err(format!(
+                        "linearizability: read index {} at node {id} is below index {floor} applied before the read",
+                        rs.index
+                    ));
+                }
+                c.reads_done += 1;
+            }
+        }
+        Ok(())
     }
 }
 

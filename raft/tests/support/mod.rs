@@ -6,6 +6,8 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod group;
+pub mod ready;
 pub mod rng;
 pub mod script;
 pub mod sim;

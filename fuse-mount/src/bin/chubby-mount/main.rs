@@ -21,7 +21,7 @@ use fuse_mount::client::SessionOptions;
 use fuse_mount::fs::{ChubbyFs, MountedCell, Owner};
 
 /// A long-running daemon of many small allocations (gRPC frames, cache entries): mimalloc costs
-/// less CPU per call than glibc's malloc, as measured on the replica.
+/// less CPU per call than glibc's malloc (see the README).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use fuser::{Config, MountOption, SessionACL};

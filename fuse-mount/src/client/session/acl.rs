@@ -14,8 +14,8 @@ impl Session {
     pub async fn acl(&self, handle: &Handle) -> Result<(NodeAcl, NodeStat), ClientError> {
         let node = self.inner.cache().node_of(handle);
         let r = self.get_stat(handle, node).await?;
-        // A master too old to give the names: never mistake that for empty lists (which a
-        // read-modify-write would then store).
+        // An answer without the names (its master does not report them) is never taken for
+        // empty lists, which a read-modify-write would then store.
         let acl = r.acl.ok_or_else(|| {
             ClientError::Rpc(Box::new(Status::unimplemented("the master does not report ACL names; upgrade it")))
         })?;
