@@ -3,8 +3,8 @@
 //! The loop waits in [`PeerNet::poll`] (epoll through `mio`) for peer sockets, its input queue
 //! (a [`mio::Waker`]) and the next tick at once. Peer messages are read and stepped into the core
 //! on that thread, and outgoing messages are written straight to the sockets there, so a message
-//! costs no hand-off to another thread on either side: on a two-core machine those hand-offs, not
-//! the network, were most of a commit's latency.
+//! costs no hand-off to another thread on either side: on a two-core machine such hand-offs cost
+//! a commit more than the network does.
 //!
 //! - **Outgoing**: one connection per peer, dialled by this replica, opened with a
 //!   [`Hello`](frame::Hello). Messages queue in a per-peer buffer written as far as the socket
