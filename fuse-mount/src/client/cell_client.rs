@@ -14,7 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
 
 use super::call_mux::{CallMux, Lost};
-use super::discovery::resolve;
+use super::discovery::{resolve, MAX_BACKOFF};
 use super::ClientError;
 
 /// A connection to a cell; see the module documentation.
@@ -118,7 +118,7 @@ impl CellClient {
                     tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
                     // Short: replicas hold calls during an election, so this only spans the
                     // moments before they notice a dead leader.
-                    backoff = (backoff * 2).min(super::session::MAX_BACKOFF);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

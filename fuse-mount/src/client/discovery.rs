@@ -1,7 +1,15 @@
 //! Finding a cell's replicas: the cell argument (`ADDR,…`, `name=ADDR,…`, `@FILE`) and the
 //! addresses DNS gives for a name.
 
+use std::time::Duration;
+
 use super::ClientError;
+
+/// Longest pause between retries while the master is unknown: an election on a loopback or
+/// LAN cell takes a few hundred ms, and a client should notice its end promptly. (Polling is
+/// short-lived: once a replica knows no master is elected it holds a call until one is, and
+/// then redirects it; the pauses only cover the moments before replicas notice a dead master.)
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
 /// Splits a cell argument: `ADDR,ADDR,…`, optionally prefixed with the cell's name
 /// (`local=ADDR,…`, as `chubby-mount` takes it); or `@FILE`, a file with the same list

@@ -1,11 +1,11 @@
 //! The lock operations of the file system (`flock`, `fcntl`; see [`super::locks`] for the
 //! rules), as calls on the cells.
 
-use proto::Refusal;
 use std::time::Duration;
 
 use fuser::Errno;
 use proto::chubby::{Handle, LockMode};
+use proto::Refusal;
 
 use super::inodes::NodeRef;
 use super::locks::{holder_of, interrupted, OFFSET_MAX};

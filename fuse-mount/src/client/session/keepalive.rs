@@ -1,7 +1,6 @@
 //! The session's stream to the master: opening or resuming it (following redirects), and
 //! keeping it: KeepAlives, leases, events, invalidation acks, jeopardy and resumption.
 
-use proto::Refusal;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -9,18 +8,18 @@ use std::time::{Duration, Instant};
 
 use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::*;
+use proto::Refusal;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 use super::links::Link;
-use super::retry::{leader_hint, reason, retryable, MAX_BACKOFF};
+use super::links::ATTEMPT_TIMEOUT;
+use super::retry::{leader_hint, reason, retryable};
 use super::{Inner, Invalidated, SessionState};
+use crate::client::discovery::MAX_BACKOFF;
 use crate::client::ClientError;
-
-/// Longest wait for one replica to open a session stream.
-pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The wait for one replica when resuming a session whose lease is `lease`: a quarter of it
 /// (at most [`ATTEMPT_TIMEOUT`]), so that a replica that hangs (a paused old master, a cut

@@ -9,10 +9,12 @@ use proto::chubby::*;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::keepalive;
 use super::Inner;
 use crate::client::call_mux::{CallMux, Lost};
 use proto::{Refusal, ERROR_METADATA};
+
+/// Longest wait for one replica to open a stream (the session stream, or a call stream).
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A session's calls to one replica, multiplexed on one `Calls` stream.
 pub(crate) type CallStream = CallMux<Call, CallResult>;
@@ -93,7 +95,7 @@ impl Inner {
         let open = client.calls(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
         // A link cut without a reset must not hold the call forever; nor the callers queued
         // behind this one for the same link, which go to a new connection.
-        let answers = match tokio::time::timeout(keepalive::ATTEMPT_TIMEOUT, open).await {
+        let answers = match tokio::time::timeout(ATTEMPT_TIMEOUT, open).await {
             Ok(Ok(answers)) => answers.into_inner(),
             failed => {
                 self.drop_link(addr, &link);

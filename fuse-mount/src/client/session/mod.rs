@@ -64,7 +64,6 @@ use retry::RequestNumbers;
 
 pub(crate) use links::{call_on, CallStream};
 pub use principal::{principal_list, principal_of};
-pub(crate) use retry::MAX_BACKOFF;
 
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -231,7 +230,7 @@ impl Session {
         // retried gets the session it created, not a second one.
         let open =
             OpenSession { principal: opts.principal.clone(), open_id: random_open_id(), ..OpenSession::default() };
-        let (addr, stream) = connect_stream(&addrs, &channels, None, &open, deadline, keepalive::ATTEMPT_TIMEOUT)
+        let (addr, stream) = connect_stream(&addrs, &channels, None, &open, deadline, links::ATTEMPT_TIMEOUT)
             .await
             .map_err(|e| match e {
                 ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },

@@ -13,13 +13,8 @@ use proto::chubby::RequestId;
 use tonic::{Code, Status};
 
 use super::{CallStream, ClientError, Inner, Session, SessionState};
+use crate::client::discovery::MAX_BACKOFF;
 use proto::{Refusal, ERROR_METADATA};
-
-/// Longest pause between retries while the master is unknown: an election on a loopback or
-/// LAN cell takes a few hundred ms, and a client should notice its end promptly. (Polling is
-/// short-lived: once a replica knows no master is elected it holds a call until one is, and
-/// then redirects it; the pauses only cover the moments before replicas notice a dead master.)
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(25);
 
 /// The session's request sequence numbers: the next one, and those still unanswered.
 #[derive(Default)]
