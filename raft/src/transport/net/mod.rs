@@ -1,0 +1,214 @@
+//! [`PeerNet`]: the peer links, driven by the Raft loop's own thread.
+//!
+//! The loop waits in [`PeerNet::poll`] (epoll through `mio`) for peer sockets, its input queue
+//! (a [`mio::Waker`]) and the next tick at once. Peer messages are read and stepped into the core
+//! on that thread, and outgoing messages are written straight to the sockets there, so a message
+//! costs no hand-off to another thread on either side: on a two-core machine such hand-offs cost
+//! a commit more than the network does.
+//!
+//! - **Outgoing** (`outbound.rs`): one connection per peer, dialled by this replica, opened with a
+//!   [`Hello`](frame::Hello). Messages queue in a per-peer buffer written as far as the socket
+//!   takes it; the rest waits for the socket to become writable. A peer that is down or too slow
+//!   (buffer over [`MAX_QUEUED`]) has its messages dropped and reported unreachable, so it never
+//!   holds up the others (Raft retries what matters). A lost connection is redialled with
+//!   exponential backoff, 50 ms to 1 s, so replicas may start in any order.
+//! - **Incoming** (`inbound.rs`): the connections peers dial to us, handed over by the listener
+//!   ([`super::accept`]). Each must start with a hello naming this replica and a known peer;
+//!   every message must come from that peer. Anything else closes that connection with a warning.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::{codec, frame, LinkError};
+use crate::types::{Message, ReplicaId};
+
+/// The token of the input queue's waker.
+pub(crate) const WAKE: Token = Token(0);
+const FIRST_INBOUND: usize = 1 << 20;
+/// Bytes queued for one peer before further messages to it are dropped.
+const MAX_QUEUED: usize = 64 << 20;
+/// Bytes read from one connection per loop turn, so one busy peer cannot starve the rest.
+const READ_PER_TURN: usize = 8 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An incoming connection must say hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data unacknowledged this long means the peer is gone (a power loss sends no FIN or RST):
+/// the link is dropped and redialled instead of waiting out TCP's retransmissions.
+const USER_TIMEOUT_MS: libc::c_int = 2000;
+/// Keepalive probes on idle links (incoming links never write, so this is how a half-open one
+/// is found): first after 2 s idle, then every 1 s, 3 unanswered ones end it.
+const KEEPALIVE: (libc::c_int, libc::c_int, libc::c_int) = (2, 1, 3);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+pub(crate) struct PeerNet {
+    id: ReplicaId,
+    poll: Poll,
+    events: Events,
+    links: BTreeMap<ReplicaId, Link>,
+    inbound: HashMap<Token, Inbound>,
+    next_inbound: usize,
+    /// Peers whose messages were dropped since the last [`PeerNet::take_unreachable`].
+    unreachable: BTreeSet<ReplicaId>,
+    /// Incoming connections that stopped reading at the per-turn limit with data left.
+    unfinished: Vec<Token>,
+    /// Where reads land before they join a connection's buffer.
+    scratch: Vec<u8>,
+}
+
+mod inbound;
+mod outbound;
+#[cfg(test)]
+mod tests;
+
+use inbound::Inbound;
+use outbound::{set_liveness_options, Link, LinkState};
+
+impl PeerNet {
+    /// Links to every peer in `peers` except `id`; they are dialled at the first
+    /// [`PeerNet::maintain`]. The returned waker wakes [`PeerNet::poll`].
+    pub(crate) fn new(id: ReplicaId, peers: &BTreeMap<ReplicaId, String>) -> io::Result<(PeerNet, Waker)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
+        let now = Instant::now();
+        let links = peers
+            .iter()
+            .filter(|(&peer, _)| peer != id)
+            .enumerate()
+            .map(|(i, (&peer, addr))| {
+                let link = Link {
+                    addr: addr.clone(),
+                    token: Token(1 + i),
+                    state: LinkState::Down { retry_at: now },
+                    backoff: MIN_BACKOFF,
+                    out: Vec::new(),
+                    written: 0,
+                };
+                (peer, link)
+            })
+            .collect();
+        let net = PeerNet {
+            id,
+            poll,
+            events: Events::with_capacity(256),
+            links,
+            inbound: HashMap::new(),
+            next_inbound: FIRST_INBOUND,
+            unreachable: BTreeSet::new(),
+            unfinished: Vec::new(),
+            scratch: vec![0; 64 << 10],
+        };
+        Ok((net, waker))
+    }
+
+    /// Waits at most `timeout` for socket readiness or the waker.
+    pub(crate) fn poll(&mut self, timeout: Duration) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.events.clear();
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Handles what the last [`PeerNet::poll`] saw: completes connections, writes what waited
+    /// for a writable socket, and passes every message that arrived to `deliver`, in order per
+    /// connection.
+    pub(crate) fn process(&mut self, deliver: &mut impl FnMut(Message)) {
+        let ready: Vec<(Token, bool, bool)> = self
+            .events
+            .iter()
+            .filter(|e| e.token() != WAKE)
+            .map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
+            .collect();
+        let mut again = std::mem::take(&mut self.unfinished);
+        again.extend(ready.iter().filter(|(t, r, _)| t.0 >= FIRST_INBOUND && *r).map(|(t, _, _)| *t));
+        for (token, readable, writable) in ready {
+            if token.0 < FIRST_INBOUND {
+                self.link_ready(token, readable, writable);
+            }
+        }
+        for token in again {
+            self.read_inbound(token, deliver);
+        }
+    }
+
+    /// Whether some connection has data left from the last turn (poll without waiting).
+    pub(crate) fn has_unfinished(&self) -> bool {
+        !self.unfinished.is_empty()
+    }
+
+    /// Queues `m` for its peer; [`PeerNet::flush`] writes it. Dropped (and the peer reported
+    /// unreachable) when the link is not up or its queue is full.
+    pub(crate) fn send(&mut self, m: &Message) {
+        let Some(link) = self.links.get_mut(&m.to) else {
+            tracing::warn!(replica = self.id, to = m.to, "message to an unknown peer dropped");
+            return;
+        };
+        let Some(wire) = codec::to_pb(m) else { return };
+        if !matches!(link.state, LinkState::Up { .. }) || link.out.len() - link.written > MAX_QUEUED {
+            self.unreachable.insert(m.to);
+            return;
+        }
+        frame::encode(&wire, &mut link.out);
+    }
+
+    /// Writes queued messages to every peer, as far as each socket takes them.
+    pub(crate) fn flush(&mut self) {
+        let ids: Vec<ReplicaId> =
+            self.links.iter().filter(|(_, l)| l.written < l.out.len()).map(|(&id, _)| id).collect();
+        for id in ids {
+            self.flush_link(id);
+        }
+    }
+
+    /// Peers whose messages were dropped since the last call.
+    pub(crate) fn take_unreachable(&mut self) -> BTreeSet<ReplicaId> {
+        std::mem::take(&mut self.unreachable)
+    }
+
+    /// Dials links that are down and due, gives up on connects that take too long, and closes
+    /// incoming connections that never said hello.
+    pub(crate) fn maintain(&mut self, now: Instant) {
+        let silent: Vec<Token> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| c.from.is_none() && now.duration_since(c.since) > HELLO_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        for token in silent {
+            self.close_inbound(token, LinkError::NoHello);
+        }
+        let ids: Vec<ReplicaId> = self.links.keys().copied().collect();
+        for id in ids {
+            let link = self.links.get_mut(&id).expect("listed above");
+            match &link.state {
+                LinkState::Down { retry_at } if *retry_at <= now => self.dial(id, now),
+                LinkState::Resolving { since, answer } => {
+                    let found = answer.lock().expect("resolver slot").take();
+                    match found {
+                        Some(Ok(addr)) => self.connect(id, addr, now),
+                        Some(Err(e)) => self.link_down(id, format!("lookup failed: {e}")),
+                        None if now.duration_since(*since) > RESOLVE_TIMEOUT => {
+                            self.link_down(id, "lookup timed out".into());
+                        }
+                        None => {}
+                    }
+                }
+                LinkState::Connecting { since, .. } if now.duration_since(*since) > CONNECT_TIMEOUT => {
+                    self.link_down(id, "connect timed out".into());
+                }
+                _ => {}
+            }
+        }
+    }
+}
