@@ -12,7 +12,8 @@
 //! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
 //! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`,
 //! `BENCH_API=unary|pipeline` (default both), `BENCH_ROUNDS` (default 3), `BENCH_RUST_LOG` (the
-//! replicas' log filter), `BENCH_REPLICA_ARGS` (more flags for the replicas).
+//! replicas' log filter, written to files in the data directory; it keeps
+//! `cell_server::replica=info`, by which the launcher sees a replica serve), `BENCH_REPLICA_ARGS` (more flags for the replicas).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -45,6 +45,9 @@ pub struct CellOptions {
     /// Where the replicas' data directories and logs go (default: a temporary directory,
     /// removed with the cell). A benchmark may want a particular disk.
     pub data_root: Option<PathBuf>,
+    /// The replicas' `RUST_LOG`. It must keep `cell_server::replica` at `info`: the cell
+    /// knows a replica serves by its "replica serving" line.
+    pub log_filter: String,
 }
 
 impl Default for CellOptions {
@@ -66,6 +69,7 @@ impl Default for CellOptions {
             server_defaults: false,
             extra_args: Vec::new(),
             data_root: None,
+            log_filter: "info,h2=warn,tower=warn".into(),
         }
     }
 }
@@ -142,7 +146,11 @@ impl TestCell {
     /// the test with its log.
     pub fn start(opts: CellOptions) -> TestCell {
         for attempt in 1.. {
-            let mut cell = TestCell::new(opts.clone());
+            let mut opts = opts.clone();
+            // Each attempt in a data root of its own: not one an earlier attempt bootstrapped.
+            opts.data_root =
+                opts.data_root.map(|root| if attempt == 1 { root } else { root.join(format!("retry-{attempt}")) });
+            let mut cell = TestCell::new(opts);
             for id in 1..=cell.addrs.len() as u64 {
                 cell.start_replica(id);
             }
@@ -227,7 +235,7 @@ impl TestCell {
             .args(&o.extra_args)
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .env("RUST_LOG", "info,h2=warn,tower=warn")
+            .env("RUST_LOG", &o.log_filter)
             .envs(self.env_of[i].as_ref().unwrap_or(&o.env).iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

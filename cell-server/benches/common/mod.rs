@@ -36,6 +36,7 @@ pub fn start_cell_with(dir: &Path, fsync: &str, extra: &[&str]) -> TestCell {
         server_defaults: true,
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
         data_root: Some(dir.to_path_buf()),
+        log_filter: std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn,cell_server::replica=info".into()),
         ..CellOptions::default()
     })
 }

@@ -51,6 +51,14 @@ pub struct Lock {
     pub delay_until_ms: u64,
 }
 
+/// How an Acquire asks for its lock: the mode, the lock-delay its holder's loss will impose
+/// (none: the default), and whether it fails at once rather than queue.
+pub(super) struct Ask {
+    pub mode: LockMode,
+    pub lock_delay_ms: Option<u64>,
+    pub try_only: bool,
+}
+
 impl Default for Lock {
     fn default() -> Lock {
         Lock {
@@ -124,22 +132,12 @@ impl CellState {
         self.node_at(path, instance).map(|_| ())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn acquire(
-        &mut self,
-        session: SessionId,
-        path: String,
-        instance: u64,
-        mode: LockMode,
-        owner: Owner,
-        lock_delay_ms: Option<u64>,
-        try_only: bool,
-    ) -> Outcome {
+    pub(super) fn acquire(&mut self, holder: Holder, path: String, instance: u64, ask: Ask) -> Outcome {
+        let (Holder { session, owner }, Ask { mode, lock_delay_ms, try_only }) = (holder, ask);
         self.lock_node(&path, instance)?;
         if lock_delay_ms.is_some_and(|d| d > MAX_LOCK_DELAY_MS) {
             return Err(StateError::InvalidArgument(format!("lock-delay is at most {MAX_LOCK_DELAY_MS} ms")));
         }
-        let holder = Holder { session, owner };
         let lock = &self.nodes[path.as_str()].lock;
         if lock.holders.contains_key(&holder) {
             if lock.mode != mode {

@@ -214,7 +214,7 @@ impl CellState {
                 self.delete(path, instance, if_generation, sequencer)
             }
             Op::Acquire { path, instance, mode, owner, lock_delay_ms, try_only } => {
-                self.acquire(session, path, instance, mode, owner, lock_delay_ms, try_only)
+                self.acquire(Holder { session, owner }, path, instance, locks::Ask { mode, lock_delay_ms, try_only })
             }
             Op::Release { path, instance, owner } => self.release(session, path, instance, owner),
             Op::Cancel { path, instance, owner } => self.cancel(session, path, instance, owner),

@@ -255,7 +255,7 @@ impl<SM: StateMachine> Driver<SM> {
                             tracing::info!(replica = self.opts.id, index, "snapshot saved, log compacted");
                         }
                     }
-                    Err(e) => tracing::error!(replica = self.opts.id, "no snapshot saved: {e}"),
+                    Err(e) => tracing::error!(replica = self.opts.id, "{e}"),
                 }
             }
             Input::Stop => return true,
@@ -408,7 +408,7 @@ impl<SM: StateMachine> Driver<SM> {
             .raw
             .storage()
             .snapshot_meta_at(applied, conf)
-            .map_err(|source| Fault::Storage { doing: format!("snapshot at {applied}"), source })?;
+            .map_err(|error| Fault::Storage { doing: format!("snapshot at {applied}"), error })?;
         let encode = self.sm.snapshot();
         let files = self.raw.storage().snapshot_files();
         let tx = self.self_tx.clone();

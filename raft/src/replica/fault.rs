@@ -1,6 +1,7 @@
 //! Why a replica could not start, or stopped on its own. Each names what the replica was doing
-//! and keeps the error underneath as its source, so the operator reads the disk's own words
-//! ("No space left on device") after the step that met them.
+//! and then the error underneath in its own words ("No space left on device"). The message
+//! says it all: the error underneath is not also given as a source, or a report that walks
+//! the chain would say it twice.
 
 use std::io;
 use std::sync::Arc;
@@ -12,24 +13,24 @@ use crate::types::Index;
 #[derive(Debug, thiserror::Error)]
 pub enum Fault {
     /// The log (or a snapshot file) could not be opened, written or synced.
-    #[error("{doing}: {source}")]
-    Log { doing: &'static str, source: WalError },
+    #[error("{doing}: {error}")]
+    Log { doing: &'static str, error: WalError },
     /// An earlier write or sync of the log failed, on this thread or another: nothing more
     /// may be acknowledged (see [`WalError::Failed`]).
     #[error("the log failed: {0}")]
     LogFailed(String),
     /// The log could not be read where the replica needed it.
-    #[error("{doing}: {source}")]
-    Storage { doing: String, source: StorageError },
+    #[error("{doing}: {error}")]
+    Storage { doing: String, error: StorageError },
     /// The core refused to start from what the log holds.
     #[error("starting the Raft core: {0}")]
-    Core(#[from] Error),
+    Core(Error),
     /// The application's state machine could not restore a snapshot.
     #[error("restoring snapshot {index}: {reason}")]
     Restore { index: Index, reason: String },
     /// An operating-system call of the shell failed (a thread, the peer links' poll).
-    #[error("{doing}: {source}")]
-    Os { doing: &'static str, source: io::Error },
+    #[error("{doing}: {error}")]
+    Os { doing: &'static str, error: io::Error },
     /// The sync thread is gone (it stops after a failed sync, which is reported first).
     #[error("the sync thread stopped")]
     SyncThreadStopped,
@@ -47,11 +48,17 @@ pub enum Fault {
 impl Fault {
     /// A step's failure of the log, named by the step.
     pub(super) fn log(doing: &'static str) -> impl FnOnce(WalError) -> Fault {
-        move |source| Fault::Log { doing, source }
+        move |error| Fault::Log { doing, error }
     }
 
     /// A step's failed operating-system call, named by the step.
     pub(super) fn os(doing: &'static str) -> impl FnOnce(io::Error) -> Fault {
-        move |source| Fault::Os { doing, source }
+        move |error| Fault::Os { doing, error }
+    }
+}
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Fault {
+        Fault::Core(e)
     }
 }

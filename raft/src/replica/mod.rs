@@ -348,7 +348,7 @@ impl<SM: StateMachine> Replica<SM> {
         }
         let snap = storage
             .snapshot()
-            .map_err(|source| Fault::Storage { doing: "reading the latest snapshot".into(), source })?;
+            .map_err(|error| Fault::Storage { doing: "reading the latest snapshot".into(), error })?;
         if !snap.is_empty() {
             sm.restore(&snap.data).map_err(|reason| Fault::Restore { index: snap.meta.index, reason })?;
         }

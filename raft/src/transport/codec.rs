@@ -103,7 +103,7 @@ pub(crate) fn from_pb(m: pb::RaftMessage) -> Result<Message, LinkError> {
         },
         Body::RequestVoteResponse(v) => MessageBody::RequestVoteResponse { pre_vote: v.pre_vote, reject: v.reject },
         Body::AppendEntries(a) => {
-            let mut expect = (a.prev_log_index.checked_add(1).ok_or(LinkError::IndexOverflow)?, a.prev_log_term);
+            let mut expect = (a.prev_log_index.checked_add(1).ok_or(LinkError::PrevIndexOverflow)?, a.prev_log_term);
             for e in &a.entries {
                 if e.index != expect.0 || e.term < expect.1 {
                     return Err(LinkError::EntriesOutOfOrder {
@@ -113,7 +113,7 @@ pub(crate) fn from_pb(m: pb::RaftMessage) -> Result<Message, LinkError> {
                         prev_term: expect.1,
                     });
                 }
-                expect = (e.index.checked_add(1).ok_or(LinkError::IndexOverflow)?, e.term);
+                expect = (e.index.checked_add(1).ok_or(LinkError::EntryIndexOverflow)?, e.term);
             }
             MessageBody::AppendEntries {
                 prev_log_index: a.prev_log_index,

@@ -28,8 +28,10 @@ pub enum LinkError {
     /// that, so a peer that says otherwise is refused before it reaches the log.
     #[error("AppendEntries entry {index} (term {term}) does not follow {prev} (term {prev_term})")]
     EntriesOutOfOrder { index: Index, term: Term, prev: Index, prev_term: Term },
-    #[error("an entry index overflows")]
-    IndexOverflow,
+    #[error("prev_log_index overflows")]
+    PrevIndexOverflow,
+    #[error("entry index overflows")]
+    EntryIndexOverflow,
     #[error("message from {from} to {to} on the link from {link}")]
     Misaddressed { from: ReplicaId, to: ReplicaId, link: ReplicaId },
     #[error("closed by the peer")]
@@ -47,7 +49,7 @@ pub enum SnapshotSendError {
     #[error(transparent)]
     Connect(#[from] tonic::transport::Error),
     /// Boxed: a status is large, and this error travels through every transfer's result.
-    #[error("{}", .0.message())]
+    #[error("{0}")]
     Refused(Box<tonic::Status>),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
