@@ -22,6 +22,7 @@
 //! during the read, so it is not used).
 
 mod errno;
+mod file_ops;
 mod files;
 mod inodes;
 mod kernel;

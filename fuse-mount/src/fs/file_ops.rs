@@ -1,0 +1,209 @@
+//! Open files: open and create, reads and writes of the whole contents kept in memory, and
+//! their commit to the cell at flush, fsync or release (Chubby §2.6: whole-file reads and
+//! writes); truncate.
+
+use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fuser::Errno;
+use proto::chubby::Handle;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::files::{OpenFile, MAX_CONTENTS};
+use super::inodes::NodeRef;
+use super::ops::{errno, guard, Answer, FsInner, READ, WRITE};
+use crate::client::{OpenOptions, Session};
+
+/// Whether the caller's handle allows an `open` with `flags`: reading needs the read right,
+/// writing or truncating the write right, as a local file's mode would decide at open (so
+/// `echo > file` fails there, not at a close whose error the shell ignores). `check_read`
+/// is false for a create, which may make a file its creator cannot read (as a local create
+/// may): its reads are refused by the cell then. A handle whose rights are not given (0: its
+/// master does not report them) leaves the decision to the cell, at each call.
+fn allows(handle: &Handle, flags: i32, check_read: bool) -> Result<(), Errno> {
+    if handle.rights == 0 {
+        return Ok(());
+    }
+    let mode = flags & libc::O_ACCMODE;
+    let read = check_read && mode != libc::O_WRONLY;
+    let write = mode != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+    let missing = (read && handle.rights & READ == 0) || (write && handle.rights & WRITE == 0);
+    if missing {
+        Err(Errno::EACCES)
+    } else {
+        Ok(())
+    }
+}
+
+impl FsInner {
+    fn add_file(&self, mut f: OpenFile) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        f.fh = fh;
+        if f.dirty {
+            self.set_pending(&f);
+        }
+        guard(&self.files).insert(fh, Arc::new(AsyncMutex::new(f)));
+        fh
+    }
+
+    /// `f` has unsaved changes: getattr reports its size.
+    fn set_pending(&self, f: &OpenFile) {
+        let size = f.contents.as_ref().map_or(0, |c| c.len() as u64);
+        guard(&self.pending).insert(f.ino, (f.fh, size));
+    }
+
+    /// `f` has no unsaved changes any more (another open's stay).
+    fn clear_pending(&self, f: &OpenFile) {
+        let mut pending = guard(&self.pending);
+        if pending.get(&f.ino).is_some_and(|(fh, _)| *fh == f.fh) {
+            pending.remove(&f.ino);
+        }
+    }
+
+    pub(super) fn file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
+        guard(&self.files).get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn new_file(&self, ino: u64, node: NodeRef, session: Session, handle: Handle, flags: i32) -> OpenFile {
+        let mut f = OpenFile {
+            fh: 0,
+            ino,
+            node,
+            session,
+            handle,
+            append: flags & libc::O_APPEND != 0,
+            contents: None,
+            dirty: false,
+            failed: false,
+        };
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            f.truncate(0);
+        }
+        f
+    }
+
+    pub async fn open(&self, uid: u32, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let node = self.node(ino)?;
+        let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
+        if stat.is_directory {
+            return Err(Errno::from_i32(libc::EISDIR));
+        }
+        allows(&handle, flags, true)?;
+        let f = self.new_file(ino, node, session, handle, flags);
+        Ok(self.add_file(f))
+    }
+
+    pub async fn create(&self, uid: u32, parent: u64, name: &OsStr, flags: i32) -> Result<(Answer, u64), Errno> {
+        let node = self.child(parent, name)?;
+        let before = self.before(Some(&node));
+        let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ..Default::default() };
+        let (session, handle, stat) = self.open_node(uid, &node, o).await?;
+        if stat.is_directory {
+            return Err(Errno::from_i32(libc::EISDIR));
+        }
+        allows(&handle, flags, false)?;
+        let ino = guard(&self.inodes).lookup(&node);
+        let answer = self.answer(ino, &node, &stat, &session, before);
+        let f = self.new_file(ino, node, session, handle, flags);
+        let fh = self.add_file(f);
+        Ok((answer, fh))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        f.usable()?;
+        // A read from the start takes the contents afresh (linearizable: the session's cache
+        // is kept by the master's invalidations); later offsets continue that copy, so one
+        // read loop sees one version, whole.
+        if offset == 0 && !f.dirty {
+            f.contents = None;
+        }
+        f.load().await.map_err(errno)?;
+        let contents = f.contents.as_deref().unwrap_or_default();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(contents.len());
+        let end = start.saturating_add(size as usize).min(contents.len());
+        Ok(contents[start..end].to_vec())
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        f.usable()?;
+        f.load().await.map_err(errno)?;
+        f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
+        self.set_pending(&f);
+        Ok(data.len() as u32)
+    }
+
+    async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
+        if f.failed {
+            self.clear_pending(f);
+            // The kernel may have taken the refused write's size.
+            self.forget_kernel(f.ino);
+            return Err(Errno::from_i32(libc::EFBIG));
+        }
+        let r = f.commit().await.map_err(errno);
+        if !f.dirty {
+            self.clear_pending(f);
+        }
+        if r.is_err() {
+            self.forget_kernel(f.ino);
+        }
+        r
+    }
+
+    /// `close` of one descriptor: stores the contents and drops the process's `fcntl` lock
+    /// (POSIX: any close by a process releases its locks on the file).
+    pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        let stored = self.commit(&mut f).await;
+        let (node, session, handle) = (f.node.clone(), f.session.clone(), f.handle.clone());
+        drop(f);
+        self.unlock_on_close(&node, &session, &handle, lock_owner).await;
+        stored
+    }
+
+    pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        let file = self.file(fh)?;
+        let mut f = file.lock().await;
+        self.commit(&mut f).await
+    }
+
+    /// The last close of an open file; `flock_owner` if the kernel says a `flock` lock of
+    /// this file must go.
+    pub async fn release(&self, fh: u64, flock_owner: Option<u64>) {
+        let Some(file) = guard(&self.files).remove(&fh) else { return };
+        let mut f = file.lock().await;
+        if let Err(e) = self.commit(&mut f).await {
+            tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
+        }
+        self.clear_pending(&f);
+        if let Some(owner) = flock_owner {
+            self.unlock_on_close(&f.node, &f.session, &f.handle, owner).await;
+        }
+    }
+
+    pub async fn truncate(&self, uid: u32, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {
+        if size > MAX_CONTENTS {
+            return Err(Errno::from_i32(libc::EFBIG));
+        }
+        if let Some(file) = fh.and_then(|fh| self.file(fh).ok()) {
+            let mut f = file.lock().await;
+            f.load().await.map_err(errno)?;
+            f.truncate(size);
+            self.set_pending(&f);
+        } else {
+            // `truncate(1)` on a path: read, cut and store at once.
+            let node = self.node(ino)?;
+            let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
+            let (contents, _) = session.get(&handle).await.map_err(errno)?;
+            let mut contents = contents.to_vec();
+            contents.resize(size as usize, 0);
+            session.set(&handle, contents.into(), None, "").await.map_err(errno)?;
+        }
+        self.getattr(uid, ino, fh).await
+    }
+}
