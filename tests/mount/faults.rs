@@ -1,0 +1,96 @@
+//! A mount through faults: a master failover keeps its files and flocks; cut off past its grace period, they fail with EIO.
+
+use super::*;
+
+/// A master `kill -9` is invisible to scripts on the mounts: each daemon's session resumes at
+/// the new master, a held `flock` stays held (its sequencer still current), reads and writes
+/// go on, and the holder's death still hands the lock over at once (no lock-delay: the
+/// session survived).
+#[test]
+fn a_master_failover_keeps_the_mounts_files_and_flocks() {
+    if !fuse_available("a_master_failover_keeps_the_mounts_files_and_flocks") {
+        return;
+    }
+    let mut cell = TestCell::start(CellOptions { session_lease_ms: 3000, ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let leader = rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30)));
+    let leader = leader.expect("a leader");
+    let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    let mut groups = Groups::default();
+    fs::write(a.path("svc"), "one").expect("write");
+    let mut holder = flock(&["-x"], &a.path("svc"), "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/svc");
+    let sequencer = xattr(&b.path("svc"), "user.chubby.sequencer").expect("sequencer");
+
+    cell.kill(leader);
+    fs::write(b.path("other"), "after").expect("a write through the mount after the master died");
+    assert_eq!(fs::read_to_string(a.path("other")).expect("read"), "after");
+    assert_eq!(fs::read_to_string(b.path("svc")).expect("read"), "one");
+    let check = chubby(&cell, &["check-sequencer", &sequencer]);
+    assert!(check.status.success(), "the holder's sequencer is still current: {check:?}");
+    let busy = flock(&["-n"], &b.path("svc"), "true", &mut groups).wait().expect("flock -n");
+    assert_eq!(busy.code(), Some(1), "the other host still cannot take the lock");
+
+    groups.kill(holder.id());
+    let _ = holder.wait();
+    let mut taker = flock(&["-x"], &b.path("svc"), "true", &mut groups);
+    let st = exit_within(&mut taker, Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "the lock passes at once when its holder dies: {st:?}");
+}
+
+/// A mount cut off from its cell (network namespace, blackhole route) past its grace period
+/// loses its session: files opened and locks taken under it fail with EIO, never silently
+/// succeed, while another host can take the lock once lease and lock-delay have run out.
+/// Once the network is back the daemon serves new calls under a new session.
+#[test]
+fn a_mount_cut_off_past_its_grace_period_fails_its_files_and_locks_with_eio() {
+    if !fuse_available("a_mount_cut_off_past_its_grace_period_fails_its_files_and_locks_with_eio") {
+        return;
+    }
+    let ns = Netns::create(1).unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
+    let cell =
+        TestCell::start(CellOptions { session_lease_ms: 1000, host: ns.host_ip.clone(), ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).expect("leader");
+    let m = Mount::start_in(&cell, &["--grace", "2s", "--lock-delay", "1s"], Some(&ns));
+    fs::write(m.path("job"), "v1").expect("write");
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(m.path("job")).expect("open");
+    // SAFETY: flock(2) on an open descriptor.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0, "lock taken");
+    await_held(&cell, "/ls/local/job");
+
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut file, &mut seen).expect("read");
+    assert_eq!(seen, "v1");
+
+    // (Cutting runs `ip`: a fork and exec, whose close of the inherited descriptor flushes
+    // it. So the write comes after: it only changes this open's copy, and fsync stores it.)
+    ns.cut().expect("cut");
+    let cut = Instant::now();
+    file.write_all(b"v2").expect("a write of a loaded copy needs no call to the cell");
+    let stored = file.sync_all();
+    assert_eq!(errno_of(stored), libc::EIO, "fsync under a lost session fails with EIO");
+    assert!(cut.elapsed() >= Duration::from_secs(2), "the call waited through jeopardy: {:?}", cut.elapsed());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) }, -1, "the lost lock cannot be released");
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EIO));
+    let got = chubby(&cell, &["lock", "--timeout", "30s", "/ls/local/job", "--", "true"]);
+    assert!(got.status.success(), "another client gets the lock after lease and lock-delay: {got:?}");
+    assert_eq!(String::from_utf8_lossy(&chubby(&cell, &["get", "/ls/local/job"]).stdout).trim(), "v1");
+
+    ns.heal().expect("heal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match fs::read_to_string(m.path("job")) {
+            Ok(v) => {
+                assert_eq!(v, "v1");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "no new session after the network came back: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut buf = String::new();
+    assert_eq!(errno_of(std::io::Read::read_to_string(&mut file, &mut buf)), libc::EIO, "the old open stays lost");
+    assert_eq!(errno_of(file.write_all(b"v3")), libc::EIO);
+}

@@ -1,0 +1,88 @@
+//! `flock` on two hosts: exclusion, queueing, release by death or signal.
+
+use super::*;
+
+#[test]
+fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
+    if !fuse_available("flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    let mut groups = Groups::default();
+    fs::write(a.path("job"), "").expect("create");
+    let (on_a, on_b) = (a.path("job"), b.path("job"));
+
+    let mut holder = flock(&["-x"], &on_a, "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    assert_eq!(xattr(&on_b, "user.chubby.sequencer").map(|s| s.starts_with("seq1:")), Some(true));
+    // Removing a file another host holds a lock on is refused: a file re-created at its name
+    // would hand a second holder the lock.
+    assert_eq!(errno_of(fs::remove_file(&on_b)), libc::EBUSY, "rm of a held lock's file");
+    assert!(on_a.exists() && on_b.exists());
+
+    // Busy for the other host: at once with -n, after its timeout with -w.
+    let busy = flock(&["-n"], &on_b, "true", &mut groups).wait().expect("flock -n");
+    assert_eq!(busy.code(), Some(1), "flock -n while another host holds the lock");
+    let started = Instant::now();
+    let mut timed = flock(&["-w", "0.3"], &on_b, "true", &mut groups);
+    let st = exit_within(&mut timed, Duration::from_secs(10)).expect("flock -w returns after its timeout");
+    assert_eq!(st.code(), Some(1), "flock -w timed out");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A byte range is no Chubby lock; the whole file conflicts with the other host's flock.
+    let file = fs::OpenOptions::new().read(true).write(true).open(&on_b).expect("open");
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    range.l_type = libc::F_WRLCK as i16;
+    range.l_whence = libc::SEEK_SET as i16;
+    range.l_len = 10;
+    // SAFETY: fcntl on an open descriptor with a valid struct flock.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &range) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINVAL));
+    range.l_len = 0;
+    range.l_type = libc::F_RDLCK as i16;
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &range) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+    drop(file);
+
+    // Two waiters queue on host B; the second is killed while it waits.
+    let mut first = flock(&["-x"], &on_b, "true", &mut groups);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = flock(&["-x"], &on_b, "sleep 60", &mut groups);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(first.try_wait().expect("wait").is_none(), "the first waiter waits while A holds the lock");
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(exit_within(&mut second, Duration::from_secs(5)).is_some(), "a signal ends a blocked flock");
+
+    // The holder dies: the kernel closes its file and the lock goes to the first waiter.
+    groups.kill(holder.id());
+    let _ = holder.wait();
+    let st = exit_within(&mut first, Duration::from_secs(10)).expect("the waiter gets the lock when the holder dies");
+    assert!(st.success());
+
+    // Nobody holds it now: neither the killed waiter nor the timed-out one was left queued.
+    let free = flock(&["-n"], &on_a, "true", &mut groups).wait().expect("flock -n");
+    assert!(free.success(), "the lock is free once every holder and waiter is gone");
+
+    // Shared locks on both hosts at once.
+    let mut reader = flock(&["-s"], &on_a, "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    let shared = flock(&["-s", "-n"], &on_b, "true", &mut groups).wait().expect("flock -s -n");
+    assert!(shared.success(), "readers share the lock across hosts");
+    let excl = flock(&["-x", "-n"], &on_b, "true", &mut groups).wait().expect("flock -x -n");
+    assert_eq!(excl.code(), Some(1), "a writer waits for the reader");
+    groups.kill(reader.id());
+    let _ = reader.wait();
+    // No holder left (a closed file releases its lock at once): the file can go.
+    let mut removed = fs::remove_file(&on_b);
+    for _ in 0..100 {
+        match &removed {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(100)),
+            _ => break,
+        }
+        removed = fs::remove_file(&on_b);
+    }
+    removed.expect("rm once the lock is free");
+}

@@ -1,0 +1,84 @@
+//! Shell tools on the mount: reads, writes, listings, `mkdir -p`, `rm`, and the errors a file system gives.
+
+use super::*;
+
+#[test]
+fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
+    if !fuse_available("shell_tools_read_write_list_and_remove_nodes_of_the_cell") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    let master = m.path("svc/web/master");
+
+    fs::create_dir_all(m.path("svc/web")).expect("mkdir -p");
+    let out = sh(&format!("echo 10.0.0.1:80 > {}", master.display()));
+    assert!(out.status.success(), "echo >: {out:?}");
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.1:80\n");
+    let got = chubby(&cell, &["get", "/ls/local/svc/web/master"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "10.0.0.1:80", "the write is the cell's: {got:?}");
+
+    // Another client's write is seen by the next read here (the mount's cache was invalidated).
+    let generation = xattr(&master, "user.chubby.content_generation").expect("generation xattr");
+    assert!(chubby(&cell, &["put", "/ls/local/svc/web/master", "10.0.0.2:80"]).status.success());
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80");
+    let newer = xattr(&master, "user.chubby.content_generation").expect("generation xattr");
+    assert!(newer.parse::<u64>().unwrap() > generation.parse::<u64>().unwrap(), "{generation} → {newer}");
+    assert_eq!(xattr(&master, "user.chubby.sequencer").as_deref(), Some(""), "nobody holds the lock");
+    // A lock taken and released moves the lock generation, though the node stays cached here.
+    let locks_before = xattr(&master, "user.chubby.lock_generation").expect("lock generation xattr");
+    assert!(sh(&format!("flock {} true", master.display())).status.success());
+    let locks_after = xattr(&master, "user.chubby.lock_generation").expect("lock generation xattr");
+    assert!(
+        locks_after.parse::<u64>().unwrap() > locks_before.parse::<u64>().unwrap(),
+        "{locks_before} → {locks_after}"
+    );
+
+    let mut f = fs::OpenOptions::new().append(true).open(&master).expect("open for append");
+    f.write_all(b" backup").expect("append");
+    // Until the close stores it, the write is this open's: another open reads the stored
+    // contents, and its close does not hide the size this host has written.
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80");
+    assert_eq!(fs::metadata(&master).expect("stat").len(), 18);
+    drop(f);
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80 backup");
+    assert_eq!(fs::metadata(&master).expect("stat").len(), 18);
+
+    let names = |dir: &Path| {
+        let mut n: Vec<String> =
+            fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(m.dir.path()), ["local"]);
+    assert_eq!(names(&m.path("svc")), ["web"]);
+    assert!(fs::metadata(m.path("svc/web")).expect("stat").is_dir());
+
+    // `ls -i` and `stat` agree on inode numbers, also for nodes this mount had not looked up
+    // when it listed them (made by another client).
+    for i in 0..3 {
+        assert!(chubby(&cell, &["put", &format!("/ls/local/svc/n{i}"), "x"]).status.success());
+    }
+    for e in fs::read_dir(m.path("svc")).expect("ls") {
+        let e = e.expect("entry");
+        let listed = std::os::unix::fs::DirEntryExt::ino(&e);
+        let stat = std::os::unix::fs::MetadataExt::ino(&fs::metadata(e.path()).expect("stat"));
+        assert_eq!(listed, stat, "{:?}", e.file_name());
+    }
+    for i in 0..3 {
+        fs::remove_file(m.path(&format!("svc/n{i}"))).expect("rm");
+    }
+
+    // Errors as a file system gives them, and nothing changes.
+    assert_eq!(errno_of(fs::read(m.path("missing"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::create_dir(m.path("svc"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_dir(m.path("svc"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::write(&master, vec![b'x'; 300 * 1024])), libc::EFBIG);
+    assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80 backup");
+    assert_eq!(errno_of(fs::rename(&master, m.path("svc/web/moved"))), libc::EXDEV);
+
+    fs::remove_file(&master).expect("rm");
+    assert_eq!(chubby(&cell, &["get", "/ls/local/svc/web/master"]).status.code(), Some(3), "gone from the cell");
+    fs::remove_dir(m.path("svc/web")).expect("rmdir");
+    assert_eq!(names(&m.path("svc")), Vec::<String>::new());
+}
