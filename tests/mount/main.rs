@@ -14,8 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e_tests::{
-    bin, detach, exit_within, fuse_available, is_mount_point, wait_converged, CellOptions, LocalCell, Mount, Netns,
-    TestCell,
+    bin, detach, exit_within, fuse_available, is_mount_point, lines_of, wait_converged, CellOptions, LocalCell, Mount,
+    Netns, Pids, TestCell,
 };
 
 mod cache;

@@ -82,3 +82,33 @@ fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
     fs::remove_dir(m.path("svc/web")).expect("rmdir");
     assert_eq!(names(&m.path("svc")), Vec::<String>::new());
 }
+
+/// `tail -f` on the mount shows what is added to the file, by another host or by an append
+/// through the mount: a read at the end of an open's copy takes the file's growth.
+#[test]
+fn tail_f_shows_what_is_added_to_a_file() {
+    if !fuse_available("tail_f_shows_what_is_added_to_a_file") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    let log = m.path("log");
+    fs::write(&log, "one\n").expect("write");
+    let mut tail = Command::new("tail")
+        .args(["-f", "-s", "0.2"])
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("tail");
+    let mut pids = Pids(vec![tail.id()]);
+    let lines = lines_of(tail.stdout.take().expect("stdout"));
+    let next = || lines.recv_timeout(Duration::from_secs(20)).ok();
+    assert_eq!(next().as_deref(), Some("one"));
+    assert!(chubby(&cell, &["put", "/ls/local/log", "one\ntwo\n"]).status.success());
+    assert_eq!(next().as_deref(), Some("two"), "another host's addition");
+    assert!(sh(&format!("echo three >> {}", log.display())).status.success());
+    assert_eq!(next().as_deref(), Some("three"), "an append through the mount");
+    pids.kill(tail.id());
+    let _ = tail.wait();
+}

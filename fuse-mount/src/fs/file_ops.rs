@@ -116,9 +116,13 @@ impl FsInner {
         f.usable()?;
         // A read from the start takes the contents afresh (linearizable: the session's cache
         // is kept by the master's invalidations); later offsets continue that copy, so one
-        // read loop sees one version, whole.
+        // read loop sees one version, whole. A read at or past the copy's end looks again,
+        // for a file that grew since (`tail -f` reads on from where it stopped).
+        let at_end = f.contents.as_ref().is_some_and(|c| offset >= c.len() as u64);
         if offset == 0 && !f.dirty {
             f.contents = None;
+        } else if at_end && !f.dirty {
+            f.take_growth().await.map_err(errno)?;
         }
         f.load().await.map_err(errno)?;
         let contents = f.contents.as_deref().unwrap_or_default();

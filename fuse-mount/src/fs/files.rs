@@ -1,8 +1,9 @@
 //! Open files and directories. A file's contents are read whole and written whole, as in
 //! Chubby (files are small): reads from offset 0 take the contents afresh (from the session's
 //! cache when the node is cached, so a re-read costs no RPC), later reads continue the same
-//! copy, so one `read` loop never sees two versions; writes change this open's copy, and
-//! `close`/`fsync` store it with one SetContents.
+//! copy, so one `read` loop never sees two versions; a read at the copy's end takes the file's
+//! growth, if it grew (`tail -f`); writes change this open's copy, and `close`/`fsync` store
+//! it with one SetContents.
 
 use bytes::Bytes;
 use fuser::FileType;
@@ -49,6 +50,19 @@ impl OpenFile {
         if self.contents.is_none() {
             let (contents, _) = self.session.get(&self.handle).await?;
             self.contents = Some(contents.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Takes the current contents in place of the copy if they are the copy grown (what
+    /// appends make): then a reader at the copy's end reads on into what was added. Contents
+    /// changed otherwise are left for the next read from the start, so a read loop still
+    /// sees one version whole. The copy must be loaded and have no changes of its own.
+    pub async fn take_growth(&mut self) -> Result<(), crate::client::ClientError> {
+        let (now, _) = self.session.get(&self.handle).await?;
+        let copy = self.contents.as_deref().unwrap_or_default();
+        if now.len() > copy.len() && now.starts_with(copy) {
+            self.contents = Some(now.to_vec());
         }
         Ok(())
     }
