@@ -17,7 +17,9 @@ const CHANGED_WHILE_INVALIDATING: &str = "the master changed while invalidating 
 impl Master {
     /// Runs a write to `path` to its end, even if its caller goes away (a dropped handler would
     /// end the node's uncacheable mark before the entry's fate is known, and a read in between
-    /// could be cached and outlive the write uninvalidated). Returns the state machine's answer
+    /// could be cached and outlive the write uninvalidated). Only a serving master takes it: at
+    /// a follower it is redirected; during an election, or while this replica takes office,
+    /// it waits for that (and is still made once a master serves). Returns the state machine's answer
     /// and whether the writer may cache what it wrote: only a `write_through` writer, of a
     /// permanent node that still holds its write.
     pub async fn write(
@@ -29,6 +31,7 @@ impl Master {
     ) -> Result<(Reply, bool), MasterError> {
         let (m, path) = (self.clone(), path.to_string());
         let write = async move {
+            m.await_serving().await?;
             let guard = m.begin_write(&path, write_through).await?;
             let reply = m.propose_guarded(request, op, &guard).await??;
             drop(guard);

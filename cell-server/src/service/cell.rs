@@ -88,9 +88,7 @@ impl CellService {
 
     async fn put_applied(&self, path: String, value: bytes::Bytes) -> Result<u64, Status> {
         // Cached copies are invalidated first, as for a session's write; so only a serving
-        // master takes the write (a follower redirects; during an election or while the
-        // master takes office the call waits for it).
-        self.master.await_serving().await.map_err(|e| self.fail(e))?;
+        // master takes the write (see `Master::write`).
         let op = Op::AdminPut { path: path.clone(), contents: value };
         match self.master.write(None, &path, op, None).await.map_err(|e| self.fail(e))? {
             (Reply::Stat(stat), _) => Ok(stat.modified_index),
@@ -190,12 +188,7 @@ impl Cell for CellService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        // Run to its end even if the client goes away: a put that waits for a master to take
-        // office is still made once one has.
-        let this = self.clone();
-        let put = tokio::spawn(async move { this.put_one(req.into_inner()).await })
-            .await
-            .unwrap_or_else(|e| Err(Status::internal(format!("the write's task failed: {e}"))));
+        let put = self.put_one(req.into_inner()).await;
         // The refusal may name the key, which may hold '%' (see `wire::header_safe`).
         put.map(|revision| Response::new(PutResponse { revision })).map_err(header_safe)
     }
