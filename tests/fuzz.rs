@@ -215,6 +215,7 @@ impl Gen {
                 if_generation: self.optional(),
                 sequencer: self.string(),
                 write_through: self.rng.below(2) == 0,
+                append: self.rng.below(2) == 0,
             }),
             7 => Kind::Delete(DeleteRequest {
                 request: self.request(),

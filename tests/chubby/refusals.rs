@@ -28,6 +28,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(reason(cas), (Code::FailedPrecondition, "GenerationMismatch".into()));
         let fenced = a.set(&h, "v2".into(), None, "seq1:1:1:1:x:1:1:/nothing").await.unwrap_err();
         assert_eq!(reason(fenced), (Code::PermissionDenied, "StaleSequencer".into()));
+        // An append past the limit is refused whole.
+        let long_append = a.append(&h, vec![0u8; (256 << 10) - 1].into(), "").await.unwrap_err();
+        assert_eq!(reason(long_append), (Code::ResourceExhausted, "TooLarge".into()));
+        assert_eq!(&a.get(&h).await.unwrap().0[..], b"v1");
         let bad_path = a.open_node("/ls/local/a//b", OpenOptions { create: true, ..OpenOptions::default() }).await;
         assert_eq!(reason(bad_path.unwrap_err()), (Code::InvalidArgument, "InvalidArgument".into()));
         let other_cell = a.open_node("/ls/elsewhere/x", OpenOptions::default()).await.unwrap_err();
@@ -62,6 +66,20 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             .await
             .unwrap_err();
         assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
+        // An append goes to the end of whatever is there: it takes no expected generation.
+        let r = raw
+            .set_contents(SetContentsRequest {
+                request: Some(RequestId { session: a.id(), sequence: 1000, first_incomplete: 1 }),
+                handle: Some(h.clone()),
+                contents: "x".into(),
+                if_generation: Some(stat.content_generation),
+                append: true,
+                ..SetContentsRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::InvalidArgument, "{r:?}");
+        assert_eq!(&a.get(&h).await.unwrap().0[..], b"v1");
 
         // A follower answers a stale read itself (no redirect), marked stale and uncacheable.
         let follower = leader

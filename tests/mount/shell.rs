@@ -112,3 +112,48 @@ fn tail_f_shows_what_is_added_to_a_file() {
     pids.kill(tail.id());
     let _ = tail.wait();
 }
+
+/// Appends from two hosts at once all land (`echo line >> f` in a loop on each), each host's
+/// in its order; so do two `O_APPEND` opens of one host that both write before either closes.
+#[test]
+fn appends_from_two_hosts_and_two_opens_all_land() {
+    if !fuse_available("appends_from_two_hosts_and_two_opens_all_land") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let hosts = [Mount::start(&cell, &[]), Mount::start(&cell, &[])];
+    fs::write(hosts[0].path("log"), "").expect("create");
+    let mut pids = Pids(Vec::new());
+    let mut shells: Vec<Child> = ["a", "b"]
+        .iter()
+        .zip(&hosts)
+        .map(|(tag, host)| {
+            let script = format!("for i in $(seq 1 40); do echo {tag}$i >> {}; done", host.path("log").display());
+            let child = Command::new("sh").arg("-c").arg(script).spawn().expect("sh");
+            pids.0.push(child.id());
+            child
+        })
+        .collect();
+    for shell in &mut shells {
+        let status = exit_within(shell, Duration::from_secs(60));
+        assert!(status.is_some_and(|s| s.success()), "a shell's appends: {status:?}");
+        pids.0.retain(|p| *p != shell.id());
+    }
+    let contents = fs::read_to_string(hosts[1].path("log")).expect("read");
+    for tag in ["a", "b"] {
+        let own: Vec<&str> = contents.lines().filter(|l| l.starts_with(tag)).collect();
+        let expected: Vec<String> = (1..=40).map(|i| format!("{tag}{i}")).collect();
+        assert_eq!(own, expected, "host {tag}'s appends, all and in order, in:\n{contents}");
+    }
+    assert_eq!(contents.lines().count(), 80);
+
+    let open = || fs::OpenOptions::new().append(true).open(hosts[0].path("log")).expect("open for append");
+    let (mut one, mut two) = (open(), open());
+    one.write_all(b"one\n").expect("append");
+    two.write_all(b"two\n").expect("append");
+    drop(one);
+    drop(two);
+    let contents = fs::read_to_string(hosts[1].path("log")).expect("read");
+    assert!(contents.ends_with("one\ntwo\n"), "both opens' appends: {contents:?}");
+    assert_eq!(contents.lines().count(), 82);
+}

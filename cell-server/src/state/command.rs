@@ -228,6 +228,15 @@ pub enum Op {
         instance: u64,
         handle: u64,
     },
+    /// Adds `data` at the end of a file's contents: appends from many writers all land, in
+    /// log order, with no read-modify-write race (`>>` from many hosts). Last, so logs
+    /// written before it still decode.
+    Append {
+        path: String,
+        instance: u64,
+        data: Bytes,
+        sequencer: Option<String>,
+    },
 }
 
 impl Op {

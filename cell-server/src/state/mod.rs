@@ -31,6 +31,7 @@ pub use command::{
 };
 pub use error::StateError;
 pub use locks::{Holder, Sequencer, DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
+use namespace::Write;
 pub use namespace::{split_parent, validate_path, Node, MAX_CONTENTS, MAX_NAME};
 pub use sessions::{Answer, Session, ANSWER_KEEP_MS, MAX_ANSWER_BYTES};
 
@@ -208,7 +209,10 @@ impl CellState {
             Op::Close { path, instance } => self.close(session, path, instance, None),
             Op::CloseHandle { path, instance, handle } => self.close(session, path, instance, Some(handle)),
             Op::SetContents { path, instance, contents, if_generation, sequencer } => {
-                self.set_contents(path, instance, contents, if_generation, sequencer)
+                self.set_contents(path, instance, Write::Replace(contents), if_generation, sequencer)
+            }
+            Op::Append { path, instance, data, sequencer } => {
+                self.set_contents(path, instance, Write::Append(data), None, sequencer)
             }
             Op::Delete { path, instance, if_generation, sequencer } => {
                 self.delete(path, instance, if_generation, sequencer)

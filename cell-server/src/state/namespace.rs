@@ -107,6 +107,13 @@ fn check_write_conditions(node: &Node, if_generation: Option<u64>, sequencer_val
     Ok(())
 }
 
+/// What a write does to a file's contents.
+pub(super) enum Write {
+    Replace(Bytes),
+    /// Adds to the end of whatever the contents are when the write is applied.
+    Append(Bytes),
+}
+
 /// Replaces a file's contents as a write applied at log `index` and cell time `clock_ms`;
 /// returns its new stat.
 fn write_contents(node: &mut Node, contents: Bytes, clock_ms: u64, index: u64) -> Stat {
@@ -270,7 +277,7 @@ impl CellState {
         &mut self,
         path: String,
         instance: u64,
-        contents: Bytes,
+        write: Write,
         if_generation: Option<u64>,
         sequencer: Option<String>,
     ) -> Outcome {
@@ -286,10 +293,23 @@ impl CellState {
         if node.stat.directory {
             return Err(StateError::IsADirectory(path));
         }
-        if contents.len() > MAX_CONTENTS {
-            return Err(StateError::TooLarge(contents.len() as u64));
+        let length = match &write {
+            Write::Replace(contents) => contents.len(),
+            Write::Append(data) => node.contents.len().saturating_add(data.len()),
+        };
+        if length > MAX_CONTENTS {
+            return Err(StateError::TooLarge(length as u64));
         }
         check_write_conditions(node, if_generation, sequencer_valid)?;
+        let contents = match write {
+            Write::Replace(contents) => contents,
+            Write::Append(data) => {
+                let mut whole = Vec::with_capacity(length);
+                whole.extend_from_slice(&node.contents);
+                whole.extend_from_slice(&data);
+                Bytes::from(whole)
+            }
+        };
         let stat = write_contents(Arc::make_mut(node), contents, self.clock_ms, self.applied);
         self.effects.push(Effect::NodeChanged { path, change: Change::ContentsModified });
         Ok(Reply::Stat(stat))

@@ -40,7 +40,7 @@ impl FsInner {
     fn add_file(&self, mut f: OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         f.fh = fh;
-        if f.dirty {
+        if f.changed() {
             self.set_pending(&f);
         }
         guard(&self.files).insert(fh, Arc::new(AsyncMutex::new(f)));
@@ -49,8 +49,7 @@ impl FsInner {
 
     /// `f` has unsaved changes: getattr reports its size.
     fn set_pending(&self, f: &OpenFile) {
-        let size = f.contents.as_ref().map_or(0, |c| c.len() as u64);
-        guard(&self.pending).insert(f.ino, (f.fh, size));
+        guard(&self.pending).insert(f.ino, (f.fh, f.pending_size()));
     }
 
     /// `f` has no unsaved changes any more (another open's stay).
@@ -75,6 +74,7 @@ impl FsInner {
             append: flags & libc::O_APPEND != 0,
             contents: None,
             dirty: false,
+            appended: Vec::new(),
             failed: false,
         };
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
@@ -119,9 +119,9 @@ impl FsInner {
         // read loop sees one version, whole. A read at or past the copy's end looks again,
         // for a file that grew since (`tail -f` reads on from where it stopped).
         let at_end = f.contents.as_ref().is_some_and(|c| offset >= c.len() as u64);
-        if offset == 0 && !f.dirty {
+        if offset == 0 && !f.changed() {
             f.contents = None;
-        } else if at_end && !f.dirty {
+        } else if at_end && !f.changed() {
             f.take_growth().await.map_err(errno)?;
         }
         f.load().await.map_err(errno)?;
@@ -131,12 +131,15 @@ impl FsInner {
         Ok(contents[start..end].to_vec())
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    /// A write; `append`: the open's flags have `O_APPEND` now (`fcntl` may set it).
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8], append: bool) -> Result<u32, Errno> {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
         f.usable()?;
-        f.load().await.map_err(errno)?;
-        f.write(offset, data).ok_or(Errno::from_i32(libc::EFBIG))?;
+        if f.write_needs_copy(append) {
+            f.load().await.map_err(errno)?;
+        }
+        f.write(offset, data, append).ok_or(Errno::from_i32(libc::EFBIG))?;
         self.set_pending(&f);
         Ok(data.len() as u32)
     }
@@ -149,7 +152,7 @@ impl FsInner {
             return Err(Errno::from_i32(libc::EFBIG));
         }
         let r = f.commit().await.map_err(errno);
-        if !f.dirty {
+        if !f.changed() {
             self.clear_pending(f);
         }
         if r.is_err() {

@@ -3,7 +3,9 @@
 //! cache when the node is cached, so a re-read costs no RPC), later reads continue the same
 //! copy, so one `read` loop never sees two versions; a read at the copy's end takes the file's
 //! growth, if it grew (`tail -f`); writes change this open's copy, and `close`/`fsync` store
-//! it with one SetContents.
+//! it with one SetContents. Writes of an `O_APPEND` open are kept apart instead and stored
+//! with one Append, which adds them to whatever the cell has then: appenders on many hosts
+//! (`echo line >> f`) lose no line, and need no read first.
 
 use bytes::Bytes;
 use fuser::FileType;
@@ -25,10 +27,14 @@ pub struct OpenFile {
     pub handle: Handle,
     /// Opened with `O_APPEND`: every write goes to the end.
     pub append: bool,
-    /// This open's copy of the contents, once read, written or truncated.
+    /// This open's copy of the contents, once read, written or truncated (with `appended`
+    /// at its end).
     pub contents: Option<Vec<u8>>,
-    /// The copy has changes the cell does not have yet.
+    /// The copy has changes the cell does not have yet, besides appends: the copy is
+    /// stored whole.
     pub dirty: bool,
+    /// What this open's appends added since its last store, while it has no other change.
+    pub appended: Vec<u8>,
     /// A write was refused (too large): this open stores nothing, so the cell keeps its
     /// last whole contents rather than a part of a failed write (SetContents is all or
     /// nothing, and so is a write through the mount).
@@ -45,13 +51,36 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Loads the contents unless this open already has its own copy.
+    /// Whether this open has changes the cell does not have yet.
+    pub fn changed(&self) -> bool {
+        self.dirty || !self.appended.is_empty()
+    }
+
+    /// The size `getattr` reports while this open has changes.
+    pub fn pending_size(&self) -> PendingSize {
+        if self.dirty {
+            PendingSize::Whole(self.contents.as_ref().map_or(0, |c| c.len() as u64))
+        } else {
+            PendingSize::Appended(self.appended.len() as u64)
+        }
+    }
+
+    /// Loads the contents unless this open already has its own copy; appends not yet
+    /// stored are read at the end, as a local file's would be.
     pub async fn load(&mut self) -> Result<(), crate::client::ClientError> {
         if self.contents.is_none() {
             let (contents, _) = self.session.get(&self.handle).await?;
-            self.contents = Some(contents.to_vec());
+            let mut copy = contents.to_vec();
+            copy.extend_from_slice(&self.appended);
+            self.contents = Some(copy);
         }
         Ok(())
+    }
+
+    /// Whether a write now needs the copy: not an append with nothing else changed (the
+    /// cell adds it to what it has then).
+    pub fn write_needs_copy(&self, append: bool) -> bool {
+        !(append || self.append) || self.dirty
     }
 
     /// Takes the current contents in place of the copy if they are the copy grown (what
@@ -67,11 +96,25 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Writes `data` at `offset` (the end for `O_APPEND`) into the copy; the new length, or
-    /// `None` if it would exceed the cell's limit. The copy must be loaded.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<u64> {
+    /// Writes `data` at `offset` (the end for `O_APPEND`, or `append`: the open's flags as
+    /// they are now); `None` if that would exceed the cell's limit. The copy must be loaded
+    /// if [`OpenFile::write_needs_copy`].
+    pub fn write(&mut self, offset: u64, data: &[u8], append: bool) -> Option<()> {
+        let append = append || self.append;
+        if append && !self.dirty {
+            let known = self.contents.as_ref().map_or(self.appended.len(), Vec::len);
+            if known.saturating_add(data.len()) as u64 > MAX_CONTENTS {
+                self.failed = true;
+                return None;
+            }
+            self.appended.extend_from_slice(data);
+            if let Some(copy) = &mut self.contents {
+                copy.extend_from_slice(data);
+            }
+            return Some(());
+        }
         let contents = self.contents.get_or_insert_with(Vec::new);
-        let at = if self.append { contents.len() as u64 } else { offset };
+        let at = if append { contents.len() as u64 } else { offset };
         let end = at.checked_add(data.len() as u64)?;
         if end > MAX_CONTENTS {
             self.failed = true;
@@ -83,7 +126,7 @@ impl OpenFile {
         }
         contents[at..end].copy_from_slice(data);
         self.dirty = true;
-        Some(contents.len() as u64)
+        Some(())
     }
 
     /// Cuts or zero-extends the copy to `size`. The copy must be loaded.
@@ -92,15 +135,41 @@ impl OpenFile {
         self.dirty = true;
     }
 
-    /// Stores the copy in the cell if it has changes (none after a refused write).
+    /// Stores the changes in the cell, if any (none after a refused write): the whole copy
+    /// (which holds the appends too) if it changed otherwise, else the appends alone.
     pub async fn commit(&mut self) -> Result<(), crate::client::ClientError> {
-        if !self.dirty || self.failed {
+        if !self.changed() || self.failed {
             return Ok(());
         }
-        let contents = Bytes::from(self.contents.clone().unwrap_or_default());
-        self.session.set(&self.handle, contents, None, "").await?;
+        if self.dirty {
+            let contents = Bytes::from(self.contents.clone().unwrap_or_default());
+            self.session.set(&self.handle, contents, None, "").await?;
+        } else {
+            let appended = Bytes::from(self.appended.clone());
+            self.session.append(&self.handle, appended, "").await?;
+        }
         self.dirty = false;
+        self.appended.clear();
         Ok(())
+    }
+}
+
+/// The size `getattr` reports for a file one of whose opens has changes not stored yet.
+#[derive(Clone, Copy, Debug)]
+pub enum PendingSize {
+    /// The open's copy, whole.
+    Whole(u64),
+    /// The cell's contents and this many bytes appended.
+    Appended(u64),
+}
+
+impl PendingSize {
+    /// The size, given the cell's.
+    pub fn of(self, cell_length: u64) -> u64 {
+        match self {
+            PendingSize::Whole(n) => n,
+            PendingSize::Appended(n) => cell_length.saturating_add(n),
+        }
     }
 }
 

@@ -278,13 +278,14 @@ impl Filesystem for ChubbyFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        let append = flags.0 & libc::O_APPEND != 0;
         self.spawn(move |fs| async move {
-            match fs.write(fh.0, offset, &data).await {
+            match fs.write(fh.0, offset, &data, append).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             }

@@ -15,7 +15,7 @@ use proto::chubby::{Handle, NodeStat};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::errno::errno_of;
-use super::files::{OpenDir, OpenFile};
+use super::files::{OpenDir, OpenFile, PendingSize};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
 use super::kernel::{Before, KernelCache};
 use super::locks::HeldLocks;
@@ -43,7 +43,7 @@ pub struct FsInner {
     pub(super) next_fh: AtomicU64,
     /// Sizes of files this host has written and not yet stored (getattr reports them).
     /// (Per inode: the open file that wrote last, and the size of its copy.)
-    pub(super) pending: Mutex<HashMap<u64, (u64, u64)>>,
+    pub(super) pending: Mutex<HashMap<u64, (u64, PendingSize)>>,
     pub(super) locks: Mutex<HeldLocks>,
     pub(super) owner: Owner,
     /// Lock-delay of the locks taken here (`None`: the cell's default, 60 s).
@@ -194,7 +194,7 @@ impl FsInner {
     }
 
     fn attr(&self, ino: u64, stat: &NodeStat) -> FileAttr {
-        node_attr(ino, stat, guard(&self.pending).get(&ino).map(|(_, size)| *size), self.owner)
+        node_attr(ino, stat, guard(&self.pending).get(&ino).map(|(_, size)| size.of(stat.length)), self.owner)
     }
 
     /// `access(2)`: the caller's rights on the node, as its session's handle carries them

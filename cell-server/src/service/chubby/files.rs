@@ -138,12 +138,16 @@ impl ChubbyService {
         let writer = req.write_through.then_some(h.session);
         let path = h.path.clone();
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
-        let op = Op::SetContents {
-            path: h.path,
-            instance: h.instance,
-            contents: req.contents,
-            if_generation: req.if_generation,
-            sequencer,
+        let op = match (req.append, req.if_generation) {
+            (false, if_generation) => {
+                Op::SetContents { path: h.path, instance: h.instance, contents: req.contents, if_generation, sequencer }
+            }
+            (true, None) => Op::Append { path: h.path, instance: h.instance, data: req.contents, sequencer },
+            (true, Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "an append goes to the end whatever the generation: no if_generation",
+                ))
+            }
         };
         match self.master.write(Some(request), &path, op, writer).await.map_err(|e| self.fail(e))? {
             (Reply::Stat(s), cacheable) => Ok(SetContentsResponse { stat: Some(stat(&s)), cacheable }),

@@ -16,13 +16,46 @@ enum Step {
     Session(u64),
     Expire(u64),
     Close(u64),
-    Open { s: u64, p: usize, create: bool, dir: bool, eph: bool },
-    CloseHandle { s: u64, p: usize, pick: u64 },
-    Set { s: u64, p: usize, cas: bool },
-    Delete { s: u64, p: usize },
-    Acquire { s: u64, o: u64, p: usize, shared: bool, try_only: bool, delay: Option<u64> },
-    Release { s: u64, o: u64, p: usize },
-    Cancel { s: u64, o: u64, p: usize },
+    Open {
+        s: u64,
+        p: usize,
+        create: bool,
+        dir: bool,
+        eph: bool,
+    },
+    CloseHandle {
+        s: u64,
+        p: usize,
+        pick: u64,
+    },
+    /// `how`: 0 writes, 1 writes if the generation is still the one read, 2 appends.
+    Set {
+        s: u64,
+        p: usize,
+        how: u8,
+    },
+    Delete {
+        s: u64,
+        p: usize,
+    },
+    Acquire {
+        s: u64,
+        o: u64,
+        p: usize,
+        shared: bool,
+        try_only: bool,
+        delay: Option<u64>,
+    },
+    Release {
+        s: u64,
+        o: u64,
+        p: usize,
+    },
+    Cancel {
+        s: u64,
+        o: u64,
+        p: usize,
+    },
     Advance(u64),
     Retry(u64),
 }
@@ -39,7 +72,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (s.clone(), p.clone(), any::<bool>(), any::<bool>(), any::<bool>())
             .prop_map(|(s, p, create, dir, eph)| Step::Open { s, p, create, dir, eph }),
         2 => (s.clone(), p.clone(), 0..4u64).prop_map(|(s, p, pick)| Step::CloseHandle { s, p, pick }),
-        2 => (s.clone(), p.clone(), any::<bool>()).prop_map(|(s, p, cas)| Step::Set { s, p, cas }),
+        2 => (s.clone(), p.clone(), 0..3u8).prop_map(|(s, p, how)| Step::Set { s, p, how }),
         1 => (s.clone(), p.clone()).prop_map(|(s, p)| Step::Delete { s, p }),
         5 => (s.clone(), 1..3u64, p.clone(), any::<bool>(), any::<bool>(), prop::option::of(0..3000u64))
             .prop_map(|(s, o, p, shared, try_only, delay)| Step::Acquire { s, o, p, shared, try_only, delay }),
@@ -68,7 +101,7 @@ impl Builder {
             Step::Close(s) => Step::Close(sid(s)),
             Step::Open { s, p, create, dir, eph } => Step::Open { s: sid(s), p, create, dir, eph },
             Step::CloseHandle { s, p, pick } => Step::CloseHandle { s: sid(s), p, pick },
-            Step::Set { s, p, cas } => Step::Set { s: sid(s), p, cas },
+            Step::Set { s, p, how } => Step::Set { s: sid(s), p, how },
             Step::Delete { s, p } => Step::Delete { s: sid(s), p },
             Step::Acquire { s, o, p, shared, try_only, delay } => {
                 Step::Acquire { s: sid(s), o, p, shared, try_only, delay }
@@ -97,10 +130,14 @@ impl Builder {
                 let handle = if open.is_empty() { pick } else { open[pick as usize % open.len()] };
                 (Some(s), Op::CloseHandle { path: path(p), instance: instance(p), handle })
             }
-            Step::Set { s, p, cas } => {
+            Step::Set { s, p, how: 2 } => {
+                let data = Bytes::from(format!("{};", self.now));
+                (Some(s), Op::Append { path: path(p), instance: instance(p), data, sequencer: None })
+            }
+            Step::Set { s, p, how } => {
                 let generation = state.node(PATHS[p]).map(|n| n.stat.content_generation).unwrap_or(0);
                 let contents = Bytes::from(format!("{}", self.now));
-                let if_generation = cas.then_some(generation);
+                let if_generation = (how == 1).then_some(generation);
                 (
                     Some(s),
                     Op::SetContents { path: path(p), instance: instance(p), contents, if_generation, sequencer: None },

@@ -264,6 +264,10 @@ impl Driver {
                     contents: Bytes::from(args.get(1).copied().unwrap_or("").to_string()),
                 },
             ),
+            "cat" => match self.state.node(arg(0)) {
+                Some(n) => format!("{:?}\n", String::from_utf8_lossy(&n.contents)),
+                None => "no such node\n".into(),
+            },
             "stat" => match self.state.node(arg(0)) {
                 Some(n) => format!("{}\n", describe_stat(&n.stat)),
                 None => "no such node\n".into(),
@@ -330,6 +334,15 @@ impl Driver {
                     None => Bytes::from(args[2].to_string()),
                 },
                 if_generation,
+                sequencer: self.fence(args),
+            },
+            "append" => Op::Append {
+                path,
+                instance,
+                data: match args[2].strip_prefix('@') {
+                    Some(n) => Bytes::from(vec![b'.'; n.parse().expect("size")]),
+                    None => Bytes::from(args[2].to_string()),
+                },
                 sequencer: self.fence(args),
             },
             "rm" => Op::Delete { path, instance, if_generation, sequencer: self.fence(args) },
@@ -454,4 +467,9 @@ fn answers_are_kept_by_time_and_bytes_not_by_a_count() {
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     transcript("bad_input");
+}
+
+#[test]
+fn appends_land_whole_in_log_order_and_within_the_limit() {
+    transcript("append");
 }

@@ -145,9 +145,27 @@ impl Session {
         if_generation: Option<u64>,
         sequencer: &str,
     ) -> Result<NodeStat, ClientError> {
+        self.write(handle, contents, if_generation, sequencer, false).await
+    }
+
+    /// Adds `data` at the end of the node's contents as the cell has them: appends of many
+    /// clients all land (none reads and rewrites the whole).
+    pub async fn append(&self, handle: &Handle, data: Bytes, sequencer: &str) -> Result<NodeStat, ClientError> {
+        self.write(handle, data, None, sequencer, true).await
+    }
+
+    async fn write(
+        &self,
+        handle: &Handle,
+        contents: Bytes,
+        if_generation: Option<u64>,
+        sequencer: &str,
+        append: bool,
+    ) -> Result<NodeStat, ClientError> {
         // Write-through when this session caches: it drops its copy itself (and tells its
         // hook, as for an invalidation) instead of waiting for the master's invalidation
-        // round trip, and caches what it wrote if the master says it may.
+        // round trip, and caches what it wrote if the master says it may (the stat alone
+        // after an append: the whole contents are the cell's).
         let node = self.inner.opts.cache.then(|| self.inner.cache().node_of(handle)).flatten();
         let ticket = match &node {
             Some((path, _)) => {
@@ -165,13 +183,14 @@ impl Session {
             if_generation,
             sequencer: sequencer.to_string(),
             write_through: ticket.is_some(),
+            append,
         };
         let r = self.call(self.change_deadline(), rpc!(SetContents, req)).await;
         if let Some(ticket) = ticket {
             let fill = match &r {
                 Ok(r) if r.cacheable => Some(Fill {
                     stat: r.stat.unwrap_or_default(),
-                    contents: Some(contents),
+                    contents: (!append).then_some(contents),
                     handle: Some(handle.clone()),
                 }),
                 _ => None,
