@@ -22,8 +22,8 @@ use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
     call, session_request, session_response, AcquireRequest, Call, CancelRequest, CheckSequencerRequest, CloseRequest,
     CloseSessionRequest, DeleteRequest, GetContentsRequest, GetSequencerRequest, GetStatRequest, Handle,
-    InvalidationAck, KeepAlive, OpenRequest, OpenSession, ReadDirRequest, ReleaseRequest, RequestId, SessionRequest,
-    SetAclRequest, SetContentsRequest,
+    InvalidationAck, KeepAlive, OpenRequest, OpenSession, ReadDirRequest, ReleaseRequest, RenameRequest, RequestId,
+    SessionRequest, SetAclRequest, SetContentsRequest,
 };
 use proto::cell::ListRequest;
 use tokio::io::AsyncWriteExt;
@@ -186,7 +186,7 @@ impl Gen {
 
     fn kind(&mut self) -> call::Kind {
         use call::Kind;
-        match self.rng.below(15) {
+        match self.rng.below(16) {
             0 => Kind::Open(OpenRequest {
                 request: self.request(),
                 path: self.string(),
@@ -247,6 +247,12 @@ impl Gen {
                 holders: self.rng.below(2) == 0,
             }),
             13 => Kind::CheckSequencer(CheckSequencerRequest { sequencer: self.string() }),
+            14 => Kind::Rename(RenameRequest {
+                request: self.request(),
+                handle: self.handle(),
+                to: self.string(),
+                no_replace: self.rng.below(2) == 0,
+            }),
             _ => Kind::SetAcl(SetAclRequest {
                 request: self.request(),
                 handle: self.handle(),
@@ -282,6 +288,7 @@ async fn unary(c: &mut ChubbyClient<Channel>, kind: call::Kind, forged: bool) ->
             // Answers whether a sequencer is valid: never an error.
             Kind::CheckSequencer(r) => c.check_sequencer(r).await.map(|r| assert!(!(forged && r.into_inner().valid))),
             Kind::SetAcl(r) => c.set_acl(r).await.map(|_| ()),
+            Kind::Rename(r) => c.rename(r).await.map(|_| ()),
         }
     };
     match tokio::time::timeout(Duration::from_secs(1), done).await {

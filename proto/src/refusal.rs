@@ -65,6 +65,8 @@ refusals! {
     LockHeld,
     /// A call made under an older master's epoch: resume the session at this master first.
     StaleEpoch,
+    /// A rename the cell cannot make as one atomic change (a directory, an ephemeral node).
+    NotMovable,
 }
 
 impl Refusal {
@@ -115,6 +117,7 @@ mod tests {
                 "Forgotten",
                 "LockHeld",
                 "StaleEpoch",
+                "NotMovable",
             ]
         );
         for &r in Refusal::ALL {

@@ -22,6 +22,7 @@ mod cache;
 mod faults;
 mod flock;
 mod lifecycle;
+mod rename;
 mod shell;
 mod users;
 

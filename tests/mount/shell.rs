@@ -75,7 +75,7 @@ fn shell_tools_read_write_list_and_remove_nodes_of_the_cell() {
     assert_eq!(errno_of(fs::remove_dir(m.path("svc"))), libc::ENOTEMPTY);
     assert_eq!(errno_of(fs::write(&master, vec![b'x'; 300 * 1024])), libc::EFBIG);
     assert_eq!(fs::read_to_string(&master).expect("read"), "10.0.0.2:80 backup");
-    assert_eq!(errno_of(fs::rename(&master, m.path("svc/web/moved"))), libc::EXDEV);
+    assert_eq!(errno_of(fs::rename(m.path("svc/web"), m.path("svc/moved"))), libc::EXDEV, "a directory");
 
     fs::remove_file(&master).expect("rm");
     assert_eq!(chubby(&cell, &["get", "/ls/local/svc/web/master"]).status.code(), Some(3), "gone from the cell");

@@ -15,7 +15,8 @@ use crate::state::{CellState, Command, Op, Outcome, Reply, RequestId, SessionId,
 const CHANGED_WHILE_INVALIDATING: &str = "the master changed while invalidating caches; retry";
 
 impl Master {
-    /// Runs a write to `path` to its end, even if its caller goes away (a dropped handler would
+    /// Runs a write that changes the nodes at `paths` (a rename's two; the first is the one a
+    /// write-through writer wrote) to its end, even if its caller goes away (a dropped handler would
     /// end the node's uncacheable mark before the entry's fate is known, and a read in between
     /// could be cached and outlive the write uninvalidated). Only a serving master takes it: at
     /// a follower it is redirected; during an election, or while this replica takes office,
@@ -25,18 +26,18 @@ impl Master {
     pub async fn write(
         self: &Arc<Self>,
         request: Option<RequestId>,
-        path: &str,
+        paths: &[&str],
         op: Op,
         write_through: Option<SessionId>,
     ) -> Result<(Reply, bool), MasterError> {
-        let (m, path) = (self.clone(), path.to_string());
+        let (m, paths) = (self.clone(), paths.iter().map(|p| p.to_string()).collect::<Vec<_>>());
         let write = async move {
             m.await_serving().await?;
-            let guard = m.begin_write(&path, write_through).await?;
+            let guard = m.begin_write(&paths, write_through).await?;
             let reply = m.propose_guarded(request, op, &guard).await??;
             drop(guard);
-            let cacheable = match (&reply, write_through) {
-                (Reply::Stat(s), Some(writer)) if !s.ephemeral => m.cache_written(writer, &path, s).await,
+            let cacheable = match (&reply, write_through, paths.first()) {
+                (Reply::Stat(s), Some(writer), Some(path)) if !s.ephemeral => m.cache_written(writer, path, s).await,
                 _ => false,
             };
             Ok((reply, cacheable))
@@ -109,21 +110,29 @@ impl Master {
         }
     }
 
-    /// Chubby's cache invalidation before a write to `path` commits: every session that may
-    /// cache it is sent an invalidation and the write waits for its ack or the end of its
-    /// lease (a session that lets its lease run out without acking is expired, so a cache
-    /// that missed the invalidation can no longer be trusted by its client). The node is
-    /// uncacheable until the returned guard drops.
+    /// Chubby's cache invalidation before a write to `paths` commits: every session that may
+    /// cache one of them is sent an invalidation and the write waits for its ack or the end
+    /// of its lease (a session that lets its lease run out without acking is expired, so a
+    /// cache that missed the invalidation can no longer be trusted by its client). The nodes
+    /// are uncacheable until the returned guard drops.
     /// A `writer` session that dropped its own copy of the node (write-through) needs no
     /// invalidation.
-    async fn begin_write(self: &Arc<Self>, path: &str, writer: Option<SessionId>) -> Result<WriteGuard, MasterError> {
+    async fn begin_write(
+        self: &Arc<Self>,
+        paths: &[String],
+        writer: Option<SessionId>,
+    ) -> Result<WriteGuard, MasterError> {
         let (epoch, waits) = {
             let mut g = self.lock();
             let epoch = g.epoch.ok_or(MasterError::OfficeEnded("master stopped serving; retry"))?;
             let Inner { cache, streams, leases, unflushed, cell_name, .. } = &mut *g;
-            (epoch, cache.begin_write(path, &full_path(cell_name, path), writer, unflushed, streams, leases))
+            let mut waits = Vec::new();
+            for path in paths {
+                waits.extend(cache.begin_write(path, &full_path(cell_name, path), writer, unflushed, streams, leases));
+            }
+            (epoch, waits)
         };
-        let guard = WriteGuard { master: self.clone(), path: path.to_string(), epoch };
+        let guard = WriteGuard { master: self.clone(), paths: paths.to_vec(), epoch };
         for (session, id, deadline, rx) in waits {
             let deadline = tokio::time::Instant::from_std(deadline);
             match tokio::time::timeout_at(deadline, rx).await {
@@ -136,7 +145,7 @@ impl Master {
                     }
                 }
                 Err(_) => {
-                    tracing::warn!(session, path, "no invalidation ack within the session's lease: expiring it");
+                    tracing::warn!(session, ?paths, "no invalidation ack within the session's lease: expiring it");
                     self.lock().cache.give_up(id);
                     self.propose_expiry(session, epoch).await;
                 }
@@ -165,10 +174,11 @@ impl Master {
     }
 }
 
-/// Ends a pending write's "uncacheable" mark (if the master is still in the term that set it).
+/// Ends a pending write's "uncacheable" marks (if the master is still in the term that set
+/// them).
 struct WriteGuard {
     master: Arc<Master>,
-    path: String,
+    paths: Vec<String>,
     epoch: u64,
 }
 
@@ -176,7 +186,9 @@ impl Drop for WriteGuard {
     fn drop(&mut self) {
         let mut g = self.master.lock();
         if g.epoch == Some(self.epoch) {
-            g.cache.end_write(&self.path);
+            for path in &self.paths {
+                g.cache.end_write(path);
+            }
         }
     }
 }

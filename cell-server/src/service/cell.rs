@@ -90,7 +90,7 @@ impl CellService {
         // Cached copies are invalidated first, as for a session's write; so only a serving
         // master takes the write (see `Master::write`).
         let op = Op::AdminPut { path: path.clone(), contents: value };
-        match self.master.write(None, &path, op, None).await.map_err(|e| self.fail(e))? {
+        match self.master.write(None, &[&path], op, None).await.map_err(|e| self.fail(e))? {
             (Reply::Stat(stat), _) => Ok(stat.modified_index),
             (other, _) => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }

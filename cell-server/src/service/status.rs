@@ -37,6 +37,7 @@ pub fn status_of_state(e: StateError) -> Status {
         | StateError::LockBusy(_)
         | StateError::NotHeld(_)
         | StateError::LockHeld(_)
+        | StateError::NotMovable(_)
         | StateError::Forgotten(_) => Code::FailedPrecondition,
         StateError::WaitEnded { .. } => Code::Aborted,
     };

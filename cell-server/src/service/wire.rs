@@ -74,6 +74,9 @@ impl Chubby for WireChubby {
     async fn delete(&self, r: Request<DeleteRequest>) -> Answer<DeleteResponse> {
         self.0.delete(r).await.map_err(header_safe)
     }
+    async fn rename(&self, r: Request<RenameRequest>) -> Answer<RenameResponse> {
+        self.0.rename(r).await.map_err(header_safe)
+    }
     async fn acquire(&self, r: Request<AcquireRequest>) -> Answer<AcquireResponse> {
         self.0.acquire(r).await.map_err(header_safe)
     }

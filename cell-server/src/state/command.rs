@@ -237,6 +237,16 @@ pub enum Op {
         data: Bytes,
         sequencer: Option<String>,
     },
+    /// Gives the file at `path` the name `to` in one step (`mv`, `sed -i`, an editor's save).
+    /// Over an existing file, that node stays (its instance, ACL, lock, watchers) and takes
+    /// the contents, as one write; else the node itself moves. `replace` false: an existing
+    /// `to` is refused (`RENAME_NOREPLACE`).
+    Rename {
+        path: String,
+        instance: u64,
+        to: String,
+        replace: bool,
+    },
 }
 
 impl Op {

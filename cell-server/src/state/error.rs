@@ -44,8 +44,12 @@ pub enum StateError {
     Forgotten(u64),
     /// A node whose lock is held or waited for is not deleted: its holders would lose the lock
     /// without being told, and a new node at its name would hand a second holder the lock.
-    #[error("{0}: its lock is held or waited for; release it (or cancel the wait) before deleting the node")]
+    #[error("{0}: its lock is held or waited for; release it (or cancel the wait) before the node goes from its name")]
     LockHeld(String),
+    /// A rename the cell cannot make as one atomic change: of a directory (its whole subtree
+    /// would move) or of an ephemeral node (its openers' handles name its path).
+    #[error("{0}")]
+    NotMovable(String),
 }
 
 impl StateError {
@@ -70,6 +74,7 @@ impl StateError {
             StateError::WaitEnded { .. } => Refusal::WaitEnded,
             StateError::Forgotten(_) => Refusal::Forgotten,
             StateError::LockHeld(_) => Refusal::LockHeld,
+            StateError::NotMovable(_) => Refusal::NotMovable,
         }
     }
 }

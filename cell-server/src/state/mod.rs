@@ -214,6 +214,7 @@ impl CellState {
             Op::Append { path, instance, data, sequencer } => {
                 self.set_contents(path, instance, Write::Append(data), None, sequencer)
             }
+            Op::Rename { path, instance, to, replace } => self.rename(session, path, instance, to, replace),
             Op::Delete { path, instance, if_generation, sequencer } => {
                 self.delete(path, instance, if_generation, sequencer)
             }

@@ -342,6 +342,82 @@ impl CellState {
         Ok(Reply::Done)
     }
 
+    /// Renames the file at `path` to `to` as one change. Over an existing file, that node keeps
+    /// what readers and lockers rely on (instance, ACL, lock, its watchers' subscription) and
+    /// takes the contents as one write; then the source goes as a Delete would. To a free
+    /// name, the node moves whole (instance, ACL, generations) and the name it leaves keeps a
+    /// lock-delay still running, as a deleted node's name does.
+    pub(super) fn rename(
+        &mut self,
+        session: SessionId,
+        path: String,
+        instance: u64,
+        to: String,
+        replace: bool,
+    ) -> Outcome {
+        validate_path(&to, self.limits.max_depth)?;
+        let principal = self.principal(session)?.to_string();
+        let node = self.node_at(&path, instance)?;
+        if node.stat.directory {
+            return Err(StateError::NotMovable(format!(
+                "{path}: a directory is not renamed (its subtree would move in one step); copy it instead"
+            )));
+        }
+        if node.stat.ephemeral {
+            return Err(StateError::NotMovable(format!(
+                "{path}: an ephemeral node is not renamed (its openers' handles name its path)"
+            )));
+        }
+        if to == path {
+            return Ok(Reply::Stat(node.stat.clone()));
+        }
+        // The source goes from its name: the delete rule (a holder would lose the lock untold).
+        if !node.lock.holders.is_empty() || !node.lock.waiters.is_empty() {
+            return Err(StateError::LockHeld(path));
+        }
+        let contents = node.contents.clone();
+        let source_parent = split_parent(&path).0.to_string();
+        if let Some(target) = self.nodes.get(to.as_str()) {
+            if target.stat.directory {
+                return Err(StateError::IsADirectory(to));
+            }
+            if !replace {
+                return Err(StateError::Exists(to));
+            }
+            if !target.acl.rights_of(&principal).allows(Rights::WRITE) {
+                return Err(StateError::PermissionDenied(format!("{to}: {principal} may not write it")));
+            }
+            let target = self.nodes.get_mut(to.as_str()).map(Arc::make_mut).expect("checked above");
+            let stat = write_contents(target, contents, self.clock_ms, self.applied);
+            self.effects.push(Effect::NodeChanged { path: to, change: Change::ContentsModified });
+            self.delete_node(&path);
+            self.maybe_reap(source_parent);
+            return Ok(Reply::Stat(stat));
+        }
+        let (target_parent, name) = split_parent(&to);
+        let parent = self.nodes.get(target_parent).ok_or_else(|| StateError::NotFound(target_parent.to_string()))?;
+        if !parent.stat.directory {
+            return Err(StateError::NotADirectory(target_parent.to_string()));
+        }
+        if !parent.acl.rights_of(&principal).allows(Rights::WRITE) {
+            return Err(StateError::PermissionDenied(format!(
+                "{target_parent}: {principal} may not create nodes here"
+            )));
+        }
+        let (target_parent, name) = (target_parent.to_string(), name.to_string());
+        let mut moved = (*self.nodes[path.as_str()]).clone();
+        // The name left keeps a running lock-delay; the node takes the one its new name has.
+        self.delete_node(&path);
+        moved.lock.delay_until_ms = self.name_delays.remove(to.as_str()).unwrap_or(0);
+        moved.stat.modified_index = self.applied;
+        let stat = moved.stat.clone();
+        self.nodes.insert(to.as_str().into(), Arc::new(moved));
+        self.nodes.get_mut(target_parent.as_str()).map(Arc::make_mut).expect("checked above").children.insert(name);
+        self.effects.push(Effect::NodeChanged { path: to, change: Change::Created });
+        self.maybe_reap(source_parent);
+        Ok(Reply::Stat(stat))
+    }
+
     /// Removes a childless node: its holders lose the lock (their sequencers go stale with the
     /// instance), its waiters are told, its openers forget it.
     pub(super) fn delete_node(&mut self, path: &str) {

@@ -125,7 +125,12 @@ impl Session {
 fn answers(op: &Op, reply: &Reply) -> bool {
     match op {
         Op::Open { .. } => matches!(reply, Reply::Opened { .. } | Reply::OpenedEphemeral { .. }),
-        Op::SetContents { .. } | Op::Append { .. } | Op::SetAcl { .. } | Op::SetAclIf { .. } | Op::AdminPut { .. } => {
+        Op::SetContents { .. }
+        | Op::Append { .. }
+        | Op::Rename { .. }
+        | Op::SetAcl { .. }
+        | Op::SetAclIf { .. }
+        | Op::AdminPut { .. } => {
             matches!(reply, Reply::Stat(_))
         }
         Op::Acquire { .. } => matches!(reply, Reply::Granted { .. } | Reply::Queued),

@@ -46,6 +46,8 @@ fn errno_of_reason(reason: Refusal) -> Errno {
         Refusal::NotHeld => libc::ENOLCK,
         // `rm` of a file whose lock another holds or waits for.
         Refusal::LockHeld => libc::EBUSY,
+        // A rename that cannot be atomic (a directory): `mv` copies and deletes instead.
+        Refusal::NotMovable => libc::EXDEV,
         Refusal::LimitExceeded => libc::ENOSPC,
         // The node was deleted or re-created since it was opened (NFS's "stale file handle").
         Refusal::StaleHandle => libc::ESTALE,

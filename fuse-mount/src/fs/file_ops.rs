@@ -193,6 +193,44 @@ impl FsInner {
         }
     }
 
+    /// The open files of `node`.
+    fn files_of(&self, node: &NodeRef) -> Vec<Arc<AsyncMutex<OpenFile>>> {
+        let files: Vec<_> = guard(&self.files).values().cloned().collect();
+        files.into_iter().filter(|f| f.try_lock().map_or(true, |f| f.node == *node)).collect()
+    }
+
+    /// Stores the changes of every open of `node` that has any (before a rename moves it).
+    pub(super) async fn store_changes(&self, node: &NodeRef) -> Result<(), Errno> {
+        for file in self.files_of(node) {
+            let mut f = file.lock().await;
+            if f.node == *node && f.changed() {
+                self.commit(&mut f).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After `from` was renamed to `to`: its opens go on at the new name, as a local file's
+    /// descriptors follow it, each with a handle to the node there. An open whose handle
+    /// cannot be had keeps the old one, whose calls then fail with `ESTALE`.
+    pub(super) async fn follow_rename(&self, from: &NodeRef, to: &NodeRef) {
+        for file in self.files_of(from) {
+            let mut f = file.lock().await;
+            if f.node != *from {
+                continue;
+            }
+            match f.session.open_node(&to.path, OpenOptions::default()).await {
+                Ok((handle, _)) => {
+                    f.node = to.clone();
+                    f.handle = handle;
+                }
+                Err(e) => {
+                    tracing::warn!(from = %from.path, to = %to.path, "an open file's new handle after a rename: {e}")
+                }
+            }
+        }
+    }
+
     pub async fn truncate(&self, uid: u32, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {
         if size > MAX_CONTENTS {
             return Err(Errno::from_i32(libc::EFBIG));

@@ -148,7 +148,21 @@ impl Inodes {
         if e.nlookup == 0 {
             let node = e.node.clone();
             self.by_ino.remove(&ino);
-            self.by_node.remove(&node);
+            // Unless a rename gave the path to another inode since.
+            if self.by_node.get(&node) == Some(&ino) {
+                self.by_node.remove(&node);
+            }
+        }
+    }
+
+    /// A rename: the inode of `from` is `to`'s now, as the kernel's dentry moves with it. An
+    /// inode `to` had stays until the kernel forgets it, naming the same path (a rename over a
+    /// file keeps the cell's node there, so its open descriptors still reach it).
+    pub fn moved(&mut self, from: &NodeRef, to: &NodeRef) {
+        let Some(ino) = self.by_node.remove(from) else { return };
+        self.by_node.insert(to.clone(), ino);
+        if let Some(e) = self.by_ino.get_mut(&ino) {
+            e.node = to.clone();
         }
     }
 }
@@ -245,6 +259,22 @@ mod tests {
         let mut t = Inodes::with_home(|_| u64::MAX);
         assert_eq!(t.lookup(&node("/ls/local/a")), u64::MAX);
         assert_eq!(t.lookup(&node("/ls/local/b")), ROOT + 1);
+    }
+
+    #[test]
+    fn a_rename_moves_the_inode_and_the_one_replaced_goes_when_forgotten() {
+        let mut t = Inodes::new();
+        let (tmp, conf) = (node("/ls/local/conf.tmp"), node("/ls/local/conf"));
+        let moved = t.lookup(&tmp);
+        let replaced = t.lookup(&conf);
+        t.moved(&tmp, &conf);
+        assert_eq!(t.node(moved), Some(conf.clone()));
+        assert_eq!(t.find(&conf), Some(moved), "the name is the moved inode's");
+        assert_eq!(t.find(&tmp), None);
+        assert_eq!(t.node(replaced), Some(conf.clone()), "still reachable until the kernel forgets it");
+        t.forget(replaced, 1);
+        assert_eq!(t.node(replaced), None);
+        assert_eq!(t.lookup(&conf), moved, "forgetting the replaced inode leaves the name to the moved one");
     }
 
     #[test]

@@ -205,18 +205,21 @@ impl Filesystem for ChubbyFs {
         self.spawn(move |fs| async move { reply_empty(reply, fs.remove(uid, parent.0, &name, true).await) });
     }
 
-    /// Chubby has no rename; `mv` copies and deletes instead when told so.
     fn rename(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EXDEV);
+        let (uid, name, newname) = (req.uid(), name.to_owned(), newname.to_owned());
+        self.spawn(move |fs| async move {
+            let r = fs.rename(uid, (parent.0, &name), (newparent.0, &newname), flags.bits()).await;
+            reply_empty(reply, r)
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

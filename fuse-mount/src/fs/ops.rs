@@ -276,6 +276,41 @@ impl FsInner {
         session.delete(&handle, None, "").await.map_err(errno)
     }
 
+    /// `rename(2)` of a file within a cell: the cell's Rename, one atomic change (`mv`, `sed
+    /// -i` and editors' saves rename a temporary file over the target). A directory, or a
+    /// name in another cell, is `EXDEV`, so `mv` copies and deletes; `RENAME_EXCHANGE` is
+    /// not a Chubby operation (`EINVAL`); a mounted cell's root is `EBUSY`, as a mount
+    /// point's is.
+    pub async fn rename(
+        &self,
+        uid: u32,
+        (parent, name): (u64, &OsStr),
+        (new_parent, new_name): (u64, &OsStr),
+        flags: u32,
+    ) -> Result<(), Errno> {
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if parent == ROOT || new_parent == ROOT {
+            return Err(Errno::from_i32(libc::EBUSY));
+        }
+        let (from, to) = (self.child(parent, name)?, self.child(new_parent, new_name)?);
+        if from.cell != to.cell {
+            return Err(Errno::from_i32(libc::EXDEV));
+        }
+        // What this host wrote to the file and has not stored yet goes first, so the rename
+        // carries it (a program may rename a temporary file before it closes it).
+        self.store_changes(&from).await?;
+        let (session, handle, stat) = self.open_node(uid, &from, OpenOptions::default()).await?;
+        if stat.is_directory {
+            return Err(Errno::from_i32(libc::EXDEV));
+        }
+        session.rename(&handle, &to.path, flags & libc::RENAME_NOREPLACE != 0).await.map_err(errno)?;
+        guard(&self.inodes).moved(&from, &to);
+        self.follow_rename(&from, &to).await;
+        Ok(())
+    }
+
     pub async fn opendir(&self, uid: u32, ino: u64) -> Result<u64, Errno> {
         let node = if ino == ROOT {
             None

@@ -73,6 +73,7 @@ async fn answer(service: &ChubbyService, c: Call) -> CallResult {
         In::GetSequencer(m) => out(Chubby::get_sequencer(s, with_epoch(m, epoch)).await, Out::GetSequencer),
         In::CheckSequencer(m) => out(Chubby::check_sequencer(s, with_epoch(m, epoch)).await, Out::CheckSequencer),
         In::SetAcl(m) => out(Chubby::set_acl(s, with_epoch(m, epoch)).await, Out::SetAcl),
+        In::Rename(m) => out(Chubby::rename(s, with_epoch(m, epoch)).await, Out::Rename),
     };
     match result {
         Ok(kind) => {

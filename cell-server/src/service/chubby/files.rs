@@ -1,5 +1,5 @@
 //! Calls on nodes (Chubby §2.6): Open, Close, CloseSession, GetContentsAndStat, GetStat,
-//! ReadDir, SetContents, Delete, SetAcl. Opening an existing permanent node and reading need no
+//! ReadDir, SetContents, Delete, Rename, SetAcl. Opening an existing permanent node and reading need no
 //! log entry: a linearizable read checks them, and the handle is a signed capability. A read
 //! the client may cache and every write go through the master's cache protocol.
 
@@ -149,7 +149,7 @@ impl ChubbyService {
                 ))
             }
         };
-        match self.master.write(Some(request), &path, op, writer).await.map_err(|e| self.fail(e))? {
+        match self.master.write(Some(request), &[&path], op, writer).await.map_err(|e| self.fail(e))? {
             (Reply::Stat(s), cacheable) => Ok(SetContentsResponse { stat: Some(stat(&s)), cacheable }),
             (other, _) => Err(unexpected(other)),
         }
@@ -161,8 +161,20 @@ impl ChubbyService {
         let path = h.path.clone();
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
         let op = Op::Delete { path: h.path, instance: h.instance, if_generation: req.if_generation, sequencer };
-        self.master.write(Some(request), &path, op, None).await.map_err(|e| self.fail(e))?;
+        self.master.write(Some(request), &[&path], op, None).await.map_err(|e| self.fail(e))?;
         Ok(DeleteResponse {})
+    }
+
+    pub(super) async fn rename_node(&self, req: RenameRequest) -> Result<RenameResponse, Status> {
+        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let to = self.cell_path(&req.to)?;
+        let path = h.path.clone();
+        let op = Op::Rename { path: h.path, instance: h.instance, to: to.clone(), replace: !req.no_replace };
+        match self.master.write(Some(request), &[&to, &path], op, None).await.map_err(|e| self.fail(e))? {
+            (Reply::Stat(s), _) => Ok(RenameResponse { stat: Some(stat(&s)) }),
+            (other, _) => Err(unexpected(other)),
+        }
     }
 
     pub(super) async fn change_acl(&self, req: SetAclRequest) -> Result<SetAclResponse, Status> {
@@ -174,7 +186,7 @@ impl ChubbyService {
             Some(if_acl_generation) => Op::SetAclIf { path: path.clone(), instance, acl, if_acl_generation },
             None => Op::SetAcl { path: path.clone(), instance, acl },
         };
-        match self.master.write(Some(request), &path, op, None).await.map_err(|e| self.fail(e))? {
+        match self.master.write(Some(request), &[&path], op, None).await.map_err(|e| self.fail(e))? {
             (Reply::Stat(s), _) => Ok(SetAclResponse { stat: Some(stat(&s)) }),
             (other, _) => Err(unexpected(other)),
         }

@@ -195,6 +195,11 @@ impl Chubby for ChubbyService {
         self.change_acl(req.into_inner()).await.map(Response::new)
     }
 
+    async fn rename(&self, req: Request<RenameRequest>) -> Answer<RenameResponse> {
+        self.check_epoch(&req).await?;
+        self.rename_node(req.into_inner()).await.map(Response::new)
+    }
+
     async fn acquire(&self, req: Request<AcquireRequest>) -> Answer<AcquireResponse> {
         self.check_epoch(&req).await?;
         self.acquire_lock(req.into_inner(), false).await.map(Response::new)

@@ -38,6 +38,12 @@ enum Step {
         s: u64,
         p: usize,
     },
+    Rename {
+        s: u64,
+        p: usize,
+        to: usize,
+        replace: bool,
+    },
     Acquire {
         s: u64,
         o: u64,
@@ -74,6 +80,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (s.clone(), p.clone(), 0..4u64).prop_map(|(s, p, pick)| Step::CloseHandle { s, p, pick }),
         2 => (s.clone(), p.clone(), 0..3u8).prop_map(|(s, p, how)| Step::Set { s, p, how }),
         1 => (s.clone(), p.clone()).prop_map(|(s, p)| Step::Delete { s, p }),
+        1 => (s.clone(), p.clone(), p.clone(), any::<bool>()).prop_map(|(s, p, to, replace)| Step::Rename { s, p, to, replace }),
         5 => (s.clone(), 1..3u64, p.clone(), any::<bool>(), any::<bool>(), prop::option::of(0..3000u64))
             .prop_map(|(s, o, p, shared, try_only, delay)| Step::Acquire { s, o, p, shared, try_only, delay }),
         3 => (s.clone(), 1..3u64, p.clone()).prop_map(|(s, o, p)| Step::Release { s, o, p }),
@@ -103,6 +110,7 @@ impl Builder {
             Step::CloseHandle { s, p, pick } => Step::CloseHandle { s: sid(s), p, pick },
             Step::Set { s, p, how } => Step::Set { s: sid(s), p, how },
             Step::Delete { s, p } => Step::Delete { s: sid(s), p },
+            Step::Rename { s, p, to, replace } => Step::Rename { s: sid(s), p, to, replace },
             Step::Acquire { s, o, p, shared, try_only, delay } => {
                 Step::Acquire { s: sid(s), o, p, shared, try_only, delay }
             }
@@ -142,6 +150,9 @@ impl Builder {
                     Some(s),
                     Op::SetContents { path: path(p), instance: instance(p), contents, if_generation, sequencer: None },
                 )
+            }
+            Step::Rename { s, p, to, replace } => {
+                (Some(s), Op::Rename { path: path(p), instance: instance(p), to: path(to), replace })
             }
             Step::Delete { s, p } => {
                 (Some(s), Op::Delete { path: path(p), instance: instance(p), if_generation: None, sequencer: None })

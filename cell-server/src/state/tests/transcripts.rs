@@ -345,6 +345,7 @@ impl Driver {
                 },
                 sequencer: self.fence(args),
             },
+            "mv" => Op::Rename { path, instance, to: args[2].to_string(), replace: !args.contains(&"noreplace") },
             "rm" => Op::Delete { path, instance, if_generation, sequencer: self.fence(args) },
             "acquire" => Op::Acquire {
                 path,
@@ -472,4 +473,9 @@ fn bad_input_is_refused_and_changes_nothing() {
 #[test]
 fn appends_land_whole_in_log_order_and_within_the_limit() {
     transcript("append");
+}
+
+#[test]
+fn a_rename_replaces_a_file_in_place_or_moves_it_in_one_step() {
+    transcript("rename");
 }

@@ -216,6 +216,17 @@ impl Session {
         self.call(self.change_deadline(), rpc!(Delete, req)).await.map(|_| ())
     }
 
+    /// Gives the file `handle` names the path `to` (`/ls/<cell>/…`, this cell) in one change:
+    /// over an existing file, that node takes the contents; else the node moves. `no_replace`:
+    /// refuse an existing `to`. The stat of the node now at `to`.
+    pub async fn rename(&self, handle: &Handle, to: &str, no_replace: bool) -> Result<NodeStat, ClientError> {
+        let f = self.next_request();
+        let req =
+            RenameRequest { request: Some(f.request), handle: Some(handle.clone()), to: to.to_string(), no_replace };
+        let r = self.call(self.change_deadline(), rpc!(Rename, req)).await?;
+        Ok(r.stat.unwrap_or_default())
+    }
+
     pub async fn read_dir(&self, handle: &Handle) -> Result<Vec<DirEntry>, ClientError> {
         let req = ReadDirRequest { handle: Some(handle.clone()) };
         Ok(self.call(self.deadline(), rpc!(ReadDir, req)).await?.entries)
