@@ -20,8 +20,8 @@ use bytes::Bytes;
 use e2e_tests::{wait_converged, CellOptions, Rng, TestCell};
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
-    call, session_request, session_response, AcquireRequest, Call, CancelRequest, CheckSequencerRequest, CloseRequest,
-    CloseSessionRequest, DeleteRequest, GetContentsRequest, GetSequencerRequest, GetStatRequest, Handle,
+    call, session_request, session_response, AcquireRequest, AppendRequest, Call, CancelRequest, CheckSequencerRequest,
+    CloseRequest, CloseSessionRequest, DeleteRequest, GetContentsRequest, GetSequencerRequest, GetStatRequest, Handle,
     InvalidationAck, KeepAlive, OpenRequest, OpenSession, ReadDirRequest, ReleaseRequest, RenameRequest, RequestId,
     SessionRequest, SetAclRequest, SetContentsRequest,
 };
@@ -186,7 +186,7 @@ impl Gen {
 
     fn kind(&mut self) -> call::Kind {
         use call::Kind;
-        match self.rng.below(16) {
+        match self.rng.below(17) {
             0 => Kind::Open(OpenRequest {
                 request: self.request(),
                 path: self.string(),
@@ -215,7 +215,6 @@ impl Gen {
                 if_generation: self.optional(),
                 sequencer: self.string(),
                 write_through: self.rng.below(2) == 0,
-                append: self.rng.below(2) == 0,
             }),
             7 => Kind::Delete(DeleteRequest {
                 request: self.request(),
@@ -247,6 +246,13 @@ impl Gen {
                 holders: self.rng.below(2) == 0,
             }),
             13 => Kind::CheckSequencer(CheckSequencerRequest { sequencer: self.string() }),
+            15 => Kind::Append(AppendRequest {
+                request: self.request(),
+                handle: self.handle(),
+                data: self.bytes(),
+                sequencer: self.string(),
+                write_through: self.rng.below(2) == 0,
+            }),
             14 => Kind::Rename(RenameRequest {
                 request: self.request(),
                 handle: self.handle(),
@@ -289,6 +295,7 @@ async fn unary(c: &mut ChubbyClient<Channel>, kind: call::Kind, forged: bool) ->
             Kind::CheckSequencer(r) => c.check_sequencer(r).await.map(|r| assert!(!(forged && r.into_inner().valid))),
             Kind::SetAcl(r) => c.set_acl(r).await.map(|_| ()),
             Kind::Rename(r) => c.rename(r).await.map(|_| ()),
+            Kind::Append(r) => c.append(r).await.map(|_| ()),
         }
     };
     match tokio::time::timeout(Duration::from_secs(1), done).await {

@@ -12,7 +12,7 @@ use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 use fuse_mount::proto::chubby::chubby_client::ChubbyClient;
 use fuse_mount::proto::chubby::{
     event, session_request, session_response, GetContentsRequest, GetStatRequest, Handle, InvalidationAck, KeepAlive,
-    LeaseGrant, LockMode, OpenRequest, OpenSession, RequestId, SessionRequest, SessionResponse, SetContentsRequest,
+    LeaseGrant, LockMode, OpenRequest, OpenSession, RequestId, SessionRequest, SessionResponse,
 };
 use fuse_mount::proto::ERROR_METADATA;
 use tonic::Code;

@@ -66,21 +66,6 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
             .await
             .unwrap_err();
         assert_eq!(r.code(), Code::PermissionDenied, "{r:?}");
-        // An append goes to the end of whatever is there: it takes no expected generation.
-        let r = raw
-            .set_contents(SetContentsRequest {
-                request: Some(RequestId { session: a.id(), sequence: 1000, first_incomplete: 1 }),
-                handle: Some(h.clone()),
-                contents: "x".into(),
-                if_generation: Some(stat.content_generation),
-                append: true,
-                ..SetContentsRequest::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(r.code(), Code::InvalidArgument, "{r:?}");
-        assert_eq!(&a.get(&h).await.unwrap().0[..], b"v1");
-
         // A follower answers a stale read itself (no redirect), marked stale and uncacheable.
         let follower = leader
             .iter()

@@ -71,6 +71,25 @@ fn mv_sed_i_and_an_editors_save_rename_files_in_one_step() {
     assert_eq!(fs::read_to_string(b.path("var/other")).expect("read"), "port=3\n");
     assert_eq!(errno_of(fs::metadata(b.path("var/conf.old"))), libc::ENOENT);
 
+    // rsync writes a temporary file beside the target and renames it over; with `-a` it
+    // also sets the mode, owner and times it finds at the source (what `stat` shows here).
+    let local = tempfile::tempdir().expect("local dir");
+    let source = local.path().join("other");
+    fs::write(&source, "port=40\n").expect("write");
+    let mode = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    fs::set_permissions(&source, mode).expect("chmod");
+    quiet(&sh(&format!("rsync {} {}", source.display(), a.path("var/other").display())), "rsync");
+    assert_eq!(fs::read_to_string(b.path("var/other")).expect("read"), "port=40\n");
+    fs::write(&source, "port=500\n").expect("write");
+    quiet(&sh(&format!("rsync -a {} {}", source.display(), a.path("var/other").display())), "rsync -a");
+    assert_eq!(fs::read_to_string(b.path("var/other")).expect("read"), "port=500\n");
+    // install makes its file private (mode 0600) until it is complete, then gives it its mode.
+    quiet(&sh(&format!("install -m 644 {} {}", source.display(), a.path("var/installed").display())), "install");
+    assert_eq!(fs::read_to_string(b.path("var/installed")).expect("read"), "port=500\n");
+    let private = <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    assert_eq!(errno_of(fs::set_permissions(a.path("var/installed"), private)), libc::EPERM, "an existing file");
+    assert_eq!(fs::read_to_string(b.path("var/other")).expect("read"), "port=500\n");
+
     // An open descriptor follows its file to the new name; what it wrote before the rename
     // goes with the file (a temporary file renamed before it is closed).
     let tmp = a.path("var/.tmp");
@@ -94,7 +113,14 @@ fn mv_sed_i_and_an_editors_save_rename_files_in_one_step() {
     groups.kill(holder.id());
     let _ = holder.wait();
     assert_eq!(errno_of(fs::rename(a.path("var"), a.path("var2"))), libc::EXDEV);
-    assert_eq!(fs::read_to_string(b.path("var/other")).expect("read"), "port=3\n");
+    // So `mv` of a directory copies it and deletes the original, with no warning about the
+    // metadata it cannot copy.
+    fs::create_dir(a.path("dir")).expect("mkdir");
+    fs::write(a.path("dir/f"), "in a directory").expect("write");
+    quiet(&sh(&format!("mv {} {}", a.path("dir").display(), a.path("dir2").display())), "mv of a directory");
+    assert_eq!(fs::read_to_string(b.path("dir2/f")).expect("read"), "in a directory");
+    assert_eq!(errno_of(fs::metadata(b.path("dir"))), libc::ENOENT);
+    assert_eq!(fs::read_to_string(b.path("var/other")).expect("read"), "port=500\n");
     assert_eq!(fs::read_to_string(b.path("var/final")).expect("read"), "written before the rename\nand after\n");
 }
 

@@ -74,6 +74,9 @@ impl Chubby for WireChubby {
     async fn delete(&self, r: Request<DeleteRequest>) -> Answer<DeleteResponse> {
         self.0.delete(r).await.map_err(header_safe)
     }
+    async fn append(&self, r: Request<AppendRequest>) -> Answer<AppendResponse> {
+        self.0.append(r).await.map_err(header_safe)
+    }
     async fn rename(&self, r: Request<RenameRequest>) -> Answer<RenameResponse> {
         self.0.rename(r).await.map_err(header_safe)
     }

@@ -387,6 +387,13 @@ impl CellState {
             if !target.acl.rights_of(&principal).allows(Rights::WRITE) {
                 return Err(StateError::PermissionDenied(format!("{to}: {principal} may not write it")));
             }
+            // The contents go under the target's ACL: only a reader of them may put them
+            // there (a writer who may not read a file must not publish it where it can).
+            if !self.nodes[path.as_str()].acl.rights_of(&principal).allows(Rights::READ) {
+                return Err(StateError::PermissionDenied(format!(
+                    "{path}: {principal} may not read it, so may not give its contents to {to}"
+                )));
+            }
             let target = self.nodes.get_mut(to.as_str()).map(Arc::make_mut).expect("checked above");
             let stat = write_contents(target, contents, self.clock_ms, self.applied);
             self.effects.push(Effect::NodeChanged { path: to, change: Change::ContentsModified });

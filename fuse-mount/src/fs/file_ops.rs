@@ -72,6 +72,7 @@ impl FsInner {
             session,
             handle,
             append: flags & libc::O_APPEND != 0,
+            created: false,
             contents: None,
             dirty: false,
             appended: Vec::new(),
@@ -105,7 +106,9 @@ impl FsInner {
         allows(&handle, flags, false)?;
         let ino = guard(&self.inodes).lookup(&node);
         let answer = self.answer(ino, &node, &stat, &session, before);
-        let f = self.new_file(ino, node, session, handle, flags);
+        let mut f = self.new_file(ino, node, session, handle, flags);
+        f.created = true;
+        *guard(&self.fresh).entry(ino).or_default() += 1;
         let fh = self.add_file(f);
         Ok((answer, fh))
     }
@@ -188,9 +191,28 @@ impl FsInner {
             tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
         }
         self.clear_pending(&f);
+        if f.created {
+            let mut fresh = guard(&self.fresh);
+            if let Some(n) = fresh.get_mut(&f.ino) {
+                *n -= 1;
+                if *n == 0 {
+                    fresh.remove(&f.ino);
+                }
+            }
+        }
         if let Some(owner) = flock_owner {
             self.unlock_on_close(&f.node, &f.session, &f.handle, owner).await;
         }
+    }
+
+    /// Whether a `chmod` of `ino` may succeed though it changes nothing (modes are not the
+    /// cell's: its ACLs decide access): only while this host has the file open from its
+    /// create. Tools that make a file give it a private mode until it is complete
+    /// (`mkstemp` and `fchmod(0600)` in `install` and `rsync -a`, then `chmod` to the mode
+    /// `stat` shows); a `chmod` of an existing file is refused, so nobody believes a file
+    /// protected by a mode it does not have.
+    pub(super) fn may_set_mode(&self, ino: u64) -> bool {
+        guard(&self.fresh).contains_key(&ino)
     }
 
     /// The open files of `node`.
@@ -203,7 +225,8 @@ impl FsInner {
     pub(super) async fn store_changes(&self, node: &NodeRef) -> Result<(), Errno> {
         for file in self.files_of(node) {
             let mut f = file.lock().await;
-            if f.node == *node && f.changed() {
+            // A refused write's open stores nothing (see `commit`).
+            if f.node == *node && f.changed() && !f.failed {
                 self.commit(&mut f).await?;
             }
         }

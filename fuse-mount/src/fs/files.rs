@@ -27,6 +27,8 @@ pub struct OpenFile {
     pub handle: Handle,
     /// Opened with `O_APPEND`: every write goes to the end.
     pub append: bool,
+    /// This open created the file.
+    pub created: bool,
     /// This open's copy of the contents, once read, written or truncated (with `appended`
     /// at its end).
     pub contents: Option<Vec<u8>>,
@@ -144,12 +146,14 @@ impl OpenFile {
         if self.dirty {
             let contents = Bytes::from(self.contents.clone().unwrap_or_default());
             self.session.set(&self.handle, contents, None, "").await?;
+            self.dirty = false;
+            self.appended.clear();
         } else {
-            let appended = Bytes::from(self.appended.clone());
+            // Sent once, whatever its answer: an Append that timed out may still be applied,
+            // and a second one would add the bytes twice. Its error is the caller's to see.
+            let appended = Bytes::from(std::mem::take(&mut self.appended));
             self.session.append(&self.handle, appended, "").await?;
         }
-        self.dirty = false;
-        self.appended.clear();
         Ok(())
     }
 }

@@ -160,8 +160,9 @@ impl Filesystem for ChubbyFs {
         reply: ReplyAttr,
     ) {
         // Access is the cell's ACLs, not mode bits or owners: a change of either is refused
-        // (setting what they already are, as `cp -p` and `mv` do, succeeds). Times are the
-        // log's clock: `touch` succeeds and changes nothing.
+        // (setting what they already are, as `cp -p` and `mv` do, succeeds; so does a mode
+        // set on a file still open from its create, see `may_set_mode`). Times are the log's
+        // clock: `touch` succeeds and changes nothing.
         let caller = req.uid();
         self.spawn(move |fs| async move {
             let r = match size {
@@ -169,7 +170,7 @@ impl Filesystem for ChubbyFs {
                 None => fs.getattr(caller, ino.0, fh.map(|f| f.0)).await,
             };
             let r = r.and_then(|a| {
-                let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm))
+                let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm) || fs.may_set_mode(ino.0))
                     && uid.is_none_or(|u| u == a.attr.uid)
                     && gid.is_none_or(|g| g == a.attr.gid);
                 if same {

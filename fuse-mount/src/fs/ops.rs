@@ -44,6 +44,9 @@ pub struct FsInner {
     /// Sizes of files this host has written and not yet stored (getattr reports them).
     /// (Per inode: the open file that wrote last, and the size of its copy.)
     pub(super) pending: Mutex<HashMap<u64, (u64, PendingSize)>>,
+    /// Inodes of files this host created and still has open from that create, with the
+    /// number of such opens: their mode may be set (see [`FsInner::may_set_mode`]).
+    pub(super) fresh: Mutex<HashMap<u64, u32>>,
     pub(super) locks: Mutex<HeldLocks>,
     pub(super) owner: Owner,
     /// Lock-delay of the locks taken here (`None`: the cell's default, 60 s).
@@ -71,6 +74,7 @@ impl FsInner {
             dirs: Mutex::default(),
             next_fh: AtomicU64::new(1),
             pending: Mutex::default(),
+            fresh: Mutex::default(),
             locks: Mutex::default(),
             owner,
             lock_delay,

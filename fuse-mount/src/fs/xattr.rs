@@ -80,15 +80,14 @@ impl FsInner {
 
     /// `setfattr` of an ACL list (`user.chubby.acl.readers`, `.writers`, `.change_acl`):
     /// replaces that list of the node's ACL names, keeping the other two (an empty
-    /// change-ACL list is refused: `EINVAL`). The rest of the
-    /// metadata is the cell's to keep (`EPERM`); other names are not stored (`ENOTSUP`).
+    /// change-ACL list is refused: `EINVAL`). Other names, and the rest of the metadata
+    /// (the cell's to keep), cannot be set: `ENOTSUP`, which copying tools take as "this
+    /// file system stores no such attribute" and pass over quietly (`mv` of a directory,
+    /// which copies, copies every `user.chubby.*` it reads).
     pub async fn setxattr(&self, uid: u32, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         let name = name.to_str().ok_or(Errno::ENOTSUP)?;
-        if ino == ROOT || !XATTRS.contains(&name) {
-            return Err(if name.starts_with("user.chubby.") { Errno::EPERM } else { Errno::ENOTSUP });
-        }
-        if !name.starts_with("user.chubby.acl.") {
-            return Err(Errno::EPERM);
+        if ino == ROOT || !XATTRS.contains(&name) || !name.starts_with("user.chubby.acl.") {
+            return Err(Errno::ENOTSUP);
         }
         if flags & libc::XATTR_CREATE != 0 {
             return Err(Errno::EEXIST); // every node has its ACL lists

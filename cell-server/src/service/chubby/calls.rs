@@ -74,6 +74,7 @@ async fn answer(service: &ChubbyService, c: Call) -> CallResult {
         In::CheckSequencer(m) => out(Chubby::check_sequencer(s, with_epoch(m, epoch)).await, Out::CheckSequencer),
         In::SetAcl(m) => out(Chubby::set_acl(s, with_epoch(m, epoch)).await, Out::SetAcl),
         In::Rename(m) => out(Chubby::rename(s, with_epoch(m, epoch)).await, Out::Rename),
+        In::Append(m) => out(Chubby::append(s, with_epoch(m, epoch)).await, Out::Append),
     };
     match result {
         Ok(kind) => {

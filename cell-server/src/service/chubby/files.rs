@@ -1,5 +1,5 @@
 //! Calls on nodes (Chubby §2.6): Open, Close, CloseSession, GetContentsAndStat, GetStat,
-//! ReadDir, SetContents, Delete, Rename, SetAcl. Opening an existing permanent node and reading need no
+//! ReadDir, SetContents, Append, Delete, Rename, SetAcl. Opening an existing permanent node and reading need no
 //! log entry: a linearizable read checks them, and the handle is a signed capability. A read
 //! the client may cache and every write go through the master's cache protocol.
 
@@ -138,19 +138,28 @@ impl ChubbyService {
         let writer = req.write_through.then_some(h.session);
         let path = h.path.clone();
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
-        let op = match (req.append, req.if_generation) {
-            (false, if_generation) => {
-                Op::SetContents { path: h.path, instance: h.instance, contents: req.contents, if_generation, sequencer }
-            }
-            (true, None) => Op::Append { path: h.path, instance: h.instance, data: req.contents, sequencer },
-            (true, Some(_)) => {
-                return Err(Status::invalid_argument(
-                    "an append goes to the end whatever the generation: no if_generation",
-                ))
-            }
+        let op = Op::SetContents {
+            path: h.path,
+            instance: h.instance,
+            contents: req.contents,
+            if_generation: req.if_generation,
+            sequencer,
         };
         match self.master.write(Some(request), &[&path], op, writer).await.map_err(|e| self.fail(e))? {
             (Reply::Stat(s), cacheable) => Ok(SetContentsResponse { stat: Some(stat(&s)), cacheable }),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    pub(super) async fn append_contents(&self, req: AppendRequest) -> Result<AppendResponse, Status> {
+        let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
+        let request = self.request_id(req.request.as_ref(), h.session)?;
+        let writer = req.write_through.then_some(h.session);
+        let path = h.path.clone();
+        let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
+        let op = Op::Append { path: h.path, instance: h.instance, data: req.data, sequencer };
+        match self.master.write(Some(request), &[&path], op, writer).await.map_err(|e| self.fail(e))? {
+            (Reply::Stat(s), cacheable) => Ok(AppendResponse { stat: Some(stat(&s)), cacheable }),
             (other, _) => Err(unexpected(other)),
         }
     }

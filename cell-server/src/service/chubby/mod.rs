@@ -195,6 +195,11 @@ impl Chubby for ChubbyService {
         self.change_acl(req.into_inner()).await.map(Response::new)
     }
 
+    async fn append(&self, req: Request<AppendRequest>) -> Answer<AppendResponse> {
+        self.check_epoch(&req).await?;
+        self.append_contents(req.into_inner()).await.map(Response::new)
+    }
+
     async fn rename(&self, req: Request<RenameRequest>) -> Answer<RenameResponse> {
         self.check_epoch(&req).await?;
         self.rename_node(req.into_inner()).await.map(Response::new)

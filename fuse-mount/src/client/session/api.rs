@@ -145,22 +145,23 @@ impl Session {
         if_generation: Option<u64>,
         sequencer: &str,
     ) -> Result<NodeStat, ClientError> {
-        self.write(handle, contents, if_generation, sequencer, false).await
+        self.write(handle, Some(contents), None, if_generation, sequencer).await
     }
 
     /// Adds `data` at the end of the node's contents as the cell has them: appends of many
     /// clients all land (none reads and rewrites the whole).
     pub async fn append(&self, handle: &Handle, data: Bytes, sequencer: &str) -> Result<NodeStat, ClientError> {
-        self.write(handle, data, None, sequencer, true).await
+        self.write(handle, None, Some(data), None, sequencer).await
     }
 
+    /// SetContents of `contents`, or Append of `appended`.
     async fn write(
         &self,
         handle: &Handle,
-        contents: Bytes,
+        contents: Option<Bytes>,
+        appended: Option<Bytes>,
         if_generation: Option<u64>,
         sequencer: &str,
-        append: bool,
     ) -> Result<NodeStat, ClientError> {
         // Write-through when this session caches: it drops its copy itself (and tells its
         // hook, as for an invalidation) instead of waiting for the master's invalidation
@@ -176,28 +177,36 @@ impl Session {
             None => None,
         };
         let f = self.next_request();
-        let req = SetContentsRequest {
-            request: Some(f.request),
-            handle: Some(handle.clone()),
-            contents: contents.clone(),
-            if_generation,
-            sequencer: sequencer.to_string(),
-            write_through: ticket.is_some(),
-            append,
+        let (request, handle_of, sequencer, write_through) =
+            (Some(f.request), Some(handle.clone()), sequencer.to_string(), ticket.is_some());
+        let r = match appended {
+            Some(data) => {
+                let req = AppendRequest { request, handle: handle_of, data, sequencer, write_through };
+                self.call(self.change_deadline(), rpc!(Append, req)).await.map(|r| (r.stat, r.cacheable))
+            }
+            None => {
+                let contents = contents.clone().unwrap_or_default();
+                let req = SetContentsRequest {
+                    request,
+                    handle: handle_of,
+                    contents,
+                    if_generation,
+                    sequencer,
+                    write_through,
+                };
+                self.call(self.change_deadline(), rpc!(SetContents, req)).await.map(|r| (r.stat, r.cacheable))
+            }
         };
-        let r = self.call(self.change_deadline(), rpc!(SetContents, req)).await;
         if let Some(ticket) = ticket {
             let fill = match &r {
-                Ok(r) if r.cacheable => Some(Fill {
-                    stat: r.stat.unwrap_or_default(),
-                    contents: (!append).then_some(contents),
-                    handle: Some(handle.clone()),
-                }),
+                Ok((stat, true)) => {
+                    Some(Fill { stat: (*stat).unwrap_or_default(), contents, handle: Some(handle.clone()) })
+                }
                 _ => None,
             };
             self.inner.cache().end_read(ticket, fill);
         }
-        Ok(r?.stat.unwrap_or_default())
+        Ok(r?.0.unwrap_or_default())
     }
 
     pub async fn delete(
