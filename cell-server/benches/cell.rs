@@ -315,7 +315,7 @@ fn recovery(dir: &Path) {
         let batch = s.entries(lo, last + 1, 64 << 20).unwrap();
         for e in &batch {
             if e.kind == EntryKind::Normal {
-                kv.apply(e.index, &e.data, false);
+                kv.apply(e.index, &e.data, false).expect("an entry this build wrote");
             }
         }
         lo += batch.len() as u64;
@@ -350,7 +350,7 @@ fn recovery(dir: &Path) {
             .collect();
         s.persist(None, &entries, Some(HardState { term: 2, vote: 1, commit: 100_003 }), true).unwrap();
         for e in &entries {
-            kv.apply(e.index, &e.data, false);
+            kv.apply(e.index, &e.data, false).expect("an entry this build wrote");
         }
         let conf = raft::ConfState { voters: vec![1, 2, 3], learners: vec![] };
         s.compact(100_003, conf, kv.snapshot()()).unwrap();
@@ -387,7 +387,7 @@ fn apply_cost() {
     let mut index = 0;
     for e in &entries[..FILES as usize] {
         index += 1;
-        kv.apply(index, e, true);
+        kv.apply(index, e, true).expect("an entry this build wrote");
     }
     println!("\napplying 100-byte writes to {FILES} files, one thread");
     println!("| while | per write |");
@@ -400,7 +400,7 @@ fn apply_cost() {
             let copy = copy_alive.then(|| kv.snapshot());
             for e in chunk {
                 index += 1;
-                kv.apply(index, e, true);
+                kv.apply(index, e, true).expect("an entry this build wrote");
             }
             drop(copy);
         }

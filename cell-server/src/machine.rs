@@ -54,13 +54,14 @@ impl CellMachine {
 }
 
 impl StateMachine for CellMachine {
-    fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Bytes {
-        let outcome = self.state.apply(index, data);
-        if let Err(crate::state::StateError::InvalidArgument(why)) = &outcome {
-            if why.starts_with("undecodable entry") {
-                tracing::warn!(index, %why, "entry skipped");
-            }
-        }
+    /// An entry that does not decode stops the replica: a newer cell-server wrote it (its
+    /// operations are not this build's), and skipping it would leave this replica's state
+    /// different from its peers'. Upgraded, the replica applies it from its log.
+    fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Result<Bytes, String> {
+        let command = crate::state::command::decode(data).map_err(|e| {
+            format!("{e}: a newer cell-server wrote it (or it is damaged); upgrade this replica to apply it")
+        })?;
+        let outcome = self.state.apply_command(index, command);
         let effects = self.state.take_effects();
         if !effects.is_empty() && self.effects.as_ref().is_some_and(|s| s.wanted.load(Ordering::SeqCst)) {
             if self.unsent.is_empty() {
@@ -70,11 +71,7 @@ impl StateMachine for CellMachine {
             }
         }
         // Only a proposer reads the outcome; a follower's would be encoded for nothing.
-        if answer {
-            encode(&outcome)
-        } else {
-            Bytes::new()
-        }
+        Ok(if answer { encode(&outcome) } else { Bytes::new() })
     }
 
     fn after_applying(&mut self) {
@@ -100,5 +97,28 @@ impl StateMachine for CellMachine {
         self.state = CellState::restore(data)?;
         self.unsent.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Op};
+
+    /// An entry of an operation this build does not know (a newer cell-server's) is not
+    /// skipped: the replica stops, so its state never goes on without it.
+    #[test]
+    fn an_entry_that_does_not_decode_is_refused_and_changes_nothing() {
+        let mut m = CellMachine::new(None);
+        let tick = encode(&Command { now_ms: 5, request: None, op: Op::Tick });
+        assert!(m.apply(1, &tick, true).is_ok());
+        // The same entry with an Op variant past the last this build knows (the bytes are
+        // the clock, the absent request, then the variant).
+        let mut newer = tick.to_vec();
+        assert_eq!(newer.len(), 3);
+        newer[2] = 100;
+        let why = m.apply(2, &newer, true).unwrap_err();
+        assert!(why.contains("upgrade this replica"), "{why}");
+        assert_eq!(m.state().applied(), 1);
     }
 }

@@ -11,9 +11,9 @@ use raft::{DiskOptions, FsyncPolicy, Replica, ReplicaError, ReplicaOptions, Role
 struct Counter(u64);
 
 impl StateMachine for Counter {
-    fn apply(&mut self, index: u64, _data: &[u8], _answer: bool) -> Bytes {
+    fn apply(&mut self, index: u64, _data: &[u8], _answer: bool) -> Result<Bytes, String> {
         self.0 += 1;
-        Bytes::from(index.to_string())
+        Ok(Bytes::from(index.to_string()))
     }
     fn snapshot(&self) -> raft::SnapshotEncoder {
         let n = self.0;
@@ -214,7 +214,7 @@ struct FlakyEncoder {
 }
 
 impl StateMachine for FlakyEncoder {
-    fn apply(&mut self, index: u64, data: &[u8], answer: bool) -> Bytes {
+    fn apply(&mut self, index: u64, data: &[u8], answer: bool) -> Result<Bytes, String> {
         self.counter.apply(index, data, answer)
     }
     fn snapshot(&self) -> raft::SnapshotEncoder {
@@ -267,13 +267,17 @@ fn a_snapshot_encoder_that_panics_does_not_stop_later_snapshots() {
     node.stop().unwrap();
 }
 
-/// Panics on the entry `boom`, as a state machine with a bug would.
+/// Panics on the entry `boom`, as a state machine with a bug would; refuses the entry
+/// `newer`, as one that does not know a newer version's format does.
 struct Fragile;
 
 impl StateMachine for Fragile {
-    fn apply(&mut self, _index: u64, data: &[u8], _answer: bool) -> Bytes {
+    fn apply(&mut self, _index: u64, data: &[u8], _answer: bool) -> Result<Bytes, String> {
         assert_ne!(data, b"boom", "the state machine cannot apply this");
-        Bytes::new()
+        if data == b"newer" {
+            return Err("an entry of a newer format".into());
+        }
+        Ok(Bytes::new())
     }
     fn snapshot(&self) -> raft::SnapshotEncoder {
         Box::new(Bytes::new)
@@ -287,6 +291,21 @@ impl StateMachine for Fragile {
 /// then exits with the cause, rather than stay up answering nothing).
 #[test]
 fn a_loop_that_panics_reports_its_death() {
+    let why = die_of(b"boom");
+    assert!(why.contains("panicked") && why.contains("cannot apply"), "{why}");
+}
+
+/// An entry the state machine cannot apply stops the replica (with the entry's index), rather
+/// than leave it serving a state its peers do not have.
+#[test]
+fn an_entry_the_state_machine_cannot_apply_stops_the_replica() {
+    let why = die_of(b"newer");
+    assert!(why.contains("applying entry") && why.contains("newer format"), "{why}");
+}
+
+/// Starts a lone replica of [`Fragile`], proposes `last` after an entry it applies, and
+/// returns why the replica died.
+fn die_of(last: &'static [u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let node = Replica::start(lone_replica(dir.path(), 1000), Fragile, rt.handle().clone()).unwrap();
@@ -303,10 +322,9 @@ fn a_loop_that_panics_reports_its_death() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         applied.expect("applied");
-        let _ = handle.propose(Bytes::from_static(b"boom")).await;
+        let _ = handle.propose(Bytes::from_static(last)).await;
         tokio::time::timeout(Duration::from_secs(30), died).await.expect("died resolves")
     });
-    let why = why.to_string();
-    assert!(why.contains("panicked") && why.contains("cannot apply"), "{why}");
     assert!(node.stop().is_err());
+    why.to_string()
 }

@@ -152,10 +152,17 @@ impl Default for CellState {
 }
 
 impl CellState {
-    /// Applies the entry at `index`; undecodable bytes change nothing but the applied index.
+    /// Applies the entry at `index`; undecodable bytes change nothing but the applied index
+    /// (the replica does not go on past them: see `CellMachine::apply`).
     pub fn apply(&mut self, index: u64, data: &[u8]) -> Outcome {
         self.applied = index;
         let entry: Command = decode(data)?;
+        self.apply_entry(entry)
+    }
+
+    /// Applies the decoded entry at `index`.
+    pub fn apply_command(&mut self, index: u64, entry: Command) -> Outcome {
+        self.applied = index;
         self.apply_entry(entry)
     }
 

@@ -357,7 +357,9 @@ impl<SM: StateMachine> Driver<SM> {
             let waiting = self.pending.remove(&e.index);
             let answer = waiting.as_ref().is_some_and(|(term, _)| *term == e.term);
             let result = match e.kind {
-                EntryKind::Normal if !e.data.is_empty() => self.sm.apply(e.index, &e.data, answer),
+                EntryKind::Normal if !e.data.is_empty() => {
+                    self.sm.apply(e.index, &e.data, answer).map_err(|reason| Fault::Apply { index: e.index, reason })?
+                }
                 _ => Bytes::new(),
             };
             if let Some((term, reply)) = waiting {

@@ -28,6 +28,9 @@ pub enum Fault {
     /// The application's state machine could not restore a snapshot.
     #[error("restoring snapshot {index}: {reason}")]
     Restore { index: Index, reason: String },
+    /// The application's state machine cannot apply a committed entry.
+    #[error("applying entry {index}: {reason}")]
+    Apply { index: Index, reason: String },
     /// An operating-system call of the shell failed (a thread, the peer links' poll).
     #[error("{doing}: {error}")]
     Os { doing: &'static str, error: io::Error },

@@ -60,7 +60,10 @@ pub trait StateMachine: Send + 'static {
     /// Applies a committed entry; the result goes back to the proposer. `answer` says whether
     /// a proposer on this replica waits for it (on a leader that proposed it): when false the
     /// result is dropped, so the machine may skip encoding it and return empty bytes.
-    fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Bytes;
+    /// An error says the machine cannot apply the entry at all (it does not know its format:
+    /// a newer version wrote it): the replica stops ([`Fault::Apply`]) rather than go on
+    /// with a state that differs from its peers'.
+    fn apply(&mut self, index: Index, data: &[u8], answer: bool) -> Result<Bytes, String>;
     /// Called after a run of `apply` calls, once their proposers have been sent their
     /// answers: the place to hand on, in one go, what the run produced for others (one wake-up
     /// of whoever waits for it, after the proposers' own).
