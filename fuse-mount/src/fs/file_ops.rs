@@ -10,7 +10,7 @@ use fuser::Errno;
 use proto::chubby::Handle;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::files::{OpenFile, MAX_CONTENTS};
+use super::files::{OpenEntry, OpenFile, MAX_CONTENTS};
 use super::inodes::NodeRef;
 use super::ops::{errno, guard, Answer, FsInner, READ, WRITE};
 use crate::client::{OpenOptions, Session};
@@ -43,7 +43,8 @@ impl FsInner {
         if f.changed() {
             self.set_pending(&f);
         }
-        guard(&self.files).insert(fh, Arc::new(AsyncMutex::new(f)));
+        let node = f.node.clone();
+        guard(&self.files).insert(fh, OpenEntry { node, file: Arc::new(AsyncMutex::new(f)) });
         fh
     }
 
@@ -61,7 +62,7 @@ impl FsInner {
     }
 
     pub(super) fn file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
-        guard(&self.files).get(&fh).cloned().ok_or(Errno::EBADF)
+        guard(&self.files).get(&fh).map(|e| e.file.clone()).ok_or(Errno::EBADF)
     }
 
     fn new_file(&self, ino: u64, node: NodeRef, session: Session, handle: Handle, flags: i32) -> OpenFile {
@@ -185,7 +186,7 @@ impl FsInner {
     /// The last close of an open file; `flock_owner` if the kernel says a `flock` lock of
     /// this file must go.
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) {
-        let Some(file) = guard(&self.files).remove(&fh) else { return };
+        let Some(OpenEntry { file, .. }) = guard(&self.files).remove(&fh) else { return };
         let mut f = file.lock().await;
         if let Err(e) = self.commit(&mut f).await {
             tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
@@ -215,43 +216,61 @@ impl FsInner {
         guard(&self.fresh).contains_key(&ino)
     }
 
-    /// The open files of `node`.
-    fn files_of(&self, node: &NodeRef) -> Vec<Arc<AsyncMutex<OpenFile>>> {
-        let files: Vec<_> = guard(&self.files).values().cloned().collect();
-        files.into_iter().filter(|f| f.try_lock().map_or(true, |f| f.node == *node)).collect()
+    /// The open files of `node`, in the order of their kernel handles.
+    fn files_of(&self, node: &NodeRef) -> Vec<(u64, Arc<AsyncMutex<OpenFile>>)> {
+        let mut files: Vec<_> =
+            guard(&self.files).iter().filter(|(_, e)| e.node == *node).map(|(fh, e)| (*fh, e.file.clone())).collect();
+        files.sort_by_key(|(fh, _)| *fh);
+        files
     }
 
-    /// Stores the changes of every open of `node` that has any (before a rename moves it).
-    pub(super) async fn store_changes(&self, node: &NodeRef) -> Result<(), Errno> {
-        for file in self.files_of(node) {
-            let mut f = file.lock().await;
+    /// Renames the file `from` to `to` in the cell. This host's opens of it are held through
+    /// the rename (taken in handle order; nothing else holds two): what they wrote and have
+    /// not stored goes first, so the rename carries it (a program may rename a temporary file
+    /// before it closes it), and then they go on at the new name, as a local file's
+    /// descriptors follow it, none acting on the old name in between. An open whose handle at
+    /// the new name cannot be had keeps the old one, whose calls then fail with `ESTALE`.
+    pub(super) async fn rename_file(
+        &self,
+        uid: u32,
+        from: &NodeRef,
+        to: &NodeRef,
+        no_replace: bool,
+    ) -> Result<(), Errno> {
+        let files = self.files_of(from);
+        let mut opens = Vec::with_capacity(files.len());
+        for (fh, file) in &files {
+            opens.push((*fh, file.lock().await));
+        }
+        // Another rename may have moved some while this one waited for them.
+        opens.retain(|(_, f)| f.node == *from);
+        for (_, f) in opens.iter_mut() {
             // A refused write's open stores nothing (see `commit`).
-            if f.node == *node && f.changed() && !f.failed {
-                self.commit(&mut f).await?;
+            if f.changed() && !f.failed {
+                self.commit(f).await?;
             }
         }
-        Ok(())
-    }
-
-    /// After `from` was renamed to `to`: its opens go on at the new name, as a local file's
-    /// descriptors follow it, each with a handle to the node there. An open whose handle
-    /// cannot be had keeps the old one, whose calls then fail with `ESTALE`.
-    pub(super) async fn follow_rename(&self, from: &NodeRef, to: &NodeRef) {
-        for file in self.files_of(from) {
-            let mut f = file.lock().await;
-            if f.node != *from {
-                continue;
-            }
+        let (session, handle, stat) = self.open_node(uid, from, OpenOptions::default()).await?;
+        if stat.is_directory {
+            return Err(Errno::from_i32(libc::EXDEV));
+        }
+        session.rename(&handle, &to.path, no_replace).await.map_err(errno)?;
+        guard(&self.inodes).moved(from, to);
+        for (fh, f) in opens.iter_mut() {
             match f.session.open_node(&to.path, OpenOptions::default()).await {
                 Ok((handle, _)) => {
                     f.node = to.clone();
                     f.handle = handle;
+                    if let Some(e) = guard(&self.files).get_mut(fh) {
+                        e.node = to.clone();
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(from = %from.path, to = %to.path, "an open file's new handle after a rename: {e}")
+                    tracing::warn!(from = %from.path, to = %to.path, "an open file's handle after a rename: {e}")
                 }
             }
         }
+        Ok(())
     }
 
     pub async fn truncate(&self, uid: u32, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {

@@ -158,6 +158,13 @@ impl OpenFile {
     }
 }
 
+/// An open file, and the node it is of (kept beside it, so finding a node's opens takes no
+/// open's own lock, which a call to the cell may hold).
+pub struct OpenEntry {
+    pub node: NodeRef,
+    pub file: std::sync::Arc<tokio::sync::Mutex<OpenFile>>,
+}
+
 /// The size `getattr` reports for a file one of whose opens has changes not stored yet.
 #[derive(Clone, Copy, Debug)]
 pub enum PendingSize {

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileAttr, FileType};
 use proto::chubby::{Handle, NodeStat};
-use tokio::sync::Mutex as AsyncMutex;
 
 use super::errno::errno_of;
-use super::files::{OpenDir, OpenFile, PendingSize};
+use super::files::{OpenDir, OpenEntry, PendingSize};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
 use super::kernel::{Before, KernelCache};
 use super::locks::HeldLocks;
@@ -38,7 +37,7 @@ pub(super) const WRITE: u32 = 2;
 pub struct FsInner {
     pub(super) cells: Vec<Arc<MountedCell>>,
     pub(super) inodes: Mutex<Inodes>,
-    pub(super) files: Mutex<HashMap<u64, Arc<AsyncMutex<OpenFile>>>>,
+    pub(super) files: Mutex<HashMap<u64, OpenEntry>>,
     pub(super) dirs: Mutex<HashMap<u64, OpenDir>>,
     pub(super) next_fh: AtomicU64,
     /// Sizes of files this host has written and not yet stored (getattr reports them).
@@ -302,17 +301,7 @@ impl FsInner {
         if from.cell != to.cell {
             return Err(Errno::from_i32(libc::EXDEV));
         }
-        // What this host wrote to the file and has not stored yet goes first, so the rename
-        // carries it (a program may rename a temporary file before it closes it).
-        self.store_changes(&from).await?;
-        let (session, handle, stat) = self.open_node(uid, &from, OpenOptions::default()).await?;
-        if stat.is_directory {
-            return Err(Errno::from_i32(libc::EXDEV));
-        }
-        session.rename(&handle, &to.path, flags & libc::RENAME_NOREPLACE != 0).await.map_err(errno)?;
-        guard(&self.inodes).moved(&from, &to);
-        self.follow_rename(&from, &to).await;
-        Ok(())
+        self.rename_file(uid, &from, &to, flags & libc::RENAME_NOREPLACE != 0).await
     }
 
     pub async fn opendir(&self, uid: u32, ino: u64) -> Result<u64, Errno> {
