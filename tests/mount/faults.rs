@@ -94,3 +94,34 @@ fn a_mount_cut_off_past_its_grace_period_fails_its_files_and_locks_with_eio() {
     assert_eq!(errno_of(std::io::Read::read_to_string(&mut file, &mut buf)), libc::EIO, "the old open stays lost");
     assert_eq!(errno_of(file.write_all(b"v3")), libc::EIO);
 }
+
+/// A lock let go while its Release cannot reach the cell (the master paused, then killed with
+/// the Release unread) is released once a master serves again, not kept for as long as the
+/// mount's session lives.
+#[test]
+fn a_release_that_fails_at_close_is_retried_until_the_cell_has_it() {
+    if !fuse_available("a_release_that_fails_at_close_is_retried_until_the_cell_has_it") {
+        return;
+    }
+    let mut cell = TestCell::start(CellOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).expect("leader");
+    let m = Mount::start(&cell, &["--rpc-timeout", "1s"]);
+    fs::write(m.path("job"), "v1").expect("write");
+    let file = fs::File::open(m.path("job")).expect("open");
+    // SAFETY: flock(2) on an open descriptor.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0, "lock taken");
+    await_held(&cell, "/ls/local/job");
+
+    // The master stops reading; the holder closes; its Release times out unanswered; the
+    // master dies with it unread. The session lives on at the next master.
+    let master = cell.leader(&rt);
+    let pid = cell.pid(master).expect("master's pid");
+    // SAFETY: kill(2) of a replica this test started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    drop(file);
+    std::thread::sleep(Duration::from_secs(2));
+    cell.kill(master);
+    let got = chubby(&cell, &["lock", "--timeout", "40s", "/ls/local/job", "--", "true"]);
+    assert!(got.status.success(), "the lock was released once a master served: {got:?}");
+}

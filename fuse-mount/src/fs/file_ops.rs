@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::Errno;
-use proto::chubby::Handle;
+use proto::chubby::{Handle, NodeStat};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::files::{OpenEntry, OpenFile, MAX_CONTENTS};
@@ -65,13 +65,22 @@ impl FsInner {
         guard(&self.files).get(&fh).map(|e| e.file.clone()).ok_or(Errno::EBADF)
     }
 
-    fn new_file(&self, ino: u64, node: NodeRef, session: Session, handle: Handle, flags: i32) -> OpenFile {
+    fn new_file(
+        &self,
+        ino: u64,
+        node: NodeRef,
+        session: Session,
+        handle: Handle,
+        stat: &NodeStat,
+        flags: i32,
+    ) -> OpenFile {
         let mut f = OpenFile {
             fh: 0,
             ino,
             node,
             session,
             handle,
+            instance: stat.instance_number,
             append: flags & libc::O_APPEND != 0,
             created: false,
             contents: None,
@@ -92,7 +101,7 @@ impl FsInner {
             return Err(Errno::from_i32(libc::EISDIR));
         }
         allows(&handle, flags, true)?;
-        let f = self.new_file(ino, node, session, handle, flags);
+        let f = self.new_file(ino, node, session, handle, &stat, flags);
         Ok(self.add_file(f))
     }
 
@@ -107,7 +116,7 @@ impl FsInner {
         allows(&handle, flags, false)?;
         let ino = guard(&self.inodes).lookup(&node);
         let answer = self.answer(ino, &node, &stat, &session, before);
-        let mut f = self.new_file(ino, node, session, handle, flags);
+        let mut f = self.new_file(ino, node, session, handle, &stat, flags);
         f.created = true;
         *guard(&self.fresh).entry(ino).or_default() += 1;
         let fh = self.add_file(f);
@@ -258,9 +267,10 @@ impl FsInner {
         guard(&self.inodes).moved(from, to);
         for (fh, f) in opens.iter_mut() {
             match f.session.open_node(&to.path, OpenOptions::default()).await {
-                Ok((handle, _)) => {
+                Ok((handle, stat)) => {
                     f.node = to.clone();
                     f.handle = handle;
+                    f.instance = stat.instance_number;
                     if let Some(e) = guard(&self.files).get_mut(fh) {
                         e.node = to.clone();
                     }

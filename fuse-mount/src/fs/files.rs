@@ -25,6 +25,8 @@ pub struct OpenFile {
     /// The session the handle belongs to: if it is lost, so is this open.
     pub session: Session,
     pub handle: Handle,
+    /// The instance of the node the handle is of.
+    pub instance: u64,
     /// Opened with `O_APPEND`: every write goes to the end.
     pub append: bool,
     /// This open created the file.

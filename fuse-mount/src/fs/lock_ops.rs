@@ -1,6 +1,7 @@
 //! The lock operations of the file system (`flock`, `fcntl`; see [`super::locks`] for the
 //! rules), as calls on the cells.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::Errno;
@@ -8,7 +9,7 @@ use proto::chubby::{Handle, LockMode};
 use proto::Refusal;
 
 use super::inodes::NodeRef;
-use super::locks::{holder_of, interrupted, OFFSET_MAX};
+use super::locks::{holder_of, interrupted, Held, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
 use crate::client::Session;
@@ -19,7 +20,7 @@ const SIGNAL_POLL: Duration = Duration::from_millis(20);
 impl FsInner {
     /// Whether `owner`'s lock of `typ` would conflict with a holder: that holder's lock.
     pub async fn getlk(&self, fh: u64, owner: u64, typ: i32) -> Result<(u64, u64, i32), Errno> {
-        let (_, session, handle) = self.open_file_parts(fh).await?;
+        let (_, session, handle, _) = self.open_file_parts(fh).await?;
         let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
         for s in holders {
             let Some((mode, sid, o)) = holder_of(&s) else { continue };
@@ -34,10 +35,11 @@ impl FsInner {
         Ok((0, OFFSET_MAX, libc::F_UNLCK))
     }
 
-    pub(super) async fn open_file_parts(&self, fh: u64) -> Result<(NodeRef, Session, Handle), Errno> {
+    /// The node, session, handle and node instance of an open file.
+    pub(super) async fn open_file_parts(&self, fh: u64) -> Result<(NodeRef, Session, Handle, u64), Errno> {
         let file = self.file(fh)?;
         let f = file.lock().await;
-        Ok((f.node.clone(), f.session.clone(), f.handle.clone()))
+        Ok((f.node.clone(), f.session.clone(), f.handle.clone(), f.instance))
     }
 
     /// Takes (`F_RDLCK`/`F_WRLCK`) or drops (`F_UNLCK`) `owner`'s whole-file lock; `wait`
@@ -45,7 +47,7 @@ impl FsInner {
     pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32) -> Result<(), Errno> {
         // The lock goes with the session the file was opened in: if that one was lost, so
         // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
-        let (node, session, handle) = self.open_file_parts(fh).await?;
+        let (node, session, handle, instance) = self.open_file_parts(fh).await?;
         let mode = match typ {
             libc::F_UNLCK => return self.unlock(&node, &session, &handle, owner).await,
             libc::F_RDLCK => LockMode::LockShared,
@@ -56,11 +58,22 @@ impl FsInner {
             return Err(Errno::EIO);
         }
         let held = guard(&self.locks).get(&node, owner);
-        match held {
-            Some((sid, m)) if sid == session.id() && m == mode => return Ok(()),
-            // A conversion, as flock(2) does it: the old lock goes first (not atomic).
-            Some(_) => self.unlock(&node, &session, &handle, owner).await?,
-            None => {}
+        if let Some(held) = held {
+            if held.releasing {
+                // Let go at a close, its Release not through yet: it must be, before this
+                // owner asks again (the cell would count the request as the lock it still
+                // holds, and the late Release would then take the new lock away).
+                self.finish_release(&node, owner, &held).await?;
+            } else if held.instance != instance {
+                // A lock of an earlier node at this path, which went with it (the cell deletes
+                // a node only when its lock is free): nothing to keep, nothing to ask.
+                guard(&self.locks).remove_if(&node, owner, &held.gate);
+            } else if held.session == session.id() && held.mode == mode {
+                return Ok(());
+            } else {
+                // A conversion, as flock(2) does it: the old lock goes first (not atomic).
+                self.unlock(&node, &session, &handle, owner).await?;
+            }
         }
         if !wait {
             session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?;
@@ -92,7 +105,7 @@ impl FsInner {
                 return Err(Errno::EINTR);
             }
         }
-        guard(&self.locks).insert(&node, owner, session.id(), mode, handle);
+        guard(&self.locks).insert(&node, owner, session.id(), mode, handle, instance);
         Ok(())
     }
 
@@ -122,29 +135,85 @@ impl FsInner {
     }
 
     /// Releases `owner`'s lock of `node` if this mount holds it. The entry goes only once the
-    /// cell has no lock left to release (released, not held, or its session lost): after any
-    /// other failure (a timeout in jeopardy) a later unlock or close tries again.
+    /// cell has no lock left to release (released, not held, its node or its session gone):
+    /// after any other failure (a timeout in jeopardy) a later unlock or close tries again.
     async fn unlock(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) -> Result<(), Errno> {
-        let Some((sid, _)) = guard(&self.locks).get(node, owner) else { return Ok(()) };
-        if sid != session.id() {
-            // Taken in another session: through an open of that session (see unlock_on_close).
-            return self.unlock_in_its_session(node, owner, sid).await;
+        let Some(held) = guard(&self.locks).get(node, owner) else { return Ok(()) };
+        if held.releasing {
+            // Its holder let go already; the task that retries the Release finishes it.
+            return Ok(());
         }
-        let r = match session.release(handle, owner).await {
-            Err(e) if e.reason() == Some(Refusal::NotHeld) => Ok(()),
-            r => r,
-        };
+        if held.session != session.id() {
+            // Taken in another session: through an open of that session (see unlock_on_close).
+            return self.unlock_in_its_session(node, owner, held.session).await;
+        }
+        let _sending = held.gate.lock().await;
+        let current = guard(&self.locks).get(node, owner);
+        if !current.is_some_and(|h| !h.releasing && Arc::ptr_eq(&h.gate, &held.gate)) {
+            // Released (or let go) by another call meanwhile.
+            return Ok(());
+        }
+        let r = session.release(handle, owner).await;
+        if r.as_ref().err().is_none_or(no_lock_left) {
+            guard(&self.locks).remove_if(node, owner, &held.gate);
+        }
         match r {
-            Ok(()) => {
-                guard(&self.locks).remove(node, owner);
-                Ok(())
-            }
-            Err(e @ ClientError::SessionLost(_)) => {
-                guard(&self.locks).remove(node, owner);
+            Err(e @ ClientError::SessionLost(_)) => Err(errno(e)),
+            Err(e) if !no_lock_left(&e) => Err(errno(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends the Release of a lock let go at a close (`held`), unless it is done already.
+    async fn finish_release(&self, node: &NodeRef, owner: u64, held: &Held) -> Result<(), Errno> {
+        let _sending = held.gate.lock().await;
+        let current = guard(&self.locks).get(node, owner);
+        if !current.is_some_and(|h| h.releasing && Arc::ptr_eq(&h.gate, &held.gate)) {
+            return Ok(());
+        }
+        let session = self.cells[node.cell].session_with_id(held.session).filter(|s| !s.is_lost());
+        let Some(session) = session else {
+            // A session lost or closed here: the cell released its locks with it.
+            guard(&self.locks).remove_if(node, owner, &held.gate);
+            return Ok(());
+        };
+        let r = session.release(&held.handle, owner).await;
+        match r {
+            Err(e) if !no_lock_left(&e) => {
+                if e.reason().is_some() {
+                    // The cell's refusal: asking again changes nothing.
+                    tracing::warn!(path = %node.path, "releasing a lock let go at a close: {e}; giving up");
+                    guard(&self.locks).remove_if(node, owner, &held.gate);
+                    return Ok(());
+                }
                 Err(errno(e))
             }
-            Err(e) => Err(errno(e)),
+            _ => {
+                guard(&self.locks).remove_if(node, owner, &held.gate);
+                Ok(())
+            }
         }
+    }
+
+    /// Retries, in the background, the Release of a lock let go at a close, until the cell has
+    /// no such lock (or the session is gone): otherwise the cell would keep it for as long as
+    /// the session lives, which for a user of the mount is until the mount stops.
+    fn release_until_done(&self, node: NodeRef, owner: u64, gate: Arc<tokio::sync::Mutex<()>>) {
+        let Some(me) = self.me.get().cloned() else { return };
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(fs) = me.upgrade() else { return };
+                let held = guard(&fs.locks).get(&node, owner);
+                let Some(held) = held.filter(|h| h.releasing && Arc::ptr_eq(&h.gate, &gate)) else { return };
+                match fs.finish_release(&node, owner, &held).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(path = %node.path, "releasing a lock let go at a close: {e:?}; retrying"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// Releases a lock taken in session `sid`, which is not the one at hand: if `sid` is one
@@ -154,7 +223,7 @@ impl FsInner {
     /// at close had failed) is dropped quietly.
     async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
         let session = self.cells[node.cell].session_with_id(sid).filter(|s| !s.is_lost());
-        let handle = guard(&self.locks).handle(node, owner);
+        let handle = guard(&self.locks).get(node, owner).map(|h| h.handle);
         let (Some(session), Some(handle)) = (session, handle) else {
             guard(&self.locks).remove(node, owner);
             if self.cells[node.cell].closed_for_idleness(sid) {
@@ -165,9 +234,22 @@ impl FsInner {
         Box::pin(self.unlock(node, &session, &handle, owner)).await
     }
 
+    /// The holder let go (closed the file or died): the cell must hear it. A Release that
+    /// fails (the cell out of reach) is retried in the background until it goes through.
     pub(super) async fn unlock_on_close(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) {
         if let Err(e) = self.unlock(node, session, handle, owner).await {
-            tracing::warn!(path = %node.path, "releasing a lock at close: {e:?}");
+            let gate = guard(&self.locks).mark_releasing(node, owner);
+            if let Some(gate) = gate {
+                tracing::warn!(path = %node.path, "releasing a lock at close: {e:?}; retrying in the background");
+                self.release_until_done(node.clone(), owner, gate);
+            }
         }
     }
+}
+
+/// Whether a Release's failure still means the cell holds no such lock: not held, its node
+/// gone, or its session lost.
+fn no_lock_left(e: &ClientError) -> bool {
+    matches!(e, ClientError::SessionLost(_))
+        || matches!(e.reason(), Some(Refusal::NotHeld | Refusal::StaleHandle | Refusal::NotFound | Refusal::NoSession))
 }

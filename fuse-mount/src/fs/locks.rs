@@ -12,6 +12,7 @@
 //! the call fails with `EINTR`, as it would locally.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use proto::chubby::{Handle, LockMode};
 
@@ -25,30 +26,59 @@ pub fn whole_file(start: u64, end: u64) -> bool {
     start == 0 && end == OFFSET_MAX
 }
 
-/// Locks this mount holds in the cell: (node, lock owner) → (session id, mode, and the
-/// handle that took the lock, which can release it even if its user may no longer open the
-/// node).
+/// A lock this mount holds in the cell.
+#[derive(Clone)]
+pub struct Held {
+    /// The session that holds it.
+    pub session: u64,
+    pub mode: LockMode,
+    /// The handle that took it, which can release it even if its user may no longer open
+    /// the node.
+    pub handle: Handle,
+    /// The instance of the node it is a lock of: a node made since at the same path is
+    /// another node, whose lock this is not.
+    pub instance: u64,
+    /// Its holder let go (closed the file) and the cell's Release has not succeeded yet: a
+    /// task retries it until it does (see `FsInner::release_until_done`).
+    pub releasing: bool,
+    /// Held by whoever sends this lock's Release, so two are never in flight at once (a late
+    /// one would release a lock taken again meanwhile).
+    pub gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Locks this mount holds in the cell, by (node, lock owner).
 #[derive(Default)]
 pub struct HeldLocks {
-    held: HashMap<(NodeRef, u64), (u64, LockMode, Handle)>,
+    held: HashMap<(NodeRef, u64), Held>,
 }
 
 impl HeldLocks {
-    pub fn get(&self, node: &NodeRef, owner: u64) -> Option<(u64, LockMode)> {
-        self.held.get(&(node.clone(), owner)).map(|(s, m, _)| (*s, *m))
+    pub fn get(&self, node: &NodeRef, owner: u64) -> Option<Held> {
+        self.held.get(&(node.clone(), owner)).cloned()
     }
 
-    /// The handle that took the lock.
-    pub fn handle(&self, node: &NodeRef, owner: u64) -> Option<Handle> {
-        self.held.get(&(node.clone(), owner)).map(|(_, _, h)| h.clone())
-    }
-
-    pub fn insert(&mut self, node: &NodeRef, owner: u64, session: u64, mode: LockMode, handle: Handle) {
-        self.held.insert((node.clone(), owner), (session, mode, handle));
+    pub fn insert(&mut self, node: &NodeRef, owner: u64, session: u64, mode: LockMode, handle: Handle, instance: u64) {
+        let gate = Arc::default();
+        self.held.insert((node.clone(), owner), Held { session, mode, handle, instance, releasing: false, gate });
     }
 
     pub fn remove(&mut self, node: &NodeRef, owner: u64) {
         self.held.remove(&(node.clone(), owner));
+    }
+
+    /// Removes the entry if it is still the one whose gate is `gate` (not one taken since).
+    pub fn remove_if(&mut self, node: &NodeRef, owner: u64, gate: &Arc<tokio::sync::Mutex<()>>) {
+        let key = (node.clone(), owner);
+        if self.held.get(&key).is_some_and(|h| Arc::ptr_eq(&h.gate, gate)) {
+            self.held.remove(&key);
+        }
+    }
+
+    /// Marks the lock as let go, its Release still to be done; its gate.
+    pub fn mark_releasing(&mut self, node: &NodeRef, owner: u64) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let h = self.held.get_mut(&(node.clone(), owner))?;
+        h.releasing = true;
+        Some(h.gate.clone())
     }
 }
 
