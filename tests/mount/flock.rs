@@ -86,3 +86,32 @@ fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
     }
     removed.expect("rm once the lock is free");
 }
+
+/// A process's `fcntl` lock of a file re-created at its path, while the process still has the
+/// deleted file open too: closing both descriptors leaves the lock free in the cell (closing
+/// the old one neither takes the new node's lock for its own nor loses track of it).
+#[test]
+fn closing_a_descriptor_of_a_deleted_file_does_not_lose_track_of_the_new_files_lock() {
+    if !fuse_available("closing_a_descriptor_of_a_deleted_file_does_not_lose_track_of_the_new_files_lock") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    let path = m.path("job");
+    fs::write(&path, "old").expect("write");
+    let old = fs::File::open(&path).expect("open");
+    fs::remove_file(&path).expect("rm");
+    fs::write(&path, "new").expect("re-create");
+    let new = fs::OpenOptions::new().read(true).write(true).open(&path).expect("open");
+    // SAFETY: a zeroed flock is a valid whole-file request once its type is set.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl(2) on an open descriptor with a valid flock.
+    assert_eq!(unsafe { libc::fcntl(new.as_raw_fd(), libc::F_SETLK, &lock) }, 0, "lock taken");
+    await_held(&cell, "/ls/local/job");
+    drop(old);
+    drop(new);
+    let got = chubby(&cell, &["lock", "--timeout", "20s", "/ls/local/job", "--", "true"]);
+    assert!(got.status.success(), "the lock is free once its holder closed every descriptor: {got:?}");
+}

@@ -180,9 +180,9 @@ impl FsInner {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
         let stored = self.commit(&mut f).await;
-        let (node, session, handle) = (f.node.clone(), f.session.clone(), f.handle.clone());
+        let (key, session) = (f.lock_key(lock_owner), f.session.clone());
         drop(f);
-        self.unlock_on_close(&node, &session, &handle, lock_owner).await;
+        self.unlock_on_close(&key, &session).await;
         stored
     }
 
@@ -211,7 +211,7 @@ impl FsInner {
             }
         }
         if let Some(owner) = flock_owner {
-            self.unlock_on_close(&f.node, &f.session, &f.handle, owner).await;
+            self.unlock_on_close(&f.lock_key(owner), &f.session).await;
         }
     }
 

@@ -55,6 +55,11 @@ impl OpenFile {
         Ok(())
     }
 
+    /// The key of `owner`'s lock of this open's node.
+    pub fn lock_key(&self, owner: u64) -> super::locks::LockKey {
+        super::locks::LockKey { node: self.node.clone(), instance: self.instance, owner }
+    }
+
     /// Whether this open has changes the cell does not have yet.
     pub fn changed(&self) -> bool {
         self.dirty || !self.appended.is_empty()

@@ -9,7 +9,7 @@ use proto::chubby::{Handle, LockMode};
 use proto::Refusal;
 
 use super::inodes::NodeRef;
-use super::locks::{holder_of, interrupted, Held, OFFSET_MAX};
+use super::locks::{holder_of, interrupted, Held, LockKey, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
 use crate::client::Session;
@@ -48,8 +48,9 @@ impl FsInner {
         // The lock goes with the session the file was opened in: if that one was lost, so
         // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
         let (node, session, handle, instance) = self.open_file_parts(fh).await?;
+        let key = LockKey { node: node.clone(), instance, owner };
         let mode = match typ {
-            libc::F_UNLCK => return self.unlock(&node, &session, &handle, owner).await,
+            libc::F_UNLCK => return self.unlock(&key, &session).await,
             libc::F_RDLCK => LockMode::LockShared,
             libc::F_WRLCK => LockMode::LockExclusive,
             _ => return Err(Errno::EINVAL),
@@ -57,22 +58,18 @@ impl FsInner {
         if session.is_lost() {
             return Err(Errno::EIO);
         }
-        let held = guard(&self.locks).get(&node, owner);
+        let held = guard(&self.locks).get(&key);
         if let Some(held) = held {
             if held.releasing {
                 // Let go at a close, its Release not through yet: it must be, before this
                 // owner asks again (the cell would count the request as the lock it still
                 // holds, and the late Release would then take the new lock away).
-                self.finish_release(&node, owner, &held).await?;
-            } else if held.instance != instance {
-                // A lock of an earlier node at this path, which went with it (the cell deletes
-                // a node only when its lock is free): nothing to keep, nothing to ask.
-                guard(&self.locks).remove_if(&node, owner, &held.gate);
+                self.await_release(&key, &held, wait, tid).await?;
             } else if held.session == session.id() && held.mode == mode {
                 return Ok(());
             } else {
                 // A conversion, as flock(2) does it: the old lock goes first (not atomic).
-                self.unlock(&node, &session, &handle, owner).await?;
+                self.unlock(&key, &session).await?;
             }
         }
         if !wait {
@@ -105,7 +102,7 @@ impl FsInner {
                 return Err(Errno::EINTR);
             }
         }
-        guard(&self.locks).insert(&node, owner, session.id(), mode, handle, instance);
+        guard(&self.locks).insert(key, session.id(), mode, handle);
         Ok(())
     }
 
@@ -134,28 +131,28 @@ impl FsInner {
         });
     }
 
-    /// Releases `owner`'s lock of `node` if this mount holds it. The entry goes only once the
-    /// cell has no lock left to release (released, not held, its node or its session gone):
-    /// after any other failure (a timeout in jeopardy) a later unlock or close tries again.
-    async fn unlock(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) -> Result<(), Errno> {
-        let Some(held) = guard(&self.locks).get(node, owner) else { return Ok(()) };
+    /// Releases the lock `key` if this mount holds it, with the handle that took it. The
+    /// entry goes only once the cell has no lock left to release (released, not held, its
+    /// node or its session gone): after any other failure (a timeout in jeopardy) a later
+    /// unlock or close tries again.
+    async fn unlock(&self, key: &LockKey, session: &Session) -> Result<(), Errno> {
+        let Some(held) = guard(&self.locks).get(key) else { return Ok(()) };
         if held.releasing {
             // Its holder let go already; the task that retries the Release finishes it.
             return Ok(());
         }
         if held.session != session.id() {
             // Taken in another session: through an open of that session (see unlock_on_close).
-            return self.unlock_in_its_session(node, owner, held.session).await;
+            return self.unlock_in_its_session(key, held.session).await;
         }
         let _sending = held.gate.lock().await;
-        let current = guard(&self.locks).get(node, owner);
-        if !current.is_some_and(|h| !h.releasing && Arc::ptr_eq(&h.gate, &held.gate)) {
+        if guard(&self.locks).is(key, &held.gate).is_none_or(|h| h.releasing) {
             // Released (or let go) by another call meanwhile.
             return Ok(());
         }
-        let r = session.release(handle, owner).await;
+        let r = session.release(&held.handle, key.owner).await;
         if r.as_ref().err().is_none_or(no_lock_left) {
-            guard(&self.locks).remove_if(node, owner, &held.gate);
+            guard(&self.locks).remove_if(key, &held.gate);
         }
         match r {
             Err(e @ ClientError::SessionLost(_)) => Err(errno(e)),
@@ -165,51 +162,78 @@ impl FsInner {
     }
 
     /// Sends the Release of a lock let go at a close (`held`), unless it is done already.
-    async fn finish_release(&self, node: &NodeRef, owner: u64, held: &Held) -> Result<(), Errno> {
+    /// `Ok` once the cell has no such lock (or cannot be asked again); else the error of
+    /// this try.
+    async fn finish_release(&self, key: &LockKey, held: &Held) -> Result<(), Errno> {
         let _sending = held.gate.lock().await;
-        let current = guard(&self.locks).get(node, owner);
-        if !current.is_some_and(|h| h.releasing && Arc::ptr_eq(&h.gate, &held.gate)) {
+        if !guard(&self.locks).is(key, &held.gate).is_some_and(|h| h.releasing) {
             return Ok(());
         }
-        let session = self.cells[node.cell].session_with_id(held.session).filter(|s| !s.is_lost());
+        let session = self.cells[key.node.cell].session_with_id(held.session).filter(|s| !s.is_lost());
         let Some(session) = session else {
             // A session lost or closed here: the cell released its locks with it.
-            guard(&self.locks).remove_if(node, owner, &held.gate);
+            guard(&self.locks).remove_if(key, &held.gate);
             return Ok(());
         };
-        let r = session.release(&held.handle, owner).await;
-        match r {
+        match session.release(&held.handle, key.owner).await {
             Err(e) if !no_lock_left(&e) => {
-                if e.reason().is_some() {
-                    // The cell's refusal: asking again changes nothing.
-                    tracing::warn!(path = %node.path, "releasing a lock let go at a close: {e}; giving up");
-                    guard(&self.locks).remove_if(node, owner, &held.gate);
+                if matches!(e, ClientError::Rpc(_)) {
+                    // The cell's answer, not a lost call: asking again changes nothing.
+                    tracing::warn!(path = %key.node.path, "releasing a lock let go at a close: {e}; giving up");
+                    guard(&self.locks).remove_if(key, &held.gate);
                     return Ok(());
                 }
                 Err(errno(e))
             }
             _ => {
-                guard(&self.locks).remove_if(node, owner, &held.gate);
+                guard(&self.locks).remove_if(key, &held.gate);
                 Ok(())
             }
+        }
+    }
+
+    /// Before the same owner takes the lock again: the pending Release of `held` is done. A
+    /// blocking request waits for it as it would wait for the lock (until thread `tid` takes
+    /// a signal: `EINTR`); a non-blocking one fails with this try's error.
+    async fn await_release(&self, key: &LockKey, held: &Held, wait: bool, tid: u32) -> Result<(), Errno> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.finish_release(key, held).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !wait => return Err(e),
+                Err(_) => {}
+            }
+            let until = tokio::time::Instant::now() + pause;
+            while tokio::time::Instant::now() < until {
+                if interrupted(tid) {
+                    return Err(Errno::EINTR);
+                }
+                tokio::time::sleep(SIGNAL_POLL).await;
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
     /// Retries, in the background, the Release of a lock let go at a close, until the cell has
     /// no such lock (or the session is gone): otherwise the cell would keep it for as long as
     /// the session lives, which for a user of the mount is until the mount stops.
-    fn release_until_done(&self, node: NodeRef, owner: u64, gate: Arc<tokio::sync::Mutex<()>>) {
-        let Some(me) = self.me.get().cloned() else { return };
+    fn release_until_done(&self, key: LockKey, gate: Arc<tokio::sync::Mutex<()>>) {
+        let Some(me) = self.me.get().cloned() else {
+            tracing::warn!(path = %key.node.path, "no file system to retry a lock's Release in");
+            return;
+        };
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(100);
             loop {
                 tokio::time::sleep(pause).await;
                 let Some(fs) = me.upgrade() else { return };
-                let held = guard(&fs.locks).get(&node, owner);
-                let Some(held) = held.filter(|h| h.releasing && Arc::ptr_eq(&h.gate, &gate)) else { return };
-                match fs.finish_release(&node, owner, &held).await {
+                let held = guard(&fs.locks).is(&key, &gate).filter(|h| h.releasing).cloned();
+                let Some(held) = held else { return };
+                match fs.finish_release(&key, &held).await {
                     Ok(()) => return,
-                    Err(e) => tracing::warn!(path = %node.path, "releasing a lock let go at a close: {e:?}; retrying"),
+                    Err(e) => {
+                        tracing::warn!(path = %key.node.path, "releasing a lock let go at a close: {e:?}; retrying")
+                    }
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -221,27 +245,29 @@ impl FsInner {
     /// cell released the lock already (EIO: the holder must know it lost it). A session closed
     /// here for being idle released it too, with nobody to tell: a stale entry (its release
     /// at close had failed) is dropped quietly.
-    async fn unlock_in_its_session(&self, node: &NodeRef, owner: u64, sid: u64) -> Result<(), Errno> {
-        let session = self.cells[node.cell].session_with_id(sid).filter(|s| !s.is_lost());
-        let handle = guard(&self.locks).get(node, owner).map(|h| h.handle);
-        let (Some(session), Some(handle)) = (session, handle) else {
-            guard(&self.locks).remove(node, owner);
-            if self.cells[node.cell].closed_for_idleness(sid) {
+    async fn unlock_in_its_session(&self, key: &LockKey, sid: u64) -> Result<(), Errno> {
+        let session = self.cells[key.node.cell].session_with_id(sid).filter(|s| !s.is_lost());
+        let Some(session) = session else {
+            guard(&self.locks).remove(key);
+            if self.cells[key.node.cell].closed_for_idleness(sid) {
                 return Ok(());
             }
             return Err(Errno::EIO);
         };
-        Box::pin(self.unlock(node, &session, &handle, owner)).await
+        Box::pin(self.unlock(key, &session)).await
     }
 
     /// The holder let go (closed the file or died): the cell must hear it. A Release that
     /// fails (the cell out of reach) is retried in the background until it goes through.
-    pub(super) async fn unlock_on_close(&self, node: &NodeRef, session: &Session, handle: &Handle, owner: u64) {
-        if let Err(e) = self.unlock(node, session, handle, owner).await {
-            let gate = guard(&self.locks).mark_releasing(node, owner);
-            if let Some(gate) = gate {
-                tracing::warn!(path = %node.path, "releasing a lock at close: {e:?}; retrying in the background");
-                self.release_until_done(node.clone(), owner, gate);
+    pub(super) async fn unlock_on_close(&self, key: &LockKey, session: &Session) {
+        let Some(held) = guard(&self.locks).get(key) else { return };
+        if held.releasing {
+            return;
+        }
+        if let Err(e) = self.unlock(key, session).await {
+            if guard(&self.locks).mark_releasing(key, &held.gate) {
+                tracing::warn!(path = %key.node.path, "releasing a lock at close: {e:?}; retrying in the background");
+                self.release_until_done(key.clone(), held.gate);
             }
         }
     }

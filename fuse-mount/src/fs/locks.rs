@@ -26,59 +26,72 @@ pub fn whole_file(start: u64, end: u64) -> bool {
     start == 0 && end == OFFSET_MAX
 }
 
+/// Which lock: of the node instance at a path (a node made since at the same path is another
+/// node, with a lock of its own), held by a lock owner.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    pub node: NodeRef,
+    pub instance: u64,
+    pub owner: u64,
+}
+
 /// A lock this mount holds in the cell.
 #[derive(Clone)]
 pub struct Held {
     /// The session that holds it.
     pub session: u64,
     pub mode: LockMode,
-    /// The handle that took it, which can release it even if its user may no longer open
-    /// the node.
+    /// The handle that took it, which releases it (even if its user may no longer open the
+    /// node, or another descriptor of the owner is of another node at the path).
     pub handle: Handle,
-    /// The instance of the node it is a lock of: a node made since at the same path is
-    /// another node, whose lock this is not.
-    pub instance: u64,
     /// Its holder let go (closed the file) and the cell's Release has not succeeded yet: a
     /// task retries it until it does (see `FsInner::release_until_done`).
     pub releasing: bool,
-    /// Held by whoever sends this lock's Release, so two are never in flight at once (a late
-    /// one would release a lock taken again meanwhile).
+    /// Held by whoever sends this lock's Release, so two are never in flight at once from
+    /// here (a late one would release a lock taken again meanwhile).
     pub gate: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Locks this mount holds in the cell, by (node, lock owner).
+/// Locks this mount holds in the cell.
 #[derive(Default)]
 pub struct HeldLocks {
-    held: HashMap<(NodeRef, u64), Held>,
+    held: HashMap<LockKey, Held>,
 }
 
 impl HeldLocks {
-    pub fn get(&self, node: &NodeRef, owner: u64) -> Option<Held> {
-        self.held.get(&(node.clone(), owner)).cloned()
+    pub fn get(&self, key: &LockKey) -> Option<Held> {
+        self.held.get(key).cloned()
     }
 
-    pub fn insert(&mut self, node: &NodeRef, owner: u64, session: u64, mode: LockMode, handle: Handle, instance: u64) {
-        let gate = Arc::default();
-        self.held.insert((node.clone(), owner), Held { session, mode, handle, instance, releasing: false, gate });
+    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle) {
+        self.held.insert(key, Held { session, mode, handle, releasing: false, gate: Arc::default() });
     }
 
-    pub fn remove(&mut self, node: &NodeRef, owner: u64) {
-        self.held.remove(&(node.clone(), owner));
+    pub fn remove(&mut self, key: &LockKey) {
+        self.held.remove(key);
     }
 
-    /// Removes the entry if it is still the one whose gate is `gate` (not one taken since).
-    pub fn remove_if(&mut self, node: &NodeRef, owner: u64, gate: &Arc<tokio::sync::Mutex<()>>) {
-        let key = (node.clone(), owner);
-        if self.held.get(&key).is_some_and(|h| Arc::ptr_eq(&h.gate, gate)) {
-            self.held.remove(&key);
+    /// Whether the entry is still the one whose gate is `gate` (not one taken since).
+    pub fn is(&self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) -> Option<&Held> {
+        self.held.get(key).filter(|h| Arc::ptr_eq(&h.gate, gate))
+    }
+
+    /// Removes the entry if it is still the one whose gate is `gate`.
+    pub fn remove_if(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) {
+        if self.is(key, gate).is_some() {
+            self.held.remove(key);
         }
     }
 
-    /// Marks the lock as let go, its Release still to be done; its gate.
-    pub fn mark_releasing(&mut self, node: &NodeRef, owner: u64) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        let h = self.held.get_mut(&(node.clone(), owner))?;
-        h.releasing = true;
-        Some(h.gate.clone())
+    /// Marks the entry whose gate is `gate` as let go, its Release still to be done.
+    pub fn mark_releasing(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) -> bool {
+        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
+            Some(h) => {
+                h.releasing = true;
+                true
+            }
+            None => false,
+        }
     }
 }
 
