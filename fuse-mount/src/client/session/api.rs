@@ -14,6 +14,16 @@ use super::{ClientError, Invalidated, OpenOptions, Session};
 /// A lock's sequencer, once granted.
 type Locked = Result<String, ClientError>;
 
+/// What a write does to a node's contents.
+enum Write {
+    Replace {
+        contents: Bytes,
+        if_generation: Option<u64>,
+    },
+    /// Adds to the end of what the cell has.
+    Append(Bytes),
+}
+
 impl Session {
     /// Opens a node. A plain open (no create, no events) of a node this session has cached
     /// is answered from the cache.
@@ -145,24 +155,16 @@ impl Session {
         if_generation: Option<u64>,
         sequencer: &str,
     ) -> Result<NodeStat, ClientError> {
-        self.write(handle, Some(contents), None, if_generation, sequencer).await
+        self.write(handle, Write::Replace { contents, if_generation }, sequencer).await
     }
 
     /// Adds `data` at the end of the node's contents as the cell has them: appends of many
     /// clients all land (none reads and rewrites the whole).
     pub async fn append(&self, handle: &Handle, data: Bytes, sequencer: &str) -> Result<NodeStat, ClientError> {
-        self.write(handle, None, Some(data), None, sequencer).await
+        self.write(handle, Write::Append(data), sequencer).await
     }
 
-    /// SetContents of `contents`, or Append of `appended`.
-    async fn write(
-        &self,
-        handle: &Handle,
-        contents: Option<Bytes>,
-        appended: Option<Bytes>,
-        if_generation: Option<u64>,
-        sequencer: &str,
-    ) -> Result<NodeStat, ClientError> {
+    async fn write(&self, handle: &Handle, write: Write, sequencer: &str) -> Result<NodeStat, ClientError> {
         // Write-through when this session caches: it drops its copy itself (and tells its
         // hook, as for an invalidation) instead of waiting for the master's invalidation
         // round trip, and caches what it wrote if the master says it may (the stat alone
@@ -179,28 +181,29 @@ impl Session {
         let f = self.next_request();
         let (request, handle_of, sequencer, write_through) =
             (Some(f.request), Some(handle.clone()), sequencer.to_string(), ticket.is_some());
-        let r = match appended {
-            Some(data) => {
+        let (r, written) = match write {
+            Write::Append(data) => {
                 let req = AppendRequest { request, handle: handle_of, data, sequencer, write_through };
-                self.call(self.change_deadline(), rpc!(Append, req)).await.map(|r| (r.stat, r.cacheable))
+                let r = self.call(self.change_deadline(), rpc!(Append, req)).await.map(|r| (r.stat, r.cacheable));
+                (r, None)
             }
-            None => {
-                let contents = contents.clone().unwrap_or_default();
+            Write::Replace { contents, if_generation } => {
                 let req = SetContentsRequest {
                     request,
                     handle: handle_of,
-                    contents,
+                    contents: contents.clone(),
                     if_generation,
                     sequencer,
                     write_through,
                 };
-                self.call(self.change_deadline(), rpc!(SetContents, req)).await.map(|r| (r.stat, r.cacheable))
+                let r = self.call(self.change_deadline(), rpc!(SetContents, req)).await.map(|r| (r.stat, r.cacheable));
+                (r, Some(contents))
             }
         };
         if let Some(ticket) = ticket {
             let fill = match &r {
                 Ok((stat, true)) => {
-                    Some(Fill { stat: (*stat).unwrap_or_default(), contents, handle: Some(handle.clone()) })
+                    Some(Fill { stat: (*stat).unwrap_or_default(), contents: written, handle: Some(handle.clone()) })
                 }
                 _ => None,
             };
