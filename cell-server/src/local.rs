@@ -93,7 +93,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             .arg(args.dir.join(format!("replica-{id}")))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log);
+            .stderr(log)
+            // The terminal's Ctrl-C and hang-up reach this process alone, which stops the
+            // mount before the replicas its session needs to close.
+            .process_group(0);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -162,12 +165,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // A closed terminal stops the cell as Ctrl-C does, its mount unmounted first.
+    let mut hup = signal(SignalKind::hangup())?;
     let mut reported = vec![false; replicas.len()];
     let mut mount_reported = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (r, seen) in replicas.iter_mut().zip(reported.iter_mut()) {
                     if let Ok(Some(status)) = r.child.try_wait() {
@@ -188,7 +194,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     say!("stopping the cell");
     if let Some(mut m) = mount {
-        stop_child(&mut m.child, Duration::from_secs(10));
+        if let Some(status) = stop_child(&mut m.child, Duration::from_secs(10)).filter(|s| !s.success()) {
+            if !mount_reported {
+                esay!("chubby-mount stopped with {status}; see {}", args.dir.join("mount.log").display());
+            }
+        }
     }
     stop_all(&mut replicas);
     Ok(())
@@ -215,7 +225,8 @@ fn start_mount(
         .arg(at)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log);
+        .stderr(log)
+        .process_group(0);
     // SAFETY: as for the replicas.
     unsafe {
         cmd.pre_exec(|| {
@@ -244,20 +255,20 @@ fn start_mount(
     }
 }
 
-/// SIGTERM, then SIGKILL if the process has not exited within `grace`.
-fn stop_child(child: &mut Child, grace: Duration) {
+/// SIGTERM, then SIGKILL if the process has not exited within `grace`; how it exited.
+fn stop_child(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
     // SAFETY: plain kill(2) on a child we started and have not reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + grace;
     loop {
         match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() >= deadline => {
+            Ok(status) if status.is_some() => return status,
+            Err(_) => return None,
+            Ok(_) if Instant::now() >= deadline => {
                 let _ = child.kill();
-                let _ = child.wait();
-                return;
+                return child.wait().ok();
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
 }

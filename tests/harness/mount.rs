@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::cell::TestCell;
 use super::netns::Netns;
-use super::process::{bin, free_ports, lines_of, terminate};
+use super::process::{bin, free_ports, lines_of, stop_with};
 
 /// Whether this test may mount: root and `/dev/fuse`. Without them a mount test fails with a
 /// message saying so, unless `CHUBBY_SKIP_FUSE=1` (then it returns false and the test skips).
@@ -74,10 +74,15 @@ impl Mount {
 
     /// SIGTERM; waits (at most 10 s) for the daemon to unmount and exit; its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        terminate(self.child.take()?)
+        self.stop_with(libc::SIGTERM)
     }
 
-    /// `kill -9` of the daemon (the mount stays, broken, until detached on drop).
+    /// The same with another signal.
+    pub fn stop_with(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        stop_with(self.child.take()?, signal)
+    }
+
+    /// `kill -9` of the daemon.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

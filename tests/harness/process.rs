@@ -72,9 +72,14 @@ pub fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::E
 }
 
 /// SIGTERM to a child; waits at most 10 s for it to exit (SIGKILL then) and returns its status.
-pub fn terminate(mut c: Child) -> Option<std::process::ExitStatus> {
+pub fn terminate(c: Child) -> Option<std::process::ExitStatus> {
+    stop_with(c, libc::SIGTERM)
+}
+
+/// `signal` to a child; waits at most 10 s for it to exit (SIGKILL then) and returns its status.
+pub fn stop_with(mut c: Child, signal: i32) -> Option<std::process::ExitStatus> {
     // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+    unsafe { libc::kill(c.id() as libc::pid_t, signal) };
     let st = exit_within(&mut c, Duration::from_secs(10));
     if st.is_none() {
         let _ = c.kill();

@@ -1,4 +1,5 @@
-//! Starting and stopping a mount: unmounted and its session ended when stopped; `cell-server local --mount`.
+//! Starting and stopping a mount: unmounted and its session ended when stopped (by SIGTERM or
+//! SIGHUP, with files open or not), no mount left by a killed daemon; `cell-server local --mount`.
 
 use super::*;
 
@@ -19,6 +20,73 @@ fn stopping_the_mount_unmounts_it_and_ends_its_session() {
     assert!(!m.is_mounted(), "SIGTERM unmounts");
     assert_eq!(sessions(), before, "the session is closed, not left to expire");
     assert_eq!(String::from_utf8_lossy(&chubby(&cell, &["get", "/ls/local/note"]).stdout).trim(), "kept");
+}
+
+/// A terminal's hang-up stops the daemon as SIGTERM does, rather than killing it with its
+/// mount and session left behind.
+#[test]
+fn sighup_unmounts_and_ends_the_session() {
+    if !fuse_available("sighup_unmounts_and_ends_the_session") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let before = cell_sessions(&cell);
+    let mut m = Mount::start(&cell, &[]);
+    fs::write(m.path("note"), "kept").expect("write");
+    let st = m.stop_with(libc::SIGHUP).expect("chubby-mount exits on SIGHUP");
+    assert!(st.success(), "{st:?}");
+    assert!(!m.is_mounted(), "SIGHUP unmounts");
+    assert_eq!(cell_sessions(&cell), before, "the session is closed, not left to expire");
+}
+
+/// SIGTERM while a process has a file open there (and holds its lock): the mount is detached
+/// at once instead of staying behind the daemon, dead; the lock is released at the cell, so
+/// another host has it at once; the open descriptor fails; and the exit status (3) says the
+/// stop cut a process off.
+#[test]
+fn stopping_with_a_file_open_detaches_the_mount_releases_its_lock_and_says_so() {
+    if !fuse_available("stopping_with_a_file_open_detaches_the_mount_releases_its_lock_and_says_so") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (mut a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    fs::write(a.path("job"), "v1").expect("write");
+    let mut groups = Groups::default();
+    let mut holder = flock(&["-x"], &a.path("job"), "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    let open = fs::File::open(a.path("job")).expect("open");
+
+    let st = a.stop().expect("chubby-mount exits on SIGTERM with a file open");
+    assert_eq!(st.code(), Some(3), "the exit status says files were still open: {st:?}");
+    assert!(!a.is_mounted(), "the mount is detached, not left dead");
+    assert!(fs::read_dir(a.dir.path()).is_ok(), "the mount point is a plain directory again");
+    let got = flock(&["-n"], &b.path("job"), "true", &mut groups).wait().expect("flock -n");
+    assert!(got.success(), "the stopped host's lock was released at the cell");
+    let mut buf = [0u8; 8];
+    assert!(std::io::Read::read(&mut &open, &mut buf).is_err(), "the cut-off descriptor fails");
+    groups.kill(holder.id());
+    let _ = holder.wait();
+}
+
+/// `kill -9` of the daemon (or a crash): its watcher detaches the mount, so the directory does
+/// not stay a dead mount ("Transport endpoint is not connected"), even with a file open there.
+#[test]
+fn a_killed_daemon_leaves_no_mount_behind() {
+    if !fuse_available("a_killed_daemon_leaves_no_mount_behind") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let mut m = Mount::start(&cell, &[]);
+    fs::write(m.path("note"), "kept").expect("write");
+    let open = fs::File::open(m.path("note")).expect("open");
+    m.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.is_mounted() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!m.is_mounted(), "the killed daemon's mount is gone");
+    assert!(fs::read_dir(m.dir.path()).is_ok(), "the mount point is a plain directory again");
+    drop(open);
 }
 
 /// The README's main job with the mount: `cell-server local --mount DIR` serves the cell at

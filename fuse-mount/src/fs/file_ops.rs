@@ -61,6 +61,11 @@ impl FsInner {
         }
     }
 
+    /// How many files are open, and how many files have writes not yet stored.
+    pub(super) fn open_files(&self) -> (usize, usize) {
+        (guard(&self.files).len(), guard(&self.pending).len())
+    }
+
     pub(super) fn file(&self, fh: u64) -> Result<Arc<AsyncMutex<OpenFile>>, Errno> {
         guard(&self.files).get(&fh).map(|e| e.file.clone()).ok_or(Errno::EBADF)
     }

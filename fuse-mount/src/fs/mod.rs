@@ -55,19 +55,26 @@ pub struct ChubbyFs {
     rt: tokio::runtime::Handle,
 }
 
-/// The daemon's side of the kernel's caches: attach it to the mounted session's notifier.
-pub struct KernelLink(Arc<FsInner>);
+/// The daemon's hold on the file system once the kernel's session has it: the kernel's
+/// caches are attached through it, and at a stop it tells what is still open.
+pub struct FsLink(Arc<FsInner>);
 
-impl KernelLink {
+impl FsLink {
+    /// The daemon's side of the kernel's caches: attach the mounted session's notifier.
     pub fn attach(&self, notifier: fuser::Notifier) {
         self.0.attach_kernel(notifier);
+    }
+
+    /// How many files are open now, and how many of them have writes not yet stored.
+    pub fn open_files(&self) -> (usize, usize) {
+        self.0.open_files()
     }
 }
 
 impl ChubbyFs {
     /// The link to attach once mounted (before, the kernel is given nothing to keep).
-    pub fn kernel_link(&self) -> KernelLink {
-        KernelLink(self.inner.clone())
+    pub fn link(&self) -> FsLink {
+        FsLink(self.inner.clone())
     }
 
     /// `lock_delay`: of the locks taken through the mount (`None`: the cell's default).

@@ -269,14 +269,20 @@ impl MountedCell {
     }
 
     /// Ends every session: their locks are released and their ephemeral nodes deleted.
-    pub async fn close(&self) {
+    /// Whether every session was closed at the cell (one that was not keeps its locks and
+    /// ephemeral nodes until its lease runs out).
+    pub async fn close(&self) -> bool {
         self.closed.send_replace(true);
         let sessions: Vec<Session> = self.sessions.write().expect("sessions").drain().map(|(_, s)| s).collect();
+        let mut all = true;
         for s in sessions {
+            let id = s.id();
             if let Err(e) = s.close().await {
-                tracing::warn!(cell = %self.name, "closing a session: {e}");
+                tracing::error!(cell = %self.name, session = id, "closing a session: {e}");
+                all = false;
             }
         }
+        all
     }
 }
 

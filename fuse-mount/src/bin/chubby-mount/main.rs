@@ -5,12 +5,17 @@
 //! chubby-mount --cell local=10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 /ls
 //! ```
 //!
-//! Runs in the foreground, one session per cell; SIGTERM or Ctrl-C unmounts, closes the
+//! Runs in the foreground, one session per cell. SIGTERM, SIGINT (Ctrl-C) or SIGHUP detaches
+//! the mount (lazily: a process with a file open there does not keep it), closes the
 //! sessions (their locks are released, their ephemeral nodes deleted) and exits 0. So does an
-//! unmount from outside (`umount MOUNTPOINT`). Exit 1: a cell could not be reached or the
-//! mount failed; 2: bad usage.
+//! unmount from outside (`umount MOUNTPOINT`). As root, a watcher process detaches the mount
+//! of a daemon that was killed or crashed, so no dead mount stays (see `watcher`).
+//!
+//! Exit 1: a cell could not be reached or the mount failed; 2: bad usage; 3: the stop was not
+//! clean (files were still open, and their processes are cut off with their writes not yet
+//! stored; a session could not be closed at its cell; or the mount could not be removed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -19,6 +24,9 @@ use clap::Parser;
 use fuse_mount::client::parse_cell;
 use fuse_mount::client::SessionOptions;
 use fuse_mount::fs::{ChubbyFs, MountedCell, Owner};
+use watcher::Watcher;
+
+mod watcher;
 
 /// A long-running daemon of many small allocations (gRPC frames, cache entries): mimalloc costs
 /// less CPU per call than glibc's malloc (see the README).
@@ -79,6 +87,22 @@ fn main() -> ExitCode {
             }
         }
     }
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // Before any thread starts (see `watcher`); only root may detach the mount without help.
+    let mut watcher = if uid == 0 {
+        match Watcher::start() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!(
+                    "chubby-mount: no watcher ({e}): if this daemon is killed, its mount stays until `umount -l`"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -105,10 +129,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // SAFETY: geteuid/getegid have no preconditions.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = ChubbyFs::new(mounted.clone(), Owner { uid, gid }, Some(cli.lock_delay), rt.handle().clone());
-    let kernel = fs.kernel_link();
+    let link = fs.link();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("chubby".into()),
@@ -127,46 +149,99 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    kernel.attach(session.notifier());
+    link.attach(session.notifier());
+    if let Some(w) = watcher.as_mut() {
+        if let Err(e) = w.watch(&cli.mountpoint) {
+            eprintln!("chubby-mount: if this daemon is killed, its mount stays until `umount -l`: {e}");
+        }
+    }
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = mpsc::channel();
     let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("fuse".into())
         .spawn(move || {
-            if let Err(e) = session.run() {
-                tracing::error!("the FUSE session ended: {e}");
-            }
+            let ok = match session.run() {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("chubby-mount: the FUSE session ended: {e}");
+                    false
+                }
+            };
             let _ = ended_tx.send(());
-            let _ = done_tx.send(());
+            let _ = done_tx.send(ok);
         })
         .expect("spawning the FUSE thread");
     let names: Vec<_> = mounted.iter().map(|c| c.name.clone()).collect();
     println!("mounted {} at {}", names.join(", "), cli.mountpoint.display());
 
-    rt.block_on(async {
+    let stopped_by = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
             let _ = (&mut ended_rx).await;
-            return;
+            return None;
         };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-            _ = &mut ended_rx => {}
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+            _ = hup.recv() => Some("SIGHUP"),
+            _ = &mut ended_rx => None,
         }
     });
-    if let Err(e) = unmounter.unmount() {
-        eprintln!("chubby-mount: unmounting {}: {e}", cli.mountpoint.display());
+    let mut clean = true;
+    if let Some(signal) = stopped_by {
+        tracing::info!("{signal}: unmounting");
+        if let Err(e) = unmount(&mut unmounter, &cli.mountpoint, uid == 0) {
+            eprintln!("chubby-mount: unmounting {}: {e}", cli.mountpoint.display());
+            clean = false;
+        }
     }
-    // A process that still has a file open keeps the FUSE connection; exiting ends it.
-    let _ = done_rx.recv_timeout(Duration::from_secs(2));
-    rt.block_on(close_all(&mounted));
-    ExitCode::SUCCESS
+    // The FUSE session ends once the mount is gone and no process has a file open there.
+    match done_rx.recv_timeout(Duration::from_secs(2)) {
+        Ok(ok) => clean &= ok,
+        Err(_) => {
+            let (open, unstored) = link.open_files();
+            eprintln!(
+                "chubby-mount: {open} file(s) still open at {} ({unstored} with writes not yet stored): \
+                 their processes are cut off, and what they did not close or fsync is lost",
+                cli.mountpoint.display()
+            );
+            clean = false;
+        }
+    }
+    clean &= rt.block_on(close_all(&mounted));
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
 }
 
-async fn close_all(cells: &[std::sync::Arc<MountedCell>]) {
+/// Whether every cell's sessions were closed.
+async fn close_all(cells: &[std::sync::Arc<MountedCell>]) -> bool {
+    let mut all = true;
     for c in cells {
-        c.close().await;
+        all &= c.close().await;
+    }
+    all
+}
+
+/// Unmounts, lazily: the mount leaves the namespace at once (nothing new can reach it), and a
+/// process that still has a file open there loses its descriptor once this daemon exits,
+/// rather than the mount staying behind it, dead. Root detaches it itself, since fuser's
+/// unmount as root is not lazy (`EBUSY` while a file is open); other users go through
+/// fuser, which runs `fusermount3 -u -z`.
+fn unmount(unmounter: &mut fuser::SessionUnmounter, at: &Path, root: bool) -> std::io::Result<()> {
+    if !root {
+        return unmounter.unmount();
+    }
+    let path = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+    // SAFETY: umount2 with a valid C string, of the mount this process made.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

@@ -322,6 +322,7 @@ impl Session {
         // Nothing cached (nor kept by the kernel on top) may outlive the session at the master:
         // once it is closed there, writes no longer wait for this host's ack.
         self.inner.flush_cache().await;
+        self.inner.closing.store(true, std::sync::atomic::Ordering::Relaxed);
         let f = self.next_request();
         let req = CloseSessionRequest { request: Some(f.request), session_token: self.inner.token.clone() };
         let r = self.call(self.deadline(), rpc!(CloseSession, req)).await.map(|_| ());

@@ -175,7 +175,11 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             }
         };
         if broke.as_ref().is_some_and(|s| s.code() == Code::NotFound) {
-            tracing::warn!(session = inner.id, "the master ended the session");
+            if inner.closing.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(session = inner.id, "the master ended the session, as asked");
+            } else {
+                tracing::warn!(session = inner.id, "the master ended the session");
+            }
             inner.lose();
             return;
         }

@@ -152,6 +152,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     state: watch::Sender<SessionState>,
     closed: watch::Sender<bool>,
+    /// A CloseSession is on its way: the master ending the session is expected, not news.
+    closing: std::sync::atomic::AtomicBool,
     hook: Mutex<Option<InvalidationHook>>,
 }
 
@@ -257,6 +259,7 @@ impl Session {
             events: broadcast::channel(1024).0,
             state: watch::channel(SessionState::Alive).0,
             closed: watch::channel(false).0,
+            closing: std::sync::atomic::AtomicBool::new(false),
             hook: Mutex::new(None),
         });
         inner.granted(keepalive::local_lease_end(sent, Duration::from_millis(stream.2.lease_ms)));
