@@ -115,3 +115,32 @@ fn closing_a_descriptor_of_a_deleted_file_does_not_lose_track_of_the_new_files_l
     let got = chubby(&cell, &["lock", "--timeout", "20s", "/ls/local/job", "--", "true"]);
     assert!(got.status.success(), "the lock is free once its holder closed every descriptor: {got:?}");
 }
+
+/// `F_GETLK` names the holder: a process of this host by its pid (as on a local file system);
+/// one on another host has no pid here, and reads as 0.
+#[test]
+fn getlk_names_a_holder_of_this_host_by_its_pid() {
+    if !fuse_available("getlk_names_a_holder_of_this_host_by_its_pid") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    fs::write(a.path("job"), "x").expect("write");
+    let mut groups = Groups::default();
+    let mut holder = flock(&["-x"], &a.path("job"), "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    let getlk = |path: &Path| {
+        let file = fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+        // SAFETY: a zeroed flock is a valid whole-file request once its type is set.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = libc::F_WRLCK as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: fcntl(2) on an open descriptor with a valid flock.
+        assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) }, 0, "F_GETLK");
+        (i32::from(lock.l_type), lock.l_pid)
+    };
+    assert_eq!(getlk(&a.path("job")), (libc::F_WRLCK, holder.id() as i32), "the holder on this host");
+    assert_eq!(getlk(&b.path("job")), (libc::F_WRLCK, 0), "a holder on another host");
+    groups.kill(holder.id());
+    let _ = holder.wait();
+}

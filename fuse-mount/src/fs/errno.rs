@@ -53,8 +53,10 @@ fn errno_of_reason(reason: Refusal) -> Errno {
         Refusal::StaleHandle => libc::ESTALE,
         // A fenced write whose sequencer is no longer current, or a CAS that lost its race.
         Refusal::StaleSequencer | Refusal::GenerationMismatch => libc::EPERM,
-        // A queued Acquire ended without a grant (the node was deleted, the session ended).
-        Refusal::WaitEnded => libc::EINTR,
+        // A queued Acquire ended without a grant (its node went). Never EINTR: the kernel
+        // restarts a lock call that gets EINTR, and with no signal pending its caller gets
+        // error 512 (ERESTARTSYS) instead.
+        Refusal::WaitEnded => libc::ENOENT,
         Refusal::NoSession => libc::EIO,
         // Handled by the session (a retry, a resumption) before it reaches a file-system call.
         Refusal::Forgotten | Refusal::StaleEpoch => libc::EIO,
@@ -82,6 +84,9 @@ mod tests {
         assert_eq!(errno_of(&refusal(Code::FailedPrecondition, "LockBusy")), Errno::from_i32(libc::EWOULDBLOCK));
         assert_eq!(errno_of(&ClientError::SessionLost(7)), Errno::EIO);
         assert_eq!(errno_of(&ClientError::Rpc(Box::new(Status::invalid_argument("bad")))), Errno::EINVAL);
+        // A lock wait that ended without a grant: not EINTR, which a caller with no signal
+        // pending would see as "Unknown error 512".
+        assert_eq!(errno_of(&refusal(Code::Aborted, "WaitEnded")), Errno::ENOENT);
         // A refusal named by a newer cell is not guessed from its code.
         assert_eq!(errno_of(&refusal(Code::NotFound, "SomethingNew")), Errno::EIO);
     }

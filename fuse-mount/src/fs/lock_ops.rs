@@ -18,9 +18,11 @@ use crate::client::Session;
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
 
 impl FsInner {
-    /// Whether `owner`'s lock of `typ` would conflict with a holder: that holder's lock.
-    pub async fn getlk(&self, fh: u64, owner: u64, typ: i32) -> Result<(u64, u64, i32), Errno> {
-        let (_, session, handle, _) = self.open_file_parts(fh).await?;
+    /// Whether `owner`'s lock of `typ` would conflict with a holder: that holder's lock and
+    /// process. A process of this host is named by its pid; a holder elsewhere has no pid
+    /// here, and the kernel reports 0 for it.
+    pub async fn getlk(&self, fh: u64, owner: u64, typ: i32) -> Result<(u64, u64, i32, u32), Errno> {
+        let (node, session, handle, _) = self.open_file_parts(fh).await?;
         let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
         for s in holders {
             let Some((mode, sid, o)) = holder_of(&s) else { continue };
@@ -29,10 +31,11 @@ impl FsInner {
             }
             if typ == libc::F_WRLCK || mode == LockMode::LockExclusive {
                 let held = if mode == LockMode::LockExclusive { libc::F_WRLCK } else { libc::F_RDLCK };
-                return Ok((0, OFFSET_MAX, held));
+                let pid = guard(&self.locks).pid_of(&node, sid, o).unwrap_or(0);
+                return Ok((0, OFFSET_MAX, held, pid));
             }
         }
-        Ok((0, OFFSET_MAX, libc::F_UNLCK))
+        Ok((0, OFFSET_MAX, libc::F_UNLCK, 0))
     }
 
     /// The node, session, handle and node instance of an open file.
@@ -42,9 +45,10 @@ impl FsInner {
         Ok((f.node.clone(), f.session.clone(), f.handle.clone(), f.instance))
     }
 
-    /// Takes (`F_RDLCK`/`F_WRLCK`) or drops (`F_UNLCK`) `owner`'s whole-file lock; `wait`
-    /// queues in the cell until granted or until thread `tid` takes a signal (`EINTR`).
-    pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32) -> Result<(), Errno> {
+    /// Takes (`F_RDLCK`/`F_WRLCK`) or drops (`F_UNLCK`) `owner`'s whole-file lock for process
+    /// `pid`; `wait` queues in the cell until granted or until thread `tid` takes a signal
+    /// (`EINTR`).
+    pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32, pid: u32) -> Result<(), Errno> {
         // The lock goes with the session the file was opened in: if that one was lost, so
         // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
         let (node, session, handle, instance) = self.open_file_parts(fh).await?;
@@ -102,7 +106,7 @@ impl FsInner {
                 return Err(Errno::EINTR);
             }
         }
-        guard(&self.locks).insert(key, session.id(), mode, handle);
+        guard(&self.locks).insert(key, session.id(), mode, handle, pid);
         Ok(())
     }
 

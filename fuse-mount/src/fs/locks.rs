@@ -50,6 +50,8 @@ pub struct Held {
     /// Held by whoever sends this lock's Release, so two are never in flight at once from
     /// here (a late one would release a lock taken again meanwhile).
     pub gate: Arc<tokio::sync::Mutex<()>>,
+    /// The process that took it (in this daemon's pid namespace), which `F_GETLK` names.
+    pub pid: u32,
 }
 
 /// Locks this mount holds in the cell.
@@ -63,8 +65,16 @@ impl HeldLocks {
         self.held.get(key).cloned()
     }
 
-    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle) {
-        self.held.insert(key, Held { session, mode, handle, releasing: false, gate: Arc::default() });
+    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32) {
+        self.held.insert(key, Held { session, mode, handle, releasing: false, gate: Arc::default(), pid });
+    }
+
+    /// The process on this host that holds `node`'s lock as (`session`, `owner`), if one does.
+    pub fn pid_of(&self, node: &NodeRef, session: u64, owner: u64) -> Option<u32> {
+        self.held
+            .iter()
+            .find(|(k, h)| k.node == *node && k.owner == owner && h.session == session && !h.releasing)
+            .map(|(_, h)| h.pid)
     }
 
     pub fn remove(&mut self, key: &LockKey) {

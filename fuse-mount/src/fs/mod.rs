@@ -420,7 +420,7 @@ impl Filesystem for ChubbyFs {
         }
         self.spawn(move |fs| async move {
             match fs.getlk(fh.0, lock_owner.0, typ).await {
-                Ok((start, end, typ)) => reply.locked(start, end, typ, 0),
+                Ok((start, end, typ, pid)) => reply.locked(start, end, typ, pid),
                 Err(e) => reply.error(e),
             }
         });
@@ -435,7 +435,7 @@ impl Filesystem for ChubbyFs {
         start: u64,
         end: u64,
         typ: i32,
-        _pid: u32,
+        pid: u32,
         sleep: bool,
         reply: ReplyEmpty,
     ) {
@@ -445,7 +445,9 @@ impl Filesystem for ChubbyFs {
             return;
         }
         let tid = req.pid();
-        self.spawn(move |fs| async move { reply_empty(reply, fs.setlk(fh.0, lock_owner.0, typ, sleep, tid).await) });
+        self.spawn(
+            move |fs| async move { reply_empty(reply, fs.setlk(fh.0, lock_owner.0, typ, sleep, tid, pid).await) },
+        );
     }
 }
 
