@@ -127,8 +127,15 @@ fn getlk_names_a_holder_of_this_host_by_its_pid() {
     let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
     fs::write(a.path("job"), "x").expect("write");
     let mut groups = Groups::default();
-    let mut holder = flock(&["-x"], &a.path("job"), "sleep 60", &mut groups);
-    await_held(&cell, "/ls/local/job");
+    // The cell grants the lock a moment before `flock` has it: wait until its command runs.
+    let marks = tempfile::tempdir().expect("temp dir");
+    let mark = marks.path().join("held");
+    let mut holder = flock(&["-x"], &a.path("job"), &format!("touch {}; sleep 60", mark.display()), &mut groups);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "flock never got the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let getlk = |path: &Path| {
         let file = fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
         // SAFETY: a zeroed flock is a valid whole-file request once its type is set.
@@ -143,4 +150,65 @@ fn getlk_names_a_holder_of_this_host_by_its_pid() {
     assert_eq!(getlk(&b.path("job")), (libc::F_WRLCK, 0), "a holder on another host");
     groups.kill(holder.id());
     let _ = holder.wait();
+}
+
+/// A write is stored under the lock it was made under. Once that lock is gone (here by the
+/// POSIX rule that any close by a process drops its `fcntl` lock) and another host has taken
+/// it and written, the old holder's store is refused (`EPERM` at its close) and the next
+/// holder's contents stay.
+#[test]
+fn a_write_made_under_a_lock_since_lost_is_refused_and_the_next_holders_stays() {
+    if !fuse_available("a_write_made_under_a_lock_since_lost_is_refused_and_the_next_holders_stays") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    fs::write(a.path("job"), "v0").expect("write");
+    let mine = fs::OpenOptions::new().read(true).write(true).open(a.path("job")).expect("open");
+    // SAFETY: a zeroed flock is a valid whole-file request once its type is set.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl(2) on an open descriptor with a valid flock.
+    assert_eq!(unsafe { libc::fcntl(mine.as_raw_fd(), libc::F_SETLK, &lock) }, 0, "lock taken");
+    await_held(&cell, "/ls/local/job");
+    (&mine).write_all(b"stale holder").expect("write, kept until close");
+    drop(fs::File::open(a.path("job")).expect("a second open")); // its close drops the lock
+
+    let mut groups = Groups::default();
+    let mut next =
+        flock(&["-x", "-w", "10"], &b.path("job"), &format!("echo next > {}", b.path("job").display()), &mut groups);
+    let st = exit_within(&mut next, Duration::from_secs(20)).expect("the next holder is done");
+    assert!(st.success(), "another host takes the lock and writes: {st:?}");
+
+    // SAFETY: close(2) of a descriptor this test owns (taken out of its File).
+    let closed = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(mine)) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((closed, err), (-1, Some(libc::EPERM)), "the store made under the lost lock is refused");
+    assert_eq!(fs::read_to_string(b.path("job")).expect("read"), "next\n", "the next holder's write stays");
+}
+
+/// `user.chubby.my_sequencer` is the caller's own sequencer: a command run by
+/// `flock FILE -c CMD` reads the sequencer of the lock `flock` holds for it (what it passes to
+/// a server that fences its requests); a process that holds no lock reads it empty.
+#[test]
+fn my_sequencer_is_the_sequencer_of_the_lock_the_caller_works_under() {
+    if !fuse_available("my_sequencer_is_the_sequencer_of_the_lock_the_caller_works_under") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let a = Mount::start(&cell, &[]);
+    let job = a.path("job");
+    fs::write(&job, "x").expect("write");
+    let f = job.display();
+    let out = sh(&format!(
+        "flock {f} -c 'getfattr --only-values -n user.chubby.my_sequencer {f}; echo; \
+         getfattr --only-values -n user.chubby.sequencer {f}'"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mine, holders) = text.split_once('\n').expect("two values");
+    assert!(mine.starts_with("seq1:"), "a sequencer: {mine:?}");
+    assert_eq!(mine, holders.trim_end(), "the caller's sequencer is the holder's");
+    assert_eq!(xattr(&job, "user.chubby.my_sequencer").as_deref(), Some(""), "no lock, no sequencer");
 }

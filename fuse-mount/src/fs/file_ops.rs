@@ -12,6 +12,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::files::{OpenEntry, OpenFile, MAX_CONTENTS};
 use super::inodes::NodeRef;
+use super::locks::lineage;
 use super::ops::{errno, guard, Answer, FsInner, READ, WRITE};
 use crate::client::{OpenOptions, Session};
 
@@ -92,6 +93,7 @@ impl FsInner {
             dirty: false,
             appended: Vec::new(),
             failed: false,
+            fence: None,
         };
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             f.truncate(0);
@@ -149,11 +151,15 @@ impl FsInner {
         Ok(contents[start..end].to_vec())
     }
 
-    /// A write; `append`: the open's flags have `O_APPEND` now (`fcntl` may set it).
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8], append: bool) -> Result<u32, Errno> {
+    /// A write by thread `tid`; `append`: the open's flags have `O_APPEND` now (`fcntl` may
+    /// set it).
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8], append: bool, tid: u32) -> Result<u32, Errno> {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
         f.usable()?;
+        if f.fence.is_none() {
+            f.fence = self.lock_of_process(&f.node, f.instance, f.session.id(), tid);
+        }
         if f.write_needs_copy(append) {
             f.load().await.map_err(errno)?;
         }
@@ -162,14 +168,42 @@ impl FsInner {
         Ok(data.len() as u32)
     }
 
-    async fn commit(&self, f: &mut OpenFile) -> Result<(), Errno> {
+    /// The lock held on `node` (`instance`) in `session` by the process of thread `tid` or
+    /// one of its ancestors, if any: its owner and sequencer.
+    pub(super) fn lock_of_process(
+        &self,
+        node: &NodeRef,
+        instance: u64,
+        session: u64,
+        tid: u32,
+    ) -> Option<(u64, String)> {
+        if !guard(&self.locks).holds_any(node, instance, session) {
+            return None; // no /proc walk for a file this session holds no lock of
+        }
+        let lineage = lineage(tid);
+        guard(&self.locks).held_for(node, instance, session, &lineage)
+    }
+
+    /// Stores `f`'s changes, carrying the sequencer of the lock they were made under: the
+    /// open's own (see `OpenFile::fence`), else the lock `owner` (the closing process's)
+    /// holds now.
+    async fn commit(&self, f: &mut OpenFile, owner: Option<u64>) -> Result<(), Errno> {
         if f.failed {
             self.clear_pending(f);
             // The kernel may have taken the refused write's size.
             self.forget_kernel(f.ino);
             return Err(Errno::from_i32(libc::EFBIG));
         }
-        let r = f.commit().await.map_err(errno);
+        let sequencer = match (&f.fence, owner) {
+            (Some((_, s)), _) => s.clone(),
+            (None, Some(o)) => guard(&self.locks)
+                .get(&f.lock_key(o))
+                .filter(|h| h.session == f.session.id() && !h.releasing)
+                .map(|h| h.sequencer)
+                .unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        let r = f.commit(&sequencer).await.map_err(errno);
         if !f.changed() {
             self.clear_pending(f);
         }
@@ -184,7 +218,7 @@ impl FsInner {
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
-        let stored = self.commit(&mut f).await;
+        let stored = self.commit(&mut f, Some(lock_owner)).await;
         let (key, session) = (f.lock_key(lock_owner), f.session.clone());
         drop(f);
         self.unlock_on_close(&key, &session).await;
@@ -194,7 +228,7 @@ impl FsInner {
     pub async fn fsync(&self, fh: u64) -> Result<(), Errno> {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
-        self.commit(&mut f).await
+        self.commit(&mut f, None).await
     }
 
     /// The last close of an open file; `flock_owner` if the kernel says a `flock` lock of
@@ -202,7 +236,7 @@ impl FsInner {
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) {
         let Some(OpenEntry { file, .. }) = guard(&self.files).remove(&fh) else { return };
         let mut f = file.lock().await;
-        if let Err(e) = self.commit(&mut f).await {
+        if let Err(e) = self.commit(&mut f, flock_owner).await {
             tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
         }
         self.clear_pending(&f);
@@ -231,7 +265,7 @@ impl FsInner {
     }
 
     /// The open files of `node`, in the order of their kernel handles.
-    fn files_of(&self, node: &NodeRef) -> Vec<(u64, Arc<AsyncMutex<OpenFile>>)> {
+    pub(super) fn files_of(&self, node: &NodeRef) -> Vec<(u64, Arc<AsyncMutex<OpenFile>>)> {
         let mut files: Vec<_> =
             guard(&self.files).iter().filter(|(_, e)| e.node == *node).map(|(fh, e)| (*fh, e.file.clone())).collect();
         files.sort_by_key(|(fh, _)| *fh);
@@ -261,7 +295,7 @@ impl FsInner {
         for (_, f) in opens.iter_mut() {
             // A refused write's open stores nothing (see `commit`).
             if f.changed() && !f.failed {
-                self.commit(f).await?;
+                self.commit(f, None).await?;
             }
         }
         let (session, handle, stat) = self.open_node(uid, from, OpenOptions::default()).await?;

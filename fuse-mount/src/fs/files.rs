@@ -43,6 +43,11 @@ pub struct OpenFile {
     /// last whole contents rather than a part of a failed write (SetContents is all or
     /// nothing, and so is a write through the mount).
     pub failed: bool,
+    /// The lock this open's writes are done under (its owner and sequencer): one taken
+    /// through this open, or held by the writing process or an ancestor when it wrote (as
+    /// `flock FILE -c CMD` holds it for CMD). Its stores carry the sequencer, so once that
+    /// lock is lost they are refused (`EPERM`) rather than overwrite the next holder's.
+    pub fence: Option<(u64, String)>,
 }
 
 impl OpenFile {
@@ -146,20 +151,21 @@ impl OpenFile {
 
     /// Stores the changes in the cell, if any (none after a refused write): the whole copy
     /// (which holds the appends too) if it changed otherwise, else the appends alone.
-    pub async fn commit(&mut self) -> Result<(), crate::client::ClientError> {
+    /// `sequencer`: of the lock the changes were made under ("" for none).
+    pub async fn commit(&mut self, sequencer: &str) -> Result<(), crate::client::ClientError> {
         if !self.changed() || self.failed {
             return Ok(());
         }
         if self.dirty {
             let contents = Bytes::from(self.contents.clone().unwrap_or_default());
-            self.session.set(&self.handle, contents, None, "").await?;
+            self.session.set(&self.handle, contents, None, sequencer).await?;
             self.dirty = false;
             self.appended.clear();
         } else {
             // Sent once, whatever its answer: an Append that timed out may still be applied,
             // and a second one would add the bytes twice. Its error is the caller's to see.
             let appended = Bytes::from(std::mem::take(&mut self.appended));
-            self.session.append(&self.handle, appended, "").await?;
+            self.session.append(&self.handle, appended, sequencer).await?;
         }
         Ok(())
     }

@@ -54,7 +54,12 @@ impl FsInner {
         let (node, session, handle, instance) = self.open_file_parts(fh).await?;
         let key = LockKey { node: node.clone(), instance, owner };
         let mode = match typ {
-            libc::F_UNLCK => return self.unlock(&key, &session).await,
+            libc::F_UNLCK => {
+                self.unlock(&key, &session).await?;
+                // Let go on purpose: later writes of its opens are no longer under it.
+                self.clear_fences(&node, owner).await;
+                return Ok(());
+            }
             libc::F_RDLCK => LockMode::LockShared,
             libc::F_WRLCK => LockMode::LockExclusive,
             _ => return Err(Errno::EINVAL),
@@ -76,38 +81,50 @@ impl FsInner {
                 self.unlock(&key, &session).await?;
             }
         }
-        if !wait {
-            session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?;
+        let sequencer = if !wait {
+            session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?
         } else {
-            let interrupted_wait = {
+            let granted = {
                 let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
                 tokio::pin!(acquire);
                 let mut poll = tokio::time::interval(SIGNAL_POLL);
                 loop {
                     tokio::select! {
-                        r = &mut acquire => {
-                            r.map_err(errno)?;
-                            break false;
-                        }
+                        r = &mut acquire => break Some(r.map_err(errno)?),
                         _ = poll.tick() => {
                             if interrupted(tid) {
-                                break true;
+                                break None;
                             }
                         }
                     }
                 }
             };
-            if interrupted_wait {
+            let Some(sequencer) = granted else {
                 // The Acquire was dropped above, before the cancel is sent: its call is abandoned
                 // on the session's stream ahead of the cancel (the master stops it if it was not
                 // yet proposed), and its request id no longer holds back the cancel's
                 // first-incomplete mark, which then makes a late copy of it refused.
                 self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
                 return Err(Errno::EINTR);
+            };
+            sequencer
+        };
+        guard(&self.locks).insert(key, session.id(), mode, handle, pid, sequencer.clone());
+        // Writes through this open are under the lock from now on, whichever process makes them.
+        if let Ok(file) = self.file(fh) {
+            file.lock().await.fence = Some((owner, sequencer));
+        }
+        Ok(())
+    }
+
+    /// `owner` let go of its lock of `node`: no open of the node writes under it any more.
+    async fn clear_fences(&self, node: &NodeRef, owner: u64) {
+        for (_, file) in self.files_of(node) {
+            let mut f = file.lock().await;
+            if f.fence.as_ref().is_some_and(|(o, _)| *o == owner) {
+                f.fence = None;
             }
         }
-        guard(&self.locks).insert(key, session.id(), mode, handle, pid);
-        Ok(())
     }
 
     /// Withdraws a queued Acquire (releasing the lock if it was granted meanwhile). If the cell

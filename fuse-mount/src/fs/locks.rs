@@ -52,6 +52,8 @@ pub struct Held {
     pub gate: Arc<tokio::sync::Mutex<()>>,
     /// The process that took it (in this daemon's pid namespace), which `F_GETLK` names.
     pub pid: u32,
+    /// Its sequencer, which the stores of files written under it carry.
+    pub sequencer: String,
 }
 
 /// Locks this mount holds in the cell.
@@ -65,8 +67,27 @@ impl HeldLocks {
         self.held.get(key).cloned()
     }
 
-    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32) {
-        self.held.insert(key, Held { session, mode, handle, releasing: false, gate: Arc::default(), pid });
+    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32, sequencer: String) {
+        let gate = Arc::default();
+        self.held.insert(key, Held { session, mode, handle, releasing: false, gate, pid, sequencer });
+    }
+
+    /// Whether session `session` holds a lock of `node` (`instance`) for anyone.
+    pub fn holds_any(&self, node: &NodeRef, instance: u64, session: u64) -> bool {
+        self.held.iter().any(|(k, h)| k.node == *node && k.instance == instance && h.session == session && !h.releasing)
+    }
+
+    /// The lock of `node` (`instance`) that session `session` holds for the nearest of
+    /// `lineage` (a process, then its parent, and so on): its owner and sequencer.
+    pub fn held_for(&self, node: &NodeRef, instance: u64, session: u64, lineage: &[u32]) -> Option<(u64, String)> {
+        lineage.iter().find_map(|pid| {
+            self.held
+                .iter()
+                .find(|(k, h)| {
+                    k.node == *node && k.instance == instance && h.session == session && h.pid == *pid && !h.releasing
+                })
+                .map(|(k, h)| (k.owner, h.sequencer.clone()))
+        })
     }
 
     /// The process on this host that holds `node`'s lock as (`session`, `owner`), if one does.
@@ -123,6 +144,23 @@ pub fn holder_of(sequencer: &str) -> Option<(LockMode, u64, u64)> {
     Some((mode, session, owner))
 }
 
+/// The process of thread `tid` and its ancestors, nearest first (at most 64; none for tid 0,
+/// a caller from another pid namespace). A command run by `flock FILE -c CMD` works under
+/// the lock its ancestor `flock` holds.
+pub fn lineage(tid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let field = |status: &str, key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return pids };
+    let mut next = if tid == 0 { None } else { field(&status, "Tgid:") };
+    while let Some(pid) = next.filter(|p| *p > 1 && pids.len() < 64) {
+        pids.push(pid);
+        next = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| field(&s, "PPid:"));
+    }
+    pids
+}
+
 /// Whether thread `tid` has a signal it will take pending: its blocked lock call should end
 /// with `EINTR`. (A thread blocked in a FUSE call cannot exit, so its status stays readable; a
 /// caller outside this daemon's pid namespace comes as tid 0 and is never interrupted, rather
@@ -174,6 +212,18 @@ mod tests {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() } as u32;
         assert!(!interrupted(tid));
+    }
+
+    #[test]
+    fn a_threads_lineage_is_its_process_then_its_ancestors() {
+        // SAFETY: gettid, getpid and getppid have no preconditions.
+        let (tid, pid, ppid) = unsafe { (libc::gettid() as u32, libc::getpid() as u32, libc::getppid() as u32) };
+        let l = lineage(tid);
+        assert_eq!(&l[..1], &[pid]);
+        if ppid > 1 {
+            assert_eq!(l.get(1), Some(&ppid));
+        }
+        assert!(lineage(0).is_empty());
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl Filesystem for ChubbyFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -294,9 +294,9 @@ impl Filesystem for ChubbyFs {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        let append = flags.0 & libc::O_APPEND != 0;
+        let (append, tid) = (flags.0 & libc::O_APPEND != 0, req.pid());
         self.spawn(move |fs| async move {
-            match fs.write(fh.0, offset, &data, append).await {
+            match fs.write(fh.0, offset, &data, append, tid).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             }
@@ -360,9 +360,9 @@ impl Filesystem for ChubbyFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (uid, name) = (req.uid(), name.to_owned());
+        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.getxattr(uid, ino.0, &name).await {
+            match fs.getxattr(uid, tid, ino.0, &name).await {
                 Ok(value) => reply_xattr(reply, size, &value),
                 Err(e) => reply.error(e),
             }

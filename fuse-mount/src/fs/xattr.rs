@@ -11,7 +11,7 @@ use super::ops::{errno, FsInner};
 use crate::client::{principal_list, OpenOptions};
 
 /// The extended attributes every node has.
-const XATTRS: [&str; 11] = [
+const XATTRS: [&str; 12] = [
     "user.chubby.instance",
     "user.chubby.content_generation",
     "user.chubby.lock_generation",
@@ -20,6 +20,7 @@ const XATTRS: [&str; 11] = [
     "user.chubby.ephemeral",
     "user.chubby.modified_index",
     "user.chubby.sequencer",
+    "user.chubby.my_sequencer",
     "user.chubby.acl.readers",
     "user.chubby.acl.writers",
     "user.chubby.acl.change_acl",
@@ -41,8 +42,8 @@ fn parse_names(value: &[u8]) -> Result<Vec<String>, Errno> {
 }
 
 impl FsInner {
-    /// The value of one `user.chubby.*` attribute.
-    pub async fn getxattr(&self, uid: u32, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+    /// The value of one `user.chubby.*` attribute, read by thread `tid`.
+    pub async fn getxattr(&self, uid: u32, tid: u32, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let no_data = Errno::from_i32(libc::ENODATA);
         if ino == ROOT {
             return Err(no_data);
@@ -63,6 +64,11 @@ impl FsInner {
             "user.chubby.modified_index" => stat.modified_index.to_string(),
             // Who holds the lock now, asked of the master: one line per holder, empty if free.
             "user.chubby.sequencer" => session.holder_sequencers(&handle).await.map_err(errno)?.join("\n"),
+            // The caller's own: of the lock its process, or an ancestor (`flock FILE -c CMD`),
+            // holds through this mount; empty if none.
+            "user.chubby.my_sequencer" => {
+                self.lock_of_process(&node, stat.instance_number, session.id(), tid).map(|(_, s)| s).unwrap_or_default()
+            }
             _ => {
                 let (mut acl, _) = session.acl(&handle).await.map_err(errno)?;
                 acl_list(&mut acl, name).ok_or(no_data)?.join(",")

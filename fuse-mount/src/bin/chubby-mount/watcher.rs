@@ -96,12 +96,12 @@ fn watch(mut from_daemon: File) -> ! {
             if let Ok(path) = CString::new(point) {
                 // SAFETY: umount2 with a valid C string.
                 let r = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
-                let said = if r == 0 {
-                    "detached its mount".to_string()
-                } else {
-                    format!("could not detach its mount: {}", std::io::Error::last_os_error())
-                };
-                eprintln!("chubby-mount: the daemon is gone; {said} at {}", String::from_utf8_lossy(point));
+                let e = std::io::Error::last_os_error();
+                // EINVAL: no longer a mount point (unmounted from outside meanwhile).
+                if r != 0 && e.raw_os_error() != Some(libc::EINVAL) {
+                    let at = String::from_utf8_lossy(point);
+                    eprintln!("chubby-mount: the daemon is gone, and its mount at {at} could not be detached: {e}");
+                }
             }
         }
     }
