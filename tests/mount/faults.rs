@@ -125,3 +125,58 @@ fn a_release_that_fails_at_close_is_retried_until_the_cell_has_it() {
     let got = chubby(&cell, &["lock", "--timeout", "40s", "/ls/local/job", "--", "true"]);
     assert!(got.status.success(), "the lock was released once a master served: {got:?}");
 }
+
+/// Calls waiting on a cell out of reach (a lookup of a file this host never read, a create,
+/// and the store at a close) do not hold their process past a `kill -9` for the whole
+/// `--rpc-timeout`: the daemon answers a dying caller at once.
+#[test]
+fn a_process_killed_while_its_call_waits_on_an_unreachable_cell_exits_at_once() {
+    if !fuse_available("a_process_killed_while_its_call_waits_on_an_unreachable_cell_exits_at_once") {
+        return;
+    }
+    let ns = Netns::create(2).unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
+    let cell =
+        TestCell::start(CellOptions { session_lease_ms: 1000, host: ns.host_ip.clone(), ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).expect("leader");
+    let m = Mount::start_in(&cell, &["--rpc-timeout", "120s", "--grace", "120s"], Some(&ns));
+    assert!(chubby(&cell, &["put", "/ls/local/other", "x"]).status.success());
+    let job = m.path("job");
+    // A writer with its file open, which writes and closes when told (a line on stdin). The
+    // write changes the open's copy alone; the close of the shell's copy of the descriptor
+    // (the redirection's) stores it.
+    let mut closer = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3>{}; read go; echo data >&3", job.display()))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::metadata(&job).is_err() {
+        assert!(Instant::now() < deadline, "the writer never created its file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    ns.cut().expect("cut");
+    let mut pids = Pids::default();
+    let mut reader = Command::new("cat").arg(m.path("other")).stdout(Stdio::null()).spawn().expect("cat");
+    pids.0.push(reader.id());
+    let mut creator =
+        Command::new("sh").arg("-c").arg(format!("echo new > {}", m.path("new").display())).spawn().expect("sh");
+    pids.0.push(creator.id());
+    closer.stdin.take().expect("stdin").write_all(b"go\n").expect("tell the writer to write and close");
+    // Each waits on the cell now (checked: none has exited); the kill must free them. (All
+    // are killed first: a lookup in a directory waits, in the kernel, for a create there.)
+    std::thread::sleep(Duration::from_millis(500));
+    let mut children = [("cat", &mut reader), ("create", &mut creator), ("close", &mut closer)];
+    for (name, child) in children.iter_mut() {
+        let early = child.try_wait().expect("try_wait");
+        assert!(early.is_none(), "{name} returned without the cell: {early:?}");
+        let _ = child.kill();
+    }
+    for (name, child) in children {
+        let st = exit_within(child, Duration::from_secs(10));
+        assert!(st.is_some(), "{name} killed while its call waits on the cell stays stuck");
+    }
+    ns.heal().expect("heal");
+}

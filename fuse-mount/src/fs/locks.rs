@@ -175,17 +175,36 @@ pub fn interrupted(tid: u32) -> bool {
     }
 }
 
+/// Whether thread `tid` has a fatal signal pending (`kill -9`, or Ctrl-C, SIGTERM and the
+/// like where the process does not handle them): it is dying, and a call it waits in should
+/// not hold it. Other signals are not taken to interrupt a file call (a program that handles
+/// one does not expect a read of a file to fail with `EINTR`), as NFS does.
+pub fn dying(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => fatal_pending(&status),
+        Err(_) => false,
+    }
+}
+
+/// A `/proc/TID/status` field holding a signal mask.
+fn signal_mask(status: &str, key: &str) -> u64 {
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()).unwrap_or(0)
+}
+
 /// From `/proc/TID/status`: a signal pending for the thread or its process and not blocked
 /// by the thread. (A fatal signal also shows as SIGKILL pending.)
 fn takes_a_signal(status: &str) -> bool {
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+    (signal_mask(status, "SigPnd:") | signal_mask(status, "ShdPnd:")) & !signal_mask(status, "SigBlk:") != 0
+}
+
+/// From `/proc/TID/status`: a fatal signal on its way. The kernel marks every thread of a
+/// process a fatal signal is delivered to with SIGKILL pending.
+fn fatal_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    (signal_mask(status, "SigPnd:") | signal_mask(status, "ShdPnd:")) & SIGKILL_BIT != 0
 }
 
 #[cfg(test)]
@@ -203,6 +222,17 @@ mod tests {
         assert!(!takes_a_signal(&status("0000000000000000", "0000000000002000", "0000000000002000")));
         // SIGKILL (9) for the thread, as a fatal signal leaves it.
         assert!(takes_a_signal(&status("0000000000000100", "0000000000000000", "0000000000000000")));
+    }
+
+    #[test]
+    fn only_a_fatal_signal_marks_a_thread_dying() {
+        let status = |pnd: &str, shd: &str| format!("SigPnd:\t{pnd}\nShdPnd:\t{shd}\nSigBlk:\t0000000000000000\n");
+        assert!(fatal_pending(&status("0000000000000100", "0000000000000000")), "SIGKILL for the thread");
+        assert!(fatal_pending(&status("0000000000000000", "0000000000000100")), "SIGKILL for the process");
+        assert!(!fatal_pending(&status("0000000000000000", "0000000000002002")), "SIGALRM and SIGINT, handled");
+        assert!(!dying(0));
+        // SAFETY: gettid has no preconditions.
+        assert!(!dying(unsafe { libc::gettid() } as u32));
     }
 
     #[test]

@@ -124,9 +124,9 @@ impl Filesystem for ChubbyFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (uid, name) = (req.uid(), name.to_owned());
+        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.lookup(uid, parent.0, &name).await {
+            match fs.killable(tid, move |fs| async move { fs.lookup(uid, parent.0, &name).await }).await {
                 // Attributes may be kept, entries not (see `kernel`).
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
@@ -139,9 +139,9 @@ impl Filesystem for ChubbyFs {
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let uid = req.uid();
+        let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            match fs.getattr(uid, ino.0, fh.map(|f| f.0)).await {
+            match fs.killable(tid, move |fs| async move { fs.getattr(uid, ino.0, fh.map(|f| f.0)).await }).await {
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
@@ -170,12 +170,16 @@ impl Filesystem for ChubbyFs {
         // (setting what they already are, as `cp -p` and `mv` do, succeeds; so does a mode
         // set on a file still open from its create, see `may_set_mode`). Times are the log's
         // clock: `touch` succeeds and changes nothing.
-        let caller = req.uid();
+        let (caller, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            let r = match size {
-                Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0)).await,
-                None => fs.getattr(caller, ino.0, fh.map(|f| f.0)).await,
-            };
+            let r = fs
+                .killable(tid, move |fs| async move {
+                    match size {
+                        Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0)).await,
+                        None => fs.getattr(caller, ino.0, fh.map(|f| f.0)).await,
+                    }
+                })
+                .await;
             let r = r.and_then(|a| {
                 let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm) || fs.may_set_mode(ino.0))
                     && uid.is_none_or(|u| u == a.attr.uid)
@@ -194,9 +198,9 @@ impl Filesystem for ChubbyFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        let (uid, name) = (req.uid(), name.to_owned());
+        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.mkdir(uid, parent.0, &name).await {
+            match fs.killable(tid, move |fs| async move { fs.mkdir(uid, parent.0, &name).await }).await {
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
@@ -204,13 +208,19 @@ impl Filesystem for ChubbyFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (uid, name) = (req.uid(), name.to_owned());
-        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(uid, parent.0, &name, false).await) });
+        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
+        self.spawn(move |fs| async move {
+            let r = fs.killable(tid, move |fs| async move { fs.remove(uid, parent.0, &name, false).await }).await;
+            reply_empty(reply, r)
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (uid, name) = (req.uid(), name.to_owned());
-        self.spawn(move |fs| async move { reply_empty(reply, fs.remove(uid, parent.0, &name, true).await) });
+        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
+        self.spawn(move |fs| async move {
+            let r = fs.killable(tid, move |fs| async move { fs.remove(uid, parent.0, &name, true).await }).await;
+            reply_empty(reply, r)
+        });
     }
 
     fn rename(
@@ -223,17 +233,21 @@ impl Filesystem for ChubbyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (uid, name, newname) = (req.uid(), name.to_owned(), newname.to_owned());
+        let (uid, tid, name, newname) = (req.uid(), req.pid(), name.to_owned(), newname.to_owned());
         self.spawn(move |fs| async move {
-            let r = fs.rename(uid, (parent.0, &name), (newparent.0, &newname), flags.bits()).await;
+            let r = fs
+                .killable(tid, move |fs| async move {
+                    fs.rename(uid, (parent.0, &name), (newparent.0, &newname), flags.bits()).await
+                })
+                .await;
             reply_empty(reply, r)
         });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let uid = req.uid();
+        let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            match fs.open(uid, ino.0, flags.0).await {
+            match fs.killable(tid, move |fs| async move { fs.open(uid, ino.0, flags.0).await }).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(e),
             }
@@ -250,9 +264,9 @@ impl Filesystem for ChubbyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (uid, name) = (req.uid(), name.to_owned());
+        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.create(uid, parent.0, &name, flags).await {
+            match fs.killable(tid, move |fs| async move { fs.create(uid, parent.0, &name, flags).await }).await {
                 // A new inode: nothing for the kernel to keep yet (see `kernel`).
                 Ok((a, fh)) => {
                     reply.created(&Duration::ZERO, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
@@ -264,7 +278,7 @@ impl Filesystem for ChubbyFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -273,8 +287,9 @@ impl Filesystem for ChubbyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let tid = req.pid();
         self.spawn(move |fs| async move {
-            match fs.read(fh.0, offset, size).await {
+            match fs.killable(tid, move |fs| async move { fs.read(fh.0, offset, size).await }).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(e),
             }
@@ -296,15 +311,18 @@ impl Filesystem for ChubbyFs {
         let data = data.to_vec();
         let (append, tid) = (flags.0 & libc::O_APPEND != 0, req.pid());
         self.spawn(move |fs| async move {
-            match fs.write(fh.0, offset, &data, append, tid).await {
+            match fs.killable(tid, move |fs| async move { fs.write(fh.0, offset, &data, append, tid).await }).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             }
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(fh.0, lock_owner.0).await) });
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        let tid = req.pid();
+        self.spawn(move |fs| async move {
+            reply_empty(reply, fs.killable(tid, move |fs| async move { fs.flush(fh.0, lock_owner.0).await }).await)
+        });
     }
 
     fn release(
@@ -323,14 +341,17 @@ impl Filesystem for ChubbyFs {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let tid = req.pid();
+        self.spawn(move |fs| async move {
+            reply_empty(reply, fs.killable(tid, move |fs| async move { fs.fsync(fh.0).await }).await)
+        });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let uid = req.uid();
+        let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            match fs.opendir(uid, ino.0).await {
+            match fs.killable(tid, move |fs| async move { fs.opendir(uid, ino.0).await }).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(e),
             }
@@ -338,9 +359,9 @@ impl Filesystem for ChubbyFs {
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let uid = req.uid();
+        let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            match fs.readdir(uid, ino.0, fh.0, offset).await {
+            match fs.killable(tid, move |fs| async move { fs.readdir(uid, ino.0, fh.0, offset).await }).await {
                 Ok(entries) => {
                     for (ino, next, kind, name) in entries {
                         if reply.add(INodeNo(ino), next, kind, name) {
@@ -362,7 +383,7 @@ impl Filesystem for ChubbyFs {
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.getxattr(uid, tid, ino.0, &name).await {
+            match fs.killable(tid, move |fs| async move { fs.getxattr(uid, tid, ino.0, &name).await }).await {
                 Ok(value) => reply_xattr(reply, size, &value),
                 Err(e) => reply.error(e),
             }
@@ -383,9 +404,9 @@ impl Filesystem for ChubbyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (uid, name, value) = (req.uid(), name.to_owned(), value.to_vec());
+        let (uid, tid, name, value) = (req.uid(), req.pid(), name.to_owned(), value.to_vec());
         self.spawn(move |fs| async move {
-            match fs.setxattr(uid, ino.0, &name, &value, flags).await {
+            match fs.killable(tid, move |fs| async move { fs.setxattr(uid, ino.0, &name, &value, flags).await }).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }
@@ -398,13 +419,15 @@ impl Filesystem for ChubbyFs {
 
     /// The cell's ACLs, as the caller's handle of the node carries them.
     fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        let (uid, mask) = (req.uid(), mask.bits());
-        self.spawn(move |fs| async move { reply_empty(reply, fs.access(uid, ino.0, mask).await) });
+        let (uid, tid, mask) = (req.uid(), req.pid(), mask.bits());
+        self.spawn(move |fs| async move {
+            reply_empty(reply, fs.killable(tid, move |fs| async move { fs.access(uid, ino.0, mask).await }).await)
+        });
     }
 
     fn getlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -418,8 +441,9 @@ impl Filesystem for ChubbyFs {
             reply.error(Errno::EINVAL);
             return;
         }
+        let tid = req.pid();
         self.spawn(move |fs| async move {
-            match fs.getlk(fh.0, lock_owner.0, typ).await {
+            match fs.killable(tid, move |fs| async move { fs.getlk(fh.0, lock_owner.0, typ).await }).await {
                 Ok((start, end, typ, pid)) => reply.locked(start, end, typ, pid),
                 Err(e) => reply.error(e),
             }

@@ -17,10 +17,15 @@ use super::errno::errno_of;
 use super::files::{OpenDir, OpenEntry, PendingSize};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
 use super::kernel::{Before, KernelCache};
-use super::locks::HeldLocks;
+use super::locks::{dying, HeldLocks};
 use super::user_sessions::MountedCell;
 use crate::client::ClientError;
 use crate::client::{Invalidated, OpenOptions, Session};
+
+/// When a file call that waits on the cell first looks whether its caller is dying, and how
+/// often after that: a call answered from the cache never looks.
+const FIRST_LOOK: Duration = Duration::from_millis(100);
+const LOOK_EVERY: Duration = Duration::from_millis(50);
 
 pub(super) fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -65,6 +70,35 @@ pub struct Answer {
 }
 
 impl FsInner {
+    /// Runs `op` for thread `tid`, but answers `EINTR` as soon as that thread is dying (see
+    /// [`dying`]): the kernel holds a process in a file call until the daemon answers, even
+    /// through `kill -9`, and a call waiting on a cell out of reach would hold it for the
+    /// whole `--rpc-timeout`. The operation itself goes on to its end in the background (a
+    /// store at close still stores, a lock let go is still released, and this daemon's
+    /// tables stay in step with the cell), its answer unheard.
+    pub(super) async fn killable<T, F, Fut>(self: &Arc<Self>, tid: u32, op: F) -> Result<T, Errno>
+    where
+        F: FnOnce(Arc<FsInner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Errno>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut work = Box::pin(op(self.clone()));
+        let mut look = FIRST_LOOK;
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut work => return r,
+                _ = tokio::time::sleep(look) => {
+                    if dying(tid) {
+                        tokio::spawn(work);
+                        return Err(Errno::EINTR);
+                    }
+                    look = LOOK_EVERY;
+                }
+            }
+        }
+    }
+
     pub fn new(cells: Vec<Arc<MountedCell>>, owner: Owner, lock_delay: Option<Duration>) -> FsInner {
         FsInner {
             cells,
