@@ -165,15 +165,21 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // A closed terminal stops the cell as Ctrl-C does, its mount unmounted first.
-    let mut hup = signal(SignalKind::hangup())?;
+    // A closed terminal stops the cell as Ctrl-C does, its mount unmounted first, unless
+    // started under `nohup` (SIGHUP ignored).
+    // SAFETY: sigaction(2) only reads the disposition into a zeroed struct it may fill.
+    let hup_ignored = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    };
+    let mut hup = if hup_ignored { None } else { Some(signal(SignalKind::hangup())?) };
     let mut reported = vec![false; replicas.len()];
     let mut mount_reported = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => break,
+            _ = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (r, seen) in replicas.iter_mut().zip(reported.iter_mut()) {
                     if let Ok(Some(status)) = r.child.try_wait() {

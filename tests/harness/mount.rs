@@ -38,11 +38,29 @@ impl Mount {
 
     /// The same, with the daemon in network namespace `ns` (so a test can cut it off).
     pub fn start_in(cell: &TestCell, extra: &[&str], ns: Option<&Netns>) -> Mount {
+        Mount::start_with(cell, extra, ns, false)
+    }
+
+    /// The same, started as `nohup` starts it: SIGHUP ignored.
+    pub fn start_nohup(cell: &TestCell, extra: &[&str]) -> Mount {
+        Mount::start_with(cell, extra, None, true)
+    }
+
+    fn start_with(cell: &TestCell, extra: &[&str], ns: Option<&Netns>, nohup: bool) -> Mount {
         let dir = tempfile::tempdir().expect("mount point");
         let mut command = match ns {
             Some(ns) => ns.command_keeping_mounts(&bin("chubby-mount")),
             None => Command::new(bin("chubby-mount")),
         };
+        if nohup {
+            // SAFETY: signal(2) in the child before exec; a disposition of SIG_IGN survives exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
         let mut child = command
             .arg("--cell")
             .arg(format!("local={}", cell.cell_arg()))

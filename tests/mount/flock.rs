@@ -154,8 +154,8 @@ fn getlk_names_a_holder_of_this_host_by_its_pid() {
 
 /// A write is stored under the lock it was made under. Once that lock is gone (here by the
 /// POSIX rule that any close by a process drops its `fcntl` lock) and another host has taken
-/// it and written, the old holder's store is refused (`EPERM` at its close) and the next
-/// holder's contents stay.
+/// it and written, the old holder's stores are refused (`EPERM` at its closes: of an open it
+/// wrote, and of one it truncated) and the next holder's contents stay.
 #[test]
 fn a_write_made_under_a_lock_since_lost_is_refused_and_the_next_holders_stays() {
     if !fuse_available("a_write_made_under_a_lock_since_lost_is_refused_and_the_next_holders_stays") {
@@ -164,16 +164,10 @@ fn a_write_made_under_a_lock_since_lost_is_refused_and_the_next_holders_stays() 
     let cell = TestCell::start(CellOptions::default());
     let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
     fs::write(a.path("job"), "v0").expect("write");
-    let mine = fs::OpenOptions::new().read(true).write(true).open(a.path("job")).expect("open");
-    // SAFETY: a zeroed flock is a valid whole-file request once its type is set.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: fcntl(2) on an open descriptor with a valid flock.
-    assert_eq!(unsafe { libc::fcntl(mine.as_raw_fd(), libc::F_SETLK, &lock) }, 0, "lock taken");
-    await_held(&cell, "/ls/local/job");
-    (&mine).write_all(b"stale holder").expect("write, kept until close");
-    drop(fs::File::open(a.path("job")).expect("a second open")); // its close drops the lock
+    // The holder is a process of its own: a descriptor of this (many-threaded) test process
+    // would be flushed by the close-on-exec of any process another test starts meanwhile.
+    let holder = StaleHolder::start(&a.path("job"));
+    holder.wait_until_unlocked();
 
     let mut groups = Groups::default();
     let mut next =
@@ -181,11 +175,125 @@ fn a_write_made_under_a_lock_since_lost_is_refused_and_the_next_holders_stays() 
     let st = exit_within(&mut next, Duration::from_secs(20)).expect("the next holder is done");
     assert!(st.success(), "another host takes the lock and writes: {st:?}");
 
-    // SAFETY: close(2) of a descriptor this test owns (taken out of its File).
-    let closed = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(mine)) };
-    let err = std::io::Error::last_os_error().raw_os_error();
-    assert_eq!((closed, err), (-1, Some(libc::EPERM)), "the store made under the lost lock is refused");
+    let (written, truncated) = holder.close();
+    assert_eq!(written, libc::EPERM, "the written open's store under the lost lock is refused");
+    assert_eq!(truncated, libc::EPERM, "the truncated open's store under the lost lock is refused");
     assert_eq!(fs::read_to_string(b.path("job")).expect("read"), "next\n", "the next holder's write stays");
+}
+
+/// A forked process that takes a file's `fcntl` lock, writes through that open, opens it again
+/// with `O_TRUNC`, and loses the lock by closing a third descriptor; it closes the first two
+/// when told, and reports their errors.
+struct StaleHolder {
+    pid: libc::pid_t,
+    ready: std::os::fd::OwnedFd,
+    go: std::os::fd::OwnedFd,
+}
+
+impl StaleHolder {
+    fn start(path: &Path) -> StaleHolder {
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        let (mut ready, mut go) = ([0; 2], [0; 2]);
+        // SAFETY: pipe(2) fills two descriptors each.
+        assert!(unsafe { libc::pipe(ready.as_mut_ptr()) == 0 && libc::pipe(go.as_mut_ptr()) == 0 });
+        // SAFETY: the child makes only async-signal-safe calls (open, fcntl, write, read,
+        // close, _exit) on memory prepared before the fork, as a child of a threaded process must.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let fail = |step: u8| -> ! {
+                    libc::write(ready[1], [step].as_ptr().cast(), 1);
+                    libc::_exit(100 + i32::from(step))
+                };
+                let mine = libc::open(path.as_ptr(), libc::O_RDWR);
+                let mut lock: libc::flock = std::mem::zeroed();
+                lock.l_type = libc::F_WRLCK as libc::c_short;
+                lock.l_whence = libc::SEEK_SET as libc::c_short;
+                if mine < 0 || libc::fcntl(mine, libc::F_SETLK, &lock) != 0 {
+                    fail(1);
+                }
+                let text = b"stale holder";
+                if libc::write(mine, text.as_ptr().cast(), text.len()) != text.len() as isize {
+                    fail(2);
+                }
+                let cut = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_TRUNC);
+                let third = libc::open(path.as_ptr(), libc::O_RDONLY);
+                if cut < 0 || third < 0 || libc::close(third) != 0 {
+                    fail(3);
+                }
+                libc::write(ready[1], [0u8].as_ptr().cast(), 1);
+                let mut byte = 0u8;
+                libc::read(go[0], (&mut byte as *mut u8).cast(), 1);
+                let errno_of_close = |fd: i32| {
+                    if libc::close(fd) == 0 {
+                        0
+                    } else {
+                        *libc::__errno_location()
+                    }
+                };
+                let (w, t) = (errno_of_close(mine), errno_of_close(cut));
+                let report = [w as u8, t as u8];
+                libc::write(ready[1], report.as_ptr().cast(), 2);
+                libc::_exit(0)
+            }
+        }
+        assert!(pid > 0, "fork");
+        // SAFETY: the parent's ends, owned from here; the child's ends closed here.
+        unsafe {
+            libc::close(ready[1]);
+            libc::close(go[0]);
+            StaleHolder {
+                pid,
+                ready: std::os::fd::FromRawFd::from_raw_fd(ready[0]),
+                go: std::os::fd::FromRawFd::from_raw_fd(go[1]),
+            }
+        }
+    }
+
+    /// Waits until the holder wrote, truncated and lost its lock (at most 20 s).
+    fn wait_until_unlocked(&self) {
+        let got = self.read(1, Duration::from_secs(20));
+        assert_eq!(got, vec![0], "the holder's steps (a failed step's number)");
+    }
+
+    /// Tells it to close; the errors of its two closes (0: none).
+    fn close(self) -> (i32, i32) {
+        // SAFETY: write(2) on our pipe end.
+        unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&self.go), [1u8].as_ptr().cast(), 1) };
+        let got = self.read(2, Duration::from_secs(60));
+        (i32::from(got[0]), i32::from(got[1]))
+    }
+
+    fn read(&self, n: usize, limit: Duration) -> Vec<u8> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.ready);
+        let mut out = Vec::new();
+        let deadline = Instant::now() + limit;
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the holder process did not answer");
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll(2) and read(2) on our pipe end with valid buffers.
+            unsafe {
+                if libc::poll(&mut pfd, 1, left.as_millis() as i32) > 0 {
+                    let mut buf = [0u8; 2];
+                    let r = libc::read(fd, buf.as_mut_ptr().cast(), n - out.len());
+                    assert!(r > 0, "the holder process ended early");
+                    out.extend_from_slice(&buf[..r as usize]);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for StaleHolder {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) and waitpid(2) of the child this test forked.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
 }
 
 /// `user.chubby.my_sequencer` is the caller's own sequencer: a command run by
@@ -211,4 +319,22 @@ fn my_sequencer_is_the_sequencer_of_the_lock_the_caller_works_under() {
     assert!(mine.starts_with("seq1:"), "a sequencer: {mine:?}");
     assert_eq!(mine, holders.trim_end(), "the caller's sequencer is the holder's");
     assert_eq!(xattr(&job, "user.chubby.my_sequencer").as_deref(), Some(""), "no lock, no sequencer");
+}
+
+/// A write is fenced by the lock held when it was made, not by one its open saw before: a
+/// shell appending to a file between rounds of `flock FILE -c CMD` (whose CMD appends too)
+/// loses no line once a round's lock is gone.
+#[test]
+fn writes_between_lock_rounds_are_not_fenced_by_an_earlier_round() {
+    if !fuse_available("writes_between_lock_rounds_are_not_fenced_by_an_earlier_round") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let a = Mount::start(&cell, &[]);
+    let log = a.path("log");
+    fs::write(&log, "").expect("create");
+    let f = log.display();
+    let out = sh(&format!("{{ flock {f} -c 'echo a'; echo b; flock {f} -c 'echo c'; echo d; }} >> {f}"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read_to_string(&log).expect("read"), "a\nb\nc\nd\n");
 }

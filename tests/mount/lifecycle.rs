@@ -37,6 +37,13 @@ fn sighup_unmounts_and_ends_the_session() {
     assert!(st.success(), "{st:?}");
     assert!(!m.is_mounted(), "SIGHUP unmounts");
     assert_eq!(cell_sessions(&cell), before, "the session is closed, not left to expire");
+
+    // Under `nohup` a hang-up is not a stop.
+    let m = Mount::start_nohup(&cell, &[]);
+    // SAFETY: kill(2) of the daemon this test started.
+    unsafe { libc::kill(m.pid() as libc::pid_t, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fs::read_to_string(m.path("note")).expect("still served after SIGHUP"), "kept");
 }
 
 /// SIGTERM while a process has a file open there (and holds its lock): the mount is detached

@@ -80,7 +80,7 @@ impl FsInner {
         stat: &NodeStat,
         flags: i32,
     ) -> OpenFile {
-        let mut f = OpenFile {
+        OpenFile {
             fh: 0,
             ino,
             node,
@@ -93,26 +93,41 @@ impl FsInner {
             dirty: false,
             appended: Vec::new(),
             failed: false,
+            own_lock: None,
             fence: None,
-        };
-        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
-            f.truncate(0);
         }
-        f
     }
 
-    pub async fn open(&self, uid: u32, ino: u64, flags: i32) -> Result<u64, Errno> {
+    /// An open for writing with `O_TRUNC` by thread `tid` empties the open's copy.
+    fn truncate_at_open(&self, f: &mut OpenFile, flags: i32, tid: u32) {
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            self.begin_change(f, tid);
+            f.truncate(0);
+        }
+    }
+
+    /// An open by thread `tid`.
+    pub async fn open(&self, uid: u32, ino: u64, flags: i32, tid: u32) -> Result<u64, Errno> {
         let node = self.node(ino)?;
         let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }
         allows(&handle, flags, true)?;
-        let f = self.new_file(ino, node, session, handle, &stat, flags);
+        let mut f = self.new_file(ino, node, session, handle, &stat, flags);
+        self.truncate_at_open(&mut f, flags, tid);
         Ok(self.add_file(f))
     }
 
-    pub async fn create(&self, uid: u32, parent: u64, name: &OsStr, flags: i32) -> Result<(Answer, u64), Errno> {
+    /// A create by thread `tid`.
+    pub async fn create(
+        &self,
+        uid: u32,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        tid: u32,
+    ) -> Result<(Answer, u64), Errno> {
         let node = self.child(parent, name)?;
         let before = self.before(Some(&node));
         let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ..Default::default() };
@@ -124,6 +139,7 @@ impl FsInner {
         let ino = guard(&self.inodes).lookup(&node);
         let answer = self.answer(ino, &node, &stat, &session, before);
         let mut f = self.new_file(ino, node, session, handle, &stat, flags);
+        self.truncate_at_open(&mut f, flags, tid);
         f.created = true;
         *guard(&self.fresh).entry(ino).or_default() += 1;
         let fh = self.add_file(f);
@@ -157,15 +173,27 @@ impl FsInner {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
         f.usable()?;
-        if f.fence.is_none() {
-            f.fence = self.lock_of_process(&f.node, f.instance, f.session.id(), tid);
-        }
+        self.begin_change(&mut f, tid);
         if f.write_needs_copy(append) {
             f.load().await.map_err(errno)?;
         }
         f.write(offset, data, append).ok_or(Errno::from_i32(libc::EFBIG))?;
         self.set_pending(&f);
         Ok(data.len() as u32)
+    }
+
+    /// A change of `f` by thread `tid` is about to be made. The first since its last store
+    /// fixes the lock the changes are made under (see `OpenFile::fence`).
+    fn begin_change(&self, f: &mut OpenFile, tid: u32) {
+        if f.changed() {
+            return;
+        }
+        let own = f.own_lock.clone().filter(|(owner, sequencer)| {
+            guard(&self.locks)
+                .get(&f.lock_key(*owner))
+                .is_some_and(|h| !h.releasing && h.session == f.session.id() && h.sequencer == *sequencer)
+        });
+        f.fence = own.or_else(|| self.lock_of_process(&f.node, f.instance, f.session.id(), tid));
     }
 
     /// The lock held on `node` (`instance`) in `session` by the process of thread `tid` or
@@ -322,23 +350,27 @@ impl FsInner {
         Ok(())
     }
 
-    pub async fn truncate(&self, uid: u32, ino: u64, size: u64, fh: Option<u64>) -> Result<Answer, Errno> {
+    /// A truncate by thread `tid`.
+    pub async fn truncate(&self, uid: u32, ino: u64, size: u64, fh: Option<u64>, tid: u32) -> Result<Answer, Errno> {
         if size > MAX_CONTENTS {
             return Err(Errno::from_i32(libc::EFBIG));
         }
         if let Some(file) = fh.and_then(|fh| self.file(fh).ok()) {
             let mut f = file.lock().await;
             f.load().await.map_err(errno)?;
+            self.begin_change(&mut f, tid);
             f.truncate(size);
             self.set_pending(&f);
         } else {
-            // `truncate(1)` on a path: read, cut and store at once.
+            // `truncate(1)` on a path: read, cut and store at once, under the caller's lock.
             let node = self.node(ino)?;
-            let (session, handle, _) = self.open_node(uid, &node, OpenOptions::default()).await?;
+            let (session, handle, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
             let (contents, _) = session.get(&handle).await.map_err(errno)?;
             let mut contents = contents.to_vec();
             contents.resize(size as usize, 0);
-            session.set(&handle, contents.into(), None, "").await.map_err(errno)?;
+            let fence = self.lock_of_process(&node, stat.instance_number, session.id(), tid);
+            let sequencer = fence.map(|(_, s)| s).unwrap_or_default();
+            session.set(&handle, contents.into(), None, &sequencer).await.map_err(errno)?;
         }
         self.getattr(uid, ino, fh).await
     }

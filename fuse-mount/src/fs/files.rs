@@ -43,10 +43,13 @@ pub struct OpenFile {
     /// last whole contents rather than a part of a failed write (SetContents is all or
     /// nothing, and so is a write through the mount).
     pub failed: bool,
-    /// The lock this open's writes are done under (its owner and sequencer): one taken
-    /// through this open, or held by the writing process or an ancestor when it wrote (as
-    /// `flock FILE -c CMD` holds it for CMD). Its stores carry the sequencer, so once that
-    /// lock is lost they are refused (`EPERM`) rather than overwrite the next holder's.
+    /// The lock taken through this open (its owner and sequencer), until let go on purpose.
+    pub own_lock: Option<(u64, String)>,
+    /// The lock the changes not yet stored were made under (owner and sequencer), fixed when
+    /// the first of them is made: the open's own lock if it still holds it, else one the
+    /// changing process or an ancestor holds (as `flock FILE -c CMD` holds it for CMD). Their
+    /// store carries the sequencer, so once that lock is lost it is refused (`EPERM`) rather
+    /// than overwrite the next holder's contents.
     pub fence: Option<(u64, String)>,
 }
 

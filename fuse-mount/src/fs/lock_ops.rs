@@ -22,7 +22,7 @@ impl FsInner {
     /// process. A process of this host is named by its pid; a holder elsewhere has no pid
     /// here, and the kernel reports 0 for it.
     pub async fn getlk(&self, fh: u64, owner: u64, typ: i32) -> Result<(u64, u64, i32, u32), Errno> {
-        let (node, session, handle, _) = self.open_file_parts(fh).await?;
+        let (node, session, handle, instance) = self.open_file_parts(fh).await?;
         let holders = session.holder_sequencers(&handle).await.map_err(errno)?;
         for s in holders {
             let Some((mode, sid, o)) = holder_of(&s) else { continue };
@@ -31,7 +31,7 @@ impl FsInner {
             }
             if typ == libc::F_WRLCK || mode == LockMode::LockExclusive {
                 let held = if mode == LockMode::LockExclusive { libc::F_WRLCK } else { libc::F_RDLCK };
-                let pid = guard(&self.locks).pid_of(&node, sid, o).unwrap_or(0);
+                let pid = guard(&self.locks).pid_of(&node, instance, sid, o).unwrap_or(0);
                 return Ok((0, OFFSET_MAX, held, pid));
             }
         }
@@ -68,6 +68,7 @@ impl FsInner {
             return Err(Errno::EIO);
         }
         let held = guard(&self.locks).get(&key);
+        let mut converted_from = None;
         if let Some(held) = held {
             if held.releasing {
                 // Let go at a close, its Release not through yet: it must be, before this
@@ -79,6 +80,7 @@ impl FsInner {
             } else {
                 // A conversion, as flock(2) does it: the old lock goes first (not atomic).
                 self.unlock(&key, &session).await?;
+                converted_from = Some(held.sequencer);
             }
         }
         let sequencer = if !wait {
@@ -109,20 +111,51 @@ impl FsInner {
             };
             sequencer
         };
+        // Writes through this open are under the lock from now on, whichever process makes
+        // them. (The open is held while the lock is entered, so an unlock that follows finds
+        // the fence to clear.)
+        let file = self.file(fh).ok();
+        let mut this = match &file {
+            Some(file) => Some(file.lock().await),
+            None => None,
+        };
         guard(&self.locks).insert(key, session.id(), mode, handle, pid, sequencer.clone());
-        // Writes through this open are under the lock from now on, whichever process makes them.
-        if let Ok(file) = self.file(fh) {
-            file.lock().await.fence = Some((owner, sequencer));
+        if let Some(f) = this.as_mut() {
+            f.own_lock = Some((owner, sequencer.clone()));
+            // Changes already made and not stored are stored under it too.
+            f.fence = Some((owner, sequencer.clone()));
+        }
+        drop(this);
+        if let Some(old) = converted_from.filter(|old| next_grant_of(old, &sequencer)) {
+            // Nobody held the lock between the old mode and the new: what other opens wrote
+            // under the old one was under this owner's lock throughout.
+            for (other, file) in self.files_of(&node) {
+                if other == fh {
+                    continue;
+                }
+                let mut f = file.lock().await;
+                let renewed = Some((owner, sequencer.clone()));
+                if f.fence.as_ref().is_some_and(|(o, s)| *o == owner && *s == old) {
+                    f.fence = renewed.clone();
+                }
+                if f.own_lock.as_ref().is_some_and(|(o, s)| *o == owner && *s == old) {
+                    f.own_lock = renewed;
+                }
+            }
         }
         Ok(())
     }
 
-    /// `owner` let go of its lock of `node`: no open of the node writes under it any more.
+    /// `owner` let go of its lock of `node` on purpose: no open of the node writes under it
+    /// any more, changes already made included.
     async fn clear_fences(&self, node: &NodeRef, owner: u64) {
         for (_, file) in self.files_of(node) {
             let mut f = file.lock().await;
             if f.fence.as_ref().is_some_and(|(o, _)| *o == owner) {
                 f.fence = None;
+            }
+            if f.own_lock.as_ref().is_some_and(|(o, _)| *o == owner) {
+                f.own_lock = None;
             }
         }
     }
@@ -292,6 +325,14 @@ impl FsInner {
             }
         }
     }
+}
+
+/// Whether sequencer `new` names the grant that followed `old` with the lock free in between
+/// only for a moment: the lock generation rises each time the lock goes from free to held,
+/// so one more means nobody else held it meanwhile.
+fn next_grant_of(old: &str, new: &str) -> bool {
+    let generation = |s: &str| s.split(':').nth(2).and_then(|g| g.parse::<u64>().ok());
+    matches!((generation(old), generation(new)), (Some(a), Some(b)) if b == a + 1)
 }
 
 /// Whether a Release's failure still means the cell holds no such lock: not held, its node

@@ -90,12 +90,11 @@ impl HeldLocks {
         })
     }
 
-    /// The process on this host that holds `node`'s lock as (`session`, `owner`), if one does.
-    pub fn pid_of(&self, node: &NodeRef, session: u64, owner: u64) -> Option<u32> {
-        self.held
-            .iter()
-            .find(|(k, h)| k.node == *node && k.owner == owner && h.session == session && !h.releasing)
-            .map(|(_, h)| h.pid)
+    /// The process on this host that holds the lock of `node` (`instance`) as (`session`,
+    /// `owner`), if one does.
+    pub fn pid_of(&self, node: &NodeRef, instance: u64, session: u64, owner: u64) -> Option<u32> {
+        let key = LockKey { node: node.clone(), instance, owner };
+        self.held.get(&key).filter(|h| h.session == session && !h.releasing).map(|h| h.pid)
     }
 
     pub fn remove(&mut self, key: &LockKey) {

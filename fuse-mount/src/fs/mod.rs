@@ -175,7 +175,7 @@ impl Filesystem for ChubbyFs {
             let r = fs
                 .killable(tid, move |fs| async move {
                     match size {
-                        Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0)).await,
+                        Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0), tid).await,
                         None => fs.getattr(caller, ino.0, fh.map(|f| f.0)).await,
                     }
                 })
@@ -247,7 +247,7 @@ impl Filesystem for ChubbyFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.open(uid, ino.0, flags.0).await }).await {
+            match fs.killable(tid, move |fs| async move { fs.open(uid, ino.0, flags.0, tid).await }).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(e),
             }
@@ -266,7 +266,7 @@ impl Filesystem for ChubbyFs {
     ) {
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.create(uid, parent.0, &name, flags).await }).await {
+            match fs.killable(tid, move |fs| async move { fs.create(uid, parent.0, &name, flags, tid).await }).await {
                 // A new inode: nothing for the kernel to keep yet (see `kernel`).
                 Ok((a, fh)) => {
                     reply.created(&Duration::ZERO, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)

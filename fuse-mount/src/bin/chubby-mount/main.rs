@@ -177,23 +177,35 @@ fn main() -> ExitCode {
 
     let stopped_by = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             let _ = (&mut ended_rx).await;
             return None;
+        };
+        // Started under `nohup` (SIGHUP ignored), it keeps running when the terminal goes.
+        let mut hup = if ignored(libc::SIGHUP) { None } else { signal(SignalKind::hangup()).ok() };
+        let hung_up = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             _ = term.recv() => Some("SIGTERM"),
             _ = int.recv() => Some("SIGINT"),
-            _ = hup.recv() => Some("SIGHUP"),
+            _ = hung_up => Some("SIGHUP"),
             _ = &mut ended_rx => None,
         }
     });
     let mut clean = true;
     if let Some(signal) = stopped_by {
         tracing::info!("{signal}: unmounting");
-        if let Err(e) = unmount(&mut unmounter, &cli.mountpoint, uid == 0) {
+        let ours = watcher.as_ref().is_none_or(Watcher::on_top);
+        let r = if ours {
+            unmount(&mut unmounter, &cli.mountpoint)
+        } else {
+            Err(std::io::Error::other("another mount was made over this one; detach them with `umount -l`"))
+        };
+        if let Err(e) = r {
             eprintln!("chubby-mount: unmounting {}: {e}", cli.mountpoint.display());
             clean = false;
         }
@@ -212,10 +224,20 @@ fn main() -> ExitCode {
         }
     }
     clean &= rt.block_on(close_all(&mounted));
+
     if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
+    }
+}
+
+/// Whether `signal` is ignored now (as `nohup` leaves SIGHUP).
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction(2) only reads the disposition into a zeroed struct it may fill.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 
@@ -228,20 +250,23 @@ async fn close_all(cells: &[std::sync::Arc<MountedCell>]) -> bool {
     all
 }
 
-/// Unmounts, lazily: the mount leaves the namespace at once (nothing new can reach it), and a
-/// process that still has a file open there loses its descriptor once this daemon exits,
-/// rather than the mount staying behind it, dead. Root detaches it itself, since fuser's
-/// unmount as root is not lazy (`EBUSY` while a file is open); other users go through
-/// fuser, which runs `fusermount3 -u -z`.
-fn unmount(unmounter: &mut fuser::SessionUnmounter, at: &Path, root: bool) -> std::io::Result<()> {
-    if !root {
-        return unmounter.unmount();
-    }
-    let path = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
-    // SAFETY: umount2 with a valid C string, of the mount this process made.
-    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+/// Unmounts, lazily when it must: the mount leaves the namespace at once (nothing new can
+/// reach it), and a process that still has a file open there loses its descriptor once this
+/// daemon exits, rather than the mount staying behind it, dead. fuser's unmount is tried first
+/// (it is lazy for other users than root, through `fusermount3 -u -z`, and once it has run,
+/// fuser does not unmount again when its session ends); for root it is not lazy and fails
+/// with `EBUSY` while a file is open, and then the mount is detached here.
+fn unmount(unmounter: &mut fuser::SessionUnmounter, at: &Path) -> std::io::Result<()> {
+    match unmounter.unmount() {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            let path = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
+            // SAFETY: umount2 with a valid C string, of the mount this process made.
+            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        }
+        other => other,
     }
 }

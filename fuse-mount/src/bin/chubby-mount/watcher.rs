@@ -21,9 +21,10 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// The daemon's end of the pipe to its watcher.
+/// The daemon's end of the pipe to its watcher, and the mount it watches once told.
 pub struct Watcher {
     to_watcher: File,
+    mount: Option<(String, Vec<u8>)>,
 }
 
 impl Watcher {
@@ -44,7 +45,7 @@ impl Watcher {
                 drop(to_watcher);
                 watch(File::from(from_daemon))
             }
-            _ => Ok(Watcher { to_watcher: File::from(to_watcher) }),
+            _ => Ok(Watcher { to_watcher: File::from(to_watcher), mount: None }),
         }
     }
 
@@ -64,8 +65,23 @@ impl Watcher {
         let mut message = device.as_bytes().to_vec();
         message.push(0);
         message.extend_from_slice(at.as_os_str().as_bytes());
-        self.to_watcher.write_all(&message)
+        self.to_watcher.write_all(&message)?;
+        self.mount = Some((device.to_string(), at.as_os_str().as_bytes().to_vec()));
+        Ok(())
     }
+
+    /// Whether the mount it watches is the top one at its mount point (none made over it),
+    /// so that a detach by path detaches it and nothing else; true if it was never told.
+    pub fn on_top(&self) -> bool {
+        let Some((device, point)) = &self.mount else { return true };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        on_top(&mountinfo, device, point)
+    }
+}
+
+/// Whether the last mount at `point` in `mountinfo` (the one a path reaches) is `device`.
+fn on_top(mountinfo: &str, device: &str, point: &[u8]) -> bool {
+    mounts(mountinfo).filter(|m| m.point.as_slice() == point).last().is_some_and(|m| m.device == device)
 }
 
 /// The watcher's life: wait for the daemon to go, then detach its mount if it is still there.
@@ -84,6 +100,9 @@ fn watch(mut from_daemon: File) -> ! {
         if null >= 0 {
             libc::dup2(null, 0);
             libc::dup2(null, 1);
+            if null > 2 {
+                libc::close(null);
+            }
         }
     }
     // The read ends when the daemon exits, whatever way.
@@ -92,7 +111,8 @@ fn watch(mut from_daemon: File) -> ! {
     if let Some((device, point)) = message.iter().position(|b| *b == 0).map(|i| (&message[..i], &message[i + 1..])) {
         let device = String::from_utf8_lossy(device);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        if mounts(&mountinfo).any(|m| m.device == device && m.point.as_slice() == point) {
+        // Only if it is still the top mount there: one made over it since is not its to detach.
+        if on_top(&mountinfo, &device, point) {
             if let Ok(path) = CString::new(point) {
                 // SAFETY: umount2 with a valid C string.
                 let r = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
@@ -166,5 +186,13 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].device, m[0].point.as_slice(), m[0].fs_type), ("98:0", &b"/mnt2"[..], "ext3"));
         assert_eq!((m[1].device, m[1].point.as_slice(), m[1].fs_type), ("0:77", &b"/tmp/a b\\c"[..], "fuse.chubby"));
+    }
+
+    #[test]
+    fn only_the_top_mount_at_a_point_is_on_top() {
+        let info = "1 0 0:40 / /ls rw - fuse chubby rw\n2 1 0:41 / /ls rw - fuse chubby rw\n";
+        assert!(on_top(info, "0:41", b"/ls"));
+        assert!(!on_top(info, "0:40", b"/ls"), "a mount made over it");
+        assert!(!on_top(info, "0:41", b"/other"));
     }
 }

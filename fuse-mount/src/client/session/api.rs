@@ -326,6 +326,10 @@ impl Session {
         let f = self.next_request();
         let req = CloseSessionRequest { request: Some(f.request), session_token: self.inner.token.clone() };
         let r = self.call(self.deadline(), rpc!(CloseSession, req)).await.map(|_| ());
+        if r.is_err() {
+            // Not closed at the master: its ending the session later is news again.
+            self.inner.closing.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.closed.send_replace(true);
         self.inner.lose();
         r
