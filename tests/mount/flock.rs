@@ -338,3 +338,19 @@ fn writes_between_lock_rounds_are_not_fenced_by_an_earlier_round() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs::read_to_string(&log).expect("read"), "a\nb\nc\nd\n");
 }
+
+/// `flock DIR` is refused with a message: the kernel keeps directory locks to itself (they
+/// never reach the daemon), so it would exclude nothing across hosts. Listing still works.
+#[test]
+fn flock_of_a_directory_is_refused_not_silently_local() {
+    if !fuse_available("flock_of_a_directory_is_refused_not_silently_local") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let a = Mount::start(&cell, &[]);
+    fs::create_dir(a.path("svc")).expect("mkdir");
+    let out = Command::new("flock").arg("-n").arg(a.path("svc")).arg("true").output().expect("flock");
+    assert!(!out.status.success(), "flock on a directory fails: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Is a directory"), "{out:?}");
+    assert!(fs::read_dir(a.path("svc")).is_ok(), "other tools still open the directory");
+}

@@ -174,6 +174,11 @@ pub fn interrupted(tid: u32) -> bool {
     }
 }
 
+/// Whether thread `tid` is of the `flock(1)` tool.
+pub fn is_flock_tool(tid: u32) -> bool {
+    tid != 0 && std::fs::read_to_string(format!("/proc/{tid}/comm")).is_ok_and(|c| c.trim_end() == "flock")
+}
+
 /// Whether thread `tid` has a fatal signal pending (`kill -9`, or Ctrl-C, SIGTERM and the
 /// like where the process does not handle them): it is dying, and a call it waits in should
 /// not hold it. Other signals are not taken to interrupt a file call (a program that handles

@@ -350,6 +350,14 @@ impl Filesystem for ChubbyFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (uid, tid) = (req.uid(), req.pid());
+        // The kernel keeps a lock on a directory to itself (it never reaches this daemon), so
+        // `flock DIR` would exclude nothing across hosts: the tool is refused the directory,
+        // and says so, rather than relied on in silence. (Lock a file instead.)
+        if locks::is_flock_tool(tid) {
+            tracing::warn!("flock(1) on a directory is refused: directory locks stay local to a host");
+            reply.error(Errno::from_i32(libc::EISDIR));
+            return;
+        }
         self.spawn(move |fs| async move {
             match fs.killable(tid, move |fs| async move { fs.opendir(uid, ino.0).await }).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
