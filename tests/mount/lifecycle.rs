@@ -130,3 +130,48 @@ fn cell_server_local_mounts_the_cell_and_unmounts_it_when_stopped() {
     assert!(st.is_some_and(|s| s.success()), "cell-server local stops on SIGTERM: {st:?}");
     assert!(!is_mount_point(&at), "the mount is gone once the cell stopped");
 }
+
+/// "I am alive" files from the shell: in a directory given `user.chubby.ephemeral_children`,
+/// the files the mount creates are ephemeral nodes of its session. Each outlives the process
+/// that wrote it, and goes when the mount's session does; files elsewhere stay.
+#[test]
+fn files_made_in_an_ephemeral_children_directory_go_with_the_mounts_session() {
+    if !fuse_available("files_made_in_an_ephemeral_children_directory_go_with_the_mounts_session") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let mut m = Mount::start(&cell, &["--idle-sessions", "300ms"]);
+    fs::create_dir(m.path("alive")).expect("mkdir");
+    let alive = m.path("alive");
+    let set = sh(&format!("setfattr -n user.chubby.ephemeral_children -v 1 {}", alive.display()));
+    assert!(set.status.success(), "{set:?}");
+    assert_eq!(xattr(&alive, "user.chubby.ephemeral_children").as_deref(), Some("1"));
+    let made = sh(&format!("echo host-a > {}/host-a && echo kept > {}", alive.display(), m.path("config").display()));
+    assert!(made.status.success(), "{made:?}");
+    let ephemeral = |path: &str| {
+        let out = chubby(&cell, &["stat", "--json", path]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v["stat"]["ephemeral"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(ephemeral("/ls/local/alive/host-a"), serde_json::json!(true), "made ephemeral");
+    assert_eq!(ephemeral("/ls/local/config"), serde_json::json!(false), "only in that directory");
+    let got = chubby(&cell, &["get", "/ls/local/alive/host-a"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "host-a\n", "it outlives the shell that wrote it");
+
+    // Another user's session is closed when idle, but not while it keeps ephemeral files.
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c"])
+        .arg(format!("echo nobody > {}/nobody", alive.display()))
+        .output()
+        .expect("setpriv");
+    assert!(as_nobody.status.success(), "{as_nobody:?}");
+    std::thread::sleep(Duration::from_millis(1500)); // idle sessions close after 300 ms here
+    assert!(chubby(&cell, &["get", "/ls/local/alive/nobody"]).status.success(), "kept past the idle time");
+
+    let st = m.stop().expect("chubby-mount exits on SIGTERM");
+    assert!(st.success(), "{st:?}");
+    assert!(!chubby(&cell, &["get", "/ls/local/alive/host-a"]).status.success(), "gone with the session");
+    assert!(!chubby(&cell, &["get", "/ls/local/alive/nobody"]).status.success(), "gone with its session");
+    assert!(chubby(&cell, &["get", "/ls/local/config"]).status.success(), "a plain file stays");
+}

@@ -130,8 +130,12 @@ impl FsInner {
     ) -> Result<(Answer, u64), Errno> {
         let node = self.child(parent, name)?;
         let before = self.before(Some(&node));
-        let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ..Default::default() };
+        let ephemeral = self.node(parent).is_ok_and(|dir| guard(&self.ephemeral_dirs).contains(&dir));
+        let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ephemeral, ..Default::default() };
         let (session, handle, stat) = self.open_node(uid, &node, o).await?;
+        if stat.is_ephemeral {
+            guard(&self.ephemeral_files).insert(node.clone(), session.clone());
+        }
         if stat.is_directory {
             return Err(Errno::from_i32(libc::EISDIR));
         }

@@ -52,6 +52,12 @@ pub struct FsInner {
     /// number of such opens: their mode may be set (see [`FsInner::may_set_mode`]).
     pub(super) fresh: Mutex<HashMap<u64, u32>>,
     pub(super) locks: Mutex<HeldLocks>,
+    /// Directories whose new files this mount creates as ephemeral nodes of the creating
+    /// user's session (`user.chubby.ephemeral_children`): "I am alive" files from the shell.
+    pub(super) ephemeral_dirs: Mutex<std::collections::HashSet<NodeRef>>,
+    /// The ephemeral files created here, each with its session, which is kept open for them
+    /// (not closed for being idle): closing it would delete them.
+    pub(super) ephemeral_files: Mutex<HashMap<NodeRef, Session>>,
     pub(super) owner: Owner,
     /// Lock-delay of the locks taken here (`None`: the cell's default, 60 s).
     pub(super) lock_delay: Option<Duration>,
@@ -108,6 +114,8 @@ impl FsInner {
             next_fh: AtomicU64::new(1),
             pending: Mutex::default(),
             fresh: Mutex::default(),
+            ephemeral_dirs: Mutex::default(),
+            ephemeral_files: Mutex::default(),
             locks: Mutex::default(),
             owner,
             lock_delay,
@@ -310,7 +318,9 @@ impl FsInner {
             (true, false) => return Err(Errno::from_i32(libc::ENOTDIR)),
             _ => {}
         }
-        session.delete(&handle, None, "").await.map_err(errno)
+        session.delete(&handle, None, "").await.map_err(errno)?;
+        guard(&self.ephemeral_files).remove(&node);
+        Ok(())
     }
 
     /// `rename(2)` of a file within a cell: the cell's Rename, one atomic change (`mv`, `sed

@@ -7,7 +7,7 @@ use fuser::Errno;
 use proto::chubby::NodeAcl;
 
 use super::inodes::ROOT;
-use super::ops::{errno, FsInner};
+use super::ops::{errno, guard, FsInner};
 use crate::client::{principal_list, OpenOptions};
 
 /// The extended attributes every node has.
@@ -25,6 +25,11 @@ const XATTRS: [&str; 12] = [
     "user.chubby.acl.writers",
     "user.chubby.acl.change_acl",
 ];
+
+/// A directory's: whether this mount creates the new files in it as ephemeral nodes of the
+/// creating user's session, which go when that session does ("1" or "0"; this mount's own
+/// setting, for as long as it runs).
+const EPHEMERAL_CHILDREN: &str = "user.chubby.ephemeral_children";
 
 /// The list of `acl` that the attribute `name` holds, if it names one.
 fn acl_list<'a>(acl: &'a mut NodeAcl, name: &str) -> Option<&'a mut Vec<String>> {
@@ -47,6 +52,10 @@ impl FsInner {
         let no_data = Errno::from_i32(libc::ENODATA);
         if ino == ROOT {
             return Err(no_data);
+        }
+        if name == EPHEMERAL_CHILDREN {
+            let dir = self.directory(uid, ino).await?;
+            return Ok(if guard(&self.ephemeral_dirs).contains(&dir) { b"1".to_vec() } else { b"0".to_vec() });
         }
         let name = name.to_str().filter(|n| XATTRS.contains(n)).ok_or(no_data)?;
         let node = self.node(ino)?;
@@ -92,6 +101,21 @@ impl FsInner {
     /// which copies, copies every `user.chubby.*` it reads).
     pub async fn setxattr(&self, uid: u32, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<(), Errno> {
         let name = name.to_str().ok_or(Errno::ENOTSUP)?;
+        if name == EPHEMERAL_CHILDREN && ino != ROOT {
+            let on = match value {
+                b"1" | b"1\n" => true,
+                b"0" | b"0\n" => false,
+                _ => return Err(Errno::EINVAL),
+            };
+            let dir = self.directory(uid, ino).await?;
+            let mut dirs = guard(&self.ephemeral_dirs);
+            if on {
+                dirs.insert(dir);
+            } else {
+                dirs.remove(&dir);
+            }
+            return Ok(());
+        }
         if ino == ROOT || !XATTRS.contains(&name) || !name.starts_with("user.chubby.acl.") {
             return Err(Errno::ENOTSUP);
         }
@@ -112,6 +136,16 @@ impl FsInner {
         };
         session.update_acl(&handle, change).await.map_err(errno)?;
         Ok(())
+    }
+
+    /// The directory `ino`, which the caller may see (`ENOTDIR` for a file).
+    async fn directory(&self, uid: u32, ino: u64) -> Result<super::inodes::NodeRef, Errno> {
+        let node = self.node(ino)?;
+        let (_, _, stat) = self.open_node(uid, &node, OpenOptions::default()).await?;
+        if !stat.is_directory {
+            return Err(Errno::from_i32(libc::ENOTDIR));
+        }
+        Ok(node)
     }
 
     /// The metadata cannot be removed.
