@@ -157,3 +157,32 @@ fn appends_from_two_hosts_and_two_opens_all_land() {
     assert!(contents.ends_with("one\ntwo\n"), "both opens' appends: {contents:?}");
     assert_eq!(contents.lines().count(), 82);
 }
+
+/// `df` shows the cell rather than zeros: inodes are its node limit and the nodes in use,
+/// blocks what that limit allows and the contents in use.
+#[test]
+fn statfs_reports_the_cells_nodes_and_bytes() {
+    if !fuse_available("statfs_reports_the_cells_nodes_and_bytes") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    let statvfs = || {
+        let path = std::ffi::CString::new(m.dir.path().join("local").as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: statvfs(3) with a valid path and a zeroed struct it fills.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0, "statvfs");
+        st
+    };
+    let before = statvfs();
+    assert_eq!(before.f_files, 1_000_000, "the cell's node limit");
+    assert!(before.f_ffree < before.f_files, "some nodes in use (/, /ls, /ls/local)");
+    assert_eq!(before.f_blocks * before.f_frsize, 1_000_000 * 256 * 1024, "the most that limit allows");
+    fs::write(m.path("big"), vec![b'x'; 10_000]).expect("write");
+    let after = statvfs();
+    assert_eq!(before.f_ffree - after.f_ffree, 1, "one node more");
+    let used = |s: &libc::statvfs| (s.f_blocks - s.f_bfree) * s.f_frsize;
+    assert!(used(&after) >= used(&before) + 8192 && used(&after) >= 10_000, "{} then {}", used(&before), used(&after));
+    let df = Command::new("df").arg("-i").arg(m.dir.path().join("local")).output().expect("df");
+    assert!(df.status.success(), "{df:?}");
+}

@@ -135,14 +135,20 @@ impl CellService {
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let st = self.replica.status().await.map_err(|e| self.status_of(e))?;
-        let (sessions, remembered_answers) = self
+        let (sessions, remembered_answers, nodes, max_nodes, content_bytes) = self
             .replica
             .stale_read(|m: &CellMachine| {
                 let st = m.state();
-                (st.sessions().count() as u64, st.sessions().map(|(_, s)| s.replies.len() as u64).sum())
+                (
+                    st.sessions().count() as u64,
+                    st.sessions().map(|(_, s)| s.replies.len() as u64).sum(),
+                    st.node_count() as u64,
+                    st.limits().max_nodes,
+                    st.content_bytes(),
+                )
             })
             .await
-            .unwrap_or((0, 0));
+            .unwrap_or_default();
         let (subscriptions, cache_registrations, lock_waiters) = self.master.table_sizes();
         let r = &st.raft;
         let addr = |id: ReplicaId| self.peers.get(&id).cloned().unwrap_or_default();
@@ -184,6 +190,9 @@ impl Cell for CellService {
             cache_registrations: cache_registrations as u64,
             lock_waiters: lock_waiters as u64,
             remembered_answers,
+            nodes,
+            max_nodes,
+            content_bytes,
         }))
     }
 

@@ -263,6 +263,11 @@ impl CellState {
         self.nodes.len()
     }
 
+    /// The bytes of every file's contents (one pass over the namespace).
+    pub fn content_bytes(&self) -> u64 {
+        self.nodes.values().map(|n| n.stat.length).sum()
+    }
+
     /// Lock-delays still running, by end time.
     pub fn lock_delays(&self) -> impl Iterator<Item = (u64, &str)> {
         self.delays.iter().map(|(t, p)| (*t, p.as_str()))

@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 pub use errno::errno_of;
@@ -430,6 +430,20 @@ impl Filesystem for ChubbyFs {
         let (uid, tid, mask) = (req.uid(), req.pid(), mask.bits());
         self.spawn(move |fs| async move {
             reply_empty(reply, fs.killable(tid, move |fs| async move { fs.access(uid, ino.0, mask).await }).await)
+        });
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let tid = req.pid();
+        self.spawn(move |fs| async move {
+            match fs.killable(tid, move |fs| async move { fs.statfs(ino.0).await }).await {
+                Ok(usage) => {
+                    let (blocks, free, files, free_files) = usage.figures();
+                    let bsize = ops::Usage::BLOCK as u32;
+                    reply.statfs(blocks, free, free, files, free_files, bsize, 255, bsize);
+                }
+                Err(e) => reply.error(e),
+            }
         });
     }
 

@@ -14,7 +14,7 @@ use fuser::{Errno, FileAttr, FileType};
 use proto::chubby::{Handle, NodeStat};
 
 use super::errno::errno_of;
-use super::files::{OpenDir, OpenEntry, PendingSize};
+use super::files::{OpenDir, OpenEntry, PendingSize, MAX_CONTENTS};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
 use super::kernel::{Before, KernelCache};
 use super::locks::{dying, HeldLocks};
@@ -64,6 +64,25 @@ pub struct FsInner {
     /// What the kernel caches, and the means to make it forget.
     pub kernel: KernelCache,
     pub(super) me: std::sync::OnceLock<Weak<FsInner>>,
+}
+
+/// What mounted cells hold, and may hold (see [`FsInner::statfs`]).
+#[derive(Default)]
+pub struct Usage {
+    pub nodes: u64,
+    pub max_nodes: u64,
+    pub bytes: u64,
+}
+
+impl Usage {
+    pub const BLOCK: u64 = 4096;
+
+    /// (blocks, free blocks, inodes, free inodes).
+    pub fn figures(&self) -> (u64, u64, u64, u64) {
+        let blocks = self.max_nodes.saturating_mul(MAX_CONTENTS) / Self::BLOCK;
+        let used = self.bytes.div_ceil(Self::BLOCK);
+        (blocks, blocks.saturating_sub(used), self.max_nodes, self.max_nodes.saturating_sub(self.nodes))
+    }
 }
 
 /// An answer about a node, with what decides at the reply whether the kernel may keep it
@@ -240,6 +259,27 @@ impl FsInner {
 
     fn attr(&self, ino: u64, stat: &NodeStat) -> FileAttr {
         node_attr(ino, stat, guard(&self.pending).get(&ino).map(|(_, size)| size.of(stat.length)), self.owner)
+    }
+
+    /// `statfs(2)` (`df`): of the cell `ino` is in (all mounted cells at the mount's root),
+    /// as its leader reports it. Inodes are the cell's node limit, and its nodes in use;
+    /// blocks (4 KiB) are what that limit allows at most (every node a full file of
+    /// [`MAX_CONTENTS`]: the cell has no byte quota beyond it), and the files' contents in use.
+    pub async fn statfs(&self, ino: u64) -> Result<Usage, Errno> {
+        let cells: Vec<&Arc<MountedCell>> =
+            if ino == ROOT { self.cells.iter().collect() } else { vec![&self.cells[self.node(ino)?.cell]] };
+        let mut total = Usage::default();
+        for cell in cells {
+            let client =
+                crate::client::CellClient::new(cell.addrs().to_vec(), Duration::from_secs(5)).map_err(errno)?;
+            let statuses = client.status_all().await;
+            let leader = statuses.iter().filter_map(|(_, r)| r.as_ref().ok()).find(|s| s.role == "leader");
+            let Some(s) = leader else { return Err(Errno::from_i32(libc::ETIMEDOUT)) };
+            total.max_nodes += s.max_nodes;
+            total.nodes += s.nodes;
+            total.bytes += s.content_bytes;
+        }
+        Ok(total)
     }
 
     /// `access(2)`: the caller's rights on the node, as its session's handle carries them

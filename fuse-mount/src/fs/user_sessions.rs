@@ -181,6 +181,11 @@ impl MountedCell {
         (sessions, used, self.opening.lock().expect("opening").len())
     }
 
+    /// The cell's replica addresses, as given.
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
     /// Whether session `id` was closed here for being idle (not lost): its locks were
     /// released by the close.
     pub fn closed_for_idleness(&self, id: u64) -> bool {
