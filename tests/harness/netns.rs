@@ -97,6 +97,38 @@ impl Netns {
     pub fn heal(&self) -> Result<(), String> {
         ip(&["-n", &self.name, "route", "del", "blackhole", &format!("{}/32", self.host_ip)])
     }
+
+    /// A process, started now, that heals the namespace when told: for a test whose own
+    /// processes, started later, would flush a file of a mount in their exec and so wait on
+    /// the cell the cut keeps out of reach.
+    pub fn healer(&self) -> Healer {
+        let script = format!("read go && exec ip -n {} route del blackhole {}/32", self.name, self.host_ip);
+        let child = Command::new("sh").arg("-c").arg(script).stdin(std::process::Stdio::piped()).spawn().expect("sh");
+        Healer(child)
+    }
+}
+
+/// See [`Netns::healer`]; killed if dropped unused.
+pub struct Healer(std::process::Child);
+
+impl Healer {
+    pub fn heal(mut self) -> Result<(), String> {
+        use std::io::Write;
+        let mut stdin = self.0.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").map_err(|e| e.to_string())?;
+        drop(stdin);
+        match super::process::exit_within(&mut self.0, std::time::Duration::from_secs(10)) {
+            Some(st) if st.success() => Ok(()),
+            other => Err(format!("healing: {other:?}")),
+        }
+    }
+}
+
+impl Drop for Healer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Drop for Netns {

@@ -12,7 +12,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::files::{OpenEntry, OpenFile, MAX_CONTENTS};
 use super::inodes::NodeRef;
-use super::locks::lineage;
+use super::locks::lineage_of;
 use super::ops::{errno, guard, Answer, FsInner, READ, WRITE};
 use crate::client::{OpenOptions, Session};
 
@@ -62,6 +62,23 @@ impl FsInner {
         }
     }
 
+    /// Drops open `fh` without storing anything or releasing its locks: the kernel was told
+    /// the open failed (its caller died first), so it holds no descriptor of it.
+    pub(super) async fn abandon_open(&self, fh: u64) {
+        let Some(OpenEntry { file, .. }) = guard(&self.files).remove(&fh) else { return };
+        let f = file.lock().await;
+        self.clear_pending(&f);
+        if f.created {
+            let mut fresh = guard(&self.fresh);
+            if let Some(n) = fresh.get_mut(&f.ino) {
+                *n -= 1;
+                if *n == 0 {
+                    fresh.remove(&f.ino);
+                }
+            }
+        }
+    }
+
     /// How many files are open, and how many files have writes not yet stored.
     pub(super) fn open_files(&self) -> (usize, usize) {
         (guard(&self.files).len(), guard(&self.pending).len())
@@ -99,9 +116,10 @@ impl FsInner {
     }
 
     /// An open for writing with `O_TRUNC` by thread `tid` empties the open's copy.
-    fn truncate_at_open(&self, f: &mut OpenFile, flags: i32, tid: u32) {
+    async fn truncate_at_open(&self, f: &mut OpenFile, flags: i32, tid: u32) {
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
-            self.begin_change(f, tid);
+            let lineage = if guard(&self.locks).holds_on(&f.node) { lineage_of(tid).await } else { Vec::new() };
+            self.begin_change(f, &lineage);
             f.truncate(0);
         }
     }
@@ -115,7 +133,7 @@ impl FsInner {
         }
         allows(&handle, flags, true)?;
         let mut f = self.new_file(ino, node, session, handle, &stat, flags);
-        self.truncate_at_open(&mut f, flags, tid);
+        self.truncate_at_open(&mut f, flags, tid).await;
         Ok(self.add_file(f))
     }
 
@@ -133,7 +151,7 @@ impl FsInner {
         let ephemeral = self.node(parent).is_ok_and(|dir| guard(&self.ephemeral_dirs).contains(&dir));
         let o = OpenOptions { create: true, exclusive: flags & libc::O_EXCL != 0, ephemeral, ..Default::default() };
         let (session, handle, stat) = self.open_node(uid, &node, o).await?;
-        if stat.is_ephemeral {
+        if ephemeral && stat.is_ephemeral {
             guard(&self.ephemeral_files).insert(node.clone(), session.clone());
         }
         if stat.is_directory {
@@ -143,7 +161,7 @@ impl FsInner {
         let ino = guard(&self.inodes).lookup(&node);
         let answer = self.answer(ino, &node, &stat, &session, before);
         let mut f = self.new_file(ino, node, session, handle, &stat, flags);
-        self.truncate_at_open(&mut f, flags, tid);
+        self.truncate_at_open(&mut f, flags, tid).await;
         f.created = true;
         *guard(&self.fresh).entry(ino).or_default() += 1;
         let fh = self.add_file(f);
@@ -174,10 +192,12 @@ impl FsInner {
     /// A write by thread `tid`; `append`: the open's flags have `O_APPEND` now (`fcntl` may
     /// set it).
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8], append: bool, tid: u32) -> Result<u32, Errno> {
+        // The writer's lineage is read before waiting for the open: by then it may be gone.
+        let lineage = self.lineage_if_locked(fh, tid).await;
         let file = self.file(fh)?;
         let mut f = file.lock().await;
         f.usable()?;
-        self.begin_change(&mut f, tid);
+        self.begin_change(&mut f, &lineage);
         if f.write_needs_copy(append) {
             f.load().await.map_err(errno)?;
         }
@@ -188,7 +208,7 @@ impl FsInner {
 
     /// A change of `f` by thread `tid` is about to be made. The first since its last store
     /// fixes the lock the changes are made under (see `OpenFile::fence`).
-    fn begin_change(&self, f: &mut OpenFile, tid: u32) {
+    fn begin_change(&self, f: &mut OpenFile, lineage: &[u32]) {
         if f.changed() {
             return;
         }
@@ -197,12 +217,22 @@ impl FsInner {
                 .get(&f.lock_key(*owner))
                 .is_some_and(|h| !h.releasing && h.session == f.session.id() && h.sequencer == *sequencer)
         });
-        f.fence = own.or_else(|| self.lock_of_process(&f.node, f.instance, f.session.id(), tid));
+        f.fence = own.or_else(|| guard(&self.locks).held_for(&f.node, f.instance, f.session.id(), lineage));
+    }
+
+    /// The lineage of thread `tid` (see [`lineage`]) if this host holds a lock of open `fh`'s
+    /// node (else nothing: no /proc walk for a file nobody here locks).
+    async fn lineage_if_locked(&self, fh: u64, tid: u32) -> Vec<u32> {
+        let node = guard(&self.files).get(&fh).map(|e| e.node.clone());
+        match node {
+            Some(node) if guard(&self.locks).holds_on(&node) => lineage_of(tid).await,
+            _ => Vec::new(),
+        }
     }
 
     /// The lock held on `node` (`instance`) in `session` by the process of thread `tid` or
     /// one of its ancestors, if any: its owner and sequencer.
-    pub(super) fn lock_of_process(
+    pub(super) async fn lock_of_process(
         &self,
         node: &NodeRef,
         instance: u64,
@@ -212,7 +242,7 @@ impl FsInner {
         if !guard(&self.locks).holds_any(node, instance, session) {
             return None; // no /proc walk for a file this session holds no lock of
         }
-        let lineage = lineage(tid);
+        let lineage = lineage_of(tid).await;
         guard(&self.locks).held_for(node, instance, session, &lineage)
     }
 
@@ -360,9 +390,13 @@ impl FsInner {
             return Err(Errno::from_i32(libc::EFBIG));
         }
         if let Some(file) = fh.and_then(|fh| self.file(fh).ok()) {
+            let lineage = match fh {
+                Some(fh) => self.lineage_if_locked(fh, tid).await,
+                None => Vec::new(),
+            };
             let mut f = file.lock().await;
             f.load().await.map_err(errno)?;
-            self.begin_change(&mut f, tid);
+            self.begin_change(&mut f, &lineage);
             f.truncate(size);
             self.set_pending(&f);
         } else {
@@ -372,7 +406,7 @@ impl FsInner {
             let (contents, _) = session.get(&handle).await.map_err(errno)?;
             let mut contents = contents.to_vec();
             contents.resize(size as usize, 0);
-            let fence = self.lock_of_process(&node, stat.instance_number, session.id(), tid);
+            let fence = self.lock_of_process(&node, stat.instance_number, session.id(), tid).await;
             let sequencer = fence.map(|(_, s)| s).unwrap_or_default();
             session.set(&handle, contents.into(), None, &sequencer).await.map_err(errno)?;
         }

@@ -9,7 +9,7 @@ use proto::chubby::{Handle, LockMode};
 use proto::Refusal;
 
 use super::inodes::NodeRef;
-use super::locks::{holder_of, interrupted, Held, LockKey, OFFSET_MAX};
+use super::locks::{holder_of, is_interrupted, Held, LockKey, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
 use crate::client::Session;
@@ -94,7 +94,7 @@ impl FsInner {
                     tokio::select! {
                         r = &mut acquire => break Some(r.map_err(errno)?),
                         _ = poll.tick() => {
-                            if interrupted(tid) {
+                            if is_interrupted(tid).await {
                                 break None;
                             }
                         }
@@ -259,7 +259,7 @@ impl FsInner {
             }
             let until = tokio::time::Instant::now() + pause;
             while tokio::time::Instant::now() < until {
-                if interrupted(tid) {
+                if is_interrupted(tid).await {
                     return Err(Errno::EINTR);
                 }
                 tokio::time::sleep(SIGNAL_POLL).await;

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::chubby::{Handle, LockMode};
 
@@ -70,6 +71,11 @@ impl HeldLocks {
     pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32, sequencer: String) {
         let gate = Arc::default();
         self.held.insert(key, Held { session, mode, handle, releasing: false, gate, pid, sequencer });
+    }
+
+    /// Whether any lock of `node` is held here.
+    pub fn holds_on(&self, node: &NodeRef) -> bool {
+        self.held.keys().any(|k| k.node == *node)
     }
 
     /// Whether session `session` holds a lock of `node` (`instance`) for anyone.
@@ -174,7 +180,28 @@ pub fn interrupted(tid: u32) -> bool {
     }
 }
 
-/// Whether thread `tid` is of the `flock(1)` tool.
+/// Reads what `read` reads of /proc off the runtime's threads, and gives `default` if it takes
+/// longer than `limit`: a process's /proc files block while it is in an exec, and the exec
+/// may be waiting for this very daemon (its close-on-exec flush of a file of the mount).
+pub async fn from_proc<T: Send + 'static>(limit: Duration, default: T, read: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(read)).await {
+        Ok(Ok(v)) => v,
+        _ => default,
+    }
+}
+
+/// [`lineage`], read off the runtime's threads (none if /proc does not answer in time).
+pub async fn lineage_of(tid: u32) -> Vec<u32> {
+    from_proc(Duration::from_millis(500), Vec::new(), move || lineage(tid)).await
+}
+
+/// [`interrupted`], read off the runtime's threads (no, if /proc does not answer in time).
+pub async fn is_interrupted(tid: u32) -> bool {
+    from_proc(Duration::from_millis(100), false, move || interrupted(tid)).await
+}
+
+/// Whether thread `tid` is of the `flock(1)` tool. (Its name is read without waiting on the
+/// process, unlike most of /proc.)
 pub fn is_flock_tool(tid: u32) -> bool {
     tid != 0 && std::fs::read_to_string(format!("/proc/{tid}/comm")).is_ok_and(|c| c.trim_end() == "flock")
 }
@@ -187,10 +214,18 @@ pub fn dying(tid: u32) -> bool {
     if tid == 0 {
         return false;
     }
-    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
-        Ok(status) => fatal_pending(&status),
-        Err(_) => false,
-    }
+    let fatal = std::fs::read_to_string(format!("/proc/{tid}/status")).is_ok_and(|s| fatal_pending(&s));
+    // A thread closing its files on the way out (its fatal signal already taken, so no longer
+    // pending) is dying too.
+    fatal || std::fs::read_to_string(format!("/proc/{tid}/stat")).is_ok_and(|s| exiting(&s))
+}
+
+/// From `/proc/TID/stat`: the thread is exiting (PF_EXITING in its flags, the ninth field).
+fn exiting(stat: &str) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    // The command name, second, is in parentheses and may hold spaces or parentheses.
+    let Some((_, after)) = stat.rsplit_once(')') else { return false };
+    after.split_whitespace().nth(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & PF_EXITING != 0)
 }
 
 /// A `/proc/TID/status` field holding a signal mask.
@@ -235,6 +270,9 @@ mod tests {
         assert!(fatal_pending(&status("0000000000000000", "0000000000000100")), "SIGKILL for the process");
         assert!(!fatal_pending(&status("0000000000000000", "0000000000002002")), "SIGALRM and SIGINT, handled");
         assert!(!dying(0));
+        let stat = |flags: u32| format!("42 (a (b) c) S 1 42 42 0 -1 {flags} 0 0 0 0");
+        assert!(exiting(&stat(0x404044)), "PF_EXITING set");
+        assert!(!exiting(&stat(0x400040)));
         // SAFETY: gettid has no preconditions.
         assert!(!dying(unsafe { libc::gettid() } as u32));
     }

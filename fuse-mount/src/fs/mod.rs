@@ -126,7 +126,8 @@ impl Filesystem for ChubbyFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.lookup(uid, parent.0, &name).await }).await {
+            let undo = |fs: Arc<FsInner>, a: ops::Answer| async move { fs.forget(a.attr.ino.0, 1) };
+            match fs.killable_undone(tid, move |fs| async move { fs.lookup(uid, parent.0, &name).await }, undo).await {
                 // Attributes may be kept, entries not (see `kernel`).
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
@@ -172,14 +173,18 @@ impl Filesystem for ChubbyFs {
         // clock: `touch` succeeds and changes nothing.
         let (caller, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            let r = fs
-                .killable(tid, move |fs| async move {
-                    match size {
-                        Some(size) => fs.truncate(caller, ino.0, size, fh.map(|f| f.0), tid).await,
-                        None => fs.getattr(caller, ino.0, fh.map(|f| f.0)).await,
-                    }
-                })
-                .await;
+            let r = match (size, fh) {
+                // `truncate(1)` of a path reads, cuts and stores: not killable (see
+                // `FsInner::killable`).
+                (Some(size), None) => fs.truncate(caller, ino.0, size, None, tid).await,
+                (Some(size), Some(fh)) => {
+                    fs.killable(tid, move |fs| async move { fs.truncate(caller, ino.0, size, Some(fh.0), tid).await })
+                        .await
+                }
+                (None, fh) => {
+                    fs.killable(tid, move |fs| async move { fs.getattr(caller, ino.0, fh.map(|f| f.0)).await }).await
+                }
+            };
             let r = r.and_then(|a| {
                 let same = mode.is_none_or(|m| m & 0o7777 == u32::from(a.attr.perm) || fs.may_set_mode(ino.0))
                     && uid.is_none_or(|u| u == a.attr.uid)
@@ -200,7 +205,8 @@ impl Filesystem for ChubbyFs {
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.mkdir(uid, parent.0, &name).await }).await {
+            let undo = |fs: Arc<FsInner>, a: ops::Answer| async move { fs.forget(a.attr.ino.0, 1) };
+            match fs.killable_undone(tid, move |fs| async move { fs.mkdir(uid, parent.0, &name).await }, undo).await {
                 Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
@@ -208,17 +214,19 @@ impl Filesystem for ChubbyFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
+        let (uid, name) = (req.uid(), name.to_owned());
+        // Not killable (see `FsInner::killable`), nor is rmdir, rename or setfattr.
         self.spawn(move |fs| async move {
-            let r = fs.killable(tid, move |fs| async move { fs.remove(uid, parent.0, &name, false).await }).await;
+            let r = fs.remove(uid, parent.0, &name, false).await;
             reply_empty(reply, r)
         });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
+        let (uid, name) = (req.uid(), name.to_owned());
+        // Not killable (see `FsInner::killable`), nor is rmdir, rename or setfattr.
         self.spawn(move |fs| async move {
-            let r = fs.killable(tid, move |fs| async move { fs.remove(uid, parent.0, &name, true).await }).await;
+            let r = fs.remove(uid, parent.0, &name, true).await;
             reply_empty(reply, r)
         });
     }
@@ -233,13 +241,9 @@ impl Filesystem for ChubbyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (uid, tid, name, newname) = (req.uid(), req.pid(), name.to_owned(), newname.to_owned());
+        let (uid, name, newname) = (req.uid(), name.to_owned(), newname.to_owned());
         self.spawn(move |fs| async move {
-            let r = fs
-                .killable(tid, move |fs| async move {
-                    fs.rename(uid, (parent.0, &name), (newparent.0, &newname), flags.bits()).await
-                })
-                .await;
+            let r = fs.rename(uid, (parent.0, &name), (newparent.0, &newname), flags.bits()).await;
             reply_empty(reply, r)
         });
     }
@@ -247,7 +251,9 @@ impl Filesystem for ChubbyFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.open(uid, ino.0, flags.0, tid).await }).await {
+            let undo = |fs: Arc<FsInner>, fh: u64| async move { fs.abandon_open(fh).await };
+            match fs.killable_undone(tid, move |fs| async move { fs.open(uid, ino.0, flags.0, tid).await }, undo).await
+            {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(e),
             }
@@ -266,7 +272,12 @@ impl Filesystem for ChubbyFs {
     ) {
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.create(uid, parent.0, &name, flags, tid).await }).await {
+            let undo = |fs: Arc<FsInner>, (a, fh): (ops::Answer, u64)| async move {
+                fs.abandon_open(fh).await;
+                fs.forget(a.attr.ino.0, 1);
+            };
+            let create = move |fs: Arc<FsInner>| async move { fs.create(uid, parent.0, &name, flags, tid).await };
+            match fs.killable_undone(tid, create, undo).await {
                 // A new inode: nothing for the kernel to keep yet (see `kernel`).
                 Ok((a, fh)) => {
                     reply.created(&Duration::ZERO, &a.attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
@@ -359,7 +370,8 @@ impl Filesystem for ChubbyFs {
             return;
         }
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.opendir(uid, ino.0).await }).await {
+            let undo = |fs: Arc<FsInner>, fh: u64| async move { fs.releasedir(fh) };
+            match fs.killable_undone(tid, move |fs| async move { fs.opendir(uid, ino.0).await }, undo).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(e),
             }
@@ -412,9 +424,9 @@ impl Filesystem for ChubbyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let (uid, tid, name, value) = (req.uid(), req.pid(), name.to_owned(), value.to_vec());
+        let (uid, name, value) = (req.uid(), name.to_owned(), value.to_vec());
         self.spawn(move |fs| async move {
-            match fs.killable(tid, move |fs| async move { fs.setxattr(uid, ino.0, &name, &value, flags).await }).await {
+            match fs.setxattr(uid, ino.0, &name, &value, flags).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             }

@@ -17,7 +17,7 @@ use super::errno::errno_of;
 use super::files::{OpenDir, OpenEntry, PendingSize, MAX_CONTENTS};
 use super::inodes::{dir_attr, node_attr, Inodes, NodeRef, Owner, ROOT};
 use super::kernel::{Before, KernelCache};
-use super::locks::{dying, HeldLocks};
+use super::locks::{dying, from_proc, HeldLocks};
 use super::user_sessions::MountedCell;
 use crate::client::ClientError;
 use crate::client::{Invalidated, OpenOptions, Session};
@@ -99,13 +99,34 @@ impl FsInner {
     /// [`dying`]): the kernel holds a process in a file call until the daemon answers, even
     /// through `kill -9`, and a call waiting on a cell out of reach would hold it for the
     /// whole `--rpc-timeout`. The operation itself goes on to its end in the background (a
-    /// store at close still stores, a lock let go is still released, and this daemon's
-    /// tables stay in step with the cell), its answer unheard.
+    /// store at close still stores, a lock let go is still released), its answer unheard.
+    /// Only for operations whose late end cannot undo a later one's (not `unlink`, `rename`,
+    /// an ACL change or a truncate by path, which the kernel's directory lock no longer
+    /// orders once answered), and that leave nothing the kernel would have to release.
     pub(super) async fn killable<T, F, Fut>(self: &Arc<Self>, tid: u32, op: F) -> Result<T, Errno>
     where
         F: FnOnce(Arc<FsInner>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Errno>> + Send + 'static,
         T: Send + 'static,
+    {
+        self.killable_undone(tid, op, |_, _| async {}).await
+    }
+
+    /// [`FsInner::killable`] for an operation that leaves the kernel something to release or
+    /// forget (an inode looked up, an open handle): if it ends well after its caller was
+    /// answered `EINTR`, `undo` drops what the kernel will never release.
+    pub(super) async fn killable_undone<T, F, Fut, U, UFut>(
+        self: &Arc<Self>,
+        tid: u32,
+        op: F,
+        undo: U,
+    ) -> Result<T, Errno>
+    where
+        F: FnOnce(Arc<FsInner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Errno>> + Send + 'static,
+        T: Send + 'static,
+        U: FnOnce(Arc<FsInner>, T) -> UFut + Send + 'static,
+        UFut: std::future::Future<Output = ()> + Send,
     {
         let mut work = Box::pin(op(self.clone()));
         let mut look = FIRST_LOOK;
@@ -113,14 +134,25 @@ impl FsInner {
             tokio::select! {
                 biased;
                 r = &mut work => return r,
-                _ = tokio::time::sleep(look) => {
-                    if dying(tid) {
-                        tokio::spawn(work);
-                        return Err(Errno::EINTR);
-                    }
-                    look = LOOK_EVERY;
-                }
+                _ = tokio::time::sleep(look) => {}
             }
+            // Raced with the work: the look may wait on the caller (see `from_proc`).
+            let look_at = from_proc(Duration::from_secs(1), false, move || dying(tid));
+            let is_dying = tokio::select! {
+                biased;
+                r = &mut work => return r,
+                d = look_at => d,
+            };
+            if is_dying {
+                let fs = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(v) = work.await {
+                        undo(fs, v).await;
+                    }
+                });
+                return Err(Errno::EINTR);
+            }
+            look = LOOK_EVERY;
         }
     }
 

@@ -75,9 +75,11 @@ impl FsInner {
             "user.chubby.sequencer" => session.holder_sequencers(&handle).await.map_err(errno)?.join("\n"),
             // The caller's own: of the lock its process, or an ancestor (`flock FILE -c CMD`),
             // holds through this mount; empty if none.
-            "user.chubby.my_sequencer" => {
-                self.lock_of_process(&node, stat.instance_number, session.id(), tid).map(|(_, s)| s).unwrap_or_default()
-            }
+            "user.chubby.my_sequencer" => self
+                .lock_of_process(&node, stat.instance_number, session.id(), tid)
+                .await
+                .map(|(_, s)| s)
+                .unwrap_or_default(),
             _ => {
                 let (mut acl, _) = session.acl(&handle).await.map_err(errno)?;
                 acl_list(&mut acl, name).ok_or(no_data)?.join(",")
@@ -108,6 +110,12 @@ impl FsInner {
                 _ => return Err(Errno::EINVAL),
             };
             let dir = self.directory(uid, ino).await?;
+            // It decides what this mount makes of every user's new files there: only for a
+            // user who may write the directory.
+            let (_, handle, _) = self.open_node(uid, &dir, OpenOptions::default()).await?;
+            if handle.rights != 0 && handle.rights & super::ops::WRITE == 0 {
+                return Err(Errno::EACCES);
+            }
             let mut dirs = guard(&self.ephemeral_dirs);
             if on {
                 dirs.insert(dir);
