@@ -52,14 +52,15 @@ impl Mount {
             Some(ns) => ns.command_keeping_mounts(&bin("chubby-mount")),
             None => Command::new(bin("chubby-mount")),
         };
-        if nohup {
-            // SAFETY: signal(2) in the child before exec; a disposition of SIG_IGN survives exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                    Ok(())
-                });
-            }
+        // SIGHUP as `nohup` leaves it, or as a terminal's programs have it, whatever the test
+        // runner itself was started with (a disposition of SIG_IGN survives exec).
+        let hup = if nohup { libc::SIG_IGN } else { libc::SIG_DFL };
+        // SAFETY: signal(2) in the child between fork and exec, with no allocation.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                libc::signal(libc::SIGHUP, hup);
+                Ok(())
+            });
         }
         let mut child = command
             .arg("--cell")
