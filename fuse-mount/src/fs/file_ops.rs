@@ -62,12 +62,9 @@ impl FsInner {
         }
     }
 
-    /// Drops open `fh` without storing anything or releasing its locks: the kernel was told
-    /// the open failed (its caller died first), so it holds no descriptor of it.
-    pub(super) async fn abandon_open(&self, fh: u64) {
-        let Some(OpenEntry { file, .. }) = guard(&self.files).remove(&fh) else { return };
-        let f = file.lock().await;
-        self.clear_pending(&f);
+    /// `f` is no longer open: its unsaved size and its create's mode window go.
+    fn closed(&self, f: &OpenFile) {
+        self.clear_pending(f);
         if f.created {
             let mut fresh = guard(&self.fresh);
             if let Some(n) = fresh.get_mut(&f.ino) {
@@ -77,6 +74,14 @@ impl FsInner {
                 }
             }
         }
+    }
+
+    /// Drops open `fh` without storing anything or releasing its locks: the kernel was told
+    /// the open failed (its caller died first), so it holds no descriptor of it.
+    pub(super) async fn abandon_open(&self, fh: u64) {
+        let Some(OpenEntry { file, .. }) = guard(&self.files).remove(&fh) else { return };
+        let f = file.lock().await;
+        self.closed(&f);
     }
 
     /// How many files are open, and how many files have writes not yet stored.
@@ -301,16 +306,7 @@ impl FsInner {
         if let Err(e) = self.commit(&mut f, flock_owner).await {
             tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
         }
-        self.clear_pending(&f);
-        if f.created {
-            let mut fresh = guard(&self.fresh);
-            if let Some(n) = fresh.get_mut(&f.ino) {
-                *n -= 1;
-                if *n == 0 {
-                    fresh.remove(&f.ino);
-                }
-            }
-        }
+        self.closed(&f);
         if let Some(owner) = flock_owner {
             self.unlock_on_close(&f.lock_key(owner), &f.session).await;
         }
