@@ -229,6 +229,7 @@ impl Gen {
                     mode: self.rng.below(4) as i32,
                     owner: self.number(),
                     lock_delay_ms: self.optional(),
+                    convert: self.rng.below(2) == 0,
                 };
                 if self.rng.below(2) == 0 {
                     Kind::Acquire(r)
@@ -389,6 +390,7 @@ fn bad_input_gets_clear_errors_and_forged_credentials_change_nothing() {
             mode: 0,
             owner: 1,
             lock_delay_ms: None,
+            convert: false,
         };
         let sequencer = c.try_acquire(acquire).await.unwrap().into_inner().sequencer;
         let mut g = Gen {

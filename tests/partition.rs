@@ -82,6 +82,7 @@ fn a_master_cut_off_from_the_cell_grants_no_lease_past_its_successors_expiry() {
             mode: LockMode::LockExclusive as i32,
             owner: 1,
             lock_delay_ms: Some(0),
+            convert: false,
         };
         assert!(c.acquire(acquire).await.unwrap().into_inner().granted);
 

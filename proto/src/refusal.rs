@@ -67,6 +67,8 @@ refusals! {
     StaleEpoch,
     /// A rename the cell cannot make as one atomic change (a directory, an ephemeral node).
     NotMovable,
+    /// A blocking lock upgrade that would wait forever (another holder waits to upgrade).
+    Deadlock,
 }
 
 impl Refusal {
@@ -118,6 +120,7 @@ mod tests {
                 "LockHeld",
                 "StaleEpoch",
                 "NotMovable",
+                "Deadlock",
             ]
         );
         for &r in Refusal::ALL {

@@ -77,6 +77,7 @@ fn calls_on_one_stream_are_answered_by_id_like_their_unary_forms() {
             mode: LockMode::LockExclusive as i32,
             owner: 7,
             lock_delay_ms: None,
+            convert: false,
         };
         calls.send(Call { id: 20, epoch, kind: Some(call::Kind::Acquire(acquire)), abandon: false }).unwrap();
         // Time to be queued in the cell (either way, once abandoned no answer may come).

@@ -354,3 +354,98 @@ fn flock_of_a_directory_is_refused_not_silently_local() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Is a directory"), "{out:?}");
     assert!(fs::read_dir(a.path("svc")).is_ok(), "other tools still open the directory");
 }
+
+/// `flock(2)` on a descriptor of this process; 0 or the errno.
+fn flock_fd(file: &fs::File, op: libc::c_int) -> i32 {
+    // SAFETY: flock(2) on an open descriptor.
+    match unsafe { libc::flock(file.as_raw_fd(), op) } {
+        0 => 0,
+        _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// `flock(2)` in a thread of its own (it may block); its result comes on the channel.
+fn flock_in_thread(file: &std::sync::Arc<fs::File>, op: libc::c_int) -> std::sync::mpsc::Receiver<i32> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let file = file.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(flock_fd(&file, op));
+    });
+    rx
+}
+
+/// A holder that changes its lock's mode (`flock -s` then `-x`, or fcntl's F_RDLCK/F_WRLCK on
+/// a held lock) never holds nothing in between: a writer waiting on another host is not let
+/// in, an upgrade that fails or is interrupted keeps the shared lock, and two holders that
+/// would each wait for the other to upgrade get `EDEADLK` instead of hanging.
+#[test]
+fn converting_a_lock_never_lets_a_waiter_in_between() {
+    if !fuse_available("converting_a_lock_never_lets_a_waiter_in_between") {
+        return;
+    }
+    use libc::{EDEADLK, EWOULDBLOCK, LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
+    let cell = TestCell::start(CellOptions::default());
+    let (a, b) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    let mut groups = Groups::default();
+    let job = a.path("job");
+    fs::write(&job, "").expect("create");
+    // Two owners on host A: separate opens (flock's owner is the open file).
+    let open = || fs::OpenOptions::new().read(true).write(true).open(&job).expect("open");
+    let (mine, other) = (std::sync::Arc::new(open()), open());
+    assert_eq!(flock_fd(&mine, LOCK_SH | LOCK_NB), 0);
+    assert_eq!(flock_fd(&other, LOCK_SH | LOCK_NB), 0);
+    // A third shared holder on host A, a shell that then tries to upgrade for half a second.
+    let mut shell = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 9<>{}; flock -s 9 && echo shared; flock -x -w 0.5 9; echo upgrade=$?; exec sleep 60",
+            job.display()
+        ))
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    groups.0.push(shell.id());
+    let said = lines_of(shell.stdout.take().expect("stdout"));
+    let line = || said.recv_timeout(Duration::from_secs(20)).expect("the shell's next line");
+    assert_eq!(line(), "shared");
+    // A writer waits on host B.
+    let mut writer = flock(&["-x"], &b.path("job"), "true", &mut groups);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The shell's upgrade times out (interrupted by its alarm); it still holds its shared lock.
+    assert_eq!(line(), "upgrade=1", "flock -x -w 0.5 while others share the lock");
+    // An upgrade that cannot be granted at once fails and keeps the shared lock.
+    assert_eq!(flock_fd(&mine, LOCK_EX | LOCK_NB), EWOULDBLOCK, "upgrade while others share");
+    // A blocking upgrade waits; a second one would wait for it forever: EDEADLK.
+    let upgraded = flock_in_thread(&mine, LOCK_EX);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = std::sync::Arc::new(other);
+    let refused = flock_in_thread(&second, LOCK_EX).recv_timeout(Duration::from_secs(20));
+    assert_eq!(refused, Ok(EDEADLK), "a second blocking upgrade");
+    assert!(upgraded.try_recv().is_err(), "the upgrade waits while others share the lock");
+    assert_eq!(flock_fd(&second, LOCK_UN), 0);
+    assert!(upgraded.try_recv().is_err(), "the upgrade waits for the shell, which still shares the lock");
+    assert!(writer.try_wait().expect("wait").is_none(), "the writer waits behind the readers");
+
+    // The shell goes: the upgrade is granted ahead of the writer queued before it.
+    groups.kill(shell.id());
+    let _ = shell.wait();
+    assert_eq!(upgraded.recv_timeout(Duration::from_secs(20)), Ok(0), "the upgrade once alone");
+    let held = xattr(&job, "user.chubby.sequencer").unwrap_or_default();
+    assert!(held.contains(":x:"), "held exclusively: {held}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(writer.try_wait().expect("wait").is_none(), "the writer is not let in by an upgrade");
+
+    // Down and up again, at once each time, the writer still waiting.
+    assert_eq!(flock_fd(&mine, LOCK_SH | LOCK_NB), 0, "downgrade");
+    assert!(xattr(&job, "user.chubby.sequencer").unwrap_or_default().contains(":s:"));
+    assert_eq!(flock_fd(&mine, LOCK_EX | LOCK_NB), 0, "upgrade of a lock held alone");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(writer.try_wait().expect("wait").is_none(), "the writer is not let in by a conversion");
+
+    // Letting go lets the writer in.
+    drop(mine);
+    let st = exit_within(&mut writer, Duration::from_secs(20)).expect("the writer gets the lock once it is free");
+    assert!(st.success());
+}

@@ -11,6 +11,10 @@ impl Master {
     /// Proposes the Acquire `op` (of `holder` on `path`) and returns the lock's sequencer once
     /// granted, waiting as long as it stays queued and this master stays in office.
     pub async fn acquire(&self, request: RequestId, op: Op, holder: Holder, path: &str) -> Result<String, MasterError> {
+        let mode = match &op {
+            Op::Acquire { mode, .. } | Op::Convert { mode, .. } => *mode,
+            other => return Err(MasterError::Unexpected(format!("not a lock request: {other:?}"))),
+        };
         match self.propose_call(request, op).await? {
             Reply::Granted { sequencer } => Ok(sequencer),
             Reply::Queued => {
@@ -21,7 +25,9 @@ impl Master {
                 let now = self
                     .replica
                     .stale_read(move |m: &CellMachine| {
-                        (m.state().sequencer_of(&p, holder), m.state().is_waiting(&p, holder))
+                        // In the mode asked for: a shared hold that waits to upgrade is not
+                        // the grant.
+                        (m.state().sequencer_in_mode(&p, holder, mode), m.state().is_waiting(&p, holder))
                     })
                     .await?;
                 match now {

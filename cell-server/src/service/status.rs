@@ -38,6 +38,7 @@ pub fn status_of_state(e: StateError) -> Status {
         | StateError::NotHeld(_)
         | StateError::LockHeld(_)
         | StateError::NotMovable(_)
+        | StateError::Deadlock(_)
         | StateError::Forgotten(_) => Code::FailedPrecondition,
         StateError::WaitEnded { .. } => Code::Aborted,
     };

@@ -247,6 +247,16 @@ pub enum Op {
         to: String,
         replace: bool,
     },
+    /// An Acquire by an owner that may hold the lock in the other mode: it then holds it in
+    /// `mode` with no moment of holding nothing (fcntl's upgrade and downgrade). An owner
+    /// that holds nothing asks as by an Acquire. Last, so logs written before it still decode.
+    Convert {
+        path: String,
+        instance: u64,
+        mode: LockMode,
+        owner: Owner,
+        try_only: bool,
+    },
 }
 
 impl Op {

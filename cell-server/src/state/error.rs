@@ -50,6 +50,10 @@ pub enum StateError {
     /// would move) or of an ephemeral node (its openers' handles name its path).
     #[error("{0}")]
     NotMovable(String),
+    /// A blocking upgrade while another holder of the shared lock waits to upgrade: each
+    /// would wait for the other to let go. Last, so remembered answers still decode.
+    #[error("{0}: another holder of the shared lock waits to make it exclusive; waiting too would never end")]
+    Deadlock(String),
 }
 
 impl StateError {
@@ -75,6 +79,7 @@ impl StateError {
             StateError::Forgotten(_) => Refusal::Forgotten,
             StateError::LockHeld(_) => Refusal::LockHeld,
             StateError::NotMovable(_) => Refusal::NotMovable,
+            StateError::Deadlock(_) => Refusal::Deadlock,
         }
     }
 }

@@ -175,29 +175,110 @@ impl CellState {
         Ok(Reply::Queued)
     }
 
+    /// Makes `holder`'s hold of the lock one in `mode` without letting go ([`super::Op::Convert`]).
+    /// A downgrade is immediate, and lets in the readers queued at the head. An upgrade is
+    /// immediate when the holder holds alone (and no lock-delay runs); otherwise it waits at
+    /// the head of the queue, still holding its shared lock, so the writers queued behind it
+    /// cannot deadlock with it. Two holders cannot both wait to upgrade: the second is refused
+    /// (`Deadlock`) and keeps its shared lock.
+    pub(super) fn convert(
+        &mut self,
+        holder: Holder,
+        path: String,
+        instance: u64,
+        mode: LockMode,
+        try_only: bool,
+    ) -> Outcome {
+        self.lock_node(&path, instance)?;
+        let lock = &self.nodes[path.as_str()].lock;
+        if !lock.holders.contains_key(&holder) {
+            return self.acquire(holder, path, instance, Ask { mode, lock_delay_ms: None, try_only });
+        }
+        if lock.mode == mode {
+            return Ok(Reply::Granted { sequencer: self.sequencer_of(&path, holder).unwrap_or_default() });
+        }
+        if lock.waiters.iter().any(|w| w.holder == holder) {
+            // Its upgrade waits already (this is a retry of it).
+            return if try_only { Err(StateError::LockBusy(path)) } else { Ok(Reply::Queued) };
+        }
+        if mode == LockMode::Shared {
+            let sequencer = self.regrant(&path, holder, mode);
+            self.grant_from_head(&path);
+            return Ok(Reply::Granted { sequencer });
+        }
+        if lock.holders.len() == 1 && self.clock_ms >= lock.delay_until_ms {
+            return Ok(Reply::Granted { sequencer: self.regrant(&path, holder, mode) });
+        }
+        if try_only {
+            return Err(StateError::LockBusy(path));
+        }
+        if lock.waiters.iter().any(|w| lock.holders.contains_key(&w.holder)) {
+            return Err(StateError::Deadlock(path));
+        }
+        let others: Vec<SessionId> = lock
+            .holders
+            .keys()
+            .filter(|h| **h != holder)
+            .map(|h| h.session)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let node = self.nodes.get_mut(path.as_str()).map(Arc::make_mut).expect("checked above");
+        node.lock.waiters.push_front(Waiter { holder, mode, lock_delay_ms: None });
+        if let Some(s) = self.sessions.get_mut(&holder.session) {
+            s.waiting.insert((path.clone(), holder.owner));
+        }
+        if !others.is_empty() {
+            self.effects.push(Effect::LockConflict { path, holders: others });
+        }
+        Ok(Reply::Queued)
+    }
+
+    /// A holder's hold becomes one in `mode`, under a new grant number (so its old sequencer
+    /// is stale, as the mode changed) and the same lock generation (the lock was never free).
+    fn regrant(&mut self, path: &str, holder: Holder, mode: LockMode) -> String {
+        let node = self.nodes.get_mut(path).map(Arc::make_mut).expect("converting on an existing node");
+        let lock = &mut node.lock;
+        lock.mode = mode;
+        lock.grants += 1;
+        lock.holders.insert(holder, lock.grants);
+        let sequencer = self.sequencer_of(path, holder).expect("just converted");
+        self.effects.push(Effect::LockGranted {
+            session: holder.session,
+            owner: holder.owner,
+            path: path.to_string(),
+            sequencer: sequencer.clone(),
+        });
+        sequencer
+    }
+
     pub(super) fn release(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
         self.lock_node(&path, instance)?;
         let holder = Holder { session, owner };
         if !self.nodes[path.as_str()].lock.holders.contains_key(&holder) {
             return Err(StateError::NotHeld(path));
         }
+        // An upgrade it waits for ends with the lock it was to convert.
+        self.remove_waiter(&path, holder, "released while waiting to convert it");
         self.drop_hold(&path, holder, false);
         self.grant_from_head(&path);
         self.maybe_reap(path);
         Ok(Reply::Done)
     }
 
-    /// Withdraws a queued Acquire. If the lock was granted in the meantime the caller learns it
-    /// (and should release it).
+    /// Withdraws a queued Acquire (or upgrade, which leaves the shared lock held). If the lock
+    /// was granted in the meantime the caller learns it (and should release it, or, for an
+    /// upgrade, keep it).
     pub(super) fn cancel(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
         self.lock_node(&path, instance)?;
         let holder = Holder { session, owner };
-        if let Some(sequencer) = self.sequencer_of(&path, holder) {
-            return Ok(Reply::Granted { sequencer });
-        }
         if self.remove_waiter(&path, holder, "cancelled") {
             self.grant_from_head(&path);
             self.maybe_reap(path);
+            return Ok(Reply::Done);
+        }
+        if let Some(sequencer) = self.sequencer_of(&path, holder) {
+            return Ok(Reply::Granted { sequencer });
         }
         Ok(Reply::Done)
     }
@@ -255,14 +336,21 @@ impl CellState {
             if self.clock_ms < lock.delay_until_ms {
                 return;
             }
-            if !matches!(lock.waiters.front(), Some(w) if lock.compatible(w.mode)) {
+            let Some(w) = lock.waiters.front() else { return };
+            // A waiter that holds the lock already waits to upgrade it: it may once it holds alone.
+            let upgrade = lock.holders.contains_key(&w.holder);
+            if !(if upgrade { lock.holders.len() == 1 } else { lock.compatible(w.mode) }) {
                 return;
             }
             let w = lock.waiters.pop_front().expect("front exists");
             if let Some(s) = self.sessions.get_mut(&w.holder.session) {
                 s.waiting.remove(&(path.to_string(), w.holder.owner));
             }
-            self.grant(path, w.holder, w.mode, w.lock_delay_ms);
+            if upgrade {
+                self.regrant(path, w.holder, w.mode);
+            } else {
+                self.grant(path, w.holder, w.mode, w.lock_delay_ms);
+            }
         }
     }
 
@@ -329,6 +417,11 @@ impl CellState {
             holder,
         };
         Some(seq.format())
+    }
+
+    /// The sequencer of a current hold in `mode` (not of a shared hold that waits to upgrade).
+    pub fn sequencer_in_mode(&self, path: &str, holder: Holder, mode: LockMode) -> Option<String> {
+        self.nodes.get(path).filter(|n| n.lock.mode == mode).and_then(|_| self.sequencer_of(path, holder))
     }
 
     /// The sequencers of everyone holding the lock on `path` now (none if it is free).

@@ -228,6 +228,9 @@ impl CellState {
             Op::Acquire { path, instance, mode, owner, lock_delay_ms, try_only } => {
                 self.acquire(Holder { session, owner }, path, instance, locks::Ask { mode, lock_delay_ms, try_only })
             }
+            Op::Convert { path, instance, mode, owner, try_only } => {
+                self.convert(Holder { session, owner }, path, instance, mode, try_only)
+            }
             Op::Release { path, instance, owner } => self.release(session, path, instance, owner),
             Op::Cancel { path, instance, owner } => self.cancel(session, path, instance, owner),
             Op::SetAcl { path, instance, acl } => self.set_acl(path, instance, acl, None),

@@ -133,7 +133,7 @@ fn answers(op: &Op, reply: &Reply) -> bool {
         | Op::AdminPut { .. } => {
             matches!(reply, Reply::Stat(_))
         }
-        Op::Acquire { .. } => matches!(reply, Reply::Granted { .. } | Reply::Queued),
+        Op::Acquire { .. } | Op::Convert { .. } => matches!(reply, Reply::Granted { .. } | Reply::Queued),
         Op::Cancel { .. } => matches!(reply, Reply::Granted { .. } | Reply::Done),
         Op::CreateSession { .. } => matches!(reply, Reply::Session { .. }),
         Op::InitCell { .. }
@@ -226,9 +226,18 @@ impl CellState {
                 )));
             }
         }
-        let (Op::Acquire { path, owner, .. }, Ok(_)) = (op, &first) else { return first };
-        let holder = Holder { session, owner: *owner };
-        if let Some(sequencer) = self.sequencer_of(path, holder) {
+        let (path, owner, granted) = match (op, &first) {
+            (Op::Acquire { path, owner, .. }, Ok(_)) => {
+                (path, *owner, self.sequencer_of(path, Holder { session, owner: *owner }))
+            }
+            // A shared hold waiting to upgrade is not the exclusive lock asked for.
+            (Op::Convert { path, owner, mode, .. }, Ok(_)) => {
+                (path, *owner, self.sequencer_in_mode(path, Holder { session, owner: *owner }, *mode))
+            }
+            _ => return first,
+        };
+        let holder = Holder { session, owner };
+        if let Some(sequencer) = granted {
             return Ok(Reply::Granted { sequencer });
         }
         if self.is_waiting(path, holder) {

@@ -58,6 +58,8 @@ fn errno_of_reason(reason: Refusal) -> Errno {
         // error 512 (ERESTARTSYS) instead.
         Refusal::WaitEnded => libc::ENOENT,
         Refusal::NoSession => libc::EIO,
+        // fcntl's answer to a wait that would never end.
+        Refusal::Deadlock => libc::EDEADLK,
         // Handled by the session (a retry, a resumption) before it reaches a file-system call.
         Refusal::Forgotten | Refusal::StaleEpoch => libc::EIO,
     };
@@ -87,6 +89,7 @@ mod tests {
         // A lock wait that ended without a grant: not EINTR, which a caller with no signal
         // pending would see as "Unknown error 512".
         assert_eq!(errno_of(&refusal(Code::Aborted, "WaitEnded")), Errno::ENOENT);
+        assert_eq!(errno_of(&refusal(Code::FailedPrecondition, "Deadlock")), Errno::from_i32(libc::EDEADLK));
         // A refusal named by a newer cell is not guessed from its code.
         assert_eq!(errno_of(&refusal(Code::NotFound, "SomethingNew")), Errno::EIO);
     }

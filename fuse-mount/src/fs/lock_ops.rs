@@ -68,40 +68,27 @@ impl FsInner {
             return Err(Errno::EIO);
         }
         let held = guard(&self.locks).get(&key);
-        let mut converted_from = None;
         if let Some(held) = held {
             if held.releasing {
                 // Let go at a close, its Release not through yet: it must be, before this
                 // owner asks again (the cell would count the request as the lock it still
                 // holds, and the late Release would then take the new lock away).
                 self.await_release(&key, &held, wait, tid).await?;
-            } else if held.session == session.id() && held.mode == mode {
+            } else if held.session != session.id() {
+                // Taken through an open of another session (the process changed user): that
+                // session's lock goes first, so this conversion is not atomic.
+                self.unlock(&key, &session).await?;
+            } else if held.mode == mode {
                 return Ok(());
             } else {
-                // A conversion, as flock(2) does it: the old lock goes first (not atomic).
-                self.unlock(&key, &session).await?;
-                converted_from = Some(held.sequencer);
+                return self.convert(fh, &key, &held, &session, mode, wait, tid).await;
             }
         }
         let sequencer = if !wait {
             session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?
         } else {
-            let granted = {
-                let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
-                tokio::pin!(acquire);
-                let mut poll = tokio::time::interval(SIGNAL_POLL);
-                loop {
-                    tokio::select! {
-                        r = &mut acquire => break Some(r.map_err(errno)?),
-                        _ = poll.tick() => {
-                            if is_interrupted(tid).await {
-                                break None;
-                            }
-                        }
-                    }
-                }
-            };
-            let Some(sequencer) = granted else {
+            let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
+            let Some(granted) = until_interrupted(acquire, tid).await else {
                 // The Acquire was dropped above, before the cancel is sent: its call is abandoned
                 // on the session's stream ahead of the cancel (the master stops it if it was not
                 // yet proposed), and its request id no longer holds back the cancel's
@@ -109,7 +96,7 @@ impl FsInner {
                 self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
                 return Err(Errno::EINTR);
             };
-            sequencer
+            granted.map_err(errno)?
         };
         // Writes through this open are under the lock from now on, whichever process makes
         // them. (The open is held while the lock is entered, so an unlock that follows finds
@@ -123,27 +110,104 @@ impl FsInner {
         if let Some(f) = this.as_mut() {
             f.own_lock = Some((owner, sequencer.clone()));
             // Changes already made and not stored are stored under it too.
-            f.fence = Some((owner, sequencer.clone()));
-        }
-        drop(this);
-        if let Some(old) = converted_from.filter(|old| next_grant_of(old, &sequencer)) {
-            // Nobody held the lock between the old mode and the new: what other opens wrote
-            // under the old one was under this owner's lock throughout.
-            for (other, file) in self.files_of(&node) {
-                if other == fh {
-                    continue;
-                }
-                let mut f = file.lock().await;
-                let renewed = Some((owner, sequencer.clone()));
-                if f.fence.as_ref().is_some_and(|(o, s)| *o == owner && *s == old) {
-                    f.fence = renewed.clone();
-                }
-                if f.own_lock.as_ref().is_some_and(|(o, s)| *o == owner && *s == old) {
-                    f.own_lock = renewed;
-                }
-            }
+            f.fence = Some((owner, sequencer));
         }
         Ok(())
+    }
+
+    /// Makes the lock `held` (of `key`, taken in `session`) one in `mode` in one step, as
+    /// fcntl does: a downgrade at once; an upgrade when the other holders have let go, the
+    /// shared lock held meanwhile. An upgrade that fails (busy, `EDEADLK`, interrupted)
+    /// leaves the shared lock held.
+    #[allow(clippy::too_many_arguments)]
+    async fn convert(
+        &self,
+        fh: u64,
+        key: &LockKey,
+        held: &Held,
+        session: &Session,
+        mode: LockMode,
+        wait: bool,
+        tid: u32,
+    ) -> Result<(), Errno> {
+        let sequencer = if !wait {
+            session.convert(&held.handle, mode, key.owner, false).await.map_err(errno)?
+        } else {
+            match until_interrupted(session.convert(&held.handle, mode, key.owner, true), tid).await {
+                Some(granted) => granted.map_err(errno)?,
+                None => {
+                    self.withdraw_upgrade(key, held, session).await;
+                    return Err(Errno::EINTR);
+                }
+            }
+        };
+        self.renew(key, held, mode, sequencer.clone()).await;
+        // As for a new lock: writes through this open are under it from now on.
+        if let Ok(file) = self.file(fh) {
+            let mut f = file.lock().await;
+            f.own_lock = Some((key.owner, sequencer.clone()));
+            f.fence = Some((key.owner, sequencer));
+        }
+        Ok(())
+    }
+
+    /// The lock `held` is now held in `mode` under `sequencer`: the entry says so, and what
+    /// the owner's opens wrote under the old grant is under the new one (held throughout).
+    async fn renew(&self, key: &LockKey, held: &Held, mode: LockMode, sequencer: String) {
+        guard(&self.locks).renew(key, held, mode, sequencer.clone());
+        for (_, file) in self.files_of(&key.node) {
+            let mut f = file.lock().await;
+            let renewed = Some((key.owner, sequencer.clone()));
+            if f.fence.as_ref().is_some_and(|(o, s)| *o == key.owner && *s == held.sequencer) {
+                f.fence = renewed.clone();
+            }
+            if f.own_lock.as_ref().is_some_and(|(o, s)| *o == key.owner && *s == held.sequencer) {
+                f.own_lock = renewed;
+            }
+        }
+    }
+
+    /// An interrupted upgrade: withdrawn, so the owner keeps the shared lock it had. If the
+    /// cell cannot be reached now, the withdrawal goes on in the background until it is done;
+    /// an upgrade granted meanwhile is turned back into the shared lock.
+    async fn withdraw_upgrade(&self, key: &LockKey, held: &Held, session: &Session) {
+        let once = |fs: Arc<FsInner>, key: LockKey, held: Held, session: Session| async move {
+            match session.cancel_conversion(&held.handle, key.owner).await {
+                Ok(false) | Err(ClientError::SessionLost(_)) => Ok(()),
+                Ok(true) => {
+                    let shared = session.convert(&held.handle, LockMode::LockShared, key.owner, false).await;
+                    match shared {
+                        Ok(sequencer) => {
+                            fs.renew(&key, &held, LockMode::LockShared, sequencer).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let Some(me) = self.me.get().and_then(|m| m.upgrade()) else { return };
+        let Err(e) = once(me.clone(), key.clone(), held.clone(), session.clone()).await else { return };
+        tracing::warn!(path = %key.node.path, "withdrawing an interrupted lock upgrade: {e}; retrying in the background");
+        let (key, held, session) = (key.clone(), held.clone(), session.clone());
+        let me = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            while !session.is_lost() {
+                tokio::time::sleep(pause).await;
+                let Some(fs) = me.upgrade() else { return };
+                match once(fs, key.clone(), held.clone(), session.clone()).await {
+                    Ok(()) => return,
+                    Err(e @ ClientError::Rpc(_)) => {
+                        tracing::warn!(path = %key.node.path, "withdrawing an interrupted lock upgrade: {e}; giving up");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(path = %key.node.path, "withdrawing an interrupted lock upgrade: {e}"),
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
     }
 
     /// `owner` let go of its lock of `node` on purpose: no open of the node writes under it
@@ -327,12 +391,20 @@ impl FsInner {
     }
 }
 
-/// Whether sequencer `new` names the grant that followed `old` with the lock free in between
-/// only for a moment: the lock generation rises each time the lock goes from free to held,
-/// so one more means nobody else held it meanwhile.
-fn next_grant_of(old: &str, new: &str) -> bool {
-    let generation = |s: &str| s.split(':').nth(2).and_then(|g| g.parse::<u64>().ok());
-    matches!((generation(old), generation(new)), (Some(a), Some(b)) if b == a + 1)
+/// Runs a lock wait until it ends or thread `tid` takes a signal (`None`).
+async fn until_interrupted<T>(wait: impl std::future::Future<Output = T>, tid: u32) -> Option<T> {
+    tokio::pin!(wait);
+    let mut poll = tokio::time::interval(SIGNAL_POLL);
+    loop {
+        tokio::select! {
+            r = &mut wait => return Some(r),
+            _ = poll.tick() => {
+                if is_interrupted(tid).await {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Whether a Release's failure still means the cell holds no such lock: not held, its node

@@ -73,6 +73,19 @@ impl HeldLocks {
         self.held.insert(key, Held { session, mode, handle, releasing: false, gate, pid, sequencer });
     }
 
+    /// The lock `held` was converted: it is held in `mode` under `sequencer` now. If an
+    /// unlock took its entry away meanwhile, the converted lock is entered anew (so it is
+    /// released with the owner's next unlock or close).
+    pub fn renew(&mut self, key: &LockKey, held: &Held, mode: LockMode, sequencer: String) {
+        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, &held.gate)) {
+            Some(h) => {
+                h.mode = mode;
+                h.sequencer = sequencer;
+            }
+            None => self.insert(key.clone(), held.session, mode, held.handle.clone(), held.pid, sequencer),
+        }
+    }
+
     /// Whether any lock of `node` is held here.
     pub fn holds_on(&self, node: &NodeRef) -> bool {
         self.held.keys().any(|k| k.node == *node)

@@ -23,13 +23,17 @@ impl ChubbyService {
         let h = self.handle(req.handle.as_ref(), Rights::WRITE)?;
         let request = self.request_id(req.request.as_ref(), h.session)?;
         let (holder, path) = (Holder { session: h.session, owner: req.owner }, h.path.clone());
-        let op = Op::Acquire {
-            path: h.path,
-            instance: h.instance,
-            mode,
-            owner: req.owner,
-            lock_delay_ms: req.lock_delay_ms,
-            try_only,
+        let op = if req.convert {
+            Op::Convert { path: h.path, instance: h.instance, mode, owner: req.owner, try_only }
+        } else {
+            Op::Acquire {
+                path: h.path,
+                instance: h.instance,
+                mode,
+                owner: req.owner,
+                lock_delay_ms: req.lock_delay_ms,
+                try_only,
+            }
         };
         let sequencer = self.master.acquire(request, op, holder, &path).await.map_err(|e| self.fail(e))?;
         Ok(AcquireResponse { granted: true, queued: false, sequencer })

@@ -52,6 +52,14 @@ enum Step {
         try_only: bool,
         delay: Option<u64>,
     },
+    /// An Acquire that converts a lock the owner holds in the other mode.
+    Convert {
+        s: u64,
+        o: u64,
+        p: usize,
+        shared: bool,
+        try_only: bool,
+    },
     Release {
         s: u64,
         o: u64,
@@ -83,6 +91,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (s.clone(), p.clone(), p.clone(), any::<bool>()).prop_map(|(s, p, to, replace)| Step::Rename { s, p, to, replace }),
         5 => (s.clone(), 1..3u64, p.clone(), any::<bool>(), any::<bool>(), prop::option::of(0..3000u64))
             .prop_map(|(s, o, p, shared, try_only, delay)| Step::Acquire { s, o, p, shared, try_only, delay }),
+        3 => (s.clone(), 1..3u64, p.clone(), any::<bool>(), any::<bool>())
+            .prop_map(|(s, o, p, shared, try_only)| Step::Convert { s, o, p, shared, try_only }),
         3 => (s.clone(), 1..3u64, p.clone()).prop_map(|(s, o, p)| Step::Release { s, o, p }),
         1 => (s.clone(), 1..3u64, p.clone()).prop_map(|(s, o, p)| Step::Cancel { s, o, p }),
         2 => (0..2000u64).prop_map(Step::Advance),
@@ -114,6 +124,7 @@ impl Builder {
             Step::Acquire { s, o, p, shared, try_only, delay } => {
                 Step::Acquire { s: sid(s), o, p, shared, try_only, delay }
             }
+            Step::Convert { s, o, p, shared, try_only } => Step::Convert { s: sid(s), o, p, shared, try_only },
             Step::Release { s, o, p } => Step::Release { s: sid(s), o, p },
             Step::Cancel { s, o, p } => Step::Cancel { s: sid(s), o, p },
             Step::Retry(s) => Step::Retry(sid(s)),
@@ -169,6 +180,10 @@ impl Builder {
                 };
                 (Some(s), op)
             }
+            Step::Convert { s, o, p, shared, try_only } => {
+                let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
+                (Some(s), Op::Convert { path: path(p), instance: instance(p), mode, owner: o, try_only })
+            }
             Step::Release { s, o, p } => (Some(s), Op::Release { path: path(p), instance: instance(p), owner: o }),
             Step::Cancel { s, o, p } => (Some(s), Op::Cancel { path: path(p), instance: instance(p), owner: o }),
             Step::Advance(ms) => {
@@ -208,19 +223,28 @@ pub(super) fn check_invariants(st: &CellState) -> Result<(), String> {
                 return Err(format!("{path}: holder {h:?} not recorded in its session"));
             }
         }
-        for w in &l.waiters {
+        for (i, w) in l.waiters.iter().enumerate() {
             let ok = st
                 .sessions
                 .get(&w.holder.session)
                 .is_some_and(|s| s.waiting.contains(&(path.to_string(), w.holder.owner)));
-            if !ok || l.holders.contains_key(&w.holder) {
-                return Err(format!("{path}: waiter {w:?} inconsistent"));
+            if !ok {
+                return Err(format!("{path}: waiter {w:?} not recorded in its session"));
+            }
+            // A holder that waits is upgrading: one at most, at the head, shared to exclusive.
+            let upgrade = l.holders.contains_key(&w.holder);
+            if upgrade && (i > 0 || w.mode != LockMode::Exclusive || l.mode != LockMode::Shared) {
+                return Err(format!("{path}: holder {w:?} waits at {i} with the lock in {:?}", l.mode));
             }
         }
         if l.delay_until_ms > 0 && !st.delays.contains(&(l.delay_until_ms, path.to_string())) {
             return Err(format!("{path}: a lock-delay until {} not among the running ones", l.delay_until_ms));
         }
-        if !l.waiters.is_empty() && l.delay_until_ms == 0 && l.waiters.front().is_some_and(|w| l.compatible(w.mode)) {
+        let grantable = |w: &crate::state::locks::Waiter| match l.holders.contains_key(&w.holder) {
+            true => l.holders.len() == 1,
+            false => l.compatible(w.mode),
+        };
+        if l.delay_until_ms == 0 && l.waiters.front().is_some_and(grantable) {
             return Err(format!("{path}: the head of the queue could be granted but waits"));
         }
         for name in &n.children {

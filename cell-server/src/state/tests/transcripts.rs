@@ -355,6 +355,14 @@ impl Driver {
                 lock_delay_ms: opt(args, "delay").map(|d| d.parse().expect("ms")),
                 try_only: args.contains(&"try"),
             },
+            // `convert NAME PATH x|s [try]`: the owner's lock in the other mode, in one step.
+            "convert" => Op::Convert {
+                path,
+                instance,
+                mode: if args[2] == "s" { LockMode::Shared } else { LockMode::Exclusive },
+                owner,
+                try_only: args.contains(&"try"),
+            },
             "release" => Op::Release { path, instance, owner },
             "cancel" => Op::Cancel { path, instance, owner },
             "acl" => {
@@ -413,6 +421,11 @@ fn readers_share_and_a_queued_writer_is_not_starved() {
 #[test]
 fn cancel_removes_a_waiter_and_may_unblock_the_queue() {
     transcript("cancel");
+}
+
+#[test]
+fn a_holder_converts_its_lock_without_letting_go() {
+    transcript("convert");
 }
 
 #[test]

@@ -255,9 +255,34 @@ impl Session {
         self.lock(h, mode, owner, delay, true).await
     }
 
+    /// Makes `owner`'s lock one in `mode` without letting go of it (fcntl's upgrade and
+    /// downgrade): a downgrade at once; an upgrade when no other holder is left (`wait`), or
+    /// `LockBusy` at once. Holding nothing, as [`Session::acquire`]. While an upgrade waits,
+    /// the shared lock stays held; [`Session::cancel_conversion`] withdraws it.
+    pub async fn convert(&self, h: &Handle, mode: LockMode, owner: u64, wait: bool) -> Locked {
+        let (_f, mut req) = self.acquire_request(h, mode, owner, None);
+        req.convert = true;
+        self.send_acquire(req, !wait).await
+    }
+
+    /// Withdraws a waiting upgrade; the shared lock stays held. `true` if the upgrade was
+    /// granted before the withdrawal: the lock is then held exclusively.
+    pub async fn cancel_conversion(&self, handle: &Handle, owner: u64) -> Result<bool, ClientError> {
+        let f = self.next_request();
+        let req = CancelRequest { request: Some(f.request), handle: Some(handle.clone()), owner };
+        match self.call(self.deadline(), rpc!(Cancel, req)).await {
+            Err(ClientError::Rpc(s)) if s.code() == Code::AlreadyExists => Ok(true),
+            other => other.map(|_| false),
+        }
+    }
+
     /// A blocking Acquire waits as long as the session lives; a TryAcquire has a deadline.
     async fn lock(&self, h: &Handle, mode: LockMode, owner: u64, delay: Option<Duration>, try_only: bool) -> Locked {
         let (_f, req) = self.acquire_request(h, mode, owner, delay);
+        self.send_acquire(req, try_only).await
+    }
+
+    async fn send_acquire(&self, req: AcquireRequest, try_only: bool) -> Locked {
         let granted = match try_only {
             false => self.call(None, rpc!(Acquire, req)).await?,
             true => self.call(self.deadline(), rpc!(TryAcquire, req)).await?,
@@ -279,6 +304,7 @@ impl Session {
             mode: mode as i32,
             owner,
             lock_delay_ms: lock_delay.map(|d| d.as_millis() as u64),
+            convert: false,
         };
         (f, req)
     }
