@@ -227,3 +227,65 @@ fn a_flush_in_an_exec_waiting_on_an_unreachable_cell_does_not_hang_the_daemon() 
     assert_eq!(fs::read_to_string(m.path("job")).expect("the daemon still serves"), "v1v2");
     drop(file);
 }
+
+/// An upgrade interrupted while the cell is out of reach cannot be withdrawn then (the mount
+/// cut off; the master it sent the withdrawal to dies meanwhile): the mount keeps trying, and
+/// once the network is back the next master drops the queued upgrade, and the holder still
+/// holds the shared lock it was told it kept.
+#[test]
+fn an_upgrade_interrupted_while_the_cell_is_out_of_reach_is_withdrawn_once_it_is_back() {
+    if !fuse_available("an_upgrade_interrupted_while_the_cell_is_out_of_reach_is_withdrawn_once_it_is_back") {
+        return;
+    }
+    let ns = Netns::create(4).unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
+    let mut cell = TestCell::start(CellOptions { host: ns.host_ip.clone(), ..CellOptions::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).expect("leader");
+    let m = Mount::start_in(&cell, &["--rpc-timeout", "1s", "--grace", "60s"], Some(&ns));
+    let b = Mount::start(&cell, &[]);
+    let job = m.path("job");
+    fs::write(&job, "").expect("create");
+    let mut groups = Groups::default();
+    let mut reader = flock(&["-s"], &b.path("job"), "sleep 60", &mut groups);
+    await_held(&cell, "/ls/local/job");
+    // A shell on the host to be cut off shares the lock, then tries to upgrade for 2 s.
+    let mut shell = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 2 9; echo upgrade=$?; read again; \
+             flock -s -n 9; echo shared=$?; exec sleep 60",
+            job.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    groups.0.push(shell.id());
+    let said = lines_of(shell.stdout.take().expect("stdout"));
+    let line = || said.recv_timeout(Duration::from_secs(30)).expect("the shell's next line");
+    assert_eq!(line(), "shared");
+    writeln!(shell.stdin.as_ref().expect("stdin"), "go").expect("tell the shell to upgrade");
+    await_queued_locks(&cell, 1);
+
+    // Cut off, the upgrade times out and its withdrawal goes unanswered; the master it went
+    // to dies. The mount's session lives on at the next master.
+    ns.cut().expect("cut");
+    assert_eq!(line(), "upgrade=1", "flock -x -w 2 while the other host shares the lock");
+    let master = cell.leader(&rt);
+    cell.kill(master);
+    // (The next master's count, once one serves.)
+    assert_eq!(leader_status(&cell, "queued_locks"), 1, "the cell has not heard of the withdrawal");
+
+    // Back: the withdrawal reaches the next master; both readers still hold the lock.
+    ns.heal().expect("heal");
+    await_queued_locks(&cell, 0);
+    let holders = xattr(&b.path("job"), "user.chubby.sequencer").unwrap_or_default();
+    assert!(holders.lines().count() == 2 && !holders.contains(":x:"), "two readers: {holders}");
+    writeln!(shell.stdin.as_ref().expect("stdin"), "again").expect("tell the shell to ask again");
+    assert_eq!(line(), "shared=0", "the shell still holds its shared lock");
+    for child in [&mut reader, &mut shell] {
+        groups.kill(child.id());
+        let _ = child.wait();
+    }
+}

@@ -389,18 +389,21 @@ fn converting_a_lock_never_lets_a_waiter_in_between() {
     let mut groups = Groups::default();
     let job = a.path("job");
     fs::write(&job, "").expect("create");
+    let holders = || xattr(&job, "user.chubby.sequencer").unwrap_or_default();
     // Two owners on host A: separate opens (flock's owner is the open file).
-    let open = || fs::OpenOptions::new().read(true).write(true).open(&job).expect("open");
-    let (mine, other) = (std::sync::Arc::new(open()), open());
+    let open = || std::sync::Arc::new(fs::OpenOptions::new().read(true).write(true).open(&job).expect("open"));
+    let (mine, other) = (open(), open());
     assert_eq!(flock_fd(&mine, LOCK_SH | LOCK_NB), 0);
     assert_eq!(flock_fd(&other, LOCK_SH | LOCK_NB), 0);
-    // A third shared holder on host A, a shell that then tries to upgrade for half a second.
+    // A third shared holder on host A, a shell that then tries to upgrade for half a second,
+    // once told to (a line on its stdin).
     let mut shell = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "exec 9<>{}; flock -s 9 && echo shared; flock -x -w 0.5 9; echo upgrade=$?; exec sleep 60",
+            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 0.5 9; echo upgrade=$?; exec sleep 60",
             job.display()
         ))
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .process_group(0)
         .spawn()
@@ -409,43 +412,48 @@ fn converting_a_lock_never_lets_a_waiter_in_between() {
     let said = lines_of(shell.stdout.take().expect("stdout"));
     let line = || said.recv_timeout(Duration::from_secs(20)).expect("the shell's next line");
     assert_eq!(line(), "shared");
-    // A writer waits on host B.
+    // A writer waits on host B, queued behind the three readers.
     let mut writer = flock(&["-x"], &b.path("job"), "true", &mut groups);
-    std::thread::sleep(Duration::from_millis(300));
+    await_queued_locks(&cell, 1);
 
-    // The shell's upgrade times out (interrupted by its alarm); it still holds its shared lock.
+    // The shell's upgrade waits, then times out (its alarm interrupts it), and is withdrawn:
+    // the shell still holds its shared lock.
+    writeln!(shell.stdin.as_ref().expect("stdin"), "go").expect("tell the shell to upgrade");
     assert_eq!(line(), "upgrade=1", "flock -x -w 0.5 while others share the lock");
+    await_queued_locks(&cell, 1);
     // An upgrade that cannot be granted at once fails and keeps the shared lock.
     assert_eq!(flock_fd(&mine, LOCK_EX | LOCK_NB), EWOULDBLOCK, "upgrade while others share");
-    // A blocking upgrade waits; a second one would wait for it forever: EDEADLK.
+    assert_eq!(holders().lines().count(), 3, "three readers still: {}", holders());
+    // A blocking upgrade waits, ahead of the writer; a second one would wait for it, and it
+    // for the second, forever: EDEADLK.
     let upgraded = flock_in_thread(&mine, LOCK_EX);
-    std::thread::sleep(Duration::from_millis(300));
-    let second = std::sync::Arc::new(other);
-    let refused = flock_in_thread(&second, LOCK_EX).recv_timeout(Duration::from_secs(20));
+    await_queued_locks(&cell, 2);
+    let refused = flock_in_thread(&other, LOCK_EX).recv_timeout(Duration::from_secs(20));
     assert_eq!(refused, Ok(EDEADLK), "a second blocking upgrade");
-    assert!(upgraded.try_recv().is_err(), "the upgrade waits while others share the lock");
-    assert_eq!(flock_fd(&second, LOCK_UN), 0);
+    assert_eq!(flock_fd(&other, LOCK_UN), 0);
+    std::thread::sleep(Duration::from_millis(300));
     assert!(upgraded.try_recv().is_err(), "the upgrade waits for the shell, which still shares the lock");
+    let readers = holders();
+    assert!(readers.lines().count() == 2 && !readers.contains(":x:"), "two readers left: {readers}");
     assert!(writer.try_wait().expect("wait").is_none(), "the writer waits behind the readers");
 
     // The shell goes: the upgrade is granted ahead of the writer queued before it.
     groups.kill(shell.id());
     let _ = shell.wait();
     assert_eq!(upgraded.recv_timeout(Duration::from_secs(20)), Ok(0), "the upgrade once alone");
-    let held = xattr(&job, "user.chubby.sequencer").unwrap_or_default();
-    assert!(held.contains(":x:"), "held exclusively: {held}");
+    assert!(holders().contains(":x:"), "held exclusively: {}", holders());
     std::thread::sleep(Duration::from_millis(300));
     assert!(writer.try_wait().expect("wait").is_none(), "the writer is not let in by an upgrade");
 
     // Down and up again, at once each time, the writer still waiting.
     assert_eq!(flock_fd(&mine, LOCK_SH | LOCK_NB), 0, "downgrade");
-    assert!(xattr(&job, "user.chubby.sequencer").unwrap_or_default().contains(":s:"));
+    assert!(holders().contains(":s:"), "held shared: {}", holders());
     assert_eq!(flock_fd(&mine, LOCK_EX | LOCK_NB), 0, "upgrade of a lock held alone");
     std::thread::sleep(Duration::from_millis(300));
     assert!(writer.try_wait().expect("wait").is_none(), "the writer is not let in by a conversion");
 
     // Letting go lets the writer in.
-    drop(mine);
+    drop((mine, other));
     let st = exit_within(&mut writer, Duration::from_secs(20)).expect("the writer gets the lock once it is free");
     assert!(st.success());
 }

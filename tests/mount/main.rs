@@ -96,13 +96,27 @@ fn await_held(cell: &TestCell, path: &str) {
 
 /// The sessions in the cell's state, as its master reports them.
 fn cell_sessions(cell: &TestCell) -> u64 {
+    leader_status(cell, "sessions")
+}
+
+/// Waits (at most 20 s) until the cell's state holds `n` queued lock requests.
+fn await_queued_locks(cell: &TestCell, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader_status(cell, "queued_locks") != n {
+        assert!(Instant::now() < deadline, "the cell never had {n} lock requests queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A figure of `chubby status --json` for the cell's master.
+fn leader_status(cell: &TestCell, figure: &str) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = chubby(cell, &["status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
         let replicas = status["replicas"].as_array().cloned().unwrap_or_default();
         if let Some(leader) = replicas.iter().find(|r| r["role"] == "leader") {
-            return leader["sessions"].as_u64().expect("sessions");
+            return leader[figure].as_u64().unwrap_or_else(|| panic!("{figure} in {leader}"));
         }
         assert!(Instant::now() < deadline, "no leader: {status}");
         std::thread::sleep(Duration::from_millis(50));

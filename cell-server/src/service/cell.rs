@@ -135,7 +135,7 @@ impl CellService {
 impl Cell for CellService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let st = self.replica.status().await.map_err(|e| self.status_of(e))?;
-        let (sessions, remembered_answers, nodes, max_nodes, content_bytes) = self
+        let (sessions, remembered_answers, nodes, max_nodes, content_bytes, queued_locks) = self
             .replica
             .stale_read(|m: &CellMachine| {
                 let st = m.state();
@@ -145,6 +145,7 @@ impl Cell for CellService {
                     st.node_count() as u64,
                     st.limits().max_nodes,
                     st.content_bytes(),
+                    st.sessions().map(|(_, s)| s.waiting.len() as u64).sum(),
                 )
             })
             .await
@@ -193,6 +194,7 @@ impl Cell for CellService {
             nodes,
             max_nodes,
             content_bytes,
+            queued_locks,
         }))
     }
 

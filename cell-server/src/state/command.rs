@@ -247,9 +247,9 @@ pub enum Op {
         to: String,
         replace: bool,
     },
-    /// An Acquire by an owner that may hold the lock in the other mode: it then holds it in
-    /// `mode` with no moment of holding nothing (fcntl's upgrade and downgrade). An owner
-    /// that holds nothing asks as by an Acquire. Last, so logs written before it still decode.
+    /// A lock its owner holds, made one in `mode` with no moment of holding nothing (fcntl's
+    /// upgrade and downgrade); refused if the owner holds nothing. Last, so logs written
+    /// before it still decode.
     Convert {
         path: String,
         instance: u64,

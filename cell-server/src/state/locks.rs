@@ -180,7 +180,9 @@ impl CellState {
     /// immediate when the holder holds alone (and no lock-delay runs); otherwise it waits at
     /// the head of the queue, still holding its shared lock, so the writers queued behind it
     /// cannot deadlock with it. Two holders cannot both wait to upgrade: the second is refused
-    /// (`Deadlock`) and keeps its shared lock.
+    /// (`Deadlock`) and keeps its shared lock. An owner that holds nothing is refused
+    /// (`NotHeld`): its lock went (a release raced the conversion), and a fresh grant here
+    /// would be one its client does not know it holds.
     pub(super) fn convert(
         &mut self,
         holder: Holder,
@@ -192,10 +194,15 @@ impl CellState {
         self.lock_node(&path, instance)?;
         let lock = &self.nodes[path.as_str()].lock;
         if !lock.holders.contains_key(&holder) {
-            return self.acquire(holder, path, instance, Ask { mode, lock_delay_ms: None, try_only });
+            return Err(StateError::NotHeld(path));
         }
         if lock.mode == mode {
-            return Ok(Reply::Granted { sequencer: self.sequencer_of(&path, holder).unwrap_or_default() });
+            let sequencer = self.sequencer_of(&path, holder).unwrap_or_default();
+            // Back to shared while its upgrade waits: the latest request stands.
+            if self.remove_waiter(&path, holder, "converted back to shared") {
+                self.grant_from_head(&path);
+            }
+            return Ok(Reply::Granted { sequencer });
         }
         if lock.waiters.iter().any(|w| w.holder == holder) {
             // Its upgrade waits already (this is a retry of it).

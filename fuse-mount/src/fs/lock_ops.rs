@@ -74,6 +74,11 @@ impl FsInner {
                 // owner asks again (the cell would count the request as the lock it still
                 // holds, and the late Release would then take the new lock away).
                 self.await_release(&key, &held, wait, tid).await?;
+            } else if held.unsettled {
+                // A conversion whose outcome is not known here: the cell says what is held
+                // before the owner asks again, so the request starts from the truth.
+                self.await_settled(&key, &held, wait, tid).await?;
+                return Box::pin(self.setlk(fh, owner, typ, wait, tid, pid)).await;
             } else if held.session != session.id() {
                 // Taken through an open of another session (the process changed user): that
                 // session's lock goes first, so this conversion is not atomic.
@@ -85,7 +90,16 @@ impl FsInner {
             }
         }
         let sequencer = if !wait {
-            session.try_acquire(&handle, mode, owner, self.lock_delay).await.map_err(errno)?
+            match session.try_acquire(&handle, mode, owner, self.lock_delay).await {
+                Ok(sequencer) => sequencer,
+                Err(e @ ClientError::Timeout { .. }) => {
+                    // Granted or not, unknown: the caller is told it failed, so a grant that
+                    // came through must not stay (the call was dropped before the cancel).
+                    self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
+                    return Err(errno(e));
+                }
+                Err(e) => return Err(errno(e)),
+            }
         } else {
             let acquire = session.acquire(&handle, mode, owner, self.lock_delay);
             let Some(granted) = until_interrupted(acquire, tid).await else {
@@ -118,7 +132,8 @@ impl FsInner {
     /// Makes the lock `held` (of `key`, taken in `session`) one in `mode` in one step, as
     /// fcntl does: a downgrade at once; an upgrade when the other holders have let go, the
     /// shared lock held meanwhile. An upgrade that fails (busy, `EDEADLK`, interrupted)
-    /// leaves the shared lock held.
+    /// leaves the shared lock held. A conversion whose outcome is unknown (timed out, or
+    /// interrupted while it waited) is settled with the cell before this owner's next request.
     #[allow(clippy::too_many_arguments)]
     async fn convert(
         &self,
@@ -130,84 +145,177 @@ impl FsInner {
         wait: bool,
         tid: u32,
     ) -> Result<(), Errno> {
-        let sequencer = if !wait {
-            session.convert(&held.handle, mode, key.owner, false).await.map_err(errno)?
-        } else {
-            match until_interrupted(session.convert(&held.handle, mode, key.owner, true), tid).await {
-                Some(granted) => granted.map_err(errno)?,
-                None => {
-                    self.withdraw_upgrade(key, held, session).await;
-                    return Err(Errno::EINTR);
-                }
+        let outcome = match wait {
+            false => Some(session.convert(&held.handle, mode, key.owner, false).await),
+            true => until_interrupted(session.convert(&held.handle, mode, key.owner, true), tid).await,
+        };
+        let sequencer = match outcome {
+            Some(Ok(sequencer)) => sequencer,
+            Some(Err(e)) if e.reason() == Some(Refusal::NotHeld) => {
+                // The cell holds nothing for this owner (an unlock raced this call): neither
+                // does the entry.
+                let _sending = held.gate.lock().await;
+                guard(&self.locks).remove_if(key, &held.gate);
+                return Err(errno(e));
+            }
+            // The cell's answer (busy, deadlock) or a lost session: nothing changed.
+            Some(Err(e)) if e.reason().is_some() || matches!(e, ClientError::SessionLost(_)) => return Err(errno(e)),
+            Some(Err(e)) => {
+                self.settle(key, held).await;
+                return Err(errno(e));
+            }
+            None => {
+                // The wait is withdrawn: the owner keeps the shared lock it had.
+                self.settle(key, held).await;
+                return Err(Errno::EINTR);
             }
         };
-        self.renew(key, held, mode, sequencer.clone()).await;
-        // As for a new lock: writes through this open are under it from now on.
-        if let Ok(file) = self.file(fh) {
-            let mut f = file.lock().await;
-            f.own_lock = Some((key.owner, sequencer.clone()));
-            f.fence = Some((key.owner, sequencer));
+        let renewed = {
+            // Not while a Release of this lock is in flight: an unlock (another thread's close)
+            // that took the entry away released what this conversion made, and it stays gone.
+            let _sending = held.gate.lock().await;
+            guard(&self.locks).renew(key, &held.gate, mode, sequencer.clone())
+        };
+        if renewed {
+            self.renew_fences(key, &held.sequencer, &sequencer).await;
+            // As for a new lock: writes through this open are under it from now on.
+            if let Ok(file) = self.file(fh) {
+                let mut f = file.lock().await;
+                f.own_lock = Some((key.owner, sequencer.clone()));
+                f.fence = Some((key.owner, sequencer));
+            }
         }
         Ok(())
     }
 
-    /// The lock `held` is now held in `mode` under `sequencer`: the entry says so, and what
-    /// the owner's opens wrote under the old grant is under the new one (held throughout).
-    async fn renew(&self, key: &LockKey, held: &Held, mode: LockMode, sequencer: String) {
-        guard(&self.locks).renew(key, held, mode, sequencer.clone());
+    /// The owner's lock went from sequencer `old` to `new` without being let go: what its
+    /// opens wrote under the old grant is under the new one.
+    async fn renew_fences(&self, key: &LockKey, old: &str, new: &str) {
         for (_, file) in self.files_of(&key.node) {
             let mut f = file.lock().await;
-            let renewed = Some((key.owner, sequencer.clone()));
-            if f.fence.as_ref().is_some_and(|(o, s)| *o == key.owner && *s == held.sequencer) {
+            let renewed = Some((key.owner, new.to_string()));
+            if f.fence.as_ref().is_some_and(|(o, s)| *o == key.owner && s == old) {
                 f.fence = renewed.clone();
             }
-            if f.own_lock.as_ref().is_some_and(|(o, s)| *o == key.owner && *s == held.sequencer) {
+            if f.own_lock.as_ref().is_some_and(|(o, s)| *o == key.owner && s == old) {
                 f.own_lock = renewed;
             }
         }
     }
 
-    /// An interrupted upgrade: withdrawn, so the owner keeps the shared lock it had. If the
-    /// cell cannot be reached now, the withdrawal goes on in the background until it is done;
-    /// an upgrade granted meanwhile is turned back into the shared lock.
-    async fn withdraw_upgrade(&self, key: &LockKey, held: &Held, session: &Session) {
-        let once = |fs: Arc<FsInner>, key: LockKey, held: Held, session: Session| async move {
-            match session.cancel_conversion(&held.handle, key.owner).await {
-                Ok(false) | Err(ClientError::SessionLost(_)) => Ok(()),
-                Ok(true) => {
-                    let shared = session.convert(&held.handle, LockMode::LockShared, key.owner, false).await;
-                    match shared {
-                        Ok(sequencer) => {
-                            fs.renew(&key, &held, LockMode::LockShared, sequencer).await;
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            }
+    /// After a conversion with no known outcome: settles the entry now, or marks it unsettled
+    /// and keeps trying in the background until the cell answers.
+    async fn settle(&self, key: &LockKey, held: &Held) {
+        if let Err(e) = self.settle_once(key, &held.gate, true).await {
+            tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; retrying in the background");
+            self.settle_until_done(key.clone(), held.gate.clone());
+        }
+    }
+
+    /// Withdraws a waiting upgrade of the lock `key` (whose entry has gate `gate`) and makes
+    /// the entry what the cell holds: an upgrade granted meanwhile goes back to the shared
+    /// lock the owner was told it keeps; a lock gone leaves no entry. `first`: the entry is
+    /// marked unsettled if this try fails. Holds the gate, so no Release or other settling
+    /// of this lock runs meanwhile.
+    async fn settle_once(
+        &self,
+        key: &LockKey,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        first: bool,
+    ) -> Result<(), ClientError> {
+        if let Some((old, new)) = self.settle_entry(key, gate, first).await? {
+            self.renew_fences(key, &old, &new).await;
+        }
+        Ok(())
+    }
+
+    /// [`FsInner::settle_once`] but for the fences: the sequencers the owner's lock went from
+    /// and to, if it changed.
+    async fn settle_entry(
+        &self,
+        key: &LockKey,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        first: bool,
+    ) -> Result<Option<(String, String)>, ClientError> {
+        let _sending = gate.lock().await;
+        let Some(held) = guard(&self.locks).is(key, gate).cloned() else { return Ok(None) };
+        let session = self.cells[key.node.cell].session_with_id(held.session).filter(|s| !s.is_lost());
+        let Some(session) = session.filter(|_| !held.releasing) else {
+            // Let go at a close (its Release ends any wait too), or its session is gone.
+            guard(&self.locks).settled(key, gate);
+            return Ok(None);
         };
-        let Some(me) = self.me.get().and_then(|m| m.upgrade()) else { return };
-        let Err(e) = once(me.clone(), key.clone(), held.clone(), session.clone()).await else { return };
-        tracing::warn!(path = %key.node.path, "withdrawing an interrupted lock upgrade: {e}; retrying in the background");
-        let (key, held, session) = (key.clone(), held.clone(), session.clone());
-        let me = Arc::downgrade(&me);
+        let r = async {
+            session.cancel_conversion(&held.handle, key.owner).await?;
+            let now = match session.sequencer(&held.handle, key.owner).await {
+                Ok(sequencer) => sequencer,
+                Err(e) if no_lock_left(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let exclusive = holder_of(&now).is_some_and(|(m, _, _)| m == LockMode::LockExclusive);
+            if exclusive && held.mode == LockMode::LockShared {
+                return session.convert(&held.handle, LockMode::LockShared, key.owner, false).await.map(Some);
+            }
+            Ok(Some(now))
+        }
+        .await;
+        let mut locks = guard(&self.locks);
+        match r {
+            Ok(None) => locks.remove_if(key, gate),
+            Ok(Some(sequencer)) => {
+                let mode = holder_of(&sequencer).map_or(held.mode, |(m, _, _)| m);
+                locks.renew(key, gate, mode, sequencer.clone());
+                locks.settled(key, gate);
+                return Ok(Some((held.sequencer, sequencer)));
+            }
+            Err(e) if e.reason().is_some() => {
+                // The cell's refusal: asking again changes nothing; the entry stays as it is.
+                tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; giving up");
+                locks.settled(key, gate);
+            }
+            Err(e) => {
+                if first {
+                    locks.mark_unsettled(key, gate);
+                }
+                return Err(e);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Retries settling the entry of `key` with gate `gate` in the background until done.
+    fn settle_until_done(&self, key: LockKey, gate: Arc<tokio::sync::Mutex<()>>) {
+        let Some(me) = self.me.get().cloned() else { return };
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(100);
-            while !session.is_lost() {
+            loop {
                 tokio::time::sleep(pause).await;
                 let Some(fs) = me.upgrade() else { return };
-                match once(fs, key.clone(), held.clone(), session.clone()).await {
+                match fs.settle_once(&key, &gate, false).await {
                     Ok(()) => return,
-                    Err(e @ ClientError::Rpc(_)) => {
-                        tracing::warn!(path = %key.node.path, "withdrawing an interrupted lock upgrade: {e}; giving up");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(path = %key.node.path, "withdrawing an interrupted lock upgrade: {e}"),
+                    Err(e) => tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; retrying"),
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         });
+    }
+
+    /// Before the owner of an unsettled entry asks again: it is settled. A blocking request
+    /// waits for that as it would for the lock (until thread `tid` takes a signal: `EINTR`);
+    /// a non-blocking one fails with this try's error.
+    async fn await_settled(&self, key: &LockKey, held: &Held, wait: bool, tid: u32) -> Result<(), Errno> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.settle_once(key, &held.gate, false).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !wait => return Err(errno(e)),
+                Err(_) => {}
+            }
+            if sleep_unless_interrupted(pause, tid).await {
+                return Err(Errno::EINTR);
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
     }
 
     /// `owner` let go of its lock of `node` on purpose: no open of the node writes under it
@@ -321,12 +429,8 @@ impl FsInner {
                 Err(e) if !wait => return Err(e),
                 Err(_) => {}
             }
-            let until = tokio::time::Instant::now() + pause;
-            while tokio::time::Instant::now() < until {
-                if is_interrupted(tid).await {
-                    return Err(Errno::EINTR);
-                }
-                tokio::time::sleep(SIGNAL_POLL).await;
+            if sleep_unless_interrupted(pause, tid).await {
+                return Err(Errno::EINTR);
             }
             pause = (pause * 2).min(Duration::from_secs(5));
         }
@@ -389,6 +493,18 @@ impl FsInner {
             }
         }
     }
+}
+
+/// Sleeps for `pause`; true if thread `tid` took a signal meanwhile (the sleep then ends).
+async fn sleep_unless_interrupted(pause: Duration, tid: u32) -> bool {
+    let until = tokio::time::Instant::now() + pause;
+    while tokio::time::Instant::now() < until {
+        if is_interrupted(tid).await {
+            return true;
+        }
+        tokio::time::sleep(SIGNAL_POLL).await;
+    }
+    false
 }
 
 /// Runs a lock wait until it ends or thread `tid` takes a signal (`None`).

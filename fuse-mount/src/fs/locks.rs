@@ -55,6 +55,9 @@ pub struct Held {
     pub pid: u32,
     /// Its sequencer, which the stores of files written under it carry.
     pub sequencer: String,
+    /// A conversion of it timed out or was interrupted, and the cell has not yet said what
+    /// it holds: the owner's next request waits for that (see `FsInner::settle`).
+    pub unsettled: bool,
 }
 
 /// Locks this mount holds in the cell.
@@ -70,19 +73,40 @@ impl HeldLocks {
 
     pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32, sequencer: String) {
         let gate = Arc::default();
-        self.held.insert(key, Held { session, mode, handle, releasing: false, gate, pid, sequencer });
+        self.held.insert(key, Held { session, mode, handle, releasing: false, gate, pid, sequencer, unsettled: false });
     }
 
-    /// The lock `held` was converted: it is held in `mode` under `sequencer` now. If an
-    /// unlock took its entry away meanwhile, the converted lock is entered anew (so it is
-    /// released with the owner's next unlock or close).
-    pub fn renew(&mut self, key: &LockKey, held: &Held, mode: LockMode, sequencer: String) {
-        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, &held.gate)) {
+    /// The entry whose gate is `gate` says the lock is held in `mode` under `sequencer` now
+    /// (converted); false if that entry is gone (released meanwhile).
+    pub fn renew(
+        &mut self,
+        key: &LockKey,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        mode: LockMode,
+        sequencer: String,
+    ) -> bool {
+        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
             Some(h) => {
                 h.mode = mode;
                 h.sequencer = sequencer;
+                true
             }
-            None => self.insert(key.clone(), held.session, mode, held.handle.clone(), held.pid, sequencer),
+            None => false,
+        }
+    }
+
+    /// Marks the entry whose gate is `gate` as unsettled: a conversion of it has no known
+    /// outcome.
+    pub fn mark_unsettled(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) {
+        if let Some(h) = self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
+            h.unsettled = true;
+        }
+    }
+
+    /// The entry whose gate is `gate` is settled: it says what the cell holds.
+    pub fn settled(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) {
+        if let Some(h) = self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
+            h.unsettled = false;
         }
     }
 

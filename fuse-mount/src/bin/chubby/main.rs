@@ -302,7 +302,8 @@ async fn status(client: CellClient, json: bool) -> u8 {
                     "voters": s.voters, "fsync": s.fsync, "cell": s.cell_name,
                     "lag": lag(s), "sessions": s.sessions, "leased_sessions": s.leased_sessions,
                     "subscriptions": s.subscriptions, "cache_registrations": s.cache_registrations,
-                    "lock_waiters": s.lock_waiters, "remembered_answers": s.remembered_answers,
+                    "lock_waiters": s.lock_waiters, "queued_locks": s.queued_locks,
+                    "remembered_answers": s.remembered_answers,
                 }),
                 Err(e) => json!({ "address": addr, "error": e }),
             })
