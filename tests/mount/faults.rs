@@ -135,8 +135,9 @@ fn a_process_killed_while_its_call_waits_on_an_unreachable_cell_exits_at_once() 
         return;
     }
     let ns = Netns::create(2).unwrap_or_else(|e| panic!("this test needs root and iproute2: {e}"));
-    let cell =
-        TestCell::start(CellOptions { session_lease_ms: 1000, host: ns.host_ip.clone(), ..CellOptions::default() });
+    // The default lease: the session outlives the cut however slow the machine, so the
+    // killed writer's store can go through once the network is back.
+    let cell = TestCell::start(CellOptions { host: ns.host_ip.clone(), ..CellOptions::default() });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).expect("leader");
     let mut m = Mount::start_in(&cell, &["--rpc-timeout", "120s", "--grace", "120s"], Some(&ns));
