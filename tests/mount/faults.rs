@@ -249,12 +249,13 @@ fn an_upgrade_interrupted_while_the_cell_is_out_of_reach_is_withdrawn_once_it_is
     let mut groups = Groups::default();
     let mut reader = flock(&["-s"], &b.path("job"), "sleep 60", &mut groups);
     await_held(&cell, "/ls/local/job");
-    // A shell on the host to be cut off shares the lock, then tries to upgrade for 2 s.
+    // A shell on the host to be cut off shares the lock, then tries to upgrade for 5 s.
     let mut shell = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 2 9; echo upgrade=$?; read again; \
-             flock -s -n 9; echo shared=$?; exec sleep 60",
+            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 5 9; echo upgrade=$?; read again; \
+             flock -s -n 9; echo shared=$?; read go; flock -x -w 5 9; echo upgrade=$?; read again; \
+             flock -x 9; echo upgraded=$?; exec sleep 60",
             job.display()
         ))
         .stdin(Stdio::piped())
@@ -272,7 +273,7 @@ fn an_upgrade_interrupted_while_the_cell_is_out_of_reach_is_withdrawn_once_it_is
     // Cut off, the upgrade times out and its withdrawal goes unanswered; the master it went
     // to dies. The mount's session lives on at the next master.
     ns.cut().expect("cut");
-    assert_eq!(line(), "upgrade=1", "flock -x -w 2 while the other host shares the lock");
+    assert_eq!(line(), "upgrade=1", "flock -x -w 5 while the other host shares the lock");
     let master = cell.leader(&rt);
     cell.kill(master);
     // (The next master's count, once one serves.)
@@ -285,6 +286,25 @@ fn an_upgrade_interrupted_while_the_cell_is_out_of_reach_is_withdrawn_once_it_is
     assert!(holders.lines().count() == 2 && !holders.contains(":x:"), "two readers: {holders}");
     writeln!(shell.stdin.as_ref().expect("stdin"), "again").expect("tell the shell to ask again");
     assert_eq!(line(), "shared=0", "the shell still holds its shared lock");
+
+    // Again cut off, an upgrade times out; once the network is back the shell asks again at
+    // once, and its new upgrade waits for the other reader. The withdrawal of the first,
+    // still retried in the background, must not withdraw the second.
+    writeln!(shell.stdin.as_ref().expect("stdin"), "go").expect("tell the shell to upgrade");
+    await_queued_locks(&cell, 1);
+    ns.cut().expect("cut");
+    assert_eq!(line(), "upgrade=1", "flock -x -w 5 while the other host shares the lock");
+    ns.heal().expect("heal");
+    writeln!(shell.stdin.as_ref().expect("stdin"), "again").expect("tell the shell to upgrade, waiting");
+    await_queued_locks(&cell, 1);
+    std::thread::sleep(Duration::from_secs(6));
+    if let Ok(early) = said.try_recv() {
+        panic!("the upgrade still waits for the other reader, but the shell said {early:?}");
+    }
+    assert_eq!(leader_status(&cell, "queued_locks"), 1, "the upgrade is still queued");
+    groups.kill(reader.id());
+    let _ = reader.wait();
+    assert_eq!(line(), "upgraded=0", "the upgrade once the other reader is gone");
     for child in [&mut reader, &mut shell] {
         groups.kill(child.id());
         let _ = child.wait();

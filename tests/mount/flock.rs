@@ -395,12 +395,12 @@ fn converting_a_lock_never_lets_a_waiter_in_between() {
     let (mine, other) = (open(), open());
     assert_eq!(flock_fd(&mine, LOCK_SH | LOCK_NB), 0);
     assert_eq!(flock_fd(&other, LOCK_SH | LOCK_NB), 0);
-    // A third shared holder on host A, a shell that then tries to upgrade for half a second,
+    // A third shared holder on host A, a shell that then tries to upgrade for two seconds,
     // once told to (a line on its stdin).
     let mut shell = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 0.5 9; echo upgrade=$?; exec sleep 60",
+            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 2 9; echo upgrade=$?; exec sleep 60",
             job.display()
         ))
         .stdin(Stdio::piped())
@@ -419,7 +419,8 @@ fn converting_a_lock_never_lets_a_waiter_in_between() {
     // The shell's upgrade waits, then times out (its alarm interrupts it), and is withdrawn:
     // the shell still holds its shared lock.
     writeln!(shell.stdin.as_ref().expect("stdin"), "go").expect("tell the shell to upgrade");
-    assert_eq!(line(), "upgrade=1", "flock -x -w 0.5 while others share the lock");
+    await_queued_locks(&cell, 2);
+    assert_eq!(line(), "upgrade=1", "flock -x -w 2 while others share the lock");
     await_queued_locks(&cell, 1);
     // An upgrade that cannot be granted at once fails and keeps the shared lock.
     assert_eq!(flock_fd(&mine, LOCK_EX | LOCK_NB), EWOULDBLOCK, "upgrade while others share");

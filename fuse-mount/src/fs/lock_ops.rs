@@ -9,7 +9,7 @@ use proto::chubby::{Handle, LockMode};
 use proto::Refusal;
 
 use super::inodes::NodeRef;
-use super::locks::{holder_of, is_interrupted, Held, LockKey, OFFSET_MAX};
+use super::locks::{holder_of, is_interrupted, Held, LockKey, Renewed, Unsettled, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
 use crate::client::Session;
@@ -74,7 +74,7 @@ impl FsInner {
                 // owner asks again (the cell would count the request as the lock it still
                 // holds, and the late Release would then take the new lock away).
                 self.await_release(&key, &held, wait, tid).await?;
-            } else if held.unsettled {
+            } else if held.unsettled != Unsettled::No {
                 // A conversion whose outcome is not known here: the cell says what is held
                 // before the owner asks again, so the request starts from the truth.
                 self.await_settled(&key, &held, wait, tid).await?;
@@ -95,7 +95,7 @@ impl FsInner {
                 Err(e @ ClientError::Timeout { .. }) => {
                     // Granted or not, unknown: the caller is told it failed, so a grant that
                     // came through must not stay (the call was dropped before the cancel).
-                    self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
+                    self.withdraw(&key, &session, &handle, mode, pid).await;
                     return Err(errno(e));
                 }
                 Err(e) => return Err(errno(e)),
@@ -107,7 +107,7 @@ impl FsInner {
                 // on the session's stream ahead of the cancel (the master stops it if it was not
                 // yet proposed), and its request id no longer holds back the cancel's
                 // first-incomplete mark, which then makes a late copy of it refused.
-                self.cancel_until_done(&node, session.clone(), handle.clone(), owner).await;
+                self.withdraw(&key, &session, &handle, mode, pid).await;
                 return Err(Errno::EINTR);
             };
             granted.map_err(errno)?
@@ -160,13 +160,15 @@ impl FsInner {
             }
             // The cell's answer (busy, deadlock) or a lost session: nothing changed.
             Some(Err(e)) if e.reason().is_some() || matches!(e, ClientError::SessionLost(_)) => return Err(errno(e)),
+            // The owner is told the conversion failed: an upgrade that went through after
+            // all goes back to the shared lock it keeps.
             Some(Err(e)) => {
-                self.settle(key, held).await;
+                self.settle(key, held, how_failed(mode)).await;
                 return Err(errno(e));
             }
             None => {
                 // The wait is withdrawn: the owner keeps the shared lock it had.
-                self.settle(key, held).await;
+                self.settle(key, held, how_failed(mode)).await;
                 return Err(Errno::EINTR);
             }
         };
@@ -174,9 +176,17 @@ impl FsInner {
             // Not while a Release of this lock is in flight: an unlock (another thread's close)
             // that took the entry away released what this conversion made, and it stays gone.
             let _sending = held.gate.lock().await;
-            guard(&self.locks).renew(key, &held.gate, mode, sequencer.clone())
+            guard(&self.locks).renew(key, held, mode, sequencer.clone())
         };
-        if renewed {
+        if renewed == Renewed::Changed {
+            // Another request of this owner (another thread) changed its lock meanwhile; which
+            // the cell applied last is unknown here: the entry takes what the cell holds.
+            let now = guard(&self.locks).get(key);
+            if let Some(now) = now {
+                self.settle(key, &now, Unsettled::AsHeld).await;
+            }
+        }
+        if renewed == Renewed::Done {
             self.renew_fences(key, &held.sequencer, &sequencer).await;
             // As for a new lock: writes through this open are under it from now on.
             if let Ok(file) = self.file(fh) {
@@ -203,27 +213,23 @@ impl FsInner {
         }
     }
 
-    /// After a conversion with no known outcome: settles the entry now, or marks it unsettled
-    /// and keeps trying in the background until the cell answers.
-    async fn settle(&self, key: &LockKey, held: &Held) {
-        if let Err(e) = self.settle_once(key, &held.gate, true).await {
+    /// Marks the entry `held` unsettled (`how`), so the owner's requests wait, and settles it
+    /// now, or else in the background until the cell answers.
+    async fn settle(&self, key: &LockKey, held: &Held, how: Unsettled) {
+        guard(&self.locks).mark_unsettled(key, &held.gate, how);
+        if let Err(e) = self.settle_once(key, &held.gate).await {
             tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; retrying in the background");
             self.settle_until_done(key.clone(), held.gate.clone());
         }
     }
 
-    /// Withdraws a waiting upgrade of the lock `key` (whose entry has gate `gate`) and makes
-    /// the entry what the cell holds: an upgrade granted meanwhile goes back to the shared
-    /// lock the owner was told it keeps; a lock gone leaves no entry. `first`: the entry is
-    /// marked unsettled if this try fails. Holds the gate, so no Release or other settling
-    /// of this lock runs meanwhile.
-    async fn settle_once(
-        &self,
-        key: &LockKey,
-        gate: &Arc<tokio::sync::Mutex<()>>,
-        first: bool,
-    ) -> Result<(), ClientError> {
-        if let Some((old, new)) = self.settle_entry(key, gate, first).await? {
+    /// Settles the unsettled entry of `key` whose gate is `gate` (nothing if it is gone,
+    /// replaced or settled already): withdraws a waiting upgrade, and makes the entry what the
+    /// cell holds (an upgrade its owner was told failed going back to shared first); a lock
+    /// gone leaves no entry. Holds the gate, so no Release or other settling of this lock runs
+    /// meanwhile.
+    async fn settle_once(&self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) -> Result<(), ClientError> {
+        if let Some((old, new)) = self.settle_entry(key, gate).await? {
             self.renew_fences(key, &old, &new).await;
         }
         Ok(())
@@ -235,14 +241,14 @@ impl FsInner {
         &self,
         key: &LockKey,
         gate: &Arc<tokio::sync::Mutex<()>>,
-        first: bool,
     ) -> Result<Option<(String, String)>, ClientError> {
         let _sending = gate.lock().await;
-        let Some(held) = guard(&self.locks).is(key, gate).cloned() else { return Ok(None) };
+        let held = guard(&self.locks).is(key, gate).filter(|h| h.unsettled != Unsettled::No).cloned();
+        let Some(held) = held else { return Ok(None) };
         let session = self.cells[key.node.cell].session_with_id(held.session).filter(|s| !s.is_lost());
         let Some(session) = session.filter(|_| !held.releasing) else {
             // Let go at a close (its Release ends any wait too), or its session is gone.
-            guard(&self.locks).settled(key, gate);
+            guard(&self.locks).mark_unsettled(key, gate, Unsettled::No);
             return Ok(None);
         };
         let r = async {
@@ -253,7 +259,7 @@ impl FsInner {
                 Err(e) => return Err(e),
             };
             let exclusive = holder_of(&now).is_some_and(|(m, _, _)| m == LockMode::LockExclusive);
-            if exclusive && held.mode == LockMode::LockShared {
+            if exclusive && held.unsettled == Unsettled::KeepShared {
                 return session.convert(&held.handle, LockMode::LockShared, key.owner, false).await.map(Some);
             }
             Ok(Some(now))
@@ -264,21 +270,15 @@ impl FsInner {
             Ok(None) => locks.remove_if(key, gate),
             Ok(Some(sequencer)) => {
                 let mode = holder_of(&sequencer).map_or(held.mode, |(m, _, _)| m);
-                locks.renew(key, gate, mode, sequencer.clone());
-                locks.settled(key, gate);
+                locks.settle(key, gate, mode, sequencer.clone());
                 return Ok(Some((held.sequencer, sequencer)));
             }
-            Err(e) if e.reason().is_some() => {
+            Err(e @ ClientError::Rpc(_)) => {
                 // The cell's refusal: asking again changes nothing; the entry stays as it is.
                 tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; giving up");
-                locks.settled(key, gate);
+                locks.mark_unsettled(key, gate, Unsettled::No);
             }
-            Err(e) => {
-                if first {
-                    locks.mark_unsettled(key, gate);
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
         Ok(None)
     }
@@ -291,7 +291,7 @@ impl FsInner {
             loop {
                 tokio::time::sleep(pause).await;
                 let Some(fs) = me.upgrade() else { return };
-                match fs.settle_once(&key, &gate, false).await {
+                match fs.settle_once(&key, &gate).await {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; retrying"),
                 }
@@ -306,7 +306,7 @@ impl FsInner {
     async fn await_settled(&self, key: &LockKey, held: &Held, wait: bool, tid: u32) -> Result<(), Errno> {
         let mut pause = Duration::from_millis(100);
         loop {
-            match self.settle_once(key, &held.gate, false).await {
+            match self.settle_once(key, &held.gate).await {
                 Ok(()) => return Ok(()),
                 Err(e) if !wait => return Err(errno(e)),
                 Err(_) => {}
@@ -332,29 +332,22 @@ impl FsInner {
         }
     }
 
-    /// Withdraws a queued Acquire (releasing the lock if it was granted meanwhile). If the cell
-    /// cannot be reached now, keeps trying in the background until it succeeds or the session
-    /// is lost, so no grant is left to an owner that gave up.
-    async fn cancel_until_done(&self, node: &NodeRef, session: Session, handle: Handle, owner: u64) {
-        let Err(e) = session.cancel(&handle, owner).await else { return };
-        tracing::warn!(path = %node.path, "cancelling an interrupted lock wait: {e}; retrying in the background");
-        let path = node.path.clone();
-        tokio::spawn(async move {
-            let mut pause = Duration::from_millis(100);
-            while !session.is_lost() {
-                tokio::time::sleep(pause).await;
-                match session.cancel(&handle, owner).await {
-                    Ok(()) | Err(ClientError::SessionLost(_)) => return,
-                    // The cell's refusal (the node is gone, say): trying again changes nothing.
-                    Err(e @ ClientError::Rpc(_)) => {
-                        tracing::warn!(path = %path, "cancelling an interrupted lock wait: {e}; giving up");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(path = %path, "cancelling an interrupted lock wait: {e}"),
-                }
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        });
+    /// Withdraws an Acquire of `key` that was interrupted or timed out (releasing the lock
+    /// if it was granted meanwhile). If the cell cannot be reached now, the withdrawal is
+    /// entered as a lock being let go, retried in the background until the cell has it, and
+    /// the owner's next request for the lock waits for it: so it cannot take away a lock the
+    /// owner is granted later.
+    async fn withdraw(&self, key: &LockKey, session: &Session, handle: &Handle, mode: LockMode, pid: u32) {
+        let Err(e) = session.cancel(handle, key.owner).await else { return };
+        if matches!(e, ClientError::SessionLost(_) | ClientError::Rpc(_)) {
+            // The session's locks went with it, or the cell's answer (the node is gone, say).
+            return;
+        }
+        let gate = guard(&self.locks).insert_withdrawal(key.clone(), session.id(), mode, handle.clone(), pid);
+        if let Some(gate) = gate {
+            tracing::warn!(path = %key.node.path, "withdrawing a lock request: {e}; retrying in the background");
+            self.release_until_done(key.clone(), gate);
+        }
     }
 
     /// Releases the lock `key` if this mount holds it, with the handle that took it. The
@@ -401,7 +394,11 @@ impl FsInner {
             guard(&self.locks).remove_if(key, &held.gate);
             return Ok(());
         };
-        match session.release(&held.handle, key.owner).await {
+        let done = match held.withdraw {
+            true => session.cancel(&held.handle, key.owner).await,
+            false => session.release(&held.handle, key.owner).await,
+        };
+        match done {
             Err(e) if !no_lock_left(&e) => {
                 if matches!(e, ClientError::Rpc(_)) {
                     // The cell's answer, not a lost call: asking again changes nothing.
@@ -492,6 +489,16 @@ impl FsInner {
                 self.release_until_done(key.clone(), held.gate);
             }
         }
+    }
+}
+
+/// How an entry is settled after a conversion to `mode` failed with no known outcome: an
+/// upgrade the owner was told failed goes back to shared; after a downgrade, whatever the
+/// cell holds (an exclusive lock cannot be taken back atomically).
+fn how_failed(mode: LockMode) -> Unsettled {
+    match mode {
+        LockMode::LockExclusive => Unsettled::KeepShared,
+        LockMode::LockShared => Unsettled::AsHeld,
     }
 }
 

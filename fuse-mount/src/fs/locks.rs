@@ -55,9 +55,34 @@ pub struct Held {
     pub pid: u32,
     /// Its sequencer, which the stores of files written under it carry.
     pub sequencer: String,
-    /// A conversion of it timed out or was interrupted, and the cell has not yet said what
-    /// it holds: the owner's next request waits for that (see `FsInner::settle`).
-    pub unsettled: bool,
+    /// Whether the cell is known to hold what this entry says; when not, the owner's next
+    /// request waits until the cell has said (see `FsInner::settle`).
+    pub unsettled: Unsettled,
+    /// Not a lock taken but a request to withdraw, `releasing` until the cell has it: an
+    /// Acquire that timed out or was interrupted, which may have been granted.
+    pub withdraw: bool,
+}
+
+/// What a lock entry's owner was told, when the cell may hold something else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsettled {
+    /// The entry says what the cell holds.
+    No,
+    /// A conversion's outcome is unknown here: the entry takes the mode the cell holds.
+    AsHeld,
+    /// An upgrade its owner was told failed may have been granted: it goes back to shared.
+    KeepShared,
+}
+
+/// What [`HeldLocks::renew`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Renewed {
+    /// The entry was the one converted, and says the new grant now.
+    Done,
+    /// No entry: released meanwhile.
+    Gone,
+    /// Another entry, or this one converted again meanwhile: what the cell holds is unknown.
+    Changed,
 }
 
 /// Locks this mount holds in the cell.
@@ -73,40 +98,70 @@ impl HeldLocks {
 
     pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32, sequencer: String) {
         let gate = Arc::default();
-        self.held.insert(key, Held { session, mode, handle, releasing: false, gate, pid, sequencer, unsettled: false });
+        let unsettled = Unsettled::No;
+        self.held.insert(
+            key,
+            Held { session, mode, handle, releasing: false, gate, pid, sequencer, unsettled, withdraw: false },
+        );
     }
 
-    /// The entry whose gate is `gate` says the lock is held in `mode` under `sequencer` now
-    /// (converted); false if that entry is gone (released meanwhile).
-    pub fn renew(
+    /// Enters the withdrawal of an Acquire of `key` that may have been granted (see
+    /// [`Held::withdraw`]), unless an entry exists (then the cell's grant is that entry's).
+    /// Its gate, if entered.
+    pub fn insert_withdrawal(
         &mut self,
-        key: &LockKey,
-        gate: &Arc<tokio::sync::Mutex<()>>,
+        key: LockKey,
+        session: u64,
         mode: LockMode,
-        sequencer: String,
-    ) -> bool {
-        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
-            Some(h) => {
+        handle: Handle,
+        pid: u32,
+    ) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        if self.held.contains_key(&key) {
+            return None;
+        }
+        let gate: Arc<tokio::sync::Mutex<()>> = Arc::default();
+        let held = Held {
+            session,
+            mode,
+            handle,
+            releasing: true,
+            gate: gate.clone(),
+            pid,
+            sequencer: String::new(),
+            unsettled: Unsettled::No,
+            withdraw: true,
+        };
+        self.held.insert(key, held);
+        Some(gate)
+    }
+
+    /// The entry of `converted` (by its gate), if it still says that grant (its sequencer),
+    /// says the lock is held in `mode` under `sequencer` now.
+    pub fn renew(&mut self, key: &LockKey, converted: &Held, mode: LockMode, sequencer: String) -> Renewed {
+        match self.held.get_mut(key) {
+            None => Renewed::Gone,
+            Some(h) if Arc::ptr_eq(&h.gate, &converted.gate) && h.sequencer == converted.sequencer => {
                 h.mode = mode;
                 h.sequencer = sequencer;
-                true
+                Renewed::Done
             }
-            None => false,
+            Some(_) => Renewed::Changed,
         }
     }
 
-    /// Marks the entry whose gate is `gate` as unsettled: a conversion of it has no known
-    /// outcome.
-    pub fn mark_unsettled(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) {
+    /// Marks the entry whose gate is `gate` as unsettled, `how`.
+    pub fn mark_unsettled(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, how: Unsettled) {
         if let Some(h) = self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
-            h.unsettled = true;
+            h.unsettled = how;
         }
     }
 
-    /// The entry whose gate is `gate` is settled: it says what the cell holds.
-    pub fn settled(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) {
+    /// The entry whose gate is `gate` says what the cell holds: `mode` under `sequencer`.
+    pub fn settle(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, mode: LockMode, sequencer: String) {
         if let Some(h) = self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
-            h.unsettled = false;
+            h.mode = mode;
+            h.sequencer = sequencer;
+            h.unsettled = Unsettled::No;
         }
     }
 
