@@ -273,6 +273,8 @@ impl FsInner {
                 locks.settle(key, gate, mode, sequencer.clone());
                 return Ok(Some((held.sequencer, sequencer)));
             }
+            // The node or the session is gone, or the lock is not held: nothing is left.
+            Err(e) if no_lock_left(&e) => locks.remove_if(key, gate),
             Err(e @ ClientError::Rpc(_)) => {
                 // The cell's refusal: asking again changes nothing; the entry stays as it is.
                 tracing::warn!(path = %key.node.path, "settling a lock conversion: {e}; giving up");
@@ -338,14 +340,14 @@ impl FsInner {
     /// the owner's next request for the lock waits for it: so it cannot take away a lock the
     /// owner is granted later.
     async fn withdraw(&self, key: &LockKey, session: &Session, handle: &Handle, mode: LockMode, pid: u32) {
-        let Err(e) = session.cancel(handle, key.owner).await else { return };
-        if matches!(e, ClientError::SessionLost(_) | ClientError::Rpc(_)) {
-            // The session's locks went with it, or the cell's answer (the node is gone, say).
-            return;
-        }
+        // Entered before the first try, so the owner's other threads wait for it too. An entry
+        // there already is another request's of this owner, which the cell counts as this one.
         let gate = guard(&self.locks).insert_withdrawal(key.clone(), session.id(), mode, handle.clone(), pid);
-        if let Some(gate) = gate {
-            tracing::warn!(path = %key.node.path, "withdrawing a lock request: {e}; retrying in the background");
+        let Some(gate) = gate else { return };
+        let placeholder = guard(&self.locks).is(key, &gate).cloned();
+        let Some(placeholder) = placeholder else { return };
+        if let Err(e) = self.finish_release(key, &placeholder).await {
+            tracing::warn!(path = %key.node.path, "withdrawing a lock request: {e:?}; retrying in the background");
             self.release_until_done(key.clone(), gate);
         }
     }
@@ -402,7 +404,7 @@ impl FsInner {
             Err(e) if !no_lock_left(&e) => {
                 if matches!(e, ClientError::Rpc(_)) {
                     // The cell's answer, not a lost call: asking again changes nothing.
-                    tracing::warn!(path = %key.node.path, "releasing a lock let go at a close: {e}; giving up");
+                    tracing::warn!(path = %key.node.path, "releasing a lock (or withdrawing a request for it): {e}; giving up");
                     guard(&self.locks).remove_if(key, &held.gate);
                     return Ok(());
                 }
@@ -451,7 +453,7 @@ impl FsInner {
                 match fs.finish_release(&key, &held).await {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::warn!(path = %key.node.path, "releasing a lock let go at a close: {e:?}; retrying")
+                        tracing::warn!(path = %key.node.path, "releasing a lock (or withdrawing a request for it): {e:?}; retrying")
                     }
                 }
                 pause = (pause * 2).min(Duration::from_secs(5));
