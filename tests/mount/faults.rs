@@ -214,21 +214,13 @@ fn an_upgrade_interrupted_while_the_cell_is_out_of_reach_is_withdrawn_once_it_is
     let mut reader = flock(&["-s"], &b.path("job"), "sleep 60", &mut groups);
     await_held(&cell, "/ls/local/job");
     // A shell on the host to be cut off shares the lock, then tries to upgrade for 5 s.
-    let mut shell = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 5 9; echo upgrade=$?; read again; \
-             flock -s -n 9; echo shared=$?; read go; flock -x -w 5 9; echo upgrade=$?; read again; \
-             flock -x 9; echo upgraded=$?; exec sleep 60",
-            job.display()
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("bash");
-    groups.0.push(shell.id());
-    let said = lines_of(shell.stdout.take().expect("stdout"));
+    let script = format!(
+        "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 5 9; echo upgrade=$?; read again; \
+         flock -s -n 9; echo shared=$?; read go; flock -x -w 5 9; echo upgrade=$?; read again; \
+         flock -x 9; echo upgraded=$?; exec sleep 60",
+        job.display()
+    );
+    let (mut shell, said) = shell(&script, &mut groups);
     let line = || said.recv_timeout(Duration::from_secs(30)).expect("the shell's next line");
     assert_eq!(line(), "shared");
     writeln!(shell.stdin.as_ref().expect("stdin"), "go").expect("tell the shell to upgrade");

@@ -397,19 +397,11 @@ fn converting_a_lock_never_lets_a_waiter_in_between() {
     assert_eq!(flock_fd(&other, LOCK_SH | LOCK_NB), 0);
     // A third shared holder on host A, a shell that then tries to upgrade for two seconds,
     // once told to (a line on its stdin).
-    let mut shell = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 2 9; echo upgrade=$?; exec sleep 60",
-            job.display()
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("bash");
-    groups.0.push(shell.id());
-    let said = lines_of(shell.stdout.take().expect("stdout"));
+    let script = format!(
+        "exec 9<>{}; flock -s 9 && echo shared; read go; flock -x -w 2 9; echo upgrade=$?; exec sleep 60",
+        job.display()
+    );
+    let (mut shell, said) = shell(&script, &mut groups);
     let line = || said.recv_timeout(Duration::from_secs(20)).expect("the shell's next line");
     assert_eq!(line(), "shared");
     // A writer waits on host B, queued behind the three readers.

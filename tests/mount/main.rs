@@ -85,6 +85,22 @@ fn flock(opts: &[&str], file: &Path, script: &str, groups: &mut Groups) -> Child
     child
 }
 
+/// `bash -c SCRIPT` in a process group of its own (killed with it at the end of the test),
+/// with its stdin piped and its stdout's lines on the receiver.
+fn shell(script: &str, groups: &mut Groups) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("bash");
+    groups.0.push(child.id());
+    let said = lines_of(child.stdout.take().expect("stdout"));
+    (child, said)
+}
+
 /// Waits (at most 10 s) until the cell says someone holds the node's lock.
 fn await_held(cell: &TestCell, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -249,14 +249,7 @@ impl CellState {
         lock.mode = mode;
         lock.grants += 1;
         lock.holders.insert(holder, lock.grants);
-        let sequencer = self.sequencer_of(path, holder).expect("just converted");
-        self.effects.push(Effect::LockGranted {
-            session: holder.session,
-            owner: holder.owner,
-            path: path.to_string(),
-            sequencer: sequencer.clone(),
-        });
-        sequencer
+        self.announce_grant(path, holder)
     }
 
     pub(super) fn release(&mut self, session: SessionId, path: String, instance: u64, owner: Owner) -> Outcome {
@@ -382,6 +375,11 @@ impl CellState {
         if let Some(s) = self.sessions.get_mut(&holder.session) {
             s.held.insert((path.to_string(), holder.owner));
         }
+        self.announce_grant(path, holder)
+    }
+
+    /// The sequencer of `holder`'s new grant, told to the master (it wakes a blocked Acquire).
+    fn announce_grant(&mut self, path: &str, holder: Holder) -> String {
         let sequencer = self.sequencer_of(path, holder).expect("just granted");
         self.effects.push(Effect::LockGranted {
             session: holder.session,
