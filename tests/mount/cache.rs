@@ -92,3 +92,150 @@ fn reads_through_the_kernel_cache_stay_linearizable_across_another_clients_write
     assert!(stale_free && reads > 100, "{reads} rounds checked");
     assert_eq!(parse(&fs::read_to_string(m.path("counter")).expect("read")), 100);
 }
+
+/// The daemon's request counts by kind (`user.chubby.requests` of the mount's root).
+fn requests(m: &Mount) -> std::collections::HashMap<String, u64> {
+    let text = xattr(m.dir.path(), "user.chubby.requests").expect("user.chubby.requests");
+    text.lines().filter_map(|l| l.split_once(' ')).map(|(k, n)| (k.to_string(), n.parse().expect("a count"))).collect()
+}
+
+/// The kernel keeps names (`ls/local/a/b/c` → inode) while the session caches them, so a
+/// cached `stat` reaches the daemon not at all; and a name another client deletes is gone at
+/// this host's very next lookup, so a shell's `>` creates the file again (on a name the
+/// kernel wrongly kept, the kernel would open the old inode, and `>` fail with `ENOENT`).
+#[test]
+fn names_the_kernel_keeps_go_when_another_client_deletes_them() {
+    if !fuse_available("names_the_kernel_keeps_go_when_another_client_deletes_them") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    fs::create_dir_all(m.path("a/b")).expect("mkdir");
+    fs::write(m.path("a/b/c"), "v1").expect("write");
+    // The first stats look the names up; then the kernel answers alone.
+    for _ in 0..3 {
+        fs::metadata(m.path("a/b/c")).expect("stat");
+    }
+    let before = requests(&m);
+    for _ in 0..20 {
+        fs::metadata(m.path("a/b/c")).expect("stat");
+    }
+    let after = requests(&m);
+    let crossed: Vec<String> = after
+        .iter()
+        .filter(|(k, n)| k.as_str() != "getxattr" && **n != before[k.as_str()])
+        .map(|(k, n)| format!("{k} {}", n - before[k.as_str()]))
+        .collect();
+    assert!(crossed.is_empty(), "20 cached stats reached the daemon (needs Linux 6.16's entry epochs): {crossed:?}");
+
+    // Another client deletes the file: the next `>` makes it again. Then the directory,
+    // whose next `mkdir` makes it again.
+    let rm = chubby(&cell, &["rm", "/ls/local/a/b/c"]);
+    assert!(rm.status.success(), "{rm:?}");
+    fs::write(m.path("a/b/c"), "v2").expect("> of a file deleted elsewhere");
+    assert_eq!(fs::read_to_string(m.path("a/b/c")).expect("read"), "v2");
+    for path in ["/ls/local/a/b/c", "/ls/local/a/b"] {
+        let rm = chubby(&cell, &["rm", path]);
+        assert!(rm.status.success(), "{rm:?}");
+    }
+    fs::create_dir(m.path("a/b")).expect("mkdir of a directory deleted elsewhere");
+    assert_eq!(errno_of(fs::metadata(m.path("a/b/c"))), libc::ENOENT);
+    fs::write(m.path("a/b/c"), "v2").expect("write");
+
+    // The same for a file deleted while this host had it open (the name, not the open file,
+    // goes), and for one made again elsewhere under the same name.
+    let open = fs::File::open(m.path("a/b/c")).expect("open");
+    let rm = chubby(&cell, &["rm", "/ls/local/a/b/c"]);
+    assert!(rm.status.success(), "{rm:?}");
+    let put = chubby(&cell, &["put", "/ls/local/a/b/c", "v3"]);
+    assert!(put.status.success(), "{put:?}");
+    assert_eq!(fs::read_to_string(m.path("a/b/c")).expect("read"), "v3");
+    drop(open);
+    let rm = chubby(&cell, &["rm", "/ls/local/a/b/c"]);
+    assert!(rm.status.success(), "{rm:?}");
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).open(m.path("a/b/c")).expect("O_EXCL create");
+    f.write_all(b"v4").expect("write");
+    drop(f);
+    assert_eq!(fs::read_to_string(m.path("a/b/c")).expect("read"), "v4");
+}
+
+/// Names made, changed and deleted in random order, by another client and on this host, each
+/// step checked on this host at once: a name deleted elsewhere is never found again (a `>`
+/// makes it anew), one made elsewhere is found with what it holds. The names are looked at
+/// between steps, so the kernel keeps them. 300 steps (`CHUBBY_LONG=1`: 3,000), from a seed
+/// printed (`CHUBBY_SEED` repeats one).
+#[test]
+fn names_made_and_deleted_in_random_order_are_seen_at_once() {
+    if !fuse_available("names_made_and_deleted_in_random_order_are_seen_at_once") {
+        return;
+    }
+    use fuse_mount::client::{OpenOptions, Session, SessionOptions};
+    let steps = if std::env::var("CHUBBY_LONG").is_ok_and(|v| v == "1") { 3_000 } else { 300 };
+    let seed: u64 = match std::env::var("CHUBBY_SEED") {
+        Ok(s) => s.parse().expect("CHUBBY_SEED"),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos() as u64,
+    };
+    eprintln!("names_made_and_deleted_in_random_order_are_seen_at_once: CHUBBY_SEED={seed}");
+    let mut state = seed | 1;
+    let mut next = move |n: u64| {
+        // xorshift64: enough to shuffle the steps, and repeatable from the seed.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let cell = TestCell::start(CellOptions::default());
+    let m = Mount::start(&cell, &[]);
+    fs::create_dir(m.path("r")).expect("mkdir");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let other = rt
+        .block_on(Session::open(cell.addrs.clone(), SessionOptions { cache: false, ..Default::default() }))
+        .expect("session");
+    let names: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
+    let mut model: std::collections::HashMap<String, String> = Default::default();
+    for step in 0..steps {
+        let name = &names[next(names.len() as u64) as usize];
+        let (path, local) = (format!("/ls/local/r/{name}"), m.path(&format!("r/{name}")));
+        let value = format!("{step}");
+        let what = match next(4) {
+            0 => {
+                let o = OpenOptions { create: true, ..Default::default() };
+                let (h, _) = rt.block_on(other.open_node(&path, o)).expect("open elsewhere");
+                rt.block_on(other.set(&h, value.clone().into(), None, "")).expect("set elsewhere");
+                model.insert(name.clone(), value);
+                "made elsewhere"
+            }
+            1 if model.contains_key(name) => {
+                let (h, _) = rt.block_on(other.open_node(&path, OpenOptions::default())).expect("open elsewhere");
+                rt.block_on(other.delete(&h, None, "")).expect("delete elsewhere");
+                model.remove(name);
+                "deleted elsewhere"
+            }
+            2 => {
+                fs::write(&local, &value).unwrap_or_else(|e| panic!("step {step}: > {name}: {e}"));
+                model.insert(name.clone(), value);
+                "made here"
+            }
+            _ if model.contains_key(name) => {
+                fs::remove_file(&local).unwrap_or_else(|e| panic!("step {step}: rm {name}: {e}"));
+                model.remove(name);
+                "deleted here"
+            }
+            _ => continue,
+        };
+        for n in &names {
+            let local = m.path(&format!("r/{n}"));
+            match model.get(n) {
+                Some(v) => assert_eq!(
+                    fs::read_to_string(&local).unwrap_or_else(|e| panic!("step {step} ({name} {what}): {n}: {e}")),
+                    *v,
+                    "step {step} ({name} {what}): {n}"
+                ),
+                None => {
+                    assert_eq!(errno_of(fs::metadata(&local)), libc::ENOENT, "step {step} ({name} {what}): {n}")
+                }
+            }
+        }
+    }
+    let _ = rt.block_on(other.close());
+}

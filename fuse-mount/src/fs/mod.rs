@@ -11,15 +11,17 @@
 //! - [`kernel`]: what the kernel may cache, and how it is made to forget.
 //! - [`ops`]: the operations themselves, async on the cells, in the caller's session.
 //! - [`xattr`]: the `user.chubby.*` metadata, and the ACL names `setfattr` changes.
+//! - [`requests`]: the requests the kernel sent, counted by kind.
 //!
 //! Every callback here hands its reply to a future that answers at once when the session's
 //! cache can, and otherwise goes on as a task on the daemon's runtime, so no call to a cell
 //! (a lock wait least of all) holds up the kernel's request loop. The kernel's attribute
-//! cache keeps what the session caches, for as long as the master's invalidations allow
-//! ([`kernel`]). Files are opened with direct I/O: reads reach this daemon, which answers
-//! from the session's cache when it can (no RPC), each read loop from one whole version (the
-//! kernel's page cache can show a reader a page half old, half new when it is invalidated
-//! during the read, so it is not used).
+//! and entry caches keep what the session caches, for as long as the master's invalidations
+//! allow ([`kernel`]). Files are opened with direct I/O: reads reach this daemon, which
+//! answers from the session's cache when it can (no RPC), each read loop from one whole
+//! version. (The kernel's page cache is not used: it pairs a file's pages with a size it may
+//! have fetched at another moment, so a read could come out cut or padded to the size of
+//! another version.)
 
 mod errno;
 mod file_ops;
@@ -29,6 +31,7 @@ mod kernel;
 mod lock_ops;
 mod locks;
 mod ops;
+mod requests;
 mod user_sessions;
 mod xattr;
 
@@ -48,6 +51,7 @@ pub use errno::errno_of;
 pub use inodes::Owner;
 use locks::whole_file;
 use ops::FsInner;
+use requests::Kind;
 pub use user_sessions::MountedCell;
 
 pub struct ChubbyFs {
@@ -60,9 +64,10 @@ pub struct ChubbyFs {
 pub struct FsLink(Arc<FsInner>);
 
 impl FsLink {
-    /// The daemon's side of the kernel's caches: attach the mounted session's notifier.
-    pub fn attach(&self, notifier: fuser::Notifier) {
-        self.0.attach_kernel(notifier);
+    /// The daemon's side of the kernel's caches: attach the mounted session's notifier, and
+    /// its FUSE device (see `kernel`).
+    pub fn attach(&self, notifier: fuser::Notifier, device: Option<std::os::fd::OwnedFd>) {
+        self.0.attach_kernel(notifier, device);
     }
 
     /// How many files are open now, and how many of them have writes not yet stored.
@@ -124,26 +129,29 @@ impl Filesystem for ChubbyFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.inner.requests.count(Kind::Lookup);
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
             let undo = |fs: Arc<FsInner>, a: ops::Answer| async move { fs.forget(a.attr.ino.0, 1) };
             match fs.killable_undone(tid, move |fs| async move { fs.lookup(uid, parent.0, &name).await }, undo).await {
-                // Attributes may be kept, entries not (see `kernel`).
-                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
+                // What the kernel may keep of each: see `kernel`.
+                Ok(a) => fs.reply_ttl(&a, |attr, entry| reply.entry_with_ttls(&attr, &entry, &a.attr, Generation(0))),
                 Err(e) => reply.error(e),
             }
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inner.requests.count(Kind::Forget);
         self.inner.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.inner.requests.count(Kind::Getattr);
         let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
             match fs.killable(tid, move |fs| async move { fs.getattr(uid, ino.0, fh.map(|f| f.0)).await }).await {
-                Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
+                Ok(a) => fs.reply_ttl(&a, |ttl, _| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
         });
@@ -167,6 +175,7 @@ impl Filesystem for ChubbyFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.inner.requests.count(Kind::Setattr);
         // Access is the cell's ACLs, not mode bits or owners: a change of either is refused
         // (setting what they already are, as `cp -p` and `mv` do, succeeds; so does a mode
         // set on a file still open from its create, see `may_set_mode`). Times are the log's
@@ -196,24 +205,28 @@ impl Filesystem for ChubbyFs {
                 }
             });
             match r {
-                Ok(a) => fs.reply_ttl(&a, |ttl| reply.attr(&ttl, &a.attr)),
+                Ok(a) => fs.reply_ttl(&a, |ttl, _| reply.attr(&ttl, &a.attr)),
                 Err(e) => reply.error(e),
             }
         });
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.inner.requests.count(Kind::Mkdir);
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
             let undo = |fs: Arc<FsInner>, a: ops::Answer| async move { fs.forget(a.attr.ino.0, 1) };
             match fs.killable_undone(tid, move |fs| async move { fs.mkdir(uid, parent.0, &name).await }, undo).await {
-                Ok(a) => fs.reply_ttl(&a, |ttl| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0))),
+                Ok(a) => {
+                    fs.reply_ttl(&a, |ttl, _| reply.entry_with_ttls(&ttl, &Duration::ZERO, &a.attr, Generation(0)))
+                }
                 Err(e) => reply.error(e),
             }
         });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Unlink);
         let (uid, name) = (req.uid(), name.to_owned());
         // Not killable (see `FsInner::killable`), nor is rmdir, rename or setfattr.
         self.spawn(move |fs| async move {
@@ -223,6 +236,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Rmdir);
         let (uid, name) = (req.uid(), name.to_owned());
         // Not killable (see `FsInner::killable`), nor is rmdir, rename or setfattr.
         self.spawn(move |fs| async move {
@@ -241,6 +255,7 @@ impl Filesystem for ChubbyFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.inner.requests.count(Kind::Rename);
         let (uid, name, newname) = (req.uid(), name.to_owned(), newname.to_owned());
         self.spawn(move |fs| async move {
             let r = fs.rename(uid, (parent.0, &name), (newparent.0, &newname), flags.bits()).await;
@@ -249,6 +264,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.inner.requests.count(Kind::Open);
         let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
             let undo = |fs: Arc<FsInner>, fh: u64| async move { fs.abandon_open(fh).await };
@@ -270,6 +286,7 @@ impl Filesystem for ChubbyFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.inner.requests.count(Kind::Create);
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
             let undo = |fs: Arc<FsInner>, (a, fh): (ops::Answer, u64)| async move {
@@ -298,6 +315,7 @@ impl Filesystem for ChubbyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.inner.requests.count(Kind::Read);
         let tid = req.pid();
         self.spawn(move |fs| async move {
             match fs.killable(tid, move |fs| async move { fs.read(fh.0, offset, size).await }).await {
@@ -319,6 +337,7 @@ impl Filesystem for ChubbyFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.inner.requests.count(Kind::Write);
         let data = data.to_vec();
         let (append, tid) = (flags.0 & libc::O_APPEND != 0, req.pid());
         self.spawn(move |fs| async move {
@@ -330,6 +349,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Flush);
         let tid = req.pid();
         self.spawn(move |fs| async move {
             reply_empty(reply, fs.killable(tid, move |fs| async move { fs.flush(fh.0, lock_owner.0).await }).await)
@@ -346,6 +366,7 @@ impl Filesystem for ChubbyFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.inner.requests.count(Kind::Release);
         self.spawn(move |fs| async move {
             fs.release(fh.0, lock_owner.map(|o| o.0)).await;
             reply.ok();
@@ -353,6 +374,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Fsync);
         let tid = req.pid();
         self.spawn(move |fs| async move {
             reply_empty(reply, fs.killable(tid, move |fs| async move { fs.fsync(fh.0).await }).await)
@@ -360,6 +382,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.inner.requests.count(Kind::Opendir);
         let (uid, tid) = (req.uid(), req.pid());
         // The kernel keeps a lock on a directory to itself (it never reaches this daemon), so
         // `flock DIR` would exclude nothing across hosts: the tool is refused the directory,
@@ -379,6 +402,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.inner.requests.count(Kind::Readdir);
         let (uid, tid) = (req.uid(), req.pid());
         self.spawn(move |fs| async move {
             match fs.killable(tid, move |fs| async move { fs.readdir(uid, ino.0, fh.0, offset).await }).await {
@@ -396,11 +420,13 @@ impl Filesystem for ChubbyFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Releasedir);
         self.inner.releasedir(fh.0);
         reply.ok();
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.inner.requests.count(Kind::Getxattr);
         let (uid, tid, name) = (req.uid(), req.pid(), name.to_owned());
         self.spawn(move |fs| async move {
             match fs.killable(tid, move |fs| async move { fs.getxattr(uid, tid, ino.0, &name).await }).await {
@@ -411,6 +437,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.inner.requests.count(Kind::Listxattr);
         reply_xattr(reply, size, &self.inner.listxattr(ino.0));
     }
 
@@ -424,6 +451,7 @@ impl Filesystem for ChubbyFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.inner.requests.count(Kind::Setxattr);
         let (uid, name, value) = (req.uid(), name.to_owned(), value.to_vec());
         self.spawn(move |fs| async move {
             match fs.setxattr(uid, ino.0, &name, &value, flags).await {
@@ -434,11 +462,13 @@ impl Filesystem for ChubbyFs {
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Removexattr);
         reply.error(self.inner.removexattr(name));
     }
 
     /// The cell's ACLs, as the caller's handle of the node carries them.
     fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.inner.requests.count(Kind::Access);
         let (uid, tid, mask) = (req.uid(), req.pid(), mask.bits());
         self.spawn(move |fs| async move {
             reply_empty(reply, fs.killable(tid, move |fs| async move { fs.access(uid, ino.0, mask).await }).await)
@@ -446,6 +476,7 @@ impl Filesystem for ChubbyFs {
     }
 
     fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.inner.requests.count(Kind::Statfs);
         let tid = req.pid();
         self.spawn(move |fs| async move {
             match fs.killable(tid, move |fs| async move { fs.statfs(ino.0).await }).await {
@@ -471,6 +502,7 @@ impl Filesystem for ChubbyFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
+        self.inner.requests.count(Kind::Getlk);
         if !whole_file(start, end) {
             reply.error(Errno::EINVAL);
             return;
@@ -497,6 +529,7 @@ impl Filesystem for ChubbyFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.inner.requests.count(Kind::Setlk);
         // Chubby locks are whole-node locks: byte ranges are refused, not faked.
         if !whole_file(start, end) {
             reply.error(Errno::EINVAL);

@@ -63,6 +63,8 @@ pub struct FsInner {
     pub(super) lock_delay: Option<Duration>,
     /// What the kernel caches, and the means to make it forget.
     pub kernel: KernelCache,
+    /// The requests the kernel sent, by kind.
+    pub requests: super::requests::Requests,
     pub(super) me: std::sync::OnceLock<Weak<FsInner>>,
 }
 
@@ -171,14 +173,15 @@ impl FsInner {
             owner,
             lock_delay,
             kernel: KernelCache::default(),
+            requests: Default::default(),
             me: std::sync::OnceLock::new(),
         }
     }
 
     /// Starts keeping the kernel's caches in step with the sessions' (once mounted).
-    pub fn attach_kernel(self: &Arc<Self>, notifier: fuser::Notifier) {
+    pub fn attach_kernel(self: &Arc<Self>, notifier: fuser::Notifier, device: Option<std::os::fd::OwnedFd>) {
         let _ = self.me.set(Arc::downgrade(self));
-        self.kernel.attach(notifier);
+        self.kernel.attach(notifier, device);
         for (i, cell) in self.cells.iter().enumerate() {
             let fs: Weak<FsInner> = Arc::downgrade(self);
             cell.set_invalidation_hook(Arc::new(move |what: &Invalidated| {
@@ -222,8 +225,9 @@ impl FsInner {
         });
     }
 
-    /// Runs `reply` with the time the kernel may keep `answer` (zero unless allowed).
-    pub fn reply_ttl<T>(&self, answer: &Answer, reply: impl FnOnce(Duration) -> T) -> T {
+    /// Runs `reply` with the times the kernel may keep `answer`'s attributes and its entry
+    /// (zero unless allowed).
+    pub fn reply_ttl<T>(&self, answer: &Answer, reply: impl FnOnce(Duration, Duration) -> T) -> T {
         self.kernel.reply(answer.before, answer.cacheable, answer.lease_end, reply)
     }
 

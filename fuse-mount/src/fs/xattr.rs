@@ -31,6 +31,9 @@ const XATTRS: [&str; 12] = [
 /// setting, for as long as it runs).
 const EPHEMERAL_CHILDREN: &str = "user.chubby.ephemeral_children";
 
+/// The mount root's: the requests the kernel sent this daemon, by kind (see `requests`).
+const REQUESTS: &str = "user.chubby.requests";
+
 /// The list of `acl` that the attribute `name` holds, if it names one.
 fn acl_list<'a>(acl: &'a mut NodeAcl, name: &str) -> Option<&'a mut Vec<String>> {
     match name {
@@ -51,7 +54,7 @@ impl FsInner {
     pub async fn getxattr(&self, uid: u32, tid: u32, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
         let no_data = Errno::from_i32(libc::ENODATA);
         if ino == ROOT {
-            return Err(no_data);
+            return if name == REQUESTS { Ok(self.requests.report().into_bytes()) } else { Err(no_data) };
         }
         if name == EPHEMERAL_CHILDREN {
             let dir = self.directory(uid, ino).await?;
@@ -90,7 +93,7 @@ impl FsInner {
 
     pub fn listxattr(&self, ino: u64) -> Vec<u8> {
         if ino == ROOT {
-            return Vec::new();
+            return REQUESTS.bytes().chain([0]).collect();
         }
         XATTRS.iter().flat_map(|n| n.bytes().chain([0])).collect()
     }

@@ -149,7 +149,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    link.attach(session.notifier());
+    // A second descriptor of the FUSE device: the kernel's entry epochs are moved through it.
+    let device = std::os::fd::AsFd::as_fd(&session).try_clone_to_owned();
+    if let Err(e) = &device {
+        tracing::warn!("no second descriptor of the FUSE device ({e}): every path lookup reaches this daemon");
+    }
+    link.attach(session.notifier(), device.ok());
     if let Some(w) = watcher.as_mut() {
         if let Err(e) = w.watch(&cli.mountpoint) {
             eprintln!("chubby-mount: if this daemon is killed, its mount stays until `umount -l`: {e}");
