@@ -5,7 +5,9 @@
 //! `cargo build --release`) and times, through the file system, what scripts do: read a small
 //! file (`cat`) cached and just after host B changed it, `stat` it, write it (`echo >`: open,
 //! write, close = one SetContents), replace it as `sed -i` does (a new file renamed over it),
-//! and take and drop an exclusive `flock` — next to the same on a tmpfs of this machine.
+//! list a directory of 100 files (`ls`), and take and drop an exclusive `flock` — next to the
+//! same on a tmpfs of this machine. For the mount's rows, the requests its daemon got per
+//! operation (read from its `user.chubby.requests` around each operation, untimed).
 //!
 //! Environment: `BENCH_SECS` (seconds per row, default 3), `BENCH_DIR` (default a temp dir).
 //! Needs root and /dev/fuse.
@@ -58,29 +60,73 @@ fn mount(addrs: &[String], at: &Path) -> MountDaemon {
     MountDaemon { child, at: at.to_path_buf() }
 }
 
-/// Runs `op` for `secs`; (operations/s, median, p99).
-fn timed(secs: f64, mut op: impl FnMut()) -> (f64, Duration, Duration) {
-    timed_after(secs, || {}, |_| op())
+impl MountDaemon {
+    /// The requests the kernel has sent this daemon (its `user.chubby.requests`), but for
+    /// the `getxattr`s that read them.
+    fn requests(&self) -> u64 {
+        let p = std::ffi::CString::new(self.at.as_os_str().as_encoded_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: valid C strings and a buffer of the length given.
+        let len =
+            unsafe { libc::getxattr(p.as_ptr(), c"user.chubby.requests".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(len >= 0, "user.chubby.requests: {}", std::io::Error::last_os_error());
+        String::from_utf8_lossy(&buf[..len as usize])
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(kind, _)| *kind != "getxattr" && *kind != "deferred")
+            .map(|(_, n)| n.parse::<u64>().unwrap())
+            .sum()
+    }
 }
 
-/// Runs `prepare` then `op` (given what `prepare` made) for `secs`, timing `op` alone:
-/// (`op`s per second of `op`'s own time, median, p99).
-fn timed_after<T>(secs: f64, mut prepare: impl FnMut() -> T, mut op: impl FnMut(T)) -> (f64, Duration, Duration) {
+/// A row's figures: operations per second of their own time, median, p99, and the requests
+/// the mount's daemon got per operation (`None` for a local row).
+struct Timing {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    requests: Option<f64>,
+}
+
+/// Runs `op` for `secs` (see [`timed_after`]).
+fn timed(secs: f64, on: Option<&MountDaemon>, mut op: impl FnMut()) -> Timing {
+    timed_after(secs, on, || {}, |_| op())
+}
+
+/// Runs `prepare` then `op` (given what `prepare` made) for `secs`, timing `op` alone, and
+/// counting the requests daemon `on` gets during `op` alone.
+fn timed_after<T>(
+    secs: f64,
+    on: Option<&MountDaemon>,
+    mut prepare: impl FnMut() -> T,
+    mut op: impl FnMut(T),
+) -> Timing {
     let mut times = Vec::new();
+    let mut requests = 0;
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     while Instant::now() < stop {
         let made = prepare();
+        let before = on.map(MountDaemon::requests);
         let t = Instant::now();
         op(made);
         times.push(t.elapsed());
+        if let (Some(d), Some(before)) = (on, before) {
+            requests += d.requests() - before;
+        }
     }
     times.sort();
     let busy: Duration = times.iter().sum();
-    (times.len() as f64 / busy.as_secs_f64(), percentile(&times, 0.5), percentile(&times, 0.99))
+    Timing {
+        rate: times.len() as f64 / busy.as_secs_f64(),
+        p50: percentile(&times, 0.5),
+        p99: percentile(&times, 0.99),
+        requests: on.map(|_| requests as f64 / times.len() as f64),
+    }
 }
 
-fn row(what: &str, (rate, p50, p99): (f64, Duration, Duration)) {
-    println!("| {what} | {rate:.0} | {} | {} |", us(p50), us(p99));
+fn row(what: &str, t: Timing) {
+    let requests = t.requests.map_or("–".to_string(), |r| format!("{r:.1}"));
+    println!("| {what} | {:.0} | {} | {} | {requests} |", t.rate, us(t.p50), us(t.p99));
 }
 
 /// A tmpfs of our own at `at` (unmounted when dropped), the local file system the mount is
@@ -144,17 +190,31 @@ fn main() {
         std::fs::write(path, v).unwrap();
     }
 
-    println!("| operation (3 replicas, fsync always; local: {local_kind}) | ops/s | median | p99 |");
-    println!("|---|---:|---:|---:|");
-    row("`cat` a 1 KiB file, local (open, read, close)", timed(secs, || drop(std::fs::read(&local).unwrap())));
-    row("`cat` a 1 KiB file through the mount (cached)", timed(secs, || drop(std::fs::read(&file).unwrap())));
-    row("`cat` a 100 B file, local", timed(secs, || drop(std::fs::read(&small_local).unwrap())));
-    row("`cat` a 100 B file through the mount (cached)", timed(secs, || drop(std::fs::read(&small).unwrap())));
+    // A directory of 100 entries, for `ls`.
+    let (listed, listed_local) = (a.at.join("local/dir"), dir.join("tmpfs/dir"));
+    for d in [&listed, &listed_local] {
+        std::fs::create_dir_all(d).unwrap();
+        for i in 0..100 {
+            std::fs::write(d.join(format!("entry{i:03}")), b"x").unwrap();
+        }
+    }
+    let ls = |d: &Path| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).count();
+
+    println!(
+        "| operation (3 replicas, fsync always; local: {local_kind}) | ops/s | median | p99 | daemon requests/op |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let cached_cat = |path: &PathBuf, on| timed(secs, on, || drop(std::fs::read(path).unwrap()));
+    row("`cat` a 1 KiB file, local (open, read, close)", cached_cat(&local, None));
+    row("`cat` a 1 KiB file through the mount (cached)", cached_cat(&file, Some(&a)));
+    row("`cat` a 100 B file, local", cached_cat(&small_local, None));
+    row("`cat` a 100 B file through the mount (cached)", cached_cat(&small, Some(&a)));
     let mut n = 0u64;
     row(
         "first `cat` of a 1 KiB file host B just wrote",
         timed_after(
             secs,
+            Some(&a),
             || {
                 n += 1;
                 std::fs::write(&on_b, format!("{n:>1024}")).unwrap();
@@ -162,36 +222,36 @@ fn main() {
             |()| drop(std::fs::read(&file).unwrap()),
         ),
     );
-    row(
-        "`stat`, local",
-        timed(secs, || {
-            std::fs::metadata(&local).unwrap();
-        }),
-    );
-    row(
-        "`stat` through the mount (cached)",
-        timed(secs, || {
-            std::fs::metadata(&file).unwrap();
-        }),
-    );
+    let stat = |path: &PathBuf, on| {
+        timed(secs, on, || {
+            std::fs::metadata(path).unwrap();
+        })
+    };
+    row("`stat`, local", stat(&local, None));
+    row("`stat` through the mount (cached)", stat(&file, Some(&a)));
+    row("`ls` of a directory of 100 files, local", timed(secs, None, || assert_eq!(ls(&listed_local), 100)));
+    row("`ls` of a directory of 100 files through the mount", timed(secs, Some(&a), || assert_eq!(ls(&listed), 100)));
     row(
         "write a 1 KiB file, local (open O_TRUNC, write, close)",
-        timed(secs, || std::fs::write(&local, &value).unwrap()),
+        timed(secs, None, || std::fs::write(&local, &value).unwrap()),
     );
     row(
         "write a 1 KiB file through the mount (one SetContents)",
-        timed(secs, || std::fs::write(&file, &value).unwrap()),
+        timed(secs, Some(&a), || std::fs::write(&file, &value).unwrap()),
     );
-    let renamed = |target: &Path| {
+    let renamed = |target: &Path, on| {
         let tmp = target.with_extension("new");
-        timed_after(secs, || std::fs::write(&tmp, &value).unwrap(), |()| std::fs::rename(&tmp, target).unwrap())
+        timed_after(secs, on, || std::fs::write(&tmp, &value).unwrap(), |()| std::fs::rename(&tmp, target).unwrap())
     };
-    row("`rename` a new file over a 1 KiB file, local", renamed(&local));
-    row("`rename` a new file over a 1 KiB file through the mount (one Rename)", renamed(&file));
-    row("replace as `sed -i` does (create, write, close, rename), local", timed(secs, || replace(&local, &value)));
-    row("replace as `sed -i` does, through the mount", timed(secs, || replace(&file, &value)));
+    row("`rename` a new file over a 1 KiB file, local", renamed(&local, None));
+    row("`rename` a new file over a 1 KiB file through the mount (one Rename)", renamed(&file, Some(&a)));
+    row(
+        "replace as `sed -i` does (create, write, close, rename), local",
+        timed(secs, None, || replace(&local, &value)),
+    );
+    row("replace as `sed -i` does, through the mount", timed(secs, Some(&a), || replace(&file, &value)));
     let f = std::fs::File::open(&local).unwrap();
-    row("`flock` LOCK_EX + LOCK_UN, local", timed(secs, || flock_cycle(&f)));
+    row("`flock` LOCK_EX + LOCK_UN, local", timed(secs, None, || flock_cycle(&f)));
     let f = std::fs::File::open(&file).unwrap();
-    row("`flock` LOCK_EX + LOCK_UN through the mount (two commits)", timed(secs, || flock_cycle(&f)));
+    row("`flock` LOCK_EX + LOCK_UN through the mount (two commits)", timed(secs, Some(&a), || flock_cycle(&f)));
 }

@@ -107,6 +107,7 @@ impl ChubbyFs {
         // there with the task's waker (the Future contract: the latest waker counts).
         let mut cx = Context::from_waker(Waker::noop());
         if work.as_mut().poll(&mut cx).is_pending() {
+            self.inner.requests.deferred();
             self.rt.spawn(work);
         }
     }

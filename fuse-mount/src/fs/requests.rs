@@ -67,6 +67,9 @@ const KINDS: [(Kind, &str); 26] = [
 #[derive(Default)]
 pub struct Requests {
     counts: [AtomicU64; KINDS.len()],
+    /// Requests not answered on the kernel's request thread but handed to the runtime (a
+    /// thread switch each, before the reply).
+    deferred: AtomicU64,
 }
 
 impl Requests {
@@ -74,9 +77,16 @@ impl Requests {
         self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// One `kind count` line per kind, in a fixed order.
+    pub fn deferred(&self) {
+        self.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One `kind count` line per kind, in a fixed order, then `deferred count` (not a kind:
+    /// of the requests counted, those answered off the request thread).
     pub fn report(&self) -> String {
-        KINDS.iter().map(|(k, name)| format!("{name} {}\n", self.counts[*k as usize].load(Ordering::Relaxed))).collect()
+        let kinds =
+            KINDS.iter().map(|(k, name)| format!("{name} {}\n", self.counts[*k as usize].load(Ordering::Relaxed)));
+        kinds.chain([format!("deferred {}\n", self.deferred.load(Ordering::Relaxed))]).collect()
     }
 }
 
@@ -96,6 +106,6 @@ mod tests {
         r.count(Kind::Setlk);
         let report = r.report();
         assert!(report.starts_with("lookup 2\nforget 0\n"), "{report}");
-        assert!(report.ends_with("getlk 0\nsetlk 1\n"), "{report}");
+        assert!(report.ends_with("getlk 0\nsetlk 1\ndeferred 0\n"), "{report}");
     }
 }
