@@ -73,6 +73,7 @@ impl MountDaemon {
         String::from_utf8_lossy(&buf[..len as usize])
             .lines()
             .filter_map(|l| l.split_once(' '))
+            .map(|(k, n)| (k, n.trim()))
             .filter(|(kind, _)| *kind != "getxattr" && *kind != "deferred")
             .map(|(_, n)| n.parse::<u64>().unwrap())
             .sum()
@@ -198,7 +199,7 @@ fn main() {
             std::fs::write(d.join(format!("entry{i:03}")), b"x").unwrap();
         }
     }
-    let ls = |d: &Path| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).count();
+    let ls = |d: &Path| std::fs::read_dir(d).unwrap().filter(|e| !e.as_ref().unwrap().file_name().is_empty()).count();
 
     println!(
         "| operation (3 replicas, fsync always; local: {local_kind}) | ops/s | median | p99 | daemon requests/op |"

@@ -22,14 +22,15 @@ impl Master {
     /// a follower it is redirected; during an election, or while this replica takes office,
     /// it waits for that (and is still made once a master serves). Returns the state machine's answer
     /// and whether the writer may cache what it wrote: only a `write_through` writer, of a
-    /// permanent node that still holds its write.
+    /// permanent node that still holds its write (then with whether the node is open to all,
+    /// see [`Master::cache_written`]).
     pub async fn write(
         self: &Arc<Self>,
         request: Option<RequestId>,
         paths: &[&str],
         op: Op,
         write_through: Option<SessionId>,
-    ) -> Result<(Reply, bool), MasterError> {
+    ) -> Result<(Reply, Option<bool>), MasterError> {
         let (m, paths) = (self.clone(), paths.iter().map(|p| p.to_string()).collect::<Vec<_>>());
         let write = async move {
             m.await_serving().await?;
@@ -38,7 +39,7 @@ impl Master {
             drop(guard);
             let cacheable = match (&reply, write_through, paths.first()) {
                 (Reply::Stat(s), Some(writer), Some(path)) if !s.ephemeral => m.cache_written(writer, path, s).await,
-                _ => false,
+                _ => None,
             };
             Ok((reply, cacheable))
         };
@@ -65,19 +66,26 @@ impl Master {
     /// looking at the state (this master's applied state holds every write answered before)
     /// covers both sides: a write that began before the registration is still pending (no
     /// registration) or already visible in the state (a later modified index); one that begins
-    /// after it invalidates the writer like any cacher.
-    async fn cache_written(&self, session: SessionId, path: &str, written: &Stat) -> bool {
+    /// after it invalidates the writer like any cacher. If it may: whether every principal
+    /// may open the node (its ACL then is the written stat's, the last change being this
+    /// write's).
+    async fn cache_written(&self, session: SessionId, path: &str, written: &Stat) -> Option<bool> {
         let token = self.register_cacher(session, path);
         let p = path.to_string();
         let now = self
             .replica
-            .stale_read(move |m: &CellMachine| m.state().node(&p).map(|n| (n.stat.instance, n.stat.modified_index)))
+            .stale_read(move |m: &CellMachine| {
+                m.state().node(&p).map(|n| (n.stat.instance, n.stat.modified_index, n.acl.open_to_all()))
+            })
             .await
             .map_err(MasterError::from);
         // The last change to contents or ACL is still this write (a SetAcl moves the index on
         // but not the content generation).
-        let same = |n: &Option<(u64, u64)>| *n == Some((written.instance, written.modified_index));
-        self.settle_cacher(session, path, token, &now, same)
+        let same = |n: &Option<(u64, u64, bool)>| {
+            n.is_some_and(|(i, m, _)| (i, m) == (written.instance, written.modified_index))
+        };
+        let open_to_all = matches!(now, Ok(Some((_, _, true))));
+        self.settle_cacher(session, path, token, &now, same).then_some(open_to_all)
     }
 
     fn register_cacher(&self, session: SessionId, path: &str) -> Option<u64> {

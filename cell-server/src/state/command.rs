@@ -43,6 +43,11 @@ impl Acl {
         Acl { readers: all.clone(), writers: all.clone(), change_acl: all }
     }
 
+    /// Whether every principal is on one of the lists ("*"), so may open the node.
+    pub fn open_to_all(&self) -> bool {
+        [&self.readers, &self.writers, &self.change_acl].iter().any(|l| l.iter().any(|n| n == "*"))
+    }
+
     pub fn rights_of(&self, principal: &str) -> Rights {
         let has = |names: &[String]| names.iter().any(|n| n == "*" || n == principal);
         let mut r = Rights::NONE;

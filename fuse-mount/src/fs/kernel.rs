@@ -32,6 +32,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,8 @@ pub struct KernelCache {
     notifier: OnceLock<Notifier>,
     /// Set once attached if the kernel has entry epochs: then entries may be kept.
     entries: OnceLock<EntryEpoch>,
+    /// A move of the entry epoch failed: entries are kept no more.
+    entries_broken: AtomicBool,
     /// Moved by every invalidation; answers check it under the read side.
     epoch: RwLock<u64>,
 }
@@ -107,11 +110,14 @@ impl KernelCache {
     /// Runs `reply` with how long the kernel may keep the answer's attributes and its entry
     /// (zero for either not allowed). Both need `cacheable` (the session caches the node,
     /// nothing unsaved here). Attributes also need the inode known before the call and no
-    /// invalidation since; the entry needs the kernel's entry epochs, which guard it.
+    /// invalidation since; the entry needs the kernel's entry epochs, which guard it, and
+    /// `open_to_all`: the kernel's entries serve every user of the host, whose own lookups
+    /// would be refused a node whose ACLs do not name them.
     pub fn reply<T>(
         &self,
         before: Before,
         cacheable: bool,
+        open_to_all: bool,
         lease_end: Instant,
         reply: impl FnOnce(Duration, Duration) -> T,
     ) -> T {
@@ -119,18 +125,22 @@ impl KernelCache {
         let attached = self.notifier.get().is_some();
         let ttl = lease_end.saturating_duration_since(Instant::now()).min(MAX_TTL);
         let attr = attached && cacheable && before.known && *epoch == before.epoch;
-        let entry = attached && cacheable && self.entries.get().is_some();
+        let epochs = self.entries.get().is_some() && !self.entries_broken.load(Ordering::Relaxed);
+        let entry = attached && cacheable && open_to_all && epochs;
         let of = |ok: bool| if ok { ttl } else { Duration::ZERO };
         reply(of(attr), of(entry))
     }
 
-    /// Drops the kernel's attributes of `inodes`, and every entry it keeps.
-    pub fn invalidate(&self, inodes: &[u64]) {
+    /// Drops the kernel's attributes of `inodes`, and if `names` (the nodes may have gone or
+    /// moved) every entry it keeps.
+    pub fn invalidate(&self, inodes: &[u64], names: bool) {
         *self.epoch.write().unwrap_or_else(|p| p.into_inner()) += 1;
-        if let Some(e) = self.entries.get() {
-            // Fails only once the kernel's connection is gone (unmounted), with its entries.
+        if let Some(e) = self.entries.get().filter(|_| names) {
             if let Err(err) = e.advance() {
-                tracing::debug!("moving the kernel's entry epoch: {err}");
+                // Entries kept until now may outlive the change: keep none from now on. (The
+                // notification cannot fail but on a connection gone, entries with it.)
+                self.entries_broken.store(true, Ordering::Relaxed);
+                tracing::warn!("moving the kernel's entry epoch: {err}; names are no longer kept");
             }
         }
         let Some(n) = self.notifier.get() else { return };

@@ -93,6 +93,10 @@ pub struct Answer {
     pub attr: FileAttr,
     before: Before,
     cacheable: bool,
+    /// Every principal may open the node: the name the kernel keeps may serve every user of
+    /// the host (the kernel's entries are not per user; others' lookups would skip their ACL
+    /// check).
+    open_to_all: bool,
     lease_end: Instant,
 }
 
@@ -194,19 +198,22 @@ impl FsInner {
 
     /// The session of `cell` dropped `what` from its cache: the kernel drops the same.
     fn invalidate_kernel(&self, cell: usize, what: &Invalidated) {
-        let nodes = match what {
-            Invalidated::All => guard(&self.inodes).of_cell(cell),
-            Invalidated::Nodes(paths) => {
-                let inodes = guard(&self.inodes);
-                paths
-                    .iter()
-                    .map(|p| NodeRef { cell, path: p.trim_end_matches('/').to_string() })
-                    .filter_map(|n| inodes.find(&n).map(|ino| (ino, n)))
-                    .collect()
-            }
+        let of_paths = |paths: &[String]| {
+            let inodes = guard(&self.inodes);
+            paths
+                .iter()
+                .map(|p| NodeRef { cell, path: p.trim_end_matches('/').to_string() })
+                .filter_map(|n| inodes.find(&n))
+                .collect::<Vec<u64>>()
         };
-        let inos: Vec<u64> = nodes.iter().map(|(ino, _)| *ino).collect();
-        self.kernel.invalidate(&inos);
+        match what {
+            Invalidated::All => {
+                let inos: Vec<u64> = guard(&self.inodes).of_cell(cell).into_iter().map(|(ino, _)| ino).collect();
+                self.kernel.invalidate(&inos, true);
+            }
+            Invalidated::Nodes(paths) => self.kernel.invalidate(&of_paths(paths), true),
+            Invalidated::Contents(paths) => self.kernel.invalidate(&of_paths(paths), false),
+        }
     }
 
     /// Makes the kernel forget `ino`'s attributes, off this thread (which may be the kernel's
@@ -215,7 +222,7 @@ impl FsInner {
         let inodes = guard(&self.inodes);
         let Some(node) = inodes.node(ino) else { return };
         drop(inodes);
-        let what = Invalidated::Nodes(vec![node.path]);
+        let what = Invalidated::Contents(vec![node.path]);
         let cell = node.cell;
         let Some(this) = self.me.get().cloned() else { return };
         tokio::task::spawn_blocking(move || {
@@ -228,7 +235,7 @@ impl FsInner {
     /// Runs `reply` with the times the kernel may keep `answer`'s attributes and its entry
     /// (zero unless allowed).
     pub fn reply_ttl<T>(&self, answer: &Answer, reply: impl FnOnce(Duration, Duration) -> T) -> T {
-        self.kernel.reply(answer.before, answer.cacheable, answer.lease_end, reply)
+        self.kernel.reply(answer.before, answer.cacheable, answer.open_to_all, answer.lease_end, reply)
     }
 
     /// What a call about `node` sees when it begins.
@@ -257,6 +264,7 @@ impl FsInner {
             attr: self.attr(ino, stat),
             before,
             cacheable: !pending && !stat.is_ephemeral && session.caches(&node.path, stat),
+            open_to_all: stat.open_to_all,
             lease_end: session.lease_end(),
         }
     }
@@ -359,6 +367,7 @@ impl FsInner {
                 attr: dir_attr(ROOT, self.owner),
                 before: self.before(None),
                 cacheable: true,
+                open_to_all: true,
                 lease_end,
             });
         }

@@ -105,7 +105,12 @@ mod tests {
         r.count(Kind::Lookup);
         r.count(Kind::Setlk);
         let report = r.report();
-        assert!(report.starts_with("lookup 2\nforget 0\n"), "{report}");
-        assert!(report.ends_with("getlk 0\nsetlk 1\ndeferred 0\n"), "{report}");
+        let lines: Vec<Vec<&str>> = report.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[0], ["lookup", "2"]);
+        assert_eq!(lines[KINDS.len() - 1], ["setlk", "1"]);
+        assert_eq!(lines[KINDS.len()], ["deferred", "0"]);
+        // As long whatever the counts.
+        r.deferred();
+        assert_eq!(r.report().len(), report.len());
     }
 }

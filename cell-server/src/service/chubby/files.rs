@@ -28,23 +28,25 @@ impl ChubbyService {
         let existing = match create {
             None => {
                 let p = path.clone();
-                let read = move |st: &state::CellState| st.open_existing(session, &p);
-                let cached = self.master.cached_read(session, &path, read, |(s, _)| !s.ephemeral).await;
+                let read = move |st: &state::CellState| {
+                    st.open_existing(session, &p).map(|(s, r)| (s, r, st.node(&p).is_some_and(|n| n.acl.open_to_all())))
+                };
+                let cached = self.master.cached_read(session, &path, read, |(s, _, _)| !s.ephemeral).await;
                 Some(cached.map_err(|e| self.fail(e))?)
             }
             Some(_) => None,
         };
-        let (s, rights, cacheable, id) = match existing {
-            Some(((s, rights), cacheable)) if !s.ephemeral => (s, rights, cacheable, 0),
+        let (s, rights, cacheable, id, open_to_all) = match existing {
+            Some(((s, rights, open_to_all), cacheable)) if !s.ephemeral => (s, rights, cacheable, 0, open_to_all),
             _ => match self.call(request, Op::Open { path: path.clone(), create }).await? {
-                Reply::Opened { stat, rights, .. } => (stat, rights, false, 0),
-                Reply::OpenedEphemeral { stat, rights, handle, .. } => (stat, rights, false, handle),
+                Reply::Opened { stat, rights, .. } => (stat, rights, false, 0, false),
+                Reply::OpenedEphemeral { stat, rights, handle, .. } => (stat, rights, false, handle, false),
                 other => return Err(unexpected(other)),
             },
         };
         let handle = self.make_handle(session, &path, &s, rights, id);
         self.master.subscribe(session, &path, req.event_mask, &handle.token);
-        Ok(OpenResponse { handle: Some(handle), stat: Some(stat(&s)), cacheable })
+        Ok(OpenResponse { handle: Some(handle), stat: Some(NodeStat { open_to_all, ..stat(&s) }), cacheable })
     }
 
     pub(super) async fn close_handle(&self, req: CloseRequest) -> Result<CloseResponse, Status> {
@@ -88,23 +90,25 @@ impl ChubbyService {
         };
         let (session, path, instance) = (h.session, h.path.clone(), h.instance);
         let look = move |st: &state::CellState| {
-            st.node_of_handle(session, &path, instance).map(|n| (n.contents.clone(), n.stat.clone()))
+            st.node_of_handle(session, &path, instance)
+                .map(|n| (n.contents.clone(), n.stat.clone(), n.acl.open_to_all()))
         };
         if req.stale_ok {
-            let (contents, s) = self
+            let (contents, s, open_to_all) = self
                 .master
                 .replica()
                 .stale_read(move |m: &CellMachine| look(m.state()))
                 .await
                 .map_err(|e| self.fail(e.into()))?
                 .map_err(status_of_state)?;
-            return Ok(GetContentsResponse { contents, stat: Some(stat(&s)), stale: true, cacheable: false });
+            let stat = Some(NodeStat { open_to_all, ..stat(&s) });
+            return Ok(GetContentsResponse { contents, stat, stale: true, cacheable: false });
         }
         // Ephemeral nodes are never cacheable: they can vanish with a session's expiry, which
         // invalidates nothing.
-        let read = self.master.cached_read(session, &h.path, look, |(_, s)| !s.ephemeral).await;
-        let ((contents, s), cacheable) = read.map_err(|e| self.fail(e))?;
-        Ok(GetContentsResponse { contents, stat: Some(stat(&s)), stale: false, cacheable })
+        let read = self.master.cached_read(session, &h.path, look, |(_, s, _)| !s.ephemeral).await;
+        let ((contents, s, open_to_all), cacheable) = read.map_err(|e| self.fail(e))?;
+        Ok(GetContentsResponse { contents, stat: Some(NodeStat { open_to_all, ..stat(&s) }), stale: false, cacheable })
     }
 
     pub(super) async fn node_stat(&self, req: GetStatRequest) -> Result<GetStatResponse, Status> {
@@ -115,8 +119,9 @@ impl ChubbyService {
         };
         let read = self.master.cached_read(session, &h.path, look, |(s, _)| !s.ephemeral).await;
         let ((s, acl), cacheable) = read.map_err(|e| self.fail(e))?;
+        let stat = NodeStat { open_to_all: acl.open_to_all(), ..stat(&s) };
         let acl = NodeAcl { readers: acl.readers, writers: acl.writers, change_acl: acl.change_acl };
-        Ok(GetStatResponse { stat: Some(stat(&s)), cacheable, acl: Some(acl) })
+        Ok(GetStatResponse { stat: Some(stat), cacheable, acl: Some(acl) })
     }
 
     pub(super) async fn children(&self, req: ReadDirRequest) -> Result<ReadDirResponse, Status> {
@@ -146,7 +151,10 @@ impl ChubbyService {
             sequencer,
         };
         match self.master.write(Some(request), &[&path], op, writer).await.map_err(|e| self.fail(e))? {
-            (Reply::Stat(s), cacheable) => Ok(SetContentsResponse { stat: Some(stat(&s)), cacheable }),
+            (Reply::Stat(s), cached) => {
+                let stat = Some(NodeStat { open_to_all: cached == Some(true), ..stat(&s) });
+                Ok(SetContentsResponse { stat, cacheable: cached.is_some() })
+            }
             (other, _) => Err(unexpected(other)),
         }
     }
@@ -159,7 +167,10 @@ impl ChubbyService {
         let sequencer = Some(req.sequencer).filter(|s| !s.is_empty());
         let op = Op::Append { path: h.path, instance: h.instance, data: req.data, sequencer };
         match self.master.write(Some(request), &[&path], op, writer).await.map_err(|e| self.fail(e))? {
-            (Reply::Stat(s), cacheable) => Ok(AppendResponse { stat: Some(stat(&s)), cacheable }),
+            (Reply::Stat(s), cached) => {
+                let stat = Some(NodeStat { open_to_all: cached == Some(true), ..stat(&s) });
+                Ok(AppendResponse { stat, cacheable: cached.is_some() })
+            }
             (other, _) => Err(unexpected(other)),
         }
     }

@@ -131,6 +131,8 @@ fn stat(s: &state::Stat) -> NodeStat {
         ctime_ms: s.ctime_ms,
         mtime_ms: s.mtime_ms,
         modified_index: s.modified_index,
+        // Said only where the answer has the node's ACL at hand.
+        open_to_all: false,
     }
 }
 
