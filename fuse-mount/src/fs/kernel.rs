@@ -131,16 +131,23 @@ impl KernelCache {
         reply(of(attr), of(entry))
     }
 
-    /// Drops the kernel's attributes of `inodes`, and if `names` (the nodes may have gone or
-    /// moved) every entry it keeps.
-    pub fn invalidate(&self, inodes: &[u64], names: bool) {
-        *self.epoch.write().unwrap_or_else(|p| p.into_inner()) += 1;
-        if let Some(e) = self.entries.get().filter(|_| names) {
-            if let Err(err) = e.advance() {
-                // Entries kept until now may outlive the change: keep none from now on. (The
-                // notification cannot fail but on a connection gone, entries with it.)
-                self.entries_broken.store(true, Ordering::Relaxed);
-                tracing::warn!("moving the kernel's entry epoch: {err}; names are no longer kept");
+    /// Drops the kernel's attributes of `inodes`, and every entry it keeps. (Also for this
+    /// session's own write of a node's contents, which changes no name: the write takes the
+    /// session's registration as the node's cacher away at the master until the write is
+    /// cached again, and a delete meanwhile would then reach no hook of this host.)
+    pub fn invalidate(&self, inodes: &[u64]) {
+        {
+            // Under the gate: no answer is told entries are kept between a failed move and
+            // the mark that stops it.
+            let mut epoch = self.epoch.write().unwrap_or_else(|p| p.into_inner());
+            *epoch += 1;
+            if let Some(e) = self.entries.get() {
+                if let Err(err) = e.advance() {
+                    // Entries kept until now may outlive the change: keep none from now on.
+                    // (The notification cannot fail but on a connection gone, entries with it.)
+                    self.entries_broken.store(true, Ordering::Relaxed);
+                    tracing::warn!("moving the kernel's entry epoch: {err}; names are no longer kept");
+                }
             }
         }
         let Some(n) = self.notifier.get() else { return };

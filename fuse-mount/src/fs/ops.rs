@@ -198,22 +198,18 @@ impl FsInner {
 
     /// The session of `cell` dropped `what` from its cache: the kernel drops the same.
     fn invalidate_kernel(&self, cell: usize, what: &Invalidated) {
-        let of_paths = |paths: &[String]| {
-            let inodes = guard(&self.inodes);
-            paths
-                .iter()
-                .map(|p| NodeRef { cell, path: p.trim_end_matches('/').to_string() })
-                .filter_map(|n| inodes.find(&n))
-                .collect::<Vec<u64>>()
-        };
-        match what {
-            Invalidated::All => {
-                let inos: Vec<u64> = guard(&self.inodes).of_cell(cell).into_iter().map(|(ino, _)| ino).collect();
-                self.kernel.invalidate(&inos, true);
+        let inos: Vec<u64> = match what {
+            Invalidated::All => guard(&self.inodes).of_cell(cell).into_iter().map(|(ino, _)| ino).collect(),
+            Invalidated::Nodes(paths) => {
+                let inodes = guard(&self.inodes);
+                paths
+                    .iter()
+                    .map(|p| NodeRef { cell, path: p.trim_end_matches('/').to_string() })
+                    .filter_map(|n| inodes.find(&n))
+                    .collect()
             }
-            Invalidated::Nodes(paths) => self.kernel.invalidate(&of_paths(paths), true),
-            Invalidated::Contents(paths) => self.kernel.invalidate(&of_paths(paths), false),
-        }
+        };
+        self.kernel.invalidate(&inos);
     }
 
     /// Makes the kernel forget `ino`'s attributes, off this thread (which may be the kernel's
@@ -222,7 +218,7 @@ impl FsInner {
         let inodes = guard(&self.inodes);
         let Some(node) = inodes.node(ino) else { return };
         drop(inodes);
-        let what = Invalidated::Contents(vec![node.path]);
+        let what = Invalidated::Nodes(vec![node.path]);
         let cell = node.cell;
         let Some(this) = self.me.get().cloned() else { return };
         tokio::task::spawn_blocking(move || {

@@ -82,11 +82,13 @@ impl Requests {
     }
 
     /// One `kind count` line per kind, in a fixed order, then `deferred count` (not a kind:
-    /// of the requests counted, those answered off the request thread).
+    /// of the requests counted, those answered off the request thread). Counts are padded
+    /// to a fixed width: a reader asks for the length first, and the counts move before it
+    /// reads (its own request among them).
     pub fn report(&self) -> String {
-        let kinds =
-            KINDS.iter().map(|(k, name)| format!("{name} {}\n", self.counts[*k as usize].load(Ordering::Relaxed)));
-        kinds.chain([format!("deferred {}\n", self.deferred.load(Ordering::Relaxed))]).collect()
+        let line = |name: &str, n: &AtomicU64| format!("{name} {:>20}\n", n.load(Ordering::Relaxed));
+        let kinds = KINDS.iter().map(|(k, name)| line(name, &self.counts[*k as usize]));
+        kinds.chain([line("deferred", &self.deferred)]).collect()
     }
 }
 
@@ -110,7 +112,9 @@ mod tests {
         assert_eq!(lines[KINDS.len() - 1], ["setlk", "1"]);
         assert_eq!(lines[KINDS.len()], ["deferred", "0"]);
         // As long whatever the counts.
-        r.deferred();
+        for _ in 0..10 {
+            r.count(Kind::Getxattr);
+        }
         assert_eq!(r.report().len(), report.len());
     }
 }

@@ -173,7 +173,7 @@ impl Session {
         let ticket = match &node {
             Some((path, _)) => {
                 let ticket = self.inner.cache().begin_own_write(path);
-                self.inner.invalidated(Invalidated::Contents(vec![path.clone()])).await;
+                self.inner.invalidated(Invalidated::Nodes(vec![path.clone()])).await;
                 Some(ticket)
             }
             None => None,

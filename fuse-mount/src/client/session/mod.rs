@@ -117,8 +117,6 @@ pub struct OpenOptions {
 pub enum Invalidated {
     /// These nodes (`/ls/<cell>/…` paths) are changing: a write waits for the ack.
     Nodes(Vec<String>),
-    /// This session is writing these nodes' contents itself: their names stay.
-    Contents(Vec<String>),
     /// Anything may have changed unseen: the stream broke, the local lease ran out, the
     /// session resumed or was lost.
     All,
