@@ -32,7 +32,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,11 @@ const MAX_TTL: Duration = Duration::from_secs(30);
 
 /// The notification that moves the kernel's entry epoch (it carries nothing else).
 const FUSE_NOTIFY_INC_EPOCH: i32 = 8;
+
+/// Moves of the kernel's entry epoch after which no entry is kept any more: the kernel keeps
+/// the epoch in 32 bits, and an entry stamped just before it wraps to 0 would compare newer
+/// than every later epoch. (At a thousand invalidations a second, after some 50 days.)
+const MAX_EPOCH_MOVES: u64 = u32::MAX as u64 - (1 << 20);
 
 /// The FUSE device, to move the kernel's entry epoch (a notification fuser does not send).
 struct EntryEpoch(File);
@@ -81,6 +86,8 @@ pub struct KernelCache {
     entries: OnceLock<EntryEpoch>,
     /// A move of the entry epoch failed: entries are kept no more.
     entries_broken: AtomicBool,
+    /// Moves of the kernel's entry epoch so far (see [`MAX_EPOCH_MOVES`]).
+    epoch_moves: AtomicU64,
     /// Moved by every invalidation; answers check it under the read side.
     epoch: RwLock<u64>,
 }
@@ -125,10 +132,16 @@ impl KernelCache {
         let attached = self.notifier.get().is_some();
         let ttl = lease_end.saturating_duration_since(Instant::now()).min(MAX_TTL);
         let attr = attached && cacheable && before.known && *epoch == before.epoch;
-        let epochs = self.entries.get().is_some() && !self.entries_broken.load(Ordering::Relaxed);
-        let entry = attached && cacheable && open_to_all && epochs;
+        let entry = attached && cacheable && open_to_all && self.keeps_entries();
         let of = |ok: bool| if ok { ttl } else { Duration::ZERO };
         reply(of(attr), of(entry))
+    }
+
+    /// Whether the kernel may keep entries: it has entry epochs, and they can still be moved.
+    fn keeps_entries(&self) -> bool {
+        self.entries.get().is_some()
+            && !self.entries_broken.load(Ordering::Relaxed)
+            && self.epoch_moves.load(Ordering::Relaxed) < MAX_EPOCH_MOVES
     }
 
     /// Drops the kernel's attributes of `inodes`, and every entry it keeps. (Also for this
@@ -142,6 +155,7 @@ impl KernelCache {
             let mut epoch = self.epoch.write().unwrap_or_else(|p| p.into_inner());
             *epoch += 1;
             if let Some(e) = self.entries.get() {
+                self.epoch_moves.fetch_add(1, Ordering::Relaxed);
                 if let Err(err) = e.advance() {
                     // Entries kept until now may outlive the change: keep none from now on.
                     // (The notification cannot fail but on a connection gone, entries with it.)
@@ -161,5 +175,22 @@ impl KernelCache {
         if started.elapsed() > Duration::from_secs(1) {
             tracing::warn!("the kernel took {:?} to drop {} inodes' attributes", started.elapsed(), inodes.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_kept_no_more_before_the_kernels_epoch_wraps() {
+        let cache = KernelCache::default();
+        assert!(!cache.keeps_entries(), "not without entry epochs");
+        let sink = File::options().write(true).open("/dev/null").expect("/dev/null");
+        let _ = cache.entries.set(EntryEpoch(sink));
+        assert!(cache.keeps_entries());
+        cache.epoch_moves.store(MAX_EPOCH_MOVES - 1, Ordering::Relaxed);
+        cache.invalidate(&[]);
+        assert!(!cache.keeps_entries(), "the last move allowed was made");
     }
 }
