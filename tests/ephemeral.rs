@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e_tests::nemesis::{Fault, Nemesis};
-use e2e_tests::{bin, lines_of, wait_converged, CellOptions, Pids, Rng, TestCell};
+use e2e_tests::{bin, exit_within, lines_of, wait_converged, CellOptions, Pids, Rng, TestCell};
 use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 
 const DIR: &str = "/ls/local/eph";
@@ -452,4 +452,30 @@ fn a_session_the_master_is_expiring_is_not_resumed() {
     assert!(was_expiring, "the master did not expire the paused owner's session within 30 s");
     let status = status.expect("the owner exits after SIGTERM");
     assert_eq!(status.code(), Some(6), "exit 6: the session (and its node) was lost");
+}
+
+/// A script may stop an ephemeral node's holder as soon as it has read its "OK": the holder
+/// answers SIGTERM from then on, removes its node and exits 0 (killed by the signal instead,
+/// it would leave its node until its session expired). 20 holders, each sent SIGTERM the
+/// moment its OK arrives.
+#[test]
+fn an_ephemeral_holder_stopped_as_soon_as_it_says_ok_removes_its_node() {
+    let cell = TestCell::start(CellOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
+    let chubby =
+        |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
+    assert!(chubby(&["mkdir", "/ls/local/held"]).status.success());
+    for i in 0..20 {
+        let path = format!("/ls/local/held/n{i}");
+        let (mut owner, mut pids) = hold(&cell, &path);
+        // SAFETY: a signal to the owner this test started.
+        unsafe { libc::kill(owner.id() as libc::pid_t, libc::SIGTERM) };
+        let status = exit_within(&mut owner, Duration::from_secs(30));
+        pids.kill(owner.id());
+        let status = status.expect("the owner exits after SIGTERM");
+        assert_eq!(status.code(), Some(0), "holder {i}: {status:?}");
+        let get = chubby(&["get", &path]);
+        assert!(!get.status.success(), "holder {i}'s node outlived it: {get:?}");
+    }
 }

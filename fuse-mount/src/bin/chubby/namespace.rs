@@ -58,6 +58,11 @@ pub async fn put(
         contents: contents.clone(),
         ..OpenOptions::default()
     };
+    // An ephemeral node's holder answers SIGTERM and Ctrl-C from the moment it says OK: a
+    // script that stops it as soon as it read that line must not kill it before it can
+    // remove its node and exit as told.
+    let signals =
+        if ephemeral { Some((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)) } else { None };
     let (h, stat) = s.open_node(path, create).await?;
     let created = stat.content_generation == 1 && stat.length == contents.len() as u64 && if_generation == Some(0);
     let stat = if created && sequencer.is_empty() {
@@ -70,11 +75,10 @@ pub async fn put(
     } else {
         println!("OK (generation {}, index {})", stat.content_generation, stat.modified_index);
     }
-    if ephemeral {
+    if let Some((mut term, mut int)) = signals {
         // The node lives as long as this session holds it open: once the session is lost the
         // node is gone, and a script relying on it must hear so (exit 6), not wait on.
         eprintln!("holding the ephemeral node {path}; Ctrl-C or SIGTERM removes it");
-        let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
         let mut state = s.state();
         let lost = state.wait_for(|st| *st == SessionState::Lost);
         tokio::select! {
