@@ -93,12 +93,20 @@ fn reads_through_the_kernel_cache_stay_linearizable_across_another_clients_write
     assert_eq!(parse(&fs::read_to_string(m.path("counter")).expect("read")), 100);
 }
 
-/// Whether this kernel has FUSE entry epochs (Linux 6.16), without which the mount keeps no
-/// names in the kernel.
-fn kernel_has_entry_epochs() -> bool {
+/// Whether `test`, about the names the kernel keeps, can run here: it mounts (see
+/// [`fuse_available`]), and the kernel has FUSE entry epochs (Linux 6.16), without which the
+/// mount keeps no names in the kernel (the test then skips, saying so).
+fn names_kept_here(test: &str) -> bool {
+    if !fuse_available(test) {
+        return false;
+    }
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 16)
+    let epochs = (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 16);
+    if !epochs {
+        eprintln!("{test}: skipped (Linux < 6.16 keeps no names)");
+    }
+    epochs
 }
 
 /// The daemon's request counts by kind (`user.chubby.requests` of the mount's root).
@@ -117,11 +125,7 @@ fn requests(m: &Mount) -> std::collections::HashMap<String, u64> {
 /// kernel wrongly kept, the kernel would open the old inode, and `>` fail with `ENOENT`).
 #[test]
 fn names_the_kernel_keeps_go_when_another_client_deletes_them() {
-    if !fuse_available("names_the_kernel_keeps_go_when_another_client_deletes_them") {
-        return;
-    }
-    if !kernel_has_entry_epochs() {
-        eprintln!("names_the_kernel_keeps_go_when_another_client_deletes_them: skipped (Linux < 6.16 keeps no names)");
+    if !names_kept_here("names_the_kernel_keeps_go_when_another_client_deletes_them") {
         return;
     }
     let cell = TestCell::start(CellOptions::default());
@@ -262,13 +266,7 @@ fn names_made_and_deleted_in_random_order_are_seen_at_once() {
 /// succeed without asking).
 #[test]
 fn a_name_kept_for_one_user_is_not_shown_to_a_user_its_acls_refuse() {
-    if !fuse_available("a_name_kept_for_one_user_is_not_shown_to_a_user_its_acls_refuse") {
-        return;
-    }
-    if !kernel_has_entry_epochs() {
-        eprintln!(
-            "a_name_kept_for_one_user_is_not_shown_to_a_user_its_acls_refuse: skipped (Linux < 6.16 keeps no names)"
-        );
+    if !names_kept_here("a_name_kept_for_one_user_is_not_shown_to_a_user_its_acls_refuse") {
         return;
     }
     let cell = TestCell::start(CellOptions::default());
@@ -310,11 +308,7 @@ fn a_name_kept_for_one_user_is_not_shown_to_a_user_its_acls_refuse() {
 /// still makes the file anew. (Fails with both of those moves of the entry epoch left out.)
 #[test]
 fn a_name_kept_before_a_refused_own_write_goes_when_another_client_deletes_it() {
-    if !fuse_available("a_name_kept_before_a_refused_own_write_goes_when_another_client_deletes_it") {
-        return;
-    }
-    if !kernel_has_entry_epochs() {
-        eprintln!("a_name_kept_before_a_refused_own_write_goes_when_another_client_deletes_it: skipped (Linux < 6.16)");
+    if !names_kept_here("a_name_kept_before_a_refused_own_write_goes_when_another_client_deletes_it") {
         return;
     }
     let cell = TestCell::start(CellOptions::default());
