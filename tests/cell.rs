@@ -183,7 +183,8 @@ fn pipelined_puts_are_each_applied_and_answered() {
 #[test]
 fn cell_server_local_starts_serves_and_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let LocalCell { child: mut local, lines, cell, output: _output } = LocalCell::start(dir.path(), &[]);
+    let LocalCell { child: mut local, lines, cell, output: _output, env } = LocalCell::start(dir.path(), &[]);
+    assert_eq!(env.len(), 3, "it prints the certificate lines a client needs: {lines:?}");
     assert!(lines[0].contains("is up"), "{lines:?}");
     let pids: Vec<i32> = lines
         .iter()
@@ -192,7 +193,9 @@ fn cell_server_local_starts_serves_and_stops() {
         .collect();
     assert_eq!(pids.len(), 3, "{lines:?}");
 
-    let chubby = |args: &[&str]| Command::new(bin("chubby")).env("CHUBBY_CELL", &cell).args(args).output().unwrap();
+    let chubby = |args: &[&str]| {
+        Command::new(bin("chubby")).env("CHUBBY_CELL", &cell).envs(env.clone()).args(args).output().unwrap()
+    };
     let put = chubby(&["put", "/ls/local/greeting", "hello"]);
     assert!(put.status.success(), "{put:?}");
     let get = chubby(&["get", "/ls/local/greeting"]);

@@ -181,6 +181,7 @@ fn an_ephemeral_node_exists_exactly_while_its_session_lives() {
                 timeout: Duration::from_secs(5),
                 grace: Duration::from_secs(60),
                 cache: true,
+                tls: None,
             };
             while !stop.load(Ordering::Relaxed) {
                 let Ok(s) = Session::open(addrs.clone(), opts.clone()).await else {

@@ -41,6 +41,7 @@ fn opts() -> SessionOptions {
         timeout: Duration::from_secs(10),
         grace: Duration::from_secs(60),
         cache: true,
+        tls: None,
     }
 }
 

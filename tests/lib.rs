@@ -16,7 +16,7 @@ pub mod harness;
 pub mod linearizability;
 pub mod nemesis;
 
-pub use harness::cell::{statuses, wait_converged, CellOptions, TestCell};
+pub use harness::cell::{client_principal, issue_cert, issue_paths, statuses, wait_converged, CellOptions, TestCell};
 pub use harness::clock::{faketime_env, LIBFAKETIME};
 pub use harness::link::Link;
 pub use harness::mount::{detach, fuse_available, is_mount_point, LocalCell, Mount};

@@ -120,6 +120,7 @@ fn a_master_cut_off_from_the_cell_grants_no_lease_past_its_successors_expiry() {
             timeout: Duration::from_secs(20),
             grace: Duration::from_secs(20),
             cache: false,
+            tls: None,
         };
         let taker = Session::open(others, opts).await.unwrap();
         let (ht, _) = taker.open_node("/ls/local/p", OpenOptions::default()).await.unwrap();

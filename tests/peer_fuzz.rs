@@ -8,11 +8,11 @@
 //! - **Stale** (well-formed messages of every kind, with absurd indexes, commits and entries,
 //!   at a term below the current one, as a peer's delayed packets arrive): ignored; the same.
 //!   (A hello naming a peer replaces that peer's older link, as it must when the peer restarts;
-//!   so until peers authenticate, a forger can cut a link for as long as the redial takes, and
-//!   cost an election.)
+//!   so on a plaintext cell a forger can cut a link for as long as the redial takes, and
+//!   cost an election; on TLS only the peer's own certificate can say its hello.)
 //! - **Forged at the current or a later term**, of the kinds any member sends (votes,
-//!   pre-votes, TimeoutNow, answers with absurd indexes): a peer is trusted until peers
-//!   authenticate (mutual TLS), so such a message may cost an election; but no replica may
+//!   pre-votes, TimeoutNow, answers with absurd indexes): on a plaintext cell a peer is
+//!   trusted at its word (TLS makes it prove it), so such a message may cost an election; but no replica may
 //!   crash, and the cell must take writes again afterwards. (It found that a leader took an
 //!   acknowledgement past its own log as a follower's match, and stopped replicating to it.)
 //!

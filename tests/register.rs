@@ -57,6 +57,7 @@ async fn client(id: u64, seed: u64, addrs: Vec<String>, keys: u64, stop: Arc<Ato
         timeout: Duration::from_secs(5),
         grace: Duration::from_secs(30),
         cache: true,
+        tls: None,
     };
     let mut generation_seen: BTreeMap<u64, u64> = BTreeMap::new();
     let mut n = 0u64;

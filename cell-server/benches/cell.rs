@@ -11,7 +11,8 @@
 //!
 //! Environment: `BENCH_SECS` (seconds per load level, default 4), `BENCH_DIR` (where data goes,
 //! default a temp dir), `BENCH_SKIP_RECOVERY=1`, `BENCH_LEVELS=1,16,64,256`, `BENCH_FSYNC=always`,
-//! `BENCH_API=unary|pipeline` (default both), `BENCH_ROUNDS` (default 3), `BENCH_RUST_LOG` (the
+//! `BENCH_API=unary|pipeline` (default both), `BENCH_TLS=off|on|both` (default off; both: a
+//! plaintext and a mutual-TLS cell measured in turn), `BENCH_ROUNDS` (default 3), `BENCH_RUST_LOG` (the
 //! replicas' log filter, written to files in the data directory; it keeps
 //! `cell_server::replica=info`, by which the launcher sees a replica serve), `BENCH_REPLICA_ARGS` (more flags for the replicas).
 
@@ -29,7 +30,8 @@ mod common;
 use bytes::Bytes;
 use cell_server::machine::CellMachine;
 use cell_server::state::{self, Op};
-use common::{find_leader, percentile, start_cell_with, us};
+use common::{leader_of, percentile, start_cell_with, us};
+use fuse_mount::client::tls::{endpoint, Identity};
 use fuse_mount::client::PutPipeline;
 use proto::cell::cell_client::CellClient;
 use proto::cell::PutRequest;
@@ -96,7 +98,14 @@ fn loopback_rtt() -> Duration {
 /// connections of its own, as a client process (the `chubby` CLI, say) does: a multi-threaded
 /// runtime would add its own thread hand-offs to every call and measure the client, not the cell.
 /// Returns writes/s, the median and p99 latency, and the CPU time `cpu` counted per write.
-fn load(leader: &str, clients: usize, secs: f64, pipelined: bool, cpu: &dyn Fn() -> Duration) -> Round {
+fn load(
+    leader: &str,
+    tls: Option<Arc<Identity>>,
+    clients: usize,
+    secs: f64,
+    pipelined: bool,
+    cpu: &dyn Fn() -> Duration,
+) -> Round {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -106,20 +115,14 @@ fn load(leader: &str, clients: usize, secs: f64, pipelined: bool, cpu: &dyn Fn()
         .map(|t| {
             let mine: Vec<usize> = (0..clients).filter(|i| i % 2 == t).collect();
             let (stop, count, lat, leader) = (stop.clone(), count.clone(), lat.clone(), leader.to_string());
+            let tls = tls.clone();
             let failed = failed.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async move {
                     let mut channels = Vec::new();
                     for _ in 0..2 {
-                        channels.push(
-                            tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
-                                .unwrap()
-                                .tcp_nodelay(true)
-                                .connect()
-                                .await
-                                .unwrap(),
-                        );
+                        channels.push(endpoint(&leader, tls.as_deref()).unwrap().connect().await.unwrap());
                     }
                     let mut pipes = Vec::new();
                     if pipelined {
@@ -216,39 +219,55 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
     // More replica flags, to explore (`--snapshot-entries 1000000`, say); the default is none.
     let extra = std::env::var("BENCH_REPLICA_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
-    let cell = start_cell_with(dir, &fsync, &extra);
+    // `BENCH_TLS`: off (default), on, or both (two cells, measured in turn).
+    let modes: Vec<bool> = match std::env::var("BENCH_TLS").as_deref() {
+        Ok("on") => vec![true],
+        Ok("both") => vec![false, true],
+        _ => vec![false],
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let leader = rt.block_on(find_leader(&cell.addrs));
-    let pids: Vec<u32> = cell.pids().into_iter().chain([std::process::id()]).collect();
-    let cpu = || pids.iter().map(|&p| common::cpu_time(p)).sum::<Duration>();
-    // (clients, pipelined) -> its rounds.
-    let mut runs: BTreeMap<(usize, bool), Vec<Round>> = BTreeMap::new();
+    let cells: Vec<(bool, e2e_tests::TestCell, String)> = modes
+        .iter()
+        .map(|&tls| {
+            let cell = start_cell_with(&dir.join(if tls { "tls" } else { "plain" }), &fsync, &extra, tls);
+            let leader = rt.block_on(leader_of(&cell));
+            (tls, cell, leader)
+        })
+        .collect();
+    // (tls, clients, pipelined) -> its rounds.
+    let mut runs: BTreeMap<(bool, usize, bool), Vec<Round>> = BTreeMap::new();
     for _ in 0..rounds {
-        for &clients in levels {
-            for &pipelined in &apis {
-                runs.entry((clients, pipelined)).or_default().push(load(&leader, clients, secs, pipelined, &cpu));
+        for (tls, cell, leader) in &cells {
+            let pids: Vec<u32> = cell.pids().into_iter().chain([std::process::id()]).collect();
+            let cpu = || pids.iter().map(|&p| common::cpu_time(p)).sum::<Duration>();
+            for &clients in levels {
+                for &pipelined in &apis {
+                    let round = load(leader, cell.client_identity(), clients, secs, pipelined, &cpu);
+                    runs.entry((*tls, clients, pipelined)).or_default().push(round);
+                }
             }
         }
     }
-    drop(cell);
+    drop(cells);
     println!(
         "\n3 replicas on loopback, --fsync {fsync}, 100-byte values, {secs} s per level, median of {rounds} rounds"
     );
     println!("(unary: a `Put` call per write; pipelined: the writes of a connection's proposers multiplexed");
     println!("on one `PutPipeline` stream, each answered on its own)");
     println!("(CPU per write: of the 3 replicas and of the bench's client together; all rounds' writes/s in brackets)");
-    println!("| concurrent proposers | API | writes/s | median latency | p99 latency | CPU per write |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!("(TLS: mutual TLS on every connection, clients' and peers', or plaintext with --insecure)");
+    println!("| TLS | concurrent proposers | API | writes/s | median latency | p99 latency | CPU per write |");
+    println!("|---|---:|---|---:|---:|---:|---:|");
     let median = |v: &[Round]| {
         let mut v = v.to_vec();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v[v.len() / 2]
     };
-    for &clients in levels {
-        for &pipelined in &apis {
-            let all = &runs[&(clients, pipelined)];
+    for ((tls, clients, pipelined), all) in &runs {
+        let (tls, clients, pipelined) = (*tls, *clients, *pipelined);
+        {
             let (rate, p50, p99, cpu) = median(all);
-            let ratio = match runs.get(&(1, pipelined)) {
+            let ratio = match runs.get(&(tls, 1, pipelined)) {
                 Some(one) if clients > 1 => format!(" ({:.1}x)", rate / median(one).0),
                 _ => String::new(),
             };
@@ -258,8 +277,9 @@ fn throughput(dir: &Path, secs: f64, levels: &[usize]) {
                 String::new()
             };
             let api = if pipelined { "pipelined" } else { "unary" };
+            let mode = if tls { "on" } else { "off" };
             println!(
-                "| {clients} | {api} | {rate:.0}{ratio}{each} | {} | {} | {:.1} µs |",
+                "| {mode} | {clients} | {api} | {rate:.0}{ratio}{each} | {} | {} | {:.1} µs |",
                 us(p50),
                 us(p99),
                 cpu.as_secs_f64() * 1e6

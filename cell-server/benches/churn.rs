@@ -74,6 +74,7 @@ async fn churn(addrs: &[String], sessions: u64, n: u64) -> Vec<Session> {
         timeout: Duration::from_secs(30),
         grace: Duration::from_secs(30),
         cache: true,
+        tls: None,
     };
     let mut open = Vec::new();
     for _ in 0..sessions {
@@ -121,7 +122,7 @@ fn main() {
     let many = env_u64("BENCH_SESSIONS", 100);
     let few = env_u64("BENCH_FEW_SESSIONS", 10);
     let dir = tempfile::tempdir().unwrap();
-    let cell = start_cell_with(dir.path(), "no", &[]);
+    let cell = start_cell_with(dir.path(), "no", &[], false);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let leader = find_leader(&cell.addrs).await;

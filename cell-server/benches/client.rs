@@ -33,6 +33,7 @@ fn opts(cache: bool) -> SessionOptions {
         timeout: Duration::from_secs(20),
         grace: Duration::from_secs(30),
         cache,
+        tls: None,
     }
 }
 
@@ -94,7 +95,7 @@ async fn invalidation(cachers: &[Session], writer: &Session, rounds: usize) -> (
 }
 
 async fn resume(dir: &std::path::Path) {
-    let mut cell = start_cell_with(dir, "always", &[]);
+    let mut cell = start_cell_with(dir, "always", &[], false);
     let mut times = Vec::new();
     for _ in 0..5 {
         let leader = find_leader(&cell.addrs).await;
@@ -134,7 +135,7 @@ fn main() {
     let dir = std::env::var("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_path_buf());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     if !skip("get") || !skip("invalidation") {
-        let cell = start_cell_with(&dir.join("cell"), "always", &[]);
+        let cell = start_cell_with(&dir.join("cell"), "always", &[], false);
         let addrs = cell.addrs.clone();
         rt.block_on(async {
             find_leader(&addrs).await;

@@ -44,6 +44,7 @@ fn opts() -> SessionOptions {
         timeout: Duration::from_secs(20),
         grace: Duration::from_secs(30),
         cache: true,
+        tls: None,
     }
 }
 
@@ -102,7 +103,7 @@ fn lock_cycles(addrs: &[String], clients: usize, secs: f64) -> (f64, Duration, D
 }
 
 async fn failover(dir: &std::path::Path) {
-    let mut cell = start_cell_with(dir, "always", &[]);
+    let mut cell = start_cell_with(dir, "always", &[], false);
     let mut put_times = Vec::new();
     let mut set_times = Vec::new();
     for round in 0..5 {
@@ -150,7 +151,7 @@ async fn failover(dir: &std::path::Path) {
 /// Opens `n` sessions over `streams` streams and keeps them alive (one KeepAlive per stream
 /// per third of the lease, naming all its sessions); measures the leader's CPU and memory.
 async fn idle_sessions(dir: &std::path::Path, n: usize, idle_secs: u64) {
-    let cell = start_cell_with(dir, "always", &[]);
+    let cell = start_cell_with(dir, "always", &[], false);
     let leader = find_leader(&cell.addrs).await;
     let pid = cell.pid(cell.id_of(&leader)).expect("the leader runs");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -277,7 +278,7 @@ fn main() {
     let dir = std::env::var("BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| tmp.path().to_path_buf());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     if !skip("locks") {
-        let cell = start_cell_with(&dir.join("locks"), "always", &[]);
+        let cell = start_cell_with(&dir.join("locks"), "always", &[], false);
         rt.block_on(find_leader(&cell.addrs));
         println!("| clients on one lock | acquire+release cycles/s | cycle median | cycle p99 |");
         println!("|---|---|---|---|");

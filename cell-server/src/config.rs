@@ -15,6 +15,11 @@
 //! session_lease_ms = 12000  # a session's lease, extended by each KeepAlive
 //! io_threads = 1            # threads serving gRPC; 1: one event loop, no hand-offs
 //! wal_segment_kib = 65536   # the log rolls over to a new segment file at this size
+//! cert = "/etc/chubby/replica-1.pem"   # mutual TLS: this replica's certificate (replica/1)
+//! key = "/etc/chubby/replica-1.key"
+//! ca = "/etc/chubby/ca.pem"            # the CA clients and peers must be signed by
+//! admins = "ops@build7,deploy-bot"     # principals allowed the operator key-value API
+//! # insecure = true                    # plaintext instead: no TLS, clients name themselves
 //! ```
 
 use std::collections::BTreeMap;
@@ -83,6 +88,24 @@ pub struct ReplicaArgs {
     /// over to a new file at this size, and compaction deletes whole files.
     #[arg(long, value_name = "KIB")]
     pub wal_segment_kib: Option<u64>,
+    /// Mutual TLS: this replica's certificate chain (PEM), issued by the cell's CA for the
+    /// principal replica/ID and for the host name or address clients dial.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM; readable by its owner only).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The cell's CA certificate(s) (PEM): clients and peers must present a certificate it issued.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Serve plaintext without TLS: anyone who can reach the port may claim any principal.
+    /// Only for a cell on a trusted network or loopback.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Principals allowed the operator key-value API (chubby.cell.Cell Put/Get/List):
+    /// NAME,NAME,… With TLS, no one else may use it (Status stays open to every client).
+    #[arg(long, value_name = "NAME,...")]
+    pub admins: Option<String>,
 }
 
 /// The settings file; every key optional.
@@ -103,6 +126,11 @@ struct FileConfig {
     session_lease_ms: Option<u64>,
     io_threads: Option<usize>,
     wal_segment_kib: Option<u64>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    insecure: Option<bool>,
+    admins: Option<String>,
 }
 
 /// A replica's complete, checked settings.
@@ -126,6 +154,10 @@ pub struct ReplicaConfig {
     pub io_threads: usize,
     pub wal_segment_size: u64,
     pub slow_sync: Duration,
+    /// Mutual TLS on every connection; `None` only with `--insecure`.
+    pub tls: Option<proto::tls::Identity>,
+    /// Principals allowed the operator key-value API.
+    pub admins: Vec<String>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -208,6 +240,36 @@ impl ReplicaConfig {
         if !(4..=(4 << 20)).contains(&wal_segment_kib) {
             return Err(format!("wal_segment_kib {wal_segment_kib} must be between 4 and 4194304 (4 GiB)"));
         }
+        let tls = match (
+            args.cert.clone().or(file.cert),
+            args.key.clone().or(file.key),
+            args.ca.clone().or(file.ca),
+            args.insecure || file.insecure.unwrap_or(false),
+        ) {
+            (None, None, None, true) => None,
+            (Some(_), _, _, true) | (_, Some(_), _, true) | (_, _, Some(_), true) => {
+                return Err("--insecure and --cert/--key/--ca exclude each other".into())
+            }
+            (Some(cert), Some(key), Some(ca), false) => {
+                let identity = proto::tls::Identity::load(&proto::tls::TlsFiles { cert, key, ca })
+                    .map_err(|e| format!("TLS: {e}"))?;
+                if proto::tls::Principal::parse(&identity.principal) != proto::tls::Principal::Replica(id) {
+                    return Err(format!(
+                        "TLS: the certificate names {:?}, not this replica (replica/{id})",
+                        identity.principal
+                    ));
+                }
+                Some(identity)
+            }
+            (None, None, None, false) => {
+                return Err("give --cert, --key and --ca (mutual TLS), or --insecure to serve plaintext".into())
+            }
+            _ => return Err("mutual TLS needs all three of --cert, --key and --ca".into()),
+        };
+        let admins = args.admins.as_deref().or(file.admins.as_deref()).map(admin_list).unwrap_or_default();
+        if tls.is_none() && !admins.is_empty() {
+            return Err("--admins needs TLS: without certificates no caller is known".into());
+        }
         Ok(ReplicaConfig {
             id,
             listen,
@@ -224,6 +286,8 @@ impl ReplicaConfig {
             io_threads,
             wal_segment_size: wal_segment_kib << 10,
             slow_sync: Duration::from_millis(args.slow_sync_ms.unwrap_or(0).min(60_000)),
+            tls,
+            admins,
         })
     }
 
@@ -238,8 +302,14 @@ impl ReplicaConfig {
             heartbeat_tick: self.heartbeat_ticks,
             snapshot_entries: self.snapshot_entries,
             slow_disk: self.slow_sync,
+            tls: self.tls.clone(),
+            server_names: self.peer_via.keys().map(|id| (*id, self.peers[id].clone())).collect(),
         }
     }
+}
+
+fn admin_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, String> {
@@ -256,6 +326,7 @@ mod tests {
             id: Some(2),
             peers: Some(peers.into()),
             data_dir: Some("/tmp/x".into()),
+            insecure: true,
             ..ReplicaArgs::default()
         }
     }
@@ -325,7 +396,7 @@ mod tests {
             "id = 1\npeers = \"1=127.0.0.1:7001,2=127.0.0.1:7002\"\ndata_dir = \"/d\"\nfsync = \"no\"\ntick_ms = 5\nio_threads = 3\nwal_segment_kib = 16\n",
         )
         .unwrap();
-        let mut a = ReplicaArgs { config: Some(path.clone()), ..ReplicaArgs::default() };
+        let mut a = ReplicaArgs { config: Some(path.clone()), insecure: true, ..ReplicaArgs::default() };
         let c = ReplicaConfig::from_args(&a).unwrap();
         assert_eq!((c.id, c.fsync, c.tick, c.io_threads), (1, FsyncPolicy::No, Duration::from_millis(5), 3));
         assert_eq!(c.wal_segment_size, 16 << 10);

@@ -8,7 +8,9 @@
 //!   `chubby.cell.Cell` (status; operator put, get, list), with one mapping of refusals to statuses.
 //! - [`replica`]: one replica process: Raft node, gRPC server, clean shutdown on SIGTERM.
 //! - [`local`]: `cell-server local`, a whole cell of replica processes on loopback.
+//! - [`certs`]: a cell's certificate authority in a directory, and the certificates it issues.
 
+pub mod certs;
 pub mod config;
 pub mod local;
 pub mod machine;

@@ -3,6 +3,11 @@
 //! replica on Ctrl-C or SIGTERM (SIGTERM to each, SIGKILL after 5 s). Each replica also gets
 //! SIGTERM from the kernel if this process dies (`PR_SET_PDEATHSIG`), so none is left behind.
 //! With `--mount DIR` it also mounts the cell there (a `chubby-mount` process, stopped first).
+//!
+//! The cell runs mutual TLS unless `--insecure`: a throwaway CA in `DIR/tls` issues a
+//! certificate for each replica, for the current user (who is the cell's admin) and for this
+//! host's mount, and the `CHUBBY_CERT`, `CHUBBY_KEY` and `CHUBBY_CA` lines it prints let a
+//! client use the user's.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -12,6 +17,7 @@ use std::time::{Duration, Instant};
 use proto::cell::cell_client::CellClient;
 use proto::cell::StatusRequest;
 use tokio::signal::unix::{signal, SignalKind};
+use tonic::transport::Endpoint;
 
 /// Flags of `cell-server local`.
 #[derive(clap::Args, Debug, Clone)]
@@ -35,6 +41,40 @@ pub struct LocalArgs {
     /// DIR/<cell-name>/… is the cell's /ls/<cell-name>/…; unmounted before the cell stops.
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
+    /// Plaintext, without TLS: any client may claim any principal.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The certificates of a local cell, in `DIR/tls`.
+struct LocalTls {
+    replicas: Vec<crate::certs::Issued>,
+    user: crate::certs::Issued,
+    user_principal: String,
+    host: crate::certs::Issued,
+}
+
+impl LocalTls {
+    fn make(dir: &std::path::Path, replicas: u16) -> anyhow::Result<LocalTls> {
+        let tls = dir.join("tls");
+        let ensure = |principal: &str, san: Option<&str>| {
+            crate::certs::ensure(&tls, principal, san).map_err(|e| anyhow::anyhow!("certificate for {principal}: {e}"))
+        };
+        let replicas = (1..=replicas)
+            .map(|id| ensure(&format!("replica/{id}"), Some("127.0.0.1,localhost")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let user_principal = proto::tls::local_principal(uid);
+        let user = ensure(&user_principal, None)?;
+        let host = ensure(&format!("host/{}", proto::tls::host_name().unwrap_or_else(|| "localhost".into())), None)?;
+        Ok(LocalTls { replicas, user, user_principal, host })
+    }
+}
+
+/// `--cert FILE --key FILE --ca FILE` for `files`.
+fn tls_flags(cmd: &mut Command, files: &crate::certs::Issued) {
+    cmd.arg("--cert").arg(&files.cert).arg("--key").arg(&files.key).arg("--ca").arg(&files.ca);
 }
 
 struct Replica {
@@ -74,6 +114,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let peers: Vec<String> = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
     let peers = peers.join(",");
     let exe = std::env::current_exe()?;
+    let tls = match args.insecure {
+        true => None,
+        false => Some(LocalTls::make(&args.dir, args.replicas)?),
+    };
     // Fail early and clearly if another cell (or anything) holds the ports, rather than
     // reporting on whatever answers there.
     for addr in &addrs {
@@ -90,8 +134,17 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers, "--fsync", &args.fsync])
             .args(["--cell-name", &args.cell_name, "--data-dir"])
-            .arg(args.dir.join(format!("replica-{id}")))
-            .stdin(Stdio::null())
+            .arg(args.dir.join(format!("replica-{id}")));
+        match &tls {
+            Some(tls) => {
+                tls_flags(&mut cmd, &tls.replicas[i]);
+                cmd.args(["--admins", &tls.user_principal]);
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             // The terminal's Ctrl-C and hang-up reach this process alone, which stops the
@@ -114,7 +167,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         replicas.push(Replica { id, addr: addr.clone(), child });
     }
 
-    let leader = wait_for_leader(&addrs, Duration::from_secs(15)).await;
+    let identity = match &tls {
+        Some(t) => Some(proto::tls::Identity::load(&proto::tls::TlsFiles {
+            cert: t.user.cert.clone(),
+            key: t.user.key.clone(),
+            ca: t.user.ca.clone(),
+        })?),
+        None => None,
+    };
+    let leader = wait_for_leader(&addrs, identity.as_ref(), Duration::from_secs(15)).await;
     match &leader {
         Some((id, term)) => say!(
             "cell {:?} is up: {} replicas on loopback, leader is replica {id} (term {term})",
@@ -133,7 +194,23 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             args.dir.join(format!("replica-{}.log", r.id)).display()
         );
     }
-    say!("CHUBBY_CELL={}", addrs.join(","));
+    let mut env = vec![("CHUBBY_CELL", addrs.join(","))];
+    if let Some(t) = &tls {
+        let abs = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        env.push(("CHUBBY_CERT", abs(&t.user.cert).display().to_string()));
+        env.push(("CHUBBY_KEY", abs(&t.user.key).display().to_string()));
+        env.push(("CHUBBY_CA", abs(&t.user.ca).display().to_string()));
+    }
+    for (name, value) in &env {
+        say!("{name}={value}");
+    }
+    // The same lines for a shell: `. DIR/env` and the `chubby` CLI reaches this cell.
+    let env_file = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone()).join("env");
+    let exports: String = env.iter().map(|(n, v)| format!("export {n}='{}'\n", v.replace('\'', "'\\''"))).collect();
+    match std::fs::write(&env_file, exports) {
+        Ok(()) => say!("for a shell: . {}", env_file.display()),
+        Err(e) => esay!("could not write {}: {e}", env_file.display()),
+    }
     // The same list as a cell file, for `--cell @FILE` / `CHUBBY_CELL=@FILE`.
     let cell_file = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone()).join("cell");
     match std::fs::write(&cell_file, format!("# cell {:?}\n{}\n", args.cell_name, addrs.join("\n"))) {
@@ -142,7 +219,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     let mut mount = None;
     if let Some(dir) = &args.mount {
-        match start_mount(&exe, &args, &cell_file, dir) {
+        match start_mount(&exe, &args, &cell_file, dir, tls.as_ref().map(|t| &t.host)) {
             Ok(child) => {
                 say!(
                     "mounted at {}: {}/{}/… is /ls/{}/…",
@@ -221,18 +298,17 @@ fn start_mount(
     args: &LocalArgs,
     cell_file: &std::path::Path,
     at: &std::path::Path,
+    tls: Option<&crate::certs::Issued>,
 ) -> anyhow::Result<MountProcess> {
     std::fs::create_dir_all(at)?;
     let log_path = args.dir.join("mount.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut cmd = Command::new(exe.with_file_name("chubby-mount"));
-    cmd.arg("--cell")
-        .arg(format!("{}=@{}", args.cell_name, cell_file.display()))
-        .arg(at)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0);
+    cmd.arg("--cell").arg(format!("{}=@{}", args.cell_name, cell_file.display()));
+    if let Some(files) = tls {
+        tls_flags(&mut cmd, files);
+    }
+    cmd.arg(at).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log).process_group(0);
     // SAFETY: as for the replicas.
     unsafe {
         cmd.pre_exec(|| {
@@ -302,15 +378,21 @@ fn stop_all(replicas: &mut [Replica]) {
 }
 
 /// Polls the replicas until one of them reports a leader; returns (leader id, term).
-async fn wait_for_leader(addrs: &[String], limit: Duration) -> Option<(u64, u64)> {
+async fn wait_for_leader(addrs: &[String], tls: Option<&proto::tls::Identity>, limit: Duration) -> Option<(u64, u64)> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         for addr in addrs {
-            let Ok(Ok(mut client)) =
-                tokio::time::timeout(Duration::from_millis(300), CellClient::connect(format!("http://{addr}"))).await
-            else {
+            let endpoint = match tls {
+                None => Endpoint::from_shared(format!("http://{addr}")),
+                Some(id) => {
+                    Endpoint::from_shared(format!("https://{addr}")).and_then(|e| e.tls_config(id.tonic_config()))
+                }
+            };
+            let Ok(endpoint) = endpoint else { return None };
+            let Ok(Ok(channel)) = tokio::time::timeout(Duration::from_millis(300), endpoint.connect()).await else {
                 continue;
             };
+            let mut client = CellClient::new(channel);
             if let Ok(Ok(resp)) =
                 tokio::time::timeout(Duration::from_millis(300), client.status(StatusRequest {})).await
             {

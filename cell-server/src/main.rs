@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+use cell_server::certs::{self, CertArgs};
 use cell_server::config::{ReplicaArgs, ReplicaConfig};
 use cell_server::local::{self, LocalArgs};
 use cell_server::replica;
@@ -19,7 +20,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "A replica of a Chubby lock-service cell (Raft-replicated)",
     args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  cell-server --id 1 --listen 127.0.0.1:7001 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --data-dir /var/lib/chubby/1\n  cell-server --config cell.toml\n  cell-server local            # a 3-replica cell on 127.0.0.1:7001-7003"
+    after_help = "Examples:\n  cell-server --id 1 --listen 127.0.0.1:7001 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --data-dir /var/lib/chubby/1 --cert replica-1.pem --key replica-1.key --ca ca.pem\n  cell-server --config cell.toml\n  cell-server local            # a 3-replica cell on 127.0.0.1:7001-7003, with its own CA\n  cell-server cert --dir ca replica/1 --san 127.0.0.1,localhost"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +33,9 @@ struct Cli {
 enum Cmd {
     /// Start a whole cell of replica processes on loopback; prints its address list.
     Local(LocalArgs),
+    /// Issue a certificate from the cell's CA in --dir (made if missing): for a replica
+    /// (replica/N, with --san its host names or addresses), a host's mount (host/NAME) or a user.
+    Cert(CertArgs),
 }
 
 /// The async runtime, with `threads` threads. One thread is an event loop of its own
@@ -63,6 +67,11 @@ fn main() {
         // The supervisor of a local cell: little to do, but it waits on its children with
         // blocking calls, so it gets a thread pool.
         Some(Cmd::Local(args)) => runtime(2).block_on(local::run(args)),
+        Some(Cmd::Cert(args)) => certs::issue(&args).map(|issued| {
+            println!("CHUBBY_CERT={}", issued.cert.display());
+            println!("CHUBBY_KEY={}", issued.key.display());
+            println!("CHUBBY_CA={}", issued.ca.display());
+        }),
         None => match ReplicaConfig::from_args(&cli.replica) {
             Ok(cfg) => runtime(cfg.io_threads).block_on(replica::run(cfg)),
             Err(e) => {

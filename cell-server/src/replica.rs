@@ -37,22 +37,43 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         cfg.peers.clone(),
         cfg.cell_name.clone(),
         cfg.fsync.to_string(),
+        cfg.tls.as_ref().map(|_| cfg.admins.clone()),
     );
-    let chubby = ChubbyService::new(master, cfg.cell_name.clone());
+    let chubby = ChubbyService::new(master, cfg.cell_name.clone(), cfg.tls.is_some());
+    let router = tonic::transport::Server::builder()
+        // tonic leaves HTTP/2 streams per connection unbounded; this bounds what one
+        // client connection can hold open at a replica (more calls queue at the client).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(handle.peer_service(cfg.peers.keys().copied().collect(), cfg.tls.is_some()).into_server())
+        .add_service(service.into_server())
+        .add_service(crate::service::wire::WireChubby(chubby).into_server());
     // One port: peer links go to the Raft loop, gRPC connections (with TCP_NODELAY, which
     // tonic's own option only sets on listeners it binds itself) to the server.
-    let incoming = handle.split_listener(listener);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            // tonic leaves HTTP/2 streams per connection unbounded; this bounds what one
-            // client connection can hold open at a replica (more calls queue at the client).
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(handle.peer_service().into_server())
-            .add_service(service.into_server())
-            .add_service(crate::service::wire::WireChubby(chubby).into_server())
-            .serve_with_incoming(incoming),
+    let server = match &cfg.tls {
+        Some(identity) => {
+            let config = identity
+                .server_config(&[proto::tls::ALPN_H2, proto::tls::ALPN_PEER])
+                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+            tokio::spawn(router.serve_with_incoming(handle.split_listener_tls(listener, config)))
+        }
+        None => {
+            tracing::warn!(
+                replica = cfg.id,
+                "INSECURE: serving plaintext without TLS (--insecure); anyone who reaches {} can \
+                 claim any principal and use the operator calls",
+                cfg.listen
+            );
+            tokio::spawn(router.serve_with_incoming(handle.split_listener(listener)))
+        }
+    };
+    tracing::info!(
+        replica = cfg.id,
+        listen = %cfg.listen,
+        data_dir = %cfg.data_dir.display(),
+        fsync = %cfg.fsync,
+        tls = cfg.tls.is_some(),
+        "replica serving"
     );
-    tracing::info!(replica = cfg.id, listen = %cfg.listen, data_dir = %cfg.data_dir.display(), fsync = %cfg.fsync, "replica serving");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -30,7 +30,7 @@ fn address_in_use_is_reported() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let peers = format!("1={addr}");
-    let (code, err) = run(&["--id", "1", "--peers", &peers, "--data-dir", dir.path().to_str().unwrap()]);
+    let (code, err) = run(&["--id", "1", "--peers", &peers, "--data-dir", dir.path().to_str().unwrap(), "--insecure"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot listen on"), "{err}");
 }
@@ -44,4 +44,64 @@ fn local_refuses_ports_in_use() {
         run(&["local", "--replicas", "1", "--base-port", &port.to_string(), "--dir", dir.path().to_str().unwrap()]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is another cell running?"), "{err}");
+}
+
+/// A replica serves mutual TLS or, only when told so, plaintext; the identity it is given
+/// must be sound: all three files, a key nobody else can read, its own replica's certificate.
+#[test]
+fn a_replica_needs_its_own_certificate_or_an_explicit_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let base = ["--id", "1", "--peers", "1=127.0.0.1:1", "--data-dir", data.to_str().unwrap()];
+    let (code, err) = run(&base);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("give --cert, --key and --ca (mutual TLS), or --insecure"), "{err}");
+
+    let tls = dir.path().join("tls");
+    let issue = |principal: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cell-server"))
+            .args(["cert", "--dir", tls.to_str().unwrap(), principal, "--san", "127.0.0.1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    issue("replica/1");
+    issue("replica/2");
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
+    let with = |cert: &str, key: &str, extra: &[&str]| {
+        let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+        args.extend(["--cert".into(), file(cert), "--key".into(), file(key), "--ca".into(), file("ca.pem")]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    };
+    let (code, err) = with("replica-2.pem", "replica-2.key", &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not this replica (replica/1)"), "{err}");
+    let (code, err) = with("replica-1.pem", "replica-1.key", &["--insecure"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("exclude each other"), "{err}");
+    let (code, err) = run(&[&base[..], &["--cert", &file("replica-1.pem")]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("needs all three"), "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tls.join("replica-1.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = with("replica-1.pem", "replica-1.key", &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("readable by its owner only"), "{err}");
+    std::fs::set_permissions(tls.join("replica-1.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A key owned by someone else (its owner could read it), and an expired certificate.
+    std::os::unix::fs::chown(tls.join("replica-1.key"), Some(65534), None).unwrap();
+    let (code, err) = with("replica-1.pem", "replica-1.key", &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("must be owned by this user"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_cell-server"))
+        .args(["cert", "--dir", tls.to_str().unwrap(), "replica/1", "--san", "127.0.0.1", "--expired"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (code, err) = with("replica-1.pem", "replica-1.key", &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("the certificate expired on"), "{err}");
+    assert!(!data.exists(), "nothing is started or written before the settings are sound");
 }

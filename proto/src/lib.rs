@@ -6,6 +6,7 @@
 //! - [`Refusal`]: why the cell refused a call, by the name both sides use.
 
 mod refusal;
+pub mod tls;
 
 pub use refusal::Refusal;
 

@@ -38,6 +38,8 @@ fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> ReplicaOptions 
         heartbeat_tick: 2,
         snapshot_entries,
         slow_disk: Duration::ZERO,
+        tls: None,
+        server_names: BTreeMap::new(),
     }
 }
 
@@ -147,6 +149,8 @@ fn three_replicas(
             heartbeat_tick: 2,
             snapshot_entries: 1000,
             slow_disk,
+            tls: None,
+            server_names: BTreeMap::new(),
         };
         let node = Replica::start(opts, Counter::default(), rt.handle().clone()).unwrap();
         l.set_nonblocking(true).unwrap();

@@ -7,7 +7,12 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     let cell = TestCell::start(CellOptions::default());
     runtime().block_on(wait_converged(&cell.client(Duration::from_secs(5)), 0, Duration::from_secs(30))).unwrap();
     let chubby = |args: &[&str]| {
-        let out = Command::new(bin("chubby")).env("CHUBBY_CELL", cell.cell_arg()).args(args).output().unwrap();
+        let out = Command::new(bin("chubby"))
+            .env("CHUBBY_CELL", cell.cell_arg())
+            .envs(cell.client_env())
+            .args(args)
+            .output()
+            .unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     assert_eq!(chubby(&["mkdir", "-p", "/ls/local/svc/web"]).0, 0);
@@ -61,6 +66,7 @@ fn the_cli_reads_and_writes_the_namespace_with_documented_exit_codes() {
     // `elect`-style holder keeps one open while this runs).
     let mut holder = Command::new(bin("chubby"))
         .env("CHUBBY_CELL", cell.cell_arg())
+        .envs(cell.client_env())
         .args(["lock", "/ls/local/svc/web/lock", "--", "sh", "-c", "echo $$; exec sleep 600"])
         .stdout(Stdio::piped())
         .spawn()
@@ -99,6 +105,7 @@ fn elect_publishes_the_leader_and_the_next_one_takes_over() {
     let elect = |value: &str| {
         let mut c = Command::new(bin("chubby"))
             .env("CHUBBY_CELL", cell.cell_arg())
+            .envs(cell.client_env())
             .args([
                 "elect",
                 "/ls/local/leader",
@@ -118,6 +125,7 @@ fn elect_publishes_the_leader_and_the_next_one_takes_over() {
     let get = || {
         let out = Command::new(bin("chubby"))
             .env("CHUBBY_CELL", cell.cell_arg())
+            .envs(cell.client_env())
             .args(["get", "/ls/local/leader"])
             .output()
             .unwrap();
@@ -152,6 +160,7 @@ fn barrier_releases_all_n_together_and_stays_open() {
     let mut arrive = |name: &str| {
         let mut c = Command::new(bin("chubby"))
             .env("CHUBBY_CELL", cell.cell_arg())
+            .envs(cell.client_env())
             .args(["barrier", "/ls/local/start", "3", "--", "echo", name])
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
@@ -188,7 +197,8 @@ fn the_cell_is_found_from_a_cell_file_or_a_host_name_through_any_replica() {
     let file = cell.dir.path().join("cell");
     std::fs::write(&file, format!("# one replica is enough\n{follower}\n")).unwrap();
     let chubby = |cell_arg: &str, args: &[&str]| {
-        let out = Command::new(bin("chubby")).args(["--cell", cell_arg]).args(args).output().unwrap();
+        let out =
+            Command::new(bin("chubby")).envs(cell.client_env()).args(["--cell", cell_arg]).args(args).output().unwrap();
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     assert_eq!(chubby(&format!("@{}", file.display()), &["put", "/ls/local/found", "yes"]).0, 0);

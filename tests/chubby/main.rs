@@ -38,6 +38,7 @@ fn opts() -> SessionOptions {
         timeout: Duration::from_secs(15),
         grace: Duration::from_secs(20),
         cache: true,
+        tls: None,
     }
 }
 

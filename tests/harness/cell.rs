@@ -1,6 +1,6 @@
 //! A cell of `cell-server` processes for a test or a benchmark, and waiting for it to agree.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,14 @@ pub struct CellOptions {
     /// The replicas' `RUST_LOG`. It must keep `cell_server::replica` at `info`: the cell
     /// knows a replica serves by its "replica serving" line.
     pub log_filter: String,
+    /// Mutual TLS: a CA of the cell's own (in its directory) issues each replica's
+    /// certificate, a user's for the test's clients ([`TestCell::client_env`]) and a host's for
+    /// its mounts. Off: `--insecure`. The default is on when `CHUBBY_TEST_TLS=1`, so a test
+    /// binary can run both ways.
+    pub tls: bool,
+    /// With `tls`: the principals allowed the operator calls (`--admins`); the test's user
+    /// ([`TestCell::client_principal`]) if empty.
+    pub admins: Vec<String>,
 }
 
 impl Default for CellOptions {
@@ -70,6 +78,8 @@ impl Default for CellOptions {
             extra_args: Vec::new(),
             data_root: None,
             log_filter: "info,h2=warn,tower=warn".into(),
+            tls: std::env::var("CHUBBY_TEST_TLS").is_ok_and(|v| v == "1"),
+            admins: Vec::new(),
         }
     }
 }
@@ -95,6 +105,41 @@ pub struct TestCell {
     log_starts: Vec<usize>,
     /// The environment a replica starts with in place of `opts.env`, where set.
     env_of: Vec<Option<Vec<(String, String)>>>,
+    /// With TLS: where the CA and every certificate are.
+    tls_dir: Option<PathBuf>,
+    /// The CA file a replica starts with in place of the cell's, where set.
+    ca_of: Vec<Option<PathBuf>>,
+}
+
+/// Where [`issue_cert`] put `principal`'s files.
+pub fn issue_paths(dir: &Path, principal: &str) -> (PathBuf, PathBuf) {
+    let stem: String =
+        principal.chars().map(|c| if c.is_ascii_alphanumeric() || "@._-".contains(c) { c } else { '-' }).collect();
+    (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")))
+}
+
+/// The principal of this test process's user (`NAME@HOST`), as `chubby` presents it.
+pub fn client_principal() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    fuse_mount::proto::tls::local_principal(unsafe { libc::getuid() })
+}
+
+fn host_name() -> String {
+    fuse_mount::proto::tls::host_name().unwrap_or_else(|| "localhost".into())
+}
+
+/// `cell-server cert`: issues a certificate for `principal` from the CA in `dir` (made if
+/// missing); its files are `dir/STEM.pem` and `dir/STEM.key`, `/` in the principal as `-`.
+pub fn issue_cert(dir: &Path, principal: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let out = Command::new(bin("cell-server"))
+        .args(["cert", "--dir"])
+        .arg(dir)
+        .arg(principal)
+        .args(extra)
+        .output()
+        .expect("run cell-server cert");
+    assert!(out.status.success(), "cell-server cert {principal}: {}", String::from_utf8_lossy(&out.stderr));
+    issue_paths(dir, principal)
 }
 
 impl TestCell {
@@ -125,8 +170,20 @@ impl TestCell {
         if let Some(root) = &opts.data_root {
             std::fs::create_dir_all(root).expect("the cell's data root");
         }
+        let tls_dir = opts.tls.then(|| {
+            let tls = dir.path().join("tls");
+            let san = format!("{},localhost", opts.host);
+            for id in 1..=opts.replicas {
+                issue_cert(&tls, &format!("replica/{id}"), &["--san", &san]);
+            }
+            issue_cert(&tls, &client_principal(), &[]);
+            issue_cert(&tls, &format!("host/{}", host_name()), &[]);
+            tls
+        });
         TestCell {
             root: opts.data_root.clone().unwrap_or_else(|| dir.path().to_path_buf()),
+            tls_dir,
+            ca_of: vec![None; opts.replicas],
             dir,
             addrs,
             opts,
@@ -228,6 +285,22 @@ impl TestCell {
                 // every test runs both kinds of runtime, and any of them may lead.
                 .args(["--io-threads", if id == 3 { "2" } else { "1" }]);
         }
+        match &self.tls_dir {
+            Some(tls) => {
+                let admins = if o.admins.is_empty() { client_principal() } else { o.admins.join(",") };
+                command
+                    .arg("--cert")
+                    .arg(tls.join(format!("replica-{id}.pem")))
+                    .arg("--key")
+                    .arg(tls.join(format!("replica-{id}.key")))
+                    .arg("--ca")
+                    .arg(self.ca_of[i].clone().unwrap_or_else(|| tls.join("ca.pem")))
+                    .args(["--admins", &admins]);
+            }
+            None => {
+                command.arg("--insecure");
+            }
+        }
         let child = command
             .args(["--id", &id.to_string(), "--listen", &self.addrs[i]])
             .args(["--peers", &self.peers])
@@ -243,6 +316,32 @@ impl TestCell {
             .spawn()
             .expect("start cell-server");
         self.children[i] = Some(child);
+    }
+
+    /// With TLS: replica `id` trusts the CA in `ca` from its next start (the cell's if `None`).
+    pub fn set_replica_ca(&mut self, id: u64, ca: Option<PathBuf>) {
+        self.ca_of[(id - 1) as usize] = ca;
+    }
+
+    /// With TLS, the directory of the cell's CA and certificates.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls_dir.as_deref()
+    }
+
+    /// The environment a `chubby` process needs for this cell's TLS (the test user's
+    /// certificate); empty without TLS.
+    pub fn client_env(&self) -> Vec<(String, PathBuf)> {
+        let Some(tls) = &self.tls_dir else { return Vec::new() };
+        let (cert, key) = issue_paths(tls, &client_principal());
+        vec![("CHUBBY_CERT".into(), cert), ("CHUBBY_KEY".into(), key), ("CHUBBY_CA".into(), tls.join("ca.pem"))]
+    }
+
+    /// The flags a `chubby-mount` needs for this cell's TLS (the host's certificate).
+    pub fn mount_args(&self) -> Vec<String> {
+        let Some(tls) = &self.tls_dir else { return Vec::new() };
+        let (cert, key) = issue_paths(tls, &format!("host/{}", host_name()));
+        let path = |p: &Path| p.display().to_string();
+        vec!["--cert".into(), path(&cert), "--key".into(), path(&key), "--ca".into(), path(&tls.join("ca.pem"))]
     }
 
     /// Cuts replica `id` off from the other replicas (needs `peer_links`): nothing passes
@@ -333,7 +432,7 @@ impl TestCell {
     }
 
     /// What replica `id` logged since it was last started.
-    fn log_since_start(&self, id: u64) -> String {
+    pub fn log_since_start(&self, id: u64) -> String {
         let log = self.log(id);
         log.get(self.log_starts[(id - 1) as usize]..).unwrap_or_default().to_string()
     }
@@ -349,8 +448,24 @@ impl TestCell {
     }
 
     /// A client that knows every replica.
+    /// An operator client of the cell (as the test's user, its admin, with TLS).
     pub fn client(&self, timeout: Duration) -> CellClient {
-        CellClient::new(self.addrs.clone(), timeout).expect("client")
+        CellClient::new(self.addrs.clone(), timeout).expect("client").with_tls(self.client_identity())
+    }
+
+    /// Session options for an in-process client of this cell: the test's user, on TLS if the
+    /// cell runs it.
+    pub fn session_options(&self) -> fuse_mount::client::SessionOptions {
+        fuse_mount::client::SessionOptions { tls: self.client_identity(), ..Default::default() }
+    }
+
+    /// The test user's identity with TLS (see [`TestCell::client_env`]).
+    pub fn client_identity(&self) -> Option<std::sync::Arc<fuse_mount::client::tls::Identity>> {
+        self.tls_dir.as_ref().map(|tls| {
+            let (cert, key) = issue_paths(tls, &client_principal());
+            let files = fuse_mount::client::tls::TlsFiles { cert, key, ca: tls.join("ca.pem") };
+            std::sync::Arc::new(fuse_mount::client::tls::Identity::load(&files).expect("the test user's identity"))
+        })
     }
 
     pub fn cell_arg(&self) -> String {

@@ -65,6 +65,7 @@ impl Mount {
         let mut child = command
             .arg("--cell")
             .arg(format!("local={}", cell.cell_arg()))
+            .args(cell.mount_args())
             .args(extra)
             .arg(dir.path())
             .stdout(Stdio::piped())
@@ -146,6 +147,8 @@ pub struct LocalCell {
     pub lines: Vec<String>,
     /// Its address list.
     pub cell: String,
+    /// The `CHUBBY_CERT`, `CHUBBY_KEY` and `CHUBBY_CA` it printed (none with `--insecure`).
+    pub env: Vec<(String, String)>,
     /// The rest of its output (keep it alive: `local` prints until it stops).
     pub output: std::sync::mpsc::Receiver<String>,
 }
@@ -155,7 +158,6 @@ impl LocalCell {
     /// likely but not certain (other tests start cells at the same time): a `local` that
     /// cannot have its ports exits at once, and another base is tried.
     pub fn start(dir: &Path, extra: &[&str]) -> LocalCell {
-        let wants_mount = extra.contains(&"--mount");
         for attempt in 1.. {
             let base = free_ports(1)[0].saturating_sub(3).max(20000);
             let mut child = Command::new(bin("cell-server"))
@@ -171,8 +173,10 @@ impl LocalCell {
             let mut cell = None;
             let mut exited = None;
             let deadline = Instant::now() + Duration::from_secs(30);
+            // Its last line before it waits: the address list, the certificates and the
+            // mount are all out by then.
             let ready = |cell: &Option<String>, lines: &[String]| {
-                cell.is_some() && (!wants_mount || lines.iter().any(|l| l.starts_with("mounted at")))
+                cell.is_some() && lines.iter().any(|l| l.starts_with("Ctrl-C or SIGTERM stops the cell"))
             };
             while !ready(&cell, &lines) && exited.is_none() && Instant::now() < deadline {
                 if let Ok(line) = output.recv_timeout(Duration::from_millis(200)) {
@@ -185,7 +189,13 @@ impl LocalCell {
             }
             match (cell, exited) {
                 (Some(cell), None) if ready(&Some(cell.clone()), &lines) => {
-                    return LocalCell { child, lines, cell, output }
+                    let env = lines
+                        .iter()
+                        .filter_map(|l| l.split_once('='))
+                        .filter(|(k, _)| ["CHUBBY_CERT", "CHUBBY_KEY", "CHUBBY_CA"].contains(k))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    return LocalCell { child, lines, cell, output, env };
                 }
                 (None, Some(status)) if attempt < 5 => {
                     eprintln!("`cell-server local` at base port {base}: {status}; retrying")

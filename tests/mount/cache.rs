@@ -41,10 +41,10 @@ fn reads_through_the_kernel_cache_stay_linearizable_across_another_clients_write
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let (addrs, completed, done) = (cell.addrs.clone(), completed.clone(), done.clone());
+        let opts = fuse_mount::client::SessionOptions { cache: false, ..cell.session_options() };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let opts = fuse_mount::client::SessionOptions { cache: false, ..Default::default() };
                 let s = fuse_mount::client::Session::open(addrs, opts).await.expect("session");
                 let (h, _) = s.open_node("/ls/local/counter", Default::default()).await.expect("open");
                 // Paced so that the mount's session caches the node between writes (a read while
@@ -209,7 +209,7 @@ fn names_made_and_deleted_in_random_order_are_seen_at_once() {
     fs::create_dir(m.path("r")).expect("mkdir");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let other = rt
-        .block_on(Session::open(cell.addrs.clone(), SessionOptions { cache: false, ..Default::default() }))
+        .block_on(Session::open(cell.addrs.clone(), SessionOptions { cache: false, ..cell.session_options() }))
         .expect("session");
     let names: Vec<String> = (0..6).map(|i| format!("n{i}")).collect();
     let mut model: std::collections::HashMap<String, String> = Default::default();

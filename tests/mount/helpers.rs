@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 use e2e_tests::{bin, lines_of, TestCell};
 
 pub(crate) fn chubby(cell: &TestCell, args: &[&str]) -> Output {
-    Command::new(bin("chubby")).arg("--cell").arg(cell.cell_arg()).args(args).output().expect("run chubby")
+    Command::new(bin("chubby"))
+        .arg("--cell")
+        .arg(cell.cell_arg())
+        .envs(cell.client_env())
+        .args(args)
+        .output()
+        .expect("run chubby")
 }
 
 pub(crate) fn sh(script: &str) -> Output {

@@ -106,7 +106,7 @@ fn cell_server_local_mounts_the_cell_and_unmounts_it_when_stopped() {
     let dir = tempfile::tempdir().expect("temp dir");
     let at = dir.path().join("ls");
     let mount_arg = at.to_string_lossy().to_string();
-    let LocalCell { child: mut local, lines, cell, output: _output } =
+    let LocalCell { child: mut local, lines, cell, output: _output, env } =
         LocalCell::start(&dir.path().join("cell"), &["--mount", &mount_arg]);
     struct Detach<'a>(&'a Path);
     impl Drop for Detach<'_> {
@@ -117,7 +117,8 @@ fn cell_server_local_mounts_the_cell_and_unmounts_it_when_stopped() {
     let _detach = Detach(&at);
     assert!(lines.iter().any(|l| l.starts_with("mounted at")), "{lines:?}");
     fs::write(at.join("local/greeting"), "hello\n").expect("write through the mount");
-    let got = Command::new(bin("chubby")).env("CHUBBY_CELL", &cell).args(["get", "/ls/local/greeting"]).output();
+    let got =
+        Command::new(bin("chubby")).env("CHUBBY_CELL", &cell).envs(env).args(["get", "/ls/local/greeting"]).output();
     assert_eq!(String::from_utf8_lossy(&got.expect("chubby get").stdout), "hello\n");
 
     // SAFETY: kill(2) on our own child.

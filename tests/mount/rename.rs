@@ -22,15 +22,28 @@ fn mv_sed_i_and_an_editors_save_rename_files_in_one_step() {
     // The other host reads (and caches) the file before each change.
     assert_eq!(fs::read_to_string(b.path("etc/conf")).expect("read"), "port=1\n");
     // Another host watches the file: a rename over it is one change of its contents.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let client = cell.client(Duration::from_secs(5));
+    let subscriptions = || {
+        let all = rt.block_on(client.status_all());
+        all.iter().filter_map(|(_, s)| s.as_ref().ok()).find(|s| s.role == "leader").map(|s| s.subscriptions)
+    };
+    let before = subscriptions();
     let mut watch = Command::new(bin("chubby"))
         .arg("--cell")
         .arg(cell.cell_arg())
+        .envs(cell.client_env())
         .args(["watch", "/ls/local/etc/conf"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("chubby watch");
     let mut pids = Pids(vec![watch.id()]);
     let events = lines_of(watch.stdout.take().expect("stdout"));
+    // The change must come after the watcher has subscribed, or it has nothing to see.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while subscriptions() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     quiet(&sh(&format!("sed -i s/port=1/port=2/ {}", conf.display())), "sed -i");
     assert_eq!(fs::read_to_string(b.path("etc/conf")).expect("read"), "port=2\n", "the other host");

@@ -29,8 +29,9 @@ pub fn us(d: Duration) -> String {
 /// A 3-replica cell of `cell-server` processes with the server's own defaults, their data
 /// under `dir`. `BENCH_SERVER` names another `cell-server` binary to run (to compare two
 /// builds on the same bench client).
-pub fn start_cell_with(dir: &Path, fsync: &str, extra: &[&str]) -> TestCell {
+pub fn start_cell_with(dir: &Path, fsync: &str, extra: &[&str], tls: bool) -> TestCell {
     TestCell::start(CellOptions {
+        tls,
         fsync: fsync.into(),
         server: std::env::var_os("BENCH_SERVER").map(PathBuf::from),
         server_defaults: true,
@@ -42,7 +43,20 @@ pub fn start_cell_with(dir: &Path, fsync: &str, extra: &[&str]) -> TestCell {
 }
 
 pub fn start_cell(dir: &Path, fsync: &str) -> TestCell {
-    start_cell_with(dir, fsync, &[])
+    start_cell_with(dir, fsync, &[], false)
+}
+
+/// The leader's address, asked with the cell's own client (on TLS if the cell runs it).
+pub async fn leader_of(cell: &TestCell) -> String {
+    let client = cell.client(Duration::from_secs(2));
+    for _ in 0..400 {
+        let all = client.status_all().await;
+        if let Some((addr, _)) = all.iter().find(|(_, s)| s.as_ref().is_ok_and(|s| s.role == "leader")) {
+            return addr.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no leader");
 }
 
 pub async fn find_leader(addrs: &[String]) -> String {

@@ -10,11 +10,18 @@ use super::events::{event, events_lost};
 use super::{Inner, Master, MasterError, StreamTx};
 use crate::machine::CellMachine;
 use crate::state::handle::{session_token, verify, verify_session_token};
-use crate::state::{Op, Reply, SessionId};
+use crate::state::{Op, Reply, SessionId, StateError};
 
 impl Master {
     /// OpenSession on a stream: a new session (logged) or the resumption of a live one.
-    pub async fn open_session(&self, o: OpenSession, tx: &StreamTx) -> Result<LeaseGrant, MasterError> {
+    /// `certified`: `o.principal` is what the stream's certificate proves, and a session may
+    /// only be resumed as the principal it was opened as (its token alone is not enough).
+    pub async fn open_session(
+        &self,
+        o: OpenSession,
+        certified: bool,
+        tx: &StreamTx,
+    ) -> Result<LeaseGrant, MasterError> {
         self.serving()?;
         if o.resume_session == 0 {
             let op = Op::CreateSession { principal: o.principal, open_id: o.open_id };
@@ -26,9 +33,16 @@ impl Master {
         }
         let id = o.resume_session;
         verify_session_token(&self.key(), id, &o.session_token)?;
-        let alive = self.replica.read(move |m: &CellMachine| m.state().session(id).is_some()).await?;
-        if !alive {
+        let owner =
+            self.replica.read(move |m: &CellMachine| m.state().session(id).map(|s| s.principal.clone())).await?;
+        let Some(owner) = owner else {
             return Err(MasterError::SessionLost(id));
+        };
+        if certified && owner != o.principal {
+            return Err(MasterError::Refused(StateError::PermissionDenied(format!(
+                "session {id} is {owner}'s, not {}'s",
+                o.principal
+            ))));
         }
         // The session's subscriptions, by the handles it opened them with: only what a valid
         // handle of this very session names (a forged or foreign one is ignored).

@@ -31,6 +31,9 @@ pub struct CellService {
     peers: Arc<BTreeMap<ReplicaId, String>>,
     cell_name: Arc<str>,
     fsync: Arc<str>,
+    /// With TLS: the principals allowed the key-value calls (Put, Get, List), which bypass
+    /// the nodes' ACLs. `None` without TLS, where no caller is known.
+    admins: Option<Arc<[String]>>,
 }
 
 /// Puts of one pipelined stream in flight at once, at most; beyond this the stream is not read
@@ -44,8 +47,33 @@ impl CellService {
         peers: BTreeMap<ReplicaId, String>,
         cell_name: String,
         fsync: String,
+        admins: Option<Vec<String>>,
     ) -> Self {
-        CellService { replica, master, peers: Arc::new(peers), cell_name: cell_name.into(), fsync: fsync.into() }
+        CellService {
+            replica,
+            master,
+            peers: Arc::new(peers),
+            cell_name: cell_name.into(),
+            fsync: fsync.into(),
+            admins: admins.map(Into::into),
+        }
+    }
+
+    /// Refuses a key-value call from anyone but an admin (when callers are known).
+    #[allow(clippy::result_large_err)]
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(admins) = &self.admins else { return Ok(()) };
+        let certs = req.peer_certs();
+        let Some(leaf) = certs.as_deref().and_then(|c| c.first()) else {
+            return Err(Status::unauthenticated("no client certificate"));
+        };
+        let name = proto::tls::principal_of_cert(leaf).map_err(Status::unauthenticated)?;
+        if admins.contains(&name) {
+            return Ok(());
+        }
+        Err(header_safe(status_of_state(StateError::PermissionDenied(format!(
+            "{name} may not use the operator key-value calls: not in the cell's admins"
+        )))))
     }
 
     pub fn into_server(self) -> CellServer<CellService> {
@@ -199,6 +227,7 @@ impl Cell for CellService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.admit(&req)?;
         let put = self.put_one(req.into_inner()).await;
         // The refusal may name the key, which may hold '%' (see `wire::header_safe`).
         put.map(|revision| Response::new(PutResponse { revision })).map_err(header_safe)
@@ -210,6 +239,7 @@ impl Cell for CellService {
         &self,
         req: Request<Streaming<PipelinedPut>>,
     ) -> Result<Response<Self::PutPipelineStream>, Status> {
+        self.admit(&req)?;
         let service = self.clone();
         let start = move |put| -> Pin<Box<dyn Future<Output = PipelinedPutResult> + Send>> {
             Box::pin(service.clone().pipelined(put))
@@ -229,6 +259,7 @@ impl Cell for CellService {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.admit(&req)?;
         let req = req.into_inner();
         let path = key_path(&req.key);
         let read = move |m: &CellMachine| {
@@ -249,6 +280,7 @@ impl Cell for CellService {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.admit(&req)?;
         let req = req.into_inner();
         let prefix = key_path(&req.prefix);
         let read = move |m: &CellMachine| {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proto::cell::cell_client::CellClient as Rpc;
 use proto::cell::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use super::call_mux::{CallMux, Lost};
@@ -24,6 +24,7 @@ pub struct CellClient {
     channels: HashMap<String, Channel>,
     leader: Option<String>,
     timeout: Duration,
+    tls: Option<std::sync::Arc<super::tls::Identity>>,
 }
 
 impl CellClient {
@@ -32,7 +33,13 @@ impl CellClient {
         if addrs.is_empty() {
             return Err(ClientError::NoAddress);
         }
-        Ok(CellClient { addrs, resolved: false, channels: HashMap::new(), leader: None, timeout })
+        Ok(CellClient { addrs, resolved: false, channels: HashMap::new(), leader: None, timeout, tls: None })
+    }
+
+    /// Connects on mutual TLS with `tls` (plaintext if `None`).
+    pub fn with_tls(mut self, tls: Option<std::sync::Arc<super::tls::Identity>>) -> CellClient {
+        self.tls = tls;
+        self
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -43,10 +50,7 @@ impl CellClient {
         if let Some(ch) = self.channels.get(addr) {
             return Ok(Rpc::new(ch.clone()));
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
+        let ep = super::tls::endpoint(addr, self.tls.as_deref())?;
         let ch = ep.connect().await.map_err(|e| format!("{addr}: {e}"))?;
         self.channels.insert(addr.to_string(), ch.clone());
         Ok(Rpc::new(ch))
@@ -166,7 +170,8 @@ impl CellClient {
     /// concurrently; unreachable ones carry the error. Sorted by address.
     pub async fn status_all(&self) -> Vec<(String, Result<StatusResponse, String>)> {
         let timeout = self.timeout.min(Duration::from_secs(2));
-        let mut out = ask_status(resolve(&self.addrs).await, timeout).await;
+        let tls = self.tls.clone();
+        let mut out = ask_status(resolve(&self.addrs).await, tls.clone(), timeout).await;
         let known: std::collections::BTreeSet<String> = out.iter().map(|(a, _)| a.clone()).collect();
         let more: std::collections::BTreeSet<String> = out
             .iter()
@@ -174,7 +179,7 @@ impl CellClient {
             .flat_map(|s| s.members.iter().map(|m| m.address.clone()))
             .filter(|a| !known.contains(a))
             .collect();
-        out.extend(ask_status(more.into_iter().collect(), timeout).await);
+        out.extend(ask_status(more.into_iter().collect(), tls, timeout).await);
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -224,13 +229,19 @@ impl PutPipeline {
     }
 }
 
-async fn ask_status(addrs: Vec<String>, timeout: Duration) -> Vec<(String, Result<StatusResponse, String>)> {
+async fn ask_status(
+    addrs: Vec<String>,
+    tls: Option<std::sync::Arc<super::tls::Identity>>,
+    timeout: Duration,
+) -> Vec<(String, Result<StatusResponse, String>)> {
     let handles: Vec<_> = addrs
         .into_iter()
         .map(|addr| {
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let ask = async {
-                    let mut c = Rpc::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?;
+                    let endpoint = super::tls::endpoint(&addr, tls.as_deref())?;
+                    let mut c = Rpc::new(endpoint.connect().await.map_err(|e| e.to_string())?);
                     c.status(StatusRequest {}).await.map(Response::into_inner).map_err(|s| s.message().to_string())
                 };
                 let r = match tokio::time::timeout(timeout, ask).await {

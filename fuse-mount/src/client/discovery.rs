@@ -43,6 +43,19 @@ pub fn parse_cell(s: &str) -> Result<Vec<String>, ClientError> {
     Ok(addrs)
 }
 
+/// The host name each address came from when [`resolve`] looked one up (`IP:PORT` → name):
+/// TLS checks a replica's certificate against the name dialled, not the address it gave.
+fn names() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+/// The host name `addr` was found under by [`resolve`], if it was.
+pub fn name_of(addr: &str) -> Option<String> {
+    names().lock().expect("names").get(addr).cloned()
+}
+
 /// Expands host names into every address DNS gives for them (a cell may be published as one
 /// name with an address per replica, as Chubby cells were), keeping the order and dropping
 /// repeats. A name that does not resolve now is kept as it is: the connection attempt will
@@ -58,8 +71,10 @@ pub async fn resolve(addrs: &[String]) -> Vec<String> {
         }
         match tokio::net::lookup_host(a.as_str()).await {
             Ok(found) => {
+                let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
                 for sa in found {
                     let s = sa.to_string();
+                    names().lock().expect("names").insert(s.clone(), host.to_string());
                     if !out.contains(&s) {
                         out.push(s);
                     }

@@ -310,8 +310,9 @@ impl FsInner {
             if ino == ROOT { self.cells.iter().collect() } else { vec![&self.cells[self.node(ino)?.cell]] };
         let mut total = Usage::default();
         for cell in cells {
-            let client =
-                crate::client::CellClient::new(cell.addrs().to_vec(), Duration::from_secs(5)).map_err(errno)?;
+            let client = crate::client::CellClient::new(cell.addrs().to_vec(), Duration::from_secs(5))
+                .map_err(errno)?
+                .with_tls(cell.tls());
             let statuses = client.status_all().await;
             let leader = statuses.iter().filter_map(|(_, r)| r.as_ref().ok()).find(|s| s.role == "leader");
             let Some(s) = leader else { return Err(Errno::from_i32(libc::ETIMEDOUT)) };

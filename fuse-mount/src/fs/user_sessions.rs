@@ -1,6 +1,6 @@
 //! A mounted cell: its name, and the sessions this host holds with it, one per user (uid)
 //! that has called through the mount, each presenting that user's principal
-//! ([`principal_of`]), so the cell's ACLs apply to each user as they do through the `chubby`
+//! ([`principal_for`]), so the cell's ACLs apply to each user as they do through the `chubby`
 //! CLI. The daemon's own user's session opens at mount; another user's at that user's first
 //! call.
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::client::ClientError;
-use crate::client::{principal_of, InvalidationHook, Session, SessionOptions, SessionState};
+use crate::client::{principal_for, InvalidationHook, Session, SessionOptions, SessionState};
 
 pub struct MountedCell {
     pub name: String,
@@ -89,7 +89,7 @@ impl MountedCell {
     }
 
     fn opts_for(&self, uid: u32) -> SessionOptions {
-        SessionOptions { principal: principal_of(uid), ..self.opts.clone() }
+        SessionOptions { principal: principal_for(uid, self.opts.tls.as_deref()), ..self.opts.clone() }
     }
 
     /// Registers a new session of user `uid` and has it replaced when it is lost. Gives back
@@ -179,6 +179,11 @@ impl MountedCell {
         let sessions = self.sessions.read().expect("sessions").len();
         let used = self.used.lock().expect("used").len();
         (sessions, used, self.opening.lock().expect("opening").len())
+    }
+
+    /// The identity the mount presents to this cell on TLS.
+    pub fn tls(&self) -> Option<Arc<crate::client::tls::Identity>> {
+        self.opts.tls.clone()
     }
 
     /// The cell's replica addresses, as given.

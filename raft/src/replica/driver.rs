@@ -231,7 +231,7 @@ impl<SM: StateMachine> Driver<SM> {
             }
             Input::Transport(TransportEvent::Unreachable(to)) => self.raw.report_unreachable(to),
             Input::Transport(TransportEvent::SnapshotDone { to, ok }) => self.raw.report_snapshot(to, ok),
-            Input::PeerConn(stream) => self.transport.net.add_inbound(stream),
+            Input::PeerConn(stream, tls, identity) => self.transport.net.add_inbound(stream, tls, identity),
             Input::Synced { index, term, seq, result } => match result {
                 Ok(()) => {
                     self.synced_seq = self.synced_seq.max(seq);
@@ -345,6 +345,11 @@ impl<SM: StateMachine> Driver<SM> {
         self.transport.net.flush();
         if let Some(snap) = &rd.snapshot {
             self.sm.restore(&snap.data).map_err(|reason| Fault::Restore { index: snap.meta.index, reason })?;
+            tracing::info!(
+                replica = self.opts.id,
+                index = snap.meta.index,
+                "state restored from the leader's snapshot"
+            );
             let covered: Vec<Index> = self.pending.keys().copied().filter(|&i| i <= snap.meta.index).collect();
             for i in covered {
                 if let Some((_, reply)) = self.pending.remove(&i) {

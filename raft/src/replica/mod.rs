@@ -48,7 +48,7 @@ use crate::raft::Role;
 use crate::raw_node::{RawNode, Status};
 use crate::storage::disk::{DiskOptions, DiskStorage};
 use crate::storage::Storage;
-use crate::transport::net::PeerNet;
+use crate::transport::net::{InboundIdentity, PeerNet};
 use crate::transport::{accept, server::PeerService, Transport, TransportEvent};
 use crate::types::{Index, Message, ReplicaId, Snapshot, Term};
 use driver::Driver;
@@ -94,6 +94,12 @@ pub struct ReplicaOptions {
     /// Fault injection for tests: every sync of the log on the sync thread waits this long
     /// first, as on a stalling disk. Zero outside tests.
     pub slow_disk: Duration,
+    /// With certificates, peer links and snapshot transfers run mutual TLS, and a peer must
+    /// present its own replica certificate (`replica/N`).
+    pub tls: Option<proto::tls::Identity>,
+    /// The address a peer's certificate names (where clients reach it), for peers dialled at
+    /// another address (`peers` then holds the address dialled: a tunnel, a proxy).
+    pub server_names: BTreeMap<ReplicaId, String>,
 }
 
 /// Why a request was not carried out (or may not have been).
@@ -149,8 +155,8 @@ enum Input<SM> {
         to: ReplicaId,
     },
     Transport(TransportEvent),
-    /// A peer link the listener accepted.
-    PeerConn(std::net::TcpStream),
+    /// A peer link the listener accepted (with its TLS state and certified replica).
+    PeerConn(std::net::TcpStream, Option<Box<rustls::ServerConnection>>, InboundIdentity),
     /// The background sync of the log reached `index` (of `term`): every write up to the
     /// one numbered `seq` is durable.
     Synced {
@@ -305,11 +311,14 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
         let _ = self.tx.send(Input::TransferLeader { to });
     }
 
-    /// The `RaftPeer` gRPC service that receives snapshots for this node.
-    pub fn peer_service(&self) -> PeerService {
+    /// The `RaftPeer` gRPC service that receives snapshots for this node, from `peers` only.
+    /// `certified`: senders must be on TLS with their own replica certificate.
+    pub fn peer_service(&self, peers: std::collections::BTreeSet<ReplicaId>, certified: bool) -> PeerService {
         let tx = self.tx.clone();
         PeerService::new(
             self.id,
+            peers,
+            certified,
             Arc::new(move |m| {
                 let _ = tx.send(Input::Step(m));
             }),
@@ -324,7 +333,21 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
         let tx = self.tx.clone();
         accept::split_listener(listener, move |stream| {
-            let _ = tx.send(Input::PeerConn(stream));
+            let _ = tx.send(Input::PeerConn(stream, None, InboundIdentity::Unchecked));
+        })
+    }
+
+    /// [`ReplicaHandle::split_listener`] with TLS on every connection (see
+    /// [`accept::split_listener_tls`]).
+    pub fn split_listener_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
+    {
+        let tx = self.tx.clone();
+        accept::split_listener_tls(listener, config, move |stream, conn, replica| {
+            let _ = tx.send(Input::PeerConn(stream, Some(Box::new(conn)), InboundIdentity::Replica(replica)));
         })
     }
 }
@@ -369,7 +392,17 @@ impl<SM: StateMachine> Replica<SM> {
         );
         let raw = RawNode::new(&config, storage)?;
 
-        let (net, waker) = PeerNet::new(opts.id, &opts.peers).map_err(Fault::os("peer links"))?;
+        let link_tls = match &opts.tls {
+            Some(identity) => Some(
+                identity
+                    .client_config(&[proto::tls::ALPN_PEER])
+                    .map_err(|e| Fault::Os { doing: "peer links' TLS", error: std::io::Error::other(e) })?,
+            ),
+            None => None,
+        };
+        let names: BTreeMap<ReplicaId, String> =
+            opts.peers.iter().map(|(id, addr)| (*id, opts.server_names.get(id).unwrap_or(addr).clone())).collect();
+        let (net, waker) = PeerNet::new(opts.id, &opts.peers, &names, link_tls).map_err(Fault::os("peer links"))?;
         let (tx, rx) = mpsc::channel();
         let tx = Inbox::new(tx, waker);
         let events_tx = tx.clone();
@@ -380,6 +413,7 @@ impl<SM: StateMachine> Replica<SM> {
                 let _ = events_tx.send(Input::Transport(ev));
             }),
             runtime,
+            opts.tls.clone().map(|id| (id, names.clone())),
         );
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
         let handle = ReplicaHandle { tx, id: opts.id, leadership };

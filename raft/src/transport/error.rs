@@ -16,6 +16,8 @@ pub enum LinkError {
     WrongReplica { from: ReplicaId, to: ReplicaId, me: ReplicaId },
     #[error("replica {0} is not a peer of this cell")]
     NotAPeer(ReplicaId),
+    #[error("hello says replica {hello} but the certificate is replica {certified}'s")]
+    NotCertified { hello: ReplicaId, certified: ReplicaId },
     #[error("frame of {len} bytes is over the {max}-byte limit")]
     FrameTooLarge { len: usize, max: usize },
     #[error("frame does not decode: {0}")]

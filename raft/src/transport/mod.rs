@@ -66,6 +66,9 @@ pub(crate) struct Transport {
     peers: BTreeMap<ReplicaId, String>,
     events: EventSink,
     runtime: tokio::runtime::Handle,
+    /// With certificates: the identity snapshot transfers present, and the address each
+    /// peer's certificate names.
+    tls: Option<(proto::tls::Identity, BTreeMap<ReplicaId, String>)>,
 }
 
 impl Transport {
@@ -74,8 +77,9 @@ impl Transport {
         peers: BTreeMap<ReplicaId, String>,
         events: EventSink,
         runtime: tokio::runtime::Handle,
+        tls: Option<(proto::tls::Identity, BTreeMap<ReplicaId, String>)>,
     ) -> Transport {
-        Transport { net, peers, events, runtime }
+        Transport { net, peers, events, runtime, tls }
     }
 
     /// Queues `m` for its destination without blocking; [`PeerNet::flush`] writes it out.
@@ -87,9 +91,11 @@ impl Transport {
         let Some(addr) = self.peers.get(&m.to).cloned() else { return };
         let events = self.events.clone();
         let (from, to, term) = (m.from, m.to, m.term);
+        let tls = self.tls.as_ref().map(|(id, names)| (id.clone(), names.get(&to).cloned().unwrap_or(addr.clone())));
         self.runtime.spawn(async move {
             let deadline = snapshot_deadline(snapshot.data.len());
-            let ok = match send_snapshot(&addr, from, to, term, snapshot, deadline).await {
+            let tls = tls.as_ref().map(|(id, name)| (id, name.as_str()));
+            let ok = match send_snapshot(&addr, tls, from, to, term, snapshot, deadline).await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(replica = from, to, "snapshot transfer failed: {e}");
@@ -101,8 +107,20 @@ impl Transport {
     }
 }
 
-async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+/// `tls`: the identity to present, and the address the peer's certificate names.
+async fn connect(
+    addr: &str,
+    tls: Option<(&proto::tls::Identity, &str)>,
+) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+    let endpoint = match tls {
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+        Some((id, name)) => {
+            let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
+            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            Endpoint::from_shared(format!("https://{addr}"))?.tls_config(id.tonic_config().domain_name(host))?
+        }
+    };
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         // A peer that vanishes without closing the connection (power off, a partition) is
@@ -122,13 +140,14 @@ async fn connect(addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport
 /// if it failed or did not finish within `deadline`.
 async fn send_snapshot(
     addr: &str,
+    tls: Option<(&proto::tls::Identity, &str)>,
     from: ReplicaId,
     to: ReplicaId,
     term: u64,
     snap: Snapshot,
     deadline: Duration,
 ) -> Result<bool, SnapshotSendError> {
-    let transfer = transfer_snapshot(addr, from, to, term, snap);
+    let transfer = transfer_snapshot(addr, tls, from, to, term, snap);
     match tokio::time::timeout(deadline, transfer).await {
         Ok(result) => result,
         Err(_) => Err(SnapshotSendError::Timeout(deadline)),
@@ -137,12 +156,13 @@ async fn send_snapshot(
 
 async fn transfer_snapshot(
     addr: &str,
+    tls: Option<(&proto::tls::Identity, &str)>,
     from: ReplicaId,
     to: ReplicaId,
     term: u64,
     snap: Snapshot,
 ) -> Result<bool, SnapshotSendError> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(addr, tls).await?;
     let meta = codec::meta_to_pb(&snap.meta);
     let data = snap.data;
     let mut chunks = Vec::new();
@@ -187,7 +207,7 @@ mod tests {
             // The outer bound only keeps a broken build from hanging the test run.
             tokio::time::timeout(
                 Duration::from_secs(60),
-                send_snapshot(&addr, 1, 2, 3, snap, Duration::from_millis(500)),
+                send_snapshot(&addr, None, 1, 2, 3, snap, Duration::from_millis(500)),
             )
             .await
         });

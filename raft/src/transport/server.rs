@@ -23,12 +23,21 @@ pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 /// The `RaftPeer` service of node `id`.
 pub struct PeerService {
     id: ReplicaId,
+    /// The cell's replicas: a snapshot from anyone else is refused.
+    peers: std::collections::BTreeSet<ReplicaId>,
+    /// Whether a sender must prove, by its TLS certificate, that it is the replica it says.
+    certified: bool,
     deliver: Deliver,
 }
 
 impl PeerService {
-    pub fn new(id: ReplicaId, deliver: Deliver) -> PeerService {
-        PeerService { id, deliver }
+    pub fn new(
+        id: ReplicaId,
+        peers: std::collections::BTreeSet<ReplicaId>,
+        certified: bool,
+        deliver: Deliver,
+    ) -> PeerService {
+        PeerService { id, peers, certified, deliver }
     }
 
     /// The tonic service, ready to add to a server.
@@ -45,6 +54,16 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotAck>, Status> {
+        let certified = match self.certified {
+            false => None,
+            true => match proto::tls::peer_principal(request.peer_certs().as_deref().map(|c| c.as_slice())) {
+                Ok(proto::tls::Principal::Replica(id)) => Some(id),
+                other => {
+                    tracing::warn!(replica = self.id, "snapshot refused: the sender ({other:?}) is not a replica");
+                    return Err(Status::permission_denied("only a replica may send snapshots"));
+                }
+            },
+        };
         let mut stream = request.into_inner();
         let mut head: Option<(ReplicaId, u64, pb::SnapshotMeta)> = None;
         let mut data = BytesMut::new();
@@ -64,6 +83,23 @@ impl RaftPeer for PeerService {
                     chunk.offset,
                     data.len()
                 )));
+            }
+            if chunk.from == self.id || !self.peers.contains(&chunk.from) {
+                tracing::warn!(
+                    replica = self.id,
+                    from = chunk.from,
+                    "snapshot refused: the sender is not a peer of this cell"
+                );
+                return Err(Status::permission_denied(format!("replica {} is not a peer of this cell", chunk.from)));
+            }
+            if certified.is_some_and(|id| id != chunk.from) {
+                tracing::warn!(
+                    replica = self.id,
+                    from = chunk.from,
+                    ?certified,
+                    "snapshot refused: sender is not the replica it says"
+                );
+                return Err(Status::permission_denied("the certificate is another replica's"));
             }
             if head.is_none() {
                 let meta =

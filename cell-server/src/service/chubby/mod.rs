@@ -31,13 +31,16 @@ use crate::state::{self, Reply, Rights, StateError};
 pub struct ChubbyService {
     master: Arc<Master>,
     cell_name: String,
+    /// Whether clients are on mutual TLS, so that a session's principal comes from the
+    /// certificate of the connection that opens it.
+    certified: bool,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
 
 impl ChubbyService {
-    pub fn new(master: Arc<Master>, cell_name: String) -> ChubbyService {
-        ChubbyService { master, cell_name }
+    pub fn new(master: Arc<Master>, cell_name: String, certified: bool) -> ChubbyService {
+        ChubbyService { master, cell_name, certified }
     }
 
     /// The status a client acts on for the master's error.
@@ -146,7 +149,14 @@ impl Chubby for ChubbyService {
     type SessionStream = session::SessionStream;
 
     async fn session(&self, req: Request<Streaming<SessionRequest>>) -> Answer<Self::SessionStream> {
-        self.serve_session(req.into_inner()).await.map(Response::new)
+        let who = match self.certified {
+            false => None,
+            true => match proto::tls::peer_principal(req.peer_certs().as_deref().map(|c| c.as_slice())) {
+                Ok(p) => Some(p),
+                Err(why) => return Err(Status::unauthenticated(why)),
+            },
+        };
+        self.serve_session(req.into_inner(), who).await.map(Response::new)
     }
 
     async fn open(&self, req: Request<OpenRequest>) -> Answer<OpenResponse> {

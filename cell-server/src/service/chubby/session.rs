@@ -13,11 +13,20 @@ use tonic::{Status, Streaming};
 
 use super::ChubbyService;
 use crate::master::MasterError;
+use crate::state::StateError;
+use proto::tls::Principal;
 
 pub type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionResponse, Status>> + Send>>;
 
 impl ChubbyService {
-    pub(super) async fn serve_session(&self, mut inbound: Streaming<SessionRequest>) -> Result<SessionStream, Status> {
+    /// Serves one session stream. `who`: the principal the connection's certificate proves,
+    /// which decides the principal of every session opened on it (without TLS, the client's
+    /// word is taken).
+    pub(super) async fn serve_session(
+        &self,
+        mut inbound: Streaming<SessionRequest>,
+        who: Option<Principal>,
+    ) -> Result<SessionStream, Status> {
         self.master.await_serving().await.map_err(|e| self.fail(e))?;
         let (tx, rx) = mpsc::channel(1024);
         let master = self.master.clone();
@@ -26,13 +35,25 @@ impl ChubbyService {
             while let Ok(Some(msg)) = inbound.message().await {
                 let reply = match msg.kind {
                     // The master sends the grant itself (and a failover event after it).
-                    Some(session_request::Kind::Open(o)) => match master.open_session(o, &tx).await {
-                        Ok(grant) => {
-                            mine.insert(grant.session);
-                            continue;
+                    Some(session_request::Kind::Open(mut o)) => {
+                        if let Some(who) = &who {
+                            match who.session_principal(&o.principal) {
+                                Ok(principal) => o.principal = principal,
+                                Err(why) => {
+                                    let refused = MasterError::Refused(StateError::PermissionDenied(why));
+                                    let _ = tx.send(Err(refused)).await;
+                                    break;
+                                }
+                            }
                         }
-                        Err(e) => Err(e),
-                    },
+                        match master.open_session(o, who.is_some(), &tx).await {
+                            Ok(grant) => {
+                                mine.insert(grant.session);
+                                continue;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                     Some(session_request::Kind::KeepAlive(k))
                         if mine.contains(&k.session) && k.more_sessions.iter().all(|s| mine.contains(s)) =>
                     {

@@ -56,6 +56,16 @@ struct Cli {
     /// than keep it until unmount; that user's next call opens a new one. 0: never.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     idle_sessions: Duration,
+    /// Mutual TLS: this host's certificate (PEM) from the cell's CA, for the principal
+    /// host/NAME: each local user's session is USER@NAME. Without the three TLS flags, the connection is plaintext.
+    #[arg(long, env = "CHUBBY_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM, readable by its owner only).
+    #[arg(long, env = "CHUBBY_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The cell's CA certificate (PEM): replicas must present a certificate it issued.
+    #[arg(long, env = "CHUBBY_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Where to mount: an existing empty directory.
     mountpoint: PathBuf,
 }
@@ -110,7 +120,34 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let opts = SessionOptions { timeout: cli.rpc_timeout, grace: cli.grace, ..SessionOptions::default() };
+    let tls = match fuse_mount::client::tls::identity_from(cli.cert, cli.key, cli.ca) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("chubby-mount: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The mount acts for every user of the host, so only a host may run it on TLS: a user's
+    // certificate would make every local user that user.
+    if let Some(id) = &tls {
+        if !matches!(
+            fuse_mount::proto::tls::Principal::parse(&id.principal),
+            fuse_mount::proto::tls::Principal::Host(_)
+        ) {
+            eprintln!(
+                "chubby-mount: the certificate is {:?}'s; the mount acts for every local user and needs a host's (host/NAME)",
+                id.principal
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let opts = SessionOptions {
+        timeout: cli.rpc_timeout,
+        grace: cli.grace,
+        principal: fuse_mount::client::principal_for(uid, tls.as_deref()),
+        tls,
+        ..SessionOptions::default()
+    };
     let idle = (!cli.idle_sessions.is_zero()).then_some(cli.idle_sessions);
     let opened = rt.block_on(async {
         let mut mounted = Vec::new();

@@ -7,6 +7,7 @@
 //! out waiting for the lock; 6 session lost (the command was stopped); 7 stale
 //! sequencer; 8 generation mismatch.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,6 +56,16 @@ struct Cli {
     /// it is given up as lost (`lock`/`elect` then stop their command).
     #[arg(long, global = true, default_value = "45s", value_parser = parse_duration)]
     grace: Duration,
+    /// Mutual TLS: this client's certificate (PEM) from the cell's CA. Its principal is who
+    /// the cell takes the client for. Without the three TLS flags, the connection is plaintext.
+    #[arg(long, env = "CHUBBY_CERT", global = true, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM, readable by its owner only).
+    #[arg(long, env = "CHUBBY_KEY", global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The cell's CA certificate (PEM): replicas must present a certificate it issued.
+    #[arg(long, env = "CHUBBY_CA", global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -201,7 +212,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let session_opts = SessionOptions { timeout: cli.rpc_timeout, grace: cli.grace, ..SessionOptions::default() };
+    let tls = match fuse_mount::client::tls::identity_from(cli.cert, cli.key, cli.ca) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("chubby: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let principal = fuse_mount::client::principal_for(unsafe { libc::getuid() }, tls.as_deref());
+    let session_opts = SessionOptions {
+        timeout: cli.rpc_timeout,
+        grace: cli.grace,
+        principal,
+        tls: tls.clone(),
+        ..SessionOptions::default()
+    };
     let job = match cli.command {
         Cmd::Lock { shared, timeout, lock_delay, path, command } => {
             lock::LockJob { shared, wait: timeout, lock_delay, path, command, publish: None }
@@ -211,7 +237,7 @@ fn main() -> ExitCode {
         }
         Cmd::Status => {
             let client = match CellClient::new(addrs, cli.rpc_timeout) {
-                Ok(c) => c,
+                Ok(c) => c.with_tls(tls),
                 Err(e) => {
                     eprintln!("chubby: {e}");
                     return ExitCode::from(EXIT_USAGE);
@@ -238,12 +264,23 @@ fn exit_for(e: &ClientError) -> u8 {
     }
 }
 
+/// What to add to an error when a plaintext client found no replica that would talk: the
+/// cell may run TLS.
+fn tls_hint(e: &ClientError, plaintext: bool) -> &'static str {
+    if plaintext && e.to_string().contains("transport error") {
+        " (if the cell runs TLS, give --cert, --key and --ca, or CHUBBY_CERT, CHUBBY_KEY and CHUBBY_CA)"
+    } else {
+        ""
+    }
+}
+
 /// A command on the namespace, in a session of its own.
 async fn namespace(addrs: Vec<String>, opts: SessionOptions, cmd: Cmd, json: bool) -> u8 {
+    let plaintext = opts.tls.is_none();
     let session = match Session::open(addrs, opts).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("chubby: {e}");
+            eprintln!("chubby: {e}{}", tls_hint(&e, plaintext));
             return exit_for(&e);
         }
     };

@@ -11,7 +11,6 @@ use proto::chubby::*;
 use proto::Refusal;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 use super::links::Link;
@@ -38,6 +37,7 @@ pub(super) type Stream = (mpsc::Sender<SessionRequest>, Streaming<SessionRespons
 pub(super) async fn connect_stream(
     inner_addrs: &[String],
     channels: &Mutex<HashMap<String, Arc<Link>>>,
+    tls: Option<&crate::client::tls::Identity>,
     hint: Option<String>,
     open: &OpenSession,
     deadline: Instant,
@@ -58,10 +58,7 @@ pub(super) async fn connect_stream(
                 match cached {
                     Some(ch) => ch,
                     None => {
-                        let ep = Endpoint::from_shared(format!("http://{addr}"))
-                            .map_err(|e| Status::invalid_argument(e.to_string()))?
-                            .connect_timeout(Duration::from_millis(500))
-                            .tcp_nodelay(true);
+                        let ep = crate::client::tls::endpoint(&addr, tls).map_err(Status::invalid_argument)?;
                         let ch = ep.connect().await.map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
                         channels.lock().expect("channels").insert(addr.clone(), Arc::new(Link::new(ch.clone())));
                         ch
@@ -202,7 +199,8 @@ pub(super) async fn keep_session(inner: Arc<Inner>, stream: Stream, mut lease_fr
             resubscribe: inner.subscriptions(),
         };
         let per_attempt = resume_attempt_timeout(inner.lease);
-        let resumed = connect_stream(&addrs, &inner.channels, hint, &open, give_up, per_attempt).await;
+        let tls = inner.opts.tls.as_deref();
+        let resumed = connect_stream(&addrs, &inner.channels, tls, hint, &open, give_up, per_attempt).await;
         match resumed {
             Ok((addr, (t, i, g))) => {
                 *inner.master.lock().expect("master") = Some(addr);

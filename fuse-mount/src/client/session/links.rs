@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proto::chubby::chubby_client::ChubbyClient;
 use proto::chubby::*;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::Inner;
@@ -73,10 +73,7 @@ impl Inner {
         if let Some(link) = self.channels.lock().expect("channels").get(addr) {
             return Ok(link.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true);
+        let ep = crate::client::tls::endpoint(addr, self.opts.tls.as_deref())?;
         let ch = ep.connect().await.map_err(|e| format!("{addr}: {e}"))?;
         let link = Arc::new(Link::new(ch));
         self.channels.lock().expect("channels").insert(addr.to_string(), link.clone());

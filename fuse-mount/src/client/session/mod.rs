@@ -63,7 +63,7 @@ use links::Link;
 use retry::RequestNumbers;
 
 pub(crate) use links::{call_on, CallStream};
-pub use principal::{principal_list, principal_of};
+pub use principal::{principal_for, principal_list, principal_of};
 
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
@@ -74,6 +74,8 @@ pub struct SessionOptions {
     pub grace: Duration,
     /// Whether to cache node contents, metadata and handles (see [`cache`]).
     pub cache: bool,
+    /// Mutual TLS with this identity, or plaintext.
+    pub tls: Option<Arc<crate::client::tls::Identity>>,
 }
 
 impl Default for SessionOptions {
@@ -85,6 +87,7 @@ impl Default for SessionOptions {
             timeout: Duration::from_secs(10),
             grace: Duration::from_secs(45),
             cache: true,
+            tls: None,
         }
     }
 }
@@ -232,7 +235,8 @@ impl Session {
         // retried gets the session it created, not a second one.
         let open =
             OpenSession { principal: opts.principal.clone(), open_id: random_open_id(), ..OpenSession::default() };
-        let (addr, stream) = connect_stream(&addrs, &channels, None, &open, deadline, links::ATTEMPT_TIMEOUT)
+        let tls = opts.tls.as_deref();
+        let (addr, stream) = connect_stream(&addrs, &channels, tls, None, &open, deadline, links::ATTEMPT_TIMEOUT)
             .await
             .map_err(|e| match e {
                 ClientError::Timeout { last, .. } => ClientError::Timeout { timeout: opts.timeout, last },

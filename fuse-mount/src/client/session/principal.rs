@@ -1,17 +1,27 @@
-//! Who a client is to the cell: `NAME@HOST` for a user of this host. The cell trusts the
-//! name a host presents (mutual TLS is for later), as Chubby's cells trust their clients'
-//! credentials.
+//! Who a client is to the cell: `NAME@HOST` for a user of this host. On mutual TLS the cell
+//! takes the name from the connection's certificate (a user's own, or a host's for its users:
+//! see `proto::tls`); on a plaintext cell (`--insecure`) it takes the name a client presents.
 
 /// The principal a client presents for user `uid` of this host: `NAME@HOST`, with the
 /// user's name from the password database (`uid<N>` if it has none) and the host's name.
 /// The `chubby` CLI and the mount name one user alike, so the cell's ACLs treat both the same.
 pub fn principal_of(uid: u32) -> String {
-    let user = user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    if host.is_empty() {
-        user
-    } else {
-        format!("{user}@{host}")
+    proto::tls::local_principal(uid)
+}
+
+/// The principal a session for user `uid` asks for over a connection with identity `tls`:
+/// with a user's certificate, that user (the cell accepts no other); with a host's
+/// (`host/NAME`), the user of that host; without TLS, [`principal_of`].
+pub fn principal_for(uid: u32, tls: Option<&proto::tls::Identity>) -> String {
+    use proto::tls::Principal;
+    match tls.map(|id| Principal::parse(&id.principal)) {
+        None => principal_of(uid),
+        Some(Principal::Host(host)) => {
+            format!("{}@{host}", proto::tls::user_name(uid).unwrap_or_else(|| format!("uid{uid}")))
+        }
+        Some(Principal::User(name)) => name,
+        // Refused by the cell, which says why.
+        Some(Principal::Replica(id)) => format!("replica/{id}"),
     }
 }
 
@@ -20,23 +30,6 @@ pub fn principal_of(uid: u32) -> String {
 /// everyone).
 pub fn principal_list(text: &str) -> Vec<String> {
     text.split([',', '\n']).map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect()
-}
-
-/// The password database's name for `uid`.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: an all-zero passwd is a valid value of this plain C struct (null pointers).
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is to memory owned here and live for the call; `buf`'s length is
-    // passed with it, and getpwuid_r writes only within `pwd` and `buf`.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
-    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]

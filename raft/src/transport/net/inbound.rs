@@ -3,8 +3,18 @@
 
 use super::*;
 
+/// Who the listener found at the other end of an incoming link.
+#[derive(Clone, Debug)]
+pub(crate) enum InboundIdentity {
+    /// A plaintext link: its hello is taken at its word.
+    Unchecked,
+    /// A TLS link whose certificate names this replica: its hello must name the same.
+    Replica(ReplicaId),
+}
+
 pub(super) struct Inbound {
-    pub(super) stream: TcpStream,
+    pub(super) stream: PeerStream,
+    pub(super) identity: InboundIdentity,
     /// When it was accepted (for the hello deadline).
     pub(super) since: Instant,
     pub(super) buf: BytesMut,
@@ -19,21 +29,38 @@ pub(super) enum ReadEnd {
 }
 
 impl PeerNet {
-    /// Takes over a connection a peer dialled to us (its hello is still unread).
-    pub(crate) fn add_inbound(&mut self, stream: std::net::TcpStream) {
+    /// Takes over a connection a peer dialled to us (its hello is still unread), with its TLS
+    /// state if the listener did its handshake.
+    pub(crate) fn add_inbound(
+        &mut self,
+        stream: std::net::TcpStream,
+        tls: Option<Box<rustls::ServerConnection>>,
+        identity: InboundIdentity,
+    ) {
         if let Err(e) = stream.set_nonblocking(true) {
             tracing::warn!(replica = self.id, "peer connection dropped: {e}");
             return;
         }
-        let mut stream = TcpStream::from_std(stream);
+        let sock = TcpStream::from_std(stream);
+        let mut stream = match tls {
+            Some(conn) => PeerStream::Tls(Box::new(TlsStream { sock, conn: (*conn).into() })),
+            None => PeerStream::Plain(sock),
+        };
         let token = Token(self.next_inbound);
         self.next_inbound += 1;
-        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE) {
+        // Writable too under TLS: key updates and alerts go back on an incoming link, and what
+        // the socket did not take must go out when it can.
+        let interest = match stream {
+            PeerStream::Plain(_) => Interest::READABLE,
+            PeerStream::Tls(_) => Interest::READABLE | Interest::WRITABLE,
+        };
+        if let Err(e) = self.poll.registry().register(stream.socket(), token, interest) {
             tracing::warn!(replica = self.id, "peer connection dropped: {e}");
             return;
         }
-        set_liveness_options(&stream);
-        self.inbound.insert(token, Inbound { stream, since: Instant::now(), buf: BytesMut::new(), from: None });
+        set_liveness_options(stream.socket_ref());
+        self.inbound
+            .insert(token, Inbound { stream, identity, since: Instant::now(), buf: BytesMut::new(), from: None });
         // Bytes may have arrived before registration; edge-triggered readiness would not say so.
         self.unfinished.push(token);
     }
@@ -67,7 +94,7 @@ impl PeerNet {
 
     pub(super) fn close_inbound(&mut self, token: Token, why: LinkError) {
         let Some(mut conn) = self.inbound.remove(&token) else { return };
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let _ = self.poll.registry().deregister(conn.stream.socket());
         self.unfinished.retain(|&t| t != token);
         match conn.from {
             Some(from) => tracing::debug!(replica = self.id, from, "incoming peer link closed: {why}"),
@@ -120,6 +147,11 @@ pub(super) fn deliver_whole(
             }
             if !links.contains_key(&hello.from) {
                 return Err(LinkError::NotAPeer(hello.from));
+            }
+            if let InboundIdentity::Replica(certified) = conn.identity {
+                if certified != hello.from {
+                    return Err(LinkError::NotCertified { hello: hello.from, certified });
+                }
             }
             conn.from = Some(hello.from);
             hello.from

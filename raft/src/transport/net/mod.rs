@@ -15,6 +15,9 @@
 //! - **Incoming** (`inbound.rs`): the connections peers dial to us, handed over by the listener
 //!   ([`super::accept`]). Each must start with a hello naming this replica and a known peer;
 //!   every message must come from that peer. Anything else closes that connection with a warning.
+//! - **TLS** (`stream.rs`): with certificates, both directions run TLS over the same sockets;
+//!   an incoming link's handshake is done by the listener, which hands over the connection with
+//!   the replica its certificate names, and the hello must name that replica.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read, Write};
@@ -40,6 +43,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An incoming connection must say hello within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A link we dialled must finish its TLS handshake within this: a peer whose kernel accepts
+/// but whose process never answers (stopped, wedged) would otherwise hold the link up, its
+/// messages queued, with nothing unacknowledged for TCP to time out on.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Data unacknowledged this long means the peer is gone (a power loss sends no FIN or RST):
 /// the link is dropped and redialled instead of waiting out TCP's retransmissions.
 const USER_TIMEOUT_MS: libc::c_int = 2000;
@@ -62,20 +69,32 @@ pub(crate) struct PeerNet {
     unfinished: Vec<Token>,
     /// Where reads land before they join a connection's buffer.
     scratch: Vec<u8>,
+    /// With certificates: how this replica dials its peers.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 mod inbound;
 mod outbound;
+mod stream;
 #[cfg(test)]
 mod tests;
 
 use inbound::Inbound;
+pub(crate) use inbound::InboundIdentity;
 use outbound::{set_liveness_options, Link, LinkState};
+use stream::{PeerStream, TlsStream};
 
 impl PeerNet {
     /// Links to every peer in `peers` except `id`; they are dialled at the first
     /// [`PeerNet::maintain`]. The returned waker wakes [`PeerNet::poll`].
-    pub(crate) fn new(id: ReplicaId, peers: &BTreeMap<ReplicaId, String>) -> io::Result<(PeerNet, Waker)> {
+    /// `names`: the address each peer's certificate names, where it differs from its address
+    /// in `peers` (the one dialled).
+    pub(crate) fn new(
+        id: ReplicaId,
+        peers: &BTreeMap<ReplicaId, String>,
+        names: &BTreeMap<ReplicaId, String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> io::Result<(PeerNet, Waker)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKE)?;
         let now = Instant::now();
@@ -86,6 +105,7 @@ impl PeerNet {
             .map(|(i, (&peer, addr))| {
                 let link = Link {
                     addr: addr.clone(),
+                    server_name: names.get(&peer).unwrap_or(addr).clone(),
                     token: Token(1 + i),
                     state: LinkState::Down { retry_at: now },
                     backoff: MIN_BACKOFF,
@@ -105,6 +125,7 @@ impl PeerNet {
             unreachable: BTreeSet::new(),
             unfinished: Vec::new(),
             scratch: vec![0; 64 << 10],
+            tls,
         };
         Ok((net, waker))
     }
@@ -131,7 +152,8 @@ impl PeerNet {
             .map(|e| (e.token(), e.is_readable() || e.is_read_closed() || e.is_error(), e.is_writable()))
             .collect();
         let mut again = std::mem::take(&mut self.unfinished);
-        again.extend(ready.iter().filter(|(t, r, _)| t.0 >= FIRST_INBOUND && *r).map(|(t, _, _)| *t));
+        // A writable TLS link is read too: reading pushes the records it has left to send.
+        again.extend(ready.iter().filter(|(t, r, w)| t.0 >= FIRST_INBOUND && (*r || *w)).map(|(t, _, _)| *t));
         for (token, readable, writable) in ready {
             if token.0 < FIRST_INBOUND {
                 self.link_ready(token, readable, writable);
@@ -164,8 +186,14 @@ impl PeerNet {
 
     /// Writes queued messages to every peer, as far as each socket takes them.
     pub(crate) fn flush(&mut self) {
-        let ids: Vec<ReplicaId> =
-            self.links.iter().filter(|(_, l)| l.written < l.out.len()).map(|(&id, _)| id).collect();
+        let ids: Vec<ReplicaId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                l.written < l.out.len() || matches!(&l.state, LinkState::Up { stream, .. } if stream.has_pending())
+            })
+            .map(|(&id, _)| id)
+            .collect();
         for id in ids {
             self.flush_link(id);
         }
@@ -206,6 +234,11 @@ impl PeerNet {
                 }
                 LinkState::Connecting { since, .. } if now.duration_since(*since) > CONNECT_TIMEOUT => {
                     self.link_down(id, "connect timed out".into());
+                }
+                LinkState::Up { stream, since }
+                    if stream.is_handshaking() && now.duration_since(*since) > HANDSHAKE_TIMEOUT =>
+                {
+                    self.link_down(id, "TLS handshake timed out".into());
                 }
                 _ => {}
             }

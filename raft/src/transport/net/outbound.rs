@@ -6,6 +6,8 @@ use super::*;
 /// The outgoing connection to one peer.
 pub(super) struct Link {
     pub(super) addr: String,
+    /// The address the peer's certificate names (`addr` unless dialled through another).
+    pub(super) server_name: String,
     pub(super) token: Token,
     pub(super) state: LinkState,
     pub(super) backoff: Duration,
@@ -29,7 +31,7 @@ pub(super) enum LinkState {
         since: Instant,
     },
     Up {
-        stream: TcpStream,
+        stream: PeerStream,
         since: Instant,
     },
 }
@@ -78,6 +80,7 @@ impl PeerNet {
 
     pub(super) fn link_ready(&mut self, token: Token, readable: bool, writable: bool) {
         let Some(id) = self.link_of(token) else { return };
+        let tls = self.tls.clone();
         let link = self.links.get_mut(&id).expect("found above");
         match &mut link.state {
             LinkState::Down { .. } | LinkState::Resolving { .. } => {}
@@ -102,6 +105,20 @@ impl PeerNet {
                 else {
                     unreachable!("matched above")
                 };
+                let stream = match &tls {
+                    None => PeerStream::Plain(stream),
+                    Some(config) => match client_connection(config, &link.server_name) {
+                        // The handshake runs as the link is read and written; the hello
+                        // waits in rustls until it is done.
+                        Ok(conn) => PeerStream::Tls(Box::new(TlsStream { sock: stream, conn: conn.into() })),
+                        Err(e) => {
+                            let mut stream = stream;
+                            let _ = self.poll.registry().deregister(&mut stream);
+                            return self.link_down(id, e);
+                        }
+                    },
+                };
+                let link = self.links.get_mut(&id).expect("found above");
                 link.state = LinkState::Up { stream, since: Instant::now() };
                 link.out.clear();
                 link.written = 0;
@@ -128,7 +145,7 @@ impl PeerNet {
     pub(super) fn check_closed(&mut self, id: ReplicaId) {
         let LinkState::Up { stream, .. } = &mut self.links.get_mut(&id).expect("links exist").state else { return };
         let mut scratch = [0u8; 64];
-        match stream.read(&mut scratch) {
+        match Read::read(stream, &mut scratch) {
             Ok(0) => self.link_down(id, "closed by the peer".into()),
             Ok(_) => self.link_down(id, "peer wrote on an outgoing link".into()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -148,6 +165,11 @@ impl PeerNet {
                 Err(e) => return self.link_down(id, e.to_string()),
             }
         }
+        match stream.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return self.link_down(id, e.to_string()),
+        }
         if link.written == link.out.len() {
             link.out.clear();
             link.written = 0;
@@ -161,17 +183,28 @@ impl PeerNet {
     pub(super) fn link_down(&mut self, id: ReplicaId, why: String) {
         let link = self.links.get_mut(&id).expect("links exist");
         let was_up = matches!(link.state, LinkState::Up { .. });
-        // The backoff starts over only after a link that stayed up: a peer that accepts and
-        // then refuses us (wrong id, another version) is not redialled every 50 ms.
-        if matches!(link.state, LinkState::Up { since, .. } if since.elapsed() >= MAX_BACKOFF) {
+        // What rustls holds (records, or messages waiting for the handshake) is lost too.
+        let pending =
+            matches!(&link.state, LinkState::Up { stream, .. } if stream.has_pending() || stream.is_handshaking());
+        // The backoff starts over only after a link that stayed up (its handshake done): a peer
+        // that accepts and then refuses us (wrong id, another version, a certificate it does
+        // not take) is not redialled every 50 ms.
+        if matches!(&link.state, LinkState::Up { since, stream } if since.elapsed() >= MAX_BACKOFF && !stream.is_handshaking())
+        {
             link.backoff = MIN_BACKOFF;
         }
         let state = std::mem::replace(&mut link.state, LinkState::Down { retry_at: Instant::now() + link.backoff });
-        if let LinkState::Connecting { mut stream, .. } | LinkState::Up { mut stream, .. } = state {
-            let _ = self.poll.registry().deregister(&mut stream);
+        match state {
+            LinkState::Connecting { mut stream, .. } => {
+                let _ = self.poll.registry().deregister(&mut stream);
+            }
+            LinkState::Up { mut stream, .. } => {
+                let _ = self.poll.registry().deregister(stream.socket());
+            }
+            LinkState::Down { .. } | LinkState::Resolving { .. } => {}
         }
         link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
-        if link.written < link.out.len() {
+        if link.written < link.out.len() || pending {
             self.unreachable.insert(id);
         }
         link.out.clear();
@@ -182,6 +215,16 @@ impl PeerNet {
             tracing::debug!(replica = self.id, to = id, addr = %link.addr, "peer link not up: {why}");
         }
     }
+}
+
+/// A TLS client for the peer at `addr` (`HOST:PORT`), whose certificate must be the CA's for
+/// that host name or address.
+fn client_connection(config: &Arc<rustls::ClientConfig>, addr: &str) -> Result<rustls::ClientConnection, String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host} is no server name for TLS: {e}"))?;
+    rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("TLS: {e}"))
 }
 
 /// TCP_USER_TIMEOUT and keepalive, so a peer that vanished without a FIN or RST is noticed in
