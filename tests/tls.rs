@@ -358,3 +358,52 @@ fn replicas_dialled_through_another_address_still_know_each_other() {
         rt.block_on(client.status_all()).iter().filter_map(|(_, s)| s.as_ref().ok()).map(|s| s.applied_index).max();
     rt.block_on(wait_converged(&client, applied.unwrap(), Duration::from_secs(30))).unwrap();
 }
+
+/// Users' and hosts' certificates may come from a CA of their own (`--client-ca`): clients with
+/// them get in, but a replica's name in one is no replica's (no peer link, no snapshot).
+#[test]
+fn clients_may_come_from_another_ca_but_replicas_only_from_the_cells() {
+    let users = tempfile::tempdir().unwrap();
+    let (cert, key) = issue_cert(users.path(), "carol@build7", &[]);
+    let users_ca = users.path().join("ca.pem");
+    let cell = tls_cell(|o| o.extra_args = vec!["--client-ca".into(), users_ca.display().to_string()]);
+    let tls = cell.tls_dir().unwrap().to_path_buf();
+    // Carol's own certificate, and the cell's CA to know the replicas by.
+    let carol = vec![
+        ("CHUBBY_CERT".to_string(), cert),
+        ("CHUBBY_KEY".to_string(), key),
+        ("CHUBBY_CA".to_string(), tls.join("ca.pem")),
+    ];
+    let (code, out) = chubby(&cell, &carol, &["put", "/ls/local/carols", "hi"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(chubby(&cell, &carol, &["get", "/ls/local/carols"]), (0, "hi\n".into()));
+    assert_eq!(chubby(&cell, &cell.client_env(), &["get", "/ls/local/carols"]), (0, "hi\n".into()));
+
+    // replica/2, as the users' CA says.
+    let (cert, key) = issue_cert(users.path(), "replica/2", &[]);
+    let files = TlsFiles { cert: cert.clone(), key: key.clone(), ca: tls.join("ca.pem") };
+    let forged = Identity::load(&files).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let refused = rt.block_on(async {
+        let endpoint = fuse_mount::client::tls::endpoint(&cell.addrs[0], Some(&forged)).unwrap();
+        let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.unwrap());
+        let chunk = proto::raft::InstallSnapshotChunk {
+            from: 2,
+            to: 1,
+            term: 99,
+            meta: Some(proto::raft::SnapshotMeta::default()),
+            offset: 0,
+            data: Bytes::new(),
+            done: true,
+        };
+        peer.install_snapshot(tokio_stream::iter(vec![chunk])).await
+    });
+    let status = refused.expect_err("a snapshot under the users' CA's replica/2 was taken");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(raw_peer_link(&cell.addrs[0], &cert, &key, &tls.join("ca.pem")), "a peer link was kept");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cell.log(1).contains("peer link refused") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cell.log(1).contains("peer link refused"), "the refusal is logged");
+}

@@ -111,6 +111,20 @@ pub fn issue(args: &CertArgs) -> anyhow::Result<Issued> {
     if args.san.is_some() && !replica {
         anyhow::bail!("--san is for replicas' certificates: only a replica serves connections");
     }
+    let stem = file_stem(&args.principal);
+    if stem == "ca" {
+        anyhow::bail!("{p:?} would be written over the CA's own files (ca.pem, ca.key)");
+    }
+    // Two principals may share a file name (host/x and host-x): never replace another's.
+    if let Ok(pem) = std::fs::read(args.dir.join(format!("{stem}.pem"))) {
+        use rustls::pki_types::pem::PemObject;
+        let existing = rustls::pki_types::CertificateDer::from_pem_slice(&pem)
+            .ok()
+            .and_then(|der| proto::tls::principal_of_cert(&der).ok());
+        if existing.as_deref().is_some_and(|e| e != p) {
+            anyhow::bail!("{stem}.pem in {} is another principal's certificate", args.dir.display());
+        }
+    }
     let (ca_cert, ca_key) = ca(&args.dir)?;
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -139,7 +153,6 @@ pub fn issue(args: &CertArgs) -> anyhow::Result<Issued> {
     }
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-    let stem = file_stem(&args.principal);
     let issued = Issued {
         cert: args.dir.join(format!("{stem}.pem")),
         key: args.dir.join(format!("{stem}.key")),
@@ -202,6 +215,11 @@ mod tests {
         let mut user = args("alice@build7");
         user.san = Some("127.0.0.1".into());
         assert!(issue(&user).unwrap_err().to_string().contains("--san is for replicas"));
+        // Not over the CA's files, nor over another principal's.
+        assert!(issue(&args("ca")).unwrap_err().to_string().contains("CA's own files"));
+        issue(&args("host/x")).unwrap();
+        assert!(issue(&args("host-x")).unwrap_err().to_string().contains("another principal's"));
+        issue(&args("host/x")).expect("a principal's own certificate is issued again");
         for bad in ["replica/01", "host/a@b", "a b", "*", ""] {
             assert!(issue(&args(bad)).is_err(), "{bad:?} was issued");
         }

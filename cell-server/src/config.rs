@@ -18,6 +18,7 @@
 //! cert = "/etc/chubby/replica-1.pem"   # mutual TLS: this replica's certificate (replica/1)
 //! key = "/etc/chubby/replica-1.key"
 //! ca = "/etc/chubby/ca.pem"            # the CA clients and peers must be signed by
+//! client_ca = "/etc/chubby/users.pem"  # optional: clients' certificates may also come from it
 //! admins = "ops@build7,deploy-bot"     # principals allowed the operator key-value API
 //! # insecure = true                    # plaintext instead: no TLS, clients name themselves
 //! ```
@@ -98,6 +99,11 @@ pub struct ReplicaArgs {
     /// The cell's CA certificate(s) (PEM): clients and peers must present a certificate it issued.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
+    /// Clients may also present certificates from this CA (PEM), when users' and hosts'
+    /// certificates come from another authority than the replicas'. A replica's certificate
+    /// must still come from --ca.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
     /// Serve plaintext without TLS: anyone who can reach the port may claim any principal.
     /// Only for a cell on a trusted network or loopback.
     #[arg(long)]
@@ -129,6 +135,7 @@ struct FileConfig {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
     insecure: Option<bool>,
     admins: Option<String>,
 }
@@ -259,13 +266,19 @@ impl ReplicaConfig {
                         identity.principal
                     ));
                 }
-                Some(identity)
+                match args.client_ca.clone().or(file.client_ca) {
+                    Some(path) => Some(identity.with_client_ca(&path).map_err(|e| format!("TLS: {e}"))?),
+                    None => Some(identity),
+                }
             }
             (None, None, None, false) => {
                 return Err("give --cert, --key and --ca (mutual TLS), or --insecure to serve plaintext".into())
             }
             _ => return Err("mutual TLS needs all three of --cert, --key and --ca".into()),
         };
+        if tls.is_none() && args.client_ca.is_some() {
+            return Err("--client-ca needs TLS (--cert, --key and --ca)".into());
+        }
         let admins = args.admins.as_deref().or(file.admins.as_deref()).map(admin_list).unwrap_or_default();
         if tls.is_none() && !admins.is_empty() {
             return Err("--admins needs TLS: without certificates no caller is known".into());

@@ -1,6 +1,7 @@
 //! One replica process: the Raft [`Replica`] with the cell's state machine, its master, a gRPC
 //! server with the peer, cell and Chubby services, and shutdown on SIGTERM/SIGINT that hands leadership over first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft::{Replica, ReplicaHandle, Role};
@@ -44,7 +45,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         // tonic leaves HTTP/2 streams per connection unbounded; this bounds what one
         // client connection can hold open at a replica (more calls queue at the client).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(handle.peer_service(cfg.peers.keys().copied().collect(), cfg.tls.is_some()).into_server())
+        .add_service(handle.peer_service(cfg.peers.keys().copied().collect(), cfg.tls.clone()).into_server())
         .add_service(service.into_server())
         .add_service(crate::service::wire::WireChubby(chubby).into_server());
     // One port: peer links go to the Raft loop, gRPC connections (with TCP_NODELAY, which
@@ -54,7 +55,8 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
             let config = identity
                 .server_config(&[proto::tls::ALPN_H2, proto::tls::ALPN_PEER])
                 .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-            tokio::spawn(router.serve_with_incoming(handle.split_listener_tls(listener, config)))
+            let incoming = handle.split_listener_tls(listener, config, Arc::new(identity.clone()));
+            tokio::spawn(router.serve_with_incoming(incoming))
         }
         None => {
             tracing::warn!(

@@ -95,6 +95,12 @@ fn a_replica_needs_its_own_certificate_or_an_explicit_insecure() {
     let (code, err) = with("replica-1.pem", "replica-1.key", &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("must be owned by this user"), "{err}");
+    // Nor a certificate someone else could replace.
+    std::os::unix::fs::chown(tls.join("replica-1.key"), Some(0), None).unwrap();
+    std::os::unix::fs::chown(tls.join("replica-1.pem"), Some(65534), None).unwrap();
+    let (code, err) = with("replica-1.pem", "replica-1.key", &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("replica-1.pem: must be owned by this user"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_cell-server"))
         .args(["cert", "--dir", tls.to_str().unwrap(), "replica/1", "--san", "127.0.0.1", "--expired"])
         .output()

@@ -123,6 +123,9 @@ pub struct Identity {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
     pub ca_pem: Vec<u8>,
+    /// A replica's: another CA whose certificates clients may present (users and hosts, never
+    /// replicas), where clients' certificates come from elsewhere than the cell's.
+    client_roots: Option<Arc<RootCertStore>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -148,13 +151,19 @@ pub fn install_default_provider() {
 }
 
 /// Reads an identity file, after checking what the open file is (a symlink is followed; what
-/// is checked is the file read): not writable by others, and a key readable by its owner only,
-/// and owned by this user or root.
+/// is checked is the file read): owned by this user or root, not writable by others, and a key
+/// readable by its owner only.
 pub fn read_checked(path: &Path, secret: bool) -> Result<Vec<u8>, TlsError> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let err = |why: String| TlsError::File { path: path.to_path_buf(), why };
-    let mut file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that a FIFO put in a file's place does not hang the open.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
     let meta = file.metadata().map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {
         return Err(err("not a regular file".into()));
@@ -165,11 +174,9 @@ pub fn read_checked(path: &Path, secret: bool) -> Result<Vec<u8>, TlsError> {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if secret && meta.uid() != me && meta.uid() != 0 {
-        return Err(err(format!(
-            "a private key must be owned by this user (uid {me}) or root, not uid {}",
-            meta.uid()
-        )));
+    if meta.uid() != me && meta.uid() != 0 {
+        // Its owner could read a key, or replace a certificate or the CA this process trusts.
+        return Err(err(format!("must be owned by this user (uid {me}) or root, not uid {}", meta.uid())));
     }
     if mode & 0o022 != 0 {
         return Err(err(format!("writable by others (mode {mode:03o}): anyone could replace it")));
@@ -233,16 +240,57 @@ impl Identity {
             cert_pem,
             key_pem,
             ca_pem,
+            client_roots: None,
         })
     }
 
-    /// A replica's server side: every client must present a certificate from the CA. `alpn`
+    /// Also accepts clients whose certificates the CA(s) in `path` issued (a replica's
+    /// `--client-ca`). A replica's certificate from that CA is still no replica's: see
+    /// [`Identity::from_cell_ca`].
+    pub fn with_client_ca(mut self, path: &Path) -> Result<Identity, TlsError> {
+        let file_err = |why: String| TlsError::File { path: path.to_path_buf(), why };
+        let pem = read_checked(path, false)?;
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&pem) {
+            let ca = ca.map_err(|e| file_err(format!("not PEM certificates: {e:?}")))?;
+            roots.add(ca).map_err(|e| file_err(format!("not a CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(file_err("holds no certificate".into()));
+        }
+        self.client_roots = Some(Arc::new(roots));
+        Ok(self)
+    }
+
+    /// Whether `chain` (a peer's certificates, leaf first) was issued by the cell's own CA:
+    /// what a replica's certificate must be, when clients may come from another CA.
+    pub fn from_cell_ca(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some(leaf) = chain.first() else { return false };
+        if self.client_roots.is_none() {
+            // One CA: the handshake already checked the chain against it.
+            return true;
+        }
+        let Ok(verifier) = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build() else {
+            return false;
+        };
+        verifier.verify_client_cert(leaf, &chain[1..], rustls::pki_types::UnixTime::now()).is_ok()
+    }
+
+    /// A replica's server side: every client must present a certificate from the CA (or the
+    /// clients' CA). `alpn`
     /// lists the protocols served, in order of preference.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
         let config_err = |e: &dyn std::fmt::Display| TlsError::Config(e.to_string());
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| config_err(&e))?;
+        let roots = match &self.client_roots {
+            None => self.roots.clone(),
+            Some(clients) => {
+                let mut both = (*self.roots).clone();
+                both.roots.extend(clients.roots.iter().cloned());
+                Arc::new(both)
+            }
+        };
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots, provider()).build().map_err(|e| config_err(&e))?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| config_err(&e))?

@@ -312,13 +312,18 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
     }
 
     /// The `RaftPeer` gRPC service that receives snapshots for this node, from `peers` only.
-    /// `certified`: senders must be on TLS with their own replica certificate.
-    pub fn peer_service(&self, peers: std::collections::BTreeSet<ReplicaId>, certified: bool) -> PeerService {
+    /// `tls`: this replica's identity; senders must then be on TLS with their own replica
+    /// certificate from the cell's CA.
+    pub fn peer_service(
+        &self,
+        peers: std::collections::BTreeSet<ReplicaId>,
+        tls: Option<proto::tls::Identity>,
+    ) -> PeerService {
         let tx = self.tx.clone();
         PeerService::new(
             self.id,
             peers,
-            certified,
+            tls,
             Arc::new(move |m| {
                 let _ = tx.send(Input::Step(m));
             }),
@@ -343,10 +348,11 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
         &self,
         listener: tokio::net::TcpListener,
         config: Arc<rustls::ServerConfig>,
+        identity: Arc<proto::tls::Identity>,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>
     {
         let tx = self.tx.clone();
-        accept::split_listener_tls(listener, config, move |stream, conn, replica| {
+        accept::split_listener_tls(listener, config, identity, move |stream, conn, replica| {
             let _ = tx.send(Input::PeerConn(stream, Some(Box::new(conn)), InboundIdentity::Replica(replica)));
         })
     }

@@ -49,18 +49,20 @@ pub fn split_listener(
 
 /// [`split_listener`] for a replica with certificates: every connection must complete a TLS
 /// handshake with a certificate from the cell's CA. Those that ask for the peer link's protocol
-/// (ALPN) go to `to_raft` with their TLS state, and only if the certificate is a replica's;
+/// (ALPN) go to `to_raft` with their TLS state, and only if the certificate is a replica's
+/// from the cell's own CA (`identity`'s);
 /// the rest (HTTP/2) come out of the stream for the gRPC server.
 pub fn split_listener_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    identity: Arc<proto::tls::Identity>,
     to_raft: impl Fn(std::net::TcpStream, rustls::ServerConnection, ReplicaId) + Send + Sync + 'static,
 ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
     let to_raft = Arc::new(to_raft);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(accept_loop(listener, tx, move |stream, from, tx| {
-        let (to_raft, acceptor) = (to_raft.clone(), acceptor.clone());
+        let (to_raft, acceptor, identity) = (to_raft.clone(), acceptor.clone(), identity.clone());
         async move {
             let tls = match tokio::time::timeout(SNIFF_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -73,7 +75,8 @@ pub fn split_listener_tls(
                 return;
             }
             let replica = match proto::tls::peer_principal(conn.peer_certificates()) {
-                Ok(Principal::Replica(id)) => id,
+                // A replica's name in a certificate from the clients' CA is no replica's.
+                Ok(Principal::Replica(id)) if identity.from_cell_ca(conn.peer_certificates().unwrap_or_default()) => id,
                 other => {
                     let who = match other {
                         Ok(p) => format!("{p:?}"),

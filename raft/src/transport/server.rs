@@ -25,8 +25,9 @@ pub struct PeerService {
     id: ReplicaId,
     /// The cell's replicas: a snapshot from anyone else is refused.
     peers: std::collections::BTreeSet<ReplicaId>,
-    /// Whether a sender must prove, by its TLS certificate, that it is the replica it says.
-    certified: bool,
+    /// With TLS, this replica's identity: a sender must prove, by a certificate from the
+    /// cell's CA, that it is the replica it says.
+    certified: Option<proto::tls::Identity>,
     deliver: Deliver,
 }
 
@@ -34,7 +35,7 @@ impl PeerService {
     pub fn new(
         id: ReplicaId,
         peers: std::collections::BTreeSet<ReplicaId>,
-        certified: bool,
+        certified: Option<proto::tls::Identity>,
         deliver: Deliver,
     ) -> PeerService {
         PeerService { id, peers, certified, deliver }
@@ -54,10 +55,12 @@ impl RaftPeer for PeerService {
         &self,
         request: Request<Streaming<pb::InstallSnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotAck>, Status> {
-        let certified = match self.certified {
-            false => None,
-            true => match proto::tls::peer_principal(request.peer_certs().as_deref().map(|c| c.as_slice())) {
-                Ok(proto::tls::Principal::Replica(id)) => Some(id),
+        let certs = request.peer_certs();
+        let chain = certs.as_deref().map(|c| c.as_slice());
+        let certified = match &self.certified {
+            None => None,
+            Some(me) => match proto::tls::peer_principal(chain) {
+                Ok(proto::tls::Principal::Replica(id)) if me.from_cell_ca(chain.unwrap_or_default()) => Some(id),
                 other => {
                     tracing::warn!(replica = self.id, "snapshot refused: the sender ({other:?}) is not a replica");
                     return Err(Status::permission_denied("only a replica may send snapshots"));
