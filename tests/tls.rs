@@ -221,20 +221,7 @@ fn a_replica_with_a_certificate_from_another_ca_cannot_join_or_send_raft_message
     for (principal, from) in [("mallory@build7", 2), ("replica/2", 3), ("replica/7", 7)] {
         let (cert, key) = issue_cert(&tls, principal, &[]);
         let id = Identity::load(&TlsFiles { cert, key, ca: tls.join("ca.pem") }).unwrap();
-        let refused = rt.block_on(async {
-            let endpoint = fuse_mount::client::tls::endpoint(&cell.addrs[0], Some(&id)).unwrap();
-            let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.unwrap());
-            let chunk = proto::raft::InstallSnapshotChunk {
-                from,
-                to: 1,
-                term: 99,
-                meta: Some(proto::raft::SnapshotMeta::default()),
-                offset: 0,
-                data: Bytes::new(),
-                done: true,
-            };
-            peer.install_snapshot(tokio_stream::iter(vec![chunk])).await
-        });
+        let refused = rt.block_on(send_snapshot(&cell.addrs[0], &id, from));
         let status = refused.err().unwrap_or_else(|| panic!("{principal}'s snapshot as replica {from} was taken"));
         // (replica/7 is a replica's certificate from the cell's CA, but no member of this cell.)
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{principal}: {status}");
@@ -265,6 +252,26 @@ fn a_replica_with_a_certificate_from_another_ca_cannot_join_or_send_raft_message
         caught_up.contains("restored from the leader's snapshot"),
         "replica 3 caught up by a snapshot:\n{caught_up}"
     );
+}
+
+/// Sends replica 1 at `addr` an empty snapshot said to be from replica `from`, as `id`.
+async fn send_snapshot(
+    addr: &str,
+    id: &Identity,
+    from: u64,
+) -> Result<tonic::Response<proto::raft::InstallSnapshotAck>, tonic::Status> {
+    let endpoint = fuse_mount::client::tls::endpoint(addr, Some(id)).unwrap();
+    let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.unwrap());
+    let chunk = proto::raft::InstallSnapshotChunk {
+        from,
+        to: 1,
+        term: 99,
+        meta: Some(proto::raft::SnapshotMeta::default()),
+        offset: 0,
+        data: Bytes::new(),
+        done: true,
+    };
+    peer.install_snapshot(tokio_stream::iter(vec![chunk])).await
 }
 
 /// Dials `addr` with a TLS client certificate asking for the peer link's protocol, sends a
@@ -384,20 +391,7 @@ fn clients_may_come_from_another_ca_but_replicas_only_from_the_cells() {
     let files = TlsFiles { cert: cert.clone(), key: key.clone(), ca: tls.join("ca.pem") };
     let forged = Identity::load(&files).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let refused = rt.block_on(async {
-        let endpoint = fuse_mount::client::tls::endpoint(&cell.addrs[0], Some(&forged)).unwrap();
-        let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.unwrap());
-        let chunk = proto::raft::InstallSnapshotChunk {
-            from: 2,
-            to: 1,
-            term: 99,
-            meta: Some(proto::raft::SnapshotMeta::default()),
-            offset: 0,
-            data: Bytes::new(),
-            done: true,
-        };
-        peer.install_snapshot(tokio_stream::iter(vec![chunk])).await
-    });
+    let refused = rt.block_on(send_snapshot(&cell.addrs[0], &forged, 2));
     let status = refused.expect_err("a snapshot under the users' CA's replica/2 was taken");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
     assert!(raw_peer_link(&cell.addrs[0], &cert, &key, &tls.join("ca.pem")), "a peer link was kept");

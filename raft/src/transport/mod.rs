@@ -107,6 +107,13 @@ impl Transport {
     }
 }
 
+/// The host of `HOST:PORT` (`[v6]:PORT` without its brackets): the name a TLS certificate
+/// must carry.
+pub(crate) fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
 /// `tls`: the identity to present, and the address the peer's certificate names.
 async fn connect(
     addr: &str,
@@ -115,8 +122,7 @@ async fn connect(
     let endpoint = match tls {
         None => Endpoint::from_shared(format!("http://{addr}"))?,
         Some((id, name)) => {
-            let host = name.rsplit_once(':').map_or(name, |(h, _)| h);
-            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+            let host = host_of(name);
             Endpoint::from_shared(format!("https://{addr}"))?.tls_config(id.tonic_config().domain_name(host))?
         }
     };

@@ -220,8 +220,7 @@ impl PeerNet {
 /// A TLS client for the peer at `addr` (`HOST:PORT`), whose certificate must be the CA's for
 /// that host name or address.
 fn client_connection(config: &Arc<rustls::ClientConfig>, addr: &str) -> Result<rustls::ClientConnection, String> {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = crate::transport::host_of(addr);
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host} is no server name for TLS: {e}"))?;
     rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("TLS: {e}"))
