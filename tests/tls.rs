@@ -261,8 +261,17 @@ async fn send_snapshot(
     from: u64,
 ) -> Result<tonic::Response<proto::raft::InstallSnapshotAck>, tonic::Status> {
     let endpoint = fuse_mount::client::tls::endpoint(addr, Some(id)).unwrap();
-    let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(endpoint.connect().await.unwrap());
+    let channel = endpoint.connect().await.unwrap();
+    // The cell's own id: these snapshots must be refused for who sends them, not for the cell.
+    let status = proto::cell::cell_client::CellClient::new(channel.clone())
+        .status(proto::cell::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let cell = u64::from_str_radix(&status.cell_id, 16).unwrap();
+    let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(channel);
     let chunk = proto::raft::InstallSnapshotChunk {
+        cell,
         from,
         to: 1,
         term: 99,

@@ -372,7 +372,7 @@ fn recovery(dir: &Path) {
         for e in &entries {
             kv.apply(e.index, &e.data, false).expect("an entry this build wrote");
         }
-        let conf = raft::ConfState { voters: vec![1, 2, 3], learners: vec![] };
+        let conf = raft::ConfState::new(vec![1, 2, 3], vec![]);
         s.compact(100_003, conf, kv.snapshot()()).unwrap();
     }
     drop_caches();

@@ -19,7 +19,7 @@
 //! key = "/etc/chubby/replica-1.key"
 //! ca = "/etc/chubby/ca.pem"            # the CA clients and peers must be signed by
 //! client_ca = "/etc/chubby/users.pem"  # optional: clients' certificates may also come from it
-//! admins = "ops@build7,deploy-bot"     # principals allowed the operator key-value API
+//! admins = "ops@build7,deploy-bot"     # principals allowed the operator API (key-value, membership)
 //! # insecure = true                    # plaintext instead: no TLS, clients name themselves
 //! ```
 
@@ -42,9 +42,14 @@ pub struct ReplicaArgs {
     /// Address to serve peers and clients on (default: this replica's address in --peers).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
-    /// Every replica of the cell: ID=HOST:PORT,...
+    /// Every replica of a new cell: ID=HOST:PORT,... Once a replica has a log, its members
+    /// and their addresses come from the log (membership changes), not from this.
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peers: Option<String>,
+    /// Join an existing cell, reached at any of these addresses, with an empty --data-dir:
+    /// the cell must have added this replica first (`chubby member add ID ADDR`).
+    #[arg(long, value_name = "ADDR,...")]
+    pub join: Option<String>,
     /// Reach some peers through other addresses (a tunnel, a proxy): ID=HOST:PORT,... This
     /// replica dials these for its peer links and snapshot transfers; clients it redirects
     /// are still sent to the peer's address in --peers.
@@ -108,7 +113,7 @@ pub struct ReplicaArgs {
     /// Only for a cell on a trusted network or loopback.
     #[arg(long)]
     pub insecure: bool,
-    /// Principals allowed the operator key-value API (chubby.cell.Cell Put/Get/List):
+    /// Principals allowed the operator API (chubby.cell.Cell Put/Get/List, membership changes):
     /// NAME,NAME,… With TLS, no one else may use it (Status stays open to every client).
     #[arg(long, value_name = "NAME,...")]
     pub admins: Option<String>,
@@ -121,6 +126,7 @@ struct FileConfig {
     id: Option<ReplicaId>,
     listen: Option<String>,
     peers: Option<String>,
+    join: Option<String>,
     peer_via: Option<String>,
     data_dir: Option<PathBuf>,
     fsync: Option<String>,
@@ -147,7 +153,10 @@ pub struct ReplicaConfig {
     pub listen: String,
     /// Where clients reach each replica (and, unless `peer_via` says otherwise, where this
     /// replica dials it).
+    /// Empty when joining (`join`): the cell's member list says.
     pub peers: BTreeMap<ReplicaId, String>,
+    /// Addresses of an existing cell to join, when not a first member.
+    pub join: Vec<String>,
     /// Peers this replica dials at another address.
     pub peer_via: BTreeMap<ReplicaId, String>,
     pub data_dir: PathBuf,
@@ -163,7 +172,7 @@ pub struct ReplicaConfig {
     pub slow_sync: Duration,
     /// Mutual TLS on every connection; `None` only with `--insecure`.
     pub tls: Option<proto::tls::Identity>,
-    /// Principals allowed the operator key-value API.
+    /// Principals allowed the operator API (key-value, membership).
     pub admins: Vec<String>,
 }
 
@@ -198,14 +207,41 @@ impl ReplicaConfig {
             None => FileConfig::default(),
         };
         let id = args.id.or(file.id).ok_or("--id is required")?;
-        let peers = parse_peers(args.peers.as_deref().or(file.peers.as_deref()).ok_or("--peers is required")?)?;
-        let own = peers.get(&id).ok_or_else(|| format!("--id {id} is not one of the ids in --peers"))?;
-        let listen = args.listen.clone().or(file.listen).unwrap_or_else(|| own.clone());
+        let join: Vec<String> = args
+            .join
+            .as_deref()
+            .or(file.join.as_deref())
+            .map(|j| j.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect())
+            .unwrap_or_default();
+        let peers = match args.peers.as_deref().or(file.peers.as_deref()) {
+            Some(p) => parse_peers(p)?,
+            None if !join.is_empty() => BTreeMap::new(),
+            None => return Err("--peers (for a new cell) or --join (to join one) is required".into()),
+        };
+        if !join.is_empty() && !peers.is_empty() {
+            return Err("--join and --peers exclude each other: a new cell's members, or a cell to join".into());
+        }
+        if args.join.is_some() && join.is_empty() {
+            return Err("--join lists no address".into());
+        }
+        // A replica added after the cell began is not in the first members: its own address
+        // is then --listen.
+        let listen = match (args.listen.clone().or(file.listen), peers.get(&id)) {
+            (Some(l), _) => l,
+            (None, Some(own)) => own.clone(),
+            (None, None) if join.is_empty() => return Err(format!("--id {id} is not one of the ids in --peers")),
+            (None, None) => {
+                return Err("--join needs --listen: this replica's address, as given to `chubby member add`".into())
+            }
+        };
         let peer_via = match args.peer_via.as_deref().or(file.peer_via.as_deref()) {
             Some(v) => parse_peers(v).map_err(|e| format!("--peer-via: {e}"))?,
             None => BTreeMap::new(),
         };
         if let Some(bad) = peer_via.keys().find(|p| !peers.contains_key(p) || **p == id) {
+            if peers.is_empty() {
+                return Err("--peer-via needs --peers".into());
+            }
             return Err(format!("--peer-via names {bad}, which is not another replica in --peers"));
         }
         let data_dir = args.data_dir.clone().or(file.data_dir).ok_or("--data-dir is required")?;
@@ -287,6 +323,7 @@ impl ReplicaConfig {
             id,
             listen,
             peers,
+            join,
             peer_via,
             data_dir,
             fsync,
@@ -304,10 +341,14 @@ impl ReplicaConfig {
         })
     }
 
-    pub fn node_options(&self) -> ReplicaOptions {
+    /// The Raft replica's options, in cell `cell`; `members` as the cell being joined
+    /// listed them, when joining.
+    pub fn node_options(&self, cell: u64, members: Option<BTreeMap<ReplicaId, String>>) -> ReplicaOptions {
         ReplicaOptions {
             id: self.id,
-            peers: self.peers.iter().map(|(id, a)| (*id, self.peer_via.get(id).unwrap_or(a).clone())).collect(),
+            cell,
+            join: members.is_some(),
+            peers: members.unwrap_or_else(|| self.peers.clone()),
             data_dir: self.data_dir.clone(),
             disk: DiskOptions { fsync: self.fsync, segment_size: self.wal_segment_size },
             tick: self.tick,
@@ -316,7 +357,7 @@ impl ReplicaConfig {
             snapshot_entries: self.snapshot_entries,
             slow_disk: self.slow_sync,
             tls: self.tls.clone(),
-            server_names: self.peer_via.keys().map(|id| (*id, self.peers[id].clone())).collect(),
+            dial_via: self.peer_via.clone(),
         }
     }
 }
@@ -382,13 +423,32 @@ mod tests {
     }
 
     #[test]
+    fn a_joining_replica_names_the_cell_and_its_own_address_instead_of_peers() {
+        let mut a = args("1=127.0.0.1:7001");
+        a.peers = None;
+        a.join = Some("127.0.0.1:7001, 127.0.0.1:7002".into());
+        let err = ReplicaConfig::from_args(&a).unwrap_err();
+        assert!(err.contains("--join needs --listen"), "{err}");
+        a.listen = Some("127.0.0.1:7004".into());
+        let c = ReplicaConfig::from_args(&a).unwrap();
+        assert_eq!((c.join.len(), c.peers.len(), c.listen.as_str()), (2, 0, "127.0.0.1:7004"));
+        a.peers = Some("1=127.0.0.1:7001".into());
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("exclude each other"));
+        a.peers = None;
+        a.join = None;
+        assert!(ReplicaConfig::from_args(&a).unwrap_err().contains("--peers (for a new cell) or --join"));
+    }
+
+    #[test]
     fn peers_dialled_through_another_address_keep_their_own_for_clients() {
         let mut a = args("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003");
         a.peer_via = Some("3=127.0.0.1:9003".into());
         let c = ReplicaConfig::from_args(&a).unwrap();
         assert_eq!(c.peers[&3], "127.0.0.1:7003", "clients are sent here");
-        let dial = c.node_options().peers;
-        assert_eq!((dial[&1].as_str(), dial[&3].as_str()), ("127.0.0.1:7001", "127.0.0.1:9003"));
+        let opts = c.node_options(1, None);
+        assert_eq!(opts.peers[&3], "127.0.0.1:7003", "the address the log records");
+        assert_eq!(opts.dial_via.get(&3).map(String::as_str), Some("127.0.0.1:9003"));
+        assert!(!opts.dial_via.contains_key(&1));
         for (via, want) in [
             ("4=127.0.0.1:1", "not another replica"),
             ("2=127.0.0.1:1", "not another replica"),

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::ReplicaConfig;
+use crate::datadir::{self, DataDir, Identity};
 use crate::machine::CellMachine;
 use crate::master::{Master, MasterConfig};
 use crate::service::chubby::ChubbyService;
@@ -20,22 +21,23 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Runs a replica until SIGTERM or SIGINT.
 pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
+    let mut dir = DataDir::open(&cfg.data_dir, cfg.id, &cfg.cell_name).map_err(|e| anyhow::anyhow!(e))?;
+    let (cell, members) = which_cell(&cfg, &mut dir).await?;
     let listener =
         TcpListener::bind(&cfg.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let (effects_tx, effects_rx) = crate::machine::effect_channel();
     let machine = CellMachine::new(Some(effects_tx));
-    let node = Replica::start(cfg.node_options(), machine, tokio::runtime::Handle::current())
+    let node = Replica::start(cfg.node_options(cell, members), machine, tokio::runtime::Handle::current())
         .map_err(|e| anyhow::anyhow!("replica {} cannot start: {e}", cfg.id))?;
     let handle = node.handle();
     let master = Master::start(
         handle.clone(),
-        MasterConfig { lease: cfg.session_lease, peers: cfg.peers.clone(), cell_name: cfg.cell_name.clone() },
+        MasterConfig { lease: cfg.session_lease, cell_name: cfg.cell_name.clone() },
         effects_rx,
     );
     let service = CellService::new(
         handle.clone(),
         master.clone(),
-        cfg.peers.clone(),
         cfg.cell_name.clone(),
         cfg.fsync.to_string(),
         cfg.tls.as_ref().map(|_| cfg.admins.clone()),
@@ -45,7 +47,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
         // tonic leaves HTTP/2 streams per connection unbounded; this bounds what one
         // client connection can hold open at a replica (more calls queue at the client).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(handle.peer_service(cfg.peers.keys().copied().collect(), cfg.tls.clone()).into_server())
+        .add_service(handle.peer_service(cfg.tls.clone()).into_server())
         .add_service(service.into_server())
         .add_service(crate::service::wire::WireChubby(chubby).into_server());
     // One port: peer links go to the Raft loop, gRPC connections (with TCP_NODELAY, which
@@ -70,6 +72,7 @@ pub async fn run(cfg: ReplicaConfig) -> anyhow::Result<()> {
     };
     tracing::info!(
         replica = cfg.id,
+        cell = format!("{cell:016x}"),
         listen = %cfg.listen,
         data_dir = %cfg.data_dir.display(),
         fsync = %cfg.fsync,
@@ -127,4 +130,124 @@ pub async fn step_down(node: &ReplicaHandle<CellMachine>) {
         }
     }
     tracing::warn!(replica = st.raft.id, to, "leadership transfer did not finish in time");
+}
+
+/// The cell this replica's data directory belongs to, recording it on first start, and, when
+/// joining, the members to start with (as the cell lists them).
+async fn which_cell(
+    cfg: &ReplicaConfig,
+    dir: &mut DataDir,
+) -> anyhow::Result<(u64, Option<std::collections::BTreeMap<raft::ReplicaId, String>>)> {
+    let known = dir.identity().map(Identity::cell_id);
+    if !cfg.join.is_empty() {
+        // Asked on every start, not only the first: a replica that stopped before the leader
+        // sent it anything still has nothing to start from but the cell's list.
+        let listed = match ask_members(cfg).await {
+            Ok(m) => m,
+            Err(e) if known.is_some() => {
+                tracing::warn!(
+                    replica = cfg.id,
+                    "the cell to join did not answer ({e}); starting from this replica's log"
+                );
+                return Ok((known.unwrap_or_default(), Some(Default::default())));
+            }
+            Err(e) => return Err(e),
+        };
+        let cell = u64::from_str_radix(&listed.cell_id, 16).unwrap_or(0);
+        if listed.cell_name != cfg.cell_name {
+            anyhow::bail!("--join reached cell {:?}, not {:?} (--cell-name)", listed.cell_name, cfg.cell_name);
+        }
+        match known {
+            Some(k) if k != cell => anyhow::bail!(
+                "{} belongs to cell {k:016x}, but --join reached cell {cell:016x}: use another --data-dir",
+                cfg.data_dir.display()
+            ),
+            Some(_) => {}
+            None => {
+                if dir.has_log() {
+                    anyhow::bail!(
+                        "{} holds a log of unknown origin: --join needs an empty --data-dir",
+                        cfg.data_dir.display()
+                    );
+                }
+                let me = listed.members.iter().find(|m| m.id == cfg.id);
+                match me {
+                    None => anyhow::bail!(
+                        "replica {} is not a member of cell {:?}: add it first with `chubby member add {} {}`",
+                        cfg.id,
+                        listed.cell_name,
+                        cfg.id,
+                        cfg.listen
+                    ),
+                    Some(m) if m.address != cfg.listen => tracing::warn!(
+                        replica = cfg.id,
+                        "the cell lists this replica at {}, but it listens on {}",
+                        m.address,
+                        cfg.listen
+                    ),
+                    Some(_) => {}
+                }
+                dir.record(Identity::new(&cfg.cell_name, cell, cfg.id)).map_err(|e| anyhow::anyhow!(e))?;
+                tracing::info!(replica = cfg.id, cell = format!("{cell:016x}"), "joining the cell as a learner");
+            }
+        }
+        let members = listed.members.into_iter().map(|m| (m.id, m.address)).collect();
+        return Ok((cell, Some(members)));
+    }
+    if let Some(cell) = known {
+        return Ok((cell, None));
+    }
+    if !dir.has_log() && !cfg.peers.contains_key(&cfg.id) {
+        anyhow::bail!(
+            "replica {} is not one of the new cell's --peers; to add a replica to a running cell, \
+             use `chubby member add` and start it with --join",
+            cfg.id
+        );
+    }
+    // A new cell, or a directory written before identities were recorded (its cell is the
+    // one its first members make).
+    let cell = datadir::new_cell_id(&cfg.cell_name, &cfg.peers);
+    dir.record(Identity::new(&cfg.cell_name, cell, cfg.id)).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((cell, None))
+}
+
+/// The member list of the cell at `cfg.join`, from its leader, trying each address in turn
+/// for up to 30 s (the cell may be electing).
+async fn ask_members(cfg: &ReplicaConfig) -> anyhow::Result<proto::cell::MembersResponse> {
+    use proto::cell::cell_client::CellClient;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    let mut addrs: std::collections::VecDeque<String> = cfg.join.iter().cloned().collect();
+    while std::time::Instant::now() < deadline {
+        let addr = addrs.pop_front().expect("never empty");
+        addrs.push_back(addr.clone());
+        let endpoint = match &cfg.tls {
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
+            Some(id) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .and_then(|e| e.tls_config(id.tonic_config().domain_name(proto::tls::host_of(&addr).to_string()))),
+        };
+        let endpoint =
+            endpoint.map_err(|e| anyhow::anyhow!("--join {addr}: {e}"))?.connect_timeout(Duration::from_secs(2));
+        let answer = async {
+            let mut client = CellClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
+            let req = proto::cell::MembersRequest { from_leader: true };
+            client.members(req).await.map(|r| r.into_inner()).map_err(|s| {
+                // Sent on to the leader.
+                if let Some(leader) = s.metadata().get(proto::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+                    if !cfg.join.iter().any(|a| a == leader) {
+                        return format!("LEADER {leader}");
+                    }
+                }
+                format!("{addr}: {}", s.message())
+            })
+        };
+        match tokio::time::timeout(Duration::from_secs(5), answer).await {
+            Ok(Ok(m)) => return Ok(m),
+            Ok(Err(e)) if e.starts_with("LEADER ") => addrs.push_front(e["LEADER ".len()..].to_string()),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("{addr}: no answer in 5 s"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("cannot reach the cell to join at {}: {last}", cfg.join.join(","))
 }

@@ -326,6 +326,13 @@ impl Identity {
 }
 
 /// The principal of the certificate a peer presented on a TLS connection.
+/// The host of `HOST:PORT` (`[v6]:PORT` without its brackets): the name a server's
+/// certificate must carry.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
 pub fn peer_principal(certs: Option<&[CertificateDer<'_>]>) -> Result<Principal, String> {
     let leaf = certs.and_then(|c| c.first()).ok_or("no client certificate")?;
     principal_of_cert(leaf).map(|name| Principal::parse(&name))

@@ -52,8 +52,8 @@ impl ConfigHistory {
     pub(crate) fn append(&mut self, entries: &[Entry]) -> bool {
         let mut changed = false;
         for e in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
-            let next = match ConfChange::decode(&e.data) {
-                Some(cc) => apply(self.latest(), cc),
+            let next = match ConfChange::decode_with_addr(&e.data) {
+                Some((cc, addr)) => apply(self.latest(), cc, addr),
                 None => {
                     tracing::warn!(index = e.index, "undecodable membership change ignored");
                     self.latest().clone()
@@ -94,12 +94,16 @@ impl ConfigHistory {
 
 /// The configuration after `cc`. Deterministic and total: every node computes the same result
 /// from the same log, and a change that makes no sense leaves the configuration as it was.
-fn apply(conf: &ConfState, cc: ConfChange) -> ConfState {
+/// An address given with an addition becomes the member's address.
+fn apply(conf: &ConfState, cc: ConfChange, addr: Option<String>) -> ConfState {
     let mut next = conf.clone();
     match cc {
         ConfChange::AddLearner(id) => {
             if id != 0 && !next.voters.contains(&id) && !next.learners.contains(&id) {
                 next.learners.push(id);
+                if let Some(a) = addr {
+                    next.addrs.insert(id, a);
+                }
             }
         }
         ConfChange::AddVoter(id) => {
@@ -107,11 +111,15 @@ fn apply(conf: &ConfState, cc: ConfChange) -> ConfState {
             if id != 0 && !next.voters.contains(&id) {
                 next.voters.push(id);
             }
+            if let (Some(a), true) = (addr, id != 0) {
+                next.addrs.insert(id, a);
+            }
         }
         ConfChange::RemoveNode(id) => {
             next.learners.retain(|&l| l != id);
             if !(next.voters.len() == 1 && next.voters[0] == id) {
                 next.voters.retain(|&v| v != id);
+                next.addrs.remove(&id);
             }
         }
     }
@@ -121,7 +129,7 @@ fn apply(conf: &ConfState, cc: ConfChange) -> ConfState {
 }
 
 impl<S: Storage> Raft<S> {
-    pub(crate) fn propose_conf_change(&mut self, cc: ConfChange) -> Result<Index, Error> {
+    pub(crate) fn propose_conf_change(&mut self, cc: ConfChange, addr: Option<&str>) -> Result<Index, Error> {
         self.check_can_propose()?;
         if self.confs.latest_index() > self.log.committed {
             return Err(Error::ConfChangePending { pending: self.confs.latest_index() });
@@ -132,6 +140,10 @@ impl<S: Storage> Raft<S> {
         }
         let invalid = |why: String| Err(Error::InvalidConfChange(why));
         match cc {
+            _ if addr.is_some_and(|a| a.is_empty() || a.len() > crate::types::MAX_ADDR_LEN) => {
+                return invalid(format!("an address must have 1 to {} bytes", crate::types::MAX_ADDR_LEN));
+            }
+            ConfChange::RemoveNode(_) if addr.is_some() => return invalid("a removal takes no address".into()),
             ConfChange::AddLearner(id) => {
                 if id == 0 {
                     return invalid("node id 0 is reserved".into());
@@ -164,7 +176,7 @@ impl<S: Storage> Raft<S> {
             }
         }
         tracing::info!(replica = self.id, term = self.term, ?cc, "proposing membership change");
-        Ok(self.append_entry(EntryKind::ConfChange, cc.encode()))
+        Ok(self.append_entry(EntryKind::ConfChange, cc.encode_with_addr(addr)))
     }
 
     /// Entries from `from_index` on were (re)written in the log: update the configuration.
@@ -211,18 +223,33 @@ mod tests {
     use super::*;
 
     fn conf(voters: &[u64], learners: &[u64]) -> ConfState {
-        ConfState { voters: voters.to_vec(), learners: learners.to_vec() }
+        ConfState::new(voters.to_vec(), learners.to_vec())
     }
 
     #[test]
     fn changes_are_total_and_deterministic() {
         let c = conf(&[1, 2, 3], &[]);
-        assert_eq!(apply(&c, ConfChange::AddLearner(4)), conf(&[1, 2, 3], &[4]));
-        assert_eq!(apply(&c, ConfChange::AddLearner(2)), c, "a voter is not demoted");
-        assert_eq!(apply(&conf(&[1, 2, 3], &[4]), ConfChange::AddVoter(4)), conf(&[1, 2, 3, 4], &[]));
-        assert_eq!(apply(&c, ConfChange::RemoveNode(2)), conf(&[1, 3], &[]));
-        assert_eq!(apply(&c, ConfChange::RemoveNode(9)), c);
-        assert_eq!(apply(&conf(&[1], &[]), ConfChange::RemoveNode(1)), conf(&[1], &[]), "never empty");
+        assert_eq!(apply(&c, ConfChange::AddLearner(4), None), conf(&[1, 2, 3], &[4]));
+        assert_eq!(apply(&c, ConfChange::AddLearner(2), None), c, "a voter is not demoted");
+        assert_eq!(apply(&conf(&[1, 2, 3], &[4]), ConfChange::AddVoter(4), None), conf(&[1, 2, 3, 4], &[]));
+        assert_eq!(apply(&c, ConfChange::RemoveNode(2), None), conf(&[1, 3], &[]));
+        assert_eq!(apply(&c, ConfChange::RemoveNode(9), None), c);
+        assert_eq!(apply(&conf(&[1], &[]), ConfChange::RemoveNode(1), None), conf(&[1], &[]), "never empty");
+    }
+
+    #[test]
+    fn an_address_comes_with_an_addition_and_goes_with_the_removal() {
+        let a = |s: &str| Some(s.to_string());
+        let c = apply(&conf(&[1, 2, 3], &[]), ConfChange::AddLearner(4), a("h4:7004"));
+        assert_eq!(c.addrs.get(&4).map(String::as_str), Some("h4:7004"));
+        let c = apply(&c, ConfChange::AddVoter(4), None);
+        assert_eq!(c.addrs.get(&4).map(String::as_str), Some("h4:7004"), "promotion keeps it");
+        let c = apply(&c, ConfChange::AddLearner(4), a("elsewhere:1"));
+        assert_eq!(c.addrs.get(&4).map(String::as_str), Some("h4:7004"), "a no-op change moves no one");
+        let c = apply(&c, ConfChange::RemoveNode(4), None);
+        assert_eq!((c.voters.clone(), c.addrs.get(&4)), (vec![1, 2, 3], None));
+        let last = apply(&conf(&[1], &[]), ConfChange::AddVoter(1), a("h1:1"));
+        assert_eq!(apply(&last, ConfChange::RemoveNode(1), None).addrs.len(), 1, "the last voter keeps its address");
     }
 
     #[test]

@@ -59,12 +59,12 @@ pub use raft::{Role, SoftState};
 pub use raw_node::{RawNode, Ready, Status};
 pub use read_only::ReadState;
 pub use replica::{
-    Fault, Leadership, Replica, ReplicaError, ReplicaHandle, ReplicaOptions, ReplicaStatus, SnapshotEncoder,
-    StateMachine,
+    Fault, Leadership, Membership, Replica, ReplicaError, ReplicaHandle, ReplicaOptions, ReplicaStatus,
+    SnapshotEncoder, StateMachine,
 };
 pub use storage::disk::{DiskOptions, DiskStorage, FsyncPolicy};
 pub use storage::{bootstrap_log, MemStorage, Storage};
 pub use types::{
     ConfChange, ConfState, Entry, EntryKind, HardState, Index, Message, MessageBody, ReplicaId, Snapshot, SnapshotMeta,
-    Term,
+    Term, MAX_ADDR_LEN,
 };

@@ -94,7 +94,24 @@ impl<S: Storage> RawNode<S> {
 
     /// Proposes a single-server membership change; returns its entry's index.
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<Index, Error> {
-        self.raft.propose_conf_change(cc)
+        self.raft.propose_conf_change(cc, None)
+    }
+
+    /// As [`RawNode::propose_conf_change`], with the address of the member added (kept in
+    /// [`ConfState::addrs`]).
+    pub fn propose_conf_change_with_addr(&mut self, cc: ConfChange, addr: Option<&str>) -> Result<Index, Error> {
+        self.raft.propose_conf_change(cc, addr)
+    }
+
+    /// The membership in force: the latest configuration in the log, committed or not
+    /// (changes take effect when appended).
+    pub fn latest_conf(&self) -> &ConfState {
+        self.raft.confs.latest()
+    }
+
+    /// Index of the entry that introduced [`RawNode::latest_conf`].
+    pub fn latest_conf_index(&self) -> Index {
+        self.raft.confs.latest_index()
     }
 
     /// Asks for a linearizable read point; the answer is a [`ReadState`] with this `context`.
@@ -254,7 +271,7 @@ impl<S: Storage> RawNode<S> {
             applied: r.log.applied,
             last_index: r.log.last_index(),
             persisted: r.log.persisted(),
-            conf_state: r.prs.conf_state(),
+            conf_state: r.confs.latest().clone(),
             progress: if r.role == Role::Leader { r.prs.progress.clone() } else { BTreeMap::new() },
             lead_transferee: r.lead_transferee,
         }

@@ -42,10 +42,6 @@ impl ProgressTracker {
         }
     }
 
-    pub(crate) fn conf_state(&self) -> ConfState {
-        ConfState { voters: self.voters.iter().copied().collect(), learners: self.learners.iter().copied().collect() }
-    }
-
     pub(crate) fn is_voter(&self, id: ReplicaId) -> bool {
         self.voters.contains(&id)
     }
@@ -136,7 +132,7 @@ mod tests {
 
     fn tracker(voters: &[ReplicaId], learners: &[ReplicaId], replicating: &[ReplicaId]) -> ProgressTracker {
         let mut t = ProgressTracker::new(16);
-        t.set_conf(&ConfState { voters: voters.to_vec(), learners: learners.to_vec() }, 1);
+        t.set_conf(&ConfState::new(voters.to_vec(), learners.to_vec()), 1);
         for id in replicating {
             t.progress.get_mut(id).expect("a member").become_replicate();
         }

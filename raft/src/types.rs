@@ -50,6 +50,16 @@ pub struct HardState {
 pub struct ConfState {
     pub voters: Vec<ReplicaId>,
     pub learners: Vec<ReplicaId>,
+    /// Where members are reached (`host:port`), as their membership changes gave it. The core
+    /// never reads it; it travels with the membership so every replica that knows a member
+    /// also knows where to send to it. A member added without an address has none here.
+    pub addrs: std::collections::BTreeMap<ReplicaId, String>,
+}
+
+impl ConfState {
+    pub fn new(voters: Vec<ReplicaId>, learners: Vec<ReplicaId>) -> ConfState {
+        ConfState { voters, learners, addrs: Default::default() }
+    }
 }
 
 /// What a snapshot covers: the state after applying every entry up to `index`.
@@ -85,9 +95,18 @@ pub enum ConfChange {
     RemoveNode(ReplicaId),
 }
 
+/// Longest member address a membership change carries.
+pub const MAX_ADDR_LEN: usize = 255;
+
 impl ConfChange {
-    /// The fixed 9-byte encoding stored in a [`EntryKind::ConfChange`] entry.
+    /// The 9-byte encoding stored in a [`EntryKind::ConfChange`] entry.
     pub fn encode(&self) -> Bytes {
+        self.encode_with_addr(None)
+    }
+
+    /// The encoding with the member's address after the 9 bytes (UTF-8, at most
+    /// [`MAX_ADDR_LEN`] bytes; longer ones are the caller's error and are cut).
+    pub fn encode_with_addr(&self, addr: Option<&str>) -> Bytes {
         let (tag, id) = match *self {
             ConfChange::AddLearner(id) => (1u8, id),
             ConfChange::AddVoter(id) => (2u8, id),
@@ -96,21 +115,34 @@ impl ConfChange {
         let mut buf = Vec::with_capacity(9);
         buf.push(tag);
         buf.extend_from_slice(&id.to_le_bytes());
+        if let Some(addr) = addr {
+            buf.extend_from_slice(&addr.as_bytes()[..addr.len().min(MAX_ADDR_LEN)]);
+        }
         Bytes::from(buf)
     }
 
     /// Decodes [`ConfChange::encode`]'s output; `None` for anything else.
     pub fn decode(data: &[u8]) -> Option<ConfChange> {
-        if data.len() != 9 {
+        Self::decode_with_addr(data).map(|(cc, _)| cc)
+    }
+
+    /// Decodes [`ConfChange::encode_with_addr`]'s output: the change and its address, if any.
+    pub fn decode_with_addr(data: &[u8]) -> Option<(ConfChange, Option<String>)> {
+        if data.len() < 9 || data.len() > 9 + MAX_ADDR_LEN {
             return None;
         }
         let id = u64::from_le_bytes(data[1..9].try_into().ok()?);
-        match data[0] {
-            1 => Some(ConfChange::AddLearner(id)),
-            2 => Some(ConfChange::AddVoter(id)),
-            3 => Some(ConfChange::RemoveNode(id)),
-            _ => None,
-        }
+        let addr = match &data[9..] {
+            [] => None,
+            a => Some(String::from_utf8(a.to_vec()).ok()?),
+        };
+        let cc = match data[0] {
+            1 => ConfChange::AddLearner(id),
+            2 => ConfChange::AddVoter(id),
+            3 if addr.is_none() => ConfChange::RemoveNode(id),
+            _ => return None,
+        };
+        Some((cc, addr))
     }
 
     pub fn node_id(&self) -> ReplicaId {
@@ -219,5 +251,17 @@ mod tests {
         assert_eq!(ConfChange::decode(b""), None);
         assert_eq!(ConfChange::decode(&[9, 0, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(ConfChange::decode(&[1, 0, 0]), None);
+        let with = ConfChange::AddLearner(4).encode_with_addr(Some("db4.example:7001"));
+        assert_eq!(
+            ConfChange::decode_with_addr(&with),
+            Some((ConfChange::AddLearner(4), Some("db4.example:7001".into())))
+        );
+        assert_eq!(ConfChange::decode(&with), Some(ConfChange::AddLearner(4)));
+        let mut bad = with.to_vec();
+        bad.push(0xff);
+        assert_eq!(ConfChange::decode_with_addr(&bad), None, "an address that is not UTF-8");
+        let mut removal = ConfChange::RemoveNode(4).encode().to_vec();
+        removal.extend_from_slice(b"x:1");
+        assert_eq!(ConfChange::decode_with_addr(&removal), None, "a removal carries no address");
     }
 }

@@ -132,7 +132,7 @@ fn observe(s: &DiskStorage) -> Acked {
 }
 
 fn conf() -> ConfState {
-    ConfState { voters: vec![1, 2, 3], learners: vec![] }
+    ConfState::new(vec![1, 2, 3], vec![])
 }
 
 #[derive(Default, Debug)]

@@ -30,6 +30,8 @@ fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> ReplicaOptions 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     ReplicaOptions {
         id: 1,
+        cell: 1,
+        join: false,
         peers: BTreeMap::from([(1, format!("127.0.0.1:{port}"))]),
         data_dir: dir.to_path_buf(),
         disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
@@ -39,7 +41,7 @@ fn lone_replica(dir: &std::path::Path, snapshot_entries: u64) -> ReplicaOptions 
         snapshot_entries,
         slow_disk: Duration::ZERO,
         tls: None,
-        server_names: BTreeMap::new(),
+        dial_via: BTreeMap::new(),
     }
 }
 
@@ -141,6 +143,8 @@ fn three_replicas(
         let id = i as u64 + 1;
         let opts = ReplicaOptions {
             id,
+            cell: 1,
+            join: false,
             peers: peers.clone(),
             data_dir: dir.join(id.to_string()),
             disk: DiskOptions { fsync, ..DiskOptions::default() },
@@ -150,7 +154,7 @@ fn three_replicas(
             snapshot_entries: 1000,
             slow_disk,
             tls: None,
-            server_names: BTreeMap::new(),
+            dial_via: BTreeMap::new(),
         };
         let node = Replica::start(opts, Counter::default(), rt.handle().clone()).unwrap();
         l.set_nonblocking(true).unwrap();
@@ -331,4 +335,164 @@ fn die_of(last: &'static [u8]) -> String {
     });
     assert!(node.stop().is_err());
     why.to_string()
+}
+
+/// Replica `id` of cell 1 listening on `listener` (peer links, and snapshots over gRPC),
+/// starting from `peers`, data in `dir/<id>`, a snapshot every 50 entries. With the task
+/// serving gRPC, to abort once the replica stopped.
+fn member(
+    id: u64,
+    listener: std::net::TcpListener,
+    peers: &BTreeMap<u64, String>,
+    dir: &std::path::Path,
+    join: bool,
+    rt: &tokio::runtime::Runtime,
+) -> (Replica<Counter>, impl Send) {
+    let opts = ReplicaOptions {
+        id,
+        cell: 1,
+        join,
+        peers: peers.clone(),
+        data_dir: dir.join(id.to_string()),
+        disk: DiskOptions { fsync: FsyncPolicy::No, ..DiskOptions::default() },
+        tick: Duration::from_millis(10),
+        election_tick: 10,
+        heartbeat_tick: 2,
+        snapshot_entries: 50,
+        slow_disk: Duration::ZERO,
+        tls: None,
+        dial_via: BTreeMap::new(),
+    };
+    let node = Replica::start(opts, Counter::default(), rt.handle().clone()).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let _guard = rt.enter();
+    let incoming = node.handle().split_listener(tokio::net::TcpListener::from_std(listener).unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(node.handle().peer_service(None).into_server())
+        .serve_with_incoming(incoming);
+    (node, AbortOnDrop(rt.spawn(server)))
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `f` against each handle until one answers `Ok` (the leader, for leader-only calls),
+/// for up to 30 s.
+fn on_leader<T>(
+    rt: &tokio::runtime::Runtime,
+    handles: &[raft::ReplicaHandle<Counter>],
+    f: impl Fn(
+        raft::ReplicaHandle<Counter>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, ReplicaError>>>>,
+) -> T {
+    rt.block_on(async {
+        let mut last = None;
+        for _ in 0..1500 {
+            for h in handles {
+                if h.leadership().borrow().role != Some(Role::Leader) {
+                    continue;
+                }
+                match f(h.clone()).await {
+                    Ok(t) => return t,
+                    Err(e) => last = Some(e),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no leader carried it out in 30 s; last error: {last:?}")
+    })
+}
+
+/// A fourth replica joins a running group with an empty data directory: it is added as a
+/// learner with its address, catches up by snapshot and log, and is promoted; every member
+/// learns its address from the log. Then a follower and the leader itself are removed, and
+/// the rest go on committing.
+#[test]
+fn a_replica_joins_is_promoted_and_members_are_removed_while_the_group_commits() {
+    use raft::ConfChange;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listeners: Vec<_> = (0..4).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: BTreeMap<u64, String> =
+        listeners.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.local_addr().unwrap().to_string())).collect();
+    let first: BTreeMap<u64, String> = addrs.iter().filter(|(&id, _)| id <= 3).map(|(&i, a)| (i, a.clone())).collect();
+    let mut listeners = listeners.into_iter();
+    let mut nodes = BTreeMap::new();
+    let mut incoming = Vec::new();
+    for id in 1..=3 {
+        let (node, inc) = member(id, listeners.next().unwrap(), &first, dir.path(), false, &rt);
+        nodes.insert(id, node);
+        incoming.push(inc);
+    }
+    let handles = |nodes: &BTreeMap<u64, Replica<Counter>>| nodes.values().map(|n| n.handle()).collect::<Vec<_>>();
+    // Enough entries that the log is compacted: the newcomer needs a snapshot.
+    for i in 0..120 {
+        on_leader(&rt, &handles(&nodes), |h| Box::pin(async move { h.propose(Bytes::from(format!("{i}"))).await }));
+    }
+    let addr4 = addrs[&4].clone();
+    on_leader(&rt, &handles(&nodes), |h| {
+        let a = addr4.clone();
+        Box::pin(async move { h.change_membership(ConfChange::AddLearner(4), Some(a)).await })
+    });
+    let (node4, inc) = member(4, listeners.next().unwrap(), &addrs, dir.path(), true, &rt);
+    nodes.insert(4, node4);
+    incoming.push(inc);
+    // Refused until the learner has caught up; then it is a voter.
+    on_leader(&rt, &handles(&nodes), |h| {
+        Box::pin(async move { h.change_membership(ConfChange::AddVoter(4), None).await })
+    });
+    for h in handles(&nodes) {
+        let m = rt.block_on(async {
+            let mut rx = h.members();
+            let seen = tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|m| m.voters == [1, 2, 3, 4])).await;
+            match seen {
+                Ok(Ok(m)) => m.clone(),
+                _ => panic!("replica {} never saw 4 voters", h.id()),
+            }
+        });
+        assert_eq!(m.addrs, addrs, "replica {}", h.id());
+    }
+    let count = |h: &raft::ReplicaHandle<Counter>| rt.block_on(h.stale_read(|c| c.0)).unwrap();
+    // A follower goes; the leader goes.
+    let leader = on_leader(&rt, &handles(&nodes), |h| Box::pin(async move { Ok::<_, ReplicaError>(h.id()) }));
+    let follower = *nodes.keys().find(|&&id| id != leader && id != 4).unwrap();
+    on_leader(&rt, &handles(&nodes), |h| {
+        Box::pin(async move { h.change_membership(ConfChange::RemoveNode(follower), None).await })
+    });
+    nodes.remove(&follower).unwrap().stop().unwrap();
+    // A leader that removes itself steps down when the change commits, possibly before it
+    // applies it: its proposer may hear that the outcome is unknown.
+    let removal = rt.block_on(nodes[&leader].handle().change_membership(ConfChange::RemoveNode(leader), None));
+    assert!(matches!(removal, Ok(()) | Err(ReplicaError::Unknown)), "{removal:?}");
+    let rest: Vec<_> = handles(&nodes).into_iter().filter(|h| h.id() != leader).collect();
+    for i in 0..20 {
+        on_leader(&rt, &rest, |h| Box::pin(async move { h.propose(Bytes::from(format!("after {i}"))).await }));
+    }
+    let new_leader = on_leader(&rt, &rest, |h| Box::pin(async move { Ok::<_, ReplicaError>(h.id()) }));
+    assert_ne!(new_leader, leader);
+    let want = count(&rest.iter().find(|h| h.id() == new_leader).unwrap().clone());
+    for h in &rest {
+        let caught_up = rt.block_on(async {
+            for _ in 0..1500 {
+                if h.stale_read(|c| c.0).await.unwrap() >= want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        });
+        assert!(caught_up, "replica {} did not apply the writes after the removals", h.id());
+        let m = h.members().borrow().clone();
+        assert_eq!(m.voters.len(), 2, "replica {}: {m:?}", h.id());
+        assert!(!m.contains(leader) && !m.contains(follower) && !m.addrs.contains_key(&follower), "{m:?}");
+    }
+    for (_, n) in nodes {
+        n.stop().unwrap();
+    }
+    drop(incoming);
 }

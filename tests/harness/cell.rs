@@ -109,6 +109,9 @@ pub struct TestCell {
     tls_dir: Option<PathBuf>,
     /// The CA file a replica starts with in place of the cell's, where set.
     ca_of: Vec<Option<PathBuf>>,
+    /// Replicas added after the cell began ([`TestCell::add_replica`]): they start with
+    /// `--join` instead of `--peers`.
+    joiners: std::collections::BTreeSet<u64>,
 }
 
 /// Where [`issue_cert`] put `principal`'s files.
@@ -194,7 +197,26 @@ impl TestCell {
             children,
             log_starts,
             env_of,
+            joiners: Default::default(),
         }
+    }
+
+    /// A new replica (the next id) on a free port, not started and not yet a member: the cell
+    /// must add it (`chubby member add`) before [`TestCell::start_replica`] starts it with
+    /// `--join`. Returns its id and address.
+    pub fn add_replica(&mut self) -> (u64, String) {
+        let addr = format!("{}:{}", self.opts.host, free_ports(1)[0]);
+        self.addrs.push(addr.clone());
+        let id = self.addrs.len() as u64;
+        self.children.push(None);
+        self.env_of.push(None);
+        self.log_starts.push(0);
+        self.ca_of.push(None);
+        self.joiners.insert(id);
+        if let Some(tls) = &self.tls_dir {
+            issue_cert(tls, &format!("replica/{id}"), &["--san", &format!("{},localhost", self.opts.host)]);
+        }
+        (id, addr)
     }
 
     /// Creates the cell, starts every replica and waits until each listens. The ports were
@@ -301,9 +323,15 @@ impl TestCell {
                 command.arg("--insecure");
             }
         }
+        if self.joiners.contains(&id) {
+            let others: Vec<&str> =
+                self.addrs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| a.as_str()).collect();
+            command.args(["--join", &others.join(",")]);
+        } else {
+            command.args(["--peers", &self.peers]);
+        }
         let child = command
             .args(["--id", &id.to_string(), "--listen", &self.addrs[i]])
-            .args(["--peers", &self.peers])
             .args(["--fsync", &o.fsync])
             .args(&o.extra_args)
             .arg("--data-dir")

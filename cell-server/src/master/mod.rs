@@ -63,8 +63,6 @@ type GrantTx = oneshot::Sender<Result<String, StateError>>;
 #[derive(Clone, Debug)]
 pub struct MasterConfig {
     pub lease: Duration,
-    /// Every replica's address, for redirects.
-    pub peers: std::collections::BTreeMap<raft::ReplicaId, String>,
     /// Events and invalidations name nodes as clients do: `/ls/<cell>/…`.
     pub cell_name: String,
 }

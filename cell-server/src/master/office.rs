@@ -77,9 +77,9 @@ impl Master {
         }
     }
 
-    /// The client address of replica `id`, if it is a known replica (0 is none).
-    pub(crate) fn address_of(&self, id: ReplicaId) -> Option<&str> {
-        self.cfg.peers.get(&id).filter(|_| id != 0).map(String::as_str)
+    /// The client address of replica `id`, if it is a member (0 is none).
+    pub(crate) fn address_of(&self, id: ReplicaId) -> Option<String> {
+        self.replica.members().borrow().addrs.get(&id).filter(|_| id != 0).cloned()
     }
 
     pub(super) async fn follow_leadership(self: Arc<Self>) {

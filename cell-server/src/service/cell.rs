@@ -6,7 +6,6 @@
 // gRPC's Status is the error of every call here; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +27,6 @@ use crate::state::{validate_path, Op, Reply, StateError};
 pub struct CellService {
     replica: ReplicaHandle<CellMachine>,
     master: Arc<Master>,
-    peers: Arc<BTreeMap<ReplicaId, String>>,
     cell_name: Arc<str>,
     fsync: Arc<str>,
     /// With TLS: the principals allowed the key-value calls (Put, Get, List), which bypass
@@ -44,7 +42,6 @@ impl CellService {
     pub fn new(
         replica: ReplicaHandle<CellMachine>,
         master: Arc<Master>,
-        peers: BTreeMap<ReplicaId, String>,
         cell_name: String,
         fsync: String,
         admins: Option<Vec<String>>,
@@ -52,14 +49,13 @@ impl CellService {
         CellService {
             replica,
             master,
-            peers: Arc::new(peers),
             cell_name: cell_name.into(),
             fsync: fsync.into(),
             admins: admins.map(Into::into),
         }
     }
 
-    /// Refuses a key-value call from anyone but an admin (when callers are known).
+    /// Refuses an operator call (key-value, membership) from anyone but an admin (when callers are known).
     #[allow(clippy::result_large_err)]
     fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let Some(admins) = &self.admins else { return Ok(()) };
@@ -72,7 +68,7 @@ impl CellService {
             return Ok(());
         }
         Err(header_safe(status_of_state(StateError::PermissionDenied(format!(
-            "{name} may not use the operator key-value calls: not in the cell's admins"
+            "{name} may not use the operator calls (key-value, membership): not in the cell's admins"
         )))))
     }
 
@@ -85,8 +81,16 @@ impl CellService {
         status_of(&self.master, Caller::Cell, e)
     }
 
+    pub(super) fn replica(&self) -> &ReplicaHandle<CellMachine> {
+        &self.replica
+    }
+
+    pub(super) fn cell_name(&self) -> &str {
+        &self.cell_name
+    }
+
     /// The status for a Raft replica's error on a read.
-    fn status_of(&self, e: ReplicaError) -> Status {
+    pub(super) fn status_of(&self, e: ReplicaError) -> Status {
         status_of_replica(&self.master, Caller::Cell, e)
     }
 }
@@ -180,7 +184,8 @@ impl Cell for CellService {
             .unwrap_or_default();
         let (subscriptions, cache_registrations, lock_waiters) = self.master.table_sizes();
         let r = &st.raft;
-        let addr = |id: ReplicaId| self.peers.get(&id).cloned().unwrap_or_default();
+        let members = self.replica.members().borrow().clone();
+        let addr = |id: ReplicaId| members.addrs.get(&id).cloned().unwrap_or_default();
         Ok(Response::new(StatusResponse {
             id: r.id,
             address: addr(r.id),
@@ -212,7 +217,8 @@ impl Cell for CellService {
                 .collect(),
             wal_segments: st.wal_segments as u64,
             fsync: self.fsync.to_string(),
-            members: self.peers.iter().map(|(&id, a)| Member { id, address: a.clone() }).collect(),
+            members: members.addrs.iter().map(|(&id, a)| Member { id, address: a.clone() }).collect(),
+            cell_id: format!("{:016x}", self.replica.cell()),
             sessions,
             leased_sessions: self.master.session_count() as u64,
             subscriptions: subscriptions as u64,
@@ -300,6 +306,26 @@ impl Cell for CellService {
         };
         let resp = if req.stale { self.replica.stale_read(read).await } else { self.replica.read(read).await };
         resp.map(Response::new).map_err(|e| self.status_of(e))
+    }
+
+    async fn members(&self, req: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.members_now(req.into_inner().from_leader).await.map(Response::new)
+    }
+
+    async fn member_add(&self, req: Request<MemberAddRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.admit(&req)?;
+        let r = req.into_inner();
+        CellService::member_add(self, r.id, r.address).await.map(Response::new).map_err(header_safe)
+    }
+
+    async fn member_promote(&self, req: Request<MemberIdRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.admit(&req)?;
+        CellService::member_promote(self, req.into_inner().id).await.map(Response::new)
+    }
+
+    async fn member_remove(&self, req: Request<MemberIdRequest>) -> Result<Response<MembersResponse>, Status> {
+        self.admit(&req)?;
+        CellService::member_remove(self, req.into_inner().id).await.map(Response::new)
     }
 }
 

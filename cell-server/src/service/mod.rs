@@ -10,6 +10,7 @@
 pub mod answer_stream;
 pub mod cell;
 pub mod chubby;
+mod members;
 pub mod status;
 
 pub mod wire;

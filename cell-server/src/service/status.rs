@@ -95,7 +95,7 @@ fn redirect(master: &Master, leader: ReplicaId, word: &str) -> Status {
         Some(addr) => {
             let mut s =
                 Status::failed_precondition(format!("not the {word}; the {word} is replica {leader} at {addr}"));
-            if let Ok(v) = MetadataValue::try_from(addr) {
+            if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
                 s.metadata_mut().insert(proto::LEADER_METADATA, v);
             }
             s

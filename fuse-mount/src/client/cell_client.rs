@@ -42,6 +42,12 @@ impl CellClient {
         self
     }
 
+    /// Bounds calls by `timeout` instead (for calls the cell may take long to answer).
+    pub fn with_timeout(&mut self, timeout: Duration) -> &mut CellClient {
+        self.timeout = timeout;
+        self
+    }
+
     pub fn addrs(&self) -> &[String] {
         &self.addrs
     }

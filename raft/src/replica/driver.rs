@@ -1,7 +1,7 @@
 //! The replica's loop: it waits for input, peer messages or the next tick, steps what came
 //! into the core, and handles one [`Ready`] (see the module documentation of `node`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -10,14 +10,14 @@ use tokio::sync::{oneshot, watch};
 
 use super::fault::Fault;
 use super::sync::{start_syncer, HeldAck, SyncJob, LEADER_SYNC_DELAY};
-use super::{Inbox, Input, Leadership, ReadFn, ReplicaError, ReplicaOptions, ReplicaStatus, StateMachine};
+use super::{Inbox, Input, Leadership, Membership, ReadFn, ReplicaError, ReplicaOptions, ReplicaStatus, StateMachine};
 use crate::error::Error;
 use crate::raft::Role;
 use crate::raw_node::{RawNode, Ready};
 use crate::storage::disk::DiskStorage;
 use crate::storage::Storage;
 use crate::transport::{Transport, TransportEvent};
-use crate::types::{EntryKind, Index, ReplicaId, Snapshot, Term};
+use crate::types::{ConfState, EntryKind, Index, ReplicaId, Snapshot, Term};
 
 /// The loop's state, owned by its thread.
 pub(super) struct Driver<SM> {
@@ -34,6 +34,9 @@ pub(super) struct Driver<SM> {
     pub(super) next_read: u64,
     pub(super) was_leader: bool,
     pub(super) leadership: watch::Sender<Leadership>,
+    /// The membership last published, and where it is published.
+    pub(super) conf: ConfState,
+    pub(super) members: watch::Sender<Membership>,
     /// For background work to report back to the loop.
     pub(super) self_tx: Inbox<SM>,
     pub(super) saving_snapshot: bool,
@@ -65,6 +68,30 @@ pub(super) fn warn_if_slow(id: ReplicaId, what: &str, began: Instant) {
     }
 }
 
+/// The membership `conf` makes, with every member's address: the one its change gave, else
+/// the one in `peers` (the options'). Before the log names any voter (a replica waiting to
+/// join), the members are `peers`.
+pub(super) fn membership(conf: &ConfState, peers: &BTreeMap<ReplicaId, String>) -> Membership {
+    if conf.voters.is_empty() {
+        return Membership { voters: peers.keys().copied().collect(), learners: Vec::new(), addrs: peers.clone() };
+    }
+    let addrs = conf
+        .voters
+        .iter()
+        .chain(&conf.learners)
+        .filter_map(|id| conf.addrs.get(id).or_else(|| peers.get(id)).map(|a| (*id, a.clone())))
+        .collect();
+    Membership { voters: conf.voters.clone(), learners: conf.learners.clone(), addrs }
+}
+
+/// Where to dial each member: through `dial_via` where given, else at its address.
+pub(super) fn dial_addrs(
+    addrs: &BTreeMap<ReplicaId, String>,
+    dial_via: &BTreeMap<ReplicaId, String>,
+) -> BTreeMap<ReplicaId, String> {
+    addrs.iter().map(|(id, a)| (*id, dial_via.get(id).unwrap_or(a).clone())).collect()
+}
+
 /// Inputs taken per loop turn at most, so a flood cannot starve ticks.
 const MAX_BATCH: usize = 4096;
 
@@ -76,10 +103,13 @@ impl<SM: StateMachine> Driver<SM> {
         opts: ReplicaOptions,
         self_tx: Inbox<SM>,
         leadership: watch::Sender<Leadership>,
+        members: watch::Sender<Membership>,
     ) -> Result<Driver<SM>, Fault> {
         let syncer =
             start_syncer(opts.id, self_tx.clone(), opts.slow_disk).map_err(Fault::os("starting the sync thread"))?;
+        let conf = raw.latest_conf().clone();
         Ok(Driver {
+            conf,
             raw,
             sm,
             transport,
@@ -90,6 +120,7 @@ impl<SM: StateMachine> Driver<SM> {
             next_read: 0,
             was_leader: false,
             leadership,
+            members,
             self_tx,
             saving_snapshot: false,
             syncer,
@@ -147,6 +178,8 @@ impl<SM: StateMachine> Driver<SM> {
             }
             let raw = &mut self.raw;
             self.transport.net.process(&mut |m| raw.step(m));
+            // Before anything is sent: a member just added must have its link.
+            self.sync_members();
             more |= self.transport.net.has_unfinished();
             for to in self.transport.net.take_unreachable() {
                 self.raw.report_unreachable(to);
@@ -168,6 +201,26 @@ impl<SM: StateMachine> Driver<SM> {
             self.release_held_sync()?;
             self.transport.net.flush();
         }
+    }
+
+    /// Follows a change of membership (by an entry appended or cut, or a snapshot): links to
+    /// the members as they are now, and publishes them.
+    fn sync_members(&mut self) {
+        if self.raw.latest_conf() == &self.conf {
+            return;
+        }
+        self.conf = self.raw.latest_conf().clone();
+        let members = membership(&self.conf, &self.opts.peers);
+        tracing::info!(
+            replica = self.opts.id,
+            voters = ?members.voters,
+            learners = ?members.learners,
+            addrs = ?members.addrs,
+            "membership changed"
+        );
+        let dial = dial_addrs(&members.addrs, &self.opts.dial_via);
+        self.transport.set_peers(dial, members.addrs.clone());
+        self.members.send_replace(members);
     }
 
     fn shutdown(mut self) -> Result<(), Fault> {
@@ -223,6 +276,21 @@ impl<SM: StateMachine> Driver<SM> {
                     first_index: s.first_index(),
                     wal_segments: s.wal_segments(),
                 });
+            }
+            Input::ConfChange { cc, addr, reply } => {
+                match self.raw.propose_conf_change_with_addr(cc, addr.as_deref()) {
+                    Ok(index) => {
+                        if let Some((_, old)) = self.pending.insert(index, (self.raw.term(), reply)) {
+                            let _ = old.send(Err(ReplicaError::Dropped));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(match e {
+                            Error::NotLeader { leader } => ReplicaError::NotLeader { leader },
+                            e => ReplicaError::Raft(e),
+                        }));
+                    }
+                }
             }
             Input::TransferLeader { to } => {
                 if let Err(e) = self.raw.transfer_leader(to) {

@@ -81,8 +81,15 @@ pub trait StateMachine: Send + 'static {
 #[derive(Clone, Debug)]
 pub struct ReplicaOptions {
     pub id: ReplicaId,
-    /// Every voter of the group, this one included, as `host:port`.
+    /// The cell this replica belongs to: peers must say the same in their hellos and snapshots.
+    pub cell: u64,
+    /// The members to start with, this one included, as `host:port`: a new group's voters
+    /// (bootstrapped into an empty data directory), or, with `join`, the cell being joined.
+    /// Once the log names a member's address (membership changes carry them), that is used.
     pub peers: BTreeMap<ReplicaId, String>,
+    /// An empty data directory is not bootstrapped: this replica waits to be sent the log (or
+    /// a snapshot) by the leader of a cell that added it.
+    pub join: bool,
     pub data_dir: PathBuf,
     pub disk: DiskOptions,
     /// Length of one logical tick.
@@ -97,9 +104,9 @@ pub struct ReplicaOptions {
     /// With certificates, peer links and snapshot transfers run mutual TLS, and a peer must
     /// present its own replica certificate (`replica/N`).
     pub tls: Option<proto::tls::Identity>,
-    /// The address a peer's certificate names (where clients reach it), for peers dialled at
-    /// another address (`peers` then holds the address dialled: a tunnel, a proxy).
-    pub server_names: BTreeMap<ReplicaId, String>,
+    /// Peers dialled at another address than their own (a tunnel, a proxy): their
+    /// certificates still name their own address (in `peers`, or the log).
+    pub dial_via: BTreeMap<ReplicaId, String>,
 }
 
 /// Why a request was not carried out (or may not have been).
@@ -118,6 +125,21 @@ pub enum ReplicaError {
     Stopped,
     #[error(transparent)]
     Raft(#[from] Error),
+}
+
+/// The membership in force on a replica (the latest in its log, committed or not).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: Vec<ReplicaId>,
+    pub learners: Vec<ReplicaId>,
+    /// Every member's address.
+    pub addrs: BTreeMap<ReplicaId, String>,
+}
+
+impl Membership {
+    pub fn contains(&self, id: ReplicaId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
 }
 
 /// A replica's state for `status` commands.
@@ -153,6 +175,11 @@ enum Input<SM> {
     },
     TransferLeader {
         to: ReplicaId,
+    },
+    ConfChange {
+        cc: crate::types::ConfChange,
+        addr: Option<String>,
+        reply: oneshot::Sender<Result<Bytes, ReplicaError>>,
     },
     Transport(TransportEvent),
     /// A peer link the listener accepted (with its TLS state and certified replica).
@@ -237,12 +264,20 @@ impl<SM> Inbox<SM> {
 pub struct ReplicaHandle<SM> {
     tx: Inbox<SM>,
     id: ReplicaId,
+    cell: u64,
     leadership: watch::Receiver<Leadership>,
+    members: watch::Receiver<Membership>,
 }
 
 impl<SM> Clone for ReplicaHandle<SM> {
     fn clone(&self) -> Self {
-        ReplicaHandle { tx: self.tx.clone(), id: self.id, leadership: self.leadership.clone() }
+        ReplicaHandle {
+            tx: self.tx.clone(),
+            id: self.id,
+            cell: self.cell,
+            leadership: self.leadership.clone(),
+            members: self.members.clone(),
+        }
     }
 }
 
@@ -255,6 +290,27 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
     /// stops on these).
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.leadership.clone()
+    }
+
+    pub fn cell(&self) -> u64 {
+        self.cell
+    }
+
+    /// The membership in force here, as it changes.
+    pub fn members(&self) -> watch::Receiver<Membership> {
+        self.members.clone()
+    }
+
+    /// Proposes a single-server membership change (with the address of a member added) and
+    /// waits until it is committed and applied here. Leader only; one change at a time.
+    pub async fn change_membership(
+        &self,
+        cc: crate::types::ConfChange,
+        addr: Option<String>,
+    ) -> Result<(), ReplicaError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::ConfChange { cc, addr, reply })?;
+        rx.await.map_err(|_| ReplicaError::Stopped)?.map(|_| ())
     }
 
     /// Replicates `data` and returns what the state machine answered once it was applied.
@@ -311,18 +367,16 @@ impl<SM: StateMachine> ReplicaHandle<SM> {
         let _ = self.tx.send(Input::TransferLeader { to });
     }
 
-    /// The `RaftPeer` gRPC service that receives snapshots for this node, from `peers` only.
+    /// The `RaftPeer` gRPC service that receives snapshots for this node, from members only.
     /// `tls`: this replica's identity; senders must then be on TLS with their own replica
     /// certificate from the cell's CA.
-    pub fn peer_service(
-        &self,
-        peers: std::collections::BTreeSet<ReplicaId>,
-        tls: Option<proto::tls::Identity>,
-    ) -> PeerService {
+    pub fn peer_service(&self, tls: Option<proto::tls::Identity>) -> PeerService {
         let tx = self.tx.clone();
+        let members = self.members.clone();
         PeerService::new(
             self.id,
-            peers,
+            self.cell,
+            Arc::new(move |id| members.borrow().contains(id)),
             tls,
             Arc::new(move |m| {
                 let _ = tx.send(Input::Step(m));
@@ -373,10 +427,17 @@ impl<SM: StateMachine> Replica<SM> {
     pub fn start(opts: ReplicaOptions, mut sm: SM, runtime: tokio::runtime::Handle) -> Result<Replica<SM>, Fault> {
         let mut storage =
             DiskStorage::open(&opts.data_dir, &opts.disk).map_err(Fault::log("opening the data directory"))?;
-        if storage.is_empty() {
-            let voters: Vec<ReplicaId> = opts.peers.keys().copied().collect();
-            storage.bootstrap(&voters).map_err(Fault::log("bootstrapping a new group"))?;
-            tracing::info!(replica = opts.id, ?voters, "bootstrapped a new group");
+        if storage.is_empty() && !opts.join {
+            if !opts.peers.contains_key(&opts.id) {
+                return Err(Fault::Os {
+                    doing: "bootstrapping a new group",
+                    error: std::io::Error::other(format!("replica {} is not among the first members", opts.id)),
+                });
+            }
+            let voters: BTreeMap<ReplicaId, Option<String>> =
+                opts.peers.iter().map(|(&id, addr)| (id, Some(addr.clone()))).collect();
+            storage.bootstrap_with_addrs(&voters).map_err(Fault::log("bootstrapping a new group"))?;
+            tracing::info!(replica = opts.id, voters = ?voters.keys().collect::<Vec<_>>(), "bootstrapped a new group");
         }
         let snap = storage
             .snapshot()
@@ -406,24 +467,27 @@ impl<SM: StateMachine> Replica<SM> {
             ),
             None => None,
         };
-        let names: BTreeMap<ReplicaId, String> =
-            opts.peers.iter().map(|(id, addr)| (*id, opts.server_names.get(id).unwrap_or(addr).clone())).collect();
-        let (net, waker) = PeerNet::new(opts.id, &opts.peers, &names, link_tls).map_err(Fault::os("peer links"))?;
+        let members = driver::membership(raw.latest_conf(), &opts.peers);
+        let dial = driver::dial_addrs(&members.addrs, &opts.dial_via);
+        let (net, waker) =
+            PeerNet::new(opts.id, opts.cell, &dial, &members.addrs, link_tls).map_err(Fault::os("peer links"))?;
         let (tx, rx) = mpsc::channel();
         let tx = Inbox::new(tx, waker);
         let events_tx = tx.clone();
         let transport = Transport::new(
             net,
-            opts.peers.clone(),
+            opts.cell,
+            dial,
             Arc::new(move |ev| {
                 let _ = events_tx.send(Input::Transport(ev));
             }),
             runtime,
-            opts.tls.clone().map(|id| (id, names.clone())),
+            opts.tls.clone().map(|id| (id, members.addrs.clone())),
         );
         let (leadership_tx, leadership) = watch::channel(Leadership::default());
-        let handle = ReplicaHandle { tx, id: opts.id, leadership };
-        let driver = Driver::new(raw, sm, transport, opts, handle.tx.clone(), leadership_tx)?;
+        let (members_tx, members_rx) = watch::channel(members);
+        let handle = ReplicaHandle { tx, id: opts.id, cell: opts.cell, leadership, members: members_rx };
+        let driver = Driver::new(raw, sm, transport, opts, handle.tx.clone(), leadership_tx, members_tx)?;
         let (died_tx, died) = watch::channel(None);
         let id = handle.id;
         let thread = std::thread::Builder::new()

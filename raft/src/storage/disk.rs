@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::error::StorageError;
 use crate::storage::snapshot_store::SnapshotStore;
 use crate::storage::wal::{Recovered, SyncTarget, Wal, WalError};
-use crate::storage::{bootstrap_log, MemStorage, Storage};
+use crate::storage::{MemStorage, Storage};
 use crate::types::{ConfState, Entry, HardState, Index, ReplicaId, Snapshot, SnapshotMeta, Term};
 
 /// When the log is made durable. Raft's promises (a vote is never forgotten, an acknowledged
@@ -107,7 +107,15 @@ impl DiskStorage {
 
     /// Writes the initial membership of a new group (see [`bootstrap_log`]) into an empty log.
     pub fn bootstrap(&mut self, voters: &[ReplicaId]) -> Result<(), WalError> {
-        let (entries, hs) = bootstrap_log(voters);
+        self.bootstrap_with_addrs(&voters.iter().map(|&id| (id, None)).collect())
+    }
+
+    /// [`DiskStorage::bootstrap`], with the voters' addresses.
+    pub fn bootstrap_with_addrs(
+        &mut self,
+        voters: &std::collections::BTreeMap<ReplicaId, Option<String>>,
+    ) -> Result<(), WalError> {
+        let (entries, hs) = crate::storage::bootstrap_log_with_addrs(voters);
         self.wal.append(&entries, Some(hs));
         self.wal.sync()?;
         self.last_sync = Instant::now();
@@ -312,7 +320,7 @@ mod tests {
         let entries: Vec<_> = (4..=40).map(|i| ent(i, 2)).collect();
         let hs = HardState { term: 2, vote: 1, commit: 30 };
         s.persist(None, &entries, Some(hs), true).unwrap();
-        let conf = ConfState { voters: vec![1, 2, 3], learners: vec![] };
+        let conf = ConfState::new(vec![1, 2, 3], vec![]);
         s.compact(25, conf.clone(), Bytes::from_static(b"state@25")).unwrap();
         drop(s);
 
@@ -333,11 +341,7 @@ mod tests {
         s.bootstrap(&[1, 2, 3]).unwrap();
         s.persist(None, &(4..=20).map(|i| ent(i, 2)).collect::<Vec<_>>(), None, true).unwrap();
         let snap = Snapshot {
-            meta: SnapshotMeta {
-                index: 50,
-                term: 4,
-                conf_state: ConfState { voters: vec![1, 2, 3], learners: vec![] },
-            },
+            meta: SnapshotMeta { index: 50, term: 4, conf_state: ConfState::new(vec![1, 2, 3], vec![]) },
             data: Bytes::from_static(b"leader state"),
         };
         s.persist(Some(&snap), &[ent(51, 4)], Some(HardState { term: 4, vote: 0, commit: 50 }), true).unwrap();

@@ -42,17 +42,22 @@ pub trait Storage {
 /// than only in each node's local state, lets a node that joins later learn it by ordinary
 /// replication, with or without a snapshot.
 pub fn bootstrap_log(voters: &[ReplicaId]) -> (Vec<Entry>, HardState) {
-    let mut ids = voters.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    let entries: Vec<Entry> = ids
+    let members: std::collections::BTreeMap<ReplicaId, Option<String>> = voters.iter().map(|&id| (id, None)).collect();
+    bootstrap_log_with_addrs(&members)
+}
+
+/// [`bootstrap_log`] with each voter's address, if known, in its entry.
+pub fn bootstrap_log_with_addrs(
+    voters: &std::collections::BTreeMap<ReplicaId, Option<String>>,
+) -> (Vec<Entry>, HardState) {
+    let entries: Vec<Entry> = voters
         .iter()
         .enumerate()
-        .map(|(i, &id)| Entry {
+        .map(|(i, (&id, addr))| Entry {
             term: 1,
             index: i as u64 + 1,
             kind: EntryKind::ConfChange,
-            data: ConfChange::AddVoter(id).encode(),
+            data: ConfChange::AddVoter(id).encode_with_addr(addr.as_deref()),
         })
         .collect();
     let hard_state = HardState { term: 1, vote: 0, commit: entries.len() as u64 };

@@ -17,7 +17,10 @@ use crate::storage::diskio;
 use crate::storage::wal::{sync_dir, WalError};
 use crate::types::{ConfState, Index, ReplicaId, Snapshot, SnapshotMeta, Term};
 
-const MAGIC: &[u8; 8] = b"CHBSNAP1";
+/// The current format: the members' addresses follow the member lists.
+const MAGIC: &[u8; 8] = b"CHBSNAP2";
+/// The format before addresses were kept; still read.
+const MAGIC_V1: &[u8; 8] = b"CHBSNAP1";
 /// Snapshots kept after a new one is saved.
 const KEEP: usize = 2;
 
@@ -127,6 +130,12 @@ fn encode_head(meta: &SnapshotMeta, data_len: usize) -> Vec<u8> {
             h.extend_from_slice(&id.to_le_bytes());
         }
     }
+    h.extend_from_slice(&(meta.conf_state.addrs.len() as u32).to_le_bytes());
+    for (id, addr) in &meta.conf_state.addrs {
+        h.extend_from_slice(&id.to_le_bytes());
+        h.extend_from_slice(&(addr.len() as u32).to_le_bytes());
+        h.extend_from_slice(addr.as_bytes());
+    }
     h.extend_from_slice(&(data_len as u64).to_le_bytes());
     h
 }
@@ -137,9 +146,11 @@ fn read_file(path: &Path) -> Result<Snapshot, String> {
     File::open(path).and_then(|mut f| f.read_to_end(&mut raw)).map_err(|e| e.to_string())?;
     let raw = Bytes::from(raw);
     let mut r = Reader { buf: &raw, at: 0 };
-    if r.take(8)? != MAGIC {
-        return Err("not a snapshot file (bad magic)".into());
-    }
+    let with_addrs = match r.take(8)? {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return Err("not a snapshot file (bad magic)".into()),
+    };
     let index = r.u64()?;
     let term = r.u64()?;
     let mut lists: [Vec<ReplicaId>; 2] = Default::default();
@@ -150,6 +161,19 @@ fn read_file(path: &Path) -> Result<Snapshot, String> {
         }
         for _ in 0..n {
             list.push(r.u64()?);
+        }
+    }
+    let mut addrs = std::collections::BTreeMap::new();
+    if with_addrs {
+        let n = r.u32()? as usize;
+        if n > 1024 {
+            return Err("implausible address count".into());
+        }
+        for _ in 0..n {
+            let id = r.u64()?;
+            let len = r.u32()? as usize;
+            let addr = std::str::from_utf8(r.take(len)?).map_err(|_| "an address is not UTF-8")?;
+            addrs.insert(id, addr.to_string());
         }
     }
     let data_len = r.u64()? as usize;
@@ -163,7 +187,7 @@ fn read_file(path: &Path) -> Result<Snapshot, String> {
     }
     let [voters, learners] = lists;
     Ok(Snapshot {
-        meta: SnapshotMeta { index, term, conf_state: ConfState { voters, learners } },
+        meta: SnapshotMeta { index, term, conf_state: ConfState { voters, learners, addrs } },
         data: raw.slice(data_at..data_at + data_len),
     })
 }
@@ -193,10 +217,31 @@ mod tests {
     use super::*;
 
     fn snap(index: Index, term: Term, data: &'static [u8]) -> Snapshot {
-        Snapshot {
-            meta: SnapshotMeta { index, term, conf_state: ConfState { voters: vec![1, 2, 3], learners: vec![4] } },
-            data: Bytes::from_static(data),
+        let mut conf_state = ConfState::new(vec![1, 2, 3], vec![4]);
+        conf_state.addrs = [(1, "h1:7001".to_string()), (4, "[::1]:7004".to_string())].into();
+        Snapshot { meta: SnapshotMeta { index, term, conf_state }, data: Bytes::from_static(data) }
+    }
+
+    /// Files written before addresses were kept still load, with no addresses.
+    #[test]
+    fn a_file_of_the_first_format_loads_without_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = MAGIC_V1.to_vec();
+        for n in [7u64, 2] {
+            raw.extend_from_slice(&n.to_le_bytes());
         }
+        for ids in [&[1u64, 2, 3][..], &[4]] {
+            raw.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            ids.iter().for_each(|id| raw.extend_from_slice(&id.to_le_bytes()));
+        }
+        raw.extend_from_slice(&3u64.to_le_bytes());
+        raw.extend_from_slice(b"old");
+        let crc = crc32c::crc32c(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
+        fs::write(dir.path().join(file_name(7, 2)), raw).unwrap();
+        let loaded = SnapshotStore::open(dir.path()).unwrap().load_latest().unwrap().unwrap();
+        assert_eq!(loaded.meta.conf_state, ConfState::new(vec![1, 2, 3], vec![4]));
+        assert_eq!(&loaded.data[..], b"old");
     }
 
     #[test]

@@ -35,13 +35,19 @@ pub(crate) fn meta_to_pb(m: &SnapshotMeta) -> pb::SnapshotMeta {
         conf_state: Some(pb::ConfState {
             voters: m.conf_state.voters.clone(),
             learners: m.conf_state.learners.clone(),
+            addrs: m.conf_state.addrs.iter().map(|(&id, a)| (id, a.clone())).collect(),
         }),
     }
 }
 
 pub(crate) fn meta_from_pb(m: pb::SnapshotMeta) -> SnapshotMeta {
     let cs = m.conf_state.unwrap_or_default();
-    SnapshotMeta { index: m.index, term: m.term, conf_state: ConfState { voters: cs.voters, learners: cs.learners } }
+    let addrs = cs.addrs.into_iter().collect();
+    SnapshotMeta {
+        index: m.index,
+        term: m.term,
+        conf_state: ConfState { voters: cs.voters, learners: cs.learners, addrs },
+    }
 }
 
 /// Encodes a message; `None` for InstallSnapshot, which has its own chunked stream.

@@ -14,6 +14,8 @@ pub enum LinkError {
     Version { theirs: u8, ours: u8 },
     #[error("peer {from} dialled replica {to} but reached replica {me}")]
     WrongReplica { from: ReplicaId, to: ReplicaId, me: ReplicaId },
+    #[error("peer belongs to cell {theirs:016x}, this replica to cell {ours:016x}")]
+    OtherCell { theirs: u64, ours: u64 },
     #[error("replica {0} is not a peer of this cell")]
     NotAPeer(ReplicaId),
     #[error("hello says replica {hello} but the certificate is replica {certified}'s")]

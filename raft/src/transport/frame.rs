@@ -1,7 +1,9 @@
 //! The peer link's wire format.
 //!
-//! A connection starts with a [`Hello`]: the magic `CHUBRAFT`, a version byte, and the sender's
-//! and receiver's ids (so a replica that dials the wrong address finds out at once). Then come
+//! A connection starts with a [`Hello`]: the magic `CHUBRAFT`, a version byte, the sender's
+//! and receiver's ids (so a replica that dials the wrong address finds out at once) and the
+//! sender's cell id (so a replica of another cell, say one restored from a backup of this one,
+//! never mixes in). Then come
 //! frames: a 4-byte little-endian length and a protobuf `RaftMessage` of that length. TCP already
 //! checksums every segment; the length is checked against [`MAX_FRAME`] before anything is
 //! buffered, so a peer cannot make a replica allocate without bound.
@@ -16,8 +18,8 @@ use crate::types::ReplicaId;
 /// The first bytes of every peer connection; the listener uses them to tell peer links from
 /// gRPC connections (whose HTTP/2 preface starts with `PRI`).
 pub const MAGIC: &[u8; 8] = b"CHUBRAFT";
-const VERSION: u8 = 1;
-pub const HELLO_LEN: usize = MAGIC.len() + 1 + 8 + 8;
+const VERSION: u8 = 2;
+pub const HELLO_LEN: usize = MAGIC.len() + 1 + 8 + 8 + 8;
 /// Largest frame either side accepts (AppendEntries are capped well below).
 pub const MAX_FRAME: usize = 64 << 20;
 
@@ -26,6 +28,7 @@ pub const MAX_FRAME: usize = 64 << 20;
 pub struct Hello {
     pub from: ReplicaId,
     pub to: ReplicaId,
+    pub cell: u64,
 }
 
 impl Hello {
@@ -34,6 +37,7 @@ impl Hello {
         out.push(VERSION);
         out.put_u64_le(self.from);
         out.put_u64_le(self.to);
+        out.put_u64_le(self.cell);
     }
 
     /// Takes a hello off the front of `buf`: `Ok(None)` if more bytes are needed.
@@ -49,7 +53,7 @@ impl Hello {
             return Err(LinkError::Version { theirs: buf[MAGIC.len()], ours: VERSION });
         }
         buf.advance(MAGIC.len() + 1);
-        Ok(Some(Hello { from: buf.get_u64_le(), to: buf.get_u64_le() }))
+        Ok(Some(Hello { from: buf.get_u64_le(), to: buf.get_u64_le(), cell: buf.get_u64_le() }))
     }
 }
 
@@ -103,7 +107,7 @@ mod tests {
     #[test]
     fn frames_arriving_a_byte_at_a_time_decode_whole() {
         let mut wire = Vec::new();
-        Hello { from: 1, to: 2 }.encode(&mut wire);
+        Hello { from: 1, to: 2, cell: 7 }.encode(&mut wire);
         encode(&sample(), &mut wire);
         encode(
             &pb::RaftMessage { from: 1, to: 2, term: 8, body: Some(Body::TimeoutNow(pb::TimeoutNow {})) },
@@ -122,7 +126,7 @@ mod tests {
                 got.push(m);
             }
         }
-        assert_eq!(hello, Some(Hello { from: 1, to: 2 }));
+        assert_eq!(hello, Some(Hello { from: 1, to: 2, cell: 7 }));
         assert_eq!(got.len(), 2);
         assert_eq!(got[0], sample());
         assert_eq!(got[1].term, 8);
@@ -136,7 +140,7 @@ mod tests {
         let mut one_wrong_byte = BytesMut::from(&b"CHX"[..]);
         assert!(Hello::decode(&mut one_wrong_byte).is_err());
         let mut wire = Vec::new();
-        Hello { from: 3, to: 1 }.encode(&mut wire);
+        Hello { from: 3, to: 1, cell: 7 }.encode(&mut wire);
         wire[MAGIC.len()] = 9;
         assert!(matches!(Hello::decode(&mut BytesMut::from(&wire[..])), Err(LinkError::Version { theirs: 9, .. })));
     }

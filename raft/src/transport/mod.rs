@@ -63,6 +63,8 @@ pub type EventSink = Arc<dyn Fn(TransportEvent) + Send + Sync>;
 /// through `net`), and snapshot transfers started on `runtime` that report back through `events`.
 pub(crate) struct Transport {
     pub(crate) net: PeerNet,
+    /// This replica's cell, sent with snapshots.
+    cell: u64,
     peers: BTreeMap<ReplicaId, String>,
     events: EventSink,
     runtime: tokio::runtime::Handle,
@@ -74,12 +76,22 @@ pub(crate) struct Transport {
 impl Transport {
     pub(crate) fn new(
         net: PeerNet,
+        cell: u64,
         peers: BTreeMap<ReplicaId, String>,
         events: EventSink,
         runtime: tokio::runtime::Handle,
         tls: Option<(proto::tls::Identity, BTreeMap<ReplicaId, String>)>,
     ) -> Transport {
-        Transport { net, peers, events, runtime, tls }
+        Transport { net, cell, peers, events, runtime, tls }
+    }
+
+    /// The members changed: `peers` are where they are now, `names` what their certificates name.
+    pub(crate) fn set_peers(&mut self, peers: BTreeMap<ReplicaId, String>, names: BTreeMap<ReplicaId, String>) {
+        self.net.set_peers(&peers, &names);
+        if let Some((_, n)) = &mut self.tls {
+            *n = names;
+        }
+        self.peers = peers;
     }
 
     /// Queues `m` for its destination without blocking; [`PeerNet::flush`] writes it out.
@@ -90,12 +102,12 @@ impl Transport {
         };
         let Some(addr) = self.peers.get(&m.to).cloned() else { return };
         let events = self.events.clone();
-        let (from, to, term) = (m.from, m.to, m.term);
+        let (from, to, term, cell) = (m.from, m.to, m.term, self.cell);
         let tls = self.tls.as_ref().map(|(id, names)| (id.clone(), names.get(&to).cloned().unwrap_or(addr.clone())));
         self.runtime.spawn(async move {
             let deadline = snapshot_deadline(snapshot.data.len());
             let tls = tls.as_ref().map(|(id, name)| (id, name.as_str()));
-            let ok = match send_snapshot(&addr, tls, from, to, term, snapshot, deadline).await {
+            let ok = match send_snapshot(&addr, tls, (from, cell), to, term, snapshot, deadline).await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(replica = from, to, "snapshot transfer failed: {e}");
@@ -107,13 +119,6 @@ impl Transport {
     }
 }
 
-/// The host of `HOST:PORT` (`[v6]:PORT` without its brackets): the name a TLS certificate
-/// must carry.
-pub(crate) fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
-}
-
 /// `tls`: the identity to present, and the address the peer's certificate names.
 async fn connect(
     addr: &str,
@@ -122,7 +127,7 @@ async fn connect(
     let endpoint = match tls {
         None => Endpoint::from_shared(format!("http://{addr}"))?,
         Some((id, name)) => {
-            let host = host_of(name);
+            let host = proto::tls::host_of(name);
             Endpoint::from_shared(format!("https://{addr}"))?.tls_config(id.tonic_config().domain_name(host))?
         }
     };
@@ -147,7 +152,7 @@ async fn connect(
 async fn send_snapshot(
     addr: &str,
     tls: Option<(&proto::tls::Identity, &str)>,
-    from: ReplicaId,
+    from: (ReplicaId, u64),
     to: ReplicaId,
     term: u64,
     snap: Snapshot,
@@ -163,7 +168,7 @@ async fn send_snapshot(
 async fn transfer_snapshot(
     addr: &str,
     tls: Option<(&proto::tls::Identity, &str)>,
-    from: ReplicaId,
+    (from, cell): (ReplicaId, u64),
     to: ReplicaId,
     term: u64,
     snap: Snapshot,
@@ -183,6 +188,7 @@ async fn transfer_snapshot(
             offset: offset as u64,
             data: data.slice(offset..end),
             done: end == data.len(),
+            cell,
         });
         if end == data.len() {
             break;
@@ -213,7 +219,7 @@ mod tests {
             // The outer bound only keeps a broken build from hanging the test run.
             tokio::time::timeout(
                 Duration::from_secs(60),
-                send_snapshot(&addr, None, 1, 2, 3, snap, Duration::from_millis(500)),
+                send_snapshot(&addr, None, (1, 9), 2, 3, snap, Duration::from_millis(500)),
             )
             .await
         });

@@ -19,12 +19,15 @@ const CHUNK_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30)
 const MAX_SNAPSHOT: u64 = 16 << 30;
 
 pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
+pub type IsMember = Arc<dyn Fn(ReplicaId) -> bool + Send + Sync>;
 
 /// The `RaftPeer` service of node `id`.
 pub struct PeerService {
     id: ReplicaId,
-    /// The cell's replicas: a snapshot from anyone else is refused.
-    peers: std::collections::BTreeSet<ReplicaId>,
+    /// This replica's cell: a snapshot from another cell's replica is refused.
+    cell: u64,
+    /// Whether a replica is a member of the cell now: a snapshot from anyone else is refused.
+    is_member: IsMember,
     /// With TLS, this replica's identity: a sender must prove, by a certificate from the
     /// cell's CA, that it is the replica it says.
     certified: Option<proto::tls::Identity>,
@@ -34,11 +37,12 @@ pub struct PeerService {
 impl PeerService {
     pub fn new(
         id: ReplicaId,
-        peers: std::collections::BTreeSet<ReplicaId>,
+        cell: u64,
+        is_member: IsMember,
         certified: Option<proto::tls::Identity>,
         deliver: Deliver,
     ) -> PeerService {
-        PeerService { id, peers, certified, deliver }
+        PeerService { id, cell, is_member, certified, deliver }
     }
 
     /// The tonic service, ready to add to a server.
@@ -87,7 +91,17 @@ impl RaftPeer for PeerService {
                     data.len()
                 )));
             }
-            if chunk.from == self.id || !self.peers.contains(&chunk.from) {
+            if chunk.cell != self.cell {
+                tracing::warn!(
+                    replica = self.id,
+                    from = chunk.from,
+                    "snapshot refused: the sender belongs to cell {:016x}, not {:016x}",
+                    chunk.cell,
+                    self.cell
+                );
+                return Err(Status::permission_denied("the sender belongs to another cell"));
+            }
+            if chunk.from == self.id || !(self.is_member)(chunk.from) {
                 tracing::warn!(
                     replica = self.id,
                     from = chunk.from,

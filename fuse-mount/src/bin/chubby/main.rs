@@ -19,6 +19,7 @@ use serde_json::json;
 
 mod barrier;
 mod lock;
+mod member;
 mod namespace;
 
 const EXIT_FAILURE: u8 = 1;
@@ -146,6 +147,12 @@ enum Cmd {
     },
     /// Every replica's role, term, commit/applied/last index, lag and sessions.
     Status,
+    /// The cell's members: list, add, promote, remove (changes need an admin's certificate
+    /// when the cell runs TLS).
+    Member {
+        #[command(subcommand)]
+        action: member::MemberCmd,
+    },
     /// Hold the lock on PATH (/ls/<cell>/…, created if missing) while CMD runs, like `flock`
     /// and `etcdctl lock`. CMD sees the lock's sequencer in CHUBBY_SEQUENCER. If the session
     /// is lost, or is out of touch so long that the lock could go to another client (its lease
@@ -245,6 +252,22 @@ fn main() -> ExitCode {
             };
             return ExitCode::from(runtime.block_on(status(client, cli.json)));
         }
+        Cmd::Member { action } => {
+            let client = match CellClient::new(addrs, cli.rpc_timeout) {
+                Ok(c) => c.with_tls(tls.clone()),
+                Err(e) => {
+                    eprintln!("chubby: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            return ExitCode::from(match runtime.block_on(member::member(client, action, cli.json)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("chubby: member: {e}{}", tls_hint(&e, tls.is_none()));
+                    exit_for(&e)
+                }
+            });
+        }
         other => return ExitCode::from(runtime.block_on(namespace(addrs, session_opts, other, cli.json))),
     };
     ExitCode::from(runtime.block_on(lock::lock(addrs, session_opts, job)))
@@ -308,7 +331,7 @@ async fn namespace(addrs: Vec<String>, opts: SessionOptions, cmd: Cmd, json: boo
         }
         Cmd::Watch { path } => (path.clone(), namespace::watch(&session, &path, json).await.map(|_| 0)),
         Cmd::Barrier { path, n, command } => (path.clone(), barrier::barrier(&session, &path, n, &command).await),
-        Cmd::Status | Cmd::Lock { .. } | Cmd::Elect { .. } => unreachable!("handled in main"),
+        Cmd::Status | Cmd::Member { .. } | Cmd::Lock { .. } | Cmd::Elect { .. } => unreachable!("handled in main"),
     };
     let _ = session.close().await;
     match result {
@@ -336,7 +359,8 @@ async fn status(client: CellClient, json: bool) -> u8 {
                     "address": addr, "id": s.id, "role": s.role, "leader_id": s.leader_id,
                     "term": s.term, "commit_index": s.commit_index, "applied_index": s.applied_index,
                     "last_index": s.last_index, "snapshot_index": s.snapshot_index,
-                    "voters": s.voters, "fsync": s.fsync, "cell": s.cell_name,
+                    "voters": s.voters, "learners": s.learners, "fsync": s.fsync, "cell": s.cell_name,
+                    "cell_id": s.cell_id,
                     "lag": lag(s), "sessions": s.sessions, "leased_sessions": s.leased_sessions,
                     "subscriptions": s.subscriptions, "cache_registrations": s.cache_registrations,
                     "lock_waiters": s.lock_waiters, "queued_locks": s.queued_locks,

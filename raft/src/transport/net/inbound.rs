@@ -68,7 +68,7 @@ impl PeerNet {
     pub(super) fn read_inbound(&mut self, token: Token, deliver: &mut impl FnMut(Message)) {
         let Some(conn) = self.inbound.get_mut(&token) else { return };
         let greeted = conn.from.is_some();
-        let end = read_messages(self.id, &self.links, conn, &mut self.scratch, deliver);
+        let end = read_messages((self.id, self.cell), &self.links, conn, &mut self.scratch, deliver);
         match end {
             ReadEnd::Open => {}
             ReadEnd::MoreLeft => {
@@ -105,7 +105,7 @@ impl PeerNet {
 
 /// Reads what `conn` has (up to the per-turn limit) and delivers every whole message.
 pub(super) fn read_messages(
-    id: ReplicaId,
+    me: (ReplicaId, u64),
     links: &BTreeMap<ReplicaId, Link>,
     conn: &mut Inbound,
     scratch: &mut [u8],
@@ -125,7 +125,7 @@ pub(super) fn read_messages(
         };
         conn.buf.extend_from_slice(&scratch[..n]);
         read += n;
-        if let Err(why) = deliver_whole(id, links, conn, deliver) {
+        if let Err(why) = deliver_whole(me, links, conn, deliver) {
             return ReadEnd::Closed(why);
         }
     }
@@ -133,7 +133,7 @@ pub(super) fn read_messages(
 
 /// Delivers every whole message at the front of `conn.buf` (after checking the hello).
 pub(super) fn deliver_whole(
-    id: ReplicaId,
+    (id, cell): (ReplicaId, u64),
     links: &BTreeMap<ReplicaId, Link>,
     conn: &mut Inbound,
     deliver: &mut impl FnMut(Message),
@@ -144,6 +144,9 @@ pub(super) fn deliver_whole(
             let Some(hello) = frame::Hello::decode(&mut conn.buf)? else { return Ok(()) };
             if hello.to != id {
                 return Err(LinkError::WrongReplica { from: hello.from, to: hello.to, me: id });
+            }
+            if hello.cell != cell {
+                return Err(LinkError::OtherCell { theirs: hello.cell, ours: cell });
             }
             if !links.contains_key(&hello.from) {
                 return Err(LinkError::NotAPeer(hello.from));

@@ -58,6 +58,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct PeerNet {
     id: ReplicaId,
+    /// This replica's cell: hellos must carry it.
+    cell: u64,
+    /// The token the next link gets.
+    next_link: usize,
     poll: Poll,
     events: Events,
     links: BTreeMap<ReplicaId, Link>,
@@ -91,35 +95,20 @@ impl PeerNet {
     /// in `peers` (the one dialled).
     pub(crate) fn new(
         id: ReplicaId,
+        cell: u64,
         peers: &BTreeMap<ReplicaId, String>,
         names: &BTreeMap<ReplicaId, String>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> io::Result<(PeerNet, Waker)> {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKE)?;
-        let now = Instant::now();
-        let links = peers
-            .iter()
-            .filter(|(&peer, _)| peer != id)
-            .enumerate()
-            .map(|(i, (&peer, addr))| {
-                let link = Link {
-                    addr: addr.clone(),
-                    server_name: names.get(&peer).unwrap_or(addr).clone(),
-                    token: Token(1 + i),
-                    state: LinkState::Down { retry_at: now },
-                    backoff: MIN_BACKOFF,
-                    out: Vec::new(),
-                    written: 0,
-                };
-                (peer, link)
-            })
-            .collect();
-        let net = PeerNet {
+        let mut net = PeerNet {
             id,
+            cell,
+            next_link: 1,
             poll,
             events: Events::with_capacity(256),
-            links,
+            links: BTreeMap::new(),
             inbound: HashMap::new(),
             next_inbound: FIRST_INBOUND,
             unreachable: BTreeSet::new(),
@@ -127,7 +116,60 @@ impl PeerNet {
             scratch: vec![0; 64 << 10],
             tls,
         };
+        net.set_peers(peers, names);
         Ok((net, waker))
+    }
+
+    /// Makes the links those to `peers` (but this replica): links to new peers are dialled at
+    /// the next [`PeerNet::maintain`], links to peers gone or moved are closed, and so are the
+    /// links peers gone dialled to us. `names`: as for [`PeerNet::new`].
+    pub(crate) fn set_peers(&mut self, peers: &BTreeMap<ReplicaId, String>, names: &BTreeMap<ReplicaId, String>) {
+        let gone: Vec<ReplicaId> =
+            self.links.iter().filter(|(id, link)| peers.get(id) != Some(&link.addr)).map(|(&id, _)| id).collect();
+        for id in gone {
+            if let Some(link) = self.links.remove(&id) {
+                match link.state {
+                    LinkState::Connecting { mut stream, .. } => {
+                        let _ = self.poll.registry().deregister(&mut stream);
+                    }
+                    LinkState::Up { mut stream, .. } => {
+                        let _ = self.poll.registry().deregister(stream.socket());
+                    }
+                    LinkState::Down { .. } | LinkState::Resolving { .. } => {}
+                }
+                tracing::info!(replica = self.id, peer = id, addr = %link.addr, "peer link closed: no longer a member there");
+            }
+        }
+        let strangers: Vec<Token> = self
+            .inbound
+            .iter()
+            .filter(|(_, c)| c.from.is_some_and(|f| !peers.contains_key(&f)))
+            .map(|(&t, _)| t)
+            .collect();
+        for token in strangers {
+            self.close_inbound(token, LinkError::NotAPeer(self.inbound[&token].from.unwrap_or_default()));
+        }
+        let now = Instant::now();
+        for (&peer, addr) in peers {
+            if peer == self.id || self.links.contains_key(&peer) {
+                continue;
+            }
+            // Tokens below the inbound range are links'; one per link ever made, so a late
+            // event for a closed link never reaches a new one.
+            let token = Token(self.next_link);
+            self.next_link = (self.next_link + 1) % FIRST_INBOUND;
+            self.next_link = self.next_link.max(1);
+            let link = Link {
+                addr: addr.clone(),
+                server_name: names.get(&peer).unwrap_or(addr).clone(),
+                token,
+                state: LinkState::Down { retry_at: now },
+                backoff: MIN_BACKOFF,
+                out: Vec::new(),
+                written: 0,
+            };
+            self.links.insert(peer, link);
+        }
     }
 
     /// Waits at most `timeout` for socket readiness or the waker.

@@ -122,7 +122,7 @@ impl PeerNet {
                 link.state = LinkState::Up { stream, since: Instant::now() };
                 link.out.clear();
                 link.written = 0;
-                frame::Hello { from: self.id, to: id }.encode(&mut link.out);
+                frame::Hello { from: self.id, to: id, cell: self.cell }.encode(&mut link.out);
                 tracing::debug!(replica = self.id, to = id, addr = %link.addr, "peer link up");
                 // A close that came with the connect's completion would have no edge of its own.
                 if readable {
@@ -220,7 +220,7 @@ impl PeerNet {
 /// A TLS client for the peer at `addr` (`HOST:PORT`), whose certificate must be the CA's for
 /// that host name or address.
 fn client_connection(config: &Arc<rustls::ClientConfig>, addr: &str) -> Result<rustls::ClientConnection, String> {
-    let host = crate::transport::host_of(addr);
+    let host = proto::tls::host_of(addr);
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host} is no server name for TLS: {e}"))?;
     rustls::ClientConnection::new(config.clone(), name).map_err(|e| format!("TLS: {e}"))

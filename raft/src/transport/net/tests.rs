@@ -6,6 +6,8 @@ use std::net::TcpListener;
 use super::*;
 use crate::types::MessageBody;
 
+const CELL: u64 = 0x5eed;
+
 fn heartbeat(from: ReplicaId, to: ReplicaId, commit: u64) -> Message {
     Message { from, to, term: 1, body: MessageBody::Heartbeat { commit, read_context: bytes::Bytes::new() } }
 }
@@ -35,8 +37,8 @@ fn messages_flow_and_a_dead_peer_does_not_hold_up_the_others() {
         [(1, "127.0.0.1:1".to_string()), (2, l2.local_addr().unwrap().to_string()), (3, dead.to_string())]
             .into_iter()
             .collect();
-    let (mut n1, _w1) = PeerNet::new(1, &peers, &BTreeMap::new(), None).unwrap();
-    let (mut n2, _w2) = PeerNet::new(2, &peers, &BTreeMap::new(), None).unwrap();
+    let (mut n1, _w1) = PeerNet::new(1, CELL, &peers, &BTreeMap::new(), None).unwrap();
+    let (mut n2, _w2) = PeerNet::new(2, CELL, &peers, &BTreeMap::new(), None).unwrap();
     let (mut got1, mut got2) = (Vec::new(), Vec::new());
     let mut dropped_to_3 = false;
     for sent in 0..500 {
@@ -72,8 +74,8 @@ fn a_host_name_is_looked_up_and_dialled() {
     l2.set_nonblocking(true).unwrap();
     let name = format!("localhost:{}", l2.local_addr().unwrap().port());
     let peers: BTreeMap<ReplicaId, String> = [(1, "127.0.0.1:1".to_string()), (2, name)].into_iter().collect();
-    let (mut n1, _w1) = PeerNet::new(1, &peers, &BTreeMap::new(), None).unwrap();
-    let (mut n2, _w2) = PeerNet::new(2, &peers, &BTreeMap::new(), None).unwrap();
+    let (mut n1, _w1) = PeerNet::new(1, CELL, &peers, &BTreeMap::new(), None).unwrap();
+    let (mut n2, _w2) = PeerNet::new(2, CELL, &peers, &BTreeMap::new(), None).unwrap();
     let mut got = Vec::new();
     for i in 0..500 {
         turn(&mut n1, &mut Vec::new());
@@ -91,7 +93,7 @@ fn a_host_name_is_looked_up_and_dialled() {
 fn replica_two_listening() -> (PeerNet, impl Sized, TcpListener) {
     let peers: BTreeMap<ReplicaId, String> =
         [(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())].into_iter().collect();
-    let (n2, waker) = PeerNet::new(2, &peers, &BTreeMap::new(), None).unwrap();
+    let (n2, waker) = PeerNet::new(2, CELL, &peers, &BTreeMap::new(), None).unwrap();
     (n2, waker, TcpListener::bind("127.0.0.1:0").unwrap())
 }
 
@@ -102,7 +104,7 @@ fn a_newer_link_from_a_peer_replaces_the_older_one() {
     for commit in [1, 2] {
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let mut wire = Vec::new();
-        frame::Hello { from: 1, to: 2 }.encode(&mut wire);
+        frame::Hello { from: 1, to: 2, cell: CELL }.encode(&mut wire);
         frame::encode(&codec::to_pb(&heartbeat(1, 2, commit)).unwrap(), &mut wire);
         client.write_all(&wire).unwrap();
         clients.push(client);
@@ -120,12 +122,13 @@ fn a_newer_link_from_a_peer_replaces_the_older_one() {
 }
 
 #[test]
-fn a_connection_for_another_replica_or_from_a_stranger_is_closed() {
+fn a_connection_for_another_replica_or_cell_or_from_a_stranger_is_closed() {
     let (mut n2, _w, listener) = replica_two_listening();
     let cases = [
-        (frame::Hello { from: 1, to: 3 }, None),
-        (frame::Hello { from: 9, to: 2 }, None),
-        (frame::Hello { from: 1, to: 2 }, Some(heartbeat(9, 2, 1))),
+        (frame::Hello { from: 1, to: 3, cell: CELL }, None),
+        (frame::Hello { from: 9, to: 2, cell: CELL }, None),
+        (frame::Hello { from: 1, to: 2, cell: CELL + 1 }, Some(heartbeat(1, 2, 1))),
+        (frame::Hello { from: 1, to: 2, cell: CELL }, Some(heartbeat(9, 2, 1))),
     ];
     for (hello, message) in cases {
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -153,12 +156,12 @@ fn a_connection_for_another_replica_or_from_a_stranger_is_closed() {
 #[test]
 fn a_hello_must_name_the_replica_its_certificate_names() {
     let peers: BTreeMap<ReplicaId, String> = (1..=3).map(|id| (id, format!("127.0.0.1:{id}"))).collect();
-    let (mut n2, _w) = PeerNet::new(2, &peers, &BTreeMap::new(), None).unwrap();
+    let (mut n2, _w) = PeerNet::new(2, CELL, &peers, &BTreeMap::new(), None).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     for (certified, refused) in [(3, true), (1, false)] {
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let mut wire = Vec::new();
-        frame::Hello { from: 1, to: 2 }.encode(&mut wire);
+        frame::Hello { from: 1, to: 2, cell: CELL }.encode(&mut wire);
         frame::encode(&codec::to_pb(&heartbeat(1, 2, 7)).unwrap(), &mut wire);
         client.write_all(&wire).unwrap();
         n2.add_inbound(listener.accept().unwrap().0, None, InboundIdentity::Replica(certified));
@@ -211,8 +214,8 @@ fn a_tls_link_carries_large_messages_in_order() {
         [(1, "127.0.0.1:1".to_string()), (2, listener.local_addr().unwrap().to_string())].into_iter().collect();
     let client = ids[0].client_config(&[proto::tls::ALPN_PEER]).unwrap();
     let server = ids[1].server_config(&[proto::tls::ALPN_PEER]).unwrap();
-    let (mut n1, _w1) = PeerNet::new(1, &peers, &BTreeMap::new(), Some(client)).unwrap();
-    let (mut n2, _w2) = PeerNet::new(2, &peers, &BTreeMap::new(), None).unwrap();
+    let (mut n1, _w1) = PeerNet::new(1, CELL, &peers, &BTreeMap::new(), Some(client)).unwrap();
+    let (mut n2, _w2) = PeerNet::new(2, CELL, &peers, &BTreeMap::new(), None).unwrap();
     // The listener's part: the server side of the handshake, on a thread, as the replica's
     // listener does it on a task.
     let handshake = std::thread::spawn(move || {

@@ -1,0 +1,200 @@
+//! A replica's data directory: which cell and which replica its log belongs to (`IDENTITY`),
+//! and one process at a time (`LOCK`).
+//!
+//! Raft's safety rests on a replica never forgetting what it acknowledged. A directory started
+//! under another `--id`, or in another cell, would answer for a log it does not hold, and two
+//! processes on one directory would each write a log the other does not see: both are refused
+//! before anything is read or written.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use raft::ReplicaId;
+use serde::{Deserialize, Serialize};
+
+const IDENTITY: &str = "IDENTITY";
+const LOCK: &str = "LOCK";
+
+/// What a data directory records about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub cell_name: String,
+    /// Hex, as TOML integers are signed.
+    cell_id: String,
+    pub replica: ReplicaId,
+}
+
+impl Identity {
+    pub fn new(cell_name: &str, cell_id: u64, replica: ReplicaId) -> Identity {
+        Identity { cell_name: cell_name.to_string(), cell_id: format!("{cell_id:016x}"), replica }
+    }
+
+    pub fn cell_id(&self) -> u64 {
+        u64::from_str_radix(&self.cell_id, 16).unwrap_or(0)
+    }
+}
+
+/// The id of a new cell named `name` whose first members are `peers`: the same on every
+/// replica started with the same flags, and different for a cell of other members or name.
+pub fn new_cell_id(name: &str, peers: &BTreeMap<ReplicaId, String>) -> u64 {
+    let mut text = format!("new cell\n{name}\n");
+    for (id, addr) in peers {
+        text.push_str(&format!("{id}={addr}\n"));
+    }
+    nonzero(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+/// The id of a cell seeded from a backup whose checksum is `checksum`: never the id of the
+/// cell the backup came from, so none of its replicas can mix in.
+pub fn restored_cell_id(name: &str, checksum: u64, peers: &BTreeMap<ReplicaId, String>) -> u64 {
+    let mut text = format!("restored cell\n{name}\n{checksum:016x}\n");
+    for (id, addr) in peers {
+        text.push_str(&format!("{id}={addr}\n"));
+    }
+    nonzero(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
+fn nonzero(id: u64) -> u64 {
+    id.max(1)
+}
+
+/// A data directory held by this process (until dropped).
+pub struct DataDir {
+    path: PathBuf,
+    /// Holds the lock: closing it releases it.
+    _lock: File,
+    identity: Option<Identity>,
+}
+
+impl DataDir {
+    /// Creates `path` if missing and takes its lock; reads its identity if it has one, and
+    /// refuses one that is another replica's or another cell's.
+    pub fn open(path: &Path, replica: ReplicaId, cell_name: &str) -> Result<DataDir, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let lock_path = path.join(LOCK);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            return Err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => format!(
+                    "{} is in use by another cell-server process (pid {}): one replica per data directory",
+                    path.display(),
+                    holder.trim()
+                ),
+                _ => format!("locking {}: {e}", lock_path.display()),
+            });
+        }
+        let _ = lock.set_len(0);
+        let _ = write!(lock, "{}", std::process::id());
+        let identity = read_identity(path)?;
+        if let Some(id) = &identity {
+            if id.replica != replica {
+                return Err(format!(
+                    "{} holds replica {}'s log, not replica {replica}'s: start it with --id {} or use another --data-dir",
+                    path.display(),
+                    id.replica,
+                    id.replica
+                ));
+            }
+            if id.cell_name != cell_name {
+                return Err(format!(
+                    "{} belongs to cell {:?}, not {cell_name:?}: start it with --cell-name {} or use another --data-dir",
+                    path.display(),
+                    id.cell_name,
+                    id.cell_name
+                ));
+            }
+        }
+        Ok(DataDir { path: path.to_path_buf(), _lock: lock, identity })
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Whether a log was ever written here (by a replica that predates `IDENTITY` files, if it
+    /// has none).
+    pub fn has_log(&self) -> bool {
+        ["wal", "snap"].iter().any(|d| std::fs::read_dir(self.path.join(d)).is_ok_and(|mut e| e.next().is_some()))
+    }
+
+    /// Records the identity, durably, before any log is written.
+    pub fn record(&mut self, identity: Identity) -> Result<(), String> {
+        let text = format!(
+            "# This data directory's cell and replica, written by cell-server. Do not edit: a\n\
+             # replica refuses to start on a directory of another replica or cell.\n{}",
+            toml::to_string(&identity).map_err(|e| e.to_string())?
+        );
+        let tmp = self.path.join(format!("{IDENTITY}.tmp"));
+        let fail = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+        let mut f = File::create(&tmp).map_err(fail)?;
+        f.write_all(text.as_bytes()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, self.path.join(IDENTITY)).map_err(fail)?;
+        File::open(&self.path).and_then(|d| d.sync_all()).map_err(fail)?;
+        self.identity = Some(identity);
+        Ok(())
+    }
+}
+
+fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
+    let path = dir.join(IDENTITY);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    let id: Identity = toml::from_str(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))?;
+    if id.cell_id() == 0 {
+        return Err(format!("{} is damaged: no cell id", path.display()));
+    }
+    Ok(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_one_replicas_of_one_cell_and_one_processs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DataDir::open(dir.path(), 2, "local").unwrap();
+        assert!(d.identity().is_none() && !d.has_log());
+        d.record(Identity::new("local", 0xfeed, 2)).unwrap();
+        let busy = DataDir::open(dir.path(), 2, "local").err().unwrap();
+        assert!(busy.contains("in use by another cell-server process"), "{busy}");
+        drop(d);
+        let d = DataDir::open(dir.path(), 2, "local").unwrap();
+        assert_eq!(d.identity().map(|i| (i.replica, i.cell_id())), Some((2, 0xfeed)));
+        drop(d);
+        let other = DataDir::open(dir.path(), 3, "local").err().unwrap();
+        assert!(other.contains("holds replica 2's log, not replica 3's"), "{other}");
+        let cell = DataDir::open(dir.path(), 2, "prod").err().unwrap();
+        assert!(cell.contains("belongs to cell \"local\""), "{cell}");
+    }
+
+    #[test]
+    fn cell_ids_differ_by_name_members_and_backup() {
+        let peers: BTreeMap<ReplicaId, String> = (1..=3).map(|i| (i, format!("h{i}:7001"))).collect();
+        let a = new_cell_id("local", &peers);
+        assert_eq!(a, new_cell_id("local", &peers));
+        assert_ne!(a, new_cell_id("prod", &peers));
+        let mut moved = peers.clone();
+        moved.insert(3, "h9:7001".into());
+        assert_ne!(a, new_cell_id("local", &moved));
+        assert_ne!(a, restored_cell_id("local", 1, &peers));
+        assert_ne!(restored_cell_id("local", 1, &peers), restored_cell_id("local", 2, &peers));
+    }
+}

@@ -1,0 +1,309 @@
+//! Membership changes of a running cell, as an operator makes them with `chubby member`, while
+//! clients write and pass a lock around: a dead replica replaced by a new one, and the cell
+//! grown from three replicas to five and shrunk back to three (the leader among those removed).
+//!
+//! What must hold: every acknowledged write is there afterwards; the lock is never held twice
+//! (holders append fenced `GEN start` / `GEN end` lines, which would interleave); the clients
+//! keep making progress; every replica ends with the same member list and addresses.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use e2e_tests::{bin, CellOptions, TestCell};
+use fuse_mount::client::{OpenOptions, Session, SessionOptions};
+use fuse_mount::proto::cell::StatusRequest;
+use fuse_mount::proto::chubby::LockMode;
+
+const LOCK: &str = "/ls/local/m/lock";
+const WRITERS: usize = 2;
+const HOLDERS: usize = 3;
+
+fn chubby(cell: &TestCell, args: &[&str]) -> Output {
+    Command::new(bin("chubby"))
+        .args(["--cell", &cell.cell_arg()])
+        .args(args)
+        .envs(cell.client_env())
+        .output()
+        .expect("run chubby")
+}
+
+/// `chubby member ARGS`, which must succeed.
+fn member(cell: &TestCell, args: &[&str]) -> String {
+    let mut all = vec!["member"];
+    all.extend_from_slice(args);
+    let out = chubby(cell, &all);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "chubby member {args:?}: {}{text}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// The voters and learners `chubby member list --json` reports, with addresses.
+fn members(cell: &TestCell) -> Vec<(u64, String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&member(cell, &["list", "--json"]).replace("\n", "")).unwrap();
+    v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = m["role"].as_str().unwrap().replace("leader", "voter");
+            (m["id"].as_u64().unwrap(), m["address"].as_str().unwrap().to_string(), role)
+        })
+        .collect()
+}
+
+/// What the clients did: each writer's last acknowledged value, and the lock log's
+/// acknowledged lines.
+struct Done {
+    writes: Vec<(String, u64)>,
+    lock_lines: Vec<String>,
+}
+
+/// Writers setting counters and holders passing the lock, each in a session of its own,
+/// until `stop`.
+fn start_load(rt: &tokio::runtime::Runtime, cell: &TestCell, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Done> {
+    let addrs = cell.addrs.clone();
+    let opts =
+        SessionOptions { timeout: Duration::from_secs(30), grace: Duration::from_secs(30), ..cell.session_options() };
+    rt.spawn(async move {
+        let s = Session::open(addrs.clone(), opts.clone()).await.expect("session");
+        let dir = OpenOptions { create: true, directory: true, ..OpenOptions::default() };
+        s.open_node("/ls/local/m", dir).await.expect("mkdir /ls/local/m");
+        let _ = s.close().await;
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let (addrs, opts, stop) = (addrs.clone(), opts.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let s = Session::open(addrs, opts).await.expect("writer session");
+                let path = format!("/ls/local/m/w{w}");
+                let create = OpenOptions { create: true, ..OpenOptions::default() };
+                let (h, _) = s.open_node(&path, create).await.expect("open");
+                let mut acked = 0;
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    if s.set(&h, Bytes::from(i.to_string()), None, "").await.is_ok() {
+                        acked = i;
+                    }
+                }
+                let _ = s.close().await;
+                (path, acked)
+            }));
+        }
+        let mut holders = Vec::new();
+        for _ in 0..HOLDERS {
+            let (addrs, opts, stop) = (addrs.clone(), opts.clone(), stop.clone());
+            holders.push(tokio::spawn(async move {
+                let s = Session::open(addrs, opts).await.expect("holder session");
+                let create = OpenOptions { create: true, ..OpenOptions::default() };
+                let (h, _) = s.open_node(LOCK, create).await.expect("open the lock");
+                let mut acked = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(seq) = s.acquire(&h, LockMode::LockExclusive, 1, Some(Duration::ZERO)).await else {
+                        continue;
+                    };
+                    let generation = seq.split(':').nth(2).unwrap_or("?").to_string();
+                    for what in ["start", "end"] {
+                        let line = format!("{generation} {what}");
+                        if s.append(&h, Bytes::from(format!("{line}\n")), &seq).await.is_ok() {
+                            acked.push(line);
+                        }
+                        tokio::time::sleep(Duration::from_millis(15)).await;
+                    }
+                    let _ = s.release(&h, 1).await;
+                }
+                let _ = s.close().await;
+                acked
+            }));
+        }
+        let mut done = Done { writes: Vec::new(), lock_lines: Vec::new() };
+        for w in writers {
+            done.writes.push(w.await.expect("writer"));
+        }
+        for h in holders {
+            done.lock_lines.extend(h.await.expect("holder"));
+        }
+        done
+    })
+}
+
+/// Stops the load and checks what it did against what the cell has.
+fn stop_and_check(
+    rt: &tokio::runtime::Runtime,
+    cell: &TestCell,
+    stop: &AtomicBool,
+    load: tokio::task::JoinHandle<Done>,
+) {
+    stop.store(true, Ordering::Relaxed);
+    let done =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), load).await }).expect("load ends").unwrap();
+    rt.block_on(async {
+        let s = Session::open(cell.addrs.clone(), cell.session_options()).await.expect("checker session");
+        for (path, acked) in &done.writes {
+            assert!(*acked > 20, "{path}: only {acked} writes acknowledged: the cell stalled");
+            let (h, _) = s.open_node(path, OpenOptions::default()).await.unwrap();
+            let (value, _) = s.get(&h).await.unwrap();
+            let value: u64 = String::from_utf8_lossy(&value).parse().unwrap();
+            assert!(value >= *acked, "{path} holds {value}, but {acked} was acknowledged: a write was lost");
+        }
+        let (h, _) = s.open_node(LOCK, OpenOptions::default()).await.unwrap();
+        let (log, _) = s.get(&h).await.unwrap();
+        let log = String::from_utf8_lossy(&log).to_string();
+        let lines: Vec<&str> = log.lines().collect();
+        for acked in &done.lock_lines {
+            assert!(lines.contains(&acked.as_str()), "acknowledged lock line {acked:?} is missing");
+        }
+        // One holder at a time: each generation's lines together, generations rising.
+        let mut last: Option<u64> = None;
+        for (i, line) in lines.iter().enumerate() {
+            let (g, what) = line.split_once(' ').unwrap();
+            let g: u64 = g.parse().unwrap();
+            match what {
+                "start" => assert!(last.is_none_or(|l| g > l), "line {i}: generation {g} after {last:?}:\n{log}"),
+                _ => assert_eq!(Some(g), last, "line {i}: {line:?} inside another holder's turn:\n{log}"),
+            }
+            last = Some(g);
+        }
+        assert!(lines.len() > 10, "the lock changed hands only {} times", lines.len() / 2);
+        let _ = s.close().await;
+    });
+}
+
+/// Every running replica reports the same member list: `want`'s ids, as voters, at their
+/// addresses.
+fn assert_members(cell: &TestCell, want: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = members(cell);
+        let expect: Vec<(u64, String, String)> =
+            want.iter().map(|&id| (id, cell.addrs[id as usize - 1].clone(), "voter".to_string())).collect();
+        if got == expect {
+            break;
+        }
+        assert!(Instant::now() < deadline, "members {got:?}, want {expect:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut client = cell.client(Duration::from_secs(5));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for &id in want {
+        let addr = cell.addrs[id as usize - 1].clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = rt.block_on(client.at(&addr, |mut c| async move { c.status(StatusRequest {}).await }));
+            if let Ok(st) = &st {
+                let mut voters = st.voters.clone();
+                voters.sort_unstable();
+                let addrs: Vec<(u64, String)> = st.members.iter().map(|m| (m.id, m.address.clone())).collect();
+                let want_addrs: Vec<(u64, String)> =
+                    want.iter().map(|&w| (w, cell.addrs[w as usize - 1].clone())).collect();
+                if voters == want && addrs == want_addrs {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "replica {id} still reports {st:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn options() -> CellOptions {
+    // Snapshots every 300 entries: a new member catches up from a snapshot, then the log.
+    CellOptions { snapshot_entries: 300, ..CellOptions::default() }
+}
+
+#[test]
+fn a_dead_replica_is_replaced_while_clients_write_and_hold_locks() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cell = TestCell::start(options());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&rt, &cell, stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = cell.leader(&rt);
+    let dead = if leader == 3 { 2 } else { 3 };
+    cell.kill(dead);
+    std::thread::sleep(Duration::from_secs(1));
+    member(&cell, &["remove", &dead.to_string()]);
+    let (new, addr) = cell.add_replica();
+    member(&cell, &["add", &new.to_string(), &addr]);
+    // Added, not started: the cell lists it as a learner.
+    assert!(members(&cell).contains(&(new, addr.clone(), "learner".into())), "{:?}", members(&cell));
+    cell.start_replica(new);
+    member(&cell, &["promote", &new.to_string()]);
+    std::thread::sleep(Duration::from_secs(2));
+    stop_and_check(&rt, &cell, &stop, load);
+    let mut want: Vec<u64> = (1..=3).filter(|&id| id != dead).collect();
+    want.push(new);
+    assert_members(&cell, &want);
+    assert!(cell.log(new).contains("joining the cell as a learner"), "{}", cell.log(new));
+    for id in want {
+        cell.terminate(id);
+    }
+}
+
+#[test]
+fn the_cell_grows_to_five_and_shrinks_back_to_three_under_load() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cell = TestCell::start(options());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&rt, &cell, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..2 {
+        let (id, addr) = cell.add_replica();
+        member(&cell, &["add", &id.to_string(), &addr]);
+        cell.start_replica(id);
+        member(&cell, &["promote", &id.to_string()]);
+    }
+    assert_members(&cell, &[1, 2, 3, 4, 5]);
+    // Two of the first three go, the leader first if it is one of them (it hands off).
+    let leader = cell.leader(&rt);
+    let mut gone: Vec<u64> = vec![1, 2];
+    if leader <= 3 && !gone.contains(&leader) {
+        gone[1] = leader;
+    }
+    gone.sort_by_key(|&id| id != leader);
+    for &id in &gone {
+        member(&cell, &["remove", &id.to_string()]);
+        cell.terminate(id);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop_and_check(&rt, &cell, &stop, load);
+    let want: Vec<u64> = (1..=5).filter(|id| !gone.contains(id)).collect();
+    assert_members(&cell, &want);
+    if gone.contains(&leader) {
+        let log = cell.log(leader);
+        assert!(log.contains("leadership handed over"), "the removed leader did not hand off:\n{log}");
+    }
+    for id in want {
+        cell.terminate(id);
+    }
+}
+
+/// A change that would leave no working majority is refused, and an address or id already
+/// in use is refused; nothing changes.
+#[test]
+fn changes_that_would_break_the_cell_are_refused() {
+    let mut cell = TestCell::start(CellOptions::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let leader = cell.leader(&rt);
+    let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    cell.kill(followers[0]);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = chubby(&cell, &["member", "remove", &followers[1].to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("could not commit"), "{err}");
+    let taken = cell.addrs[0].clone();
+    let out = chubby(&cell, &["member", "add", "9", &taken]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already at"));
+    let out = chubby(&cell, &["member", "add", "2", "127.0.0.1:1"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("already a member"));
+    let out = chubby(&cell, &["member", "add", "9", "no-port"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<u64> = members(&cell).iter().map(|m| m.0).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    cell.start_replica(followers[0]);
+    for id in 1..=3 {
+        cell.terminate(id);
+    }
+}
