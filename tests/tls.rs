@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use e2e_tests::{bin, client_principal, issue_cert, wait_converged, CellOptions, TestCell};
+use e2e_tests::{bin, client_principal, issue_cert, issue_paths, wait_converged, CellOptions, TestCell};
 use fuse_mount::client::tls::{Identity, TlsFiles};
 use fuse_mount::client::{CellClient, Session, SessionOptions};
 use proto::Refusal;
@@ -221,11 +221,18 @@ fn a_replica_with_a_certificate_from_another_ca_cannot_join_or_send_raft_message
     for (principal, from) in [("mallory@build7", 2), ("replica/2", 3), ("replica/7", 7)] {
         let (cert, key) = issue_cert(&tls, principal, &[]);
         let id = Identity::load(&TlsFiles { cert, key, ca: tls.join("ca.pem") }).unwrap();
-        let refused = rt.block_on(send_snapshot(&cell.addrs[0], &id, from));
+        let refused = rt.block_on(send_snapshot(&cell.addrs[0], &id, from, 0));
         let status = refused.err().unwrap_or_else(|| panic!("{principal}'s snapshot as replica {from} was taken"));
         // (replica/7 is a replica's certificate from the cell's CA, but no member of this cell.)
         assert_eq!(status.code(), tonic::Code::PermissionDenied, "{principal}: {status}");
     }
+    // Replica 2's own certificate, as itself, but for another cell (a replica of a cell
+    // restored from this one's backup, say).
+    let (cert, key) = issue_paths(&tls, "replica/2");
+    let id = Identity::load(&TlsFiles { cert, key, ca: tls.join("ca.pem") }).unwrap();
+    let status = rt.block_on(send_snapshot(&cell.addrs[0], &id, 2, 1)).expect_err("another cell's snapshot was taken");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(cell.log(1).contains("snapshot refused: the sender belongs to cell"), "the refusal is logged");
 
     let rogue_log = cell.log_since_start(3);
     assert!(
@@ -254,11 +261,13 @@ fn a_replica_with_a_certificate_from_another_ca_cannot_join_or_send_raft_message
     );
 }
 
-/// Sends replica 1 at `addr` an empty snapshot said to be from replica `from`, as `id`.
+/// Sends replica 1 at `addr` an empty snapshot said to be from replica `from`, as `id`, in the
+/// cell's id XOR `other_cell`.
 async fn send_snapshot(
     addr: &str,
     id: &Identity,
     from: u64,
+    other_cell: u64,
 ) -> Result<tonic::Response<proto::raft::InstallSnapshotAck>, tonic::Status> {
     let endpoint = fuse_mount::client::tls::endpoint(addr, Some(id)).unwrap();
     let channel = endpoint.connect().await.unwrap();
@@ -268,7 +277,7 @@ async fn send_snapshot(
         .await
         .unwrap()
         .into_inner();
-    let cell = u64::from_str_radix(&status.cell_id, 16).unwrap();
+    let cell = u64::from_str_radix(&status.cell_id, 16).unwrap() ^ other_cell;
     let mut peer = proto::raft::raft_peer_client::RaftPeerClient::new(channel);
     let chunk = proto::raft::InstallSnapshotChunk {
         cell,
@@ -400,7 +409,7 @@ fn clients_may_come_from_another_ca_but_replicas_only_from_the_cells() {
     let files = TlsFiles { cert: cert.clone(), key: key.clone(), ca: tls.join("ca.pem") };
     let forged = Identity::load(&files).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let refused = rt.block_on(send_snapshot(&cell.addrs[0], &forged, 2));
+    let refused = rt.block_on(send_snapshot(&cell.addrs[0], &forged, 2, 0));
     let status = refused.expect_err("a snapshot under the users' CA's replica/2 was taken");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
     assert!(raw_peer_link(&cell.addrs[0], &cert, &key, &tls.join("ca.pem")), "a peer link was kept");

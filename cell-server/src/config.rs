@@ -189,6 +189,9 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<ReplicaId, String>, String> {
         if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
             return Err(format!("peer address {addr:?} is not HOST:PORT"));
         }
+        if addr.len() > raft::MAX_ADDR_LEN {
+            return Err(format!("peer address {addr:?} is over {} bytes", raft::MAX_ADDR_LEN));
+        }
         if peers.insert(id, addr.to_string()).is_some() {
             return Err(format!("peer id {id} given twice"));
         }

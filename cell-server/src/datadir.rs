@@ -25,11 +25,37 @@ pub struct Identity {
     /// Hex, as TOML integers are signed.
     cell_id: String,
     pub replica: ReplicaId,
+    /// Whether this replica joined a running cell (rather than being one of its first
+    /// members): it then never bootstraps a group of its own.
+    #[serde(default)]
+    pub joined: bool,
+    /// For a replica that joined, the members as the cell listed them then (`ID=ADDR,…`):
+    /// whom to accept the log from if it restarts before it has any.
+    #[serde(default)]
+    pub members: String,
 }
 
 impl Identity {
-    pub fn new(cell_name: &str, cell_id: u64, replica: ReplicaId) -> Identity {
-        Identity { cell_name: cell_name.to_string(), cell_id: format!("{cell_id:016x}"), replica }
+    /// One of a new cell's first members.
+    pub fn first_member(cell_name: &str, cell_id: u64, replica: ReplicaId) -> Identity {
+        Identity {
+            cell_name: cell_name.to_string(),
+            cell_id: format!("{cell_id:016x}"),
+            replica,
+            joined: false,
+            members: String::new(),
+        }
+    }
+
+    /// A replica joining a running cell whose members are `members`.
+    pub fn joined(
+        cell_name: &str,
+        cell_id: u64,
+        replica: ReplicaId,
+        members: &BTreeMap<ReplicaId, String>,
+    ) -> Identity {
+        let members = members.iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+        Identity { joined: true, members, ..Identity::first_member(cell_name, cell_id, replica) }
     }
 
     pub fn cell_id(&self) -> u64 {
@@ -47,12 +73,13 @@ pub fn new_cell_id(name: &str, peers: &BTreeMap<ReplicaId, String>) -> u64 {
     nonzero(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }
 
-/// The id of a cell seeded from a backup whose checksum is `checksum`: never the id of the
-/// cell the backup came from, so none of its replicas can mix in.
-pub fn restored_cell_id(name: &str, checksum: u64, peers: &BTreeMap<ReplicaId, String>) -> u64 {
-    let mut text = format!("restored cell\n{name}\n{checksum:016x}\n");
-    for (id, addr) in peers {
-        text.push_str(&format!("{id}={addr}\n"));
+/// The id of a cell whose data directories predate their `IDENTITY`: from the cell's name and
+/// its first members' ids only, which its replicas agree on even where their `--peers` name
+/// the same replica differently (`localhost` here, an address there).
+pub fn adopted_cell_id(name: &str, ids: impl Iterator<Item = ReplicaId>) -> u64 {
+    let mut text = format!("adopted cell\n{name}\n");
+    for id in ids {
+        text.push_str(&format!("{id}\n"));
     }
     nonzero(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }
@@ -172,12 +199,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DataDir::open(dir.path(), 2, "local").unwrap();
         assert!(d.identity().is_none() && !d.has_log());
-        d.record(Identity::new("local", 0xfeed, 2)).unwrap();
+        d.record(Identity::first_member("local", 0xfeed, 2)).unwrap();
         let busy = DataDir::open(dir.path(), 2, "local").err().unwrap();
         assert!(busy.contains("in use by another cell-server process"), "{busy}");
         drop(d);
         let d = DataDir::open(dir.path(), 2, "local").unwrap();
-        assert_eq!(d.identity().map(|i| (i.replica, i.cell_id())), Some((2, 0xfeed)));
+        assert_eq!(d.identity().map(|i| (i.replica, i.cell_id(), i.joined)), Some((2, 0xfeed, false)));
+        drop(d);
+        let mut d = DataDir::open(dir.path(), 2, "local").unwrap();
+        let members = BTreeMap::from([(1, "h1:7001".to_string()), (2, "h2:7001".to_string())]);
+        d.record(Identity::joined("local", 0xfeed, 2, &members)).unwrap();
+        drop(d);
+        let d = DataDir::open(dir.path(), 2, "local").unwrap();
+        let id = d.identity().unwrap();
+        assert!(id.joined);
+        assert_eq!(crate::config::parse_peers(&id.members).unwrap(), members);
         drop(d);
         let other = DataDir::open(dir.path(), 3, "local").err().unwrap();
         assert!(other.contains("holds replica 2's log, not replica 3's"), "{other}");
@@ -186,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn cell_ids_differ_by_name_members_and_backup() {
+    fn cell_ids_differ_by_name_and_members() {
         let peers: BTreeMap<ReplicaId, String> = (1..=3).map(|i| (i, format!("h{i}:7001"))).collect();
         let a = new_cell_id("local", &peers);
         assert_eq!(a, new_cell_id("local", &peers));
@@ -194,7 +230,9 @@ mod tests {
         let mut moved = peers.clone();
         moved.insert(3, "h9:7001".into());
         assert_ne!(a, new_cell_id("local", &moved));
-        assert_ne!(a, restored_cell_id("local", 1, &peers));
-        assert_ne!(restored_cell_id("local", 1, &peers), restored_cell_id("local", 2, &peers));
+        let adopted = adopted_cell_id("local", peers.keys().copied());
+        assert_eq!(adopted, adopted_cell_id("local", [1, 2, 3].into_iter()), "addresses do not matter");
+        assert_ne!(adopted, adopted_cell_id("local", [1, 2].into_iter()));
+        assert_ne!(adopted, a);
     }
 }

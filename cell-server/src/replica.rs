@@ -113,7 +113,14 @@ pub async fn step_down(node: &ReplicaHandle<CellMachine>) {
     if st.raft.role != Role::Leader {
         return;
     }
-    let Some((&to, _)) = st.raft.progress.iter().filter(|(&id, _)| id != st.raft.id).max_by_key(|(_, p)| p.matched)
+    // A voter only: a learner (even a caught-up one) cannot take over.
+    let voters = &st.raft.conf_state.voters;
+    let Some((&to, _)) = st
+        .raft
+        .progress
+        .iter()
+        .filter(|(&id, _)| id != st.raft.id && voters.contains(&id))
+        .max_by_key(|(_, p)| p.matched)
     else {
         return;
     };
@@ -132,122 +139,173 @@ pub async fn step_down(node: &ReplicaHandle<CellMachine>) {
     tracing::warn!(replica = st.raft.id, to, "leadership transfer did not finish in time");
 }
 
-/// The cell this replica's data directory belongs to, recording it on first start, and, when
-/// joining, the members to start with (as the cell lists them).
-async fn which_cell(
-    cfg: &ReplicaConfig,
-    dir: &mut DataDir,
-) -> anyhow::Result<(u64, Option<std::collections::BTreeMap<raft::ReplicaId, String>>)> {
-    let known = dir.identity().map(Identity::cell_id);
-    if !cfg.join.is_empty() {
-        // Asked on every start, not only the first: a replica that stopped before the leader
-        // sent it anything still has nothing to start from but the cell's list.
-        let listed = match ask_members(cfg).await {
-            Ok(m) => m,
-            Err(e) if known.is_some() => {
-                tracing::warn!(
-                    replica = cfg.id,
-                    "the cell to join did not answer ({e}); starting from this replica's log"
-                );
-                return Ok((known.unwrap_or_default(), Some(Default::default())));
+/// The cell this replica's data directory belongs to, recording it on first start, and, for
+/// a replica that joined a running cell, the members to start with.
+async fn which_cell(cfg: &ReplicaConfig, dir: &mut DataDir) -> anyhow::Result<(u64, Option<Members>)> {
+    match dir.identity().cloned() {
+        // A replica that joined never bootstraps a group of its own, whatever its flags: its
+        // log comes from the cell.
+        Some(id) if id.joined => {
+            let saved = crate::config::parse_peers(&id.members).unwrap_or_default();
+            if cfg.join.is_empty() {
+                return Ok((id.cell_id(), Some(saved)));
             }
-            Err(e) => return Err(e),
-        };
-        let cell = u64::from_str_radix(&listed.cell_id, 16).unwrap_or(0);
-        if listed.cell_name != cfg.cell_name {
-            anyhow::bail!("--join reached cell {:?}, not {:?} (--cell-name)", listed.cell_name, cfg.cell_name);
-        }
-        match known {
-            Some(k) if k != cell => anyhow::bail!(
-                "{} belongs to cell {k:016x}, but --join reached cell {cell:016x}: use another --data-dir",
-                cfg.data_dir.display()
-            ),
-            Some(_) => {}
-            None => {
-                if dir.has_log() {
-                    anyhow::bail!(
-                        "{} holds a log of unknown origin: --join needs an empty --data-dir",
-                        cfg.data_dir.display()
-                    );
-                }
-                let me = listed.members.iter().find(|m| m.id == cfg.id);
-                match me {
-                    None => anyhow::bail!(
-                        "replica {} is not a member of cell {:?}: add it first with `chubby member add {} {}`",
-                        cfg.id,
-                        listed.cell_name,
-                        cfg.id,
-                        cfg.listen
-                    ),
-                    Some(m) if m.address != cfg.listen => tracing::warn!(
+            // The cell's list is newer than the one saved at the join, if it answers.
+            match ask_members(&cfg.join, cfg.tls.as_ref(), Duration::from_secs(10)).await {
+                Ok(m) if parse_cell_id(&m.cell_id) != id.cell_id() => anyhow::bail!(
+                    "{} belongs to cell {:016x}, but --join reached cell {}: use another --data-dir",
+                    cfg.data_dir.display(),
+                    id.cell_id(),
+                    m.cell_id
+                ),
+                Ok(m) => Ok((id.cell_id(), Some(m.members.into_iter().map(|m| (m.id, m.address)).collect()))),
+                Err(e) => {
+                    tracing::warn!(
                         replica = cfg.id,
-                        "the cell lists this replica at {}, but it listens on {}",
-                        m.address,
-                        cfg.listen
-                    ),
-                    Some(_) => {}
+                        "the cell to join did not answer ({e}); starting from what it listed at the join"
+                    );
+                    Ok((id.cell_id(), Some(saved)))
                 }
-                dir.record(Identity::new(&cfg.cell_name, cell, cfg.id)).map_err(|e| anyhow::anyhow!(e))?;
-                tracing::info!(replica = cfg.id, cell = format!("{cell:016x}"), "joining the cell as a learner");
             }
         }
-        let members = listed.members.into_iter().map(|m| (m.id, m.address)).collect();
-        return Ok((cell, Some(members)));
+        Some(id) => {
+            if !cfg.join.is_empty() {
+                tracing::warn!(replica = cfg.id, "--join ignored: this replica is one of its cell's first members");
+            }
+            Ok((id.cell_id(), None))
+        }
+        None if !cfg.join.is_empty() => join(cfg, dir).await,
+        None if dir.has_log() => {
+            // Written before data directories recorded their cell: adopted with an id every
+            // replica of the cell derives alike, whatever form its --peers addresses take.
+            let cell = datadir::adopted_cell_id(&cfg.cell_name, cfg.peers.keys().copied());
+            dir.record(Identity::first_member(&cfg.cell_name, cell, cfg.id)).map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(replica = cfg.id, cell = format!("{cell:016x}"), "data directory adopted into its cell");
+            Ok((cell, None))
+        }
+        None => {
+            if !cfg.peers.contains_key(&cfg.id) {
+                anyhow::bail!(
+                    "replica {} is not one of the new cell's --peers; to add a replica to a running cell, \
+                     use `chubby member add` and start it with --join",
+                    cfg.id
+                );
+            }
+            let cell = datadir::new_cell_id(&cfg.cell_name, &cfg.peers);
+            refuse_lost_state(cfg, cell).await?;
+            dir.record(Identity::first_member(&cfg.cell_name, cell, cfg.id)).map_err(|e| anyhow::anyhow!(e))?;
+            Ok((cell, None))
+        }
     }
-    if let Some(cell) = known {
-        return Ok((cell, None));
+}
+
+type Members = std::collections::BTreeMap<raft::ReplicaId, String>;
+
+fn parse_cell_id(hex: &str) -> u64 {
+    u64::from_str_radix(hex, 16).unwrap_or(0)
+}
+
+/// First start with `--join`: the cell must list this replica (added by `chubby member add`).
+async fn join(cfg: &ReplicaConfig, dir: &mut DataDir) -> anyhow::Result<(u64, Option<Members>)> {
+    if dir.has_log() {
+        anyhow::bail!("{} holds a log of unknown origin: --join needs an empty --data-dir", cfg.data_dir.display());
     }
-    if !dir.has_log() && !cfg.peers.contains_key(&cfg.id) {
+    let listed = ask_members(&cfg.join, cfg.tls.as_ref(), Duration::from_secs(30)).await?;
+    let cell = parse_cell_id(&listed.cell_id);
+    if listed.cell_name != cfg.cell_name {
+        anyhow::bail!("--join reached cell {:?}, not {:?} (--cell-name)", listed.cell_name, cfg.cell_name);
+    }
+    match listed.members.iter().find(|m| m.id == cfg.id) {
+        None => anyhow::bail!(
+            "replica {} is not a member of cell {:?}: add it first with `chubby member add {} {}`",
+            cfg.id,
+            listed.cell_name,
+            cfg.id,
+            cfg.listen
+        ),
+        Some(m) if m.address != cfg.listen => {
+            tracing::warn!(
+                replica = cfg.id,
+                "the cell lists this replica at {}, but it listens on {}",
+                m.address,
+                cfg.listen
+            )
+        }
+        Some(_) => {}
+    }
+    let members: Members = listed.members.into_iter().map(|m| (m.id, m.address)).collect();
+    dir.record(Identity::joined(&cfg.cell_name, cell, cfg.id, &members)).map_err(|e| anyhow::anyhow!(e))?;
+    tracing::info!(replica = cfg.id, cell = format!("{cell:016x}"), "joining the cell as a learner");
+    Ok((cell, Some(members)))
+}
+
+/// A first member starting on an empty data directory: refused if its cell, asked briefly,
+/// says this replica acknowledged entries past the cell's first ones. Its directory was lost,
+/// and a replica that forgot its votes and acknowledged entries must not vote again as itself.
+/// (A cell that does not answer, or a leader that never heard from this replica, cannot tell:
+/// the README says not to wipe a replica's directory.)
+async fn refuse_lost_state(cfg: &ReplicaConfig, cell: u64) -> anyhow::Result<()> {
+    let others: Vec<String> = cfg.peers.iter().filter(|(&id, _)| id != cfg.id).map(|(_, a)| a.clone()).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let Ok(m) = ask_members(&others, cfg.tls.as_ref(), Duration::from_secs(2)).await else { return Ok(()) };
+    let acknowledged = m.members.iter().find(|r| r.id == cfg.id).map_or(0, |r| r.match_index);
+    if parse_cell_id(&m.cell_id) == cell && acknowledged > cfg.peers.len() as u64 {
         anyhow::bail!(
-            "replica {} is not one of the new cell's --peers; to add a replica to a running cell, \
-             use `chubby member add` and start it with --join",
+            "replica {} of cell {:?} acknowledged entries up to {acknowledged}, but its data directory {} is \
+             empty: it lost its state and must not rejoin as itself. Remove it (`chubby member remove {}`) \
+             and add a replica with a new id (README: Membership)",
+            cfg.id,
+            cfg.cell_name,
+            cfg.data_dir.display(),
             cfg.id
         );
     }
-    // A new cell, or a directory written before identities were recorded (its cell is the
-    // one its first members make).
-    let cell = datadir::new_cell_id(&cfg.cell_name, &cfg.peers);
-    dir.record(Identity::new(&cfg.cell_name, cell, cfg.id)).map_err(|e| anyhow::anyhow!(e))?;
-    Ok((cell, None))
+    Ok(())
 }
 
-/// The member list of the cell at `cfg.join`, from its leader, trying each address in turn
-/// for up to 30 s (the cell may be electing).
-async fn ask_members(cfg: &ReplicaConfig) -> anyhow::Result<proto::cell::MembersResponse> {
+/// The member list of the cell at any of `addrs`, from its leader, trying each in turn for
+/// up to `limit` (the cell may be electing).
+async fn ask_members(
+    addrs: &[String],
+    tls: Option<&proto::tls::Identity>,
+    limit: Duration,
+) -> anyhow::Result<proto::cell::MembersResponse> {
     use proto::cell::cell_client::CellClient;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    let mut addrs: std::collections::VecDeque<String> = cfg.join.iter().cloned().collect();
+    let deadline = std::time::Instant::now() + limit;
+    let mut last = String::from("no answer");
+    let mut queue: std::collections::VecDeque<String> = addrs.iter().cloned().collect();
     while std::time::Instant::now() < deadline {
-        let addr = addrs.pop_front().expect("never empty");
-        addrs.push_back(addr.clone());
-        let endpoint = match &cfg.tls {
+        let addr = queue.pop_front().expect("never empty");
+        queue.push_back(addr.clone());
+        let endpoint = match tls {
             None => tonic::transport::Endpoint::from_shared(format!("http://{addr}")),
             Some(id) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
                 .and_then(|e| e.tls_config(id.tonic_config().domain_name(proto::tls::host_of(&addr).to_string()))),
         };
-        let endpoint =
-            endpoint.map_err(|e| anyhow::anyhow!("--join {addr}: {e}"))?.connect_timeout(Duration::from_secs(2));
+        let endpoint = endpoint.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?.connect_timeout(Duration::from_secs(1));
         let answer = async {
-            let mut client = CellClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
+            let mut client = CellClient::new(endpoint.connect().await.map_err(|e| (None, e.to_string()))?);
             let req = proto::cell::MembersRequest { from_leader: true };
             client.members(req).await.map(|r| r.into_inner()).map_err(|s| {
-                // Sent on to the leader.
-                if let Some(leader) = s.metadata().get(proto::LEADER_METADATA).and_then(|v| v.to_str().ok()) {
-                    if !cfg.join.iter().any(|a| a == leader) {
-                        return format!("LEADER {leader}");
-                    }
-                }
-                format!("{addr}: {}", s.message())
+                let leader = s.metadata().get(proto::LEADER_METADATA).and_then(|v| v.to_str().ok()).map(String::from);
+                (leader, format!("{addr}: {}", s.message()))
             })
         };
-        match tokio::time::timeout(Duration::from_secs(5), answer).await {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left.min(Duration::from_secs(5)), answer).await {
             Ok(Ok(m)) => return Ok(m),
-            Ok(Err(e)) if e.starts_with("LEADER ") => addrs.push_front(e["LEADER ".len()..].to_string()),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = format!("{addr}: no answer in 5 s"),
+            // Sent on to the leader: ask it next, at once.
+            Ok(Err((Some(leader), _))) if leader != addr => {
+                queue.push_front(leader);
+                continue;
+            }
+            Ok(Err((_, e))) => last = e,
+            Err(_) => last = format!("{addr}: no answer in time"),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        tokio::time::sleep(Duration::from_millis(100).min(left)).await;
     }
-    anyhow::bail!("cannot reach the cell to join at {}: {last}", cfg.join.join(","))
+    anyhow::bail!("cannot reach the cell at {}: {last}", addrs.join(","))
 }

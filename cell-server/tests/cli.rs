@@ -111,3 +111,42 @@ fn a_replica_needs_its_own_certificate_or_an_explicit_insecure() {
     assert!(err.contains("the certificate expired on"), "{err}");
     assert!(!data.exists(), "nothing is started or written before the settings are sound");
 }
+
+/// A data directory holds one replica's log of one cell, and one process uses it at a time:
+/// another process, another --id and another cell are refused before anything is read.
+#[test]
+fn a_data_directory_is_refused_to_another_process_replica_or_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let peers = format!("1=127.0.0.1:{port}");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_cell-server"))
+        .args(["--id", "1", "--peers", &peers, "--data-dir", data, "--insecure"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The lock is taken before the identity is written.
+    let identity = dir.path().join("data/IDENTITY");
+    for _ in 0..500 {
+        if identity.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(identity.exists(), "the first replica never recorded its identity");
+    let other = "1=127.0.0.1:1";
+    let (code, err) = run(&["--id", "1", "--peers", other, "--data-dir", data, "--insecure"]);
+    // SAFETY: kill of the child this test started, by its PID.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    first.wait().unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("in use by another cell-server process (pid {})", first.id())), "{err}");
+    let (code, err) = run(&["--id", "2", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2", "--data-dir", data, "--insecure"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("holds replica 1's log, not replica 2's"), "{err}");
+    let (code, err) = run(&["--id", "1", "--peers", other, "--data-dir", data, "--insecure", "--cell-name", "prod"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("belongs to cell \"local\", not \"prod\""), "{err}");
+    assert_eq!(std::fs::read_to_string(&identity).unwrap().matches("replica = 1").count(), 1);
+}

@@ -69,6 +69,9 @@ refusals! {
     NotMovable,
     /// A blocking lock upgrade that would wait forever (another holder waits to upgrade).
     Deadlock,
+    /// A membership change the cell will not make: it would leave no working majority, or
+    /// the member is not ready for it.
+    MembershipRefused,
 }
 
 impl Refusal {

@@ -325,7 +325,6 @@ impl Identity {
     }
 }
 
-/// The principal of the certificate a peer presented on a TLS connection.
 /// The host of `HOST:PORT` (`[v6]:PORT` without its brackets): the name a server's
 /// certificate must carry.
 pub fn host_of(addr: &str) -> &str {
@@ -333,6 +332,7 @@ pub fn host_of(addr: &str) -> &str {
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
+/// The principal of the certificate a peer presented on a TLS connection.
 pub fn peer_principal(certs: Option<&[CertificateDer<'_>]>) -> Result<Principal, String> {
     let leaf = certs.and_then(|c| c.first()).ok_or("no client certificate")?;
     principal_of_cert(leaf).map(|name| Principal::parse(&name))

@@ -11,10 +11,16 @@
 use std::time::{Duration, Instant};
 
 use proto::cell::*;
-use raft::{ConfChange, Error as RaftError, ProgressState, ReplicaError, ReplicaId, Role};
+use raft::{ConfChange, Error as RaftError, ReplicaError, ReplicaId, Role};
 use tonic::Status;
 
 use super::cell::CellService;
+use super::status::with_reason;
+
+/// A change refused for the state of the cell: final, not a redirect to retry.
+fn refused(why: String) -> Status {
+    with_reason(Status::failed_precondition(why), proto::Refusal::MembershipRefused)
+}
 
 /// How long a change waits for the previous one to commit, or a learner to catch up, before
 /// it is refused with `UNAVAILABLE` (the client may retry).
@@ -52,17 +58,45 @@ impl CellService {
         })
     }
 
+    /// This replica's status, if it leads; else the redirect to the leader. Changes and their
+    /// retries are judged at the leader only: another replica's latest membership may hold a
+    /// change that never commits.
+    async fn at_leader(&self) -> Result<raft::ReplicaStatus, Status> {
+        let st = self.replica().status().await.map_err(|e| self.status_of(e))?;
+        if st.raft.role != Role::Leader {
+            return Err(self.status_of(ReplicaError::NotLeader { leader: st.raft.leader_id }));
+        }
+        Ok(st)
+    }
+
+    /// The members, once the latest change is committed: the answer to a change found
+    /// already made (a retry whose first try went through).
+    async fn settled(&self) -> Result<MembersResponse, Status> {
+        let began = Instant::now();
+        loop {
+            let st = self.at_leader().await?;
+            if st.conf_index <= st.raft.commit {
+                return self.members_now(false).await;
+            }
+            if began.elapsed() > CHANGE_PATIENCE {
+                return Err(Status::unavailable("the latest membership change has not committed"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(super) async fn member_add(&self, id: ReplicaId, address: String) -> Result<MembersResponse, Status> {
         if id == 0 {
             return Err(Status::invalid_argument("replica id 0 is reserved"));
         }
         check_address(&address)?;
+        self.at_leader().await?;
         {
             let m = self.replica().members().borrow().clone();
             if m.contains(id) {
                 return match m.addrs.get(&id) {
                     // A retry of this very call.
-                    Some(a) if *a == address => self.members_now(false).await,
+                    Some(a) if *a == address => self.settled().await,
                     other => Err(Status::already_exists(format!(
                         "replica {id} is already a member (at {}); remove it first",
                         other.map_or("no address", String::as_str)
@@ -77,9 +111,10 @@ impl CellService {
     }
 
     pub(super) async fn member_promote(&self, id: ReplicaId) -> Result<MembersResponse, Status> {
+        self.at_leader().await?;
         let m = self.replica().members().borrow().clone();
         if m.voters.contains(&id) {
-            return self.members_now(false).await;
+            return self.settled().await;
         }
         if !m.learners.contains(&id) {
             return Err(Status::not_found(format!("replica {id} is not a member: add it first")));
@@ -88,29 +123,28 @@ impl CellService {
     }
 
     pub(super) async fn member_remove(&self, id: ReplicaId) -> Result<MembersResponse, Status> {
+        let st = self.at_leader().await?;
         let m = self.replica().members().borrow().clone();
         if !m.contains(id) {
-            return self.members_now(false).await;
-        }
-        let st = self.replica().status().await.map_err(|e| self.status_of(e))?;
-        if st.raft.role != Role::Leader {
-            return Err(self.status_of(ReplicaError::NotLeader { leader: st.raft.leader_id }));
+            return self.settled().await;
         }
         if m.voters.contains(&id) {
             let rest: Vec<ReplicaId> = m.voters.iter().copied().filter(|&v| v != id).collect();
             if rest.is_empty() {
-                return Err(Status::failed_precondition("cannot remove the last voter"));
+                return Err(refused("cannot remove the last voter".into()));
             }
-            // Voters the leader hears from and that keep up: without a majority of those
-            // among the voters left, the cell could not commit again.
-            let working = rest
-                .iter()
-                .filter(|&&v| {
-                    v == st.raft.id || st.raft.progress.get(&v).is_some_and(|p| p.state == ProgressState::Replicate)
-                })
-                .count();
+            // Voters the leader hears from: without a majority of those among the voters left,
+            // the cell could not commit again. A voter counts if it answered within any of a
+            // few election timeouts (each one starts the leader's record afresh).
+            let mut heard = std::collections::BTreeSet::from([st.raft.id]);
+            for _ in 0..5 {
+                let now = self.at_leader().await?;
+                heard.extend(now.raft.progress.iter().filter(|(_, p)| p.recent_active).map(|(&v, _)| v));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let working = rest.iter().filter(|v| heard.contains(v)).count();
             if working <= rest.len() / 2 {
-                return Err(Status::failed_precondition(format!(
+                return Err(refused(format!(
                     "removing replica {id} would leave {} voters of which only {working} are working: the cell \
                      could not commit; bring replicas back or add members first",
                     rest.len()
@@ -141,9 +175,7 @@ impl CellService {
                 | Err(ReplicaError::Raft(RaftError::InvalidConfChange(_)))
                     if began.elapsed() < CHANGE_PATIENCE && waits(cc, &self.replica().members().borrow()) => {}
                 Err(ReplicaError::Raft(RaftError::ConfChangePending { .. })) if began.elapsed() < CHANGE_PATIENCE => {}
-                Err(ReplicaError::Raft(RaftError::InvalidConfChange(why))) => {
-                    return Err(Status::failed_precondition(why));
-                }
+                Err(ReplicaError::Raft(RaftError::InvalidConfChange(why))) => return Err(refused(why)),
                 Err(ReplicaError::Raft(RaftError::ConfChangePending { pending })) => {
                     return Err(Status::unavailable(format!(
                         "another membership change (entry {pending}) has not committed in {CHANGE_PATIENCE:?}"

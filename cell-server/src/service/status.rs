@@ -104,7 +104,7 @@ fn redirect(master: &Master, leader: ReplicaId, word: &str) -> Status {
     }
 }
 
-fn with_reason(mut s: Status, reason: Refusal) -> Status {
+pub(crate) fn with_reason(mut s: Status, reason: Refusal) -> Status {
     s.metadata_mut().insert(ERROR_METADATA, reason.metadata_value());
     s
 }

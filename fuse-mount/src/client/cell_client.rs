@@ -108,6 +108,10 @@ impl CellClient {
                                         self.leader = Some(leader.to_string());
                                         continue;
                                     }
+                                    // A refusal by name is the cell's answer, not a redirect.
+                                    None if proto::Refusal::of_metadata(status.metadata()).is_some() => {
+                                        return Err(ClientError::Rpc(Box::new(status)));
+                                    }
                                     _ => Err(status.message().to_string()),
                                 }
                             }

@@ -62,6 +62,8 @@ fn errno_of_reason(reason: Refusal) -> Errno {
         Refusal::Deadlock => libc::EDEADLK,
         // Handled by the session (a retry, a resumption) before it reaches a file-system call.
         Refusal::Forgotten | Refusal::StaleEpoch => libc::EIO,
+        // An operator's call; no file-system call makes one.
+        Refusal::MembershipRefused => libc::EIO,
     };
     Errno::from_i32(code)
 }

@@ -34,8 +34,10 @@ pub(super) struct Driver<SM> {
     pub(super) next_read: u64,
     pub(super) was_leader: bool,
     pub(super) leadership: watch::Sender<Leadership>,
-    /// The membership last published, and where it is published.
+    /// The membership last published (and whether a change of it was not yet committed
+    /// then), and where it is published.
     pub(super) conf: ConfState,
+    pub(super) conf_pending: bool,
     pub(super) members: watch::Sender<Membership>,
     /// For background work to report back to the loop.
     pub(super) self_tx: Inbox<SM>,
@@ -80,6 +82,7 @@ pub(super) fn membership(conf: &ConfState, peers: &BTreeMap<ReplicaId, String>) 
         .iter()
         .chain(&conf.learners)
         .filter_map(|id| conf.addrs.get(id).or_else(|| peers.get(id)).map(|a| (*id, a.clone())))
+        .filter(|(_, a)| !a.is_empty())
         .collect();
     Membership { voters: conf.voters.clone(), learners: conf.learners.clone(), addrs }
 }
@@ -110,6 +113,7 @@ impl<SM: StateMachine> Driver<SM> {
         let conf = raw.latest_conf().clone();
         Ok(Driver {
             conf,
+            conf_pending: true,
             raw,
             sm,
             transport,
@@ -206,11 +210,23 @@ impl<SM: StateMachine> Driver<SM> {
     /// Follows a change of membership (by an entry appended or cut, or a snapshot): links to
     /// the members as they are now, and publishes them.
     fn sync_members(&mut self) {
-        if self.raw.latest_conf() == &self.conf {
+        let pending = self.raw.latest_conf_index() > self.raw.committed();
+        if self.raw.latest_conf() == &self.conf && pending == self.conf_pending {
             return;
         }
         self.conf = self.raw.latest_conf().clone();
+        self.conf_pending = pending;
         let members = membership(&self.conf, &self.opts.peers);
+        // Until a change commits, the members before it stay linked too: a leader that
+        // removes itself must still hear the acknowledgements that commit its removal.
+        let mut linked = members.addrs.clone();
+        if pending {
+            if let Some(before) = self.raw.conf_state_at(self.raw.committed()) {
+                for (id, addr) in membership(&before, &self.opts.peers).addrs {
+                    linked.entry(id).or_insert(addr);
+                }
+            }
+        }
         tracing::info!(
             replica = self.opts.id,
             voters = ?members.voters,
@@ -218,8 +234,8 @@ impl<SM: StateMachine> Driver<SM> {
             addrs = ?members.addrs,
             "membership changed"
         );
-        let dial = dial_addrs(&members.addrs, &self.opts.dial_via);
-        self.transport.set_peers(dial, members.addrs.clone());
+        let dial = dial_addrs(&linked, &self.opts.dial_via);
+        self.transport.set_peers(dial, linked);
         self.members.send_replace(members);
     }
 
@@ -272,6 +288,7 @@ impl<SM: StateMachine> Driver<SM> {
                 let s = self.raw.storage();
                 let _ = reply.send(ReplicaStatus {
                     raft: self.raw.status(),
+                    conf_index: self.raw.latest_conf_index(),
                     snapshot_index: s.snapshot_meta().index,
                     first_index: s.first_index(),
                     wal_segments: s.wal_segments(),

@@ -146,6 +146,9 @@ impl Membership {
 #[derive(Clone, Debug)]
 pub struct ReplicaStatus {
     pub raft: Status,
+    /// Index of the entry that made the membership in force (committed once `raft.commit`
+    /// reaches it).
+    pub conf_index: Index,
     pub snapshot_index: Index,
     pub first_index: Index,
     pub wal_segments: usize,

@@ -2,8 +2,7 @@
 //!
 //! A connection starts with a [`Hello`]: the magic `CHUBRAFT`, a version byte, the sender's
 //! and receiver's ids (so a replica that dials the wrong address finds out at once) and the
-//! sender's cell id (so a replica of another cell, say one restored from a backup of this one,
-//! never mixes in). Then come
+//! sender's cell id (so a replica of another cell never mixes in). Then come
 //! frames: a 4-byte little-endian length and a protobuf `RaftMessage` of that length. TCP already
 //! checksums every segment; the length is checked against [`MAX_FRAME`] before anything is
 //! buffered, so a peer cannot make a replica allocate without bound.
