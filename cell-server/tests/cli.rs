@@ -112,6 +112,28 @@ fn a_replica_needs_its_own_certificate_or_an_explicit_insecure() {
     assert!(!data.exists(), "nothing is started or written before the settings are sound");
 }
 
+/// Runs cell-server with `args` for at most 30 s (one that starts after all is stopped, by
+/// its PID): its exit code (`None` if it had to be stopped) and what it printed.
+fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let err_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_cell-server")).args(args).stderr(err_file.reopen().unwrap()).spawn().unwrap();
+    let mut code = None;
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait().unwrap() {
+            code = status.code();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if code.is_none() {
+        // SAFETY: kill of the child this test started, by its PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+    }
+    (code, std::fs::read_to_string(err_file.path()).unwrap())
+}
+
 /// A data directory holds one replica's log of one cell, and one process uses it at a time:
 /// another process, another --id and another cell are refused before anything is read.
 #[test]
@@ -136,7 +158,7 @@ fn a_data_directory_is_refused_to_another_process_replica_or_cell() {
     }
     assert!(identity.exists(), "the first replica never recorded its identity");
     let other = "1=127.0.0.1:1";
-    let (code, err) = run(&["--id", "1", "--peers", other, "--data-dir", data, "--insecure"]);
+    let (code, err) = run_bounded(&["--id", "1", "--peers", other, "--data-dir", data, "--insecure"]);
     // SAFETY: kill of the child this test started, by its PID.
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     first.wait().unwrap();

@@ -124,6 +124,7 @@ mod tests {
                 "StaleEpoch",
                 "NotMovable",
                 "Deadlock",
+                "MembershipRefused",
             ]
         );
         for &r in Refusal::ALL {
