@@ -264,13 +264,15 @@ fn the_cell_grows_to_five_and_shrinks_back_to_three_under_load() {
         member(&cell, &["promote", &id.to_string()]);
     }
     assert_members(&cell, &[1, 2, 3, 4, 5]);
-    // Two go: the leader (it hands off first) and the lowest other id.
+    // Two go: the leader (it hands off first; read just before, as the load runs on) and
+    // the lowest other id.
     let leader = cell.leader(&rt);
-    let gone: Vec<u64> = vec![leader, (1..=5).find(|&id| id != leader).unwrap()];
-    for &id in &gone {
-        member(&cell, &["remove", &id.to_string()]);
-        cell.terminate(id);
-    }
+    member(&cell, &["remove", &leader.to_string()]);
+    cell.terminate(leader);
+    let other = (1..=5).find(|&id| id != leader).unwrap();
+    member(&cell, &["remove", &other.to_string()]);
+    cell.terminate(other);
+    let gone = [leader, other];
     std::thread::sleep(Duration::from_secs(1));
     stop_and_check(&rt, &cell, &stop, load);
     let want: Vec<u64> = (1..=5).filter(|id| !gone.contains(id)).collect();
@@ -290,6 +292,22 @@ fn changes_that_would_break_the_cell_are_refused() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let leader = cell.leader(&rt);
     let followers: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    // The follower has acknowledged the leader's first entry (past the 3 bootstrap entries)
+    // before it dies: the leader then knows it had state.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&member(&cell, &["list", "--json"])).unwrap();
+        let acked = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == followers[0] && m["match_index"].as_u64() > Some(3));
+        if acked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "follower {} never acknowledged an entry: {v}", followers[0]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
     cell.kill(followers[0]);
     std::thread::sleep(Duration::from_secs(1));
     let out = chubby(&cell, &["member", "remove", &followers[1].to_string()]);
@@ -310,7 +328,11 @@ fn changes_that_would_break_the_cell_are_refused() {
     std::fs::remove_dir_all(cell.data_dir(followers[0])).unwrap();
     cell.start_replica(followers[0]);
     let exit = cell.exit_within(followers[0], Duration::from_secs(20));
-    assert!(exit.is_some_and(|e| !e.success()), "a replica that lost its state started: {exit:?}");
+    assert!(
+        exit.is_some_and(|e| !e.success()),
+        "a replica that lost its state started: {exit:?}\n{}",
+        cell.log_since_start(followers[0])
+    );
     let log = cell.log_since_start(followers[0]);
     assert!(log.contains("lost its state and must not rejoin as itself"), "{log}");
     for id in [leader, followers[1]] {

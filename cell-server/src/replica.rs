@@ -170,7 +170,14 @@ async fn which_cell(cfg: &ReplicaConfig, dir: &mut DataDir) -> anyhow::Result<(u
         }
         Some(id) => {
             if !cfg.join.is_empty() {
-                tracing::warn!(replica = cfg.id, "--join ignored: this replica is one of its cell's first members");
+                anyhow::bail!(
+                    "{} is a first member's of its cell: start it with the --peers it began with, not --join",
+                    cfg.data_dir.display()
+                );
+            }
+            if !dir.has_log() {
+                // Recorded, then lost its log (or stopped before writing one).
+                refuse_lost_state(cfg, id.cell_id()).await?;
             }
             Ok((id.cell_id(), None))
         }
@@ -249,9 +256,38 @@ async fn refuse_lost_state(cfg: &ReplicaConfig, cell: u64) -> anyhow::Result<()>
     if others.is_empty() {
         return Ok(());
     }
+    // A new cell's replicas start together: none listens yet, and none need be waited for.
+    let listening = others.iter().any(|a| {
+        std::net::TcpStream::connect_timeout(
+            &match std::net::ToSocketAddrs::to_socket_addrs(a.as_str()).ok().and_then(|mut i| i.next()) {
+                Some(sa) => sa,
+                None => return true,
+            },
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    });
+    if !listening {
+        return Ok(());
+    }
     let Ok(m) = ask_members(&others, cfg.tls.as_ref(), Duration::from_secs(2)).await else { return Ok(()) };
-    let acknowledged = m.members.iter().find(|r| r.id == cfg.id).map_or(0, |r| r.match_index);
-    if parse_cell_id(&m.cell_id) == cell && acknowledged > cfg.peers.len() as u64 {
+    if parse_cell_id(&m.cell_id) != cell {
+        anyhow::bail!(
+            "the peers answer for cell {:?} {}, not the cell these --peers make ({cell:016x}): a replica of an \
+             existing cell starts from its own data directory, or joins with --join",
+            m.cell_name,
+            m.cell_id
+        );
+    }
+    let Some(me) = m.members.iter().find(|r| r.id == cfg.id) else {
+        anyhow::bail!(
+            "replica {} is no longer a member of cell {:?}: add a replica with a new id (README: Membership)",
+            cfg.id,
+            cfg.cell_name
+        );
+    };
+    let acknowledged = me.match_index;
+    if acknowledged > cfg.peers.len() as u64 {
         anyhow::bail!(
             "replica {} of cell {:?} acknowledged entries up to {acknowledged}, but its data directory {} is \
              empty: it lost its state and must not rejoin as itself. Remove it (`chubby member remove {}`) \

@@ -112,6 +112,25 @@ fn a_replica_needs_its_own_certificate_or_an_explicit_insecure() {
     assert!(!data.exists(), "nothing is started or written before the settings are sound");
 }
 
+/// A process this test started, stopped by its PID when the test ends, however it ends.
+struct Stopped(std::process::Child);
+
+impl Stopped {
+    fn stop(&mut self) {
+        // SAFETY: kill of the child this test started, by its PID.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
 /// Runs cell-server with `args` for at most 30 s (one that starts after all is stopped, by
 /// its PID): its exit code (`None` if it had to be stopped) and what it printed.
 fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
@@ -143,11 +162,12 @@ fn a_data_directory_is_refused_to_another_process_replica_or_cell() {
     let data = data.to_str().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let peers = format!("1=127.0.0.1:{port}");
-    let mut first = Command::new(env!("CARGO_BIN_EXE_cell-server"))
+    let first = Command::new(env!("CARGO_BIN_EXE_cell-server"))
         .args(["--id", "1", "--peers", &peers, "--data-dir", data, "--insecure"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut first = Stopped(first);
     // The lock is taken before the identity is written.
     let identity = dir.path().join("data/IDENTITY");
     for _ in 0..500 {
@@ -159,11 +179,10 @@ fn a_data_directory_is_refused_to_another_process_replica_or_cell() {
     assert!(identity.exists(), "the first replica never recorded its identity");
     let other = "1=127.0.0.1:1";
     let (code, err) = run_bounded(&["--id", "1", "--peers", other, "--data-dir", data, "--insecure"]);
-    // SAFETY: kill of the child this test started, by its PID.
-    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
-    first.wait().unwrap();
+    let pid = first.0.id();
+    first.stop();
     assert_eq!(code, Some(1));
-    assert!(err.contains(&format!("in use by another cell-server process (pid {})", first.id())), "{err}");
+    assert!(err.contains(&format!("in use by another cell-server process (pid {pid})")), "{err}");
     let (code, err) = run(&["--id", "2", "--peers", "1=127.0.0.1:1,2=127.0.0.1:2", "--data-dir", data, "--insecure"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("holds replica 1's log, not replica 2's"), "{err}");

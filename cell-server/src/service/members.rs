@@ -181,6 +181,11 @@ impl CellService {
                         "another membership change (entry {pending}) has not committed in {CHANGE_PATIENCE:?}"
                     )));
                 }
+                // The leadership changed under the change: it may or may not have been made. A
+                // retry (the client's, at the new leader) finds out, as changes are idempotent.
+                Err(ReplicaError::Unknown | ReplicaError::Dropped) => {
+                    return Err(Status::unavailable("the leader changed during the change; retry"));
+                }
                 Err(e) => return Err(self.status_of(e)),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -110,10 +110,11 @@ impl<SM: StateMachine> Driver<SM> {
     ) -> Result<Driver<SM>, Fault> {
         let syncer =
             start_syncer(opts.id, self_tx.clone(), opts.slow_disk).map_err(Fault::os("starting the sync thread"))?;
-        let conf = raw.latest_conf().clone();
         Ok(Driver {
-            conf,
-            conf_pending: true,
+            // Nothing published yet: the first turn links the members before an uncommitted
+            // change too (a restart may find one in the log).
+            conf: ConfState::default(),
+            conf_pending: false,
             raw,
             sm,
             transport,
