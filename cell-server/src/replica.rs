@@ -171,7 +171,7 @@ async fn which_cell(cfg: &ReplicaConfig, dir: &mut DataDir) -> anyhow::Result<(u
         Some(id) => {
             if !cfg.join.is_empty() {
                 anyhow::bail!(
-                    "{} is a first member's of its cell: start it with the --peers it began with, not --join",
+                    "{} holds the log of one of its cell's first members: start it with --peers, not --join",
                     cfg.data_dir.display()
                 );
             }
@@ -270,7 +270,10 @@ async fn refuse_lost_state(cfg: &ReplicaConfig, cell: u64) -> anyhow::Result<()>
     if !listening {
         return Ok(());
     }
-    let Ok(m) = ask_members(&others, cfg.tls.as_ref(), Duration::from_secs(2)).await else { return Ok(()) };
+    // Briefly: a cell with a leader answers in milliseconds, and replicas of a new cell that
+    // start a little apart must not hold each other up (a late start leaves the others'
+    // links to it in redial backoff).
+    let Ok(m) = ask_members(&others, cfg.tls.as_ref(), Duration::from_millis(300)).await else { return Ok(()) };
     if parse_cell_id(&m.cell_id) != cell {
         anyhow::bail!(
             "the peers answer for cell {:?} {}, not the cell these --peers make ({cell:016x}): a replica of an \
