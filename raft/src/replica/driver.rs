@@ -248,6 +248,26 @@ impl<SM: StateMachine> Driver<SM> {
         Ok(())
     }
 
+    /// Answers a proposal's caller when its entry commits (kept under its index), or now if
+    /// the core refused it.
+    fn await_commit(&mut self, proposed: Result<Index, Error>, reply: oneshot::Sender<Result<Bytes, ReplicaError>>) {
+        match proposed {
+            Ok(index) => {
+                // An older proposal at this index was cut from the log when this node lost
+                // and regained leadership: it can no longer commit.
+                if let Some((_, old)) = self.pending.insert(index, (self.raw.term(), reply)) {
+                    let _ = old.send(Err(ReplicaError::Dropped));
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(match e {
+                    Error::NotLeader { leader } => ReplicaError::NotLeader { leader },
+                    e => ReplicaError::Raft(e),
+                }));
+            }
+        }
+    }
+
     /// Steps one input into the core; returns true on Stop.
     fn handle(&mut self, input: Input<SM>) -> bool {
         match input {
@@ -255,21 +275,10 @@ impl<SM: StateMachine> Driver<SM> {
             Input::Propose { term: Some(t), reply, .. } if t != self.raw.term() => {
                 let _ = reply.send(Err(ReplicaError::Dropped));
             }
-            Input::Propose { data, reply, .. } => match self.raw.propose(data) {
-                Ok(index) => {
-                    // An older proposal at this index was cut from the log when this node lost
-                    // and regained leadership: it can no longer commit.
-                    if let Some((_, old)) = self.pending.insert(index, (self.raw.term(), reply)) {
-                        let _ = old.send(Err(ReplicaError::Dropped));
-                    }
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(match e {
-                        Error::NotLeader { leader } => ReplicaError::NotLeader { leader },
-                        e => ReplicaError::Raft(e),
-                    }));
-                }
-            },
+            Input::Propose { data, reply, .. } => {
+                let proposed = self.raw.propose(data);
+                self.await_commit(proposed, reply);
+            }
             Input::Read { run } => {
                 if self.raw.role() != Role::Leader {
                     run(Err(ReplicaError::NotLeader { leader: self.raw.leader_id() }));
@@ -296,19 +305,8 @@ impl<SM: StateMachine> Driver<SM> {
                 });
             }
             Input::ConfChange { cc, addr, reply } => {
-                match self.raw.propose_conf_change_with_addr(cc, addr.as_deref()) {
-                    Ok(index) => {
-                        if let Some((_, old)) = self.pending.insert(index, (self.raw.term(), reply)) {
-                            let _ = old.send(Err(ReplicaError::Dropped));
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(match e {
-                            Error::NotLeader { leader } => ReplicaError::NotLeader { leader },
-                            e => ReplicaError::Raft(e),
-                        }));
-                    }
-                }
+                let proposed = self.raw.propose_conf_change_with_addr(cc, addr.as_deref());
+                self.await_commit(proposed, reply);
             }
             Input::TransferLeader { to } => {
                 if let Err(e) = self.raw.transfer_leader(to) {
