@@ -6,7 +6,8 @@
 //! by PID when its [`TestCell`] is dropped, also when the test fails.
 //!
 //! The harness, one file per tool: [`harness::cell`] (a [`TestCell`] of replica processes, also
-//! what the benchmarks start), [`harness::link`] (links between replicas a test blocks),
+//! what the benchmarks start), [`harness::load`] (clients writing and passing a lock, checked
+//! afterwards), [`harness::link`] (links between replicas a test blocks),
 //! [`harness::netns`] and [`harness::proxy`] (clients whose network is cut or whose answers are
 //! lost), [`harness::tmpfs`] (a disk that fills), [`harness::clock`] (clocks that step),
 //! [`harness::mount`] (FUSE mounts, `cell-server local`), [`harness::process`] and

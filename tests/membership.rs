@@ -7,19 +7,11 @@
 //! keep making progress; every replica ends with the same member list and addresses.
 
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use e2e_tests::harness::load::{self, Load};
 use e2e_tests::{bin, CellOptions, TestCell};
-use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 use fuse_mount::proto::cell::StatusRequest;
-use fuse_mount::proto::chubby::LockMode;
-
-const LOCK: &str = "/ls/local/m/lock";
-const WRITERS: usize = 2;
-const HOLDERS: usize = 3;
 
 fn chubby(cell: &TestCell, args: &[&str]) -> Output {
     Command::new(bin("chubby"))
@@ -54,121 +46,10 @@ fn members(cell: &TestCell) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-/// What the clients did: each writer's last acknowledged value, and the lock log's
-/// acknowledged lines.
-struct Done {
-    writes: Vec<(String, u64)>,
-    lock_lines: Vec<String>,
-}
-
-/// Writers setting counters and holders passing the lock, each in a session of its own,
-/// until `stop`.
-fn start_load(rt: &tokio::runtime::Runtime, cell: &TestCell, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Done> {
-    let addrs = cell.addrs.clone();
-    let opts =
-        SessionOptions { timeout: Duration::from_secs(30), grace: Duration::from_secs(30), ..cell.session_options() };
-    rt.spawn(async move {
-        let s = Session::open(addrs.clone(), opts.clone()).await.expect("session");
-        let dir = OpenOptions { create: true, directory: true, ..OpenOptions::default() };
-        s.open_node("/ls/local/m", dir).await.expect("mkdir /ls/local/m");
-        let _ = s.close().await;
-        let mut writers = Vec::new();
-        for w in 0..WRITERS {
-            let (addrs, opts, stop) = (addrs.clone(), opts.clone(), stop.clone());
-            writers.push(tokio::spawn(async move {
-                let s = Session::open(addrs, opts).await.expect("writer session");
-                let path = format!("/ls/local/m/w{w}");
-                let create = OpenOptions { create: true, ..OpenOptions::default() };
-                let (h, _) = s.open_node(&path, create).await.expect("open");
-                let mut acked = 0;
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    if s.set(&h, Bytes::from(i.to_string()), None, "").await.is_ok() {
-                        acked = i;
-                    }
-                }
-                let _ = s.close().await;
-                (path, acked)
-            }));
-        }
-        let mut holders = Vec::new();
-        for _ in 0..HOLDERS {
-            let (addrs, opts, stop) = (addrs.clone(), opts.clone(), stop.clone());
-            holders.push(tokio::spawn(async move {
-                let s = Session::open(addrs, opts).await.expect("holder session");
-                let create = OpenOptions { create: true, ..OpenOptions::default() };
-                let (h, _) = s.open_node(LOCK, create).await.expect("open the lock");
-                let mut acked = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(seq) = s.acquire(&h, LockMode::LockExclusive, 1, Some(Duration::ZERO)).await else {
-                        continue;
-                    };
-                    let generation = seq.split(':').nth(2).unwrap_or("?").to_string();
-                    for what in ["start", "end"] {
-                        let line = format!("{generation} {what}");
-                        if s.append(&h, Bytes::from(format!("{line}\n")), &seq).await.is_ok() {
-                            acked.push(line);
-                        }
-                        tokio::time::sleep(Duration::from_millis(15)).await;
-                    }
-                    let _ = s.release(&h, 1).await;
-                }
-                let _ = s.close().await;
-                acked
-            }));
-        }
-        let mut done = Done { writes: Vec::new(), lock_lines: Vec::new() };
-        for w in writers {
-            done.writes.push(w.await.expect("writer"));
-        }
-        for h in holders {
-            done.lock_lines.extend(h.await.expect("holder"));
-        }
-        done
-    })
-}
-
 /// Stops the load and checks what it did against what the cell has.
-fn stop_and_check(
-    rt: &tokio::runtime::Runtime,
-    cell: &TestCell,
-    stop: &AtomicBool,
-    load: tokio::task::JoinHandle<Done>,
-) {
-    stop.store(true, Ordering::Relaxed);
-    let done =
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), load).await }).expect("load ends").unwrap();
-    rt.block_on(async {
-        let s = Session::open(cell.addrs.clone(), cell.session_options()).await.expect("checker session");
-        for (path, acked) in &done.writes {
-            assert!(*acked > 20, "{path}: only {acked} writes acknowledged: the cell stalled");
-            let (h, _) = s.open_node(path, OpenOptions::default()).await.unwrap();
-            let (value, _) = s.get(&h).await.unwrap();
-            let value: u64 = String::from_utf8_lossy(&value).parse().unwrap();
-            assert!(value >= *acked, "{path} holds {value}, but {acked} was acknowledged: a write was lost");
-        }
-        let (h, _) = s.open_node(LOCK, OpenOptions::default()).await.unwrap();
-        let (log, _) = s.get(&h).await.unwrap();
-        let log = String::from_utf8_lossy(&log).to_string();
-        let lines: Vec<&str> = log.lines().collect();
-        for acked in &done.lock_lines {
-            assert!(lines.contains(&acked.as_str()), "acknowledged lock line {acked:?} is missing");
-        }
-        // One holder at a time: each generation's lines together, generations rising.
-        let mut last: Option<u64> = None;
-        for (i, line) in lines.iter().enumerate() {
-            let (g, what) = line.split_once(' ').unwrap();
-            let g: u64 = g.parse().unwrap();
-            match what {
-                "start" => assert!(last.is_none_or(|l| g > l), "line {i}: generation {g} after {last:?}:\n{log}"),
-                _ => assert_eq!(Some(g), last, "line {i}: {line:?} inside another holder's turn:\n{log}"),
-            }
-            last = Some(g);
-        }
-        assert!(lines.len() > 10, "the lock changed hands only {} times", lines.len() / 2);
-        let _ = s.close().await;
-    });
+fn stop_and_check(rt: &tokio::runtime::Runtime, cell: &TestCell, load: Load) {
+    let acked = load.stop(rt);
+    load::check(rt, cell.addrs.clone(), cell.session_options(), &acked, true);
 }
 
 /// Every running replica reports the same member list: `want`'s ids, as voters, at their
@@ -217,8 +98,7 @@ fn options() -> CellOptions {
 fn a_dead_replica_is_replaced_while_clients_write_and_hold_locks() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cell = TestCell::start(options());
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(&rt, &cell, stop.clone());
+    let load = Load::start(&rt, cell.addrs.clone(), cell.session_options());
     std::thread::sleep(Duration::from_secs(2));
     let leader = cell.leader(&rt);
     let dead = if leader == 3 { 2 } else { 3 };
@@ -240,7 +120,7 @@ fn a_dead_replica_is_replaced_while_clients_write_and_hold_locks() {
     cell.terminate(new);
     cell.start_replica(new);
     std::thread::sleep(Duration::from_secs(2));
-    stop_and_check(&rt, &cell, &stop, load);
+    stop_and_check(&rt, &cell, load);
     let mut want: Vec<u64> = (1..=3).filter(|&id| id != dead).collect();
     want.push(new);
     assert_members(&cell, &want);
@@ -254,8 +134,7 @@ fn a_dead_replica_is_replaced_while_clients_write_and_hold_locks() {
 fn the_cell_grows_to_five_and_shrinks_back_to_three_under_load() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cell = TestCell::start(options());
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(&rt, &cell, stop.clone());
+    let load = Load::start(&rt, cell.addrs.clone(), cell.session_options());
     std::thread::sleep(Duration::from_secs(1));
     for _ in 0..2 {
         let (id, addr) = cell.add_replica();
@@ -274,7 +153,7 @@ fn the_cell_grows_to_five_and_shrinks_back_to_three_under_load() {
     cell.terminate(other);
     let gone = [leader, other];
     std::thread::sleep(Duration::from_secs(1));
-    stop_and_check(&rt, &cell, &stop, load);
+    stop_and_check(&rt, &cell, load);
     let want: Vec<u64> = (1..=5).filter(|id| !gone.contains(id)).collect();
     assert_members(&cell, &want);
     let log = cell.log(leader);

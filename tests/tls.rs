@@ -138,7 +138,7 @@ fn a_certificate_is_one_principal_and_acls_hold_it_to_that() {
 }
 
 #[test]
-fn the_operator_key_value_calls_are_for_admins_only() {
+fn the_operator_calls_are_for_admins_only() {
     let cell = tls_cell(|o| o.admins = vec!["ops@build7".into()]);
     let tls = cell.tls_dir().unwrap().to_path_buf();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -171,6 +171,16 @@ fn the_operator_key_value_calls_are_for_admins_only() {
     let mut ops = client("ops@build7");
     rt.block_on(ops.put("ops-note", Bytes::from_static(b"ok"))).expect("an admin may");
     assert_eq!(rt.block_on(ops.get("ops-note", false)).unwrap().value.as_ref(), b"ok");
+
+    // A backup holds every node whatever its ACL: admins only.
+    let file = cell.dir.path().join("backup.chubby");
+    let save = ["snapshot", "save", file.to_str().unwrap()];
+    let (code, out) = chubby(&cell, &identity_env(&tls, "alice@build7", &[]), &save);
+    assert!(code == 1 && out.contains("not in the cell's admins") && !file.exists(), "{code}: {out}");
+    let (code, out) = chubby(&cell, &identity_env(&tls, "ops@build7", &[]), &save);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = chubby(&cell, &[], &["snapshot", "status", file.to_str().unwrap()]);
+    assert!(code == 0 && out.contains("checksums ok"), "{out}");
 }
 
 /// A replica whose certificate comes from another CA is a stranger: it gets no Raft message

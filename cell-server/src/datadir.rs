@@ -73,6 +73,21 @@ pub fn new_cell_id(name: &str, peers: &BTreeMap<ReplicaId, String>) -> u64 {
     nonzero(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
 }
 
+/// The id of a cell restored from the backup whose file checksum is `sha256`, with first
+/// members `peers`: the same on every replica restored alike, and another than that of the
+/// cell the backup came from, of a cell made from flags, or of one restored from another
+/// backup or onto other members.
+pub fn restored_cell_id(name: &str, peers: &BTreeMap<ReplicaId, String>, sha256: &[u8]) -> u64 {
+    let mut text = format!("restored cell\n{name}\n");
+    for b in sha256 {
+        text.push_str(&format!("{b:02x}"));
+    }
+    for (id, addr) in peers {
+        text.push_str(&format!("\n{id}={addr}"));
+    }
+    nonzero(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+}
+
 /// The id of a cell whose data directories predate their `IDENTITY`: from the cell's name and
 /// its first members' ids only, which its replicas agree on even where their `--peers` name
 /// the same replica differently (`localhost` here, an address there).
@@ -193,6 +208,22 @@ fn read_identity(dir: &Path) -> Result<Option<Identity>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restored cell's id is its own: not that of a cell made from flags with the same
+    /// members, nor of one restored from another backup; and the same on every replica
+    /// restored alike.
+    #[test]
+    fn a_restored_cells_id_depends_on_the_backup_and_the_members() {
+        let peers: BTreeMap<ReplicaId, String> = [(1, "a:1".to_string()), (2, "b:1".to_string())].into();
+        let id = restored_cell_id("local", &peers, &[1; 32]);
+        assert_eq!(id, restored_cell_id("local", &peers, &[1; 32]));
+        assert_ne!(id, new_cell_id("local", &peers));
+        assert_ne!(id, restored_cell_id("local", &peers, &[2; 32]));
+        let mut other = peers.clone();
+        other.insert(3, "c:1".into());
+        assert_ne!(id, restored_cell_id("local", &other, &[1; 32]));
+        assert_ne!(id, restored_cell_id("other", &peers, &[1; 32]));
+    }
 
     #[test]
     fn a_directory_is_one_replicas_of_one_cell_and_one_processs() {

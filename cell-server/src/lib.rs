@@ -18,6 +18,7 @@ pub mod local;
 pub mod machine;
 pub mod master;
 pub mod replica;
+pub mod restore;
 pub mod service;
 pub mod state;
 

@@ -4,7 +4,9 @@
 //! - [`chubby`]: the client service the master serves (Chubby §2.6).
 //! - [`cell`]: cell status and administration, served by every replica.
 //! - [`Refusal`]: why the cell refused a call, by the name both sides use.
+//! - [`backup`]: the backup file format.
 
+pub mod backup;
 mod refusal;
 pub mod tls;
 

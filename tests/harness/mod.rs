@@ -3,6 +3,7 @@
 pub mod cell;
 pub mod clock;
 pub mod link;
+pub mod load;
 pub mod mount;
 pub mod netns;
 pub mod process;

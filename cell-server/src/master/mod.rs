@@ -45,7 +45,7 @@ use crate::state::{decode, encode, CellState, Command, Op, Outcome, Owner, Reply
 pub use cache::CacheTable;
 pub use error::MasterError;
 pub use leases::LeaseTable;
-pub use log_clock::LogClock;
+pub use log_clock::{now_ms, LogClock};
 
 /// Event kinds a handle may ask for (`OpenRequest.event_mask`).
 pub const EVENT_CONTENTS: u32 = 1;

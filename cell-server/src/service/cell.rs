@@ -32,6 +32,8 @@ pub struct CellService {
     /// With TLS: the principals allowed the key-value calls (Put, Get, List), which bypass
     /// the nodes' ACLs. `None` without TLS, where no caller is known.
     admins: Option<Arc<[String]>>,
+    /// See [`super::backup::save_slots`].
+    save_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Puts of one pipelined stream in flight at once, at most; beyond this the stream is not read
@@ -52,6 +54,7 @@ impl CellService {
             cell_name: cell_name.into(),
             fsync: fsync.into(),
             admins: admins.map(Into::into),
+            save_slots: super::backup::save_slots(),
         }
     }
 
@@ -68,7 +71,7 @@ impl CellService {
             return Ok(());
         }
         Err(header_safe(status_of_state(StateError::PermissionDenied(format!(
-            "{name} may not use the operator calls (key-value, membership): not in the cell's admins"
+            "{name} may not use the operator calls (key-value, membership, backup): not in the cell's admins"
         )))))
     }
 
@@ -83,6 +86,10 @@ impl CellService {
 
     pub(super) fn replica(&self) -> &ReplicaHandle<CellMachine> {
         &self.replica
+    }
+
+    pub(super) fn save_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.save_slots
     }
 
     pub(super) fn cell_name(&self) -> &str {
@@ -326,6 +333,17 @@ impl Cell for CellService {
     async fn member_remove(&self, req: Request<MemberIdRequest>) -> Result<Response<MembersResponse>, Status> {
         self.admit(&req)?;
         CellService::member_remove(self, req.into_inner().id).await.map(Response::new)
+    }
+
+    type SnapshotSaveStream = super::backup::SnapshotStream;
+
+    async fn snapshot_save(
+        &self,
+        req: Request<SnapshotSaveRequest>,
+    ) -> Result<Response<Self::SnapshotSaveStream>, Status> {
+        // A backup holds every node whatever its ACL: admins only.
+        self.admit(&req)?;
+        CellService::snapshot_save(self).await.map(Response::new)
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`wire`]: the Chubby service with every refusal's message made safe for its header.
 
 pub mod answer_stream;
+mod backup;
 pub mod cell;
 pub mod chubby;
 mod members;

@@ -297,8 +297,43 @@ impl CellState {
     /// their unchanged parts with this state (copy on write). The function takes the
     /// capacity to start with (see [`CellState::snapshot_with_capacity`]).
     pub fn snapshot_later(&self) -> impl FnOnce(usize) -> Bytes + Send + 'static {
-        let copy = CellState { effects: Vec::new(), ..self.clone() };
+        let copy = self.copy();
         move |capacity| copy.snapshot_with_capacity(capacity)
+    }
+
+    /// A copy of the state as it is now, to read on another thread while this one goes on
+    /// changing: cheap, as the collections share their unchanged parts (copy on write).
+    pub fn copy(&self) -> CellState {
+        CellState { effects: Vec::new(), ..self.clone() }
+    }
+
+    /// What the state holds, in counts (one pass over the namespace).
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary { sessions: self.sessions.len() as u64, ..Summary::default() };
+        for node in self.nodes.values() {
+            s.nodes += 1;
+            s.directories += u64::from(node.stat.directory);
+            s.ephemeral_nodes += u64::from(node.stat.ephemeral);
+            s.content_bytes += node.stat.length;
+            s.locks_held += u64::from(!node.lock.holders.is_empty());
+        }
+        s
+    }
+
+    /// This state as the first state of a new cell restored from a backup. Its sessions are
+    /// closed, as if each had closed itself: their locks are released (without lock-delay,
+    /// since no holder of the old cell can act in the new one), their queued acquires end and
+    /// their ephemeral nodes go. The handle key is dropped, so the new cell's first master
+    /// makes its own and no handle or session token of the old cell is valid in the new one.
+    /// Nodes, contents, ACLs and every generation and instance number are kept.
+    pub fn into_new_cell(mut self) -> CellState {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let _ = self.end_session(id, false);
+        }
+        self.key = Bytes::new();
+        self.effects.clear();
+        self
     }
 
     pub fn restore(data: &[u8]) -> Result<CellState, String> {
@@ -323,6 +358,19 @@ impl CellState {
             .collect();
         Ok(state)
     }
+}
+
+/// Counts of what a [`CellState`] holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Files and directories, the root included.
+    pub nodes: u64,
+    pub directories: u64,
+    pub ephemeral_nodes: u64,
+    pub content_bytes: u64,
+    /// Nodes whose lock someone holds.
+    pub locks_held: u64,
+    pub sessions: u64,
 }
 
 #[cfg(test)]

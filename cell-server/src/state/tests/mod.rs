@@ -3,4 +3,5 @@
 
 mod formats;
 mod properties;
+mod restore;
 mod transcripts;

@@ -1,6 +1,6 @@
 //! `chubby`: the command line for a Chubby cell: the namespace (`get`, `put`, `ls`, `mkdir`,
-//! `rm`, `stat`, `acl`), locks (`lock`, `elect`, `sequencer`, `check-sequencer`), `watch`, `barrier`, and the
-//! replicas' `status`.
+//! `rm`, `stat`, `acl`), locks (`lock`, `elect`, `sequencer`, `check-sequencer`), `watch`, `barrier`, the
+//! replicas' `status`, the cell's `member`s and `snapshot` backups.
 //!
 //! Exit codes: 0 success (`lock`: the command's own status); 1 the cell could not be reached
 //! or refused the call; 2 bad usage; 3 not found; 4 lock busy (`lock --timeout 0`); 5 timed
@@ -21,6 +21,7 @@ mod barrier;
 mod lock;
 mod member;
 mod namespace;
+mod snapshot;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -153,6 +154,11 @@ enum Cmd {
         #[command(subcommand)]
         action: member::MemberCmd,
     },
+    /// Backups: save the cell's state from its leader into a file, or check what a file holds.
+    Snapshot {
+        #[command(subcommand)]
+        action: snapshot::SnapshotCmd,
+    },
     /// Hold the lock on PATH (/ls/<cell>/…, created if missing) while CMD runs, like `flock`
     /// and `etcdctl lock`. CMD sees the lock's sequencer in CHUBBY_SEQUENCER. If the session
     /// is lost, or is out of touch so long that the lock could go to another client (its lease
@@ -208,6 +214,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // The one command that needs no cell.
+    if let Cmd::Snapshot { action: snapshot::SnapshotCmd::Status { file } } = &cli.command {
+        return ExitCode::from(match snapshot::status(file, cli.json) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("chubby: snapshot status: {e}");
+                EXIT_FAILURE
+            }
+        });
+    }
     let addrs = match cli.cell.as_deref().map(parse_cell) {
         Some(Ok(a)) => a,
         Some(Err(e)) => {
@@ -264,6 +280,22 @@ fn main() -> ExitCode {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("chubby: member: {e}{}", tls_hint(&e, tls.is_none()));
+                    exit_for(&e)
+                }
+            });
+        }
+        Cmd::Snapshot { action: snapshot::SnapshotCmd::Save { file } } => {
+            let client = match CellClient::new(addrs, cli.rpc_timeout) {
+                Ok(c) => c.with_tls(tls.clone()),
+                Err(e) => {
+                    eprintln!("chubby: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            return ExitCode::from(match runtime.block_on(snapshot::save(client, &file, cli.json)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("chubby: snapshot save: {e}{}", tls_hint(&e, tls.is_none()));
                     exit_for(&e)
                 }
             });
@@ -331,7 +363,9 @@ async fn namespace(addrs: Vec<String>, opts: SessionOptions, cmd: Cmd, json: boo
         }
         Cmd::Watch { path } => (path.clone(), namespace::watch(&session, &path, json).await.map(|_| 0)),
         Cmd::Barrier { path, n, command } => (path.clone(), barrier::barrier(&session, &path, n, &command).await),
-        Cmd::Status | Cmd::Member { .. } | Cmd::Lock { .. } | Cmd::Elect { .. } => unreachable!("handled in main"),
+        Cmd::Status | Cmd::Member { .. } | Cmd::Snapshot { .. } | Cmd::Lock { .. } | Cmd::Elect { .. } => {
+            unreachable!("handled in main")
+        }
     };
     let _ = session.close().await;
     match result {

@@ -1,0 +1,161 @@
+//! Backup and restore, as an operator does them: `chubby snapshot save` while clients write
+//! and pass a lock around, `chubby snapshot status`, then `cell-server restore` into the data
+//! directories of a new cell.
+//!
+//! What must hold: every write acknowledged before the save began is in the restored cell, and
+//! the lock's history there still shows one holder at a time; ACLs and generation numbers come
+//! back; sessions do not (a lock held across the save is free, an ephemeral node is gone); the
+//! new cell has a cell id of its own and takes writes; and a damaged file is refused.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e_tests::harness::load::{self, Load};
+use e2e_tests::{bin, CellOptions, TestCell};
+use fuse_mount::client::{OpenOptions, Session};
+use fuse_mount::proto::chubby::{LockMode, NodeAcl};
+
+fn run(cell: &TestCell, program: &str, args: &[&str]) -> Output {
+    Command::new(bin(program))
+        .args(args)
+        .env("CHUBBY_CELL", cell.cell_arg())
+        .envs(cell.client_env())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{what}: {}{text}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn a_backup_saved_under_load_restores_every_acknowledged_write_into_a_new_cell() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // Snapshots every 300 entries: the backup's state is a snapshot's plus the log after it.
+    let old = TestCell::start(CellOptions { snapshot_entries: 300, ..CellOptions::default() });
+    let me = old.session_options().principal.clone();
+    let acl = NodeAcl { readers: vec![me.clone(), "auditor".into()], writers: vec![me.clone()], change_acl: vec![me] };
+
+    // A session that lives across the save: it holds a lock and an ephemeral node, and owns a
+    // file with an ACL of its own.
+    let holder = rt.block_on(async {
+        let s = Session::open(old.addrs.clone(), old.session_options()).await.unwrap();
+        let create = OpenOptions { create: true, ..OpenOptions::default() };
+        let (h, _) = s.open_node("/ls/local/kept", create.clone()).await.unwrap();
+        s.set(&h, Bytes::from_static(b"v1"), None, "").await.unwrap();
+        s.set(&h, Bytes::from_static(b"v2"), None, "").await.unwrap();
+        s.set_acl(&h, acl.clone(), None).await.unwrap();
+        let (lock, _) = s.open_node("/ls/local/held", create.clone()).await.unwrap();
+        s.acquire(&lock, LockMode::LockExclusive, 1, Some(Duration::from_secs(60))).await.unwrap();
+        let eph = OpenOptions { ephemeral: true, ..create };
+        s.open_node("/ls/local/eph", eph).await.unwrap();
+        s
+    });
+    let kept_stat = rt.block_on(async {
+        let (h, _) = holder.open_node("/ls/local/kept", OpenOptions::default()).await.unwrap();
+        holder.stat(&h).await.unwrap()
+    });
+
+    let load = Load::start(&rt, old.addrs.clone(), old.session_options());
+    std::thread::sleep(Duration::from_secs(2));
+    let before = load.acknowledged();
+    let file = old.dir.path().join("cell.backup");
+    let path = file.to_str().unwrap();
+    let saved = ok(&run(&old, "chubby", &["snapshot", "save", path]), "snapshot save");
+    assert!(saved.contains("saved"), "{saved}");
+    std::thread::sleep(Duration::from_millis(500));
+    let all = load.stop(&rt);
+    assert!(all.lock_lines.len() > before.lock_lines.len(), "the load went on during the save");
+
+    let status = json(&ok(&run(&old, "chubby", &["--json", "snapshot", "status", path]), "snapshot status"));
+    let old_id = json(&ok(&run(&old, "chubby", &["--json", "member", "list"]), "member list"))["cell_id"].clone();
+    assert_eq!(status["cell_id"], old_id);
+    assert!(status["sessions"].as_u64() >= Some(1), "{status}");
+    assert!(status["locks_held"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["ephemeral_nodes"], 1, "{status}");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3), "{status}");
+
+    // A new cell on other ports, each replica restored from the file.
+    let mut new = TestCell::new(CellOptions::default());
+    let peers: Vec<String> = new.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let peers = peers.join(",");
+    for id in 1..=3u64 {
+        let dir = new.data_dir(id);
+        let args = ["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", &id.to_string(), "--peers", &peers];
+        let out = ok(&run(&new, "cell-server", &args), "cell-server restore");
+        assert!(out.contains("sessions not restored"), "{out}");
+    }
+    // A directory restored into already is refused, and keeps what it holds.
+    let dir = new.data_dir(1);
+    let again = run(
+        &new,
+        "cell-server",
+        &["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", "1", "--peers", &peers],
+    );
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds"));
+    for id in 1..=3 {
+        new.start_replica(id);
+    }
+    new.await_listening(Duration::from_secs(20)).expect("the restored cell starts");
+
+    load::check(&rt, new.addrs.clone(), new.session_options(), &before, true);
+    let new_id = json(&ok(&run(&new, "chubby", &["--json", "member", "list"]), "member list"))["cell_id"].clone();
+    assert_ne!(new_id, old_id, "a restored cell has a cell id of its own");
+    rt.block_on(async {
+        let s = Session::open(new.addrs.clone(), new.session_options()).await.unwrap();
+        let (h, _) = s.open_node("/ls/local/kept", OpenOptions::default()).await.unwrap();
+        let (contents, stat) = s.get(&h).await.unwrap();
+        assert_eq!(contents.as_ref(), b"v2");
+        let (got_acl, _) = s.acl(&h).await.unwrap();
+        assert_eq!(got_acl, acl);
+        assert_eq!(
+            (stat.instance_number, stat.content_generation, stat.acl_generation),
+            (kept_stat.instance_number, kept_stat.content_generation, kept_stat.acl_generation)
+        );
+        // The old session's lock is free at once (no lock-delay), its ephemeral node gone.
+        let (lock, _) = s.open_node("/ls/local/held", OpenOptions::default()).await.unwrap();
+        s.try_acquire(&lock, LockMode::LockExclusive, 1, None).await.expect("the restored lock is free");
+        let gone = s.open_node("/ls/local/eph", OpenOptions::default()).await;
+        assert!(gone.is_err(), "the ephemeral node came back");
+        // The new cell takes writes.
+        s.set(&h, Bytes::from_static(b"v3"), None, "").await.unwrap();
+        let _ = s.close().await;
+    });
+    let _ = rt.block_on(holder.close());
+    for id in 1..=3 {
+        new.terminate(id);
+    }
+}
+
+/// A file damaged anywhere is refused by `snapshot status` and by `restore`, which then
+/// writes nothing.
+#[test]
+fn a_damaged_backup_is_refused() {
+    let cell = TestCell::start(CellOptions::default());
+    ok(&run(&cell, "chubby", &["put", "/ls/local/f", "hello"]), "put");
+    let file = cell.dir.path().join("cell.backup");
+    let path = file.to_str().unwrap();
+    ok(&run(&cell, "chubby", &["snapshot", "save", path]), "snapshot save");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let status = run(&cell, "chubby", &["snapshot", "status", path]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("damaged"), "{status:?}");
+    let dir = cell.dir.path().join("restored");
+    let out = run(
+        &cell,
+        "cell-server",
+        &["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", "1", "--peers", "1=127.0.0.1:1"],
+    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("damaged"), "{out:?}");
+    assert!(!dir.exists(), "a refused restore wrote {}", dir.display());
+}
