@@ -14,13 +14,10 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{find_leader, rss_of, start_cell_with};
-use fuse_mount::client::PutPipeline;
+use common::{find_leader, put_many, rss_of, start_cell_with};
 use fuse_mount::client::{OpenOptions, Session, SessionOptions};
 use proto::cell::cell_client::CellClient;
 use proto::cell::StatusRequest;
@@ -31,39 +28,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn path_of(i: u64) -> String {
     format!("churn/d{}/n{i}", i % 1000)
-}
-
-/// Creates nodes `0..n` with pipelined Puts on two connections.
-async fn create(leader: &str, n: u64) {
-    let mut pipes = Vec::new();
-    for _ in 0..2 {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap();
-        pipes.push(Arc::new(PutPipeline::open(channel).await.expect("PutPipeline")));
-    }
-    let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..256)
-        .map(|t| {
-            let (pipe, next) = (pipes[t % 2].clone(), next.clone());
-            tokio::spawn(async move {
-                let value = Bytes::from_static(b"10.0.0.1:8080");
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return;
-                    }
-                    pipe.put(&path_of(i), value.clone()).await.expect("put");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
 }
 
 /// `sessions` sessions open, read and close every node of `0..n` once between them; the
@@ -134,7 +98,7 @@ fn main() {
         );
         report("empty cell", &leader, pid).await;
         let t = Instant::now();
-        create(&leader, nodes).await;
+        put_many(&leader, nodes, path_of, Bytes::from_static(b"10.0.0.1:8080")).await;
         report(&format!("{nodes} nodes created ({:.0} s)", t.elapsed().as_secs_f64()), &leader, pid).await;
         for sessions in [many, few] {
             let t = Instant::now();

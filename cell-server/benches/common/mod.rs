@@ -4,7 +4,12 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
+use fuse_mount::client::PutPipeline;
 
 use e2e_tests::{CellOptions, TestCell};
 
@@ -37,7 +42,8 @@ pub fn start_cell_with(dir: &Path, fsync: &str, extra: &[&str], tls: bool) -> Te
         server_defaults: true,
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
         data_root: Some(dir.to_path_buf()),
-        log_filter: std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn,cell_server::replica=info".into()),
+        log_filter: std::env::var("BENCH_RUST_LOG")
+            .unwrap_or_else(|_| "warn,cell_server::replica=info,raft::replica=info".into()),
         ..CellOptions::default()
     })
 }
@@ -74,6 +80,39 @@ pub async fn find_leader(addrs: &[String]) -> String {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("no leader");
+}
+
+/// Puts `value` at the keys `key(0..n)` with pipelined Puts on two connections to `leader`
+/// (plaintext), 256 in flight.
+pub async fn put_many(leader: &str, n: u64, key: fn(u64) -> String, value: Bytes) {
+    let mut pipes = Vec::new();
+    for _ in 0..2 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap();
+        pipes.push(Arc::new(PutPipeline::open(channel).await.expect("PutPipeline")));
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..256)
+        .map(|t| {
+            let (pipe, next, value) = (pipes[t % 2].clone(), next.clone(), value.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    pipe.put(&key(i), value.clone()).await.expect("put");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// CPU time (user + system) of a process so far.
