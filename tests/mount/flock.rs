@@ -87,6 +87,51 @@ fn flock_on_two_hosts_excludes_queues_and_is_released_by_death_or_signal() {
     removed.expect("rm once the lock is free");
 }
 
+/// `flock` after `flock` on one host, as a script's steps take turns: each gets the lock it
+/// asks for. The kernel names a `flock` owner by its open file description and sends the
+/// last close of one in the background, so the next open may come with the same owner id
+/// before the close: that request is a new lock, not a conversion of the closed one's (which
+/// the cell no longer holds: ENOLCK), nor the same lock (which the late close would then take
+/// away while its new holder runs). Both by separate `flock` processes and by one shell
+/// opening the file again on one descriptor.
+#[test]
+fn flock_after_flock_on_one_host_always_gets_the_lock() {
+    if !fuse_available("flock_after_flock_on_one_host_always_gets_the_lock") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (m, other) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    let job = m.path("job");
+    fs::write(&job, "").expect("create");
+    let mut groups = Groups::default();
+    // While a holder has the lock, after the close before it has had time to come in,
+    // another host must find it busy.
+    let check = format!("sleep 0.05; flock -s -n {} true && exit 3; exit 0", other.path("job").display());
+    for round in 0..40 {
+        for mode in ["-x", "-s", "-s", "-x"] {
+            let st = flock(&[mode, "-n"], &job, "true", &mut groups).wait().expect("flock");
+            assert!(st.success(), "round {round}: flock {mode} -n found the lock busy or broken: {st:?}");
+        }
+        let st = flock(&["-x", "-n"], &job, &check, &mut groups).wait().expect("flock");
+        assert!(st.success(), "round {round}: flock -x -n broken, or the lock held twice (exit 3): {st:?}");
+    }
+    let script = format!(
+        "for i in $(seq 40); do \
+           exec 9<>{f}; flock -x -n 9 || exit 1; exec 9>&-; \
+           exec 9<>{f}; flock -x -n 9 || exit 2; sleep 0.05; \
+           flock -s -n {g} true && exit 3; exec 9>&-; \
+         done",
+        f = job.display(),
+        g = other.path("job").display()
+    );
+    let (mut sh, _) = shell(&script, &mut groups);
+    let st = exit_within(&mut sh, Duration::from_secs(120)).expect("the shell's rounds end");
+    assert!(st.success(), "a shell's flock of a file it opened again failed (exit 3: held twice): {st:?}");
+    // Nothing is left held: each lock went with its close.
+    let got = chubby(&cell, &["lock", "--timeout", "20s", "/ls/local/job", "--", "true"]);
+    assert!(got.status.success(), "the lock is free once every flock ended: {got:?}");
+}
+
 /// A process's `fcntl` lock of a file re-created at its path, while the process still has the
 /// deleted file open too: closing both descriptors leaves the lock free in the cell (closing
 /// the old one neither takes the new node's lock for its own nor loses track of it).

@@ -288,7 +288,7 @@ impl FsInner {
         let stored = self.commit(&mut f, Some(lock_owner)).await;
         let (key, session) = (f.lock_key(lock_owner), f.session.clone());
         drop(f);
-        self.unlock_on_close(&key, &session).await;
+        self.unlock_on_close(&key, &session, None).await;
         stored
     }
 
@@ -308,7 +308,7 @@ impl FsInner {
         }
         self.closed(&f);
         if let Some(owner) = flock_owner {
-            self.unlock_on_close(&f.lock_key(owner), &f.session).await;
+            self.unlock_on_close(&f.lock_key(owner), &f.session, Some(fh)).await;
         }
     }
 

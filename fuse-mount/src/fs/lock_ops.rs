@@ -9,7 +9,7 @@ use proto::chubby::{Handle, LockMode};
 use proto::Refusal;
 
 use super::inodes::NodeRef;
-use super::locks::{holder_of, is_interrupted, Held, LockKey, Renewed, Unsettled, OFFSET_MAX};
+use super::locks::{holder_of, is_interrupted, Held, LockKey, Renewed, Taker, Unsettled, OFFSET_MAX};
 use super::ops::{errno, guard, FsInner};
 use crate::client::ClientError;
 use crate::client::Session;
@@ -79,6 +79,15 @@ impl FsInner {
                 // before the owner asks again, so the request starts from the truth.
                 self.await_settled(&key, &held, wait, tid).await?;
                 return Box::pin(self.setlk(fh, owner, typ, wait, tid, pid)).await;
+            } else if held.fh != fh {
+                // Taken through another open. For `flock` the owner is the open file
+                // description itself, so that open is closed: the kernel sends its Release in
+                // the background and may hand the description's address, which is the owner's
+                // id, to the next open at once, so this request can come first. Its lock goes
+                // before this one is taken, never converted into it. (A process's `fcntl` lock
+                // asked again through another descriptor of the file loses it for a moment
+                // too: a conversion that is not atomic, rare for whole-file locks.)
+                self.unlock(&key, &session).await?;
             } else if held.session != session.id() {
                 // Taken through an open of another session (the process changed user): that
                 // session's lock goes first, so this conversion is not atomic.
@@ -95,7 +104,7 @@ impl FsInner {
                 Err(e @ ClientError::Timeout { .. }) => {
                     // Granted or not, unknown: the caller is told it failed, so a grant that
                     // came through must not stay (the call was dropped before the cancel).
-                    self.withdraw(&key, &session, &handle, mode, pid).await;
+                    self.withdraw(&key, &session, &handle, mode, Taker { pid, fh }).await;
                     return Err(errno(e));
                 }
                 Err(e) => return Err(errno(e)),
@@ -107,7 +116,7 @@ impl FsInner {
                 // on the session's stream ahead of the cancel (the master stops it if it was not
                 // yet proposed), and its request id no longer holds back the cancel's
                 // first-incomplete mark, which then makes a late copy of it refused.
-                self.withdraw(&key, &session, &handle, mode, pid).await;
+                self.withdraw(&key, &session, &handle, mode, Taker { pid, fh }).await;
                 return Err(Errno::EINTR);
             };
             granted.map_err(errno)?
@@ -120,7 +129,7 @@ impl FsInner {
             Some(file) => Some(file.lock().await),
             None => None,
         };
-        guard(&self.locks).insert(key, session.id(), mode, handle, pid, sequencer.clone());
+        guard(&self.locks).insert(key, session.id(), mode, handle, Taker { pid, fh }, sequencer.clone());
         if let Some(f) = this.as_mut() {
             f.own_lock = Some((owner, sequencer.clone()));
             // Changes already made and not stored are stored under it too.
@@ -339,10 +348,10 @@ impl FsInner {
     /// entered as a lock being let go, retried in the background until the cell has it, and
     /// the owner's next request for the lock waits for it: so it cannot take away a lock the
     /// owner is granted later.
-    async fn withdraw(&self, key: &LockKey, session: &Session, handle: &Handle, mode: LockMode, pid: u32) {
+    async fn withdraw(&self, key: &LockKey, session: &Session, handle: &Handle, mode: LockMode, at: Taker) {
         // Entered before the first try, so the owner's other threads wait for it too. An entry
         // there already is another request's of this owner, which the cell counts as this one.
-        let gate = guard(&self.locks).insert_withdrawal(key.clone(), session.id(), mode, handle.clone(), pid);
+        let gate = guard(&self.locks).insert_withdrawal(key.clone(), session.id(), mode, handle.clone(), at);
         let Some(gate) = gate else { return };
         let placeholder = guard(&self.locks).is(key, &gate).cloned();
         let Some(placeholder) = placeholder else { return };
@@ -480,9 +489,12 @@ impl FsInner {
 
     /// The holder let go (closed the file or died): the cell must hear it. A Release that
     /// fails (the cell out of reach) is retried in the background until it goes through.
-    pub(super) async fn unlock_on_close(&self, key: &LockKey, session: &Session) {
+    /// With `only_of`, the lock goes only if it was taken through that open: the last close
+    /// of a `flock` holder's file may come after its owner's id went to a later open, whose
+    /// lock it must not take away.
+    pub(super) async fn unlock_on_close(&self, key: &LockKey, session: &Session, only_of: Option<u64>) {
         let Some(held) = guard(&self.locks).get(key) else { return };
-        if held.releasing {
+        if held.releasing || only_of.is_some_and(|fh| fh != held.fh) {
             return;
         }
         if let Err(e) = self.unlock(key, session).await {

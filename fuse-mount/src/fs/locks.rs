@@ -53,6 +53,8 @@ pub struct Held {
     pub gate: Arc<tokio::sync::Mutex<()>>,
     /// The process that took it (in this daemon's pid namespace), which `F_GETLK` names.
     pub pid: u32,
+    /// The open file it was taken through (its `fh`).
+    pub fh: u64,
     /// Its sequencer, which the stores of files written under it carry.
     pub sequencer: String,
     /// Whether the cell is known to hold what this entry says; when not, the owner's next
@@ -61,6 +63,13 @@ pub struct Held {
     /// Not a lock taken but a request to withdraw, `releasing` until the cell has it: an
     /// Acquire that timed out or was interrupted, which may have been granted.
     pub withdraw: bool,
+}
+
+/// Who takes a lock: the process, and the open file it goes through.
+#[derive(Clone, Copy, Debug)]
+pub struct Taker {
+    pub pid: u32,
+    pub fh: u64,
 }
 
 /// What a lock entry's owner was told, when the cell may hold something else.
@@ -96,12 +105,13 @@ impl HeldLocks {
         self.held.get(key).cloned()
     }
 
-    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, pid: u32, sequencer: String) {
+    pub fn insert(&mut self, key: LockKey, session: u64, mode: LockMode, handle: Handle, at: Taker, sequencer: String) {
         let gate = Arc::default();
         let unsettled = Unsettled::No;
+        let Taker { pid, fh } = at;
         self.held.insert(
             key,
-            Held { session, mode, handle, releasing: false, gate, pid, sequencer, unsettled, withdraw: false },
+            Held { session, mode, handle, releasing: false, gate, pid, fh, sequencer, unsettled, withdraw: false },
         );
     }
 
@@ -114,7 +124,7 @@ impl HeldLocks {
         session: u64,
         mode: LockMode,
         handle: Handle,
-        pid: u32,
+        at: Taker,
     ) -> Option<Arc<tokio::sync::Mutex<()>>> {
         if self.held.contains_key(&key) {
             return None;
@@ -126,7 +136,8 @@ impl HeldLocks {
             handle,
             releasing: true,
             gate: gate.clone(),
-            pid,
+            pid: at.pid,
+            fh: at.fh,
             sequencer: String::new(),
             unsettled: Unsettled::No,
             withdraw: true,
