@@ -7,12 +7,14 @@
 //! back; sessions do not (a lock held across the save is free, an ephemeral node is gone); the
 //! new cell has a cell id of its own and takes writes; and a damaged file is refused.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
 use e2e_tests::harness::load::{self, Load};
-use e2e_tests::{bin, CellOptions, TestCell};
+use e2e_tests::{bin, exit_within, free_ports, CellOptions, TestCell, Tmpfs};
 use fuse_mount::client::{OpenOptions, Session};
 use fuse_mount::proto::chubby::{LockMode, NodeAcl};
 
@@ -29,6 +31,23 @@ fn ok(out: &Output, what: &str) -> String {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{what}: {}{text}", String::from_utf8_lossy(&out.stderr));
     text
+}
+
+/// Every file under `dir` with its size, sorted.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).unwrap() {
+        let item = item.unwrap();
+        let meta = item.metadata().unwrap();
+        if meta.is_dir() {
+            let sub = listing(&item.path());
+            out.extend(sub.into_iter().map(|(n, l)| (format!("{}/{n}", item.file_name().to_string_lossy()), l)));
+        } else {
+            out.push((item.file_name().to_string_lossy().to_string(), meta.len()));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -70,6 +89,8 @@ fn a_backup_saved_under_load_restores_every_acknowledged_write_into_a_new_cell()
     let path = file.to_str().unwrap();
     let saved = ok(&run(&old, "chubby", &["snapshot", "save", path]), "snapshot save");
     assert!(saved.contains("saved"), "{saved}");
+    // It holds every node whatever its ACL: for its owner's eyes only.
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     std::thread::sleep(Duration::from_millis(500));
     let all = load.stop(&rt);
     assert!(all.lock_lines.len() > before.lock_lines.len(), "the load went on during the save");
@@ -94,12 +115,14 @@ fn a_backup_saved_under_load_restores_every_acknowledged_write_into_a_new_cell()
     }
     // A directory restored into already is refused, and keeps what it holds.
     let dir = new.data_dir(1);
+    let before_again = listing(&dir);
     let again = run(
         &new,
         "cell-server",
         &["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", "1", "--peers", &peers],
     );
-    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already holds"));
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"), "{again:?}");
+    assert_eq!(listing(&dir), before_again);
     for id in 1..=3 {
         new.start_replica(id);
     }
@@ -158,4 +181,64 @@ fn a_damaged_backup_is_refused() {
     );
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("damaged"), "{out:?}");
     assert!(!dir.exists(), "a refused restore wrote {}", dir.display());
+}
+
+/// The save is the leader's, at a linearizable read point: asked first of a replica cut off
+/// from the others (which has not seen the latest writes), it still holds every write
+/// acknowledged before it began.
+#[test]
+fn a_save_asked_of_a_cut_off_replica_has_every_acknowledged_write() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cell = TestCell::start(CellOptions { peer_links: true, ..CellOptions::default() });
+    let leader = cell.leader(&rt);
+    let cut = (1..=3).find(|&id| id != leader).unwrap();
+    cell.partition(cut);
+    let put = ok(&run(&cell, "chubby", &["put", "/ls/local/after-the-cut", "x"]), "put");
+    let index: u64 =
+        put.rsplit_once("index ").and_then(|(_, i)| i.trim().trim_end_matches(')').parse().ok()).expect(&put);
+    let file = cell.dir.path().join("cell.backup");
+    let path = file.to_str().unwrap();
+    let first = format!("{},{}", cell.addrs[cut as usize - 1], cell.addrs[leader as usize - 1]);
+    ok(&run(&cell, "chubby", &["--cell", &first, "snapshot", "save", path]), "snapshot save");
+    let status = json(&ok(&run(&cell, "chubby", &["--json", "snapshot", "status", path]), "snapshot status"));
+    assert!(status["index"].as_u64() >= Some(index), "saved at {}, the write was at {index}", status["index"]);
+    assert_eq!(status["leader_id"], leader, "{status}");
+}
+
+/// A restore cut short (here by a full disk; the test mounts a small tmpfs, as root) leaves a
+/// directory no replica starts on, and the restore run again starts over and completes.
+#[test]
+fn an_interrupted_restore_is_refused_by_the_replica_and_starts_over() {
+    let cell = TestCell::start(CellOptions::default());
+    // More than the small disk holds.
+    for f in ["/ls/local/f", "/ls/local/g"] {
+        ok(&run(&cell, "chubby", &["put", f, &"x".repeat(100_000)]), "put");
+    }
+    let file = cell.dir.path().join("cell.backup");
+    let path = file.to_str().unwrap();
+    ok(&run(&cell, "chubby", &["snapshot", "save", path]), "snapshot save");
+    let dir = cell.dir.path().join("restored");
+    let disk = Tmpfs::mount(&dir, "64k");
+    let peers = format!("1=127.0.0.1:{}", free_ports(1)[0]);
+    let restore = ["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", "1", "--peers", &peers];
+    let cut = run(&cell, "cell-server", &restore);
+    assert!(!cut.status.success(), "a restore onto a full disk went through: {cut:?}");
+    let log = cell.dir.path().join("restored-replica.log");
+    let mut start = Command::new(bin("cell-server"))
+        .args(["--id", "1", "--peers", &peers, "--insecure", "--data-dir", dir.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let exit = exit_within(&mut start, Duration::from_secs(20));
+    if exit.is_none() {
+        let _ = start.kill();
+        let _ = start.wait();
+    }
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(exit.is_some_and(|e| !e.success()), "a replica started on a half-restored directory: {err}");
+    assert!(err.contains("interrupted `cell-server restore`"), "{err}");
+    disk.resize("256m").unwrap();
+    let out = ok(&run(&cell, "cell-server", &restore), "restore again");
+    assert!(out.contains("restored replica 1"), "{out}");
+    assert!(!dir.join("RESTORING").exists() && dir.join("IDENTITY").exists());
 }

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 const IDENTITY: &str = "IDENTITY";
 const LOCK: &str = "LOCK";
+/// Present while `cell-server restore` writes the directory: a replica refuses to start on
+/// it, and the restore, run again, starts over.
+const RESTORING: &str = "RESTORING";
 
 /// What a data directory records about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,31 +118,14 @@ impl DataDir {
     /// Creates `path` if missing and takes its lock; reads its identity if it has one, and
     /// refuses one that is another replica's or another cell's.
     pub fn open(path: &Path, replica: ReplicaId, cell_name: &str) -> Result<DataDir, String> {
-        std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-        let lock_path = path.join(LOCK);
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            let mut holder = String::new();
-            let _ = lock.read_to_string(&mut holder);
-            return Err(match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => format!(
-                    "{} is in use by another cell-server process (pid {}): one replica per data directory",
-                    path.display(),
-                    holder.trim()
-                ),
-                _ => format!("locking {}: {e}", lock_path.display()),
-            });
+        let lock = take_lock(path)?;
+        if path.join(RESTORING).exists() {
+            return Err(format!(
+                "{} was left half written by an interrupted `cell-server restore`: run the restore again \
+                 (it starts over) or use another --data-dir",
+                path.display()
+            ));
         }
-        let _ = lock.set_len(0);
-        let _ = write!(lock, "{}", std::process::id());
         let identity = read_identity(path)?;
         if let Some(id) = &identity {
             if id.replica != replica {
@@ -162,6 +148,88 @@ impl DataDir {
         Ok(DataDir { path: path.to_path_buf(), _lock: lock, identity })
     }
 
+    /// Takes `path` (created if missing) for `cell-server restore` to write: it must be
+    /// empty, or left by an interrupted restore (whose files are deleted). Marked
+    /// [`RESTORING`] until [`DataDir::restored`].
+    pub fn open_to_restore(path: &Path) -> Result<DataDir, String> {
+        let lock = take_lock(path)?;
+        let fail = |e: std::io::Error| format!("clearing {}: {e}", path.display());
+        let interrupted = path.join(RESTORING).exists();
+        for item in std::fs::read_dir(path).map_err(fail)? {
+            let item = item.map_err(fail)?;
+            let name = item.file_name();
+            if name == LOCK || name == RESTORING {
+                continue;
+            }
+            if !interrupted {
+                return Err(format!(
+                    "{} is not empty (it holds {}): restore into an empty or new directory",
+                    path.display(),
+                    name.to_string_lossy()
+                ));
+            }
+            let p = item.path();
+            let removed = if item.file_type().map_err(fail)?.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.map_err(fail)?;
+        }
+        write_synced(path, RESTORING, b"cell-server restore is writing this directory\n")?;
+        Ok(DataDir { path: path.to_path_buf(), _lock: lock, identity: None })
+    }
+
+    /// Ends a restore: the directory is a replica's from now on.
+    pub fn restored(&mut self) -> Result<(), String> {
+        let marker = self.path.join(RESTORING);
+        std::fs::remove_file(&marker).map_err(|e| format!("removing {}: {e}", marker.display()))?;
+        File::open(&self.path).and_then(|d| d.sync_all()).map_err(|e| format!("syncing {}: {e}", self.path.display()))
+    }
+}
+
+/// Creates `path` if missing and takes its lock, or says which process holds it.
+fn take_lock(path: &Path) -> Result<File, String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let lock_path = path.join(LOCK);
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let mut holder = String::new();
+        let _ = lock.read_to_string(&mut holder);
+        return Err(match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => format!(
+                "{} is in use by another cell-server process (pid {}): one replica per data directory",
+                path.display(),
+                holder.trim()
+            ),
+            _ => format!("locking {}: {e}", lock_path.display()),
+        });
+    }
+    let _ = lock.set_len(0);
+    let _ = write!(lock, "{}", std::process::id());
+    Ok(lock)
+}
+
+/// Writes `dir/name` durably: a temporary file, synced, renamed, and the directory synced.
+fn write_synced(dir: &Path, name: &str, contents: &[u8]) -> Result<(), String> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let fail = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
+    let mut f = File::create(&tmp).map_err(fail)?;
+    f.write_all(contents).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(fail)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
+}
+
+impl DataDir {
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
     }
@@ -179,13 +247,7 @@ impl DataDir {
              # replica refuses to start on a directory of another replica or cell.\n{}",
             toml::to_string(&identity).map_err(|e| e.to_string())?
         );
-        let tmp = self.path.join(format!("{IDENTITY}.tmp"));
-        let fail = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
-        let mut f = File::create(&tmp).map_err(fail)?;
-        f.write_all(text.as_bytes()).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, self.path.join(IDENTITY)).map_err(fail)?;
-        File::open(&self.path).and_then(|d| d.sync_all()).map_err(fail)?;
+        write_synced(&self.path, IDENTITY, text.as_bytes())?;
         self.identity = Some(identity);
         Ok(())
     }

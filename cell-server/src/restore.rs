@@ -53,25 +53,25 @@ pub fn run(args: &RestoreArgs) -> Result<Restored, String> {
     if args.cell_name.is_empty() || args.cell_name.contains('/') {
         return Err(format!("cell name {:?} must be non-empty and contain no '/'", args.cell_name));
     }
-    let bytes = std::fs::read(&args.file).map_err(|e| format!("reading {}: {e}", args.file.display()))?;
-    let backup = proto::backup::decode(&bytes).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let file = args.file.display();
+    let bytes = std::fs::read(&args.file).map_err(|e| format!("reading {file}: {e}"))?;
+    let backup = proto::backup::decode(&bytes).map_err(|e| format!("{file}: {e}"))?;
     drop(bytes);
-    let state = CellState::restore(&backup.data).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let state = CellState::restore(&backup.data).map_err(|e| format!("{file}: {e}"))?;
+    // A checksum proves the file is what was written, not that a cell-server wrote it.
+    state.check_invariants().map_err(|e| format!("{file}: not a consistent cell state: {e}"))?;
     let index = state.applied();
     if index == 0 {
-        return Err(format!("{}: the state was never written to (log index 0)", args.file.display()));
+        return Err(format!("{file}: the state was never written to (log index 0)"));
     }
     let sessions_dropped = state.sessions().count() as u64;
     let state = state.into_new_cell();
     let nodes = state.summary().nodes;
 
-    let mut dir = DataDir::open(&args.data_dir, args.id, &args.cell_name)?;
-    if dir.identity().is_some() || dir.has_log() {
-        return Err(format!(
-            "{} already holds a replica's data: restore into an empty directory",
-            args.data_dir.display()
-        ));
-    }
+    // Marked as being restored until the end: an interrupted restore leaves a directory no
+    // replica starts on (it would take it for an empty one of a cell of its own) and that a
+    // restore run again starts over in.
+    let mut dir = DataDir::open_to_restore(&args.data_dir)?;
     let cell_id = datadir::restored_cell_id(&args.cell_name, &peers, &backup.sha256);
     let voters: Vec<ReplicaId> = peers.keys().copied().collect();
     let mut conf_state = ConfState::new(voters, Vec::new());
@@ -85,9 +85,7 @@ pub fn run(args: &RestoreArgs) -> Result<Restored, String> {
         .persist(Some(&snapshot), &[], Some(hard_state), true)
         .map_err(|e| format!("writing the snapshot into {}: {e}", args.data_dir.display()))?;
     drop(storage);
-    // Recorded last: a restore cut short leaves a log without an identity, which a replica
-    // adopts into a cell of another id (one the restored replicas refuse), never a directory
-    // that claims the new cell without its state.
     dir.record(Identity::first_member(&args.cell_name, cell_id, args.id))?;
+    dir.restored()?;
     Ok(Restored { cell_id, index, nodes, sessions_dropped })
 }

@@ -120,6 +120,20 @@ mod tests {
         assert!(decode(b"hello").unwrap_err().contains("not a cell backup"));
     }
 
+    /// Lengths that do not fit the file are refused, not trusted, also under a valid checksum
+    /// (anyone can compute one).
+    #[test]
+    fn a_header_length_past_the_file_is_refused_under_a_valid_checksum() {
+        for len in [u32::MAX, (MAX_HEADER + 1) as u32, 100] {
+            let mut body = MAGIC.to_vec();
+            body.extend_from_slice(&len.to_le_bytes());
+            body.extend_from_slice(b"short");
+            let sum = sha256(&body);
+            body.extend_from_slice(&sum);
+            assert!(decode(&body).unwrap_err().contains("does not fit"), "{len}");
+        }
+    }
+
     /// A header that does not describe its data (a leader's bug, or data damaged before the
     /// file's checksum was taken) is refused, though the file's checksum matches.
     #[test]

@@ -13,6 +13,7 @@
 pub mod command;
 pub mod error;
 pub mod handle;
+mod invariants;
 mod legacy;
 mod locks;
 mod namespace;
@@ -321,16 +322,26 @@ impl CellState {
     }
 
     /// This state as the first state of a new cell restored from a backup. Its sessions are
-    /// closed, as if each had closed itself: their locks are released (without lock-delay,
-    /// since no holder of the old cell can act in the new one), their queued acquires end and
-    /// their ephemeral nodes go. The handle key is dropped, so the new cell's first master
-    /// makes its own and no handle or session token of the old cell is valid in the new one.
-    /// Nodes, contents, ACLs and every generation and instance number are kept.
+    /// closed, as if each had closed itself: their locks are released, their queued acquires
+    /// end and their ephemeral nodes go. Lock-delays end: they keep a lock from a new holder
+    /// while a lost one may still act, and no holder of the old cell can act in the new one.
+    /// The handle key is dropped, so the new cell's first master makes its own and no handle
+    /// or session token of the old cell is valid in the new one. Session ids go on from far
+    /// past the old cell's, which went on numbering sessions after the backup: a sequencer
+    /// names its holder's session, so none the old cell gave out matches one of the new
+    /// cell's. Nodes, contents, ACLs and every generation and instance number are kept.
     pub fn into_new_cell(mut self) -> CellState {
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             let _ = self.end_session(id, false);
         }
+        for (_, path) in std::mem::take(&mut self.delays) {
+            if let Some(n) = self.nodes.get_mut(path.as_str()).map(Arc::make_mut) {
+                n.lock.delay_until_ms = 0;
+            }
+        }
+        self.name_delays = OrdMap::new();
+        self.next_session = self.next_session.saturating_add(RESTORED_SESSION_GAP);
         self.key = Bytes::new();
         self.effects.clear();
         self
@@ -359,6 +370,10 @@ impl CellState {
         Ok(state)
     }
 }
+
+/// How far a restored cell's session ids start past the backup's (see
+/// [`CellState::into_new_cell`]): more sessions than a cell opens in its life.
+const RESTORED_SESSION_GAP: u64 = 1 << 40;
 
 /// Counts of what a [`CellState`] holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -24,6 +24,11 @@ fn a_restored_state_keeps_the_namespace_and_drops_the_sessions() {
         "open b /lock",
         "acquire b /lock x",
         "open b /eph create ephemeral",
+        // A holder lost before the backup: its lock-delay still runs.
+        "session d",
+        "open d /dlock create",
+        "acquire d /dlock x delay=60000",
+        "expire d",
     ] {
         d.command(line);
     }
@@ -31,7 +36,8 @@ fn a_restored_state_keeps_the_namespace_and_drops_the_sessions() {
     let lock_generation = d.state.node("/lock").unwrap().stat.lock_generation;
     let s = d.state.summary();
     assert_eq!((s.sessions, s.locks_held, s.ephemeral_nodes), (2, 1, 1));
-    assert_eq!((s.nodes, s.directories, s.content_bytes), (5, 2, 5));
+    assert_eq!((s.nodes, s.directories, s.content_bytes), (6, 2, 5));
+    assert_eq!(d.state.lock_delays().count(), 1);
 
     let restored = CellState::restore(&d.state.snapshot()).unwrap().into_new_cell();
     check_invariants(&restored).unwrap();
@@ -43,8 +49,9 @@ fn a_restored_state_keeps_the_namespace_and_drops_the_sessions() {
     let lock = &restored.node("/lock").unwrap().lock;
     assert!(lock.holders.is_empty() && lock.waiters.is_empty());
     assert_eq!(lock.delay_until_ms, 0, "no lock-delay");
+    assert_eq!(restored.node("/dlock").unwrap().lock.delay_until_ms, 0, "the lost holder's lock-delay ended");
     assert_eq!(restored.lock_delays().count(), 0);
-    assert_eq!(restored.summary(), Summary { nodes: 4, directories: 2, content_bytes: 5, ..Summary::default() });
+    assert_eq!(restored.summary(), Summary { nodes: 5, directories: 2, content_bytes: 5, ..Summary::default() });
 
     // The new cell goes on: its master's first entry sets a key, a new session takes the lock
     // at once, and generations continue from the backup's.
@@ -57,10 +64,18 @@ fn a_restored_state_keeps_the_namespace_and_drops_the_sessions() {
     };
     let next = d.state.applied() + 1;
     d.state.apply(next, &encode(&init)).unwrap();
-    for (line, want) in [("session c", ""), ("open c /lock", ""), ("acquire c /lock x try", "granted")] {
+    for (line, want) in [
+        ("session c", ""),
+        ("open c /lock", ""),
+        ("acquire c /lock x try", "granted"),
+        ("open c /dlock", ""),
+        ("acquire c /dlock x try", "granted"),
+    ] {
         let got = d.command(line);
         assert!(got.contains(want), "{line}: {got}");
     }
+    // A session id the old cell may have given out after the backup is never the new one's.
+    assert!(d.state.sessions().all(|(id, _)| *id > 1 << 40), "session ids go on from far past the backup's");
     assert_eq!(d.state.key(), &[2; 32]);
     assert!(d.state.node("/lock").unwrap().stat.lock_generation > lock_generation);
 }

@@ -1,6 +1,7 @@
 //! `chubby snapshot save FILE | status FILE`: backups of the cell's state.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,6 +15,9 @@ use tonic::Response;
 /// How long a save may take, transfer included: a state of a few hundred megabytes comes over
 /// any network in far less.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The last millisecond of the year 9999.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCmd {
@@ -66,16 +70,17 @@ pub async fn save(mut client: CellClient, file: &Path, json: bool) -> Result<(),
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one:
-/// a temporary file beside it, synced, renamed over it, and the directory synced.
+/// a temporary file beside it, synced, renamed over it, and the directory synced. The file
+/// holds every node whatever its ACL: it is readable by its owner only.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().ok_or_else(|| std::io::Error::other("not a file name"))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -96,7 +101,14 @@ pub fn status(file: &Path, json: bool) -> Result<(), String> {
         println!("{}", describe_json(file, bytes.len() as u64, &b.sha256, h));
         return Ok(());
     }
-    let taken = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(h.taken_at_ms));
+    // The header's word, not proven by the checksum: a time past what RFC 3339 writes (the
+    // year 9999) is shown as it is.
+    let taken = match h.taken_at_ms {
+        ms @ 0..=MAX_RFC3339_MS => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
+        ms => format!("{ms} ms after 1970"),
+    };
     let members: Vec<String> = h.members.iter().map(|m| format!("{}={} ({})", m.id, m.address, m.role)).collect();
     println!("file          {} ({} bytes), checksums ok", file.display(), bytes.len());
     println!("sha256        {}", backup::hex(&b.sha256));
