@@ -242,3 +242,33 @@ fn an_interrupted_restore_is_refused_by_the_replica_and_starts_over() {
     assert!(out.contains("restored replica 1"), "{out}");
     assert!(!dir.join("RESTORING").exists() && dir.join("IDENTITY").exists());
 }
+
+/// A cell restored into one replica's directory only: the others, started on empty
+/// directories with the same `--peers`, would make a cell of their own, an empty one. They
+/// refuse, as the restored replica answers for another cell.
+#[test]
+fn replicas_not_restored_refuse_to_start_beside_a_restored_one() {
+    let old = TestCell::start(CellOptions::default());
+    ok(&run(&old, "chubby", &["put", "/ls/local/f", "hello"]), "put");
+    let file = old.dir.path().join("cell.backup");
+    let path = file.to_str().unwrap();
+    ok(&run(&old, "chubby", &["snapshot", "save", path]), "snapshot save");
+    let mut new = TestCell::new(CellOptions::default());
+    let peers: Vec<String> = new.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let peers = peers.join(",");
+    let dir = new.data_dir(1);
+    let restore = ["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", "1", "--peers", &peers];
+    ok(&run(&new, "cell-server", &restore), "restore");
+    new.start_replica(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !new.log_since_start(1).contains("replica serving") {
+        assert!(std::time::Instant::now() < deadline, "the restored replica never served:\n{}", new.log(1));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    new.start_replica(2);
+    let exit = new.exit_within(2, Duration::from_secs(20));
+    let log = new.log_since_start(2);
+    assert!(exit.is_some_and(|e| !e.success()), "a replica not restored started beside a restored one:\n{log}");
+    assert!(log.contains("cell-server restore"), "{log}");
+    new.terminate(1);
+}

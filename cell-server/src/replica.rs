@@ -151,7 +151,7 @@ async fn which_cell(cfg: &ReplicaConfig, dir: &mut DataDir) -> anyhow::Result<(u
                 return Ok((id.cell_id(), Some(saved)));
             }
             // The cell's list is newer than the one saved at the join, if it answers.
-            match ask_members(&cfg.join, cfg.tls.as_ref(), Duration::from_secs(10)).await {
+            match ask_members(&cfg.join, cfg.tls.as_ref(), Duration::from_secs(10), true).await {
                 Ok(m) if parse_cell_id(&m.cell_id) != id.cell_id() => anyhow::bail!(
                     "{} belongs to cell {:016x}, but --join reached cell {}: use another --data-dir",
                     cfg.data_dir.display(),
@@ -217,7 +217,7 @@ async fn join(cfg: &ReplicaConfig, dir: &mut DataDir) -> anyhow::Result<(u64, Op
     if dir.has_log() {
         anyhow::bail!("{} holds a log of unknown origin: --join needs an empty --data-dir", cfg.data_dir.display());
     }
-    let listed = ask_members(&cfg.join, cfg.tls.as_ref(), Duration::from_secs(30)).await?;
+    let listed = ask_members(&cfg.join, cfg.tls.as_ref(), Duration::from_secs(30), true).await?;
     let cell = parse_cell_id(&listed.cell_id);
     if listed.cell_name != cfg.cell_name {
         anyhow::bail!("--join reached cell {:?}, not {:?} (--cell-name)", listed.cell_name, cfg.cell_name);
@@ -273,11 +273,22 @@ async fn refuse_lost_state(cfg: &ReplicaConfig, cell: u64) -> anyhow::Result<()>
     // Briefly: a cell with a leader answers in milliseconds, and replicas of a new cell that
     // start a little apart must not hold each other up (a late start leaves the others'
     // links to it in redial backoff).
-    let Ok(m) = ask_members(&others, cfg.tls.as_ref(), Duration::from_millis(300)).await else { return Ok(()) };
+    let tls = cfg.tls.as_ref();
+    let m = match ask_members(&others, tls, Duration::from_millis(300), true).await {
+        Ok(m) => m,
+        // No leader: a peer's own word on its cell still tells a cell of another id, such as
+        // one restored from a backup into the other replicas' directories but not this one's
+        // (this replica would otherwise make, with others like it, an empty cell).
+        Err(_) => match ask_members(&others, tls, Duration::from_millis(300), false).await {
+            Ok(m) if parse_cell_id(&m.cell_id) != cell => m,
+            _ => return Ok(()),
+        },
+    };
     if parse_cell_id(&m.cell_id) != cell {
         anyhow::bail!(
             "the peers answer for cell {:?} {}, not the cell these --peers make ({cell:016x}): a replica of an \
-             existing cell starts from its own data directory, or joins with --join",
+             existing cell starts from its own data directory, or joins with --join; a cell restored from a \
+             backup has each replica restored (`cell-server restore`)",
             m.cell_name,
             m.cell_id
         );
@@ -304,12 +315,13 @@ async fn refuse_lost_state(cfg: &ReplicaConfig, cell: u64) -> anyhow::Result<()>
     Ok(())
 }
 
-/// The member list of the cell at any of `addrs`, from its leader, trying each in turn for
-/// up to `limit` (the cell may be electing).
+/// The member list of the cell at any of `addrs`, trying each in turn for up to `limit`:
+/// `from_leader`, the leader's (the cell may be electing); else any replica's own view.
 async fn ask_members(
     addrs: &[String],
     tls: Option<&proto::tls::Identity>,
     limit: Duration,
+    from_leader: bool,
 ) -> anyhow::Result<proto::cell::MembersResponse> {
     use proto::cell::cell_client::CellClient;
     let deadline = std::time::Instant::now() + limit;
@@ -326,7 +338,7 @@ async fn ask_members(
         let endpoint = endpoint.map_err(|e| anyhow::anyhow!("{addr}: {e}"))?.connect_timeout(Duration::from_secs(1));
         let answer = async {
             let mut client = CellClient::new(endpoint.connect().await.map_err(|e| (None, e.to_string()))?);
-            let req = proto::cell::MembersRequest { from_leader: true };
+            let req = proto::cell::MembersRequest { from_leader };
             client.members(req).await.map(|r| r.into_inner()).map_err(|s| {
                 let leader = s.metadata().get(proto::LEADER_METADATA).and_then(|v| v.to_str().ok()).map(String::from);
                 (leader, format!("{addr}: {}", s.message()))
