@@ -106,7 +106,9 @@ fn flock_after_flock_on_one_host_always_gets_the_lock() {
     let mut groups = Groups::default();
     // While a holder has the lock, after the close before it has had time to come in,
     // another host must find it busy.
-    let check = format!("sleep 0.05; flock -s -n {} true && exit 3; exit 0", other.path("job").display());
+    // (`-E 42`: busy, told apart from any other failure.)
+    let busy = |path: &Path| format!("flock -E 42 -s -n {} true; [ $? = 42 ] || exit 3", path.display());
+    let check = format!("sleep 0.05; {}", busy(&other.path("job")));
     for round in 0..40 {
         for mode in ["-x", "-s", "-s", "-x"] {
             let st = flock(&[mode, "-n"], &job, "true", &mut groups).wait().expect("flock");
@@ -119,10 +121,10 @@ fn flock_after_flock_on_one_host_always_gets_the_lock() {
         "for i in $(seq 40); do \
            exec 9<>{f}; flock -x -n 9 || exit 1; exec 9>&-; \
            exec 9<>{f}; flock -x -n 9 || exit 2; sleep 0.05; \
-           flock -s -n {g} true && exit 3; exec 9>&-; \
+           {busy}; exec 9>&-; \
          done",
         f = job.display(),
-        g = other.path("job").display()
+        busy = busy(&other.path("job"))
     );
     let (mut sh, _) = shell(&script, &mut groups);
     let st = exit_within(&mut sh, Duration::from_secs(120)).expect("the shell's rounds end");
@@ -130,6 +132,45 @@ fn flock_after_flock_on_one_host_always_gets_the_lock() {
     // Nothing is left held: each lock went with its close.
     let got = chubby(&cell, &["lock", "--timeout", "20s", "/ls/local/job", "--", "true"]);
     assert!(got.status.success(), "the lock is free once every flock ended: {got:?}");
+}
+
+/// A process's `fcntl` lock asked for again through another of its open descriptors of the
+/// file is the lock it holds (POSIX: locks are the process's): it is kept throughout, and a
+/// host waiting for it does not get it in between.
+#[test]
+fn an_fcntl_lock_asked_again_through_another_descriptor_is_kept() {
+    if !fuse_available("an_fcntl_lock_asked_again_through_another_descriptor_is_kept") {
+        return;
+    }
+    let cell = TestCell::start(CellOptions::default());
+    let (m, other) = (Mount::start(&cell, &[]), Mount::start(&cell, &[]));
+    let path = m.path("job");
+    fs::write(&path, "").expect("create");
+    let (a, b) = (
+        fs::OpenOptions::new().read(true).write(true).open(&path).expect("open a"),
+        fs::OpenOptions::new().read(true).write(true).open(&path).expect("open b"),
+    );
+    let set = |fd: &fs::File, typ: i32| {
+        // SAFETY: a zeroed flock is a valid whole-file request once its type is set.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = typ as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: fcntl(2) on an open descriptor with a valid flock.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLK, &lock) }
+    };
+    assert_eq!(set(&a, libc::F_WRLCK), 0, "lock taken through a");
+    let mut groups = Groups::default();
+    let mut waiter = flock(&["-x"], &other.path("job"), "true", &mut groups);
+    await_queued_locks(&cell, 1);
+    assert_eq!(set(&b, libc::F_WRLCK), 0, "the same lock asked again through b: {}", std::io::Error::last_os_error());
+    assert_eq!(set(&b, libc::F_RDLCK), 0, "and converted through b");
+    assert_eq!(set(&a, libc::F_WRLCK), 0, "and back through a");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(waiter.try_wait().expect("wait").is_none(), "the other host got the lock while this process held it");
+    drop(a);
+    let st = exit_within(&mut waiter, Duration::from_secs(20)).expect("the waiter gets the lock at the close");
+    assert!(st.success());
+    drop(b);
 }
 
 /// A process's `fcntl` lock of a file re-created at its path, while the process still has the

@@ -285,10 +285,18 @@ impl FsInner {
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
         let file = self.file(fh)?;
         let mut f = file.lock().await;
+        // The lock this close lets go of is the one held now, through the open it was taken
+        // through then: a close that goes on after its process is gone (killed while it
+        // stored) must not release a lock a later process, given the same owner id, has
+        // taken over (see `FsInner::setlk`).
+        let key = f.lock_key(lock_owner);
+        let then = guard(&self.locks).get(&key).map(|h| (h.gate, h.fh));
         let stored = self.commit(&mut f, Some(lock_owner)).await;
-        let (key, session) = (f.lock_key(lock_owner), f.session.clone());
+        let session = f.session.clone();
         drop(f);
-        self.unlock_on_close(&key, &session, None).await;
+        if let Some((gate, taken_through)) = then {
+            self.unlock_on_close(&key, &session, &|h| Arc::ptr_eq(&h.gate, &gate) && h.fh == taken_through).await;
+        }
         stored
     }
 
@@ -303,12 +311,16 @@ impl FsInner {
     pub async fn release(&self, fh: u64, flock_owner: Option<u64>) {
         let Some(OpenEntry { file, .. }) = guard(&self.files).remove(&fh) else { return };
         let mut f = file.lock().await;
+        // The flock lock of this open, if it still has it: the owner's id may be a later
+        // open's by now, which took the lock over (see `FsInner::setlk`): this close must
+        // neither store under it nor take it away.
+        let flock_owner = flock_owner.filter(|&o| guard(&self.locks).get(&f.lock_key(o)).is_some_and(|h| h.fh == fh));
         if let Err(e) = self.commit(&mut f, flock_owner).await {
             tracing::warn!(path = %f.node.path, "storing the contents at the last close: {e:?}");
         }
         self.closed(&f);
         if let Some(owner) = flock_owner {
-            self.unlock_on_close(&f.lock_key(owner), &f.session, Some(fh)).await;
+            self.unlock_on_close(&f.lock_key(owner), &f.session, &|h| h.fh == fh).await;
         }
     }
 

@@ -79,15 +79,9 @@ impl FsInner {
                 // before the owner asks again, so the request starts from the truth.
                 self.await_settled(&key, &held, wait, tid).await?;
                 return Box::pin(self.setlk(fh, owner, typ, wait, tid, pid)).await;
-            } else if held.fh != fh {
-                // Taken through another open. For `flock` the owner is the open file
-                // description itself, so that open is closed: the kernel sends its Release in
-                // the background and may hand the description's address, which is the owner's
-                // id, to the next open at once, so this request can come first. Its lock goes
-                // before this one is taken, never converted into it. (A process's `fcntl` lock
-                // asked again through another descriptor of the file loses it for a moment
-                // too: a conversion that is not atomic, rare for whole-file locks.)
-                self.unlock(&key, &session).await?;
+            } else if held.fh != fh && !self.take_over(&key, &held, fh).await {
+                // Let go meanwhile: asked again from the start.
+                return Box::pin(self.setlk(fh, owner, typ, wait, tid, pid)).await;
             } else if held.session != session.id() {
                 // Taken through an open of another session (the process changed user): that
                 // session's lock goes first, so this conversion is not atomic.
@@ -136,6 +130,22 @@ impl FsInner {
             f.fence = Some((owner, sequencer));
         }
         Ok(())
+    }
+
+    /// Makes `held` (the owner's lock, taken through another open) the lock of open `fh`, the
+    /// one the owner asks through now; false if it was let go meanwhile.
+    ///
+    /// The owner is the same, so the lock is: a process's `fcntl` locks are the process's,
+    /// whichever of its descriptors asks. A `flock` owner is an open file description, and
+    /// another open with its id means that description was closed: the kernel sends its
+    /// last close in the background and may give its address, which is the owner's id, to
+    /// the next open at once, so the next open's request can come before that close. The new
+    /// open takes the lock over, and the close, when it comes, finds it no longer its own
+    /// (see `FsInner::release`). Done under the lock's gate, so a Release of the old open
+    /// already on its way ends first, and one that starts later sees the change.
+    async fn take_over(&self, key: &LockKey, held: &Held, fh: u64) -> bool {
+        let _sending = held.gate.lock().await;
+        guard(&self.locks).take_over(key, &held.gate, fh)
     }
 
     /// Makes the lock `held` (of `key`, taken in `session`) one in `mode` in one step, as
@@ -366,18 +376,23 @@ impl FsInner {
     /// node or its session gone): after any other failure (a timeout in jeopardy) a later
     /// unlock or close tries again.
     async fn unlock(&self, key: &LockKey, session: &Session) -> Result<(), Errno> {
+        self.unlock_if(key, session, &|_| true).await
+    }
+
+    /// [`FsInner::unlock`], if the entry is one `which` names when its Release is sent.
+    async fn unlock_if(&self, key: &LockKey, session: &Session, which: &Which<'_>) -> Result<(), Errno> {
         let Some(held) = guard(&self.locks).get(key) else { return Ok(()) };
-        if held.releasing {
+        if held.releasing || !which(&held) {
             // Its holder let go already; the task that retries the Release finishes it.
             return Ok(());
         }
         if held.session != session.id() {
             // Taken in another session: through an open of that session (see unlock_on_close).
-            return self.unlock_in_its_session(key, held.session).await;
+            return self.unlock_in_its_session(key, held.session, which).await;
         }
         let _sending = held.gate.lock().await;
-        if guard(&self.locks).is(key, &held.gate).is_none_or(|h| h.releasing) {
-            // Released (or let go) by another call meanwhile.
+        if guard(&self.locks).is(key, &held.gate).is_none_or(|h| h.releasing || !which(h)) {
+            // Released (or let go, or taken over) by another call meanwhile.
             return Ok(());
         }
         let r = session.release(&held.handle, key.owner).await;
@@ -475,7 +490,7 @@ impl FsInner {
     /// cell released the lock already (EIO: the holder must know it lost it). A session closed
     /// here for being idle released it too, with nobody to tell: a stale entry (its release
     /// at close had failed) is dropped quietly.
-    async fn unlock_in_its_session(&self, key: &LockKey, sid: u64) -> Result<(), Errno> {
+    async fn unlock_in_its_session(&self, key: &LockKey, sid: u64, which: &Which<'_>) -> Result<(), Errno> {
         let session = self.cells[key.node.cell].session_with_id(sid).filter(|s| !s.is_lost());
         let Some(session) = session else {
             guard(&self.locks).remove(key);
@@ -484,27 +499,29 @@ impl FsInner {
             }
             return Err(Errno::EIO);
         };
-        Box::pin(self.unlock(key, &session)).await
+        Box::pin(self.unlock_if(key, &session, which)).await
     }
 
-    /// The holder let go (closed the file or died): the cell must hear it. A Release that
-    /// fails (the cell out of reach) is retried in the background until it goes through.
-    /// With `only_of`, the lock goes only if it was taken through that open: the last close
-    /// of a `flock` holder's file may come after its owner's id went to a later open, whose
-    /// lock it must not take away.
-    pub(super) async fn unlock_on_close(&self, key: &LockKey, session: &Session, only_of: Option<u64>) {
+    /// The holder let go (closed the file or died): the cell must hear it, if the entry is
+    /// still the one `closing` names (a close may come after the owner's id went to a later
+    /// open or process, whose lock it must not take away). A Release that fails (the cell
+    /// out of reach) is retried in the background until it goes through.
+    pub(super) async fn unlock_on_close(&self, key: &LockKey, session: &Session, closing: &Which<'_>) {
         let Some(held) = guard(&self.locks).get(key) else { return };
-        if held.releasing || only_of.is_some_and(|fh| fh != held.fh) {
+        if held.releasing || !closing(&held) {
             return;
         }
-        if let Err(e) = self.unlock(key, session).await {
-            if guard(&self.locks).mark_releasing(key, &held.gate) {
+        if let Err(e) = self.unlock_if(key, session, closing).await {
+            if guard(&self.locks).mark_releasing(key, &held.gate, closing) {
                 tracing::warn!(path = %key.node.path, "releasing a lock at close: {e:?}; retrying in the background");
                 self.release_until_done(key.clone(), held.gate);
             }
         }
     }
 }
+
+/// Which lock entry a close lets go of (see [`FsInner::unlock_on_close`]).
+pub(super) type Which<'a> = dyn Fn(&Held) -> bool + Send + Sync + 'a;
 
 /// How an entry is settled after a conversion to `mode` failed with no known outcome: an
 /// upgrade the owner was told failed goes back to shared; after a downgrade, whatever the

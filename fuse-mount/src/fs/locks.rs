@@ -53,7 +53,8 @@ pub struct Held {
     pub gate: Arc<tokio::sync::Mutex<()>>,
     /// The process that took it (in this daemon's pid namespace), which `F_GETLK` names.
     pub pid: u32,
-    /// The open file it was taken through (its `fh`).
+    /// The open file it was taken through (its `fh`), or last asked for through: the last
+    /// close of that open lets a `flock` lock go, and only that open's.
     pub fh: u64,
     /// Its sequencer, which the stores of files written under it carry.
     pub sequencer: String,
@@ -215,6 +216,18 @@ impl HeldLocks {
         self.held.get(key).filter(|h| Arc::ptr_eq(&h.gate, gate))
     }
 
+    /// The entry whose gate is `gate`, if it is not being let go, is from now on the lock of
+    /// open `fh` (see `FsInner::setlk`).
+    pub fn take_over(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, fh: u64) -> bool {
+        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate) && !h.releasing) {
+            Some(h) => {
+                h.fh = fh;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes the entry if it is still the one whose gate is `gate`.
     pub fn remove_if(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) {
         if self.is(key, gate).is_some() {
@@ -223,8 +236,13 @@ impl HeldLocks {
     }
 
     /// Marks the entry whose gate is `gate` as let go, its Release still to be done.
-    pub fn mark_releasing(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>) -> bool {
-        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate)) {
+    pub fn mark_releasing(
+        &mut self,
+        key: &LockKey,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        closing: impl Fn(&Held) -> bool,
+    ) -> bool {
+        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate) && closing(h)) {
             Some(h) => {
                 h.releasing = true;
                 true
