@@ -12,7 +12,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::files::{OpenEntry, OpenFile, MAX_CONTENTS};
 use super::inodes::NodeRef;
-use super::locks::lineage_of;
+use super::locks::{lineage_of, LockKey};
 use super::ops::{errno, guard, Answer, FsInner, READ, WRITE};
 use crate::client::{OpenOptions, Session};
 
@@ -44,8 +44,8 @@ impl FsInner {
         if f.changed() {
             self.set_pending(&f);
         }
-        let node = f.node.clone();
-        guard(&self.files).insert(fh, OpenEntry { node, file: Arc::new(AsyncMutex::new(f)) });
+        let (node, instance) = (f.node.clone(), f.instance);
+        guard(&self.files).insert(fh, OpenEntry { node, instance, file: Arc::new(AsyncMutex::new(f)) });
         fh
     }
 
@@ -283,19 +283,22 @@ impl FsInner {
     /// `close` of one descriptor: stores the contents and drops the process's `fcntl` lock
     /// (POSIX: any close by a process releases its locks on the file).
     pub async fn flush(&self, fh: u64, lock_owner: u64) -> Result<(), Errno> {
-        let file = self.file(fh)?;
+        // The lock this close lets go of is the one held as it begins, before anything waits:
+        // a close that goes on after its process is gone (killed while it stored) must not
+        // release a lock that a later process, given the same owner id, has taken over since
+        // (a take-over gives the entry a new gate; see `FsInner::setlk`).
+        let (key, file) = {
+            let files = guard(&self.files);
+            let e = files.get(&fh).ok_or(Errno::EBADF)?;
+            (LockKey { node: e.node.clone(), instance: e.instance, owner: lock_owner }, e.file.clone())
+        };
+        let gate = guard(&self.locks).get(&key).map(|h| h.gate);
         let mut f = file.lock().await;
-        // The lock this close lets go of is the one held now, through the open it was taken
-        // through then: a close that goes on after its process is gone (killed while it
-        // stored) must not release a lock a later process, given the same owner id, has
-        // taken over (see `FsInner::setlk`).
-        let key = f.lock_key(lock_owner);
-        let then = guard(&self.locks).get(&key).map(|h| (h.gate, h.fh));
         let stored = self.commit(&mut f, Some(lock_owner)).await;
         let session = f.session.clone();
         drop(f);
-        if let Some((gate, taken_through)) = then {
-            self.unlock_on_close(&key, &session, &|h| Arc::ptr_eq(&h.gate, &gate) && h.fh == taken_through).await;
+        if let Some(gate) = gate {
+            self.unlock_on_close(&key, &session, &|h| Arc::ptr_eq(&h.gate, &gate)).await;
         }
         stored
     }
@@ -382,6 +385,7 @@ impl FsInner {
                     f.instance = stat.instance_number;
                     if let Some(e) = guard(&self.files).get_mut(fh) {
                         e.node = to.clone();
+                        e.instance = stat.instance_number;
                     }
                 }
                 Err(e) => {

@@ -178,6 +178,9 @@ impl OpenFile {
 /// open's own lock, which a call to the cell may hold).
 pub struct OpenEntry {
     pub node: NodeRef,
+    /// The node instance its handle is of (as `OpenFile::instance`), read without the
+    /// file's lock, which a write may hold while it waits on the cell.
+    pub instance: u64,
     pub file: std::sync::Arc<tokio::sync::Mutex<OpenFile>>,
 }
 

@@ -49,6 +49,22 @@ impl FsInner {
     /// `pid`; `wait` queues in the cell until granted or until thread `tid` takes a signal
     /// (`EINTR`).
     pub async fn setlk(&self, fh: u64, owner: u64, typ: i32, wait: bool, tid: u32, pid: u32) -> Result<(), Errno> {
+        self.setlk_from(fh, owner, typ, wait, tid, pid, None).await
+    }
+
+    /// [`FsInner::setlk`], the owner's lock taken over `from` another process and open first
+    /// (given back if the request fails).
+    #[allow(clippy::too_many_arguments)]
+    async fn setlk_from(
+        &self,
+        fh: u64,
+        owner: u64,
+        typ: i32,
+        wait: bool,
+        tid: u32,
+        pid: u32,
+        from: Option<Taker>,
+    ) -> Result<(), Errno> {
         // The lock goes with the session the file was opened in: if that one was lost, so
         // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
         let (node, session, handle, instance) = self.open_file_parts(fh).await?;
@@ -78,18 +94,29 @@ impl FsInner {
                 // A conversion whose outcome is not known here: the cell says what is held
                 // before the owner asks again, so the request starts from the truth.
                 self.await_settled(&key, &held, wait, tid).await?;
-                return Box::pin(self.setlk(fh, owner, typ, wait, tid, pid)).await;
-            } else if held.fh != fh && !self.take_over(&key, &held, fh).await {
-                // Let go meanwhile: asked again from the start.
-                return Box::pin(self.setlk(fh, owner, typ, wait, tid, pid)).await;
+                return Box::pin(self.setlk_from(fh, owner, typ, wait, tid, pid, from)).await;
+            } else if held.fh != fh {
+                // Taken through another open: taken over (see `take_over`), then asked again
+                // as this open's; or, let go meanwhile, asked again from the start.
+                let old = Taker { pid: held.pid, fh: held.fh };
+                let from = if self.take_over(&key, &held, Taker { pid, fh }).await { Some(old) } else { from };
+                return Box::pin(self.setlk_from(fh, owner, typ, wait, tid, pid, from)).await;
             } else if held.session != session.id() {
                 // Taken through an open of another session (the process changed user): that
                 // session's lock goes first, so this conversion is not atomic.
                 self.unlock(&key, &session).await?;
             } else if held.mode == mode {
+                if from.is_some() {
+                    // Writes through this open are under it from now on, as for a new lock.
+                    self.fence_open(fh, owner, &held.sequencer).await;
+                }
                 return Ok(());
             } else {
-                return self.convert(fh, &key, &held, &session, mode, wait, tid).await;
+                let converted = self.convert(fh, &key, &held, &session, mode, wait, tid).await;
+                if let (Err(_), Some(from)) = (&converted, from) {
+                    self.give_back(&key, fh, from, &session).await;
+                }
+                return converted;
             }
         }
         let sequencer = if !wait {
@@ -143,9 +170,38 @@ impl FsInner {
     /// open takes the lock over, and the close, when it comes, finds it no longer its own
     /// (see `FsInner::release`). Done under the lock's gate, so a Release of the old open
     /// already on its way ends first, and one that starts later sees the change.
-    async fn take_over(&self, key: &LockKey, held: &Held, fh: u64) -> bool {
+    async fn take_over(&self, key: &LockKey, held: &Held, to: Taker) -> bool {
         let _sending = held.gate.lock().await;
-        guard(&self.locks).take_over(key, &held.gate, fh)
+        guard(&self.locks).take_over(key, &held.gate, to)
+    }
+
+    /// A request that took the owner's lock over (through open `fh`) failed: the lock goes
+    /// back to the open it was taken from, if that one is still open; if it was closed (its
+    /// last close found the lock no longer its own), nobody holds it any more.
+    async fn give_back(&self, key: &LockKey, fh: u64, from: Taker, session: &Session) {
+        let Some(held) = guard(&self.locks).get(key) else { return };
+        {
+            let _sending = held.gate.lock().await;
+            // Checked with the gate held: a last close removes its open before it looks here.
+            if guard(&self.files).contains_key(&from.fh) {
+                guard(&self.locks).hand_back(key, &held.gate, fh, from);
+                return;
+            }
+        }
+        let gate = held.gate.clone();
+        let mine = move |h: &Held| Arc::ptr_eq(&h.gate, &gate) && h.fh == fh && h.unsettled == Unsettled::No;
+        if let Err(e) = self.unlock_if(key, session, &mine, true).await {
+            tracing::warn!(path = %key.node.path, "releasing a lock whose holder closed it: {e:?}");
+        }
+    }
+
+    /// Open `fh`'s writes are under the owner's lock `sequencer` from now on.
+    async fn fence_open(&self, fh: u64, owner: u64, sequencer: &str) {
+        if let Ok(file) = self.file(fh) {
+            let mut f = file.lock().await;
+            f.own_lock = Some((owner, sequencer.to_string()));
+            f.fence = Some((owner, sequencer.to_string()));
+        }
     }
 
     /// Makes the lock `held` (of `key`, taken in `session`) one in `mode` in one step, as
@@ -376,11 +432,19 @@ impl FsInner {
     /// node or its session gone): after any other failure (a timeout in jeopardy) a later
     /// unlock or close tries again.
     async fn unlock(&self, key: &LockKey, session: &Session) -> Result<(), Errno> {
-        self.unlock_if(key, session, &|_| true).await
+        self.unlock_if(key, session, &|_| true, false).await
     }
 
-    /// [`FsInner::unlock`], if the entry is one `which` names when its Release is sent.
-    async fn unlock_if(&self, key: &LockKey, session: &Session, which: &Which<'_>) -> Result<(), Errno> {
+    /// [`FsInner::unlock`], if the entry is one `which` names when its Release is sent. With
+    /// `at_close`, a Release that fails is retried in the background until it goes through
+    /// (the entry marked as let go before the gate opens, so no request takes it over).
+    async fn unlock_if(
+        &self,
+        key: &LockKey,
+        session: &Session,
+        which: &Which<'_>,
+        at_close: bool,
+    ) -> Result<(), Errno> {
         let Some(held) = guard(&self.locks).get(key) else { return Ok(()) };
         if held.releasing || !which(&held) {
             // Its holder let go already; the task that retries the Release finishes it.
@@ -388,7 +452,7 @@ impl FsInner {
         }
         if held.session != session.id() {
             // Taken in another session: through an open of that session (see unlock_on_close).
-            return self.unlock_in_its_session(key, held.session, which).await;
+            return self.unlock_in_its_session(key, held.session, which, at_close).await;
         }
         let _sending = held.gate.lock().await;
         if guard(&self.locks).is(key, &held.gate).is_none_or(|h| h.releasing || !which(h)) {
@@ -398,6 +462,13 @@ impl FsInner {
         let r = session.release(&held.handle, key.owner).await;
         if r.as_ref().err().is_none_or(no_lock_left) {
             guard(&self.locks).remove_if(key, &held.gate);
+        }
+        if let (Err(e), true) = (&r, at_close) {
+            if !no_lock_left(e) && guard(&self.locks).mark_releasing(key, &held.gate, which) {
+                tracing::warn!(path = %key.node.path, "releasing a lock at close: {e}; retrying in the background");
+                self.release_until_done(key.clone(), held.gate.clone());
+            }
+            return Ok(());
         }
         match r {
             Err(e @ ClientError::SessionLost(_)) => Err(errno(e)),
@@ -490,7 +561,13 @@ impl FsInner {
     /// cell released the lock already (EIO: the holder must know it lost it). A session closed
     /// here for being idle released it too, with nobody to tell: a stale entry (its release
     /// at close had failed) is dropped quietly.
-    async fn unlock_in_its_session(&self, key: &LockKey, sid: u64, which: &Which<'_>) -> Result<(), Errno> {
+    async fn unlock_in_its_session(
+        &self,
+        key: &LockKey,
+        sid: u64,
+        which: &Which<'_>,
+        at_close: bool,
+    ) -> Result<(), Errno> {
         let session = self.cells[key.node.cell].session_with_id(sid).filter(|s| !s.is_lost());
         let Some(session) = session else {
             guard(&self.locks).remove(key);
@@ -499,7 +576,7 @@ impl FsInner {
             }
             return Err(Errno::EIO);
         };
-        Box::pin(self.unlock_if(key, &session, which)).await
+        Box::pin(self.unlock_if(key, &session, which, at_close)).await
     }
 
     /// The holder let go (closed the file or died): the cell must hear it, if the entry is
@@ -511,11 +588,9 @@ impl FsInner {
         if held.releasing || !closing(&held) {
             return;
         }
-        if let Err(e) = self.unlock_if(key, session, closing).await {
-            if guard(&self.locks).mark_releasing(key, &held.gate, closing) {
-                tracing::warn!(path = %key.node.path, "releasing a lock at close: {e:?}; retrying in the background");
-                self.release_until_done(key.clone(), held.gate);
-            }
+        if let Err(e) = self.unlock_if(key, session, closing, true).await {
+            // The session lost (the cell released the lock with it), or the node gone.
+            tracing::info!(path = %key.node.path, "releasing a lock at close: {e:?}");
         }
     }
 }

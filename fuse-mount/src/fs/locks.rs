@@ -217,11 +217,29 @@ impl HeldLocks {
     }
 
     /// The entry whose gate is `gate`, if it is not being let go, is from now on the lock of
-    /// open `fh` (see `FsInner::setlk`).
-    pub fn take_over(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, fh: u64) -> bool {
+    /// process `at.pid` through open `at.fh` (see `FsInner::setlk`), under a new gate: a close
+    /// that began before, waiting on the old gate or holding it, finds it no longer its own.
+    pub fn take_over(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, at: Taker) -> bool {
         match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate) && !h.releasing) {
             Some(h) => {
-                h.fh = fh;
+                h.fh = at.fh;
+                h.pid = at.pid;
+                h.gate = Arc::default();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Gives the entry whose gate is `gate`, if it is still open `fh`'s and settled, back to
+    /// `to`, the process and open it was taken over from.
+    pub fn hand_back(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, fh: u64, to: Taker) -> bool {
+        let mine =
+            |h: &&mut Held| Arc::ptr_eq(&h.gate, gate) && h.fh == fh && !h.releasing && h.unsettled == Unsettled::No;
+        match self.held.get_mut(key).filter(mine) {
+            Some(h) => {
+                h.fh = to.fh;
+                h.pid = to.pid;
                 true
             }
             None => false,
