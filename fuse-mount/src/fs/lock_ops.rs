@@ -63,7 +63,7 @@ impl FsInner {
         wait: bool,
         tid: u32,
         pid: u32,
-        from: Option<Taker>,
+        from: Option<(Taker, Gate)>,
     ) -> Result<(), Errno> {
         // The lock goes with the session the file was opened in: if that one was lost, so
         // are this open's locks (EIO), as DESIGN.md's FUSE mapping promises.
@@ -99,7 +99,10 @@ impl FsInner {
                 // Taken through another open: taken over (see `take_over`), then asked again
                 // as this open's; or, let go meanwhile, asked again from the start.
                 let old = Taker { pid: held.pid, fh: held.fh };
-                let from = if self.take_over(&key, &held, Taker { pid, fh }).await { Some(old) } else { from };
+                let from = match self.take_over(&key, &held, Taker { pid, fh }).await {
+                    Some(gate) => Some((old, gate)),
+                    None => from,
+                };
                 return Box::pin(self.setlk_from(fh, owner, typ, wait, tid, pid, from)).await;
             } else if held.session != session.id() {
                 // Taken through an open of another session (the process changed user): that
@@ -113,8 +116,8 @@ impl FsInner {
                 return Ok(());
             } else {
                 let converted = self.convert(fh, &key, &held, &session, mode, wait, tid).await;
-                if let (Err(_), Some(from)) = (&converted, from) {
-                    self.give_back(&key, fh, from, &session).await;
+                if let (Err(_), Some((from, gate))) = (&converted, from) {
+                    self.give_back(&key, fh, from, gate, &session).await;
                 }
                 return converted;
             }
@@ -170,25 +173,26 @@ impl FsInner {
     /// open takes the lock over, and the close, when it comes, finds it no longer its own
     /// (see `FsInner::release`). Done under the lock's gate, so a Release of the old open
     /// already on its way ends first, and one that starts later sees the change.
-    async fn take_over(&self, key: &LockKey, held: &Held, to: Taker) -> bool {
+    async fn take_over(&self, key: &LockKey, held: &Held, to: Taker) -> Option<Gate> {
         let _sending = held.gate.lock().await;
         guard(&self.locks).take_over(key, &held.gate, to)
     }
 
-    /// A request that took the owner's lock over (through open `fh`) failed: the lock goes
-    /// back to the open it was taken from, if that one is still open; if it was closed (its
-    /// last close found the lock no longer its own), nobody holds it any more.
-    async fn give_back(&self, key: &LockKey, fh: u64, from: Taker, session: &Session) {
-        let Some(held) = guard(&self.locks).get(key) else { return };
+    /// A request that took the owner's lock over (through open `fh`, the entry given `gate`)
+    /// failed: the lock goes back to the open it was taken from, if that one is still open;
+    /// if it was closed (its last close found the lock no longer its own), nobody holds it
+    /// any more. Only that entry: another request may have let it go and taken a new one.
+    async fn give_back(&self, key: &LockKey, fh: u64, from: Taker, gate: Gate, session: &Session) {
         {
-            let _sending = held.gate.lock().await;
-            // Checked with the gate held: a last close removes its open before it looks here.
-            if guard(&self.files).contains_key(&from.fh) {
-                guard(&self.locks).hand_back(key, &held.gate, fh, from);
+            let _sending = gate.lock().await;
+            // The open table held while the entry goes back: a last close removes its open
+            // from the table before it looks at the entry.
+            let files = guard(&self.files);
+            if files.contains_key(&from.fh) {
+                guard(&self.locks).hand_back(key, &gate, fh, from);
                 return;
             }
         }
-        let gate = held.gate.clone();
         let mine = move |h: &Held| Arc::ptr_eq(&h.gate, &gate) && h.fh == fh && h.unsettled == Unsettled::No;
         if let Err(e) = self.unlock_if(key, session, &mine, true).await {
             tracing::warn!(path = %key.node.path, "releasing a lock whose holder closed it: {e:?}");
@@ -594,6 +598,9 @@ impl FsInner {
         }
     }
 }
+
+/// A lock entry's gate (see [`Held::gate`]).
+type Gate = Arc<tokio::sync::Mutex<()>>;
 
 /// Which lock entry a close lets go of (see [`FsInner::unlock_on_close`]).
 pub(super) type Which<'a> = dyn Fn(&Held) -> bool + Send + Sync + 'a;

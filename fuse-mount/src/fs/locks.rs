@@ -219,16 +219,17 @@ impl HeldLocks {
     /// The entry whose gate is `gate`, if it is not being let go, is from now on the lock of
     /// process `at.pid` through open `at.fh` (see `FsInner::setlk`), under a new gate: a close
     /// that began before, waiting on the old gate or holding it, finds it no longer its own.
-    pub fn take_over(&mut self, key: &LockKey, gate: &Arc<tokio::sync::Mutex<()>>, at: Taker) -> bool {
-        match self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate) && !h.releasing) {
-            Some(h) => {
-                h.fh = at.fh;
-                h.pid = at.pid;
-                h.gate = Arc::default();
-                true
-            }
-            None => false,
-        }
+    pub fn take_over(
+        &mut self,
+        key: &LockKey,
+        gate: &Arc<tokio::sync::Mutex<()>>,
+        at: Taker,
+    ) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let h = self.held.get_mut(key).filter(|h| Arc::ptr_eq(&h.gate, gate) && !h.releasing)?;
+        h.fh = at.fh;
+        h.pid = at.pid;
+        h.gate = Arc::default();
+        Some(h.gate.clone())
     }
 
     /// Gives the entry whose gate is `gate`, if it is still open `fh`'s and settled, back to
