@@ -33,6 +33,19 @@ fn ok(out: &Output, what: &str) -> String {
     text
 }
 
+/// `chubby snapshot save` of `cell` into `cell.backup` in its directory; the file's path.
+fn save(cell: &TestCell) -> std::path::PathBuf {
+    let file = cell.dir.path().join("cell.backup");
+    let saved = ok(&run(cell, "chubby", &["snapshot", "save", file.to_str().unwrap()]), "snapshot save");
+    assert!(saved.contains("saved"), "{saved}");
+    file
+}
+
+/// The `--peers` of a cell's replicas: `1=ADDR,2=ADDR,…`.
+fn peers_of(cell: &TestCell) -> String {
+    cell.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",")
+}
+
 /// Every file under `dir` with its size, sorted.
 fn listing(dir: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -85,10 +98,8 @@ fn a_backup_saved_under_load_restores_every_acknowledged_write_into_a_new_cell()
     let load = Load::start(&rt, old.addrs.clone(), old.session_options());
     std::thread::sleep(Duration::from_secs(2));
     let before = load.acknowledged();
-    let file = old.dir.path().join("cell.backup");
+    let file = save(&old);
     let path = file.to_str().unwrap();
-    let saved = ok(&run(&old, "chubby", &["snapshot", "save", path]), "snapshot save");
-    assert!(saved.contains("saved"), "{saved}");
     // It holds every node whatever its ACL: for its owner's eyes only.
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     std::thread::sleep(Duration::from_millis(500));
@@ -105,8 +116,7 @@ fn a_backup_saved_under_load_restores_every_acknowledged_write_into_a_new_cell()
 
     // A new cell on other ports, each replica restored from the file.
     let mut new = TestCell::new(CellOptions::default());
-    let peers: Vec<String> = new.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
-    let peers = peers.join(",");
+    let peers = peers_of(&new);
     for id in 1..=3u64 {
         let dir = new.data_dir(id);
         let args = ["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", &id.to_string(), "--peers", &peers];
@@ -163,9 +173,8 @@ fn a_backup_saved_under_load_restores_every_acknowledged_write_into_a_new_cell()
 fn a_damaged_backup_is_refused() {
     let cell = TestCell::start(CellOptions::default());
     ok(&run(&cell, "chubby", &["put", "/ls/local/f", "hello"]), "put");
-    let file = cell.dir.path().join("cell.backup");
+    let file = save(&cell);
     let path = file.to_str().unwrap();
-    ok(&run(&cell, "chubby", &["snapshot", "save", path]), "snapshot save");
     let mut bytes = std::fs::read(&file).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
@@ -214,9 +223,8 @@ fn an_interrupted_restore_is_refused_by_the_replica_and_starts_over() {
     for f in ["/ls/local/f", "/ls/local/g"] {
         ok(&run(&cell, "chubby", &["put", f, &"x".repeat(100_000)]), "put");
     }
-    let file = cell.dir.path().join("cell.backup");
+    let file = save(&cell);
     let path = file.to_str().unwrap();
-    ok(&run(&cell, "chubby", &["snapshot", "save", path]), "snapshot save");
     let dir = cell.dir.path().join("restored");
     let disk = Tmpfs::mount(&dir, "64k");
     let peers = format!("1=127.0.0.1:{}", free_ports(1)[0]);
@@ -250,12 +258,10 @@ fn an_interrupted_restore_is_refused_by_the_replica_and_starts_over() {
 fn replicas_not_restored_refuse_to_start_beside_a_restored_one() {
     let old = TestCell::start(CellOptions::default());
     ok(&run(&old, "chubby", &["put", "/ls/local/f", "hello"]), "put");
-    let file = old.dir.path().join("cell.backup");
+    let file = save(&old);
     let path = file.to_str().unwrap();
-    ok(&run(&old, "chubby", &["snapshot", "save", path]), "snapshot save");
     let mut new = TestCell::new(CellOptions::default());
-    let peers: Vec<String> = new.addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
-    let peers = peers.join(",");
+    let peers = peers_of(&new);
     let dir = new.data_dir(1);
     let restore = ["restore", path, "--data-dir", dir.to_str().unwrap(), "--id", "1", "--peers", &peers];
     ok(&run(&new, "cell-server", &restore), "restore");
