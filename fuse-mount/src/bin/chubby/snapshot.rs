@@ -52,9 +52,10 @@ pub async fn save(mut client: CellClient, file: &Path, json: bool) -> Result<(),
     let bytes = backup::encode(&header, &data);
     write_durably(file, &bytes)
         .map_err(|e| ClientError::Io(std::io::Error::other(format!("writing {}: {e}", file.display()))))?;
-    let sum = backup::sha256(&bytes[..bytes.len() - 32]);
+    // The file's checksum is its last 32 bytes, computed by `encode`.
+    let sum = &bytes[bytes.len() - 32..];
     if json {
-        println!("{}", describe_json(file, bytes.len() as u64, &sum, &header));
+        println!("{}", describe_json(file, bytes.len() as u64, sum, &header));
     } else {
         println!(
             "saved {} ({} bytes): cell {} at log index {}, {} nodes; sha256 {}",
@@ -63,7 +64,7 @@ pub async fn save(mut client: CellClient, file: &Path, json: bool) -> Result<(),
             header.cell_id,
             header.index,
             header.nodes,
-            backup::hex(&sum)
+            backup::hex(sum)
         );
     }
     Ok(())
